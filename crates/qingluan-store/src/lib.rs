@@ -1,1 +1,210 @@
-//! qingluan-store
+//! The state store: a small key-value trait with one conditional-write primitive.
+//!
+//! Concept: keys are strings, values bytes; a global revision counter increases with every
+//! committed transaction and each key remembers the revision that created and last modified
+//! it — exactly etcd's model, so the cluster backend maps 1:1. Every conditional write is ONE
+//! `txn(compares, ops)`: ops are applied only if all compares hold, atomically and durably
+//! (fsynced) before `Ok` is returned. IPAM allocations are create-if-absent transactions, so
+//! they are compare-and-swap on every backend. Keep the trait small (cilium's lesson): new
+//! needs are helpers over `txn`, not new methods.
+//!
+//! Backends, one file each: `memory` (unit tests of the domain) and `redb` (the embedded
+//! single-host store). `conformance` is the suite every backend must pass.
+
+pub mod conformance;
+pub mod memory;
+pub mod redb;
+
+use async_trait::async_trait;
+
+/// A stored key with its value and revisions.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Revision of the last change to this key.
+    pub mod_revision: u64,
+    /// Revision that created this key.
+    pub create_revision: u64,
+}
+
+/// A condition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists with exactly this mod revision.
+    ModRevision(String, u64),
+    /// The key exists with exactly this value.
+    Value(String, Vec<u8>),
+}
+
+/// A write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create or overwrite a key.
+    Put(String, Vec<u8>),
+    /// Delete a key (absent is fine).
+    Delete(String),
+    /// Delete every key starting with the prefix.
+    DeletePrefix(String),
+}
+
+/// A committed change, delivered to watchers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key was created or changed.
+    Put(KeyValue),
+    /// A key was deleted.
+    Delete {
+        /// The key.
+        key: String,
+        /// Revision of the deletion.
+        mod_revision: u64,
+    },
+}
+
+/// Outcome of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnResult {
+    /// Whether all compares held and the ops were applied.
+    pub succeeded: bool,
+    /// The store's revision after the transaction.
+    pub revision: u64,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open store {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// Another process holds the database.
+    #[error("store {0} is in use by another process")]
+    Locked(String),
+    /// A read or write failed.
+    #[error("store {op} failed: {reason}")]
+    Io { op: &'static str, reason: String },
+    /// A value could not be decoded.
+    #[error("corrupt value at key {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The store cannot be reached (remote backends).
+    #[error("store unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// The store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name (`redb`, `memory`).
+    fn name(&self) -> &'static str;
+    /// One key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Every key starting with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError>;
+    /// Applies `ops` atomically and durably if every compare holds.
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError>;
+    /// Changes under `prefix` committed after this call, in revision order.
+    async fn watch(&self, prefix: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError>;
+}
+
+/// Puts a key unconditionally.
+pub async fn put(store: &dyn Store, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+    store.txn(vec![], vec![Op::Put(key.into(), value)]).await.map(|_| ())
+}
+
+/// Creates a key only if it does not exist; returns whether it was created.
+pub async fn create(store: &dyn Store, key: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+    Ok(store
+        .txn(vec![Compare::Absent(key.into())], vec![Op::Put(key.into(), value)])
+        .await?
+        .succeeded)
+}
+
+/// Deletes a key.
+pub async fn delete(store: &dyn Store, key: &str) -> Result<(), StoreError> {
+    store.txn(vec![], vec![Op::Delete(key.into())]).await.map(|_| ())
+}
+
+/// The shared in-process state machine both embedded backends apply transactions with.
+pub(crate) mod engine {
+    use std::collections::BTreeMap;
+
+    use super::{Compare, KeyValue, Op, WatchEvent};
+
+    /// Whether a compare holds against the current map.
+    pub fn holds(map: &BTreeMap<String, KeyValue>, c: &Compare) -> bool {
+        match c {
+            Compare::Absent(k) => !map.contains_key(k),
+            Compare::ModRevision(k, r) => map.get(k).map(|kv| kv.mod_revision) == Some(*r),
+            Compare::Value(k, v) => map.get(k).map(|kv| &kv.value) == Some(v),
+        }
+    }
+
+    /// Applies ops at `revision`, returning the resulting changes.
+    pub fn apply(map: &mut BTreeMap<String, KeyValue>, ops: Vec<Op>, revision: u64) -> Vec<WatchEvent> {
+        let mut events = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put(key, value) => {
+                    let create_revision = map.get(&key).map(|kv| kv.create_revision).unwrap_or(revision);
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        mod_revision: revision,
+                        create_revision,
+                    };
+                    map.insert(key, kv.clone());
+                    events.push(WatchEvent::Put(kv));
+                }
+                Op::Delete(key) => {
+                    if map.remove(&key).is_some() {
+                        events.push(WatchEvent::Delete { key, mod_revision: revision });
+                    }
+                }
+                Op::DeletePrefix(prefix) => {
+                    let keys: Vec<String> = map.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+                    for key in keys {
+                        map.remove(&key);
+                        events.push(WatchEvent::Delete { key, mod_revision: revision });
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// The key an event is about.
+    pub fn key_of(e: &WatchEvent) -> &str {
+        match e {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// Watch subscribers of the embedded backends.
+#[derive(Default)]
+pub(crate) struct Watchers {
+    subs: std::sync::Mutex<Vec<(String, tokio::sync::mpsc::UnboundedSender<WatchEvent>)>>,
+}
+
+impl Watchers {
+    pub(crate) fn subscribe(&self, prefix: &str) -> tokio::sync::mpsc::UnboundedReceiver<WatchEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.subs.lock().unwrap().push((prefix.to_string(), tx));
+        rx
+    }
+
+    pub(crate) fn publish(&self, events: &[WatchEvent]) {
+        let mut subs = self.subs.lock().unwrap();
+        subs.retain(|(prefix, tx)| {
+            events
+                .iter()
+                .filter(|e| engine::key_of(e).starts_with(prefix.as_str()))
+                .all(|e| tx.send(e.clone()).is_ok())
+        });
+    }
+}

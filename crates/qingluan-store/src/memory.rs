@@ -1,0 +1,73 @@
+//! In-memory backend, for unit tests of the domain. Same semantics as the embedded store,
+//! minus durability.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::{engine, Compare, KeyValue, Op, Store, StoreError, TxnResult, WatchEvent, Watchers};
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    /// Keys and the current revision.
+    state: Mutex<(BTreeMap<String, KeyValue>, u64)>,
+    /// Watch subscribers.
+    watchers: Watchers,
+}
+
+impl MemoryStore {
+    /// An empty store at revision 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.state.lock().unwrap().0.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.0
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        if !compares.iter().all(|c| engine::holds(&s.0, c)) {
+            return Ok(TxnResult {
+                succeeded: false,
+                revision: s.1,
+            });
+        }
+        if ops.is_empty() {
+            return Ok(TxnResult {
+                succeeded: true,
+                revision: s.1,
+            });
+        }
+        let revision = s.1 + 1;
+        let events = engine::apply(&mut s.0, ops, revision);
+        s.1 = revision;
+        self.watchers.publish(&events);
+        Ok(TxnResult {
+            succeeded: true,
+            revision,
+        })
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
+        Ok(self.watchers.subscribe(prefix))
+    }
+}

@@ -1,0 +1,179 @@
+//! Embedded backend on redb: one database file, every transaction fsynced before it returns.
+//!
+//! The whole key space is also kept in memory (qingluan's state is small: networks,
+//! endpoints, pools, addresses), so reads never touch the disk; a write transaction is
+//! checked against the cache, committed to redb with `Durability::Immediate`, and only then
+//! applied to the cache and published to watchers. Writers are serialised by the cache lock.
+//! Each value is stored as JSON `{value, mod_revision, create_revision}`; the current revision
+//! lives in the `meta` table.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::{engine, Compare, KeyValue, Op, Store, StoreError, TxnResult, WatchEvent, Watchers};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+struct Inner {
+    db: Database,
+    /// Keys and the current revision, mirroring the file.
+    state: Mutex<(BTreeMap<String, KeyValue>, u64)>,
+    watchers: Watchers,
+}
+
+/// The embedded store.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+fn io(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
+    move |e| StoreError::Io {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the database file and loads it.
+    pub async fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "open",
+                reason: e.to_string(),
+            })?
+    }
+
+    fn open_blocking(path: &Path) -> Result<RedbStore, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(shown.clone()),
+            e => StoreError::Open {
+                path: shown.clone(),
+                reason: e.to_string(),
+            },
+        })?;
+        let w = db.begin_write().map_err(|e| io("open")(e.into()))?;
+        {
+            w.open_table(KV).map_err(|e| io("open")(e.into()))?;
+            w.open_table(META).map_err(|e| io("open")(e.into()))?;
+        }
+        w.commit().map_err(|e| io("open")(e.into()))?;
+        let r = db.begin_read().map_err(|e| io("load")(e.into()))?;
+        let kv = r.open_table(KV).map_err(|e| io("load")(e.into()))?;
+        let mut map = BTreeMap::new();
+        for item in kv.iter().map_err(|e| io("load")(e.into()))? {
+            let (k, v) = item.map_err(|e| io("load")(e.into()))?;
+            let key = k.value().to_string();
+            let rec: KeyValue = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            map.insert(key, rec);
+        }
+        let meta = r.open_table(META).map_err(|e| io("load")(e.into()))?;
+        let revision = meta
+            .get("revision")
+            .map_err(|e| io("load")(e.into()))?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        drop((kv, meta, r));
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                db,
+                state: Mutex::new((map, revision)),
+                watchers: Watchers::default(),
+            }),
+        })
+    }
+
+    fn txn_blocking(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        let mut s = self.inner.state.lock().unwrap();
+        if !compares.iter().all(|c| engine::holds(&s.0, c)) {
+            return Ok(TxnResult {
+                succeeded: false,
+                revision: s.1,
+            });
+        }
+        if ops.is_empty() {
+            return Ok(TxnResult {
+                succeeded: true,
+                revision: s.1,
+            });
+        }
+        let revision = s.1 + 1;
+        let mut next = s.0.clone();
+        let events = engine::apply(&mut next, ops, revision);
+        let w = self.inner.db.begin_write().map_err(|e| io("write")(e.into()))?;
+        {
+            let mut kv = w.open_table(KV).map_err(|e| io("write")(e.into()))?;
+            for e in &events {
+                match e {
+                    WatchEvent::Put(rec) => {
+                        let bytes = serde_json::to_vec(rec).expect("records serialise");
+                        kv.insert(rec.key.as_str(), bytes.as_slice()).map_err(|e| io("write")(e.into()))?;
+                    }
+                    WatchEvent::Delete { key, .. } => {
+                        kv.remove(key.as_str()).map_err(|e| io("write")(e.into()))?;
+                    }
+                }
+            }
+            let mut meta = w.open_table(META).map_err(|e| io("write")(e.into()))?;
+            meta.insert("revision", revision).map_err(|e| io("write")(e.into()))?;
+        }
+        w.commit().map_err(|e| io("commit")(e.into()))?;
+        *s = (next, revision);
+        self.inner.watchers.publish(&events);
+        Ok(TxnResult {
+            succeeded: true,
+            revision,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.inner.state.lock().unwrap().0.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let s = self.inner.state.lock().unwrap();
+        Ok(s.0
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.txn_blocking(compares, ops))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "write",
+                reason: e.to_string(),
+            })?
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
+        Ok(self.inner.watchers.subscribe(prefix))
+    }
+}
