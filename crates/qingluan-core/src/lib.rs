@@ -1,1 +1,16 @@
-//! qingluan-core
+//! The domain of qingluan: networks, endpoints, IPAM, modes and the dataplane they imply.
+//!
+//! Pure where it can be: option validation, IPAM arithmetic, mode planning and the
+//! OpenFlow pipeline are plain functions over plain data. `service` is the one place that
+//! sequences a plugin call (validate → persist → apply) and `reconcile` the one place that
+//! drives the system adapters of `qingluan-dataplane`.
+
+pub mod desired;
+pub mod ipam;
+pub mod model;
+pub mod modes;
+pub mod options;
+pub mod pipeline;
+pub mod reconcile;
+pub mod service;
+pub mod settings;

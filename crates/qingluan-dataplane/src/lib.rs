@@ -1,1 +1,11 @@
-//! qingluan-dataplane
+//! System adapters: everything that touches OVS, the kernel's links and netfilter.
+//!
+//! Each adapter sits behind a trait with a recording fake, so the domain crate can plan and
+//! test without root. The real implementations talk to the real thing: a native OVSDB
+//! JSON-RPC client, `ovs-ofctl --bundle` for OpenFlow, rtnetlink for links and addresses,
+//! and `nft` for netfilter.
+
+pub mod netfilter;
+pub mod netlink;
+pub mod openflow;
+pub mod ovsdb;

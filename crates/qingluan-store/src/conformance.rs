@@ -20,18 +20,37 @@ pub async fn run_all<F: Fn() -> Arc<dyn Store>>(make: F) {
 }
 
 async fn get_put_list(s: Arc<dyn Store>) {
-    assert!(s.get("/a/1").await.unwrap().is_none(), "absent key must read as None");
+    assert!(
+        s.get("/a/1").await.unwrap().is_none(),
+        "absent key must read as None"
+    );
     put(&*s, "/a/1", b"x".to_vec()).await.unwrap();
     let first = s.get("/a/1").await.unwrap().unwrap();
     put(&*s, "/a/1", b"y".to_vec()).await.unwrap();
     let second = s.get("/a/1").await.unwrap().unwrap();
     assert_eq!(second.value, b"y", "put overwrites");
-    assert!(second.mod_revision > first.mod_revision, "put bumps mod_revision");
-    assert_eq!(second.create_revision, first.create_revision, "create_revision stays");
+    assert!(
+        second.mod_revision > first.mod_revision,
+        "put bumps mod_revision"
+    );
+    assert_eq!(
+        second.create_revision, first.create_revision,
+        "create_revision stays"
+    );
     put(&*s, "/a/0", b"z".to_vec()).await.unwrap();
     put(&*s, "/ab", b"n".to_vec()).await.unwrap();
-    let keys: Vec<String> = s.list("/a/").await.unwrap().into_iter().map(|kv| kv.key).collect();
-    assert_eq!(keys, vec!["/a/0", "/a/1"], "list is sorted and limited to the prefix");
+    let keys: Vec<String> = s
+        .list("/a/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["/a/0", "/a/1"],
+        "list is sorted and limited to the prefix"
+    );
 }
 
 async fn txn_is_all_or_nothing(s: Arc<dyn Store>) {
@@ -44,15 +63,33 @@ async fn txn_is_all_or_nothing(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(!r.succeeded, "a failed compare fails the txn");
-    assert!(s.get("a").await.unwrap().is_none(), "a failed txn applies nothing");
-    assert!(s.get("k").await.unwrap().is_some(), "a failed txn applies nothing");
+    assert!(
+        s.get("a").await.unwrap().is_none(),
+        "a failed txn applies nothing"
+    );
+    assert!(
+        s.get("k").await.unwrap().is_some(),
+        "a failed txn applies nothing"
+    );
     let before = r.revision;
     let r = s
-        .txn(vec![], vec![Op::Put("a".into(), b"1".to_vec()), Op::Put("b".into(), b"2".to_vec())])
+        .txn(
+            vec![],
+            vec![
+                Op::Put("a".into(), b"1".to_vec()),
+                Op::Put("b".into(), b"2".to_vec()),
+            ],
+        )
         .await
         .unwrap();
-    assert!(r.succeeded && r.revision > before, "revisions strictly increase");
-    let (a, b) = (s.get("a").await.unwrap().unwrap(), s.get("b").await.unwrap().unwrap());
+    assert!(
+        r.succeeded && r.revision > before,
+        "revisions strictly increase"
+    );
+    let (a, b) = (
+        s.get("a").await.unwrap().unwrap(),
+        s.get("b").await.unwrap().unwrap(),
+    );
     assert_eq!(a.mod_revision, b.mod_revision, "one txn, one revision");
 }
 
@@ -76,10 +113,21 @@ async fn delete_prefix(s: Arc<dyn Store>) {
     for k in ["p/1", "p/2", "p/3/x", "q/1"] {
         put(&*s, k, vec![]).await.unwrap();
     }
-    s.txn(vec![], vec![Op::DeletePrefix("p/".into())]).await.unwrap();
-    assert!(s.list("p/").await.unwrap().is_empty(), "DeletePrefix removes the prefix");
-    assert_eq!(s.list("q/").await.unwrap().len(), 1, "DeletePrefix keeps others");
-    s.txn(vec![], vec![Op::Delete("nothing".into())]).await.unwrap();
+    s.txn(vec![], vec![Op::DeletePrefix("p/".into())])
+        .await
+        .unwrap();
+    assert!(
+        s.list("p/").await.unwrap().is_empty(),
+        "DeletePrefix removes the prefix"
+    );
+    assert_eq!(
+        s.list("q/").await.unwrap().len(),
+        1,
+        "DeletePrefix keeps others"
+    );
+    s.txn(vec![], vec![Op::Delete("nothing".into())])
+        .await
+        .unwrap();
 }
 
 async fn watch_delivers_in_order(s: Arc<dyn Store>) {
@@ -88,7 +136,9 @@ async fn watch_delivers_in_order(s: Arc<dyn Store>) {
     put(&*s, "other", b"x".to_vec()).await.unwrap();
     s.txn(vec![], vec![Op::Delete("w/1".into())]).await.unwrap();
     match w.recv().await.unwrap() {
-        WatchEvent::Put(kv) => assert_eq!((kv.key.as_str(), kv.value.as_slice()), ("w/1", &b"a"[..])),
+        WatchEvent::Put(kv) => {
+            assert_eq!((kv.key.as_str(), kv.value.as_slice()), ("w/1", &b"a"[..]))
+        }
         e => panic!("expected a put first, got {e:?}"),
     }
     match w.recv().await.unwrap() {
@@ -133,7 +183,11 @@ async fn concurrent_create_once(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { create(&*s, &format!("once/{}", i % 20), vec![]).await.unwrap() })
+            tokio::spawn(async move {
+                create(&*s, &format!("once/{}", i % 20), vec![])
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut created = 0;

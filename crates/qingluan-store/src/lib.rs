@@ -107,25 +107,37 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `ops` atomically and durably if every compare holds.
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError>;
     /// Changes under `prefix` committed after this call, in revision order.
-    async fn watch(&self, prefix: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError>;
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError>;
 }
 
 /// Puts a key unconditionally.
 pub async fn put(store: &dyn Store, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-    store.txn(vec![], vec![Op::Put(key.into(), value)]).await.map(|_| ())
+    store
+        .txn(vec![], vec![Op::Put(key.into(), value)])
+        .await
+        .map(|_| ())
 }
 
 /// Creates a key only if it does not exist; returns whether it was created.
 pub async fn create(store: &dyn Store, key: &str, value: Vec<u8>) -> Result<bool, StoreError> {
     Ok(store
-        .txn(vec![Compare::Absent(key.into())], vec![Op::Put(key.into(), value)])
+        .txn(
+            vec![Compare::Absent(key.into())],
+            vec![Op::Put(key.into(), value)],
+        )
         .await?
         .succeeded)
 }
 
 /// Deletes a key.
 pub async fn delete(store: &dyn Store, key: &str) -> Result<(), StoreError> {
-    store.txn(vec![], vec![Op::Delete(key.into())]).await.map(|_| ())
+    store
+        .txn(vec![], vec![Op::Delete(key.into())])
+        .await
+        .map(|_| ())
 }
 
 /// The shared in-process state machine both embedded backends apply transactions with.
@@ -144,12 +156,19 @@ pub(crate) mod engine {
     }
 
     /// Applies ops at `revision`, returning the resulting changes.
-    pub fn apply(map: &mut BTreeMap<String, KeyValue>, ops: Vec<Op>, revision: u64) -> Vec<WatchEvent> {
+    pub fn apply(
+        map: &mut BTreeMap<String, KeyValue>,
+        ops: Vec<Op>,
+        revision: u64,
+    ) -> Vec<WatchEvent> {
         let mut events = Vec::new();
         for op in ops {
             match op {
                 Op::Put(key, value) => {
-                    let create_revision = map.get(&key).map(|kv| kv.create_revision).unwrap_or(revision);
+                    let create_revision = map
+                        .get(&key)
+                        .map(|kv| kv.create_revision)
+                        .unwrap_or(revision);
                     let kv = KeyValue {
                         key: key.clone(),
                         value,
@@ -161,14 +180,24 @@ pub(crate) mod engine {
                 }
                 Op::Delete(key) => {
                     if map.remove(&key).is_some() {
-                        events.push(WatchEvent::Delete { key, mod_revision: revision });
+                        events.push(WatchEvent::Delete {
+                            key,
+                            mod_revision: revision,
+                        });
                     }
                 }
                 Op::DeletePrefix(prefix) => {
-                    let keys: Vec<String> = map.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+                    let keys: Vec<String> = map
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     for key in keys {
                         map.remove(&key);
-                        events.push(WatchEvent::Delete { key, mod_revision: revision });
+                        events.push(WatchEvent::Delete {
+                            key,
+                            mod_revision: revision,
+                        });
                     }
                 }
             }
@@ -192,7 +221,10 @@ pub(crate) struct Watchers {
 }
 
 impl Watchers {
-    pub(crate) fn subscribe(&self, prefix: &str) -> tokio::sync::mpsc::UnboundedReceiver<WatchEvent> {
+    pub(crate) fn subscribe(
+        &self,
+        prefix: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<WatchEvent> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.subs.lock().unwrap().push((prefix.to_string(), tx));
         rx

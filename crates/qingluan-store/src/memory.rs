@@ -67,7 +67,10 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn watch(&self, prefix: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
         Ok(self.watchers.subscribe(prefix))
     }
 }

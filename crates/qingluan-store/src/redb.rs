@@ -78,10 +78,11 @@ impl RedbStore {
         for item in kv.iter().map_err(|e| io("load")(e.into()))? {
             let (k, v) = item.map_err(|e| io("load")(e.into()))?;
             let key = k.value().to_string();
-            let rec: KeyValue = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
+            let rec: KeyValue =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
             map.insert(key, rec);
         }
         let meta = r.open_table(META).map_err(|e| io("load")(e.into()))?;
@@ -117,14 +118,19 @@ impl RedbStore {
         let revision = s.1 + 1;
         let mut next = s.0.clone();
         let events = engine::apply(&mut next, ops, revision);
-        let w = self.inner.db.begin_write().map_err(|e| io("write")(e.into()))?;
+        let w = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| io("write")(e.into()))?;
         {
             let mut kv = w.open_table(KV).map_err(|e| io("write")(e.into()))?;
             for e in &events {
                 match e {
                     WatchEvent::Put(rec) => {
                         let bytes = serde_json::to_vec(rec).expect("records serialise");
-                        kv.insert(rec.key.as_str(), bytes.as_slice()).map_err(|e| io("write")(e.into()))?;
+                        kv.insert(rec.key.as_str(), bytes.as_slice())
+                            .map_err(|e| io("write")(e.into()))?;
                     }
                     WatchEvent::Delete { key, .. } => {
                         kv.remove(key.as_str()).map_err(|e| io("write")(e.into()))?;
@@ -132,7 +138,8 @@ impl RedbStore {
                 }
             }
             let mut meta = w.open_table(META).map_err(|e| io("write")(e.into()))?;
-            meta.insert("revision", revision).map_err(|e| io("write")(e.into()))?;
+            meta.insert("revision", revision)
+                .map_err(|e| io("write")(e.into()))?;
         }
         w.commit().map_err(|e| io("commit")(e.into()))?;
         *s = (next, revision);
@@ -173,7 +180,10 @@ impl Store for RedbStore {
             })?
     }
 
-    async fn watch(&self, prefix: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
         Ok(self.inner.watchers.subscribe(prefix))
     }
 }

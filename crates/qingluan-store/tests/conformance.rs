@@ -20,11 +20,18 @@ async fn redb_backend_conforms() {
     conformance::run_all(|| it.lock().unwrap().next().unwrap()).await;
 }
 
-async fn futures_stores(dir: &tempfile::TempDir, n: &std::sync::atomic::AtomicU32) -> Vec<Arc<dyn Store>> {
+async fn futures_stores(
+    dir: &tempfile::TempDir,
+    n: &std::sync::atomic::AtomicU32,
+) -> Vec<Arc<dyn Store>> {
     let mut v: Vec<Arc<dyn Store>> = Vec::new();
     for _ in 0..7 {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        v.push(Arc::new(RedbStore::open(&dir.path().join(format!("s{i}.redb"))).await.unwrap()));
+        v.push(Arc::new(
+            RedbStore::open(&dir.path().join(format!("s{i}.redb")))
+                .await
+                .unwrap(),
+        ));
     }
     v
 }
@@ -38,12 +45,21 @@ async fn redb_survives_reopen_and_locks_the_file() {
     put(&s, "b", b"2".to_vec()).await.unwrap();
     let rev = s.get("b").await.unwrap().unwrap().mod_revision;
     match RedbStore::open(&path).await {
-        Err(e @ StoreError::Locked(_)) => assert_eq!(e.to_string(), format!("store {} is in use by another process", path.display())),
-        other => panic!("second open must fail as locked, got {:?}", other.map(|_| ())),
+        Err(e @ StoreError::Locked(_)) => assert_eq!(
+            e.to_string(),
+            format!("store {} is in use by another process", path.display())
+        ),
+        other => panic!(
+            "second open must fail as locked, got {:?}",
+            other.map(|_| ())
+        ),
     }
     drop(s);
     let s = RedbStore::open(&path).await.unwrap();
     assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
     put(&s, "c", vec![]).await.unwrap();
-    assert!(s.get("c").await.unwrap().unwrap().mod_revision > rev, "revision counter survives");
+    assert!(
+        s.get("c").await.unwrap().unwrap().mod_revision > rev,
+        "revision counter survives"
+    );
 }

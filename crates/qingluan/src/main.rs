@@ -1,1 +1,139 @@
-fn main() {}
+//! `qingluan`: the daemon (`qingluan daemon`) and its command-line client.
+//!
+//! The binary is thin: it parses the command line and the config file, picks the backends
+//! once, and hands over to `daemon` or `cli`.
+
+mod api;
+mod cli;
+mod config;
+mod daemon;
+mod docker;
+mod http;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Open vSwitch network plugin for Docker.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/qingluan/config.toml",
+        env = "QINGLUAN_CONFIG"
+    )]
+    config: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the plugin daemon.
+    Daemon,
+    /// Show the daemon's state.
+    Status,
+    /// Networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// IPAM resource pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// List networks.
+    Ls,
+    /// Show one network (Docker name or ID prefix) with its endpoints.
+    Inspect {
+        /// Name or ID.
+        network: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// List endpoints.
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    /// List pools with their subnets and address usage.
+    Ls,
+    /// Create a pool.
+    Create {
+        /// Pool name.
+        name: String,
+        /// Supernet subnets are carved from.
+        #[arg(long)]
+        subnet: String,
+        /// Prefix length of carved subnets.
+        #[arg(long, default_value_t = 24)]
+        prefix: u8,
+        /// Routing domain kind: host (nat, nonat), vlan or vxlan.
+        #[arg(long, default_value = "host")]
+        kind: String,
+    },
+    /// Remove a pool no network uses.
+    Rm {
+        /// Pool name.
+        name: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qingluan: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = config::Config::load(&args.config)?;
+    let client = cli::Client {
+        socket: config.daemon.api_socket.clone(),
+        docker: config.daemon.docker_socket.clone(),
+        json: args.json,
+    };
+    match args.command {
+        Command::Daemon => {
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.daemon.log.clone());
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .init();
+            daemon::run(config).await
+        }
+        Command::Status => client.status().await,
+        Command::Network(NetworkCmd::Ls) => client.network_ls().await,
+        Command::Network(NetworkCmd::Inspect { network }) => client.network_inspect(&network).await,
+        Command::Endpoint(EndpointCmd::Ls) => client.endpoint_ls().await,
+        Command::Pool(PoolCmd::Ls) => client.pool_ls().await,
+        Command::Pool(PoolCmd::Create {
+            name,
+            subnet,
+            prefix,
+            kind,
+        }) => client.pool_create(&name, &subnet, prefix, &kind).await,
+        Command::Pool(PoolCmd::Rm { name }) => client.pool_rm(&name).await,
+    }
+}

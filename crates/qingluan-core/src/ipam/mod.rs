@@ -1,0 +1,267 @@
+//! IPAM: resource pools, subnets carved from them, and addresses within subnets.
+//!
+//! Concepts:
+//! - A **pool** is a named supernet (`nat` = 10.240.0.0/16 by default) from which subnets of
+//!   a fixed prefix are carved when `docker network create` gives no `--subnet`.
+//! - A **routing domain** says which subnets may not overlap: every nat and nonat subnet is
+//!   routed by the host (domain `host`); vlan and vxlan subnets are isolated at L2 by their
+//!   VLAN ID or VNI (domain `vlan-10`, `vxlan-5001`) and may overlap other domains.
+//! - A **subnet** record exists for every pool Docker requested (RequestPool); its ID, the
+//!   Docker PoolID, is `ql/<domain>/<cidr>`.
+//! - An **address** record exists for every allocated address (gateway, aux, container).
+//!
+//! Rules: every allocation is one compare-and-swap transaction on the store (create-if-absent
+//! of the address key), so concurrent requests can never hand out the same address, and it is
+//! durable before the reply. This file holds the pure arithmetic; `service.rs` the store side.
+
+mod service;
+
+pub use service::{Ipam, PoolUsage};
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::model::nth_host;
+
+/// Store key prefix of pools (`ipam/pools/<name>`).
+pub const POOLS: &str = "ipam/pools/";
+/// Store key prefix of subnets (`ipam/subnets/<domain>/<cidr>`).
+pub const SUBNETS: &str = "ipam/subnets/";
+/// Store key prefix of addresses (`ipam/addrs/<domain>/<cidr>/<ip>`).
+pub const ADDRS: &str = "ipam/addrs/";
+
+/// IPAM errors; the text reaches the user through the Docker CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// `--ipam-opt pool=` names no pool.
+    #[error("unknown pool {name:?} (pools: {known})")]
+    UnknownPool { name: String, known: String },
+    /// No subnet of the pool's prefix is free.
+    #[error("pool {pool} ({supernet}) has no free /{prefix} subnet left")]
+    PoolExhausted {
+        pool: String,
+        supernet: IpNet,
+        prefix: u8,
+    },
+    /// A subnet overlaps one already in use in the same routing domain.
+    #[error("subnet {subnet} overlaps {other}, already used by a {domain} network")]
+    Overlap {
+        subnet: IpNet,
+        other: IpNet,
+        domain: String,
+    },
+    /// `--ip-range` is not inside `--subnet`.
+    #[error("ip-range {range} is not inside subnet {subnet}")]
+    RangeOutside { range: IpNet, subnet: IpNet },
+    /// The gateway is not an address of the subnet.
+    #[error("gateway {addr} is not in subnet {subnet}")]
+    GatewayOutside { addr: IpAddr, subnet: IpNet },
+    /// A requested address is not in the subnet.
+    #[error("address {addr} is not in subnet {subnet}")]
+    AddressOutside { addr: IpAddr, subnet: IpNet },
+    /// A requested address is the network or broadcast address.
+    #[error("address {addr} is reserved in subnet {subnet} (network or broadcast address)")]
+    AddressReserved { addr: IpAddr, subnet: IpNet },
+    /// A requested address is allocated already.
+    #[error("address {addr} is already in use in subnet {subnet}")]
+    AddressInUse { addr: IpAddr, subnet: IpNet },
+    /// Dynamic allocation found no free address.
+    #[error("no free address left in {scope}")]
+    NoFreeAddress { scope: String },
+    /// Docker sent a PoolID we never handed out.
+    #[error("unknown pool id {0:?}")]
+    UnknownPoolId(String),
+    /// An `--ipam-opt` we do not know.
+    #[error("unknown ipam option {key:?} (valid options: pool, vni)")]
+    UnknownOption { key: String },
+    /// An `--ipam-opt` with a bad value, or a missing required one.
+    #[error("invalid ipam option {key}: {reason}")]
+    InvalidOption { key: String, reason: String },
+    /// A pool cannot be created or removed.
+    #[error("{0}")]
+    PoolRule(String),
+    /// A malformed address or subnet.
+    #[error("invalid {what} {value:?}")]
+    Invalid { what: &'static str, value: String },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] qingluan_store::StoreError),
+}
+
+/// What a routing domain isolates: subnets overlap only across domains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Routed by this host (nat, nonat): one shared domain, no overlaps.
+    Host,
+    /// 802.1Q VLANs: one domain per VLAN ID.
+    Vlan,
+    /// VXLAN overlays: one domain per VNI.
+    Vxlan,
+}
+
+/// A named supernet subnets are carved from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// Pool name (`nat`, `nonat`, ...).
+    pub name: String,
+    /// The supernet.
+    pub subnet: IpNet,
+    /// Prefix length of carved subnets.
+    pub prefix: u8,
+    /// Routing domain kind of its subnets.
+    pub kind: PoolKind,
+}
+
+/// A subnet Docker requested, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subnet {
+    /// The Docker PoolID, `ql/<domain>/<cidr>`.
+    pub id: String,
+    /// Name of the pool it belongs to.
+    pub pool: String,
+    /// Routing domain.
+    pub domain: String,
+    /// The subnet.
+    pub cidr: IpNet,
+    /// `--ip-range`: dynamic allocation stays inside it.
+    pub range: Option<IpNet>,
+    /// Whether it was carved from the pool (as opposed to given with `--subnet`).
+    pub carved: bool,
+}
+
+/// Why an address is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddrKind {
+    /// The network's gateway.
+    Gateway,
+    /// Asked for by address: `--ip`, `--aux-address`.
+    Static,
+    /// Chosen by us.
+    Dynamic,
+}
+
+/// An allocated address, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Addr {
+    /// The address.
+    pub ip: IpAddr,
+    /// Why it is allocated.
+    pub kind: AddrKind,
+}
+
+/// Routing domain of a pool kind, given the `vni` option for vlan and vxlan.
+pub fn domain(kind: PoolKind, vni: Option<u32>) -> Result<String, IpamError> {
+    let need = |name: &str| IpamError::InvalidOption {
+        key: "vni".into(),
+        reason: format!("required for a {name} pool"),
+    };
+    Ok(match kind {
+        PoolKind::Host => "host".into(),
+        PoolKind::Vlan => format!("vlan-{}", vni.ok_or_else(|| need("vlan"))?),
+        PoolKind::Vxlan => format!("vxlan-{}", vni.ok_or_else(|| need("vxlan"))?),
+    })
+}
+
+/// The Docker PoolID of a subnet.
+pub fn pool_id(domain: &str, cidr: IpNet) -> String {
+    format!("ql/{domain}/{cidr}")
+}
+
+/// Splits a Docker PoolID into domain and subnet.
+pub fn parse_pool_id(id: &str) -> Result<(String, IpNet), IpamError> {
+    let unknown = || IpamError::UnknownPoolId(id.to_string());
+    let rest = id.strip_prefix("ql/").ok_or_else(unknown)?;
+    let (domain, cidr) = rest.split_once('/').ok_or_else(unknown)?;
+    let cidr = cidr.parse().map_err(|_| unknown())?;
+    Ok((domain.to_string(), cidr))
+}
+
+/// Store key of a subnet.
+pub fn subnet_key(domain: &str, cidr: IpNet) -> String {
+    format!("{SUBNETS}{domain}/{}", cidr_key(cidr))
+}
+
+/// Store key prefix of a subnet's addresses.
+pub fn addrs_prefix(domain: &str, cidr: IpNet) -> String {
+    format!("{ADDRS}{domain}/{}/", cidr_key(cidr))
+}
+
+fn cidr_key(cidr: IpNet) -> String {
+    cidr.to_string().replace('/', "_")
+}
+
+/// Whether an address may be handed out at all in a subnet (not network or broadcast).
+pub fn usable(cidr: IpNet, ip: IpAddr) -> bool {
+    if !cidr.contains(&ip) {
+        return false;
+    }
+    match cidr {
+        IpNet::V4(v4) if v4.prefix_len() < 31 => {
+            IpAddr::V4(v4.network()) != ip && IpAddr::V4(v4.broadcast()) != ip
+        }
+        IpNet::V6(v6) if v6.prefix_len() < 127 => IpAddr::V6(v6.network()) != ip,
+        _ => true,
+    }
+}
+
+/// The first usable host address: the default gateway.
+pub fn first_host(cidr: IpNet) -> Option<IpAddr> {
+    (0..4)
+        .filter_map(|n| nth_host(cidr, n))
+        .find(|ip| usable(cidr, *ip))
+}
+
+/// The lowest usable address of `scope` (the range, or the subnet) that is not taken.
+pub fn lowest_free(cidr: IpNet, scope: IpNet, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    // Walk from the scope's start; `taken` is sorted, so skip runs quickly.
+    let mut n: u128 = 0;
+    loop {
+        let ip = nth_host(scope, n)?;
+        if usable(cidr, ip) && !taken.contains(&ip) {
+            return Some(ip);
+        }
+        n += 1;
+    }
+}
+
+/// The first `prefix`-long subnet of `supernet` that overlaps none of `used`.
+pub fn carve(supernet: IpNet, prefix: u8, used: &[IpNet]) -> Option<IpNet> {
+    supernet
+        .subnets(prefix)
+        .ok()?
+        .find(|c| !used.iter().any(|u| overlaps(*u, *c)))
+}
+
+/// Whether two subnets share any address.
+pub fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// IPv4 routes of the host from `/proc/net/route`, without default routes.
+pub fn host_routes() -> Vec<IpNet> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            let prefix = mask.count_ones() as u8;
+            if prefix == 0 {
+                return None;
+            }
+            let ip = std::net::Ipv4Addr::from(u32::from_be(dest));
+            Some(IpNet::V4(ipnet::Ipv4Net::new(ip, prefix).ok()?.trunc()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

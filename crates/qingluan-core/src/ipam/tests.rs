@@ -1,0 +1,293 @@
+//! IPAM unit tests on the in-memory store, including random interleavings of allocate and
+//! release that must never duplicate or lose an address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use qingluan_store::memory::MemoryStore;
+
+use super::*;
+use crate::settings::IpamSettings;
+
+fn no_routes() -> Vec<IpNet> {
+    Vec::new()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn ipam() -> Ipam {
+    Ipam::with_routes(
+        Arc::new(MemoryStore::new()),
+        &IpamSettings::default(),
+        no_routes,
+    )
+    .await
+    .unwrap()
+}
+
+fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn carves_distinct_subnets_and_reuses_released_ones() {
+    rt().block_on(async {
+        let ipam = ipam().await;
+        let a = ipam
+            .request_pool("", "", &opts(&[("pool", "nat")]), false)
+            .await
+            .unwrap();
+        let b = ipam
+            .request_pool("", "", &opts(&[("pool", "nat")]), false)
+            .await
+            .unwrap();
+        assert_eq!(a.cidr.to_string(), "10.240.0.0/24");
+        assert_eq!(b.cidr.to_string(), "10.240.1.0/24");
+        assert_eq!(a.id, "ql/host/10.240.0.0/24");
+        ipam.release_pool(&a.id).await.unwrap();
+        let c = ipam
+            .request_pool("", "", &opts(&[("pool", "nat")]), false)
+            .await
+            .unwrap();
+        assert_eq!(c.cidr, a.cidr);
+        let d = ipam
+            .request_pool("", "", &opts(&[("pool", "nonat")]), false)
+            .await
+            .unwrap();
+        assert_eq!(d.cidr.to_string(), "10.241.0.0/24");
+    });
+}
+
+#[test]
+fn carving_skips_host_routes() {
+    fn routes() -> Vec<IpNet> {
+        vec!["10.240.0.0/23".parse().unwrap()]
+    }
+    rt().block_on(async {
+        let ipam = Ipam::with_routes(
+            Arc::new(MemoryStore::new()),
+            &IpamSettings::default(),
+            routes,
+        )
+        .await
+        .unwrap();
+        let a = ipam.request_pool("", "", &opts(&[]), false).await.unwrap();
+        assert_eq!(a.cidr.to_string(), "10.240.2.0/24");
+    });
+}
+
+#[test]
+fn exhausted_pool_is_reported() {
+    rt().block_on(async {
+        let ipam = ipam().await;
+        ipam.create_pool(Pool {
+            name: "tiny".into(),
+            subnet: "10.9.0.0/23".parse().unwrap(),
+            prefix: 24,
+            kind: PoolKind::Host,
+        })
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            ipam.request_pool("", "", &opts(&[("pool", "tiny")]), false)
+                .await
+                .unwrap();
+        }
+        let e = ipam
+            .request_pool("", "", &opts(&[("pool", "tiny")]), false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pool tiny (10.9.0.0/23) has no free /24 subnet left"
+        );
+        let e = ipam.remove_pool("tiny").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pool tiny is in use by 2 subnet(s): 10.9.0.0/24, 10.9.1.0/24"
+        );
+    });
+}
+
+#[test]
+fn user_subnets_follow_the_overlap_rules() {
+    rt().block_on(async {
+        let ipam = ipam().await;
+        ipam.request_pool("192.168.2.0/24", "", &opts(&[("pool", "nat")]), false).await.unwrap();
+        let e = ipam
+            .request_pool("192.168.2.128/25", "", &opts(&[("pool", "nonat")]), false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "subnet 192.168.2.128/25 overlaps 192.168.2.0/24, already used by a nat or nonat network"
+        );
+        ipam.request_pool("192.168.2.0/24", "", &opts(&[("pool", "vxlan"), ("vni", "5001")]), false)
+            .await
+            .unwrap();
+        ipam.request_pool("192.168.2.0/24", "", &opts(&[("pool", "vxlan"), ("vni", "5002")]), false)
+            .await
+            .unwrap();
+        let e = ipam
+            .request_pool("10.1.0.0/24", "10.2.0.0/25", &opts(&[]), false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "ip-range 10.2.0.0/25 is not inside subnet 10.1.0.0/24");
+        let e = ipam.request_pool("", "", &opts(&[("pool", "nope")]), false).await.unwrap_err();
+        assert_eq!(e.to_string(), "unknown pool \"nope\" (pools: nat, nonat, vlan, vxlan)");
+        let e = ipam.request_pool("", "", &opts(&[("colour", "red")]), false).await.unwrap_err();
+        assert_eq!(e.to_string(), "unknown ipam option \"colour\" (valid options: pool, vni)");
+    });
+}
+
+#[test]
+fn addresses_gateway_static_and_range() {
+    rt().block_on(async {
+        let ipam = ipam().await;
+        let s = ipam
+            .request_pool("192.168.5.0/24", "192.168.5.128/25", &opts(&[]), false)
+            .await
+            .unwrap();
+        let gw = ipam.request_address(&s.id, "", true).await.unwrap();
+        assert_eq!(gw.to_string(), "192.168.5.1/24");
+        let a = ipam.request_address(&s.id, "", false).await.unwrap();
+        assert_eq!(a.to_string(), "192.168.5.128/24");
+        let st = ipam
+            .request_address(&s.id, "192.168.5.10", false)
+            .await
+            .unwrap();
+        assert_eq!(st.to_string(), "192.168.5.10/24");
+        let e = ipam
+            .request_address(&s.id, "192.168.5.10", false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 192.168.5.10 is already in use in subnet 192.168.5.0/24"
+        );
+        let e = ipam
+            .request_address(&s.id, "10.0.0.1", false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 10.0.0.1 is not in subnet 192.168.5.0/24"
+        );
+        let e = ipam
+            .request_address(&s.id, "192.168.5.255", false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("reserved"));
+        let e = ipam
+            .request_address(&s.id, "10.0.0.1", true)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "gateway 10.0.0.1 is not in subnet 192.168.5.0/24"
+        );
+        ipam.release_address(&s.id, "192.168.5.128").await.unwrap();
+        let again = ipam.request_address(&s.id, "", false).await.unwrap();
+        assert_eq!(again, a);
+        ipam.release_address(&s.id, "192.168.5.77").await.unwrap();
+        ipam.release_address("ql/host/1.2.3.0/24", "1.2.3.4")
+            .await
+            .unwrap();
+        let e = ipam.request_address("bogus", "", false).await.unwrap_err();
+        assert_eq!(e.to_string(), "unknown pool id \"bogus\"");
+    });
+}
+
+#[test]
+fn small_range_exhausts() {
+    rt().block_on(async {
+        let ipam = ipam().await;
+        let s = ipam
+            .request_pool("10.7.0.0/24", "10.7.0.8/30", &opts(&[]), false)
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            ipam.request_address(&s.id, "", false).await.unwrap();
+        }
+        let e = ipam.request_address(&s.id, "", false).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no free address left in ip-range 10.7.0.8/30 of 10.7.0.0/24"
+        );
+    });
+}
+
+#[test]
+fn concurrent_requests_never_duplicate() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ipam = Arc::new(ipam().await);
+        let s = ipam
+            .request_pool("10.8.0.0/24", "", &opts(&[]), false)
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let (ipam, id) = (ipam.clone(), s.id.clone());
+                tokio::spawn(async move { ipam.request_address(&id, "", false).await.unwrap() })
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        for t in tasks {
+            assert!(seen.insert(t.await.unwrap()));
+        }
+        assert_eq!(seen.len(), 100);
+    });
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Allocate,
+    Release(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn interleavings_never_duplicate_or_lose(steps in prop::collection::vec(
+        prop_oneof![Just(Step::Allocate), (0usize..64).prop_map(Step::Release)], 1..120)) {
+        rt().block_on(async {
+            let ipam = ipam().await;
+            let s = ipam.request_pool("10.6.0.0/26", "", &opts(&[]), false).await.unwrap();
+            let mut held: Vec<IpAddr> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Allocate => match ipam.request_address(&s.id, "", false).await {
+                        Ok(a) => {
+                            prop_assert!(!held.contains(&a.addr()), "duplicate {}", a);
+                            held.push(a.addr());
+                        }
+                        Err(IpamError::NoFreeAddress { .. }) => prop_assert_eq!(held.len(), 62),
+                        Err(e) => panic!("{e}"),
+                    },
+                    Step::Release(i) if !held.is_empty() => {
+                        let ip = held.remove(i % held.len());
+                        ipam.release_address(&s.id, &ip.to_string()).await.unwrap();
+                    }
+                    Step::Release(_) => {}
+                }
+                let stored: BTreeSet<IpAddr> = ipam.addresses(&s).await.unwrap().into_iter().map(|a| a.ip).collect();
+                let mine: BTreeSet<IpAddr> = held.iter().copied().collect();
+                prop_assert_eq!(stored, mine);
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,293 @@
+//! The domain's records: networks, endpoints and published ports, as they are stored.
+//!
+//! These are the desired state. Everything qingluan creates in OVS, the kernel and netfilter
+//! is derived from them (see `desired.rs`), so a record is persisted before anything is
+//! applied and the dataplane can always be rebuilt from the store alone. Names of the
+//! objects we create are derived from record IDs so they are stable across restarts.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Store key prefix of network records (`networks/<network id>`).
+pub const NETWORKS: &str = "networks/";
+/// Store key prefix of endpoint records (`endpoints/<endpoint id>`).
+pub const ENDPOINTS: &str = "endpoints/";
+
+/// A network mode, chosen with `--opt model=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A private L2 segment on this host, no route out.
+    Nonat,
+    /// A host-local segment with a gateway on the host, masquerade and port publishing.
+    Nat,
+    /// Containers on the physical network of an uplink, untagged.
+    Flat,
+    /// Containers on an 802.1Q VLAN of a trunk uplink.
+    Vlan,
+    /// An overlay segment carried over UDP between hosts.
+    Vxlan,
+}
+
+impl Mode {
+    /// Every mode, in the order they are documented.
+    pub const ALL: [Mode; 5] = [Mode::Nonat, Mode::Nat, Mode::Flat, Mode::Vlan, Mode::Vxlan];
+
+    /// The mode's name as users type it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nonat => "nonat",
+            Mode::Nat => "nat",
+            Mode::Flat => "flat",
+            Mode::Vlan => "vlan",
+            Mode::Vxlan => "vxlan",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == s).ok_or(())
+    }
+}
+
+/// A network as created by `docker network create`, keyed by Docker's network ID.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// Docker's 64-hex network ID.
+    pub id: String,
+    /// The network mode.
+    pub mode: Mode,
+    /// `--internal`: no masquerade, no publishing, no default route.
+    pub internal: bool,
+    /// MTU of container interfaces on this network.
+    pub mtu: u32,
+    /// IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// IPv4 gateway address (on the host's bridge port for nonat and nat).
+    pub gateway: Ipv4Addr,
+    /// IPv6 subnet and gateway when created with `--ipv6`.
+    pub ipv6: Option<(Ipv6Net, std::net::Ipv6Addr)>,
+    /// The driver options as given (`-o k=v`), kept for `qingluan network inspect`.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Seconds since the epoch when the network was created.
+    pub created: u64,
+}
+
+impl Network {
+    /// The OVS bridge of this network; also the name of its internal (gateway) interface.
+    pub fn bridge(&self) -> String {
+        bridge_name(&self.id)
+    }
+
+    /// Whether traffic may leave this host through the gateway (masquerade, publishing).
+    pub fn external(&self) -> bool {
+        self.mode == Mode::Nat && !self.internal
+    }
+
+    /// Short ID as Docker prints it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// A container's attachment to a network, keyed by Docker's endpoint ID.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Docker's 64-hex endpoint ID (new every time a container starts).
+    pub id: String,
+    /// The network it belongs to.
+    pub network_id: String,
+    /// IPv4 address with the network's prefix length.
+    pub address: Ipv4Net,
+    /// IPv6 address, on dual-stack networks.
+    pub address_v6: Option<Ipv6Net>,
+    /// MAC address of the container interface.
+    pub mac: Mac,
+    /// Ports published on the host (set by ProgramExternalConnectivity).
+    pub ports: Vec<PortMapping>,
+    /// Whether Docker joined a sandbox to this endpoint.
+    pub joined: bool,
+    /// The sandbox (network namespace path) given at Join.
+    pub sandbox: Option<String>,
+    /// Seconds since the epoch when the endpoint was created.
+    pub created: u64,
+}
+
+impl Endpoint {
+    /// Host-side veth, attached to OVS.
+    pub fn host_veth(&self) -> String {
+        format!("qlv{}", &self.id[..11.min(self.id.len())])
+    }
+
+    /// Container-side veth, handed to Docker at Join.
+    pub fn peer_veth(&self) -> String {
+        format!("qlc{}", &self.id[..11.min(self.id.len())])
+    }
+
+    /// Short ID as Docker prints it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// Bridge name of a network: `qlb` + the first 8 hex digits of its ID (11 characters).
+pub fn bridge_name(network_id: &str) -> String {
+    format!("qlb{}", &network_id[..8.min(network_id.len())])
+}
+
+/// A MAC address, written `02:42:0a:f0:00:02`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The MAC qingluan gives a container that asked for none: locally administered
+    /// `02:42:` followed by the IPv4 address, unique wherever the address is unique.
+    pub fn from_ipv4(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let mut out = [0u8; 6];
+        if parts.len() != 6 {
+            return Err(format!("invalid mac address {s:?}"));
+        }
+        for (i, p) in parts.iter().enumerate() {
+            out[i] = u8::from_str_radix(p, 16).map_err(|_| format!("invalid mac address {s:?}"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP (IP protocol 6).
+    Tcp,
+    /// UDP (IP protocol 17).
+    Udp,
+    /// SCTP (IP protocol 132).
+    Sctp,
+}
+
+impl Proto {
+    /// Maps Docker's IP protocol number.
+    pub fn from_number(n: u64) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            132 => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The protocol's nftables keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+/// One published port: host address and port forwarded to the container's port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct PortMapping {
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Host address to listen on; `None` means every local address.
+    pub host_ip: Option<IpAddr>,
+    /// Host port.
+    pub host_port: u16,
+    /// Container port.
+    pub port: u16,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(ip) => write!(
+                f,
+                "{ip}:{}->{}/{}",
+                self.host_port,
+                self.port,
+                self.proto.as_str()
+            ),
+            None => write!(
+                f,
+                "{}->{}/{}",
+                self.host_port,
+                self.port,
+                self.proto.as_str()
+            ),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Host address `n` of a subnet, counting from the network address (1 = first host).
+pub fn nth_host(net: IpNet, n: u128) -> Option<IpAddr> {
+    match net {
+        IpNet::V4(v4) => {
+            let base = u32::from(v4.network()) as u128;
+            let ip = base.checked_add(n)?;
+            let ip = u32::try_from(ip).ok()?;
+            let ip = Ipv4Addr::from(ip);
+            v4.contains(&ip).then_some(IpAddr::V4(ip))
+        }
+        IpNet::V6(v6) => {
+            let ip = u128::from(v6.network()).checked_add(n)?;
+            let ip = std::net::Ipv6Addr::from(ip);
+            v6.contains(&ip).then_some(IpAddr::V6(ip))
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Network modes: one file per mode, each a [`ModeDriver`] chosen by the network's mode.
+//!
+//! A mode decides what its networks look like in the dataplane (`build`), what a container
+//! gets at Join (gateway or not), and whether it may publish ports. Modes only produce plain
+//! data; they never touch the system.
+
+mod nat;
+mod nonat;
+
+use qingluan_dataplane::netfilter::Segment;
+use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
+
+use crate::desired::{Ctx, Desired, GatewayPort, Veth};
+use crate::model::{Endpoint, Mode, Network};
+use crate::pipeline;
+
+/// What Join returns for an endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinInfo {
+    /// Host-side name of the interface Docker moves into the container.
+    pub src_name: String,
+    /// Default gateway for the container, if the mode gives one.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// IPv6 default gateway.
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
+    /// Tell Docker not to add `docker_gwbridge` (modes without a way out).
+    pub disable_gateway_service: bool,
+}
+
+/// One network mode.
+pub trait ModeDriver: Send + Sync {
+    /// Whether `-p` publishing is allowed on this network.
+    fn allows_publishing(&self, net: &Network) -> bool;
+    /// What Join returns.
+    fn join(&self, net: &Network, ep: &Endpoint) -> JoinInfo;
+    /// Adds the network's part of the desired dataplane.
+    fn build(&self, ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desired);
+}
+
+/// The driver of a mode.
+pub fn driver(mode: Mode) -> &'static dyn ModeDriver {
+    match mode {
+        Mode::Nat => &nat::Nat,
+        _ => &nonat::Nonat,
+    }
+}
+
+/// A host-local segment: one bridge with the gateway on its internal port, a guarded veth
+/// per endpoint and the pipeline's flows. nonat is exactly this; nat adds a way out.
+pub(crate) fn local_segment(
+    ctx: &Ctx,
+    net: &Network,
+    eps: &[&Endpoint],
+    external: bool,
+    out: &mut Desired,
+) {
+    let bridge = net.bridge();
+    out.bridges.push(BridgeSpec {
+        name: bridge.clone(),
+        datapath_type: ctx.facts.datapath.clone(),
+        fail_mode: Some("secure".into()),
+        external_ids: ctx.ids(net, None),
+        other_config: Default::default(),
+        protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
+            .map(String::from)
+            .to_vec(),
+    });
+    let mut addrs = vec![ipnet::IpNet::V4(
+        ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("valid prefix"),
+    )];
+    if let Some((v6, gw6)) = net.ipv6 {
+        addrs.push(ipnet::IpNet::V6(
+            ipnet::Ipv6Net::new(gw6, v6.prefix_len()).expect("valid prefix"),
+        ));
+    }
+    out.gateways.push(GatewayPort {
+        iface: bridge.clone(),
+        addrs,
+        mtu: net.mtu,
+    });
+    for ep in eps {
+        out.ports.push(PortSpec {
+            bridge: bridge.clone(),
+            name: ep.host_veth(),
+            kind: String::new(),
+            tag: None,
+            external_ids: ctx.ids(net, Some(ep)),
+            mtu_request: None,
+            options: Default::default(),
+        });
+        out.veths.push(Veth {
+            host: ep.host_veth(),
+            peer: ep.peer_veth(),
+            mtu: net.mtu,
+            mac: ep.mac,
+            tx_off: ctx.facts.needs_tx_off(),
+            recreate: !ep.joined,
+        });
+        if ctx.facts.needs_guards() {
+            out.firewall.guards.push(ep.host_veth());
+        }
+    }
+    out.flows.insert(bridge.clone(), pipeline::flows(net, eps));
+    out.sentinels
+        .insert(bridge.clone(), pipeline::sentinel(net));
+    out.firewall.segments.push(Segment {
+        bridge,
+        subnet: net.subnet,
+        gateway: net.gateway,
+        external,
+        dnat: Vec::new(),
+    });
+}

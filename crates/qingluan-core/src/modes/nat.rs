@@ -1,0 +1,65 @@
+//! nat: what docker0 gives, on OVS.
+//!
+//! The gateway sits on the bridge's internal port on the host; outbound traffic is
+//! masqueraded; `-p` ports are DNATed in the kernel (no docker-proxy), including from the
+//! host itself on 127.0.0.1 (route_localnet plus a masquerade of loopback sources) and hairpin
+//! from the same network. `--internal` turns a nat network into nonat: no masquerade, no
+//! publishing, no default route.
+
+use qingluan_dataplane::netfilter::Dnat;
+
+use super::{local_segment, JoinInfo, ModeDriver};
+use crate::desired::{Ctx, Desired};
+use crate::model::{Endpoint, Network};
+
+/// The nat mode.
+pub struct Nat;
+
+impl ModeDriver for Nat {
+    fn allows_publishing(&self, net: &Network) -> bool {
+        net.external()
+    }
+
+    fn join(&self, net: &Network, ep: &Endpoint) -> JoinInfo {
+        let external = net.external();
+        JoinInfo {
+            src_name: ep.peer_veth(),
+            gateway: external.then_some(net.gateway),
+            gateway_v6: net.ipv6.filter(|_| external).map(|(_, gw)| gw),
+            disable_gateway_service: !external,
+        }
+    }
+
+    fn build(&self, ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desired) {
+        let external = net.external();
+        local_segment(ctx, net, eps, external, out);
+        if !external {
+            return;
+        }
+        let bridge = net.bridge();
+        out.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        out.sysctls
+            .insert(format!("net.ipv4.conf.{bridge}.route_localnet"), "1".into());
+        let seg = out
+            .firewall
+            .segments
+            .last_mut()
+            .expect("local_segment pushed the segment");
+        for ep in eps {
+            for p in &ep.ports {
+                let host_ip = match p.host_ip {
+                    Some(std::net::IpAddr::V4(ip)) => Some(ip),
+                    _ => None,
+                };
+                seg.dnat.push(Dnat {
+                    proto: p.proto.as_str().into(),
+                    host_ip,
+                    host_port: p.host_port,
+                    to: ep.address.addr(),
+                    to_port: p.port,
+                });
+            }
+        }
+        seg.dnat.sort();
+    }
+}

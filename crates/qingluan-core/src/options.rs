@@ -1,0 +1,230 @@
+//! Validation of what `docker network create` and `docker run` pass to the driver.
+//!
+//! Every option is either understood or refused with an error naming it: nothing Docker
+//! passes is silently ignored. The result is a validated value ([`NetworkOptions`]) that the
+//! rest of the domain takes as proof that validation happened.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::model::{Mode, PortMapping, Proto};
+
+/// Option errors; the text reaches the user through the Docker CLI.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum OptionError {
+    /// `--opt model=` names no mode.
+    #[error("unknown model {0:?} (models: nonat, nat, flat, vlan, vxlan)")]
+    UnknownModel(String),
+    /// A mode this build does not provide yet.
+    #[error("model {0} is not available yet (available: nonat, nat)")]
+    ModelUnavailable(Mode),
+    /// A driver option we do not know for this mode.
+    #[error("unknown option {key:?} for model {mode} (valid options: {valid})")]
+    UnknownOption {
+        key: String,
+        mode: Mode,
+        valid: String,
+    },
+    /// A bad MTU.
+    #[error("invalid mtu {0:?}: must be a number between 68 and 65535")]
+    InvalidMtu(String),
+    /// `--opt mtu` and `com.docker.network.driver.mtu` disagree.
+    #[error("mtu {0} and com.docker.network.driver.mtu {1} disagree")]
+    MtuConflict(u32, u32),
+    /// A published port we cannot map.
+    #[error("invalid port mapping: {0}")]
+    InvalidPort(String),
+}
+
+/// Docker's MTU option key.
+pub const DOCKER_MTU: &str = "com.docker.network.driver.mtu";
+
+/// Driver options of a network, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkOptions {
+    /// The mode.
+    pub mode: Mode,
+    /// The MTU asked for, if any.
+    pub mtu: Option<u32>,
+}
+
+/// Keys every mode accepts.
+const COMMON_KEYS: [&str; 3] = ["model", "mtu", DOCKER_MTU];
+
+/// Validates `-o k=v` options of `docker network create`.
+pub fn network_options(
+    generic: &BTreeMap<String, String>,
+    default_model: &str,
+) -> Result<NetworkOptions, OptionError> {
+    let model = generic
+        .get("model")
+        .map(String::as_str)
+        .unwrap_or(default_model);
+    let mode: Mode = model
+        .parse()
+        .map_err(|_| OptionError::UnknownModel(model.to_string()))?;
+    if !matches!(mode, Mode::Nonat | Mode::Nat) {
+        return Err(OptionError::ModelUnavailable(mode));
+    }
+    if let Some(key) = generic.keys().find(|k| !COMMON_KEYS.contains(&k.as_str())) {
+        return Err(OptionError::UnknownOption {
+            key: key.clone(),
+            mode,
+            valid: COMMON_KEYS.join(", "),
+        });
+    }
+    let parse = |v: &String| -> Result<u32, OptionError> {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|m| (68..=65535).contains(m))
+            .ok_or_else(|| OptionError::InvalidMtu(v.clone()))
+    };
+    let a = generic.get("mtu").map(parse).transpose()?;
+    let b = generic.get(DOCKER_MTU).map(parse).transpose()?;
+    let mtu = match (a, b) {
+        (Some(a), Some(b)) if a != b => return Err(OptionError::MtuConflict(a, b)),
+        (a, b) => a.or(b),
+    };
+    Ok(NetworkOptions { mode, mtu })
+}
+
+/// One entry of Docker's `com.docker.network.portmap`, as numbers and strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawPort {
+    /// IP protocol number.
+    pub proto: u64,
+    /// Host address, `""` for all.
+    pub host_ip: String,
+    /// First host port (0 = choose one).
+    pub host_port: u64,
+    /// Last host port of a range.
+    pub host_port_end: u64,
+    /// Container port.
+    pub port: u64,
+}
+
+/// Validates Docker's port map. A host port range maps its first port; host port 0
+/// (`-P`) is returned as 0 for the caller to choose a free port.
+pub fn port_mappings(raw: &[RawPort]) -> Result<Vec<PortMapping>, OptionError> {
+    let mut out = Vec::new();
+    for r in raw {
+        let proto = Proto::from_number(r.proto).ok_or_else(|| {
+            OptionError::InvalidPort(format!("unknown protocol number {}", r.proto))
+        })?;
+        let port = u16::try_from(r.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| OptionError::InvalidPort(format!("container port {}", r.port)))?;
+        let host_port = u16::try_from(r.host_port)
+            .map_err(|_| OptionError::InvalidPort(format!("host port {}", r.host_port)))?;
+        let host_ip = match r.host_ip.as_str() {
+            "" | "0.0.0.0" => None,
+            s => {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| OptionError::InvalidPort(format!("host address {s:?}")))?;
+                if ip.is_ipv6() {
+                    if ip.is_unspecified() {
+                        continue;
+                    }
+                    return Err(OptionError::InvalidPort(format!(
+                        "host address {ip}: publishing on IPv6 addresses is not supported"
+                    )));
+                }
+                Some(ip)
+            }
+        };
+        let m = PortMapping {
+            proto,
+            host_ip,
+            host_port,
+            port,
+        };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn model_defaults_and_parses() {
+        assert_eq!(network_options(&opts(&[]), "nat").unwrap().mode, Mode::Nat);
+        assert_eq!(
+            network_options(&opts(&[("model", "nonat")]), "nat")
+                .unwrap()
+                .mode,
+            Mode::Nonat
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        assert_eq!(
+            network_options(&opts(&[("model", "bogus")]), "nat")
+                .unwrap_err()
+                .to_string(),
+            "unknown model \"bogus\" (models: nonat, nat, flat, vlan, vxlan)"
+        );
+        assert_eq!(
+            network_options(&opts(&[("model", "vxlan")]), "nat")
+                .unwrap_err()
+                .to_string(),
+            "model vxlan is not available yet (available: nonat, nat)"
+        );
+        assert_eq!(
+            network_options(&opts(&[("colour", "red")]), "nat").unwrap_err().to_string(),
+            "unknown option \"colour\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu)"
+        );
+        assert_eq!(
+            network_options(&opts(&[("mtu", "abc")]), "nat")
+                .unwrap_err()
+                .to_string(),
+            "invalid mtu \"abc\": must be a number between 68 and 65535"
+        );
+        assert!(network_options(&opts(&[("mtu", "67")]), "nat").is_err());
+        assert_eq!(
+            network_options(&opts(&[("mtu", "1400"), (DOCKER_MTU, "1300")]), "nat").unwrap_err(),
+            OptionError::MtuConflict(1400, 1300)
+        );
+        assert_eq!(
+            network_options(&opts(&[(DOCKER_MTU, "1400")]), "nat")
+                .unwrap()
+                .mtu,
+            Some(1400)
+        );
+    }
+
+    #[test]
+    fn ports_parse() {
+        let raw = |proto, ip: &str, hp, port| RawPort {
+            proto,
+            host_ip: ip.into(),
+            host_port: hp,
+            host_port_end: hp,
+            port,
+        };
+        let m = port_mappings(&[
+            raw(6, "", 1080, 80),
+            raw(17, "127.0.0.1", 53, 53),
+            raw(6, "::", 1080, 80),
+        ])
+        .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].to_string(), "1080->80/tcp");
+        assert_eq!(m[1].to_string(), "127.0.0.1:53->53/udp");
+        assert!(port_mappings(&[raw(99, "", 1, 1)]).is_err());
+    }
+}

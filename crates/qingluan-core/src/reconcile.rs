@@ -1,0 +1,292 @@
+//! Reconcile: make OVS, links, flows and netfilter match the desired dataplane.
+//!
+//! Level-triggered and idempotent. One routine serves every occasion: after each plugin
+//! call (cheap: unchanged flows and rules are skipped using what this process last applied),
+//! at start-up, after an OVS reconnect and periodically (`full`: everything is compared with
+//! the installed state). It re-creates what is missing, removes what this instance owns but
+//! no longer wants, and never deletes and re-creates something that already matches, so a
+//! daemon restart does not drop a packet. Errors are collected, never stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use qingluan_dataplane::netfilter::Firewall;
+use qingluan_dataplane::netlink::Links;
+use qingluan_dataplane::openflow::{Flow, FlowProgrammer};
+use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
+use tokio::sync::Mutex;
+
+use crate::desired::{Desired, OWNER};
+
+/// The system adapters the reconciler drives.
+#[derive(Clone)]
+pub struct Adapters {
+    /// OVSDB.
+    pub ovs: Arc<dyn Ovs>,
+    /// OpenFlow.
+    pub flows: Arc<dyn FlowProgrammer>,
+    /// Links, addresses, sysctls.
+    pub links: Arc<dyn Links>,
+    /// Netfilter.
+    pub firewall: Arc<dyn Firewall>,
+}
+
+/// Everything that went wrong in one pass, each with its object.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ReconcileError(pub Vec<String>);
+
+/// What one pass changed, for logs and tests.
+#[derive(Debug, Default, PartialEq)]
+pub struct Report {
+    /// OVSDB operations applied.
+    pub ovs_ops: usize,
+    /// Veths created.
+    pub veths_created: usize,
+    /// Veths deleted.
+    pub veths_deleted: usize,
+    /// Bridges whose flows were replaced.
+    pub flows_replaced: usize,
+    /// Whether netfilter changed.
+    pub firewall_changed: bool,
+}
+
+/// Drives the adapters towards a desired state.
+pub struct Reconciler {
+    adapters: Adapters,
+    /// Instance name (owner tag).
+    owner: String,
+    /// Link name prefix of endpoint host veths.
+    veth_prefix: String,
+    /// Flows this process last installed per bridge.
+    installed_flows: Mutex<BTreeMap<String, Vec<Flow>>>,
+    /// Serialises passes.
+    pass: Mutex<()>,
+}
+
+impl Reconciler {
+    /// A reconciler for an instance whose objects carry `owner` and whose links start with
+    /// `prefix`.
+    pub fn new(adapters: Adapters, owner: &str, prefix: &str) -> Self {
+        Reconciler {
+            adapters,
+            owner: owner.to_string(),
+            veth_prefix: format!("{prefix}v"),
+            installed_flows: Mutex::new(BTreeMap::new()),
+            pass: Mutex::new(()),
+        }
+    }
+
+    /// The adapters (for status and audits).
+    pub fn adapters(&self) -> &Adapters {
+        &self.adapters
+    }
+
+    /// Forgets what was installed on `bridge` so the next pass re-programs its flows.
+    pub async fn invalidate_flows(&self, bridge: &str) {
+        self.installed_flows.lock().await.remove(bridge);
+    }
+
+    /// One reconcile pass.
+    pub async fn sync(&self, d: &Desired, full: bool) -> Result<Report, ReconcileError> {
+        let _pass = self.pass.lock().await;
+        let a = &self.adapters;
+        let mut errs = Vec::new();
+        let mut report = Report::default();
+
+        // 1. Links first: OVS system ports need their device.
+        let existing: BTreeSet<String> = match a.links.links_with_prefix(&self.veth_prefix).await {
+            Ok(l) => l.into_iter().map(|l| l.name).collect(),
+            Err(e) => {
+                errs.push(e.to_string());
+                BTreeSet::new()
+            }
+        };
+        for v in d
+            .veths
+            .iter()
+            .filter(|v| v.recreate && !existing.contains(&v.host))
+        {
+            match a
+                .links
+                .create_veth(&v.host, &v.peer, v.mtu, Some(v.mac.0))
+                .await
+            {
+                Ok(()) => {
+                    report.veths_created += 1;
+                    if v.tx_off {
+                        if let Err(e) = a.links.tx_checksum_off(&v.peer).await {
+                            errs.push(e.to_string());
+                        }
+                    }
+                }
+                Err(e) => errs.push(e.to_string()),
+            }
+        }
+
+        // 2. OVS bridges and ports, in one transaction.
+        match a.ovs.snapshot().await {
+            Ok(snap) => {
+                let ops = ovs_ops(&self.owner, d, &snap);
+                if !ops.is_empty() {
+                    report.ovs_ops = ops.len();
+                    if let Err(e) = a.ovs.apply(&ops).await {
+                        errs.push(e.to_string());
+                    }
+                }
+            }
+            Err(e) => errs.push(e.to_string()),
+        }
+
+        // 3. Gateway ports: MTU, addresses, up; then sysctls that name them.
+        for g in &d.gateways {
+            let r = async {
+                a.links.set_mtu(&g.iface, g.mtu).await?;
+                for addr in &g.addrs {
+                    a.links.add_address(&g.iface, *addr).await?;
+                }
+                a.links.set_up(&g.iface).await
+            };
+            if let Err(e) = r.await {
+                errs.push(e.to_string());
+            }
+        }
+        for (k, v) in &d.sysctls {
+            if let Err(e) = a.links.sysctl(k, v).await {
+                errs.push(e.to_string());
+            }
+        }
+
+        // 4. Flows, only where they differ from what we installed (or always when full).
+        {
+            let mut installed = self.installed_flows.lock().await;
+            installed.retain(|b, _| d.flows.contains_key(b));
+            for (bridge, flows) in &d.flows {
+                if !full && installed.get(bridge) == Some(flows) {
+                    continue;
+                }
+                match a.flows.replace_flows(bridge, flows).await {
+                    Ok(()) => {
+                        report.flows_replaced += 1;
+                        installed.insert(bridge.clone(), flows.clone());
+                    }
+                    Err(e) => {
+                        installed.remove(bridge);
+                        errs.push(e.to_string());
+                    }
+                }
+            }
+        }
+
+        // 5. Netfilter; guards only for devices that exist (a vanished veth must not
+        //    block the whole ruleset).
+        let mut fw = d.firewall.clone();
+        if let Ok(now) = a.links.links_with_prefix(&self.veth_prefix).await {
+            let now: BTreeSet<String> = now.into_iter().map(|l| l.name).collect();
+            fw.guards.retain(|g| now.contains(g));
+        }
+        match a.firewall.apply(&fw, full).await {
+            Ok(changed) => report.firewall_changed = changed,
+            Err(e) => errs.push(e.to_string()),
+        }
+
+        // 6. Veths nobody wants any more.
+        let wanted: BTreeSet<&str> = d.veths.iter().map(|v| v.host.as_str()).collect();
+        for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
+            match a.links.delete_link(name).await {
+                Ok(()) => report.veths_deleted += 1,
+                Err(e) => errs.push(e.to_string()),
+            }
+        }
+
+        if errs.is_empty() {
+            Ok(report)
+        } else {
+            Err(ReconcileError(errs))
+        }
+    }
+
+    /// Bridges whose sentinel flow is missing (ovs-vswitchd restarted and lost them).
+    pub async fn bridges_missing_flows(&self, d: &Desired) -> Vec<String> {
+        let mut out = Vec::new();
+        for (bridge, cookie) in &d.sentinels {
+            if let Ok(0) = self
+                .adapters
+                .flows
+                .flow_count(bridge, *cookie, u64::MAX)
+                .await
+            {
+                out.push(bridge.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The OVSDB operations that turn `snap` into the desired bridges and ports.
+pub fn ovs_ops(
+    owner: &str,
+    d: &Desired,
+    snap: &[qingluan_dataplane::ovsdb::BridgeState],
+) -> Vec<OvsOp> {
+    let mut ops = Vec::new();
+    let owned = |ids: &BTreeMap<String, String>| ids.get(OWNER).map(String::as_str) == Some(owner);
+    let by_name: BTreeMap<&str, &qingluan_dataplane::ovsdb::BridgeState> =
+        snap.iter().map(|b| (b.spec.name.as_str(), b)).collect();
+    for want in &d.bridges {
+        match by_name.get(want.name.as_str()) {
+            None => ops.push(OvsOp::AddBridge(want.clone())),
+            Some(have) => {
+                let h = &have.spec;
+                if h.fail_mode != want.fail_mode
+                    || h.external_ids != want.external_ids
+                    || h.protocols != want.protocols
+                {
+                    ops.push(OvsOp::UpdateBridge(want.clone()));
+                }
+            }
+        }
+    }
+    let wanted_bridges: BTreeSet<&str> = d.bridges.iter().map(|b| b.name.as_str()).collect();
+    for b in snap
+        .iter()
+        .filter(|b| owned(&b.spec.external_ids) && !wanted_bridges.contains(b.spec.name.as_str()))
+    {
+        ops.push(OvsOp::DeleteBridge(b.spec.name.clone()));
+    }
+    let mut have_ports = BTreeMap::new();
+    for b in snap {
+        for p in &b.ports {
+            have_ports.insert((b.spec.name.as_str(), p.spec.name.as_str()), &p.spec);
+        }
+    }
+    for want in &d.ports {
+        match have_ports.get(&(want.bridge.as_str(), want.name.as_str())) {
+            None => ops.push(OvsOp::AddPort(want.clone())),
+            Some(h) => {
+                if h.external_ids != want.external_ids || h.tag != want.tag || h.kind != want.kind {
+                    ops.push(OvsOp::UpdatePort(want.clone()));
+                }
+            }
+        }
+    }
+    let wanted_ports: BTreeSet<(&str, &str)> = d
+        .ports
+        .iter()
+        .map(|p| (p.bridge.as_str(), p.name.as_str()))
+        .collect();
+    for b in snap
+        .iter()
+        .filter(|b| wanted_bridges.contains(b.spec.name.as_str()))
+    {
+        for p in b.ports.iter().filter(|p| owned(&p.spec.external_ids)) {
+            if !wanted_ports.contains(&(b.spec.name.as_str(), p.spec.name.as_str())) {
+                ops.push(OvsOp::DeletePort {
+                    bridge: b.spec.name.clone(),
+                    name: p.spec.name.clone(),
+                });
+            }
+        }
+    }
+    ops
+}

@@ -1,0 +1,618 @@
+//! The driver service: every plugin call as validate → persist → apply.
+//!
+//! A call is validated completely first (options, addresses, ports), then its record is
+//! written to the store (durable before we answer), then the dataplane is reconciled. When
+//! applying fails, the record is restored and the dataplane reconciled back, so a refused
+//! call changes nothing. Calls are serialised by one lock: the plugin protocol is cheap per
+//! call and correctness under Docker's concurrent start/stop storms matters more.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use qingluan_store::{Op, Store, StoreError};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::desired::{self, Desired, HostFacts};
+use crate::ipam::{Ipam, IpamError};
+use crate::model::{self, Endpoint, Mac, Mode, Network, PortMapping, ENDPOINTS, NETWORKS};
+use crate::modes::{self, JoinInfo};
+use crate::options::{self, OptionError, RawPort};
+use crate::reconcile::{ReconcileError, Reconciler, Report};
+use crate::settings::Settings;
+
+/// Errors of driver calls; the text reaches the user through the Docker CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A bad option.
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    /// IPAM refused.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// A network we do not know.
+    #[error("network {0} not found")]
+    NetworkNotFound(String),
+    /// An endpoint we do not know.
+    #[error("endpoint {0} not found")]
+    EndpointNotFound(String),
+    /// `-p` on a network without a way out.
+    #[error("port publishing (-p) is not supported on {0} networks: they have no route out")]
+    PublishingRefused(&'static str),
+    /// A host port published twice.
+    #[error("host port {port}/{proto} is already published by endpoint {owner}")]
+    PortInUse {
+        port: u16,
+        proto: &'static str,
+        owner: String,
+    },
+    /// A request Docker should never send.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The dataplane could not be programmed.
+    #[error("cannot program the dataplane: {0}")]
+    Dataplane(#[from] ReconcileError),
+    /// OVS could not be asked about the host.
+    #[error("{0}")]
+    Ovs(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One IPAM pool of a CreateNetwork request (strings as Docker sends them).
+#[derive(Clone, Debug, Default)]
+pub struct IpamData {
+    /// The subnet, CIDR.
+    pub pool: String,
+    /// The gateway with the subnet's prefix, CIDR.
+    pub gateway: String,
+}
+
+/// A CreateNetwork call.
+#[derive(Clone, Debug, Default)]
+pub struct CreateNetwork {
+    /// Docker's network ID.
+    pub id: String,
+    /// `-o k=v` options.
+    pub generic: BTreeMap<String, String>,
+    /// `--internal`.
+    pub internal: bool,
+    /// IPv4 pools.
+    pub v4: Vec<IpamData>,
+    /// IPv6 pools.
+    pub v6: Vec<IpamData>,
+}
+
+/// A CreateEndpoint call.
+#[derive(Clone, Debug, Default)]
+pub struct CreateEndpoint {
+    /// Docker's network ID.
+    pub network_id: String,
+    /// Docker's endpoint ID.
+    pub endpoint_id: String,
+    /// IPv4 address, CIDR.
+    pub address: String,
+    /// IPv6 address, CIDR or empty.
+    pub address_v6: String,
+    /// MAC the user asked for, or empty.
+    pub mac: String,
+    /// `com.docker.network.portmap`.
+    pub ports: Vec<RawPort>,
+    /// Option keys given with `--driver-opt`.
+    pub driver_opts: BTreeMap<String, String>,
+}
+
+/// The driver.
+pub struct Driver {
+    /// Settings.
+    pub settings: Settings,
+    /// Records.
+    store: Arc<dyn Store>,
+    /// IPAM.
+    pub ipam: Arc<Ipam>,
+    /// The reconciler.
+    reconciler: Reconciler,
+    /// Host facts, learnt from OVS on first need.
+    facts: RwLock<Option<HostFacts>>,
+    /// Serialises calls.
+    lock: Mutex<()>,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+async fn load_all<T: DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for kv in store.list(prefix).await? {
+        out.push(
+            serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+                key: kv.key.clone(),
+                reason: e.to_string(),
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+async fn load<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>, StoreError> {
+    match store.get(key).await? {
+        Some(kv) => Ok(Some(serde_json::from_slice(&kv.value).map_err(|e| {
+            StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            }
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// The datapath type to use given the setting and whether the kernel module is loaded.
+pub fn choose_datapath(setting: &str, kernel_module: bool) -> String {
+    match setting {
+        "netdev" | "system" => setting.to_string(),
+        _ if kernel_module => "system".into(),
+        _ => "netdev".into(),
+    }
+}
+
+impl Driver {
+    /// A driver over a store, IPAM and reconciler.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        ipam: Arc<Ipam>,
+        reconciler: Reconciler,
+    ) -> Self {
+        Driver {
+            settings,
+            store,
+            ipam,
+            reconciler,
+            facts: RwLock::new(None),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The reconciler.
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    /// Host facts, asking OVS the first time.
+    pub async fn facts(&self) -> Result<HostFacts, ServiceError> {
+        if let Some(f) = self.facts.read().await.clone() {
+            return Ok(f);
+        }
+        let sys = self
+            .reconciler
+            .adapters()
+            .ovs
+            .system()
+            .await
+            .map_err(|e| ServiceError::Ovs(e.to_string()))?;
+        let module = std::path::Path::new("/sys/module/openvswitch").exists();
+        let f = HostFacts {
+            datapath: choose_datapath(&self.settings.datapath, module),
+            userspace_tso: sys
+                .other_config
+                .get("userspace-tso-enable")
+                .map(String::as_str)
+                == Some("true"),
+        };
+        *self.facts.write().await = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Every network.
+    pub async fn networks(&self) -> Result<Vec<Network>, ServiceError> {
+        Ok(load_all(&*self.store, NETWORKS).await?)
+    }
+
+    /// Every endpoint.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, ServiceError> {
+        Ok(load_all(&*self.store, ENDPOINTS).await?)
+    }
+
+    async fn network(&self, id: &str) -> Result<Network, ServiceError> {
+        load(&*self.store, &format!("{NETWORKS}{id}"))
+            .await?
+            .ok_or_else(|| ServiceError::NetworkNotFound(short(id)))
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Endpoint, ServiceError> {
+        load(&*self.store, &format!("{ENDPOINTS}{id}"))
+            .await?
+            .ok_or_else(|| ServiceError::EndpointNotFound(short(id)))
+    }
+
+    /// The desired dataplane from the stored records.
+    pub async fn desired(&self) -> Result<Desired, ServiceError> {
+        let facts = self.facts().await?;
+        let nets = self.networks().await?;
+        let eps = self.endpoints().await?;
+        Ok(desired::build(&self.settings, &facts, &nets, &eps))
+    }
+
+    /// One reconcile pass over everything.
+    pub async fn sync(&self, full: bool) -> Result<Report, ServiceError> {
+        let d = self.desired().await?;
+        Ok(self.reconciler.sync(&d, full).await?)
+    }
+
+    /// Re-programs bridges that lost their flows; returns their names.
+    pub async fn repair_flows(&self) -> Result<Vec<String>, ServiceError> {
+        let d = self.desired().await?;
+        let lost = self.reconciler.bridges_missing_flows(&d).await;
+        if !lost.is_empty() {
+            for b in &lost {
+                self.reconciler.invalidate_flows(b).await;
+            }
+            self.reconciler.sync(&d, false).await?;
+        }
+        Ok(lost)
+    }
+
+    /// Writes `ops`, reconciles, and on failure writes `undo` and reconciles back.
+    async fn commit(&self, ops: Vec<Op>, undo: Vec<Op>) -> Result<(), ServiceError> {
+        self.store.txn(vec![], ops).await?;
+        if let Err(e) = self.sync(false).await {
+            self.store.txn(vec![], undo).await?;
+            if let Err(again) = self.sync(false).await {
+                tracing::warn!(error = %again, "reconcile after undo failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// CreateNetwork.
+    pub async fn create_network(&self, req: CreateNetwork) -> Result<(), ServiceError> {
+        let opts = options::network_options(&req.generic, &self.settings.default_model)?;
+        let [v4] = req.v4.as_slice() else {
+            return Err(ServiceError::Invalid(format!(
+                "a {} network needs exactly one IPv4 subnet, got {}",
+                opts.mode,
+                req.v4.len()
+            )));
+        };
+        let subnet: Ipv4Net = v4
+            .pool
+            .parse()
+            .map_err(|_| ServiceError::Invalid(format!("bad IPv4 pool {:?}", v4.pool)))?;
+        let gateway: Ipv4Net = v4.gateway.parse().map_err(|_| {
+            ServiceError::Invalid(format!("missing or bad IPv4 gateway {:?}", v4.gateway))
+        })?;
+        if !subnet.contains(&gateway.addr()) {
+            return Err(IpamError::GatewayOutside {
+                addr: IpAddr::V4(gateway.addr()),
+                subnet: IpNet::V4(subnet),
+            }
+            .into());
+        }
+        let ipv6 = match req.v6.as_slice() {
+            [] => None,
+            [v6] => {
+                let s: Ipv6Net = v6
+                    .pool
+                    .parse()
+                    .map_err(|_| ServiceError::Invalid(format!("bad IPv6 pool {:?}", v6.pool)))?;
+                let g: Ipv6Net = v6.gateway.parse().map_err(|_| {
+                    ServiceError::Invalid(format!("missing or bad IPv6 gateway {:?}", v6.gateway))
+                })?;
+                Some((s, g.addr()))
+            }
+            more => {
+                return Err(ServiceError::Invalid(format!(
+                    "only one IPv6 subnet is supported, got {}",
+                    more.len()
+                )))
+            }
+        };
+        let net = Network {
+            id: req.id.clone(),
+            mode: opts.mode,
+            internal: req.internal,
+            mtu: opts.mtu.unwrap_or(self.settings.mtu),
+            subnet: subnet.trunc(),
+            gateway: gateway.addr(),
+            ipv6,
+            options: req.generic.clone(),
+            created: model::now(),
+        };
+        let _g = self.lock.lock().await;
+        let key = format!("{NETWORKS}{}", net.id);
+        self.commit(
+            vec![Op::Put(key.clone(), json(&net))],
+            vec![Op::Delete(key)],
+        )
+        .await
+    }
+
+    /// DeleteNetwork: the network and any endpoint left on it.
+    pub async fn delete_network(&self, id: &str) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
+        let mut ops = vec![Op::Delete(format!("{NETWORKS}{id}"))];
+        for ep in self
+            .endpoints()
+            .await?
+            .into_iter()
+            .filter(|e| e.network_id == id)
+        {
+            ops.push(Op::Delete(format!("{ENDPOINTS}{}", ep.id)));
+        }
+        self.store.txn(vec![], ops).await?;
+        self.sync(false).await?;
+        Ok(())
+    }
+
+    /// CreateEndpoint; returns the MAC to report when Docker sent none.
+    pub async fn create_endpoint(&self, req: CreateEndpoint) -> Result<Option<Mac>, ServiceError> {
+        let net = self.network(&req.network_id).await?;
+        if let Some(k) = req.driver_opts.keys().next() {
+            return Err(ServiceError::Invalid(format!(
+                "unknown endpoint option {k:?} (qingluan takes no --driver-opt yet)"
+            )));
+        }
+        let address: Ipv4Net = req.address.parse().map_err(|_| {
+            ServiceError::Invalid(format!("missing or bad IPv4 address {:?}", req.address))
+        })?;
+        let address_v6 = match req.address_v6.as_str() {
+            "" => None,
+            s => Some(
+                s.parse::<Ipv6Net>()
+                    .map_err(|_| ServiceError::Invalid(format!("bad IPv6 address {s:?}")))?,
+            ),
+        };
+        let ports = options::port_mappings(&req.ports)?;
+        if !ports.is_empty() && !modes::driver(net.mode).allows_publishing(&net) {
+            return Err(ServiceError::PublishingRefused(refusal(&net)));
+        }
+        let (mac, report) = match req.mac.as_str() {
+            "" => (Mac::from_ipv4(address.addr()), true),
+            s => (s.parse::<Mac>().map_err(ServiceError::Invalid)?, false),
+        };
+        let ep = Endpoint {
+            id: req.endpoint_id.clone(),
+            network_id: net.id.clone(),
+            address,
+            address_v6,
+            mac,
+            ports: Vec::new(),
+            joined: false,
+            sandbox: None,
+            created: model::now(),
+        };
+        let _g = self.lock.lock().await;
+        let key = format!("{ENDPOINTS}{}", ep.id);
+        self.commit(vec![Op::Put(key.clone(), json(&ep))], vec![Op::Delete(key)])
+            .await?;
+        Ok(report.then_some(mac))
+    }
+
+    /// Join: what Docker needs to plug the interface in.
+    pub async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox: &str,
+        ports: &[RawPort],
+    ) -> Result<JoinInfo, ServiceError> {
+        let net = self.network(network_id).await?;
+        let _g = self.lock.lock().await;
+        let mut ep = self.endpoint(endpoint_id).await?;
+        if net.mode == Mode::Nat && net.internal && !options::port_mappings(ports)?.is_empty() {
+            return Err(ServiceError::PublishingRefused(refusal(&net)));
+        }
+        ep.joined = true;
+        ep.sandbox = Some(sandbox.to_string());
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), json(&ep))],
+            )
+            .await?;
+        Ok(modes::driver(net.mode).join(&net, &ep))
+    }
+
+    /// Leave: the interface goes back to the host; the endpoint stays until deleted.
+    pub async fn leave(&self, endpoint_id: &str) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
+        if let Some(mut ep) =
+            load::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
+        {
+            ep.sandbox = None;
+            self.store
+                .txn(
+                    vec![],
+                    vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), json(&ep))],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// DeleteEndpoint; unknown endpoints are fine.
+    pub async fn delete_endpoint(&self, endpoint_id: &str) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Delete(format!("{ENDPOINTS}{endpoint_id}"))],
+            )
+            .await?;
+        self.sync(false).await?;
+        Ok(())
+    }
+
+    /// ProgramExternalConnectivity: publish the container's ports through this endpoint.
+    pub async fn program(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        ports: &[RawPort],
+    ) -> Result<(), ServiceError> {
+        let net = self.network(network_id).await?;
+        let mut wanted = options::port_mappings(ports)?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if !modes::driver(net.mode).allows_publishing(&net) {
+            return Err(ServiceError::PublishingRefused(refusal(&net)));
+        }
+        let _g = self.lock.lock().await;
+        let ep = self.endpoint(endpoint_id).await?;
+        let others: Vec<Endpoint> = self
+            .endpoints()
+            .await?
+            .into_iter()
+            .filter(|e| e.id != ep.id)
+            .collect();
+        let taken = |m: &PortMapping| {
+            others.iter().find_map(|o| {
+                o.ports
+                    .iter()
+                    .any(|p| {
+                        p.proto == m.proto
+                            && p.host_port == m.host_port
+                            && (p.host_ip.is_none()
+                                || m.host_ip.is_none()
+                                || p.host_ip == m.host_ip)
+                    })
+                    .then(|| o.short_id().to_string())
+            })
+        };
+        let mut next = 49153u16;
+        for i in 0..wanted.len() {
+            if wanted[i].host_port == 0 {
+                loop {
+                    let mut probe = wanted[i].clone();
+                    probe.host_port = next;
+                    next = next
+                        .checked_add(1)
+                        .ok_or_else(|| ServiceError::Invalid("no free host port left".into()))?;
+                    if taken(&probe).is_none()
+                        && !wanted
+                            .iter()
+                            .any(|w| w.proto == probe.proto && w.host_port == probe.host_port)
+                    {
+                        wanted[i] = probe;
+                        break;
+                    }
+                }
+            }
+            if let Some(owner) = taken(&wanted[i]) {
+                return Err(ServiceError::PortInUse {
+                    port: wanted[i].host_port,
+                    proto: wanted[i].proto.as_str(),
+                    owner,
+                });
+            }
+        }
+        let before = ep.clone();
+        let mut after = ep;
+        after.ports = wanted;
+        let key = format!("{ENDPOINTS}{}", after.id);
+        self.commit(
+            vec![Op::Put(key.clone(), json(&after))],
+            vec![Op::Put(key, json(&before))],
+        )
+        .await
+    }
+
+    /// RevokeExternalConnectivity: unpublish.
+    pub async fn revoke(&self, endpoint_id: &str) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
+        let Some(mut ep) =
+            load::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
+        else {
+            return Ok(());
+        };
+        if ep.ports.is_empty() {
+            return Ok(());
+        }
+        ep.ports.clear();
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), json(&ep))],
+            )
+            .await?;
+        self.sync(false).await?;
+        Ok(())
+    }
+
+    /// EndpointOperInfo: what we know about an endpoint.
+    pub async fn endpoint_info(
+        &self,
+        endpoint_id: &str,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let ep = self.endpoint(endpoint_id).await?;
+        Ok(serde_json::json!({
+            "ip": ep.address.to_string(),
+            "mac": ep.mac.to_string(),
+            "veth": ep.host_veth(),
+            "ports": ep.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Removes endpoints Docker does not know (`known` maps each of our networks Docker lists
+    /// to the endpoint IDs it reports) that are older than `grace_secs`,
+    /// releasing their addresses: the clean-up for endpoints Docker forgot (a killed dockerd
+    /// never sends DeleteEndpoint). Returns the removed endpoint IDs.
+    pub async fn collect_garbage(
+        &self,
+        known: &BTreeMap<String, std::collections::BTreeSet<String>>,
+        grace_secs: u64,
+    ) -> Result<Vec<String>, ServiceError> {
+        let _g = self.lock.lock().await;
+        let now = model::now();
+        let nets: BTreeMap<String, Network> = self
+            .networks()
+            .await?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        let mut removed = Vec::new();
+        for ep in self.endpoints().await? {
+            let Some(listed) = known.get(&ep.network_id) else {
+                continue;
+            };
+            if listed.contains(&ep.id) || now.saturating_sub(ep.created) < grace_secs {
+                continue;
+            }
+            if let Some(net) = nets.get(&ep.network_id) {
+                let pool = crate::ipam::pool_id("host", IpNet::V4(net.subnet));
+                self.ipam
+                    .release_address(&pool, &ep.address.addr().to_string())
+                    .await?;
+            }
+            self.store
+                .txn(vec![], vec![Op::Delete(format!("{ENDPOINTS}{}", ep.id))])
+                .await?;
+            removed.push(ep.id);
+        }
+        if !removed.is_empty() {
+            self.sync(false).await?;
+        }
+        Ok(removed)
+    }
+}
+
+fn refusal(net: &Network) -> &'static str {
+    if net.mode == Mode::Nonat {
+        "nonat"
+    } else {
+        "internal"
+    }
+}
+
+fn short(id: &str) -> String {
+    id[..id.len().min(12)].to_string()
+}

@@ -1,0 +1,95 @@
+//! Daemon settings that shape the domain: instance name, default pools, datapath, MTU.
+//!
+//! The binary reads `/etc/qingluan/config.toml` into [`Settings`]; every key is optional and
+//! defaults to what a single-host user wants. `docs/configuration.md` documents each key.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Everything the domain needs to know about how this daemon is configured.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Instance name: the network driver is served as `<name>`, the IPAM driver as
+    /// `<name>Ipam`; it also names the nftables table and tags every OVS object we own.
+    pub name: String,
+    /// Prefix (1 to 3 characters) of every link and bridge this instance creates:
+    /// `<prefix>b<net>` bridges, `<prefix>v<ep>`/`<prefix>c<ep>` veths. Two instances on one
+    /// host need different prefixes.
+    pub prefix: String,
+    /// Default MTU of container interfaces when the network sets none.
+    pub mtu: u32,
+    /// Datapath of the bridges: "auto" (kernel when the openvswitch module is loaded,
+    /// userspace `netdev` otherwise), "netdev" or "system".
+    pub datapath: String,
+    /// Model used when `docker network create` gives no `--opt model`.
+    pub default_model: String,
+    /// IPAM settings.
+    pub ipam: IpamSettings,
+}
+
+/// IPAM settings: default pools and the pool used when none is named.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpamSettings {
+    /// Pool used when `--ipam-opt pool=` is absent.
+    pub default_pool: String,
+    /// Pools created at first start when they do not exist yet (existing pools are kept).
+    pub pools: BTreeMap<String, PoolSettings>,
+}
+
+/// One configured resource pool.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// The supernet subnets are carved from.
+    pub subnet: IpNet,
+    /// Prefix length of carved subnets.
+    #[serde(default = "default_prefix")]
+    pub prefix: u8,
+}
+
+fn default_prefix() -> u8 {
+    24
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            name: "qingluan".into(),
+            prefix: "ql".into(),
+            mtu: 1500,
+            datapath: "auto".into(),
+            default_model: "nat".into(),
+            ipam: IpamSettings::default(),
+        }
+    }
+}
+
+impl Default for IpamSettings {
+    fn default() -> Self {
+        let pool = |s: &str| PoolSettings {
+            subnet: s.parse().expect("valid default pool"),
+            prefix: 24,
+        };
+        let pools = [
+            ("nat", pool("10.240.0.0/16")),
+            ("nonat", pool("10.241.0.0/16")),
+            ("vlan", pool("10.242.0.0/16")),
+            ("vxlan", pool("10.243.0.0/16")),
+        ];
+        IpamSettings {
+            default_pool: "nat".into(),
+            pools: pools.into_iter().map(|(n, p)| (n.to_string(), p)).collect(),
+        }
+    }
+}
+
+impl Settings {
+    /// Name of the IPAM driver served next to the network driver.
+    pub fn ipam_name(&self) -> String {
+        format!("{}Ipam", self.name)
+    }
+}

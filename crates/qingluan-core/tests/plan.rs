@@ -1,0 +1,177 @@
+//! Mode planning and reconcile on the recording fakes: what a nat and a nonat network look
+//! like as plain data, and that a second pass over an unchanged state changes nothing.
+
+use std::sync::Arc;
+
+use qingluan_core::desired::{self, HostFacts};
+use qingluan_core::model::{Endpoint, Mac, Mode, Network, PortMapping, Proto};
+use qingluan_core::reconcile::{Adapters, Reconciler};
+use qingluan_core::settings::Settings;
+use qingluan_dataplane::netfilter::FakeFirewall;
+use qingluan_dataplane::netlink::FakeLinks;
+use qingluan_dataplane::openflow::FakeFlows;
+use qingluan_dataplane::ovsdb::{FakeOvs, OvsOp};
+
+fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
+    let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+    Network {
+        id: id.repeat(64 / id.len()),
+        mode,
+        internal,
+        mtu: 1500,
+        subnet,
+        gateway: subnet.hosts().next().unwrap(),
+        ipv6: None,
+        options: Default::default(),
+        created: 0,
+    }
+}
+
+fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
+    let ip = std::net::Ipv4Addr::from(u32::from(net.subnet.network()) + host as u32);
+    Endpoint {
+        id: id.repeat(64 / id.len()),
+        network_id: net.id.clone(),
+        address: ipnet::Ipv4Net::new(ip, net.subnet.prefix_len()).unwrap(),
+        address_v6: None,
+        mac: Mac::from_ipv4(ip),
+        ports,
+        joined: false,
+        sandbox: None,
+        created: 0,
+    }
+}
+
+fn facts() -> HostFacts {
+    HostFacts {
+        datapath: "netdev".into(),
+        userspace_tso: false,
+    }
+}
+
+#[test]
+fn nat_network_plan() {
+    let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
+    let web = PortMapping {
+        proto: Proto::Tcp,
+        host_ip: None,
+        host_port: 1080,
+        port: 80,
+    };
+    let e = ep("b2", &n, 2, vec![web]);
+    let d = desired::build(
+        &Settings::default(),
+        &facts(),
+        std::slice::from_ref(&n),
+        std::slice::from_ref(&e),
+    );
+    assert_eq!(d.bridges.len(), 1);
+    assert_eq!(d.bridges[0].name, "qlba1a1a1a1");
+    assert_eq!(d.bridges[0].datapath_type, "netdev");
+    assert_eq!(d.bridges[0].fail_mode.as_deref(), Some("secure"));
+    assert_eq!(d.ports[0].name, "qlvb2b2b2b2b2b");
+    assert_eq!(d.veths[0].peer, "qlcb2b2b2b2b2b");
+    assert!(d.veths[0].tx_off, "netdev without TSO needs tx off");
+    assert_eq!(d.firewall.guards, vec!["qlvb2b2b2b2b2b".to_string()]);
+    let seg = &d.firewall.segments[0];
+    assert!(seg.external);
+    assert_eq!(seg.dnat[0].to.to_string(), "10.240.0.2");
+    assert_eq!(
+        d.sysctls.get("net.ipv4.ip_forward").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        d.sysctls
+            .get("net.ipv4.conf.qlba1a1a1a1.route_localnet")
+            .map(String::as_str),
+        Some("1")
+    );
+    let flows: Vec<String> = d.flows["qlba1a1a1a1"].iter().map(|f| f.render()).collect();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f
+                .contains("in_port=qlvb2b2b2b2b2b,dl_src=02:42:0a:f0:00:02,ip,nw_src=10.240.0.2")),
+        "{flows:#?}"
+    );
+}
+
+#[test]
+fn nonat_and_internal_have_no_way_out() {
+    let a = net("c3", Mode::Nonat, "10.241.0.0/24", false);
+    let b = net("d4", Mode::Nat, "10.240.1.0/24", true);
+    let d = desired::build(&Settings::default(), &facts(), &[a, b], &[]);
+    assert!(d.firewall.segments.iter().all(|s| !s.external));
+    assert!(d.sysctls.is_empty());
+    let tso = HostFacts {
+        datapath: "netdev".into(),
+        userspace_tso: true,
+    };
+    assert!(!tso.needs_tx_off());
+    let kernel = HostFacts {
+        datapath: "system".into(),
+        userspace_tso: false,
+    };
+    assert!(!kernel.needs_guards() && !kernel.needs_tx_off());
+}
+
+#[test]
+fn reconcile_converges_and_then_changes_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ovs = Arc::new(FakeOvs::default());
+        let flows = Arc::new(FakeFlows::default());
+        let links = Arc::new(FakeLinks::default());
+        let fw = Arc::new(FakeFirewall::default());
+        let r = Reconciler::new(
+            Adapters {
+                ovs: ovs.clone(),
+                flows: flows.clone(),
+                links: links.clone(),
+                firewall: fw.clone(),
+            },
+            "qingluan",
+            "ql",
+        );
+        let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
+        let e1 = ep("b2", &n, 2, vec![]);
+        let e2 = ep("c3", &n, 3, vec![]);
+        let d = desired::build(
+            &Settings::default(),
+            &facts(),
+            std::slice::from_ref(&n),
+            &[e1.clone(), e2.clone()],
+        );
+        let first = r.sync(&d, false).await.unwrap();
+        assert_eq!(first.veths_created, 2);
+        assert!(first.ovs_ops >= 3, "{first:?}");
+        assert_eq!(first.flows_replaced, 1);
+        let second = r.sync(&d, false).await.unwrap();
+        assert_eq!(
+            second,
+            Default::default(),
+            "a second pass must touch nothing"
+        );
+
+        // Removing an endpoint removes its port and veth, nothing else.
+        let d2 = desired::build(
+            &Settings::default(),
+            &facts(),
+            std::slice::from_ref(&n),
+            std::slice::from_ref(&e1),
+        );
+        let third = r.sync(&d2, false).await.unwrap();
+        assert_eq!(third.veths_deleted, 1);
+        assert_eq!(third.ovs_ops, 1);
+        assert!(matches!(ovs.log().last(), Some(OvsOp::DeletePort { .. })));
+
+        // Removing the network removes the bridge and the rules.
+        let empty = desired::build(&Settings::default(), &facts(), &[], &[]);
+        r.sync(&empty, false).await.unwrap();
+        assert!(matches!(ovs.log().last(), Some(OvsOp::DeleteBridge(_))));
+        assert!(fw.current().unwrap().is_empty());
+    });
+}

@@ -1,0 +1,50 @@
+//! Recording fake of the OpenFlow adapter.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{Flow, FlowError, FlowProgrammer};
+
+/// The last flow table of each bridge.
+#[derive(Default)]
+pub struct FakeFlows {
+    /// Flows per bridge.
+    pub tables: Mutex<BTreeMap<String, Vec<Flow>>>,
+}
+
+#[async_trait]
+impl FlowProgrammer for FakeFlows {
+    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<(), FlowError> {
+        self.tables
+            .lock()
+            .unwrap()
+            .insert(bridge.into(), flows.to_vec());
+        Ok(())
+    }
+
+    async fn dump_flows(&self, bridge: &str) -> Result<Vec<String>, FlowError> {
+        Ok(self
+            .tables
+            .lock()
+            .unwrap()
+            .get(bridge)
+            .map(|f| f.iter().map(Flow::render).collect())
+            .unwrap_or_default())
+    }
+
+    async fn flow_count(&self, bridge: &str, cookie: u64, mask: u64) -> Result<u64, FlowError> {
+        Ok(self
+            .tables
+            .lock()
+            .unwrap()
+            .get(bridge)
+            .map(|f| {
+                f.iter()
+                    .filter(|x| x.cookie & mask == cookie & mask)
+                    .count() as u64
+            })
+            .unwrap_or(0))
+    }
+}

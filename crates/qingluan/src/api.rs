@@ -1,0 +1,208 @@
+//! The management API the CLI talks to: JSON over HTTP on a root-only unix socket.
+//!
+//! `docs/api.md` lists the routes. Names of Docker networks come from a cache the daemon
+//! refreshes in the background from the Docker Engine API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use qingluan_core::ipam::{Ipam, Pool, PoolKind};
+use qingluan_core::model::{Endpoint, Network};
+use qingluan_core::service::Driver;
+use qingluan_plugin::CallStats;
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+/// Shared state of the management API.
+#[derive(Clone)]
+pub struct Api {
+    /// The driver.
+    pub driver: Arc<Driver>,
+    /// IPAM.
+    pub ipam: Arc<Ipam>,
+    /// Plugin call timings.
+    pub stats: Arc<CallStats>,
+    /// Docker network names by ID, refreshed in the background.
+    pub names: Arc<RwLock<BTreeMap<String, String>>>,
+    /// Daemon start time (seconds since the epoch).
+    pub started: u64,
+}
+
+/// A network as the CLI shows it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct NetworkView {
+    /// Docker's name, when known.
+    pub name: Option<String>,
+    /// The record.
+    #[serde(flatten)]
+    pub network: Network,
+    /// Its bridge.
+    pub bridge: String,
+    /// Its endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `qingluan status`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Status {
+    /// Driver name.
+    pub name: String,
+    /// Daemon version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Datapath type, or the error asking OVS.
+    pub datapath: String,
+    /// Whether OVS userspace TSO is on.
+    pub userspace_tso: bool,
+    /// Networks.
+    pub networks: usize,
+    /// Endpoints.
+    pub endpoints: usize,
+    /// Plugin call timings.
+    pub calls: Vec<qingluan_plugin::MethodStats>,
+}
+
+/// A `pool create` request.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct NewPool {
+    /// Name.
+    pub name: String,
+    /// Supernet.
+    pub subnet: ipnet::IpNet,
+    /// Carved prefix.
+    pub prefix: u8,
+    /// Routing domain kind.
+    pub kind: PoolKind,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({"error": self.1}))).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// The routes.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/networks", get(networks))
+        .route("/v1/networks/{id}", get(network))
+        .route("/v1/endpoints", get(endpoints))
+        .route("/v1/pools", get(pools).post(create_pool))
+        .route("/v1/pools/{name}", delete(remove_pool))
+        .with_state(api)
+}
+
+async fn status(State(api): State<Api>) -> Result<Json<Status>, ApiError> {
+    let (datapath, tso) = match api.driver.facts().await {
+        Ok(f) => (f.datapath, f.userspace_tso),
+        Err(e) => (format!("unknown ({e})"), false),
+    };
+    Ok(Json(Status {
+        name: api.driver.settings.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: qingluan_core::model::now().saturating_sub(api.started),
+        datapath,
+        userspace_tso: tso,
+        networks: api.driver.networks().await.map_err(internal)?.len(),
+        endpoints: api.driver.endpoints().await.map_err(internal)?.len(),
+        calls: api.stats.summary(),
+    }))
+}
+
+async fn views(api: &Api) -> Result<Vec<NetworkView>, ApiError> {
+    let names = api.names.read().await.clone();
+    let eps = api.driver.endpoints().await.map_err(internal)?;
+    Ok(api
+        .driver
+        .networks()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|n| NetworkView {
+            name: names.get(&n.id).cloned(),
+            bridge: n.bridge(),
+            endpoints: eps
+                .iter()
+                .filter(|e| e.network_id == n.id)
+                .cloned()
+                .collect(),
+            network: n,
+        })
+        .collect())
+}
+
+async fn networks(State(api): State<Api>) -> Result<Json<Vec<NetworkView>>, ApiError> {
+    Ok(Json(views(&api).await?))
+}
+
+async fn network(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<NetworkView>, ApiError> {
+    let all = views(&api).await?;
+    let hits: Vec<NetworkView> = all
+        .into_iter()
+        .filter(|v| v.name.as_deref() == Some(id.as_str()) || v.network.id.starts_with(&id))
+        .collect();
+    match hits.len() {
+        1 => Ok(Json(hits.into_iter().next().expect("one"))),
+        0 => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("network {id} not found"),
+        )),
+        n => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("network {id} is ambiguous ({n} matches)"),
+        )),
+    }
+}
+
+async fn endpoints(State(api): State<Api>) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    Ok(Json(api.driver.endpoints().await.map_err(internal)?))
+}
+
+async fn pools(
+    State(api): State<Api>,
+) -> Result<Json<Vec<qingluan_core::ipam::PoolUsage>>, ApiError> {
+    Ok(Json(api.ipam.usage().await.map_err(internal)?))
+}
+
+async fn create_pool(
+    State(api): State<Api>,
+    Json(p): Json<NewPool>,
+) -> Result<StatusCode, ApiError> {
+    api.ipam
+        .create_pool(Pool {
+            name: p.name,
+            subnet: p.subnet.trunc(),
+            prefix: p.prefix,
+            kind: p.kind,
+        })
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn remove_pool(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    api.ipam
+        .remove_pool(&name)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}

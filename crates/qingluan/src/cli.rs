@@ -1,0 +1,272 @@
+//! The command-line client: talks to the daemon's management socket and prints tables or,
+//! with `--json`, the API's JSON.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use qingluan_core::ipam::{PoolKind, PoolUsage};
+use qingluan_core::model::Endpoint;
+use serde::de::DeserializeOwned;
+
+use crate::api::{NetworkView, NewPool, Status};
+use crate::http::request;
+
+/// Where and how to talk to the daemon.
+pub struct Client {
+    /// Management socket.
+    pub socket: PathBuf,
+    /// Docker socket, to resolve network names.
+    pub docker: PathBuf,
+    /// Print JSON instead of tables.
+    pub json: bool,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let (status, body) = request(&self.socket, method, path, body, Duration::from_secs(30))
+            .await
+            .with_context(|| {
+                format!(
+                    "is the qingluan daemon running? ({})",
+                    self.socket.display()
+                )
+            })?;
+        if status >= 400 {
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            bail!("{msg}");
+        }
+        Ok(body)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, serde_json::Value)> {
+        let body = self.call("GET", path, None).await?;
+        Ok((
+            serde_json::from_slice(&body)?,
+            serde_json::from_slice(&body)?,
+        ))
+    }
+
+    fn print_json(&self, v: &serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    /// `qingluan status`.
+    pub async fn status(&self) -> anyhow::Result<()> {
+        let (s, raw): (Status, _) = self.get("/v1/status").await?;
+        if self.json {
+            self.print_json(&raw);
+            return Ok(());
+        }
+        println!(
+            "driver:     {} (ipam {}Ipam), version {}",
+            s.name, s.name, s.version
+        );
+        println!("uptime:     {} s", s.uptime_secs);
+        println!(
+            "datapath:   {} (userspace TSO {})",
+            s.datapath,
+            if s.userspace_tso { "on" } else { "off" }
+        );
+        println!("networks:   {}", s.networks);
+        println!("endpoints:  {}", s.endpoints);
+        if !s.calls.is_empty() {
+            println!(
+                "\n{:<45} {:>7} {:>9} {:>9}",
+                "PLUGIN CALL", "COUNT", "P50 ms", "P99 ms"
+            );
+            for c in s.calls {
+                println!(
+                    "{:<45} {:>7} {:>9.2} {:>9.2}",
+                    c.method, c.count, c.p50_ms, c.p99_ms
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `qingluan network ls`.
+    pub async fn network_ls(&self) -> anyhow::Result<()> {
+        let (nets, raw): (Vec<NetworkView>, _) = self.get("/v1/networks").await?;
+        if self.json {
+            self.print_json(&raw);
+            return Ok(());
+        }
+        let names = docker_names(&self.docker).await;
+        println!(
+            "{:<14} {:<16} {:<7} {:<18} {:<15} {:<13} {:>9}",
+            "NETWORK ID", "NAME", "MODE", "SUBNET", "GATEWAY", "BRIDGE", "ENDPOINTS"
+        );
+        for n in nets {
+            let name = n
+                .name
+                .clone()
+                .or_else(|| names.get(&n.network.id).cloned())
+                .unwrap_or_else(|| "-".into());
+            let mode = if n.network.internal {
+                format!("{}*", n.network.mode)
+            } else {
+                n.network.mode.to_string()
+            };
+            println!(
+                "{:<14} {:<16} {:<7} {:<18} {:<15} {:<13} {:>9}",
+                n.network.short_id(),
+                name,
+                mode,
+                n.network.subnet.to_string(),
+                n.network.gateway.to_string(),
+                n.bridge,
+                n.endpoints.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// `qingluan network inspect NAME|ID`.
+    pub async fn network_inspect(&self, id: &str) -> anyhow::Result<()> {
+        let body = match self.call("GET", &format!("/v1/networks/{id}"), None).await {
+            Ok(b) => b,
+            Err(e) => {
+                let names = docker_names(&self.docker).await;
+                let Some((full, _)) = names.iter().find(|(_, n)| n.as_str() == id) else {
+                    return Err(e);
+                };
+                self.call("GET", &format!("/v1/networks/{full}"), None)
+                    .await?
+            }
+        };
+        let mut v: serde_json::Value = serde_json::from_slice(&body)?;
+        if v["name"].is_null() {
+            let names = docker_names(&self.docker).await;
+            if let Some(n) = v["id"].as_str().and_then(|i| names.get(i)) {
+                v["name"] = serde_json::Value::String(n.clone());
+            }
+        }
+        self.print_json(&v);
+        Ok(())
+    }
+
+    /// `qingluan endpoint ls`.
+    pub async fn endpoint_ls(&self) -> anyhow::Result<()> {
+        let (eps, raw): (Vec<Endpoint>, _) = self.get("/v1/endpoints").await?;
+        if self.json {
+            self.print_json(&raw);
+            return Ok(());
+        }
+        let names = docker_names(&self.docker).await;
+        println!(
+            "{:<14} {:<16} {:<18} {:<18} {:<15} PORTS",
+            "ENDPOINT ID", "NETWORK", "ADDRESS", "MAC", "VETH"
+        );
+        for e in eps {
+            let net = names
+                .get(&e.network_id)
+                .cloned()
+                .unwrap_or_else(|| e.network_id[..12.min(e.network_id.len())].to_string());
+            let ports: Vec<String> = e.ports.iter().map(|p| p.to_string()).collect();
+            println!(
+                "{:<14} {:<16} {:<18} {:<18} {:<15} {}",
+                e.short_id(),
+                net,
+                e.address.to_string(),
+                e.mac.to_string(),
+                e.host_veth(),
+                ports.join(",")
+            );
+        }
+        Ok(())
+    }
+
+    /// `qingluan pool ls`.
+    pub async fn pool_ls(&self) -> anyhow::Result<()> {
+        let (pools, raw): (Vec<PoolUsage>, _) = self.get("/v1/pools").await?;
+        if self.json {
+            self.print_json(&raw);
+            return Ok(());
+        }
+        println!(
+            "{:<10} {:<6} {:<18} {:>6} {:>8} {:>10}  IN USE",
+            "POOL", "KIND", "SUPERNET", "PREFIX", "SUBNETS", "ADDRESSES"
+        );
+        for p in pools {
+            let used: usize = p.subnets.iter().map(|(_, n)| n).sum();
+            let list: Vec<String> = p.subnets.iter().map(|(s, _)| s.cidr.to_string()).collect();
+            let kind = serde_json::to_value(p.pool.kind)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            println!(
+                "{:<10} {:<6} {:<18} {:>6} {:>8} {:>10}  {}",
+                p.pool.name,
+                kind,
+                p.pool.subnet.to_string(),
+                format!("/{}", p.pool.prefix),
+                p.subnets.len(),
+                used,
+                list.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// `qingluan pool create`.
+    pub async fn pool_create(
+        &self,
+        name: &str,
+        subnet: &str,
+        prefix: u8,
+        kind: &str,
+    ) -> anyhow::Result<()> {
+        let kind: PoolKind = serde_json::from_value(serde_json::Value::String(kind.into()))
+            .map_err(|_| {
+                anyhow::anyhow!("invalid pool kind {kind:?} (kinds: host, vlan, vxlan)")
+            })?;
+        let subnet = subnet
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid subnet {subnet:?}"))?;
+        let body = serde_json::to_vec(&NewPool {
+            name: name.into(),
+            subnet,
+            prefix,
+            kind,
+        })?;
+        self.call("POST", "/v1/pools", Some(body)).await?;
+        println!("{name}");
+        Ok(())
+    }
+
+    /// `qingluan pool rm`.
+    pub async fn pool_rm(&self, name: &str) -> anyhow::Result<()> {
+        self.call("DELETE", &format!("/v1/pools/{name}"), None)
+            .await?;
+        println!("{name}");
+        Ok(())
+    }
+}
+
+/// Docker network names by ID, best-effort (empty when Docker is unreachable).
+async fn docker_names(socket: &Path) -> std::collections::BTreeMap<String, String> {
+    let Ok((200, body)) = request(socket, "GET", "/networks", None, Duration::from_secs(5)).await
+    else {
+        return Default::default();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            Some((
+                n["Id"].as_str()?.to_string(),
+                n["Name"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}

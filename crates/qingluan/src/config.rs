@@ -1,0 +1,195 @@
+//! `/etc/qingluan/config.toml`: every key optional; `docs/configuration.md` lists them all.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use qingluan_core::settings::{IpamSettings, Settings};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[daemon]`: names, sockets, state.
+    pub daemon: DaemonConfig,
+    /// `[network]`: defaults of new networks.
+    pub network: NetworkConfig,
+    /// `[ovs]`: how to reach OVS and which datapath to use.
+    pub ovs: OvsConfig,
+    /// `[store]`: where state lives.
+    pub store: StoreConfig,
+    /// `[ipam]`: pools.
+    pub ipam: IpamSettings,
+}
+
+/// `[daemon]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Driver name (`--driver NAME`); the IPAM driver is `NAMEIpam`.
+    pub name: String,
+    /// Prefix of links and bridges we create (1–3 characters).
+    pub prefix: String,
+    /// Where Docker looks for plugin sockets.
+    pub plugin_dir: PathBuf,
+    /// The management socket the CLI talks to (mode 0600).
+    pub api_socket: PathBuf,
+    /// Docker Engine API socket (used in the background only, never inside a plugin call).
+    pub docker_socket: PathBuf,
+    /// Log filter (`info`, `debug`, `qingluan=debug`, ...); `RUST_LOG` wins.
+    pub log: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            name: "qingluan".into(),
+            prefix: "ql".into(),
+            plugin_dir: "/run/docker/plugins".into(),
+            api_socket: "/run/qingluan/qingluan.sock".into(),
+            docker_socket: "/var/run/docker.sock".into(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// `[network]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Container MTU when a network sets none.
+    pub mtu: u32,
+    /// Model when `--opt model` is absent.
+    pub default_model: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            mtu: 1500,
+            default_model: "nat".into(),
+        }
+    }
+}
+
+/// `[ovs]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OvsConfig {
+    /// OVSDB server, `unix:/path` or `tcp:host:port`; default `$OVS_RUNDIR/db.sock` or
+    /// `/run/openvswitch/db.sock`.
+    pub db: Option<String>,
+    /// Directory of the bridges' OpenFlow management sockets (`<bridge>.mgmt`); default
+    /// `$OVS_RUNDIR` or `/run/openvswitch`.
+    pub rundir: Option<PathBuf>,
+    /// `auto`, `netdev` or `system`.
+    pub datapath: String,
+}
+
+impl Default for OvsConfig {
+    fn default() -> Self {
+        OvsConfig {
+            db: None,
+            rundir: None,
+            datapath: "auto".into(),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redb` (embedded, the default).
+    pub backend: String,
+    /// The database file.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: "redb".into(),
+            path: "/var/lib/qingluan/state.redb".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file; a missing file means all defaults.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let c: Config =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let p = &self.daemon.prefix;
+        if p.is_empty()
+            || p.len() > 3
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            anyhow::bail!("daemon.prefix {p:?} must be 1 to 3 lowercase letters or digits");
+        }
+        let n = &self.daemon.name;
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            anyhow::bail!("daemon.name {n:?} must be letters, digits or '_'");
+        }
+        if !["auto", "netdev", "system"].contains(&self.ovs.datapath.as_str()) {
+            anyhow::bail!(
+                "ovs.datapath {:?} must be auto, netdev or system",
+                self.ovs.datapath
+            );
+        }
+        if self.store.backend != "redb" {
+            anyhow::bail!(
+                "store.backend {:?} is not available (available: redb)",
+                self.store.backend
+            );
+        }
+        if !(68..=65535).contains(&self.network.mtu) {
+            anyhow::bail!(
+                "network.mtu {} must be between 68 and 65535",
+                self.network.mtu
+            );
+        }
+        Ok(())
+    }
+
+    /// The domain's view of the configuration.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            name: self.daemon.name.clone(),
+            prefix: self.daemon.prefix.clone(),
+            mtu: self.network.mtu,
+            datapath: self.ovs.datapath.clone(),
+            default_model: self.network.default_model.clone(),
+            ipam: self.ipam.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../packaging/config.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("[daemon]\nnmae = \"x\"\n").is_err());
+    }
+}

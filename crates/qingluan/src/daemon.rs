@@ -1,0 +1,243 @@
+//! `qingluan daemon`: loads state, serves the plugin and management sockets, and keeps the
+//! dataplane converged.
+//!
+//! Start-up order matters (protocol doc §2.2): the store and IPAM are loaded first, then the
+//! sockets are bound, because Docker never re-activates a plugin that restarted and a failed
+//! GetCapabilities disables the driver until dockerd restarts. OVS is NOT needed to answer
+//! activation and capability calls; calls that need OVS fail with a clear error while it is
+//! down, and background tasks converge the dataplane once it is back:
+//! - a full reconcile at start, every 30 s, after every OVSDB reconnect and after every
+//!   `Plugin.Activate` (a new dockerd);
+//! - a flow audit every second, re-programming bridges whose sentinel flow is gone
+//!   (ovs-vswitchd restarted);
+//! - after an activation and every 60 s, endpoints Docker no longer knows are collected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use qingluan_core::ipam::Ipam;
+use qingluan_core::reconcile::{Adapters, Reconciler};
+use qingluan_core::service::Driver;
+use qingluan_dataplane::netfilter::NftFirewall;
+use qingluan_dataplane::netlink::NetlinkLinks;
+use qingluan_dataplane::openflow::OfctlFlows;
+use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsEvent, OvsdbOvs};
+use qingluan_plugin::{CallStats, Interface, Plugin};
+use qingluan_store::redb::RedbStore;
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, RwLock};
+
+use crate::api::{self, Api};
+use crate::config::Config;
+
+/// Endpoints younger than this are never collected: Docker may not list them yet.
+const GC_GRACE_SECS: u64 = 60;
+
+fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", path.display())),
+    }
+    let l =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+fn serve(listener: UnixListener, router: axum::Router) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let settings = config.settings();
+    let store = Arc::new(RedbStore::open(&config.store.path).await?);
+    let ipam = Arc::new(Ipam::new(store.clone(), &settings.ipam).await?);
+    let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
+    let ovs = Arc::new(OvsdbOvs::connect(&db));
+    let rundir = config
+        .ovs
+        .rundir
+        .clone()
+        .or_else(|| std::env::var_os("OVS_RUNDIR").map(Into::into));
+    let adapters = Adapters {
+        ovs: ovs.clone(),
+        flows: Arc::new(OfctlFlows { rundir }),
+        links: Arc::new(NetlinkLinks::new().context("cannot open netlink")?),
+        firewall: Arc::new(NftFirewall::new()),
+    };
+    let reconciler = Reconciler::new(adapters, &settings.name, &settings.prefix);
+    let driver = Arc::new(Driver::new(
+        settings.clone(),
+        store,
+        ipam.clone(),
+        reconciler,
+    ));
+    let stats = Arc::new(CallStats::default());
+    let activated = Arc::new(Notify::new());
+    let activated_gc = Arc::new(Notify::new());
+    let names = Arc::new(RwLock::new(BTreeMap::new()));
+
+    let plugin = Plugin {
+        driver: driver.clone(),
+        ipam: ipam.clone(),
+        on_activate: {
+            let (a, b) = (activated.clone(), activated_gc.clone());
+            Arc::new(move || {
+                a.notify_one();
+                b.notify_one();
+            })
+        },
+        stats: stats.clone(),
+    };
+    let d = &config.daemon;
+    let net_sock = d.plugin_dir.join(format!("{}.sock", settings.name));
+    let ipam_sock = d.plugin_dir.join(format!("{}.sock", settings.ipam_name()));
+    serve(
+        bind(&d.api_socket, 0o600)?,
+        api::router(Api {
+            driver: driver.clone(),
+            ipam,
+            stats,
+            names: names.clone(),
+            started: qingluan_core::model::now(),
+        }),
+    );
+    serve(
+        bind(&net_sock, 0o600)?,
+        qingluan_plugin::router(plugin.clone(), Interface::Network),
+    );
+    serve(
+        bind(&ipam_sock, 0o600)?,
+        qingluan_plugin::router(plugin, Interface::Ipam),
+    );
+    tracing::info!(network = %net_sock.display(), ipam = %ipam_sock.display(), api = %d.api_socket.display(), ovsdb = %db, "serving");
+
+    spawn_converge(driver.clone(), ovs.events(), activated.clone());
+    spawn_flow_audit(driver.clone());
+    spawn_docker_watch(
+        driver,
+        d.docker_socket.clone(),
+        settings.name.clone(),
+        names,
+        activated_gc,
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    for p in [&net_sock, &ipam_sock, &d.api_socket] {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("stopped; the dataplane stays as it is");
+    Ok(())
+}
+
+/// Full reconciles: at start (retried until OVS answers), periodically, on OVS reconnects
+/// and on activations.
+fn spawn_converge(
+    driver: Arc<Driver>,
+    mut events: tokio::sync::broadcast::Receiver<OvsEvent>,
+    activated: Arc<Notify>,
+) {
+    let kick = Arc::new(Notify::new());
+    {
+        let kick = kick.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(OvsEvent::Reconnected) => kick.notify_one(),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => kick.notify_one(),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match driver.sync(true).await {
+                Ok(r) => {
+                    tracing::info!(?r, "full reconcile done");
+                    delay = Duration::from_secs(30);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "full reconcile failed; retrying");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = kick.notified() => {}
+                _ = activated.notified() => {}
+            }
+        }
+    });
+}
+
+/// Every second: bridges that lost their flows get them back.
+fn spawn_flow_audit(driver: Arc<Driver>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match driver.repair_flows().await {
+                Ok(b) if !b.is_empty() => {
+                    tracing::warn!(bridges = ?b, "flows were missing; re-programmed")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "flow audit"),
+            }
+        }
+    });
+}
+
+/// Refreshes network names and collects endpoints Docker forgot, from the Engine API.
+fn spawn_docker_watch(
+    driver: Arc<Driver>,
+    socket: std::path::PathBuf,
+    name: String,
+    names: Arc<RwLock<BTreeMap<String, String>>>,
+    activated: Arc<Notify>,
+) {
+    tokio::spawn(async move {
+        loop {
+            match crate::docker::networks(&socket, &name).await {
+                Ok(nets) => {
+                    *names.write().await = nets
+                        .iter()
+                        .map(|(id, (n, _))| (id.clone(), n.clone()))
+                        .collect();
+                    let known: BTreeMap<String, BTreeSet<String>> =
+                        nets.into_iter().map(|(id, (_, eps))| (id, eps)).collect();
+                    match driver.collect_garbage(&known, GC_GRACE_SECS).await {
+                        Ok(r) if !r.is_empty() => {
+                            tracing::warn!(endpoints = ?r, "removed endpoints docker no longer knows")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "endpoint collection failed"),
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "docker api"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = activated.notified() => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+        }
+    });
+}

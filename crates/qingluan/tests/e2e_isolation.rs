@@ -1,0 +1,95 @@
+//! Isolation that cannot be bypassed: not through OVS, not through the host's routing, not
+//! through the host kernel seeing the OVS-side veth (the userspace datapath's veth bypass),
+//! and not with a spoofed source address.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn networks_are_isolated_by_every_path() {
+    if !enabled("networks_are_isolated_by_every_path") {
+        return;
+    }
+    let mut env = Env::new();
+    let (_, host_ip, _) = env.outside();
+    env.create_network(
+        "qlt-iso-a",
+        &["--opt", "model=nat", "--ipam-opt", "pool=nat"],
+    );
+    env.create_network(
+        "qlt-iso-b",
+        &["--opt", "model=nat", "--ipam-opt", "pool=nat"],
+    );
+    env.create_network(
+        "qlt-iso-c",
+        &["--opt", "model=nonat", "--ipam-opt", "pool=nonat"],
+    );
+    let run_admin = |name: &str, net: &str| {
+        docker(&[
+            "run",
+            "-d",
+            "--cap-add",
+            "NET_ADMIN",
+            "--name",
+            name,
+            "--net",
+            net,
+            IMAGE,
+            "sleep",
+            "600",
+        ]);
+    };
+    run_admin("qlt-a1", "qlt-iso-a");
+    run_admin("qlt-a2", "qlt-iso-a");
+    run_admin("qlt-b1", "qlt-iso-b");
+    run_admin("qlt-c1", "qlt-iso-c");
+    let (gw_a, gw_b, gw_c) = (
+        gateway_of("qlt-iso-a"),
+        gateway_of("qlt-iso-b"),
+        gateway_of("qlt-iso-c"),
+    );
+    let (b1, c1, a2) = (
+        ip_of("qlt-b1", "qlt-iso-b"),
+        ip_of("qlt-c1", "qlt-iso-c"),
+        ip_of("qlt-a2", "qlt-iso-a"),
+    );
+    let subnet_b = subnet_of("qlt-iso-b");
+    let subnet_c = subnet_of("qlt-iso-c");
+
+    assert!(pings("qlt-a1", &a2));
+    // Routed through our own gateway towards the other networks.
+    exec(
+        "qlt-a1",
+        &format!("ip route add {subnet_b} via {gw_a}; ip route add {subnet_c} via {gw_a}"),
+    );
+    assert!(!pings("qlt-a1", &b1), "a1 reached b1 through the host");
+    assert!(!pings("qlt-a1", &c1), "a1 reached c1 through the host");
+    assert!(!pings("qlt-a1", &gw_b), "a1 reached network b's gateway");
+    assert!(!pings("qlt-a1", &gw_c), "a1 reached network c's gateway");
+    // On-link tricks: ARP for the other gateway straight on eth0.
+    exec("qlt-a1", &format!("ip route add {gw_b}/32 dev eth0"));
+    assert!(!pings("qlt-a1", &gw_b), "a1 reached b's gateway on-link");
+    // nonat reaches only its gateway, even on-link to a host address (the veth bypass).
+    exec("qlt-c1", &format!("ip route add {host_ip}/32 dev eth0"));
+    assert!(
+        !pings("qlt-c1", &host_ip),
+        "nonat container reached a host address (veth bypass)"
+    );
+    assert!(pings("qlt-c1", &gw_c), "nonat container lost its gateway");
+    // The reverse direction too.
+    exec(
+        "qlt-b1",
+        &format!("ip route add {} via {gw_b}", subnet_of("qlt-iso-a")),
+    );
+    assert!(!pings("qlt-b1", &a2), "b1 reached a2");
+    // Spoofing: a second address on a1 must not get through.
+    let spoof = a2
+        .rsplit_once('.')
+        .map(|(p, _)| format!("{p}.250"))
+        .unwrap();
+    exec("qlt-a1", &format!("ip addr add {spoof}/24 dev eth0"));
+    let (ok, out) = exec("qlt-a1", &format!("ping -c 2 -W 1 -I {spoof} {a2}"));
+    assert!(!ok, "spoofed source got through: {out}");
+    assert!(pings("qlt-a1", &a2), "a1 lost its real address");
+}

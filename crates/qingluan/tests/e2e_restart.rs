@@ -1,0 +1,189 @@
+//! Restarts: the daemon under traffic (no ping lost), ovs-vswitchd (connectivity back
+//! within 5 s), and dockerd with `--restart=always` containers (they come back, with their
+//! `--ip`, and nothing stale is left in qingluan).
+//!
+//! ovs-vswitchd and dockerd are only restarted when scripts/test.sh started them itself
+//! (`QL_OWN_OVS=1`, `QL_OWN_DOCKERD=1`); otherwise those tests print SKIP.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Restarts a daemon by its pidfile with the same command line; waits for `ready`.
+fn restart_by_pidfile(pidfile: &str, ready: impl Fn() -> bool) -> Instant {
+    let pid = std::fs::read_to_string(pidfile).unwrap().trim().to_string();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    ok("kill", &[&pid]);
+    assert!(wait_for(Duration::from_secs(30), || !std::path::Path::new(
+        &format!("/proc/{pid}")
+    )
+    .exists()));
+    let started = Instant::now();
+    // Detached through a shell so the daemon outlives this test process.
+    let mut detach = vec!["-c", "setsid \"$@\" >/dev/null 2>&1 < /dev/null &", "sh"];
+    detach.extend(args.iter().map(String::as_str));
+    ok("sh", &detach);
+    assert!(
+        wait_for(Duration::from_secs(60), ready),
+        "{} did not come back",
+        args[0]
+    );
+    started
+}
+
+#[test]
+fn daemon_restart_loses_no_ping() {
+    if !enabled("daemon_restart_loses_no_ping") {
+        return;
+    }
+    let mut env = Env::new();
+    env.create_network("qlt-rs", &["--opt", "model=nat", "--ipam-opt", "pool=nat"]);
+    docker(&[
+        "run", "-d", "--name", "qlt-r1", "--net", "qlt-rs", IMAGE, "sleep", "600",
+    ]);
+    docker(&[
+        "run", "-d", "--name", "qlt-r2", "--net", "qlt-rs", IMAGE, "sleep", "600",
+    ]);
+    let peer = ip_of("qlt-r2", "qlt-rs");
+    let pinger = std::thread::spawn(move || exec("qlt-r1", &format!("ping -c 40 -i 0.2 {peer}")));
+    std::thread::sleep(Duration::from_secs(2));
+    env.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    env.start();
+    let (_, out) = pinger.join().unwrap();
+    assert!(
+        out.contains("40 packets received") || out.contains(" 0% packet loss"),
+        "{out}"
+    );
+    // A new container still works after the restart.
+    docker(&[
+        "run", "-d", "--name", "qlt-r3", "--net", "qlt-rs", IMAGE, "sleep", "600",
+    ]);
+    assert!(pings("qlt-r3", &ip_of("qlt-r1", "qlt-rs")));
+}
+
+#[test]
+fn vswitchd_restart_recovers_within_5s() {
+    if !enabled("vswitchd_restart_recovers_within_5s") {
+        return;
+    }
+    if std::env::var("QL_OWN_OVS").as_deref() != Ok("1") {
+        println!(
+            "SKIP: vswitchd_restart_recovers_within_5s: OVS was not started by scripts/test.sh"
+        );
+        return;
+    }
+    let env = Env::new();
+    env.create_network("qlt-vs", &["--opt", "model=nat", "--ipam-opt", "pool=nat"]);
+    docker(&[
+        "run", "-d", "--name", "qlt-v1", "--net", "qlt-vs", IMAGE, "sleep", "600",
+    ]);
+    docker(&[
+        "run", "-d", "--name", "qlt-v2", "--net", "qlt-vs", IMAGE, "sleep", "600",
+    ]);
+    let peer = ip_of("qlt-v2", "qlt-vs");
+    assert!(pings("qlt-v1", &peer));
+    let started = restart_by_pidfile("/run/openvswitch/ovs-vswitchd.pid", || {
+        run("ovs-appctl", &["version"]).status.success()
+    });
+    let back = wait_for(Duration::from_secs(15), || {
+        exec("qlt-v1", &format!("ping -c 1 -W 1 {peer}")).0
+    });
+    let took = started.elapsed();
+    println!(
+        "connectivity back {:.2} s after ovs-vswitchd was started again",
+        took.as_secs_f64()
+    );
+    assert!(
+        back,
+        "no connectivity after the ovs-vswitchd restart: {}",
+        env.log()
+    );
+    assert!(
+        took <= Duration::from_secs(5),
+        "connectivity back only after {took:?}"
+    );
+}
+
+#[test]
+fn dockerd_restart_brings_containers_back() {
+    if !enabled("dockerd_restart_brings_containers_back") {
+        return;
+    }
+    if std::env::var("QL_OWN_DOCKERD").as_deref() != Ok("1") {
+        println!("SKIP: dockerd_restart_brings_containers_back: dockerd was not started by scripts/test.sh");
+        return;
+    }
+    let env = Env::new();
+    env.create_network(
+        "qlt-dr",
+        &[
+            "--opt",
+            "model=nat",
+            "--ipam-opt",
+            "pool=nat",
+            "--subnet",
+            "10.248.7.0/24",
+        ],
+    );
+    docker(&[
+        "run",
+        "-d",
+        "--restart=always",
+        "--name",
+        "qlt-d1",
+        "--net",
+        "qlt-dr",
+        "--ip",
+        "10.248.7.50",
+        IMAGE,
+        "sleep",
+        "100000",
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--restart=always",
+        "--name",
+        "qlt-d2",
+        "--net",
+        "qlt-dr",
+        IMAGE,
+        "sleep",
+        "100000",
+    ]);
+    assert!(pings("qlt-d2", "10.248.7.50"));
+    restart_by_pidfile("/run/docker.pid", || {
+        run("docker", &["version"]).status.success()
+    });
+    let up = wait_for(Duration::from_secs(60), || {
+        docker(&["inspect", "-f", "{{.State.Running}}", "qlt-d1"]).trim() == "true"
+            && docker(&["inspect", "-f", "{{.State.Running}}", "qlt-d2"]).trim() == "true"
+    });
+    assert!(up, "containers did not come back: {}", env.log());
+    assert_eq!(ip_of("qlt-d1", "qlt-dr"), "10.248.7.50");
+    let d2 = ip_of("qlt-d2", "qlt-dr");
+    assert!(
+        wait_for(Duration::from_secs(10), || pings("qlt-d1", &d2)),
+        "no connectivity after the dockerd restart"
+    );
+    let eps: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["endpoint", "ls", "--json"])).unwrap();
+    assert_eq!(eps.as_array().unwrap().len(), 2, "stale endpoints: {eps}");
+    let pools: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["pool", "ls", "--json"])).unwrap();
+    let used: u64 = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["subnets"].as_array().unwrap().iter())
+        .map(|s| s[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(used, 3, "gateway + 2 containers, nothing stale");
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Benchmark: container start time on a qingluan nat network against a user-defined docker
+# bridge network and --net none, measured interleaved in one run, plus the plugin's own
+# handling time per call (p50/p99) from `qingluan status --json`.
+#
+# Usage: scripts/bench.sh [RUNS]   (default 25; needs OVS + dockerd up: scripts/setup.sh)
+# Uses the running qingluan daemon if one serves /run/docker/plugins/qingluan.sock,
+# otherwise starts a private one from target/release for the duration of the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-25}
+IMAGE=qlbusybox:latest
+BIN=${QINGLUAN_BIN:-target/release/qingluan}
+tmp=$(mktemp -d /tmp/qlt-bench.XXXXXX)
+daemon_pid=""
+cleanup() {
+  docker network rm qlt-bench-ql qlt-bench-br >/dev/null 2>&1 || true
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+. scripts/lib/image.sh
+build_test_image >/dev/null
+[ -x "$BIN" ] || cargo build --release -q
+CLI=("$BIN")
+if ! "$BIN" status >/dev/null 2>&1; then
+  cat > "$tmp/config.toml" <<CFG
+[daemon]
+api_socket = "$tmp/api.sock"
+[store]
+path = "$tmp/state.redb"
+CFG
+  "$BIN" --config "$tmp/config.toml" daemon >"$tmp/daemon.log" 2>&1 &
+  daemon_pid=$!
+  CLI=("$BIN" --config "$tmp/config.toml")
+  for _ in $(seq 50); do "${CLI[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+docker network create --driver qingluan --ipam-driver qingluanIpam --opt model=nat --ipam-opt pool=nat qlt-bench-ql >/dev/null
+docker network create --driver bridge qlt-bench-br >/dev/null
+
+ms() { local t0 t1; t0=$(date +%s%N); docker run --rm --net "$1" "$IMAGE" sh -c : >/dev/null; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+for net in qlt-bench-ql qlt-bench-br none; do ms "$net" >/dev/null; done   # warm-up
+: >"$tmp/ql"; : >"$tmp/br"; : >"$tmp/none"
+for _ in $(seq "$RUNS"); do
+  ms qlt-bench-ql >>"$tmp/ql"; ms qlt-bench-br >>"$tmp/br"; ms none >>"$tmp/none"
+done
+q=$(median <"$tmp/ql"); b=$(median <"$tmp/br"); n=$(median <"$tmp/none")
+echo "docker run --rm ... sh -c :   median of $RUNS interleaved runs"
+printf '  %-28s %8s ms\n' "qingluan nat network" "$q" "docker bridge network" "$b" "--net none" "$n"
+awk -v q="$q" -v b="$b" 'BEGIN { printf "  ratio qingluan/bridge        %8.2f\n", q / b }'
+echo "plugin handling time per call (ms):"
+"${CLI[@]}" status --json | python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["calls"]:
+    print("  %-45s n=%-5d p50=%7.2f p99=%7.2f" % (c["method"], c["count"], c["p50_ms"], c["p99_ms"]))'
