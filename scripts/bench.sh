@@ -20,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib/image.sh
+. scripts/lib/env.sh
 build_test_image >/dev/null
 [ -x "$BIN" ] || cargo build --release -q
 CLI=("$BIN")

@@ -263,7 +263,7 @@ fn internal_nat_behaves_like_nonat() {
         "run", "-d", "--name", "qlt-i2", "--net", "qlt-int2", IMAGE, "sleep", "600",
     ]);
     assert!(pings("qlt-i1", &ip_of("qlt-i2", "qlt-int2")));
-    assert!(pings("qlt-i1", &gateway_of("qlt-int2")));
+    assert!(pings("qlt-i1", &env.gateway_of("qlt-int2")));
     assert!(
         !pings("qlt-i1", &out_ip),
         "internal network reached the outside"

@@ -45,17 +45,17 @@ fn networks_are_isolated_by_every_path() {
     run_admin("qlt-b1", "qlt-iso-b");
     run_admin("qlt-c1", "qlt-iso-c");
     let (gw_a, gw_b, gw_c) = (
-        gateway_of("qlt-iso-a"),
-        gateway_of("qlt-iso-b"),
-        gateway_of("qlt-iso-c"),
+        env.gateway_of("qlt-iso-a"),
+        env.gateway_of("qlt-iso-b"),
+        env.gateway_of("qlt-iso-c"),
     );
     let (b1, c1, a2) = (
         ip_of("qlt-b1", "qlt-iso-b"),
         ip_of("qlt-c1", "qlt-iso-c"),
         ip_of("qlt-a2", "qlt-iso-a"),
     );
-    let subnet_b = subnet_of("qlt-iso-b");
-    let subnet_c = subnet_of("qlt-iso-c");
+    let subnet_b = env.subnet_of("qlt-iso-b");
+    let subnet_c = env.subnet_of("qlt-iso-c");
 
     assert!(pings("qlt-a1", &a2));
     // Routed through our own gateway towards the other networks.
@@ -80,7 +80,7 @@ fn networks_are_isolated_by_every_path() {
     // The reverse direction too.
     exec(
         "qlt-b1",
-        &format!("ip route add {} via {gw_b}", subnet_of("qlt-iso-a")),
+        &format!("ip route add {} via {gw_b}", env.subnet_of("qlt-iso-a")),
     );
     assert!(!pings("qlt-b1", &a2), "b1 reached a2");
     // Spoofing: a second address on a1 must not get through.

@@ -48,8 +48,8 @@ fn nat_and_nonat_tour() {
             "192.168.1.0/24",
         ],
     );
-    assert_eq!(gateway_of("qlt-nonat2"), "192.168.1.1");
-    assert_eq!(gateway_of("qlt-nat2"), "192.168.2.1");
+    assert_eq!(env.gateway_of("qlt-nonat2"), "192.168.1.1");
+    assert_eq!(env.gateway_of("qlt-nat2"), "192.168.2.1");
 
     docker(&[
         "run",
@@ -96,9 +96,9 @@ fn nat_and_nonat_tour() {
     docker(&["network", "connect", "qlt-nat2", "qlt-busybox-nat"]);
 
     let web = ip_of("qlt-web-nat", "qlt-nat1");
-    let nat_gw = gateway_of("qlt-nat1");
+    let nat_gw = env.gateway_of("qlt-nat1");
     let nonat_peer = ip_of("qlt-busybox-nonat2", "qlt-nonat1");
-    let nonat_gw = gateway_of("qlt-nonat1");
+    let nonat_gw = env.gateway_of("qlt-nonat1");
 
     // Same network: peers and gateway.
     assert!(pings("qlt-busybox-nat", &web), "nat peers");
@@ -224,13 +224,27 @@ fn nat_and_nonat_tour() {
         "a docker-proxy is running"
     );
 
-    // Static address.
-    let subnet = subnet_of("qlt-nat1");
-    let fixed = subnet.replace(".0/24", ".200");
+    // Static address: Docker itself allows --ip only on networks created with --subnet.
     let out = docker(&[
-        "run", "--rm", "--net", "qlt-nat1", "--ip", &fixed, IMAGE, "ip", "addr",
+        "run",
+        "--rm",
+        "--net",
+        "qlt-nat2",
+        "--ip",
+        "192.168.2.200",
+        IMAGE,
+        "ip",
+        "addr",
     ]);
-    assert!(out.contains(&format!("{fixed}/24")), "{out}");
+    assert!(out.contains("192.168.2.200/24"), "{out}");
+    let carved = env.subnet_of("qlt-nat1").replace(".0/24", ".200");
+    let e = fails(
+        "docker",
+        &[
+            "run", "--rm", "--net", "qlt-nat1", "--ip", &carved, IMAGE, "true",
+        ],
+    );
+    assert!(e.contains("user specified IP address is supported only when connecting to networks with user configured subnets"), "{e}");
 
     // The CLI.
     let ls = env.qingluan(&["network", "ls"]);

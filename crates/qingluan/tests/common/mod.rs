@@ -341,30 +341,21 @@ pub fn ip_of(container: &str, network: &str) -> String {
     .to_string()
 }
 
-/// Gateway of a Docker network.
-pub fn gateway_of(network: &str) -> String {
-    docker(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-        network,
-    ])
-    .trim()
-    .to_string()
-}
+impl Env {
+    /// A network as qingluan reports it (`qingluan network inspect NAME`).
+    pub fn network(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.qingluan(&["network", "inspect", name])).unwrap()
+    }
 
-/// Subnet of a Docker network.
-pub fn subnet_of(network: &str) -> String {
-    docker(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{(index .IPAM.Config 0).Subnet}}",
-        network,
-    ])
-    .trim()
-    .to_string()
+    /// Gateway address of a network.
+    pub fn gateway_of(&self, name: &str) -> String {
+        self.network(name)["gateway"].as_str().unwrap().to_string()
+    }
+
+    /// Subnet of a network.
+    pub fn subnet_of(&self, name: &str) -> String {
+        self.network(name)["subnet"].as_str().unwrap().to_string()
+    }
 }
 
 /// Whether a path exists (helper for sockets).
