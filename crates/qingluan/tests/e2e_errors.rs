@@ -254,7 +254,15 @@ fn internal_nat_behaves_like_nonat() {
     let (_, _, out_ip) = env.outside();
     env.create_network(
         "qlt-int2",
-        &["--internal", "--opt", "model=nat", "--ipam-opt", "pool=nat"],
+        &[
+            "--internal",
+            "--opt",
+            "model=nat",
+            "--ipam-opt",
+            "pool=nat",
+            "--opt",
+            "mtu=1400",
+        ],
     );
     docker(&[
         "run", "-d", "--name", "qlt-i1", "--net", "qlt-int2", IMAGE, "sleep", "600",
@@ -270,4 +278,6 @@ fn internal_nat_behaves_like_nonat() {
     );
     let (_, routes) = exec("qlt-i1", "ip route");
     assert!(!routes.contains("default"), "{routes}");
+    let (_, link) = exec("qlt-i1", "ip link show eth0");
+    assert!(link.contains("mtu 1400"), "the MTU is ours to set: {link}");
 }

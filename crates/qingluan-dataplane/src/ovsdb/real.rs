@@ -231,10 +231,15 @@ impl Ovs for OvsdbOvs {
         }
         let root = self.open_vswitch_uuid().await?;
         let snap = self.snapshot().await?;
-        let bridge_uuid = |name: &str| -> Result<String, OvsdbError> {
-            let rows = snap.iter().any(|b| b.spec.name == name);
-            if rows {
-                Ok(name.to_string())
+        let mut known: std::collections::BTreeSet<String> =
+            snap.iter().map(|b| b.spec.name.clone()).collect();
+        known.extend(ops.iter().filter_map(|op| match op {
+            OvsOp::AddBridge(b) => Some(b.name.clone()),
+            _ => None,
+        }));
+        let bridge_exists = |name: &str| -> Result<(), OvsdbError> {
+            if known.contains(name) {
+                Ok(())
             } else {
                 Err(OvsdbError::Schema(format!("bridge {name} not found")))
             }
@@ -268,7 +273,7 @@ impl Ovs for OvsdbOvs {
                     t.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [["_uuid", "==", ["uuid", root]]], "mutations": [["bridges", "insert", ["set", [["named-uuid", bu]]]]]}));
                 }
                 OvsOp::UpdateBridge(b) => {
-                    bridge_uuid(&b.name)?;
+                    bridge_exists(&b.name)?;
                     t.push(json!({"op": "update", "table": "Bridge", "where": by_name(&b.name), "row": bridge_columns(b)}));
                 }
                 OvsOp::DeleteBridge(name) => {
@@ -276,7 +281,7 @@ impl Ovs for OvsdbOvs {
                     t.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [["_uuid", "==", ["uuid", root]]], "mutations": [["bridges", "delete", ["set", [["uuid", u]]]]]}));
                 }
                 OvsOp::AddPort(p) => {
-                    bridge_uuid(&p.bridge)?;
+                    bridge_exists(&p.bridge)?;
                     let (iu, pu) = (format!("i{i}"), format!("p{i}"));
                     let mut irow = iface_columns(p);
                     irow["name"] = json!(p.name);
