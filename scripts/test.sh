@@ -8,10 +8,16 @@ cd "$(dirname "$0")/.."
 . scripts/lib/env.sh
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 QL_STARTED_OVS=0 QL_STARTED_DOCKERD=0
+had_docker0=0
+ip link show docker0 >/dev/null 2>&1 && had_docker0=1
 
 cleanup() {
   bash scripts/cleanup.sh >/dev/null 2>&1 || true
-  [ "$QL_STARTED_DOCKERD" = 1 ] && ql_stop_dockerd
+  if [ "$QL_STARTED_DOCKERD" = 1 ]; then
+    ql_stop_dockerd
+    # dockerd leaves its docker0 bridge behind; remove it when it was not there before us.
+    [ "$had_docker0" = 1 ] || ip link del docker0 2>/dev/null
+  fi
   [ "$QL_STARTED_OVS" = 1 ] && ql_stop_ovs
   true
 }

@@ -59,7 +59,16 @@ fn bad_network_input_is_refused_clearly() {
 
     env.create_network(
         "qlt-nat-a",
-        &["--opt", "model=nat", "--subnet", "10.5.0.0/24"],
+        &[
+            "--opt",
+            "model=nat",
+            "--subnet",
+            "10.5.0.0/24",
+            "--ip-range",
+            "10.5.0.64/26",
+            "--aux-address",
+            "router=10.5.0.64",
+        ],
     );
     let e = env.create_network_fails(
         "qlt-bad",
@@ -234,6 +243,8 @@ fn bad_network_input_is_refused_clearly() {
         ],
     );
     assert_says(&e, "host port 2082/tcp is already published by endpoint");
+    // Dynamic addresses come from --ip-range, never the aux address.
+    assert_eq!(ip_of("qlt-p1", "qlt-nat-a"), "10.5.0.65");
 
     // Nothing changed by the refusals: the pools hold only what the live networks use.
     docker(&["rm", "-f", "qlt-st1", "qlt-p1"]);

@@ -16,6 +16,8 @@ use super::{Firewall, FirewallError, Ruleset};
 pub struct NftFirewall {
     /// Hash of the last ruleset this process installed, to skip unchanged applies.
     last: Mutex<Option<String>>,
+    /// Whether the last ruleset had segments (DOCKER-USER accepts wanted).
+    segments: std::sync::atomic::AtomicBool,
 }
 
 impl NftFirewall {
@@ -267,22 +269,36 @@ impl Firewall for NftFirewall {
         } else {
             Some(hash.clone())
         };
-        if !force && *self.last.lock().unwrap() == Some(hash.clone()) {
+        let last = self.last.lock().unwrap().clone();
+        if !force && last.as_ref() == Some(&hash) {
             return Ok(false);
         }
-        let ip = installed_hash("ip", &rules.name).await;
-        let guard = installed_hash("netdev", &format!("{}_guard", rules.name)).await;
-        let changed = !(ip == want && guard == want);
+        // Without `force`, what this process installed last is what is there; only a full
+        // pass (start-up, periodic) reads the installed tables back.
+        let changed = if force || last.is_none() {
+            let ip = installed_hash("ip", &rules.name).await;
+            let guard = installed_hash("netdev", &format!("{}_guard", rules.name)).await;
+            !(ip == want && guard == want)
+        } else {
+            true
+        };
         if changed {
             let (ok, _, err) = run("nft", &["-f", "-"], Some(&script)).await?;
             if !ok {
+                *self.last.lock().unwrap() = None;
                 return Err(FirewallError::Command {
                     cmd: format!("nft -f (tables {0}, {0}_guard)", rules.name),
                     stderr: err,
                 });
             }
         }
-        docker_user(rules).await?;
+        let had_segments = self.segments.swap(
+            !rules.segments.is_empty(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        if force || last.is_none() || had_segments == rules.segments.is_empty() {
+            docker_user(rules).await?;
+        }
         *self.last.lock().unwrap() = Some(hash);
         Ok(changed)
     }
