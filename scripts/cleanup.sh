@@ -18,7 +18,7 @@ for inst in $instances; do
       | grep "qingluan-owner=$inst[,}\"]" | cut -d, -f1); do
     ovs-vsctl --timeout=5 del-br "$br"
   done
-  nft delete table ip "$inst" 2>/dev/null
+  nft delete table inet "$inst" 2>/dev/null
   nft delete table netdev "${inst}_guard" 2>/dev/null
   while iptables -w -S DOCKER-USER 2>/dev/null | grep -q -- "--comment $inst "; do
     rule=$(iptables -w -S DOCKER-USER | grep -- "--comment $inst " | head -1 | sed 's/^-A /-D /')

@@ -93,3 +93,68 @@ fn networks_are_isolated_by_every_path() {
     assert!(!ok, "spoofed source got through: {out}");
     assert!(pings("qlt-a1", &a2), "a1 lost its real address");
 }
+
+#[test]
+fn dual_stack_networks_are_isolated_too() {
+    if !enabled("dual_stack_networks_are_isolated_too") {
+        return;
+    }
+    let env = Env::new();
+    let v6 = |name: &str, v4: &str, v6: &str, model: &str| {
+        env.create_network(
+            name,
+            &[
+                "--opt",
+                &format!("model={model}"),
+                "--ipv6",
+                "--subnet",
+                v4,
+                "--subnet",
+                v6,
+            ],
+        );
+    };
+    v6("qlt-v6a", "10.248.10.0/24", "fd48:a::/64", "nat");
+    v6("qlt-v6b", "10.248.11.0/24", "fd48:b::/64", "nat");
+    v6("qlt-v6c", "10.248.12.0/24", "fd48:c::/64", "nonat");
+    for (c, n) in [
+        ("qlt-6a", "qlt-v6a"),
+        ("qlt-6b", "qlt-v6b"),
+        ("qlt-6c", "qlt-v6c"),
+    ] {
+        docker(&[
+            "run",
+            "-d",
+            "--cap-add",
+            "NET_ADMIN",
+            "--name",
+            c,
+            "--net",
+            n,
+            IMAGE,
+            "sleep",
+            "600",
+        ]);
+    }
+    let ping6 = |c: &str, ip: &str| {
+        exec(
+            c,
+            &format!("for i in 1 2 3 4 5; do ping -c 1 -W 1 {ip} && exit 0; sleep 1; done; exit 1"),
+        )
+        .0
+    };
+    assert!(ping6("qlt-6a", "fd48:a::1"), "own IPv6 gateway");
+    assert!(
+        !ping6("qlt-6a", "fd48:b::1"),
+        "another network's IPv6 gateway through the host"
+    );
+    exec("qlt-6c", "ip -6 route add fd48:a::/64 via fd48:c::1");
+    assert!(
+        ping6("qlt-6c", "fd48:c::1"),
+        "nonat reaches its IPv6 gateway"
+    );
+    assert!(
+        !ping6("qlt-6c", "fd48:a::1"),
+        "nonat reached another IPv6 gateway"
+    );
+}

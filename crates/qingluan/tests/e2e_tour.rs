@@ -293,7 +293,7 @@ pub fn assert_clean(env: &Env) {
     }
     let tables = ok("nft", &["list", "tables"]);
     assert!(
-        !tables.contains(&format!("ip {}\n", env.driver)),
+        !tables.contains(&format!("inet {}\n", env.driver)),
         "nft table left: {tables}"
     );
     let eps = env.qingluan(&["endpoint", "ls", "--json"]);

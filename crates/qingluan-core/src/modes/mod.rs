@@ -107,6 +107,7 @@ pub(crate) fn local_segment(
         bridge,
         subnet: net.subnet,
         gateway: net.gateway,
+        gateway_v6: net.ipv6.map(|(_, gw)| gw),
         external,
         dnat: Vec::new(),
     });

@@ -1,7 +1,7 @@
 //! Netfilter adapter: NAT, port publishing, isolation and the veth guards, in nftables.
 //!
 //! Concept: the whole ruleset of one qingluan instance is plain data ([`Ruleset`]) rendered
-//! into two nftables tables the instance owns — `ip <name>` (NAT, forward and input
+//! into two nftables tables the instance owns — `inet <name>` (NAT, forward and input, for IPv4 and IPv6
 //! isolation) and `netdev <name>_guard` (one ingress chain with policy drop per OVS-side veth,
 //! closing the userspace datapath's "veth bypass"). Applying replaces both tables in ONE
 //! `nft -f` transaction, so there is never a moment without rules, and is skipped entirely
@@ -63,6 +63,8 @@ pub struct Segment {
     pub subnet: Ipv4Net,
     /// The gateway address on the host.
     pub gateway: Ipv4Addr,
+    /// The IPv6 gateway address on the host, on dual-stack networks.
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
     /// Whether traffic may leave (masquerade) and come in (published ports): nat networks
     /// that are not `--internal`. Otherwise the segment reaches its gateway only.
     pub external: bool,

@@ -50,6 +50,17 @@ pub fn render_ip(rules: &Ruleset) -> String {
         let _ = writeln!(s, "\t\telements = {{ {} }}", gws.join(", "));
     }
     s.push_str("\t}\n");
+    let gws6: Vec<String> = rules
+        .segments
+        .iter()
+        .filter_map(|g| g.gateway_v6)
+        .map(|g| g.to_string())
+        .collect();
+    s.push_str("\tset gateways6 {\n\t\ttype ipv6_addr\n");
+    if !gws6.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{ {} }}", gws6.join(", "));
+    }
+    s.push_str("\t}\n");
     let mut dnat = String::new();
     for seg in rules.segments.iter().filter(|g| g.external) {
         for d in &seg.dnat {
@@ -59,7 +70,7 @@ pub fn render_ip(rules: &Ruleset) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 dnat,
-                "\t\t{daddr}fib daddr type local {p} dport {hp} dnat to {to}:{tp}",
+                "\t\tmeta nfproto ipv4 {daddr}fib daddr type local {p} dport {hp} dnat ip to {to}:{tp}",
                 p = d.proto,
                 hp = d.host_port,
                 to = d.to,
@@ -117,13 +128,26 @@ pub fn render_ip(rules: &Ruleset) -> String {
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter - 1; policy accept;\n");
     for seg in &rules.segments {
         let (br, gw) = (&seg.bridge, seg.gateway);
+        // IPv6 neighbour discovery and link-local traffic to the gateway port stay allowed.
+        let gw6 = seg
+            .gateway_v6
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "::1".into());
         if seg.external {
             let _ = writeln!(
                 s,
                 "\t\tiifname \"{br}\" ip daddr != {gw} ip daddr @gateways drop"
             );
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{br}\" ip6 daddr != {gw6} ip6 daddr @gateways6 drop"
+            );
         } else {
             let _ = writeln!(s, "\t\tiifname \"{br}\" ip daddr != {gw} drop");
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{br}\" ip6 daddr != {{ {gw6}, fe80::/10, ff00::/8 }} drop"
+            );
         }
     }
     s.push_str("\t}\n");
@@ -148,9 +172,9 @@ pub fn render_script(rules: &Ruleset) -> (String, String) {
     let guard = render_guard(rules);
     let hash = fnv(&format!("{ip}\n{guard}"));
     let n = &rules.name;
-    let mut s = format!("table ip {n} {{}}\ndelete table ip {n}\ntable netdev {n}_guard {{}}\ndelete table netdev {n}_guard\n");
+    let mut s = format!("table inet {n} {{}}\ndelete table inet {n}\ntable netdev {n}_guard {{}}\ndelete table netdev {n}_guard\n");
     if !rules.is_empty() {
-        let _ = write!(s, "table ip {n} {{\n\tcomment \"{hash}\"\n{ip}}}\n");
+        let _ = write!(s, "table inet {n} {{\n\tcomment \"{hash}\"\n{ip}}}\n");
         let _ = write!(
             s,
             "table netdev {n}_guard {{\n\tcomment \"{hash}\"\n{guard}}}\n"
@@ -276,7 +300,7 @@ impl Firewall for NftFirewall {
         // Without `force`, what this process installed last is what is there; only a full
         // pass (start-up, periodic) reads the installed tables back.
         let changed = if force || last.is_none() {
-            let ip = installed_hash("ip", &rules.name).await;
+            let ip = installed_hash("inet", &rules.name).await;
             let guard = installed_hash("netdev", &format!("{}_guard", rules.name)).await;
             !(ip == want && guard == want)
         } else {
@@ -318,6 +342,7 @@ mod tests {
                 bridge: "qlb1".into(),
                 subnet: "10.240.0.0/24".parse().unwrap(),
                 gateway: "10.240.0.1".parse().unwrap(),
+                gateway_v6: None,
                 external: true,
                 dnat: vec![Dnat {
                     proto: "tcp".into(),
@@ -330,7 +355,7 @@ mod tests {
             guards: vec!["qlv1".into()],
         };
         let (script, hash) = render_script(&rules);
-        assert!(script.contains("fib daddr type local tcp dport 1080 dnat to 10.240.0.2:80"));
+        assert!(script.contains("fib daddr type local tcp dport 1080 dnat ip to 10.240.0.2:80"));
         assert!(script.contains("ip saddr 10.240.0.0/24 oifname != \"qlb1\" masquerade"));
         assert!(
             script.contains("type filter hook ingress device \"qlv1\" priority 0; policy drop;")
@@ -347,7 +372,7 @@ mod tests {
         });
         assert_eq!(
             script,
-            "table ip qingluan {}\ndelete table ip qingluan\ntable netdev qingluan_guard {}\ndelete table netdev qingluan_guard\n"
+            "table inet qingluan {}\ndelete table inet qingluan\ntable netdev qingluan_guard {}\ndelete table netdev qingluan_guard\n"
         );
     }
 }
