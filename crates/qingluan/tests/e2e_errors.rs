@@ -29,7 +29,11 @@ fn bad_network_input_is_refused_clearly() {
         "qlt-bad",
         &["--opt", "model=nat", "--subnet", "10.1.2.300/24"],
     );
-    assert_says(&e, "invalid");
+    // Docker validates these four itself before asking the plugin; its text is what users see.
+    assert_says(
+        &e,
+        "Invalid subnet 10.1.2.300/24 : invalid CIDR address: 10.1.2.300/24",
+    );
 
     let e = env.create_network_fails(
         "qlt-bad",
@@ -42,7 +46,7 @@ fn bad_network_input_is_refused_clearly() {
             "10.1.0.1",
         ],
     );
-    assert_says(&e, "10.1.0.1");
+    assert_says(&e, "no matching subnet for gateway 10.1.0.1");
 
     let e = env.create_network_fails(
         "qlt-bad",
@@ -55,7 +59,7 @@ fn bad_network_input_is_refused_clearly() {
             "10.4.0.0/25",
         ],
     );
-    assert_says(&e, "10.4.0.0/25");
+    assert_says(&e, "no matching subnet for range 10.4.0.0/25");
 
     env.create_network(
         "qlt-nat-a",
@@ -177,7 +181,27 @@ fn bad_network_input_is_refused_clearly() {
             "true",
         ],
     );
-    assert_says(&e, "10.6.0.10");
+    assert_says(
+        &e,
+        "Invalid address 10.6.0.10: It does not belong to any of this network's subnets",
+    );
+    let e = fails(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "qlt-nat-a",
+            "--ip",
+            "10.5.0.0",
+            IMAGE,
+            "true",
+        ],
+    );
+    assert_says(
+        &e,
+        "address 10.5.0.0 is reserved in subnet 10.5.0.0/24 (network or broadcast address)",
+    );
 
     // Publishing on nonat and on internal networks.
     env.create_network(
