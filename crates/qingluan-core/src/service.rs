@@ -11,8 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use qingluan_store::{Op, Store, StoreError};
-use serde::{de::DeserializeOwned, Serialize};
+use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::desired::{self, Desired, HostFacts};
@@ -121,38 +120,6 @@ pub struct Driver {
     lock: Mutex<()>,
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialise")
-}
-
-async fn load_all<T: DeserializeOwned>(
-    store: &dyn Store,
-    prefix: &str,
-) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    for kv in store.list(prefix).await? {
-        out.push(
-            serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
-                key: kv.key.clone(),
-                reason: e.to_string(),
-            })?,
-        );
-    }
-    Ok(out)
-}
-
-async fn load<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>, StoreError> {
-    match store.get(key).await? {
-        Some(kv) => Ok(Some(serde_json::from_slice(&kv.value).map_err(|e| {
-            StoreError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
-            }
-        })?)),
-        None => Ok(None),
-    }
-}
-
 /// The datapath type to use given the setting and whether the kernel module is loaded.
 pub fn choose_datapath(setting: &str, kernel_module: bool) -> String {
     match setting {
@@ -212,22 +179,22 @@ impl Driver {
 
     /// Every network.
     pub async fn networks(&self) -> Result<Vec<Network>, ServiceError> {
-        Ok(load_all(&*self.store, NETWORKS).await?)
+        Ok(list_json(&*self.store, NETWORKS).await?)
     }
 
     /// Every endpoint.
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>, ServiceError> {
-        Ok(load_all(&*self.store, ENDPOINTS).await?)
+        Ok(list_json(&*self.store, ENDPOINTS).await?)
     }
 
     async fn network(&self, id: &str) -> Result<Network, ServiceError> {
-        load(&*self.store, &format!("{NETWORKS}{id}"))
+        get_json(&*self.store, &format!("{NETWORKS}{id}"))
             .await?
             .ok_or_else(|| ServiceError::NetworkNotFound(short(id)))
     }
 
     async fn endpoint(&self, id: &str) -> Result<Endpoint, ServiceError> {
-        load(&*self.store, &format!("{ENDPOINTS}{id}"))
+        get_json(&*self.store, &format!("{ENDPOINTS}{id}"))
             .await?
             .ok_or_else(|| ServiceError::EndpointNotFound(short(id)))
     }
@@ -329,7 +296,7 @@ impl Driver {
         let _g = self.lock.lock().await;
         let key = format!("{NETWORKS}{}", net.id);
         self.commit(
-            vec![Op::Put(key.clone(), json(&net))],
+            vec![Op::Put(key.clone(), to_json(&net))],
             vec![Op::Delete(key)],
         )
         .await
@@ -391,8 +358,11 @@ impl Driver {
         };
         let _g = self.lock.lock().await;
         let key = format!("{ENDPOINTS}{}", ep.id);
-        self.commit(vec![Op::Put(key.clone(), json(&ep))], vec![Op::Delete(key)])
-            .await?;
+        self.commit(
+            vec![Op::Put(key.clone(), to_json(&ep))],
+            vec![Op::Delete(key)],
+        )
+        .await?;
         Ok(report.then_some(mac))
     }
 
@@ -415,7 +385,7 @@ impl Driver {
         self.store
             .txn(
                 vec![],
-                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), json(&ep))],
+                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), to_json(&ep))],
             )
             .await?;
         Ok(modes::driver(net.mode).join(&net, &ep))
@@ -425,13 +395,13 @@ impl Driver {
     pub async fn leave(&self, endpoint_id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
         if let Some(mut ep) =
-            load::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
+            get_json::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
         {
             ep.sandbox = None;
             self.store
                 .txn(
                     vec![],
-                    vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), json(&ep))],
+                    vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), to_json(&ep))],
                 )
                 .await?;
         }
@@ -520,8 +490,8 @@ impl Driver {
         after.ports = wanted;
         let key = format!("{ENDPOINTS}{}", after.id);
         self.commit(
-            vec![Op::Put(key.clone(), json(&after))],
-            vec![Op::Put(key, json(&before))],
+            vec![Op::Put(key.clone(), to_json(&after))],
+            vec![Op::Put(key, to_json(&before))],
         )
         .await
     }
@@ -530,7 +500,7 @@ impl Driver {
     pub async fn revoke(&self, endpoint_id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
         let Some(mut ep) =
-            load::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
+            get_json::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
         else {
             return Ok(());
         };
@@ -541,7 +511,7 @@ impl Driver {
         self.store
             .txn(
                 vec![],
-                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), json(&ep))],
+                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), to_json(&ep))],
             )
             .await?;
         self.sync(false).await?;

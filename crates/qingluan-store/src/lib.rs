@@ -205,6 +205,28 @@ pub(crate) mod engine {
         events
     }
 
+    /// Every record under a prefix, in key order.
+    pub fn list(map: &BTreeMap<String, KeyValue>, prefix: &str) -> Vec<KeyValue> {
+        map.range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The answer of a transaction that writes nothing: failed compares, or no ops.
+    pub fn settled(
+        map: &BTreeMap<String, KeyValue>,
+        revision: u64,
+        compares: &[Compare],
+        no_ops: bool,
+    ) -> Option<super::TxnResult> {
+        let held = compares.iter().all(|c| holds(map, c));
+        (!held || no_ops).then_some(super::TxnResult {
+            succeeded: held,
+            revision,
+        })
+    }
+
     /// The key an event is about.
     pub fn key_of(e: &WatchEvent) -> &str {
         match e {
@@ -239,4 +261,35 @@ impl Watchers {
                 .all(|e| tx.send(e.clone()).is_ok())
         });
     }
+}
+
+/// Reads a JSON record.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match store.get(key).await? {
+        Some(kv) => Ok(Some(decode(&kv)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads every JSON record under a prefix, in key order.
+pub async fn list_json<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    store.list(prefix).await?.iter().map(decode).collect()
+}
+
+/// Encodes a record as JSON for a put.
+pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise to JSON")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+    serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })
 }

@@ -35,27 +35,13 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let s = self.state.lock().unwrap();
-        Ok(s.0
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect())
+        Ok(engine::list(&self.state.lock().unwrap().0, prefix))
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         let mut s = self.state.lock().unwrap();
-        if !compares.iter().all(|c| engine::holds(&s.0, c)) {
-            return Ok(TxnResult {
-                succeeded: false,
-                revision: s.1,
-            });
-        }
-        if ops.is_empty() {
-            return Ok(TxnResult {
-                succeeded: true,
-                revision: s.1,
-            });
+        if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
+            return Ok(r);
         }
         let revision = s.1 + 1;
         let events = engine::apply(&mut s.0, ops, revision);

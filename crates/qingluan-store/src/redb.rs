@@ -103,17 +103,8 @@ impl RedbStore {
 
     fn txn_blocking(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         let mut s = self.inner.state.lock().unwrap();
-        if !compares.iter().all(|c| engine::holds(&s.0, c)) {
-            return Ok(TxnResult {
-                succeeded: false,
-                revision: s.1,
-            });
-        }
-        if ops.is_empty() {
-            return Ok(TxnResult {
-                succeeded: true,
-                revision: s.1,
-            });
+        if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
+            return Ok(r);
         }
         let revision = s.1 + 1;
         let mut next = s.0.clone();
@@ -162,12 +153,7 @@ impl Store for RedbStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let s = self.inner.state.lock().unwrap();
-        Ok(s.0
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect())
+        Ok(engine::list(&self.inner.state.lock().unwrap().0, prefix))
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use qingluan_store::{Compare, Op, Store};
-use serde::{de::DeserializeOwned, Serialize};
+use qingluan_store::{create, get_json, list_json, to_json, Op, Store};
+use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::*;
@@ -35,37 +35,6 @@ pub struct Ipam {
     routes: fn() -> Vec<IpNet>,
     /// Pool used when a request names none.
     default_pool: String,
-}
-
-fn corrupt(key: &str, e: serde_json::Error) -> IpamError {
-    IpamError::Store(qingluan_store::StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
-}
-
-async fn load<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>, IpamError> {
-    match store.get(key).await? {
-        Some(kv) => Ok(Some(
-            serde_json::from_slice(&kv.value).map_err(|e| corrupt(key, e))?,
-        )),
-        None => Ok(None),
-    }
-}
-
-async fn load_all<T: DeserializeOwned>(
-    store: &dyn Store,
-    prefix: &str,
-) -> Result<Vec<T>, IpamError> {
-    let mut out = Vec::new();
-    for kv in store.list(prefix).await? {
-        out.push(serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?);
-    }
-    Ok(out)
-}
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialise")
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, IpamError> {
@@ -101,12 +70,7 @@ impl Ipam {
             };
             check_pool(&pool)?;
             let key = format!("{POOLS}{name}");
-            store
-                .txn(
-                    vec![Compare::Absent(key.clone())],
-                    vec![Op::Put(key, json(&pool))],
-                )
-                .await?;
+            create(&*store, &key, to_json(&pool)).await?;
         }
         Ok(Ipam {
             store,
@@ -118,11 +82,11 @@ impl Ipam {
 
     /// Every pool by name.
     pub async fn pools(&self) -> Result<Vec<Pool>, IpamError> {
-        load_all(&*self.store, POOLS).await
+        list_json(&*self.store, POOLS).await.map_err(Into::into)
     }
 
     async fn pool(&self, name: &str) -> Result<Pool, IpamError> {
-        match load(&*self.store, &format!("{POOLS}{name}")).await? {
+        match get_json(&*self.store, &format!("{POOLS}{name}")).await? {
             Some(p) => Ok(p),
             None => {
                 let known: Vec<String> = self.pools().await?.into_iter().map(|p| p.name).collect();
@@ -136,12 +100,14 @@ impl Ipam {
 
     /// Every subnet.
     pub async fn subnets(&self) -> Result<Vec<Subnet>, IpamError> {
-        load_all(&*self.store, SUBNETS).await
+        list_json(&*self.store, SUBNETS).await.map_err(Into::into)
     }
 
     /// Allocated addresses of a subnet.
     pub async fn addresses(&self, subnet: &Subnet) -> Result<Vec<Addr>, IpamError> {
-        load_all(&*self.store, &addrs_prefix(&subnet.domain, subnet.cidr)).await
+        list_json(&*self.store, &addrs_prefix(&subnet.domain, subnet.cidr))
+            .await
+            .map_err(Into::into)
     }
 
     /// Pools with their subnets and address counts.
@@ -165,14 +131,7 @@ impl Ipam {
     pub async fn create_pool(&self, pool: Pool) -> Result<(), IpamError> {
         check_pool(&pool)?;
         let key = format!("{POOLS}{}", pool.name);
-        let ok = self
-            .store
-            .txn(
-                vec![Compare::Absent(key.clone())],
-                vec![Op::Put(key, json(&pool))],
-            )
-            .await?
-            .succeeded;
+        let ok = create(&*self.store, &key, to_json(&pool)).await?;
         if !ok {
             return Err(IpamError::PoolRule(format!(
                 "pool {} already exists",
@@ -297,14 +256,7 @@ impl Ipam {
             carved,
         };
         let key = subnet_key(&domain, cidr);
-        let ok = self
-            .store
-            .txn(
-                vec![Compare::Absent(key.clone())],
-                vec![Op::Put(key, json(&rec))],
-            )
-            .await?
-            .succeeded;
+        let ok = create(&*self.store, &key, to_json(&rec)).await?;
         if !ok {
             return Err(IpamError::Overlap {
                 subnet: cidr,
@@ -336,7 +288,7 @@ impl Ipam {
     /// The subnet behind a PoolID.
     pub async fn subnet(&self, id: &str) -> Result<Subnet, IpamError> {
         let (domain, cidr) = parse_pool_id(id)?;
-        load(&*self.store, &subnet_key(&domain, cidr))
+        get_json(&*self.store, &subnet_key(&domain, cidr))
             .await?
             .ok_or_else(|| IpamError::UnknownPoolId(id.to_string()))
     }
@@ -406,14 +358,7 @@ impl Ipam {
         };
         let key = format!("{prefix}{ip}");
         let rec = Addr { ip, kind };
-        let ok = self
-            .store
-            .txn(
-                vec![Compare::Absent(key.clone())],
-                vec![Op::Put(key, json(&rec))],
-            )
-            .await?
-            .succeeded;
+        let ok = create(&*self.store, &key, to_json(&rec)).await?;
         if !ok {
             return Err(IpamError::AddressInUse {
                 addr: ip,
