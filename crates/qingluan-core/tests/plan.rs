@@ -175,3 +175,12 @@ fn reconcile_converges_and_then_changes_nothing() {
         assert!(fw.current().unwrap().is_empty());
     });
 }
+
+#[test]
+fn datapath_is_chosen_by_the_kernel_module_unless_configured() {
+    use qingluan_core::service::choose_datapath;
+    assert_eq!(choose_datapath("auto", true), "system");
+    assert_eq!(choose_datapath("auto", false), "netdev");
+    assert_eq!(choose_datapath("netdev", true), "netdev");
+    assert_eq!(choose_datapath("system", false), "system");
+}

@@ -328,3 +328,61 @@ async fn internal_networks_get_no_gateway_and_no_publishing() {
         "port publishing (-p) is not supported on internal networks: they have no route out"
     );
 }
+
+#[tokio::test]
+async fn endpoints_docker_forgot_are_collected() {
+    let h = harness().await;
+    let pool = create_nat(&h, json!({}), false).await;
+    let (_, addr) = post(
+        &h,
+        Interface::Ipam,
+        "/IpamDriver.RequestAddress",
+        &json!({"PoolID": pool, "Address": "", "Options": null}).to_string(),
+    )
+    .await;
+    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": addr["Address"], "MacAddress": ""}});
+    post(
+        &h,
+        Interface::Network,
+        "/NetworkDriver.CreateEndpoint",
+        &ep.to_string(),
+    )
+    .await;
+    let d = &h.plugin.driver;
+    let listed = std::collections::BTreeMap::from([(
+        NET.to_string(),
+        std::collections::BTreeSet::from([EP.to_string()]),
+    )]);
+    assert!(
+        d.collect_garbage(&listed, 0).await.unwrap().is_empty(),
+        "a listed endpoint stays"
+    );
+    let young = std::collections::BTreeMap::from([(NET.to_string(), Default::default())]);
+    assert!(
+        d.collect_garbage(&young, 3600).await.unwrap().is_empty(),
+        "a young endpoint stays"
+    );
+    assert!(
+        d.collect_garbage(&Default::default(), 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "networks docker does not list are left alone"
+    );
+    assert_eq!(
+        d.collect_garbage(&young, 0).await.unwrap(),
+        vec![EP.to_string()]
+    );
+    assert!(d.endpoints().await.unwrap().is_empty());
+    let (_, again) = post(
+        &h,
+        Interface::Ipam,
+        "/IpamDriver.RequestAddress",
+        &json!({"PoolID": pool, "Address": "", "Options": null}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        again["Address"], addr["Address"],
+        "its address was released"
+    );
+}
