@@ -51,6 +51,19 @@ pub struct Report {
     pub firewall_changed: bool,
 }
 
+/// Time spent per reconcile step, for the debug log.
+struct Lap(Vec<String>, std::time::Instant);
+
+impl Lap {
+    fn mark(&mut self, step: &str) {
+        self.0.push(format!(
+            "{step}={:.1}ms",
+            self.1.elapsed().as_secs_f64() * 1e3
+        ));
+        self.1 = std::time::Instant::now();
+    }
+}
+
 /// Drives the adapters towards a desired state.
 pub struct Reconciler {
     adapters: Adapters,
@@ -93,6 +106,7 @@ impl Reconciler {
         let a = &self.adapters;
         let mut errs = Vec::new();
         let mut report = Report::default();
+        let mut lap = Lap(Vec::new(), std::time::Instant::now());
 
         // 1. Links first: OVS system ports need their device.
         let existing: BTreeSet<String> = match a.links.links_with_prefix(&self.veth_prefix).await {
@@ -124,6 +138,7 @@ impl Reconciler {
             }
         }
 
+        lap.mark("links");
         // 2. OVS bridges and ports, in one transaction.
         match a.ovs.snapshot().await {
             Ok(snap) => {
@@ -138,6 +153,7 @@ impl Reconciler {
             Err(e) => errs.push(e.to_string()),
         }
 
+        lap.mark("ovs");
         // 3. Gateway ports: MTU, addresses, up; then sysctls that name them.
         for g in &d.gateways {
             let r = async {
@@ -157,8 +173,13 @@ impl Reconciler {
             }
         }
 
-        // 4. Flows, only where they differ from what we installed (or always when full).
-        {
+        lap.mark("gateways");
+        // 4. and 5., concurrently (independent processes): flows, only where they differ from
+        //    what we installed (or always when full); netfilter, with guards only for devices
+        //    that exist (a vanished veth must not block the whole ruleset).
+        let flows = async {
+            let mut errs = Vec::new();
+            let mut replaced = 0;
             let mut installed = self.installed_flows.lock().await;
             installed.retain(|b, _| d.flows.contains_key(b));
             for (bridge, flows) in &d.flows {
@@ -167,7 +188,7 @@ impl Reconciler {
                 }
                 match a.flows.replace_flows(bridge, flows).await {
                     Ok(()) => {
-                        report.flows_replaced += 1;
+                        replaced += 1;
                         installed.insert(bridge.clone(), flows.clone());
                     }
                     Err(e) => {
@@ -176,20 +197,25 @@ impl Reconciler {
                     }
                 }
             }
-        }
-
-        // 5. Netfilter; guards only for devices that exist (a vanished veth must not
-        //    block the whole ruleset).
-        let mut fw = d.firewall.clone();
-        if let Ok(now) = a.links.links_with_prefix(&self.veth_prefix).await {
-            let now: BTreeSet<String> = now.into_iter().map(|l| l.name).collect();
-            fw.guards.retain(|g| now.contains(g));
-        }
-        match a.firewall.apply(&fw, full).await {
+            (replaced, errs)
+        };
+        let firewall = async {
+            let mut fw = d.firewall.clone();
+            if let Ok(now) = a.links.links_with_prefix(&self.veth_prefix).await {
+                let now: BTreeSet<String> = now.into_iter().map(|l| l.name).collect();
+                fw.guards.retain(|g| now.contains(g));
+            }
+            a.firewall.apply(&fw, full).await
+        };
+        let ((replaced, flow_errs), fw) = tokio::join!(flows, firewall);
+        report.flows_replaced = replaced;
+        errs.extend(flow_errs);
+        match fw {
             Ok(changed) => report.firewall_changed = changed,
             Err(e) => errs.push(e.to_string()),
         }
 
+        lap.mark("flows+netfilter");
         // 6. Veths nobody wants any more.
         let wanted: BTreeSet<&str> = d.veths.iter().map(|v| v.host.as_str()).collect();
         for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
@@ -199,6 +225,8 @@ impl Reconciler {
             }
         }
 
+        lap.mark("stale veths");
+        tracing::debug!(full, steps = %lap.0.join(" "), "reconcile pass");
         if errs.is_empty() {
             Ok(report)
         } else {
