@@ -36,10 +36,10 @@ bash scripts/cleanup.sh >/dev/null 2>&1
 
 status=0
 cargo fmt --all -- --check || status=1
-cargo clippy --all-targets --locked -- -D warnings || status=1
+cargo clippy --all-targets --all-features --locked -- -D warnings || status=1
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast || status=1
+  cargo nextest run --workspace --all-features --locked --no-fail-fast || status=1
 else
-  cargo test --workspace --locked --no-fail-fast -- --test-threads=1 || status=1
+  cargo test --workspace --all-features --locked --no-fail-fast -- --test-threads=1 || status=1
 fi
 exit $status

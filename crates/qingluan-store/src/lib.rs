@@ -8,10 +8,12 @@
 //! they are compare-and-swap on every backend. Keep the trait small (cilium's lesson): new
 //! needs are helpers over `txn`, not new methods.
 //!
-//! Backends, one file each: `memory` (unit tests of the domain) and `redb` (the embedded
-//! single-host store). `conformance` is the suite every backend must pass.
+//! Backends, one file each: `memory` (unit tests of the domain), `redb` (the embedded
+//! single-host store) and `etcd` (clusters; cargo feature `etcd`). `conformance` is the suite every backend must pass.
 
 pub mod conformance;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod memory;
 pub mod redb;
 

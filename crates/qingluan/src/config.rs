@@ -100,10 +100,20 @@ impl Default for OvsConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `redb` (embedded, the default).
+    /// `redb` (embedded, the default) or `etcd` (builds with the `etcd` feature).
     pub backend: String,
-    /// The database file.
+    /// The redb database file.
     pub path: PathBuf,
+    /// etcd endpoints, `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// Prefix of every qingluan key in etcd.
+    pub namespace: String,
+    /// CA certificate (PEM) for https endpoints.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd client-certificate authentication.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -111,6 +121,11 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: "redb".into(),
             path: "/var/lib/qingluan/state.redb".into(),
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            namespace: "/qingluan/".into(),
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -149,11 +164,19 @@ impl Config {
                 self.ovs.datapath
             );
         }
-        if self.store.backend != "redb" {
-            anyhow::bail!(
-                "store.backend {:?} is not available (available: redb)",
-                self.store.backend
-            );
+        match self.store.backend.as_str() {
+            "redb" => {}
+            "etcd" if cfg!(feature = "etcd") => {
+                if self.store.endpoints.is_empty() {
+                    anyhow::bail!("store.endpoints must list at least one etcd endpoint");
+                }
+            }
+            "etcd" => {
+                anyhow::bail!("store.backend \"etcd\" needs qingluan built with --features etcd")
+            }
+            other => {
+                anyhow::bail!("store.backend {other:?} is not available (available: redb, etcd)")
+            }
         }
         if !(68..=65535).contains(&self.network.mtu) {
             anyhow::bail!(

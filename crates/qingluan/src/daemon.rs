@@ -28,6 +28,7 @@ use qingluan_dataplane::openflow::OfctlFlows;
 use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsEvent, OvsdbOvs};
 use qingluan_plugin::{CallStats, Interface, Plugin};
 use qingluan_store::redb::RedbStore;
+use qingluan_store::Store;
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, RwLock};
 
@@ -60,10 +61,32 @@ fn serve(listener: UnixListener, router: axum::Router) {
     });
 }
 
+/// The configured store backend, chosen once.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let c = &config.store;
+    #[cfg(feature = "etcd")]
+    if c.backend == "etcd" {
+        let tls = qingluan_store::etcd::Tls {
+            ca: c.ca.clone(),
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        };
+        let secure = c.endpoints.iter().any(|e| e.starts_with("https://"));
+        let store = qingluan_store::etcd::EtcdStore::connect(
+            &c.endpoints,
+            secure.then_some(&tls),
+            &c.namespace,
+        )
+        .await?;
+        return Ok(Arc::new(store));
+    }
+    Ok(Arc::new(RedbStore::open(&c.path).await?))
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.settings();
-    let store = Arc::new(RedbStore::open(&config.store.path).await?);
+    let store = open_store(&config).await?;
     let ipam = Arc::new(Ipam::new(store.clone(), &settings.ipam).await?);
     let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
     let ovs = Arc::new(OvsdbOvs::connect(&db));

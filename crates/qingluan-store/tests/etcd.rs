@@ -1,0 +1,135 @@
+//! The conformance suite on a real etcd (started by the test on loopback, stopped by PID),
+//! plus fail-fast while etcd is down and recovery without reconnecting by hand.
+//! Needs the `etcd` feature and the etcd-server package; skipped visibly otherwise.
+#![cfg(feature = "etcd")]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qingluan_store::etcd::EtcdStore;
+use qingluan_store::{conformance, put, Store, StoreError};
+
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            println!("SKIP: etcd tests: the etcd-server package is not installed");
+            return None;
+        }
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            client: free_port(),
+            peer: free_port(),
+        };
+        e.spawn();
+        Some(e)
+    }
+
+    fn spawn(&mut self) {
+        let c = format!("http://127.0.0.1:{}", self.client);
+        let p = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", "qlt", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("qlt={p}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.client)).is_err() {
+            assert!(Instant::now() < end, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn endpoint(&self) -> Vec<String> {
+        vec![format!("http://127.0.0.1:{}", self.client)]
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_backend_conforms() {
+    let Some(etcd) = Etcd::start() else { return };
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for i in 0..7 {
+        let s = EtcdStore::connect(&etcd.endpoint(), None, &format!("/qlt/{i}/"))
+            .await
+            .unwrap();
+        stores.push(Arc::new(s));
+    }
+    let it = std::sync::Mutex::new(stores.into_iter());
+    conformance::run_all(|| it.lock().unwrap().next().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_fails_fast_and_recovers() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let s = EtcdStore::connect(&etcd.endpoint(), None, "/qlt/outage/")
+        .await
+        .unwrap();
+    put(&s, "a", b"1".to_vec()).await.unwrap();
+    etcd.stop();
+    let t = Instant::now();
+    let e = s.get("a").await.unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "failed only after {:?}",
+        t.elapsed()
+    );
+    assert!(matches!(e, StoreError::Unreachable(_)), "{e}");
+    assert!(e.to_string().starts_with("store unreachable: "), "{e}");
+    etcd.spawn();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        match s.get("a").await {
+            Ok(v) => {
+                assert_eq!(v.unwrap().value, b"1", "data survived the restart");
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < end, "no recovery: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
