@@ -8,7 +8,6 @@
 //! also has a timeout, so nothing hangs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,7 +69,6 @@ pub struct OvsdbClient {
     target: String,
     tx: mpsc::UnboundedSender<Request>,
     events: broadcast::Sender<ClientEvent>,
-    connected: Arc<AtomicBool>,
     monitors: Arc<Mutex<Vec<(String, Value)>>>,
     timeout: Duration,
 }
@@ -121,22 +119,11 @@ impl OvsdbClient {
             target: target.to_string(),
             tx,
             events,
-            connected: Arc::new(AtomicBool::new(false)),
             monitors: Arc::new(Mutex::new(Vec::new())),
             timeout: Duration::from_secs(10),
         };
         tokio::spawn(c.clone().run(rx));
         c
-    }
-
-    /// The server this client talks to.
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    /// Whether the connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
     }
 
     /// Connection events and monitor updates.
@@ -221,13 +208,11 @@ impl OvsdbClient {
             match dial(&self.target).await {
                 Ok(stream) => {
                     backoff = Duration::from_millis(100);
-                    self.connected.store(true, Ordering::SeqCst);
                     if !first {
                         let _ = self.events.send(ClientEvent::Reconnected);
                     }
                     first = false;
                     let reason = self.session(stream, &mut rx).await;
-                    self.connected.store(false, Ordering::SeqCst);
                     tracing::warn!(target = %self.target, %reason, "ovsdb connection lost");
                     let _ = self.events.send(ClientEvent::Disconnected);
                     if rx.is_closed() {

@@ -84,15 +84,6 @@ impl Ovs for FakeOvs {
         Ok(self.system.lock().unwrap().clone())
     }
 
-    async fn set_other_config(&self, key: &str, value: &str) -> Result<(), OvsdbError> {
-        self.system
-            .lock()
-            .unwrap()
-            .other_config
-            .insert(key.into(), value.into());
-        Ok(())
-    }
-
     fn events(&self) -> tokio::sync::broadcast::Receiver<OvsEvent> {
         self.events.subscribe()
     }

@@ -129,8 +129,6 @@ pub trait Ovs: Send + Sync {
     async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError>;
     /// Facts about the switch.
     async fn system(&self) -> Result<SystemInfo, OvsdbError>;
-    /// Sets one key of the Open_vSwitch row's other_config.
-    async fn set_other_config(&self, key: &str, value: &str) -> Result<(), OvsdbError>;
     /// Connection events.
     fn events(&self) -> tokio::sync::broadcast::Receiver<OvsEvent>;
 }

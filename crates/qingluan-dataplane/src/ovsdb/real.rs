@@ -360,21 +360,6 @@ impl Ovs for OvsdbOvs {
         })
     }
 
-    async fn set_other_config(&self, key: &str, value: &str) -> Result<(), OvsdbError> {
-        let root = self.open_vswitch_uuid().await?;
-        let w = json!([["_uuid", "==", ["uuid", root]]]);
-        self.client
-            .transact(
-                DB,
-                vec![
-                    json!({"op": "mutate", "table": "Open_vSwitch", "where": w, "mutations": [["other_config", "delete", ["set", [key]]]]}),
-                    json!({"op": "mutate", "table": "Open_vSwitch", "where": w, "mutations": [["other_config", "insert", ["map", [[key, value]]]]]}),
-                ],
-            )
-            .await?;
-        Ok(())
-    }
-
     fn events(&self) -> tokio::sync::broadcast::Receiver<OvsEvent> {
         self.events.subscribe()
     }

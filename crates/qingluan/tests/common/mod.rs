@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -356,9 +356,4 @@ impl Env {
     pub fn subnet_of(&self, name: &str) -> String {
         self.network(name)["subnet"].as_str().unwrap().to_string()
     }
-}
-
-/// Whether a path exists (helper for sockets).
-pub fn exists(p: &str) -> bool {
-    Path::new(p).exists()
 }
