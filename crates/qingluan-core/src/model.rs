@@ -69,6 +69,9 @@ pub struct Network {
     pub id: String,
     /// The network mode.
     pub mode: Mode,
+    /// Its OVS bridge, also the name of the bridge's internal (gateway) interface; named
+    /// once at creation (see [`bridge_name`]) so a later prefix change cannot orphan it.
+    pub bridge: String,
     /// `--internal`: no masquerade, no publishing, no default route.
     pub internal: bool,
     /// MTU of container interfaces on this network.
@@ -88,7 +91,7 @@ pub struct Network {
 impl Network {
     /// The OVS bridge of this network; also the name of its internal (gateway) interface.
     pub fn bridge(&self) -> String {
-        bridge_name(&self.id)
+        self.bridge.clone()
     }
 
     /// Whether traffic may leave this host through the gateway (masquerade, publishing).
@@ -109,6 +112,10 @@ pub struct Endpoint {
     pub id: String,
     /// The network it belongs to.
     pub network_id: String,
+    /// Host-side veth, attached to OVS (see [`veth_names`]).
+    pub veth: String,
+    /// Container-side veth, handed to Docker at Join.
+    pub peer: String,
     /// IPv4 address with the network's prefix length.
     pub address: Ipv4Net,
     /// IPv6 address, on dual-stack networks.
@@ -128,12 +135,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// Host-side veth, attached to OVS.
     pub fn host_veth(&self) -> String {
-        format!("qlv{}", &self.id[..11.min(self.id.len())])
+        self.veth.clone()
     }
 
     /// Container-side veth, handed to Docker at Join.
     pub fn peer_veth(&self) -> String {
-        format!("qlc{}", &self.id[..11.min(self.id.len())])
+        self.peer.clone()
     }
 
     /// Short ID as Docker prints it.
@@ -142,9 +149,17 @@ impl Endpoint {
     }
 }
 
-/// Bridge name of a network: `qlb` + the first 8 hex digits of its ID (11 characters).
-pub fn bridge_name(network_id: &str) -> String {
-    format!("qlb{}", &network_id[..8.min(network_id.len())])
+/// Bridge name of a network: the instance prefix, `b`, and the first 8 hex digits of its ID
+/// (at most 12 characters).
+pub fn bridge_name(prefix: &str, network_id: &str) -> String {
+    format!("{prefix}b{}", &network_id[..8.min(network_id.len())])
+}
+
+/// Host and container veth names of an endpoint: the instance prefix, `v` or `c`, and the
+/// first 11 hex digits of its ID (at most 15 characters, the kernel's limit).
+pub fn veth_names(prefix: &str, endpoint_id: &str) -> (String, String) {
+    let short = &endpoint_id[..11.min(endpoint_id.len())];
+    (format!("{prefix}v{short}"), format!("{prefix}c{short}"))
 }
 
 /// A MAC address, written `02:42:0a:f0:00:02`.

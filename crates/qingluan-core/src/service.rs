@@ -285,6 +285,7 @@ impl Driver {
         let net = Network {
             id: req.id.clone(),
             mode: opts.mode,
+            bridge: model::bridge_name(&self.settings.prefix, &req.id),
             internal: req.internal,
             mtu: opts.mtu.unwrap_or(self.settings.mtu),
             subnet: subnet.trunc(),
@@ -345,9 +346,12 @@ impl Driver {
             "" => (Mac::from_ipv4(address.addr()), true),
             s => (s.parse::<Mac>().map_err(ServiceError::Invalid)?, false),
         };
+        let (veth, peer) = model::veth_names(&self.settings.prefix, &req.endpoint_id);
         let ep = Endpoint {
             id: req.endpoint_id.clone(),
             network_id: net.id.clone(),
+            veth,
+            peer,
             address,
             address_v6,
             mac,

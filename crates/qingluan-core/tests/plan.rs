@@ -14,8 +14,10 @@ use qingluan_dataplane::ovsdb::{FakeOvs, OvsOp};
 
 fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+    let id = id.repeat(64 / id.len());
     Network {
-        id: id.repeat(64 / id.len()),
+        bridge: qingluan_core::model::bridge_name("ql", &id),
+        id,
         mode,
         internal,
         mtu: 1500,
@@ -29,9 +31,13 @@ fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
 
 fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
     let ip = std::net::Ipv4Addr::from(u32::from(net.subnet.network()) + host as u32);
+    let id = id.repeat(64 / id.len());
+    let (veth, peer) = qingluan_core::model::veth_names("ql", &id);
     Endpoint {
-        id: id.repeat(64 / id.len()),
+        id,
         network_id: net.id.clone(),
+        veth,
+        peer,
         address: ipnet::Ipv4Net::new(ip, net.subnet.prefix_len()).unwrap(),
         address_v6: None,
         mac: Mac::from_ipv4(ip),

@@ -41,8 +41,6 @@ pub struct NetworkView {
     /// The record.
     #[serde(flatten)]
     pub network: Network,
-    /// Its bridge.
-    pub bridge: String,
     /// Its endpoints.
     pub endpoints: Vec<Endpoint>,
 }
@@ -133,7 +131,6 @@ async fn views(api: &Api) -> Result<Vec<NetworkView>, ApiError> {
         .into_iter()
         .map(|n| NetworkView {
             name: names.get(&n.id).cloned(),
-            bridge: n.bridge(),
             endpoints: eps
                 .iter()
                 .filter(|e| e.network_id == n.id)

@@ -123,7 +123,7 @@ impl Client {
                 mode,
                 n.network.subnet.to_string(),
                 n.network.gateway.to_string(),
-                n.bridge,
+                n.network.bridge,
                 n.endpoints.len()
             );
         }
