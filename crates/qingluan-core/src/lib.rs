@@ -7,6 +7,7 @@
 
 pub mod desired;
 pub mod ipam;
+pub mod membership;
 pub mod model;
 pub mod modes;
 pub mod options;

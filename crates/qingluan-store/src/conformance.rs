@@ -17,6 +17,7 @@ pub async fn run_all<F: Fn() -> Arc<dyn Store>>(make: F) {
     watch_delivers_in_order(make()).await;
     concurrent_cas_counter(make()).await;
     concurrent_create_once(make()).await;
+    leases(make()).await;
 }
 
 async fn get_put_list(s: Arc<dyn Store>) {
@@ -197,4 +198,20 @@ async fn concurrent_create_once(s: Arc<dyn Store>) {
         }
     }
     assert_eq!(created, 20, "each key is created exactly once");
+}
+
+async fn leases(s: Arc<dyn Store>) {
+    let lease = s.grant(30).await.unwrap();
+    s.txn(
+        vec![],
+        vec![Op::PutLeased("l/1".into(), b"x".to_vec(), lease)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get("l/1").await.unwrap().unwrap().value,
+        b"x",
+        "a leased key reads like any key"
+    );
+    assert!(s.keep_alive(lease).await.unwrap(), "a fresh lease is alive");
 }

@@ -152,6 +152,11 @@ impl Store for EtcdStore {
             .into_iter()
             .map(|o| match o {
                 Op::Put(k, v) => TxnOp::put(self.key(&k), v, None),
+                Op::PutLeased(k, v, lease) => TxnOp::put(
+                    self.key(&k),
+                    v,
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                ),
                 Op::Delete(k) => TxnOp::delete(self.key(&k), None),
                 Op::DeletePrefix(p) => {
                     TxnOp::delete(self.key(&p), Some(DeleteOptions::new().with_prefix()))
@@ -207,5 +212,36 @@ impl Store for EtcdStore {
             }
         });
         Ok(rx)
+    }
+
+    async fn grant(&self, ttl_secs: i64) -> Result<i64, StoreError> {
+        let r = self
+            .client
+            .clone()
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(unreachable)?;
+        Ok(r.id())
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        let refresh = async {
+            let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            Ok::<_, etcd_client::Error>(
+                stream
+                    .message()
+                    .await?
+                    .map(|r| r.ttl() > 0)
+                    .unwrap_or(false),
+            )
+        };
+        match refresh.await {
+            Ok(alive) => Ok(alive),
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
+                Ok(false)
+            }
+            Err(e) => Err(unreachable(e)),
+        }
     }
 }

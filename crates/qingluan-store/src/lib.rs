@@ -48,6 +48,8 @@ pub enum Compare {
 pub enum Op {
     /// Create or overwrite a key.
     Put(String, Vec<u8>),
+    /// Create or overwrite a key that vanishes when the lease expires.
+    PutLeased(String, Vec<u8>, i64),
     /// Delete a key (absent is fine).
     Delete(String),
     /// Delete every key starting with the prefix.
@@ -113,6 +115,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         prefix: &str,
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError>;
+    /// Grants a lease of `ttl_secs`: keys put with it vanish when it is not kept alive.
+    /// Embedded backends serve one host, whose keys have no one to expire for: their leases
+    /// never expire.
+    async fn grant(&self, ttl_secs: i64) -> Result<i64, StoreError>;
+    /// Refreshes a lease; `false` when it has already expired.
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError>;
 }
 
 /// Puts a key unconditionally.
@@ -166,7 +174,7 @@ pub(crate) mod engine {
         let mut events = Vec::new();
         for op in ops {
             match op {
-                Op::Put(key, value) => {
+                Op::Put(key, value) | Op::PutLeased(key, value, _) => {
                     let create_revision = map
                         .get(&key)
                         .map(|kv| kv.create_revision)

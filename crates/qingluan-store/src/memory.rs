@@ -59,4 +59,12 @@ impl Store for MemoryStore {
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
         Ok(self.watchers.subscribe(prefix))
     }
+
+    async fn grant(&self, _ttl_secs: i64) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+
+    async fn keep_alive(&self, _lease: i64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }

@@ -25,7 +25,7 @@ async fn futures_stores(
     n: &std::sync::atomic::AtomicU32,
 ) -> Vec<Arc<dyn Store>> {
     let mut v: Vec<Arc<dyn Store>> = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..8 {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         v.push(Arc::new(
             RedbStore::open(&dir.path().join(format!("s{i}.redb")))

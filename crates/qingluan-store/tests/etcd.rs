@@ -89,7 +89,7 @@ impl Drop for Etcd {
 async fn etcd_backend_conforms() {
     let Some(etcd) = Etcd::start() else { return };
     let mut stores: Vec<Arc<dyn Store>> = Vec::new();
-    for i in 0..7 {
+    for i in 0..8 {
         let s = EtcdStore::connect(&etcd.endpoint(), None, &format!("/qlt/{i}/"))
             .await
             .unwrap();
@@ -132,4 +132,39 @@ async fn etcd_outage_fails_fast_and_recovers() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leases_expire_unless_kept_alive() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = EtcdStore::connect(&etcd.endpoint(), None, "/qlt/lease/")
+        .await
+        .unwrap();
+    let kept = s.grant(2).await.unwrap();
+    let dropped = s.grant(2).await.unwrap();
+    s.txn(
+        vec![],
+        vec![
+            qingluan_store::Op::PutLeased("kept".into(), vec![], kept),
+            qingluan_store::Op::PutLeased("dropped".into(), vec![], dropped),
+        ],
+    )
+    .await
+    .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(s.keep_alive(kept).await.unwrap());
+    }
+    assert!(
+        s.get("kept").await.unwrap().is_some(),
+        "a kept lease keeps its key"
+    );
+    assert!(
+        s.get("dropped").await.unwrap().is_none(),
+        "an expired lease takes its key along"
+    );
+    assert!(
+        !s.keep_alive(dropped).await.unwrap(),
+        "an expired lease is reported dead"
+    );
 }

@@ -21,6 +21,8 @@ use tokio::sync::RwLock;
 /// Shared state of the management API.
 #[derive(Clone)]
 pub struct Api {
+    /// The store (for cluster membership).
+    pub store: Arc<dyn qingluan_store::Store>,
     /// The driver.
     pub driver: Arc<Driver>,
     /// IPAM.
@@ -64,6 +66,8 @@ pub struct Status {
     pub endpoints: usize,
     /// Plugin call timings.
     pub calls: Vec<qingluan_plugin::MethodStats>,
+    /// The hosts sharing the store, with liveness.
+    pub hosts: Vec<qingluan_core::membership::HostStatus>,
 }
 
 /// A `pool create` request.
@@ -117,6 +121,9 @@ async fn status(State(api): State<Api>) -> Result<Json<Status>, ApiError> {
         networks: api.driver.networks().await.map_err(internal)?.len(),
         endpoints: api.driver.endpoints().await.map_err(internal)?.len(),
         calls: api.stats.summary(),
+        hosts: qingluan_core::membership::hosts(&*api.store)
+            .await
+            .map_err(internal)?,
     }))
 }
 

@@ -78,6 +78,22 @@ impl Client {
         );
         println!("networks:   {}", s.networks);
         println!("endpoints:  {}", s.endpoints);
+        println!(
+            "\n{:<20} {:<16} {:<10} {:<5}",
+            "HOST", "UNDERLAY", "VERSION", "STATE"
+        );
+        for h in &s.hosts {
+            let ip = h
+                .host
+                .underlay_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into());
+            let state = if h.up { "up" } else { "down" };
+            println!(
+                "{:<20} {:<16} {:<10} {:<5}",
+                h.host.id, ip, h.host.version, state
+            );
+        }
         if !s.calls.is_empty() {
             println!(
                 "\n{:<45} {:>7} {:>9} {:>9}",

@@ -20,6 +20,18 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[ipam]`: pools.
     pub ipam: IpamSettings,
+    /// `[cluster]`: how this host presents itself to the others.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Host ID in the cluster; default the hostname.
+    pub host_id: Option<String>,
+    /// Underlay address for tunnels; default the address of the default route's interface.
+    pub underlay_ip: Option<std::net::IpAddr>,
 }
 
 /// `[daemon]`.

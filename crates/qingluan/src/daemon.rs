@@ -83,10 +83,46 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(RedbStore::open(&c.path).await?))
 }
 
+/// This host as it registers itself in the store.
+fn this_host(config: &Config) -> qingluan_core::membership::Host {
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    qingluan_core::membership::Host {
+        id: config
+            .cluster
+            .host_id
+            .clone()
+            .unwrap_or_else(|| hostname.clone()),
+        hostname,
+        underlay_ip: config.cluster.underlay_ip.or_else(default_route_address),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started: qingluan_core::model::now(),
+    }
+}
+
+/// The IPv4 address of the interface holding the default route.
+fn default_route_address() -> Option<std::net::IpAddr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+    })?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let ip = a.address?.as_sockaddr_in()?.ip();
+        (a.interface_name == iface).then_some(std::net::IpAddr::V4(ip))
+    })
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.settings();
     let store = open_store(&config).await?;
+    tokio::spawn(qingluan_core::membership::run(
+        store.clone(),
+        this_host(&config),
+    ));
     let ipam = Arc::new(Ipam::new(store.clone(), &settings.ipam).await?);
     let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
     let ovs = Arc::new(OvsdbOvs::connect(&db));
@@ -104,7 +140,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(adapters, &settings.name, &settings.prefix);
     let driver = Arc::new(Driver::new(
         settings.clone(),
-        store,
+        store.clone(),
         ipam.clone(),
         reconciler,
     ));
@@ -131,6 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve(
         bind(&d.api_socket, 0o600)?,
         api::router(Api {
+            store: store.clone(),
             driver: driver.clone(),
             ipam,
             stats,

@@ -260,6 +260,10 @@ fn nat_and_nonat_tour() {
     );
     let status = env.qingluan(&["status"]);
     assert!(status.contains("NetworkDriver.Join"), "{status}");
+    assert!(
+        status.lines().any(|l| l.trim_end().ends_with(" up")),
+        "this host is listed up: {status}"
+    );
 
     // Tear down: nothing of ours is left.
     docker(&["network", "disconnect", "qlt-nat2", "qlt-busybox-nat"]);
