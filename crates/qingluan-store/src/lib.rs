@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod etcd;
 pub mod memory;
 pub mod redb;
+pub mod scoped;
 
 use async_trait::async_trait;
 

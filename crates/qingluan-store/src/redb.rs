@@ -3,7 +3,9 @@
 //! The whole key space is also kept in memory (qingluan's state is small: networks,
 //! endpoints, pools, addresses), so reads never touch the disk; a write transaction is
 //! checked against the cache, committed to redb with `Durability::Immediate`, and only then
-//! applied to the cache and published to watchers. Writers are serialised by the cache lock.
+//! applied to the cache and published to watchers. Writers are serialised by their own lock,
+//! held through the fsync; the cache lock is only taken briefly, so reads never wait on a disk
+//! flush.
 //! Each value is stored as JSON `{value, mod_revision, create_revision}`; the current revision
 //! lives in the `meta` table.
 
@@ -12,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{engine, Compare, KeyValue, Op, Store, StoreError, TxnResult, WatchEvent, Watchers};
 
@@ -21,6 +23,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 struct Inner {
     db: Database,
+    /// Serialises writers from the compare check to the publication of their events.
+    writer: Mutex<()>,
     /// Keys and the current revision, mirroring the file.
     state: Mutex<(BTreeMap<String, KeyValue>, u64)>,
     watchers: Watchers,
@@ -95,6 +99,7 @@ impl RedbStore {
         Ok(RedbStore {
             inner: Arc::new(Inner {
                 db,
+                writer: Mutex::new(()),
                 state: Mutex::new((map, revision)),
                 watchers: Watchers::default(),
             }),
@@ -102,17 +107,21 @@ impl RedbStore {
     }
 
     fn txn_blocking(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
-        let mut s = self.inner.state.lock().unwrap();
-        if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
-            return Ok(r);
-        }
-        let revision = s.1 + 1;
-        let mut next = s.0.clone();
+        let _writer = self.inner.writer.lock().unwrap();
+        let (mut next, revision) = {
+            let s = self.inner.state.lock().unwrap();
+            if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
+                return Ok(r);
+            }
+            (s.0.clone(), s.1 + 1)
+        };
         let events = engine::apply(&mut next, ops, revision);
-        let w = self
+        let mut w = self
             .inner
             .db
             .begin_write()
+            .map_err(|e| io("write")(e.into()))?;
+        w.set_durability(Durability::Immediate)
             .map_err(|e| io("write")(e.into()))?;
         {
             let mut kv = w.open_table(KV).map_err(|e| io("write")(e.into()))?;
@@ -133,6 +142,7 @@ impl RedbStore {
                 .map_err(|e| io("write")(e.into()))?;
         }
         w.commit().map_err(|e| io("commit")(e.into()))?;
+        let mut s = self.inner.state.lock().unwrap();
         *s = (next, revision);
         self.inner.watchers.publish(&events);
         Ok(TxnResult {

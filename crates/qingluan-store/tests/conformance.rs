@@ -12,6 +12,15 @@ async fn memory_backend_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scoped_view_conforms() {
+    conformance::run_all(|| {
+        let root: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        Arc::new(qingluan_store::scoped::Scoped::new(root, "local/h1/")) as Arc<dyn Store>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redb_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let n = std::sync::atomic::AtomicU32::new(0);
@@ -61,5 +70,32 @@ async fn redb_survives_reopen_and_locks_the_file() {
     assert!(
         s.get("c").await.unwrap().unwrap().mod_revision > rev,
         "revision counter survives"
+    );
+}
+
+#[tokio::test]
+async fn scoped_views_do_not_see_each_other() {
+    use qingluan_store::scoped::Scoped;
+    let root: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (h1, h2) = (
+        Scoped::new(root.clone(), "local/h1/"),
+        Scoped::new(root.clone(), "local/h2/"),
+    );
+    put(&h1, "networks/a", b"1".to_vec()).await.unwrap();
+    put(&h2, "networks/b", b"2".to_vec()).await.unwrap();
+    let keys =
+        |v: Vec<qingluan_store::KeyValue>| v.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(h1.list("networks/").await.unwrap()),
+        vec!["networks/a"]
+    );
+    assert_eq!(
+        keys(h2.list("networks/").await.unwrap()),
+        vec!["networks/b"]
+    );
+    assert!(h1.get("networks/b").await.unwrap().is_none());
+    assert_eq!(
+        keys(root.list("local/").await.unwrap()),
+        vec!["local/h1/networks/a", "local/h2/networks/b"]
     );
 }

@@ -28,6 +28,7 @@ use qingluan_dataplane::openflow::OfctlFlows;
 use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsEvent, OvsdbOvs};
 use qingluan_plugin::{CallStats, Interface, Plugin};
 use qingluan_store::redb::RedbStore;
+use qingluan_store::scoped::Scoped;
 use qingluan_store::Store;
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, RwLock};
@@ -119,11 +120,13 @@ fn default_route_address() -> Option<std::net::IpAddr> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.settings();
     let store = open_store(&config).await?;
-    tokio::spawn(qingluan_core::membership::run(
-        store.clone(),
-        this_host(&config),
-    ));
-    let ipam = Arc::new(Ipam::new(store.clone(), &settings.ipam).await?);
+    let host = this_host(&config);
+    // This host's own state lives under local/<host id>/, so hosts can share one etcd;
+    // membership (and, later, cluster networks) use the shared root.
+    let local: Arc<dyn Store> =
+        Arc::new(Scoped::new(store.clone(), &format!("local/{}/", host.id)));
+    tokio::spawn(qingluan_core::membership::run(store.clone(), host));
+    let ipam = Arc::new(Ipam::new(local.clone(), &settings.ipam).await?);
     let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
     let ovs = Arc::new(OvsdbOvs::connect(&db));
     let rundir = config
@@ -140,7 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(adapters, &settings.name, &settings.prefix);
     let driver = Arc::new(Driver::new(
         settings.clone(),
-        store.clone(),
+        local,
         ipam.clone(),
         reconciler,
     ));
