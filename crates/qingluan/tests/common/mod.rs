@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The test image, built from busybox-static by scripts/lib/image.sh.
+/// The test image, built from busybox-static (scripts/lib/env.sh does the same).
 pub const IMAGE: &str = "qlbusybox:latest";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
