@@ -85,16 +85,31 @@ pub struct TxnResult {
 pub enum StoreError {
     /// The database could not be opened.
     #[error("cannot open store {path}: {reason}")]
-    Open { path: String, reason: String },
+    Open {
+        /// The database file or endpoint.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Another process holds the database.
     #[error("store {0} is in use by another process")]
     Locked(String),
     /// A read or write failed.
     #[error("store {op} failed: {reason}")]
-    Io { op: &'static str, reason: String },
+    Io {
+        /// The operation (`open`, `write`, `commit`, ...).
+        op: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// A value could not be decoded.
     #[error("corrupt value at key {key}: {reason}")]
-    Corrupt { key: String, reason: String },
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decoding error.
+        reason: String,
+    },
     /// The store cannot be reached (remote backends).
     #[error("store unreachable: {0}")]
     Unreachable(String),
@@ -266,10 +281,11 @@ impl Watchers {
     pub(crate) fn publish(&self, events: &[WatchEvent]) {
         let mut subs = self.subs.lock().unwrap();
         subs.retain(|(prefix, tx)| {
-            events
-                .iter()
-                .filter(|e| engine::key_of(e).starts_with(prefix.as_str()))
-                .all(|e| tx.send(e.clone()).is_ok())
+            !tx.is_closed()
+                && events
+                    .iter()
+                    .filter(|e| engine::key_of(e).starts_with(prefix.as_str()))
+                    .all(|e| tx.send(e.clone()).is_ok())
         });
     }
 }
