@@ -29,7 +29,11 @@ pub struct Tls {
 
 /// The etcd store.
 pub struct EtcdStore {
-    client: Client,
+    /// The client, once a connection succeeded (etcd-client reconnects by itself after that).
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// Where and how to connect.
+    endpoints: Vec<String>,
+    options: ConnectOptions,
     /// Namespace prefix of every key.
     namespace: String,
 }
@@ -47,8 +51,21 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
 
 impl EtcdStore {
     /// Connects to `endpoints` (each `http://host:port` or `https://host:port`), keeping
-    /// every key under `namespace`.
+    /// every key under `namespace`; fails if etcd cannot be reached now.
     pub async fn connect(
+        endpoints: &[String],
+        tls: Option<&Tls>,
+        namespace: &str,
+    ) -> Result<EtcdStore, StoreError> {
+        let store = Self::lazy(endpoints, tls, namespace)?;
+        store.client().await?;
+        Ok(store)
+    }
+
+    /// Like [`EtcdStore::connect`] but connects on first use, so a daemon can start while
+    /// etcd is down; until it is reachable every call fails fast with
+    /// [`StoreError::Unreachable`]. TLS files are read now, so a bad path fails at once.
+    pub fn lazy(
         endpoints: &[String],
         tls: Option<&Tls>,
         namespace: &str,
@@ -67,13 +84,25 @@ impl EtcdStore {
             }
             opts = opts.with_tls(o);
         }
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(unreachable)?;
         Ok(EtcdStore {
-            client,
+            client: tokio::sync::Mutex::new(None),
+            endpoints: endpoints.to_vec(),
+            options: opts,
             namespace: namespace.to_string(),
         })
+    }
+
+    /// The connected client, connecting first if needed.
+    async fn client(&self) -> Result<Client, StoreError> {
+        let mut c = self.client.lock().await;
+        if let Some(client) = c.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = Client::connect(&self.endpoints, Some(self.options.clone()))
+            .await
+            .map_err(unreachable)?;
+        *c = Some(client.clone());
+        Ok(client)
     }
 
     fn key(&self, k: &str) -> String {
@@ -102,8 +131,8 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self
-            .client
-            .clone()
+            .client()
+            .await?
             .get(self.key(key), None)
             .await
             .map_err(unreachable)?;
@@ -112,8 +141,8 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let r = self
-            .client
-            .clone()
+            .client()
+            .await?
             .get(
                 self.key(prefix),
                 Some(
@@ -164,8 +193,8 @@ impl Store for EtcdStore {
             })
             .collect();
         let r = self
-            .client
-            .clone()
+            .client()
+            .await?
             .txn(Txn::new().when(when).and_then(then))
             .await
             .map_err(unreachable)?;
@@ -180,8 +209,8 @@ impl Store for EtcdStore {
         prefix: &str,
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
         let mut stream = self
-            .client
-            .clone()
+            .client()
+            .await?
             .watch(self.key(prefix), Some(WatchOptions::new().with_prefix()))
             .await
             .map_err(unreachable)?;
@@ -216,8 +245,8 @@ impl Store for EtcdStore {
 
     async fn grant(&self, ttl_secs: i64) -> Result<i64, StoreError> {
         let r = self
-            .client
-            .clone()
+            .client()
+            .await?
             .lease_grant(ttl_secs, None)
             .await
             .map_err(unreachable)?;
@@ -225,8 +254,9 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
         let refresh = async {
-            let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(lease).await?;
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
             keeper.keep_alive().await?;
             Ok::<_, etcd_client::Error>(
                 stream

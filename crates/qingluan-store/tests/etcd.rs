@@ -168,3 +168,23 @@ async fn etcd_leases_expire_unless_kept_alive() {
         "an expired lease is reported dead"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_store_starts_while_etcd_is_down() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    etcd.stop();
+    let s = EtcdStore::lazy(&etcd.endpoint(), None, "/qlt/lazy/").unwrap();
+    let t = Instant::now();
+    let e = s.get("a").await.unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "failed only after {:?}",
+        t.elapsed()
+    );
+    assert!(e.to_string().starts_with("store unreachable: "), "{e}");
+    etcd.spawn();
+    put(&s, "a", b"1".to_vec()).await.unwrap();
+    assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
+}

@@ -73,12 +73,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             key: c.key.clone(),
         };
         let secure = c.endpoints.iter().any(|e| e.starts_with("https://"));
-        let store = qingluan_store::etcd::EtcdStore::connect(
+        let store = qingluan_store::etcd::EtcdStore::lazy(
             &c.endpoints,
             secure.then_some(&tls),
             &c.namespace,
-        )
-        .await?;
+        )?;
         return Ok(Arc::new(store));
     }
     Ok(Arc::new(RedbStore::open(&c.path).await?))
@@ -126,7 +125,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local: Arc<dyn Store> =
         Arc::new(Scoped::new(store.clone(), &format!("local/{}/", host.id)));
     tokio::spawn(qingluan_core::membership::run(store.clone(), host));
-    let ipam = Arc::new(Ipam::new(local.clone(), &settings.ipam).await?);
+    let ipam = Arc::new(Ipam::lazy(
+        local.clone(),
+        &settings.ipam,
+        qingluan_core::ipam::host_routes,
+    )?);
+    spawn_seed(ipam.clone());
     let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
     let ovs = Arc::new(OvsdbOvs::connect(&db));
     let rundir = config
@@ -249,6 +253,18 @@ fn spawn_converge(
                 _ = kick.notified() => {}
                 _ = activated.notified() => {}
             }
+        }
+    });
+}
+
+/// Creates the configured pools, retrying while the store is unreachable.
+fn spawn_seed(ipam: Arc<Ipam>) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = ipam.seed().await {
+            tracing::warn!(error = %e, "cannot create the configured pools; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     });
 }

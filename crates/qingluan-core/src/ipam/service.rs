@@ -35,6 +35,8 @@ pub struct Ipam {
     routes: fn() -> Vec<IpNet>,
     /// Pool used when a request names none.
     default_pool: String,
+    /// Pools from the configuration, created by [`Ipam::seed`] when missing.
+    configured: Vec<Pool>,
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, IpamError> {
@@ -45,17 +47,27 @@ fn parse_ip(s: &str) -> Result<IpAddr, IpamError> {
 }
 
 impl Ipam {
-    /// Opens the IPAM on a store and creates the configured pools that do not exist yet.
-    pub async fn new(store: Arc<dyn Store>, settings: &IpamSettings) -> Result<Ipam, IpamError> {
-        Self::with_routes(store, settings, host_routes).await
-    }
-
-    /// Like [`Ipam::new`] with another source of host routes (tests).
+    /// Opens the IPAM on a store and creates the configured pools that do not exist yet;
+    /// `routes` lists the host's routes, which carving avoids ([`super::host_routes`]).
     pub async fn with_routes(
         store: Arc<dyn Store>,
         settings: &IpamSettings,
         routes: fn() -> Vec<IpNet>,
     ) -> Result<Ipam, IpamError> {
+        let ipam = Self::lazy(store, settings, routes)?;
+        ipam.seed().await?;
+        Ok(ipam)
+    }
+
+    /// Validates the configured pools without touching the store; call [`Ipam::seed`] (and
+    /// retry it) to create them. The daemon starts this way so a store that is down at start
+    /// only delays the pools.
+    pub fn lazy(
+        store: Arc<dyn Store>,
+        settings: &IpamSettings,
+        routes: fn() -> Vec<IpNet>,
+    ) -> Result<Ipam, IpamError> {
+        let mut configured = Vec::new();
         for (name, p) in &settings.pools {
             let kind = match name.as_str() {
                 "vlan" => PoolKind::Vlan,
@@ -69,15 +81,28 @@ impl Ipam {
                 kind,
             };
             check_pool(&pool)?;
-            let key = format!("{POOLS}{name}");
-            create(&*store, &key, to_json(&pool)).await?;
+            configured.push(pool);
         }
         Ok(Ipam {
             store,
             lock: Mutex::new(()),
             routes,
             default_pool: settings.default_pool.clone(),
+            configured,
         })
+    }
+
+    /// Creates the configured pools that do not exist yet (existing ones are kept).
+    pub async fn seed(&self) -> Result<(), IpamError> {
+        for pool in &self.configured {
+            create(
+                &*self.store,
+                &format!("{POOLS}{}", pool.name),
+                to_json(pool),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Every pool by name.
