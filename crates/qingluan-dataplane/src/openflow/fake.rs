@@ -1,4 +1,7 @@
-//! Recording fake of the OpenFlow adapter.
+//! Recording fake of the OpenFlow adapter: keeps the last flow table of each bridge.
+//!
+//! `dump_flows` renders the stored flows; `flow_count` applies the cookie mask like the
+//! switch does.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -10,7 +13,7 @@ use super::{Flow, FlowError, FlowProgrammer};
 /// The last flow table of each bridge.
 #[derive(Default)]
 pub struct FakeFlows {
-    /// Flows per bridge.
+    /// The last flows replaced on each bridge.
     pub tables: Mutex<BTreeMap<String, Vec<Flow>>>,
 }
 

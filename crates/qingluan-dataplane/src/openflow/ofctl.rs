@@ -1,4 +1,8 @@
-//! [`FlowProgrammer`] running `ovs-ofctl`.
+//! [`FlowProgrammer`] running `ovs-ofctl -O OpenFlow15` as a subprocess.
+//!
+//! Each call runs one ovs-ofctl with a time limit (the process is killed when it is
+//! exceeded); the flow text goes to its stdin while its output is read, so neither side can
+//! block the other. Failures carry ovs-ofctl's stderr.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,15 +14,18 @@ use tokio::process::Command;
 
 use super::{Flow, FlowError, FlowProgrammer};
 
+/// How long one ovs-ofctl run may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs `ovs-ofctl -O OpenFlow15`.
 pub struct OfctlFlows {
-    /// Directory of the bridges' `<bridge>.mgmt` sockets; `None` = ovs-ofctl's default.
+    /// Directory of the bridges' `<bridge>.mgmt` sockets (a private OVS's `OVS_RUNDIR`);
+    /// `None` = ovs-ofctl's default (`$OVS_RUNDIR` or `/run/openvswitch`).
     pub rundir: Option<PathBuf>,
 }
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
 impl OfctlFlows {
+    /// Where ovs-ofctl reaches `bridge`.
     fn target(&self, bridge: &str) -> String {
         match &self.rundir {
             Some(d) => format!("unix:{}/{bridge}.mgmt", d.display()),
@@ -26,6 +33,7 @@ impl OfctlFlows {
         }
     }
 
+    /// Runs ovs-ofctl `op` on `bridge` with `args`, feeding `stdin`; returns its stdout.
     async fn run(
         &self,
         op: &'static str,
@@ -33,13 +41,13 @@ impl OfctlFlows {
         args: &[&str],
         stdin: Option<String>,
     ) -> Result<String, FlowError> {
-        let spawn = |reason: String| FlowError::Spawn {
+        let spawn_err = |reason: String| FlowError::Spawn {
             op,
             bridge: bridge.to_string(),
             reason,
         };
-        let mut child = Command::new("ovs-ofctl")
-            .args(["-O", "OpenFlow15"])
+        let mut cmd = Command::new("ovs-ofctl");
+        cmd.args(["-O", "OpenFlow15"])
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -48,23 +56,40 @@ impl OfctlFlows {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| spawn(e.to_string()))?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .await
-                .map_err(|e| spawn(e.to_string()))?;
+            .kill_on_drop(true);
+        if let Some(d) = &self.rundir {
+            cmd.env("OVS_RUNDIR", d);
         }
-        let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
+        let pipe = child.stdin.take();
+        let feed = async move {
+            if let (Some(text), Some(mut pipe)) = (stdin, pipe) {
+                // A write error means ovs-ofctl exited early; its stderr says why.
+                let _ = pipe.write_all(text.as_bytes()).await;
+            }
+        };
+        let run = async {
+            let ((), out) = tokio::join!(feed, child.wait_with_output());
+            out
+        };
+        let out = tokio::time::timeout(TIMEOUT, run)
             .await
-            .map_err(|_| spawn(format!("no answer within {} s", TIMEOUT.as_secs())))?
-            .map_err(|e| spawn(e.to_string()))?;
+            .map_err(|_| FlowError::Timeout {
+                op,
+                bridge: bridge.to_string(),
+                secs: TIMEOUT.as_secs(),
+            })?
+            .map_err(|e| spawn_err(e.to_string()))?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
             return Err(FlowError::Ofctl {
                 op,
                 bridge: bridge.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                stderr: if stderr.is_empty() {
+                    out.status.to_string()
+                } else {
+                    stderr
+                },
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -92,14 +117,15 @@ impl FlowProgrammer for OfctlFlows {
             .run(
                 "dump-flows",
                 bridge,
-                &["--no-stats", "dump-flows", &target],
+                &["--no-stats", "--names", "dump-flows", &target],
                 None,
             )
             .await?;
         Ok(out
             .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_"))
+            .map(String::from)
             .collect())
     }
 
@@ -117,10 +143,10 @@ impl FlowProgrammer for OfctlFlows {
         out.split_whitespace()
             .find_map(|w| w.strip_prefix("flow_count="))
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| FlowError::Ofctl {
+            .ok_or_else(|| FlowError::Output {
                 op: "dump-aggregate",
                 bridge: bridge.to_string(),
-                stderr: format!("unexpected output {out:?}"),
+                output: out.trim().to_string(),
             })
     }
 }

@@ -1,17 +1,34 @@
 //! OVS adapter: bridges and ports in OVSDB, through our native JSON-RPC client.
 //!
 //! Concept: the domain describes bridges and ports as plain specs ([`BridgeSpec`],
-//! [`PortSpec`]) and asks for differences as [`OvsOp`]s; [`Ovs::apply`] runs ALL of them in
-//! ONE transaction and then waits until ovs-vswitchd has applied it (next_cfg/cur_cfg, like
-//! `ovs-vsctl`), so flows can reference the new ports right away. Every object we create
-//! carries `external_ids` naming its owner; [`Ovs::snapshot`] returns everything and the
-//! caller filters by owner. [`FakeOvs`] is the recording fake for domain tests.
+//! [`PortSpec`]), reads what exists with [`Ovs::snapshot`] and asks for the differences as
+//! [`OvsOp`]s. [`Ovs::apply`] runs ALL of them in ONE transaction and then waits until
+//! ovs-vswitchd has applied it (it bumps `next_cfg` in the same transaction and waits for
+//! `cur_cfg` to reach it, like `ovs-vsctl`), so flows can name the new ports right away.
+//!
+//! Rules:
+//! - Every object we create carries `external_ids` naming its owner (on Port AND Interface
+//!   rows); [`Ovs::snapshot`] returns every bridge and the caller filters by owner.
+//! - Ops are checked in order, as the transaction will run them: adding a bridge or port
+//!   that exists, or updating or adding to one that does not, fails the whole apply with an
+//!   error naming it (`bridge qlb-1234 not found`) and changes nothing. Deleting what is
+//!   already gone is not an error, so teardown and reconcile stay idempotent.
+//! - The checks hold at commit time too: the transaction carries `wait` operations on the
+//!   rows it relies on, so a concurrent change fails it instead of half-applying it.
+//! - A bridge's `datapath_type` is set when it is created and never updated.
+//! - [`OvsdbOvs`] is the real thing; [`FakeOvs`] is the recording fake for domain tests and
+//!   follows the same rules.
 
 mod client;
+mod datum;
+mod error;
 mod fake;
+mod framing;
+mod layout;
 mod real;
 
-pub use client::{split_messages, ClientEvent, OvsdbClient, OvsdbError};
+pub use client::{ClientEvent, MonitorUpdate, OvsdbClient, UpdateFormat};
+pub use error::OvsdbError;
 pub use fake::FakeOvs;
 pub use real::OvsdbOvs;
 
@@ -23,71 +40,72 @@ use serde::{Deserialize, Serialize};
 /// A bridge as we want it (or as read back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct BridgeSpec {
-    /// Bridge name (also its internal port and interface).
+    /// Bridge name; its own internal (LOCAL) port and interface have the same name.
     pub name: String,
-    /// `netdev` (userspace) or `system` (kernel).
+    /// `netdev` (userspace) or `system` (kernel); set at creation only.
     pub datapath_type: String,
-    /// `secure` or `standalone`; `None` = OVS default.
+    /// `secure` or `standalone`; `None` = OVS default (standalone).
     pub fail_mode: Option<String>,
     /// Ownership tags.
     pub external_ids: BTreeMap<String, String>,
-    /// Bridge other_config.
+    /// Bridge `other_config` (e.g. `hwaddr`).
     pub other_config: BTreeMap<String, String>,
-    /// OpenFlow versions enabled.
+    /// OpenFlow versions enabled, e.g. `OpenFlow13`; empty = OVS default (all on OVS 3.1).
     pub protocols: Vec<String>,
 }
 
-/// A port (with its single interface) as we want it (or as read back).
+/// A port (with its single interface of the same name) as we want it (or as read back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PortSpec {
     /// Bridge it belongs to.
     pub bridge: String,
-    /// Port and interface name.
+    /// Port and interface name (unique across all bridges).
     pub name: String,
-    /// Interface type: `""` (system device), `internal`, `vxlan`, `patch`.
+    /// Interface type: `""` (system device, e.g. a veth), `internal`, `vxlan`, `patch`.
     pub kind: String,
-    /// Access VLAN tag.
+    /// Access VLAN tag; `None` = trunk/untagged.
     pub tag: Option<u16>,
-    /// Ownership tags (on both Port and Interface).
+    /// Ownership tags, written on both the Port and the Interface row (read from the Port).
     pub external_ids: BTreeMap<String, String>,
-    /// Interface MTU request.
+    /// Interface `mtu_request`; `None` = OVS default.
     pub mtu_request: Option<u32>,
-    /// Interface options.
+    /// Interface `options` (e.g. `remote_ip`, `key`, `peer`).
     pub options: BTreeMap<String, String>,
 }
 
 /// A port as read back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortState {
     /// Its configuration.
     pub spec: PortSpec,
-    /// OpenFlow port number, once ovs-vswitchd assigned one (-1 on error).
+    /// OpenFlow port number once ovs-vswitchd assigned one (`-1` when the interface failed).
     pub ofport: Option<i64>,
 }
 
-/// A bridge as read back, with its ports (its own internal port excluded).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A bridge as read back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgeState {
     /// Its configuration.
     pub spec: BridgeSpec,
-    /// Its ports.
+    /// Its ports sorted by name, without the bridge's own LOCAL internal port.
     pub ports: Vec<PortState>,
 }
 
-/// One change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One change; [`Ovs::apply`] runs a list of them in one transaction, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OvsOp {
-    /// Create a bridge with its internal port, like `ovs-vsctl add-br`.
+    /// Create a bridge with its LOCAL internal port, like `ovs-vsctl add-br`.
     AddBridge(BridgeSpec),
-    /// Update a bridge's mutable columns.
+    /// Set a bridge's `fail_mode`, `external_ids`, `other_config` and `protocols`.
     UpdateBridge(BridgeSpec),
-    /// Remove a bridge (its ports go with it).
+    /// Remove a bridge; its ports and interfaces go with it. No-op if it does not exist.
     DeleteBridge(String),
-    /// Create a port with its interface.
+    /// Create a port with its interface on an existing bridge.
     AddPort(PortSpec),
-    /// Update a port's and its interface's mutable columns.
+    /// Set a port's `tag` and `external_ids` and its interface's `type`, `external_ids`,
+    /// `mtu_request` and `options`.
     UpdatePort(PortSpec),
-    /// Remove a port from its bridge.
+    /// Remove a port from its bridge. No-op if it is not there.
     DeletePort {
         /// The bridge.
         bridge: String,
@@ -96,44 +114,48 @@ pub enum OvsOp {
     },
 }
 
-/// Facts about the switch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Facts about the switch, from the Open_vSwitch row.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemInfo {
-    /// OVS version.
+    /// OVS version, once ovs-vswitchd has reported it.
     pub ovs_version: Option<String>,
-    /// Datapath types ovs-vswitchd supports.
+    /// Datapath types ovs-vswitchd supports (`netdev`, `system`); empty until it runs.
     pub datapath_types: Vec<String>,
     /// Interface types ovs-vswitchd supports.
     pub iface_types: Vec<String>,
-    /// Open_vSwitch other_config (e.g. `userspace-tso-enable`).
+    /// Open_vSwitch `other_config` (e.g. `userspace-tso-enable`).
     pub other_config: BTreeMap<String, String>,
-    /// Open_vSwitch external_ids.
+    /// Open_vSwitch `external_ids` (e.g. `system-id`).
     pub external_ids: BTreeMap<String, String>,
 }
 
-/// Connection-level events owners resync on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What owners of derived state hear about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OvsEvent {
-    /// The OVSDB connection came back.
+    /// The OVSDB connection came back after being lost (or after failed first attempts):
+    /// anything may have changed, resync.
     Reconnected,
-    /// The OVSDB connection was lost.
+    /// The OVSDB connection was lost; calls fail fast until [`OvsEvent::Reconnected`].
     Disconnected,
+    /// A bridge, port or interface changed (ours included, and `ofport` assignments).
+    Changed,
 }
 
 /// OVSDB, as the domain sees it.
 #[async_trait]
 pub trait Ovs: Send + Sync {
-    /// Every bridge with its ports.
+    /// Every bridge with its ports, `external_ids` included, sorted by name.
     async fn snapshot(&self) -> Result<Vec<BridgeState>, OvsdbError>;
-    /// All ops in one transaction, then wait for ovs-vswitchd to apply it.
+    /// All `ops` in ONE transaction, then waits (at most 10 s) until ovs-vswitchd has
+    /// applied it. Nothing happens for an empty slice.
     async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError>;
     /// Facts about the switch.
     async fn system(&self) -> Result<SystemInfo, OvsdbError>;
-    /// Connection events.
+    /// Connection and change events.
     fn events(&self) -> tokio::sync::broadcast::Receiver<OvsEvent>;
 }
 
-/// `$OVS_RUNDIR/db.sock` or `/run/openvswitch/db.sock`, as a `unix:` target.
+/// `unix:$OVS_RUNDIR/db.sock`, or `unix:/run/openvswitch/db.sock` without `OVS_RUNDIR`.
 pub fn default_db_target() -> String {
     let dir = std::env::var("OVS_RUNDIR").unwrap_or_else(|_| "/run/openvswitch".into());
     format!("unix:{dir}/db.sock")

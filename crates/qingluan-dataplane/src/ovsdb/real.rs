@@ -1,130 +1,248 @@
 //! [`Ovs`] over the native OVSDB client.
+//!
+//! Reads are plain `select`s (no cache to go stale); [`Ovs::apply`] reads the names and
+//! uuids it needs, checks the ops (see `layout`), plans one transaction and then waits for
+//! ovs-vswitchd. A monitor on the Bridge, Port and Interface columns we read feeds
+//! [`OvsEvent::Changed`]; the client's connection events become `Reconnected` and
+//! `Disconnected`. Everything keeps working across an ovsdb-server restart: the client
+//! reconnects by itself and the monitor is re-established with it.
+//!
+//! The transaction, in the order of the ops:
+//! - AddBridge: insert Interface (type internal), Port and Bridge with named uuids, then
+//!   `mutate` Open_vSwitch `bridges` insert (never overwriting the set), like `ovs-vsctl
+//!   add-br`.
+//! - DeleteBridge: `mutate` Open_vSwitch `bridges` delete; OVSDB garbage-collects the
+//!   bridge's ports and interfaces.
+//! - AddPort: insert Interface and Port, then `mutate` the Bridge's `ports` insert.
+//! - DeletePort: `mutate` the Bridge's `ports` delete by uuid.
+//! - UpdateBridge / UpdatePort: `update` of the mutable columns, by uuid (the interface by
+//!   its name, which is unique).
+//! - Each existing row an op relies on is guarded by a `wait` (timeout 0) on its name, so if
+//!   it vanished since we read it the transaction fails as a whole; that failure is reported
+//!   as the matching "not found" error.
+//! - Last, `next_cfg += 1` and a `select` of it; then we poll `cur_cfg` until it catches up.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 
-use super::client::{ClientEvent, OvsdbClient, OvsdbError};
-use super::{BridgeSpec, BridgeState, Ovs, OvsEvent, OvsOp, PortSpec, PortState, SystemInfo};
+use super::client::{ClientEvent, MonitorUpdate, OvsdbClient};
+use super::datum::{
+    map, map_of, named, opt, opt_i64, opt_str, refs, set_items, strings, strings_of, uuid, uuid_of,
+};
+use super::layout::Layout;
+use super::{
+    BridgeSpec, BridgeState, Ovs, OvsEvent, OvsOp, OvsdbError, PortSpec, PortState, SystemInfo,
+};
 
 const DB: &str = "Open_vSwitch";
 /// How long `apply` waits for ovs-vswitchd.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
+/// Bridge columns we read and watch.
+const BRIDGE_COLUMNS: &[&str] = &[
+    "name",
+    "datapath_type",
+    "fail_mode",
+    "external_ids",
+    "other_config",
+    "protocols",
+    "ports",
+];
+/// Port columns we read and watch.
+const PORT_COLUMNS: &[&str] = &["name", "tag", "external_ids", "interfaces"];
+/// Interface columns we read and watch.
+const IFACE_COLUMNS: &[&str] = &[
+    "name",
+    "type",
+    "external_ids",
+    "mtu_request",
+    "options",
+    "ofport",
+];
 
 /// The real OVS adapter.
 pub struct OvsdbOvs {
+    /// The connection.
     client: OvsdbClient,
-    events: tokio::sync::broadcast::Sender<OvsEvent>,
+    /// Where [`OvsEvent`]s are sent.
+    events: broadcast::Sender<OvsEvent>,
+    /// The task turning client events and monitor updates into [`OvsEvent`]s; stopped on drop.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OvsdbOvs {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 impl OvsdbOvs {
-    /// Connects (in the background; calls fail fast until the server answers).
+    /// Connects to `target` (see [`OvsdbClient::connect`]) in the background; calls fail fast
+    /// until the server answers. Must be called inside a tokio runtime.
     pub fn connect(target: &str) -> OvsdbOvs {
         let client = OvsdbClient::connect(target);
-        let (events, _) = tokio::sync::broadcast::channel(64);
-        let mut rx = client.events();
-        let tx = events.clone();
-        tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ClientEvent::Reconnected) => {
-                        let _ = tx.send(OvsEvent::Reconnected);
-                    }
-                    Ok(ClientEvent::Disconnected) => {
-                        let _ = tx.send(OvsEvent::Disconnected);
-                    }
-                    Ok(ClientEvent::Update(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        OvsdbOvs { client, events }
+        let (events, _) = broadcast::channel(64);
+        let watcher = tokio::spawn(watch(client.clone(), client.events(), events.clone()));
+        OvsdbOvs {
+            client,
+            events,
+            watcher,
+        }
     }
 
-    /// The underlying client (adapter tests, monitors).
+    /// The underlying client, for raw transactions and monitors.
     pub fn client(&self) -> &OvsdbClient {
         &self.client
     }
 
-    async fn select(&self, table: &str, columns: &[&str]) -> Result<Vec<Value>, OvsdbError> {
-        let mut cols: Vec<&str> = columns.to_vec();
-        cols.push("_uuid");
+    async fn open_vswitch(&self, columns: &[&str]) -> Result<Value, OvsdbError> {
+        let r = self
+            .client
+            .transact(DB, vec![select("Open_vSwitch", columns)])
+            .await?;
+        rows(&r[0]).into_iter().next().ok_or(OvsdbError::NoRoot)
+    }
+
+    /// Names and uuids of what exists, for planning.
+    async fn existing(&self) -> Result<Existing, OvsdbError> {
         let r = self
             .client
             .transact(
                 DB,
-                vec![json!({"op": "select", "table": table, "where": [], "columns": cols})],
+                vec![
+                    select("Open_vSwitch", &[]),
+                    select("Bridge", &["name", "ports"]),
+                    select("Port", &["name"]),
+                ],
             )
             .await?;
-        Ok(r[0]["rows"].as_array().cloned().unwrap_or_default())
+        let root = rows(&r[0])
+            .first()
+            .and_then(|row| uuid_of(&row["_uuid"]))
+            .ok_or(OvsdbError::NoRoot)?;
+        let port_names: BTreeMap<String, String> = rows(&r[2])
+            .iter()
+            .filter_map(|p| Some((uuid_of(&p["_uuid"])?, p["name"].as_str()?.to_string())))
+            .collect();
+        let mut ex = Existing {
+            root,
+            ..Default::default()
+        };
+        for b in rows(&r[1]) {
+            let (Some(bu), Some(name)) = (uuid_of(&b["_uuid"]), b["name"].as_str()) else {
+                continue;
+            };
+            ex.bridges.insert(name.to_string(), bu);
+            for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
+                if let Some(pname) = port_names.get(&pu) {
+                    ex.ports.insert(pname.clone(), (name.to_string(), pu));
+                }
+            }
+        }
+        Ok(ex)
     }
 
-    async fn open_vswitch_uuid(&self) -> Result<String, OvsdbError> {
-        let rows = self.select("Open_vSwitch", &[]).await?;
-        rows.first()
-            .and_then(|r| uuid_of(&r["_uuid"]))
-            .ok_or_else(|| {
-                OvsdbError::Schema("the Open_vSwitch table has no row (run ovs-vsctl init)".into())
-            })
-    }
-}
-
-fn uuid_of(v: &Value) -> Option<String> {
-    match v.as_array()?.as_slice() {
-        [t, u] if t == "uuid" => u.as_str().map(String::from),
-        _ => None,
-    }
-}
-
-/// Decodes an OVSDB set into its elements.
-fn set_items(v: &Value) -> Vec<Value> {
-    match v.as_array().map(Vec::as_slice) {
-        Some([t, items]) if t == "set" => items.as_array().cloned().unwrap_or_default(),
-        _ => vec![v.clone()],
-    }
-}
-
-fn opt_str(v: &Value) -> Option<String> {
-    set_items(v)
-        .first()
-        .and_then(|x| x.as_str().map(String::from))
-}
-
-fn opt_i64(v: &Value) -> Option<i64> {
-    set_items(v).first().and_then(Value::as_i64)
-}
-
-fn map_of(v: &Value) -> BTreeMap<String, String> {
-    match v.as_array().map(Vec::as_slice) {
-        Some([t, pairs]) if t == "map" => pairs
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-            .collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
-fn map(m: &BTreeMap<String, String>) -> Value {
-    json!([
-        "map",
-        m.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()
-    ])
-}
-
-fn opt<T: serde::Serialize>(v: &Option<T>) -> Value {
-    match v {
-        Some(x) => json!(x),
-        None => json!(["set", []]),
+    /// Polls `cur_cfg` until it reaches `want`.
+    async fn wait_applied(&self, want: i64) -> Result<(), OvsdbError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let row = self.open_vswitch(&["cur_cfg"]).await?;
+            let current = row["cur_cfg"].as_i64().unwrap_or(0);
+            if current >= want {
+                return Ok(());
+            }
+            if start.elapsed() >= APPLY_WAIT {
+                return Err(OvsdbError::NotApplied {
+                    want,
+                    current,
+                    secs: APPLY_WAIT.as_secs(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 }
 
-fn strings(v: &[String]) -> Value {
-    json!(["set", v])
+/// Forwards connection events and turns monitor updates into [`OvsEvent::Changed`],
+/// (re-)creating the monitor whenever it is missing.
+async fn watch(
+    client: OvsdbClient,
+    mut conn: broadcast::Receiver<ClientEvent>,
+    events: broadcast::Sender<OvsEvent>,
+) {
+    let watched = [
+        ("Bridge", BRIDGE_COLUMNS),
+        ("Port", PORT_COLUMNS),
+        ("Interface", IFACE_COLUMNS),
+    ];
+    let mut updates: Option<tokio::sync::mpsc::UnboundedReceiver<MonitorUpdate>> = None;
+    let mut retry = Instant::now();
+    loop {
+        if updates.is_none() && Instant::now() >= retry {
+            match client.monitor(DB, &watched).await {
+                Ok(rx) => updates = Some(rx),
+                Err(e) => {
+                    tracing::debug!(error = %e, "ovsdb monitor not established yet");
+                    retry = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        tokio::select! {
+            ev = conn.recv() => match ev {
+                Ok(ClientEvent::Reconnected) => {
+                    retry = Instant::now();
+                    let _ = events.send(OvsEvent::Reconnected);
+                }
+                Ok(ClientEvent::Disconnected) => {
+                    let _ = events.send(OvsEvent::Disconnected);
+                }
+                // Missed connection events: tell owners to resync, to be safe.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = events.send(OvsEvent::Reconnected);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            u = async { updates.as_mut()?.recv().await }, if updates.is_some() => match u {
+                Some(u) if !u.initial => {
+                    let _ = events.send(OvsEvent::Changed);
+                }
+                Some(_) => {}
+                None => updates = None,
+            },
+            _ = tokio::time::sleep_until(retry), if updates.is_none() => {}
+        }
+    }
+}
+
+/// `select` of `columns` (plus `_uuid`) of every row of `table`.
+fn select(table: &str, columns: &[&str]) -> Value {
+    let mut cols: Vec<&str> = columns.to_vec();
+    cols.push("_uuid");
+    json!({"op": "select", "table": table, "where": [], "columns": cols})
+}
+
+/// The rows of a `select` result.
+fn rows(result: &Value) -> Vec<Value> {
+    result["rows"].as_array().cloned().unwrap_or_default()
+}
+
+fn by_uuid(r: &Value) -> Value {
+    json!([["_uuid", "==", r]])
+}
+
+fn bridge_columns(b: &BridgeSpec) -> Value {
+    json!({
+        "fail_mode": opt(&b.fail_mode),
+        "external_ids": map(&b.external_ids),
+        "other_config": map(&b.other_config),
+        "protocols": strings(&b.protocols),
+    })
 }
 
 fn port_columns(p: &PortSpec) -> Value {
@@ -140,18 +258,262 @@ fn iface_columns(p: &PortSpec) -> Value {
     })
 }
 
-fn bridge_columns(b: &BridgeSpec) -> Value {
-    json!({
-        "datapath_type": b.datapath_type,
-        "fail_mode": opt(&b.fail_mode),
-        "external_ids": map(&b.external_ids),
-        "other_config": map(&b.other_config),
-        "protocols": strings(&b.protocols),
-    })
+/// Names and uuids of the rows that exist.
+#[derive(Debug, Default)]
+struct Existing {
+    /// The Open_vSwitch row.
+    root: String,
+    /// Bridge name → uuid.
+    bridges: BTreeMap<String, String>,
+    /// Port name → (bridge name, uuid), LOCAL ports included.
+    ports: BTreeMap<String, (String, String)>,
 }
 
-fn by_name(name: &str) -> Value {
-    json!([["name", "==", name]])
+impl Existing {
+    fn layout(&self) -> Layout {
+        let mut l = Layout::default();
+        for b in self.bridges.keys() {
+            l.bridges.insert(b.clone(), BTreeSet::new());
+        }
+        for (name, (bridge, _)) in &self.ports {
+            if name != bridge {
+                l.bridges
+                    .entry(bridge.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        l
+    }
+}
+
+/// A planned transaction.
+#[derive(Debug, Default)]
+struct Plan {
+    /// The operations.
+    ops: Vec<Value>,
+    /// Index of each guarding `wait` → the error to report if it fails.
+    guards: BTreeMap<usize, OvsdbError>,
+}
+
+impl Plan {
+    /// Guards an existing row (once): the transaction fails if it is gone.
+    fn guard(&mut self, table: &str, row_uuid: &str, name: &str, err: OvsdbError) {
+        if self.guards.values().any(|e| *e == err) {
+            return;
+        }
+        self.guards.insert(self.ops.len(), err);
+        self.ops.push(json!({
+            "op": "wait", "timeout": 0, "table": table, "where": by_uuid(&uuid(row_uuid)),
+            "columns": ["name"], "until": "==", "rows": [{"name": name}],
+        }));
+    }
+}
+
+/// A row reference: an existing uuid, or a named uuid inserted by this transaction.
+#[derive(Clone, Debug)]
+enum Row {
+    Existing(String),
+    New(String),
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        match self {
+            Row::Existing(u) => uuid(u),
+            Row::New(n) => named(n),
+        }
+    }
+}
+
+/// Checks `ops` and plans the one transaction that applies them.
+fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
+    ex.layout().check(ops)?;
+    let root = by_uuid(&uuid(&ex.root));
+    let mut bridges: BTreeMap<String, Row> = ex
+        .bridges
+        .iter()
+        .map(|(n, u)| (n.clone(), Row::Existing(u.clone())))
+        .collect();
+    let mut ports: BTreeMap<String, (String, Row)> = ex
+        .ports
+        .iter()
+        .map(|(n, (b, u))| (n.clone(), (b.clone(), Row::Existing(u.clone()))))
+        .collect();
+    let bridge_of = |bridges: &BTreeMap<String, Row>, name: &str| {
+        bridges
+            .get(name)
+            .cloned()
+            .ok_or_else(|| OvsdbError::BridgeNotFound(name.to_string()))
+    };
+    let mut t = Plan::default();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            OvsOp::AddBridge(b) => {
+                let (iu, pu, bu) = (
+                    format!("iface{i}"),
+                    format!("port{i}"),
+                    format!("bridge{i}"),
+                );
+                t.ops.push(
+                    json!({"op": "insert", "table": "Interface", "uuid-name": iu,
+                    "row": {"name": b.name, "type": "internal"}}),
+                );
+                t.ops
+                    .push(json!({"op": "insert", "table": "Port", "uuid-name": pu,
+                    "row": {"name": b.name, "interfaces": named(&iu)}}));
+                let mut row = bridge_columns(b);
+                row["name"] = json!(b.name);
+                row["datapath_type"] = json!(b.datapath_type);
+                row["ports"] = named(&pu);
+                t.ops
+                    .push(json!({"op": "insert", "table": "Bridge", "uuid-name": bu, "row": row}));
+                t.ops.push(
+                    json!({"op": "mutate", "table": "Open_vSwitch", "where": root,
+                    "mutations": [["bridges", "insert", refs(vec![named(&bu)])]]}),
+                );
+                bridges.insert(b.name.clone(), Row::New(bu));
+                ports.insert(b.name.clone(), (b.name.clone(), Row::New(pu)));
+            }
+            OvsOp::UpdateBridge(b) => {
+                let r = bridge_of(&bridges, &b.name)?;
+                if let Row::Existing(u) = &r {
+                    t.guard(
+                        "Bridge",
+                        u,
+                        &b.name,
+                        OvsdbError::BridgeNotFound(b.name.clone()),
+                    );
+                }
+                t.ops.push(
+                    json!({"op": "update", "table": "Bridge", "where": by_uuid(&r.json()),
+                    "row": bridge_columns(b)}),
+                );
+            }
+            OvsOp::DeleteBridge(name) => {
+                if let Some(r) = bridges.remove(name) {
+                    t.ops.push(
+                        json!({"op": "mutate", "table": "Open_vSwitch", "where": root,
+                        "mutations": [["bridges", "delete", refs(vec![r.json()])]]}),
+                    );
+                    ports.retain(|_, (b, _)| b != name);
+                }
+            }
+            OvsOp::AddPort(p) => {
+                let r = bridge_of(&bridges, &p.bridge)?;
+                if let Row::Existing(u) = &r {
+                    t.guard(
+                        "Bridge",
+                        u,
+                        &p.bridge,
+                        OvsdbError::BridgeNotFound(p.bridge.clone()),
+                    );
+                }
+                let (iu, pu) = (format!("iface{i}"), format!("port{i}"));
+                let mut irow = iface_columns(p);
+                irow["name"] = json!(p.name);
+                t.ops.push(
+                    json!({"op": "insert", "table": "Interface", "uuid-name": iu, "row": irow}),
+                );
+                let mut prow = port_columns(p);
+                prow["name"] = json!(p.name);
+                prow["interfaces"] = named(&iu);
+                t.ops
+                    .push(json!({"op": "insert", "table": "Port", "uuid-name": pu, "row": prow}));
+                t.ops.push(
+                    json!({"op": "mutate", "table": "Bridge", "where": by_uuid(&r.json()),
+                    "mutations": [["ports", "insert", refs(vec![named(&pu)])]]}),
+                );
+                ports.insert(p.name.clone(), (p.bridge.clone(), Row::New(pu)));
+            }
+            OvsOp::UpdatePort(p) => {
+                let not_found = || OvsdbError::PortNotFound {
+                    bridge: p.bridge.clone(),
+                    name: p.name.clone(),
+                };
+                let r = match ports.get(&p.name) {
+                    Some((b, r)) if *b == p.bridge => r.clone(),
+                    _ => return Err(not_found()),
+                };
+                if let Row::Existing(u) = &r {
+                    t.guard("Port", u, &p.name, not_found());
+                }
+                t.ops.push(
+                    json!({"op": "update", "table": "Port", "where": by_uuid(&r.json()),
+                    "row": port_columns(p)}),
+                );
+                t.ops.push(json!({"op": "update", "table": "Interface",
+                    "where": [["name", "==", p.name]], "row": iface_columns(p)}));
+            }
+            OvsOp::DeletePort { bridge, name } => {
+                let on_bridge = matches!(ports.get(name), Some((b, _)) if b == bridge);
+                if let (true, Some(br)) = (on_bridge && name != bridge, bridges.get(bridge)) {
+                    if let Some((_, r)) = ports.remove(name) {
+                        t.ops.push(json!({"op": "mutate", "table": "Bridge",
+                            "where": by_uuid(&br.json()),
+                            "mutations": [["ports", "delete", refs(vec![r.json()])]]}));
+                    }
+                }
+            }
+        }
+    }
+    t.ops.push(
+        json!({"op": "mutate", "table": "Open_vSwitch", "where": root,
+        "mutations": [["next_cfg", "+=", 1]]}),
+    );
+    t.ops.push(
+        json!({"op": "select", "table": "Open_vSwitch", "where": root,
+        "columns": ["next_cfg"]}),
+    );
+    Ok(t)
+}
+
+/// Reads one bridge row and its ports.
+fn bridge_state(
+    b: &Value,
+    ports: &BTreeMap<String, Value>,
+    ifaces: &BTreeMap<String, Value>,
+) -> BridgeState {
+    let name = b["name"].as_str().unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
+        let Some(p) = ports.get(&pu) else { continue };
+        let pname = p["name"].as_str().unwrap_or_default().to_string();
+        if pname == name {
+            continue;
+        }
+        let iface = set_items(&p["interfaces"])
+            .iter()
+            .filter_map(uuid_of)
+            .filter_map(|u| ifaces.get(&u))
+            .find(|i| i["name"] == pname)
+            .cloned()
+            .unwrap_or(Value::Null);
+        out.push(PortState {
+            spec: PortSpec {
+                bridge: name.clone(),
+                name: pname,
+                kind: iface["type"].as_str().unwrap_or_default().to_string(),
+                tag: opt_i64(&p["tag"]).and_then(|t| u16::try_from(t).ok()),
+                external_ids: map_of(&p["external_ids"]),
+                mtu_request: opt_i64(&iface["mtu_request"]).and_then(|m| u32::try_from(m).ok()),
+                options: map_of(&iface["options"]),
+            },
+            ofport: opt_i64(&iface["ofport"]),
+        });
+    }
+    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    BridgeState {
+        spec: BridgeSpec {
+            name,
+            datapath_type: b["datapath_type"].as_str().unwrap_or_default().to_string(),
+            fail_mode: opt_str(&b["fail_mode"]),
+            external_ids: map_of(&b["external_ids"]),
+            other_config: map_of(&b["other_config"]),
+            protocols: strings_of(&b["protocols"]),
+        },
+        ports: out,
+    }
 }
 
 #[async_trait]
@@ -162,66 +524,24 @@ impl Ovs for OvsdbOvs {
             .transact(
                 DB,
                 vec![
-                    json!({"op": "select", "table": "Bridge", "where": [], "columns": ["_uuid", "name", "datapath_type", "fail_mode", "external_ids", "other_config", "protocols", "ports"]}),
-                    json!({"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "tag", "external_ids", "interfaces"]}),
-                    json!({"op": "select", "table": "Interface", "where": [], "columns": ["_uuid", "name", "type", "external_ids", "mtu_request", "options", "ofport"]}),
+                    select("Bridge", BRIDGE_COLUMNS),
+                    select("Port", PORT_COLUMNS),
+                    select("Interface", IFACE_COLUMNS),
                 ],
             )
             .await?;
-        let rows = |i: usize| r[i]["rows"].as_array().cloned().unwrap_or_default();
-        let ifaces: BTreeMap<String, Value> = rows(2)
-            .into_iter()
-            .filter_map(|row| Some((uuid_of(&row["_uuid"])?, row)))
+        let by_uuid = |result: &Value| -> BTreeMap<String, Value> {
+            rows(result)
+                .into_iter()
+                .filter_map(|row| Some((uuid_of(&row["_uuid"])?, row)))
+                .collect()
+        };
+        let (ports, ifaces) = (by_uuid(&r[1]), by_uuid(&r[2]));
+        let mut out: Vec<BridgeState> = rows(&r[0])
+            .iter()
+            .map(|b| bridge_state(b, &ports, &ifaces))
             .collect();
-        let ports: BTreeMap<String, Value> = rows(1)
-            .into_iter()
-            .filter_map(|row| Some((uuid_of(&row["_uuid"])?, row)))
-            .collect();
-        let mut out = Vec::new();
-        for b in rows(0) {
-            let name = b["name"].as_str().unwrap_or_default().to_string();
-            let spec = BridgeSpec {
-                name: name.clone(),
-                datapath_type: b["datapath_type"].as_str().unwrap_or_default().to_string(),
-                fail_mode: opt_str(&b["fail_mode"]),
-                external_ids: map_of(&b["external_ids"]),
-                other_config: map_of(&b["other_config"]),
-                protocols: set_items(&b["protocols"])
-                    .iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect(),
-            };
-            let mut bports = Vec::new();
-            for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
-                let Some(p) = ports.get(&pu) else { continue };
-                let pname = p["name"].as_str().unwrap_or_default().to_string();
-                if pname == name {
-                    continue;
-                }
-                let iface = set_items(&p["interfaces"])
-                    .iter()
-                    .filter_map(uuid_of)
-                    .find_map(|u| ifaces.get(&u).cloned())
-                    .unwrap_or(Value::Null);
-                bports.push(PortState {
-                    spec: PortSpec {
-                        bridge: name.clone(),
-                        name: pname,
-                        kind: iface["type"].as_str().unwrap_or_default().to_string(),
-                        tag: opt_i64(&p["tag"]).and_then(|t| u16::try_from(t).ok()),
-                        external_ids: map_of(&p["external_ids"]),
-                        mtu_request: opt_i64(&iface["mtu_request"])
-                            .and_then(|m| u32::try_from(m).ok()),
-                        options: map_of(&iface["options"]),
-                    },
-                    ofport: opt_i64(&iface["ofport"]),
-                });
-            }
-            out.push(BridgeState {
-                spec,
-                ports: bports,
-            });
-        }
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(out)
     }
 
@@ -229,138 +549,161 @@ impl Ovs for OvsdbOvs {
         if ops.is_empty() {
             return Ok(());
         }
-        let root = self.open_vswitch_uuid().await?;
-        let snap = self.snapshot().await?;
-        let mut known: std::collections::BTreeSet<String> =
-            snap.iter().map(|b| b.spec.name.clone()).collect();
-        known.extend(ops.iter().filter_map(|op| match op {
-            OvsOp::AddBridge(b) => Some(b.name.clone()),
-            _ => None,
-        }));
-        let bridge_exists = |name: &str| -> Result<(), OvsdbError> {
-            if known.contains(name) {
-                Ok(())
-            } else {
-                Err(OvsdbError::Schema(format!("bridge {name} not found")))
+        let plan = plan(&self.existing().await?, ops)?;
+        let results = match self.client.transact(DB, plan.ops).await {
+            Ok(r) => r,
+            Err(OvsdbError::Op { index, .. }) if plan.guards.contains_key(&index) => {
+                return Err(plan.guards[&index].clone());
             }
+            Err(e) => return Err(e),
         };
-        let ports_sel = self.select("Port", &["name"]).await?;
-        let port_uuid = |name: &str| -> Result<String, OvsdbError> {
-            ports_sel
-                .iter()
-                .find(|r| r["name"] == name)
-                .and_then(|r| uuid_of(&r["_uuid"]))
-                .ok_or_else(|| OvsdbError::Schema(format!("port {name} not found")))
-        };
-        let bridges_sel = self.select("Bridge", &["name"]).await?;
-        let bridge_row = |name: &str| -> Option<String> {
-            bridges_sel
-                .iter()
-                .find(|r| r["name"] == name)
-                .and_then(|r| uuid_of(&r["_uuid"]))
-        };
-        let mut t = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            match op {
-                OvsOp::AddBridge(b) => {
-                    let (iu, pu, bu) = (format!("i{i}"), format!("p{i}"), format!("b{i}"));
-                    t.push(json!({"op": "insert", "table": "Interface", "uuid-name": iu, "row": {"name": b.name, "type": "internal"}}));
-                    t.push(json!({"op": "insert", "table": "Port", "uuid-name": pu, "row": {"name": b.name, "interfaces": ["named-uuid", iu]}}));
-                    let mut row = bridge_columns(b);
-                    row["name"] = json!(b.name);
-                    row["ports"] = json!(["named-uuid", pu]);
-                    t.push(json!({"op": "insert", "table": "Bridge", "uuid-name": bu, "row": row}));
-                    t.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [["_uuid", "==", ["uuid", root]]], "mutations": [["bridges", "insert", ["set", [["named-uuid", bu]]]]]}));
-                }
-                OvsOp::UpdateBridge(b) => {
-                    bridge_exists(&b.name)?;
-                    t.push(json!({"op": "update", "table": "Bridge", "where": by_name(&b.name), "row": bridge_columns(b)}));
-                }
-                OvsOp::DeleteBridge(name) => {
-                    let Some(u) = bridge_row(name) else { continue };
-                    t.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [["_uuid", "==", ["uuid", root]]], "mutations": [["bridges", "delete", ["set", [["uuid", u]]]]]}));
-                }
-                OvsOp::AddPort(p) => {
-                    bridge_exists(&p.bridge)?;
-                    let (iu, pu) = (format!("i{i}"), format!("p{i}"));
-                    let mut irow = iface_columns(p);
-                    irow["name"] = json!(p.name);
-                    t.push(
-                        json!({"op": "insert", "table": "Interface", "uuid-name": iu, "row": irow}),
-                    );
-                    let mut prow = port_columns(p);
-                    prow["name"] = json!(p.name);
-                    prow["interfaces"] = json!(["named-uuid", iu]);
-                    t.push(json!({"op": "insert", "table": "Port", "uuid-name": pu, "row": prow}));
-                    t.push(json!({"op": "mutate", "table": "Bridge", "where": by_name(&p.bridge), "mutations": [["ports", "insert", ["set", [["named-uuid", pu]]]]]}));
-                }
-                OvsOp::UpdatePort(p) => {
-                    port_uuid(&p.name)?;
-                    t.push(json!({"op": "update", "table": "Port", "where": by_name(&p.name), "row": port_columns(p)}));
-                    t.push(json!({"op": "update", "table": "Interface", "where": by_name(&p.name), "row": iface_columns(p)}));
-                }
-                OvsOp::DeletePort { bridge, name } => {
-                    let Ok(u) = port_uuid(name) else { continue };
-                    t.push(json!({"op": "mutate", "table": "Bridge", "where": by_name(bridge), "mutations": [["ports", "delete", ["set", [["uuid", u]]]]]}));
-                }
-            }
-        }
-        t.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [["_uuid", "==", ["uuid", root]]], "mutations": [["next_cfg", "+=", 1]]}));
-        t.push(json!({"op": "select", "table": "Open_vSwitch", "where": [["_uuid", "==", ["uuid", root]]], "columns": ["next_cfg"]}));
-        let r = self.client.transact(DB, t).await?;
-        let want = r
+        let want = results
             .last()
-            .and_then(|x| x["rows"][0]["next_cfg"].as_i64())
-            .unwrap_or(0);
-        let start = Instant::now();
-        loop {
-            let rows = self.select("Open_vSwitch", &["cur_cfg"]).await?;
-            let cur = rows
-                .first()
-                .and_then(|r| r["cur_cfg"].as_i64())
-                .unwrap_or(0);
-            if cur >= want {
-                return Ok(());
-            }
-            if start.elapsed() > APPLY_WAIT {
-                return Err(OvsdbError::NotApplied(APPLY_WAIT.as_secs()));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            .and_then(|r| rows(r).first().and_then(|row| row["next_cfg"].as_i64()))
+            .ok_or_else(|| OvsdbError::Protocol {
+                method: "transact".into(),
+                detail: "no next_cfg in the result".into(),
+            })?;
+        self.wait_applied(want).await
     }
 
     async fn system(&self) -> Result<SystemInfo, OvsdbError> {
-        let rows = self
-            .select(
-                "Open_vSwitch",
-                &[
-                    "ovs_version",
-                    "datapath_types",
-                    "iface_types",
-                    "other_config",
-                    "external_ids",
-                ],
-            )
+        let r = self
+            .open_vswitch(&[
+                "ovs_version",
+                "datapath_types",
+                "iface_types",
+                "other_config",
+                "external_ids",
+            ])
             .await?;
-        let r = rows.first().ok_or_else(|| {
-            OvsdbError::Schema("the Open_vSwitch table has no row (run ovs-vsctl init)".into())
-        })?;
-        let list = |v: &Value| {
-            set_items(v)
-                .iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        };
         Ok(SystemInfo {
             ovs_version: opt_str(&r["ovs_version"]),
-            datapath_types: list(&r["datapath_types"]),
-            iface_types: list(&r["iface_types"]),
+            datapath_types: strings_of(&r["datapath_types"]),
+            iface_types: strings_of(&r["iface_types"]),
             other_config: map_of(&r["other_config"]),
             external_ids: map_of(&r["external_ids"]),
         })
     }
 
-    fn events(&self) -> tokio::sync::broadcast::Receiver<OvsEvent> {
+    fn events(&self) -> broadcast::Receiver<OvsEvent> {
         self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn existing() -> Existing {
+        Existing {
+            root: "root-u".into(),
+            bridges: [("b1".to_string(), "b1-u".to_string())].into(),
+            ports: [
+                ("b1".to_string(), ("b1".to_string(), "b1p-u".to_string())),
+                ("p1".to_string(), ("b1".to_string(), "p1-u".to_string())),
+            ]
+            .into(),
+        }
+    }
+
+    fn port(bridge: &str, name: &str) -> PortSpec {
+        PortSpec {
+            bridge: bridge.into(),
+            name: name.into(),
+            kind: "internal".into(),
+            tag: Some(10),
+            external_ids: [("owner".to_string(), "t".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans_add_bridge_like_ovs_vsctl() {
+        let b = BridgeSpec {
+            name: "b2".into(),
+            datapath_type: "netdev".into(),
+            fail_mode: Some("secure".into()),
+            ..Default::default()
+        };
+        let t = plan(
+            &existing(),
+            &[OvsOp::AddBridge(b), OvsOp::AddPort(port("b2", "p2"))],
+        )
+        .unwrap();
+        let ops: Vec<String> = t.ops.iter().map(|o| o.to_string()).collect();
+        assert_eq!(
+            ops,
+            [
+                r#"{"op":"insert","row":{"name":"b2","type":"internal"},"table":"Interface","uuid-name":"iface0"}"#,
+                r#"{"op":"insert","row":{"interfaces":["named-uuid","iface0"],"name":"b2"},"table":"Port","uuid-name":"port0"}"#,
+                r#"{"op":"insert","row":{"datapath_type":"netdev","external_ids":["map",[]],"fail_mode":"secure","name":"b2","other_config":["map",[]],"ports":["named-uuid","port0"],"protocols":["set",[]]},"table":"Bridge","uuid-name":"bridge0"}"#,
+                r#"{"mutations":[["bridges","insert",["set",[["named-uuid","bridge0"]]]]],"op":"mutate","table":"Open_vSwitch","where":[["_uuid","==",["uuid","root-u"]]]}"#,
+                r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"mtu_request":["set",[]],"name":"p2","options":["map",[]],"type":"internal"},"table":"Interface","uuid-name":"iface1"}"#,
+                r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"interfaces":["named-uuid","iface1"],"name":"p2","tag":10},"table":"Port","uuid-name":"port1"}"#,
+                r#"{"mutations":[["ports","insert",["set",[["named-uuid","port1"]]]]],"op":"mutate","table":"Bridge","where":[["_uuid","==",["named-uuid","bridge0"]]]}"#,
+                r#"{"mutations":[["next_cfg","+=",1]],"op":"mutate","table":"Open_vSwitch","where":[["_uuid","==",["uuid","root-u"]]]}"#,
+                r#"{"columns":["next_cfg"],"op":"select","table":"Open_vSwitch","where":[["_uuid","==",["uuid","root-u"]]]}"#,
+            ]
+        );
+        assert!(t.guards.is_empty());
+    }
+
+    #[test]
+    fn guards_existing_rows_once_and_deletes_by_uuid() {
+        let t = plan(
+            &existing(),
+            &[
+                OvsOp::AddPort(port("b1", "p2")),
+                OvsOp::AddPort(port("b1", "p3")),
+                OvsOp::UpdatePort(port("b1", "p1")),
+                OvsOp::DeletePort {
+                    bridge: "b1".into(),
+                    name: "p2".into(),
+                },
+                OvsOp::DeletePort {
+                    bridge: "b1".into(),
+                    name: "nosuch".into(),
+                },
+                OvsOp::DeleteBridge("b1".into()),
+                OvsOp::DeleteBridge("b1".into()),
+            ],
+        )
+        .unwrap();
+        let guards: Vec<(usize, String)> =
+            t.guards.iter().map(|(i, e)| (*i, e.to_string())).collect();
+        assert_eq!(
+            guards,
+            [
+                (0, "bridge b1 not found".to_string()),
+                (7, "port p1 not found on bridge b1".to_string())
+            ]
+        );
+        assert_eq!(t.ops[7]["op"], "wait");
+        assert_eq!(
+            t.ops[7]["where"],
+            json!([["_uuid", "==", ["uuid", "p1-u"]]])
+        );
+        assert_eq!(
+            t.ops[10]["mutations"],
+            json!([["ports", "delete", ["set", [["named-uuid", "port0"]]]]])
+        );
+        assert_eq!(
+            t.ops[11]["mutations"],
+            json!([["bridges", "delete", ["set", [["uuid", "b1-u"]]]]])
+        );
+        assert_eq!(
+            t.ops.len(),
+            14,
+            "deleting twice or what is gone adds nothing"
+        );
+    }
+
+    #[test]
+    fn refuses_before_planning() {
+        let e = plan(&existing(), &[OvsOp::AddPort(port("nosuch", "x"))]).unwrap_err();
+        assert_eq!(e.to_string(), "bridge nosuch not found");
+        let e = plan(&existing(), &[OvsOp::AddPort(port("b1", "p1"))]).unwrap_err();
+        assert_eq!(e.to_string(), "port p1 already exists on bridge b1");
     }
 }
