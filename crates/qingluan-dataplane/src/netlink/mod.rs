@@ -3,12 +3,24 @@
 //! For every endpoint the daemon creates a veth pair in the host namespace: the host end is
 //! an OVS port, the peer is handed to Docker, which moves it into the container (the
 //! container's namespace does not exist yet at Join, so we never enter it). Gateways are
-//! addresses on the bridges' internal ports. The real implementation speaks rtnetlink; TX
-//! checksum offload is an `SIOCETHTOOL` ioctl (`ethtool -K dev tx off`), needed on the
-//! userspace datapath without TSO; sysctls are files under `/proc/sys`.
+//! addresses on the bridges' internal ports.
+//!
+//! [`NetlinkLinks`] is the real implementation: rtnetlink for links and addresses, the
+//! `SIOCETHTOOL` ioctl for TX checksum offload (`ethtool -K dev tx off`, needed on the
+//! userspace datapath), and files under `/proc/sys` for sysctls. It acts on one network
+//! namespace, the current one or another ([`NetlinkLinks::in_netns`], used by tests that
+//! model several hosts as namespaces). [`FakeLinks`] is an in-memory model that records the
+//! calls, for tests of the domain logic.
+//!
+//! Interface names are checked before anything reaches the kernel ([`check_name`]), so an
+//! over-long name is a clear error rather than `EINVAL`. Every error names its object; the
+//! texts are part of the API (they reach users through the Docker CLI).
 
 mod fake;
 mod real;
+
+use std::io;
+use std::path::PathBuf;
 
 pub use fake::FakeLinks;
 pub use real::NetlinkLinks;
@@ -20,57 +32,142 @@ use async_trait::async_trait;
 pub struct LinkInfo {
     /// Interface name.
     pub name: String,
-    /// Interface index.
+    /// Interface index, unique within the namespace.
     pub index: u32,
-    /// MTU.
+    /// MTU in bytes.
     pub mtu: u32,
-    /// Administratively up.
+    /// Administratively up (`IFF_UP`), whether or not it has a carrier.
     pub up: bool,
-    /// MAC address.
+    /// Hardware address, for links that have a 6-byte one.
     pub mac: Option<[u8; 6]>,
+    /// Link kind (`IFLA_INFO_KIND`: "veth", "tun", "openvswitch", ...); `None` for physical
+    /// devices and loopback.
+    pub kind: Option<String>,
 }
 
-/// Link errors, each naming the link.
+/// Errors of the links adapter, each naming its object.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// A Linux interface name longer than 15 bytes or empty.
-    #[error("invalid interface name {0:?}: 1 to 15 characters")]
-    BadName(String),
+    /// An interface name the kernel would refuse; `reason` says why.
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The link does not exist.
     #[error("link {0} not found")]
     NotFound(String),
-    /// A netlink request failed.
-    #[error("cannot {op} {name}: {reason}")]
-    Netlink {
-        op: &'static str,
-        name: String,
-        reason: String,
+    /// The kernel refused an operation; `action` names the operation and its object, e.g.
+    /// "create veth qlv1234/qlc1234" or "set mtu 70000 on qlv1234".
+    #[error("cannot {action}: {source}")]
+    Kernel {
+        /// Operation and object.
+        action: String,
+        /// The kernel's answer (`raw_os_error` is the errno when there is one).
+        source: io::Error,
     },
-    /// A sysctl could not be written.
-    #[error("cannot set sysctl {key}={value}: {reason}")]
-    Sysctl {
+    /// A sysctl key that names no file under `/proc/sys` (see [`sysctl_path`]).
+    #[error("invalid sysctl key {key:?}: {reason}")]
+    InvalidSysctl {
+        /// The key as given.
         key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A sysctl could not be read or written.
+    #[error("cannot set sysctl {key}={value}: {source}")]
+    Sysctl {
+        /// The key as given.
+        key: String,
+        /// The value to write.
         value: String,
-        reason: String,
+        /// Why the file could not be written.
+        source: io::Error,
+    },
+    /// The network namespace could not be entered.
+    #[error("cannot enter network namespace {}: {source}", path.display())]
+    Netns {
+        /// The namespace file, e.g. `/run/netns/h1`.
+        path: PathBuf,
+        /// Why it could not be opened or entered.
+        source: io::Error,
     },
 }
 
-/// Checks a Linux interface name.
+/// Checks a Linux interface name as the kernel's `dev_valid_name` does: 1 to 15 bytes, not
+/// `.` or `..`, without `/`, `:` or whitespace.
 pub fn check_name(name: &str) -> Result<(), LinkError> {
-    if name.is_empty()
-        || name.len() > 15
-        || name.contains('/')
-        || name.contains(char::is_whitespace)
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() > 15 {
+        "longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "reserved"
+    } else if name.contains(['/', ':']) || name.contains(char::is_whitespace) {
+        "contains '/', ':' or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(LinkError::InvalidName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// Maps a sysctl key to its file under `/proc/sys`, accepting the two spellings of
+/// `sysctl(8)`:
+///
+/// - with slashes (`net/ipv4/conf/eth0.100/rp_filter`), every part is a path component;
+/// - with dots (`net.ipv4.ip_forward`), dots separate the components, except in the
+///   per-interface trees `net.ipv4.conf`, `net.ipv6.conf`, `net.ipv4.neigh`,
+///   `net.ipv6.neigh` and `net.mpls.conf`, where everything between the fourth component and
+///   the last one is the interface name: `net.ipv4.conf.eth0.100.rp_filter` is
+///   `net/ipv4/conf/eth0.100/rp_filter`. Interface names with dots thus work in both.
+///
+/// Empty, `.` and `..` components are refused.
+pub fn sysctl_path(key: &str) -> Result<PathBuf, LinkError> {
+    let bad = |reason| LinkError::InvalidSysctl {
+        key: key.to_string(),
+        reason,
+    };
+    let parts: Vec<&str> = if key.contains('/') {
+        key.split('/').collect()
+    } else {
+        let dotted: Vec<&str> = key.split('.').collect();
+        let per_iface = matches!(
+            dotted.get(..3),
+            Some(["net", "ipv4" | "ipv6", "conf" | "neigh"] | ["net", "mpls", "conf"])
+        );
+        if per_iface && dotted.len() >= 5 {
+            let head_len: usize = dotted[..3].iter().map(|p| p.len() + 1).sum();
+            let leaf = dotted[dotted.len() - 1];
+            let iface = &key[head_len..key.len() - leaf.len() - 1];
+            let mut parts = dotted[..3].to_vec();
+            parts.extend([iface, leaf]);
+            parts
+        } else {
+            dotted
+        }
+    };
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
     {
-        return Err(LinkError::BadName(name.to_string()));
+        return Err(bad("empty, '.' or '..' component"));
     }
-    Ok(())
+    let mut path = PathBuf::from("/proc/sys");
+    path.extend(parts);
+    Ok(path)
 }
 
 /// Links, addresses and sysctls of one network namespace.
 #[async_trait]
 pub trait Links: Send + Sync {
-    /// Creates a veth pair, host end up, both ends with `mtu`, the peer with `peer_mac`.
+    /// Creates a veth pair with both ends in this namespace, in one request: both ends with
+    /// `mtu`, the host end up, the peer down with `peer_mac` (random when `None`). Fails
+    /// with `EEXIST` when either name is taken.
     async fn create_veth(
         &self,
         host: &str,
@@ -78,25 +175,27 @@ pub trait Links: Send + Sync {
         mtu: u32,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<(), LinkError>;
-    /// Deletes a link; absent is fine.
+    /// Deletes a link (both ends, for a veth); absent is fine.
     async fn delete_link(&self, name: &str) -> Result<(), LinkError>;
     /// One link, if it exists.
     async fn link(&self, name: &str) -> Result<Option<LinkInfo>, LinkError>;
-    /// Every link whose name starts with `prefix`.
+    /// Every link whose name starts with `prefix`, in index order.
     async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfo>, LinkError>;
-    /// Sets a link up (no-op when it is).
+    /// Sets a link up; already up is fine.
     async fn set_up(&self, name: &str) -> Result<(), LinkError>;
-    /// Sets a link's MTU (no-op when it has it).
+    /// Sets a link's MTU; already set is fine.
     async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), LinkError>;
-    /// Addresses of a link.
+    /// Addresses of a link, IPv4 and IPv6 (link-local ones included).
     async fn addresses(&self, name: &str) -> Result<Vec<ipnet::IpNet>, LinkError>;
-    /// Adds an address; present is fine.
+    /// Adds an address (host bits kept: `10.0.0.1/24`); already present is fine.
     async fn add_address(&self, name: &str, addr: ipnet::IpNet) -> Result<(), LinkError>;
     /// Removes an address; absent is fine.
     async fn del_address(&self, name: &str, addr: ipnet::IpNet) -> Result<(), LinkError>;
-    /// Turns TX checksum offload off, like `ethtool -K name tx off`.
+    /// Turns TX checksum offload off, like `ethtool -K name tx off`; the kernel then also
+    /// drops the segmentation offloads that depend on it (TSO, USO); GSO stays on.
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError>;
-    /// Writes a sysctl given with dots (`net.ipv4.conf.qlb1.route_localnet`); the parts are
-    /// path components, so interface names must not contain dots.
+    /// Writes a sysctl of this namespace, keyed as [`sysctl_path`] describes; the file is
+    /// left alone when it already holds `value` (writing `net.ipv4.ip_forward` has side
+    /// effects even when unchanged).
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError>;
 }

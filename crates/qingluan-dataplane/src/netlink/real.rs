@@ -1,26 +1,127 @@
-//! The rtnetlink implementation of [`Links`], in the daemon's network namespace.
+//! The rtnetlink implementation of [`Links`], for the current or another network namespace.
+//!
+//! A netlink socket acts on the namespace it was created in, whichever thread uses it later;
+//! so does the `AF_INET` socket used for ethtool ioctls. Both are created once, inside the
+//! target namespace. `/proc/sys/net`, on the other hand, shows the namespace of the thread
+//! that opens the file, so sysctls of another namespace are written from a short-lived
+//! thread that entered it (never from a pooled thread, which would stay there).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use nix::sched::CloneFlags;
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType};
+use rtnetlink::sys::TokioSocket;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 
-use super::{check_name, LinkError, LinkInfo, Links};
+use super::{check_name, sysctl_path, LinkError, LinkInfo, Links};
 
-/// Links over one rtnetlink connection.
+/// Links of one network namespace, over one rtnetlink connection whose task runs on the
+/// tokio runtime that created it (so the value must not outlive that runtime).
 pub struct NetlinkLinks {
+    /// Request handle of the connection task.
     handle: Handle,
+    /// `AF_INET` datagram socket of the namespace, for ethtool ioctls.
+    ioctl_sock: Arc<OwnedFd>,
+    /// The namespace entered for sysctls; `None` for the current one.
+    netns: Option<Arc<Netns>>,
+}
+
+/// An open network namespace file.
+struct Netns {
+    /// Its path, for errors.
+    path: PathBuf,
+    /// The open file, for `setns`.
+    file: File,
+}
+
+impl Netns {
+    /// Runs `f` on a new thread inside the namespace and waits for it. `setns` moves only the
+    /// calling thread, and this one ends with `f`, so nothing else ever runs there.
+    fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce() -> Result<T, LinkError> + Send + 'static,
+    ) -> Result<T, LinkError> {
+        let ns = Arc::clone(self);
+        let entered = move || {
+            nix::sched::setns(&ns.file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                LinkError::Netns {
+                    path: ns.path.clone(),
+                    source: e.into(),
+                }
+            })?;
+            f()
+        };
+        let thread = std::thread::Builder::new()
+            .name("qingluan-netns".into())
+            .spawn(entered)
+            .map_err(|source| LinkError::Netns {
+                path: self.path.clone(),
+                source,
+            })?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
 }
 
 impl NetlinkLinks {
-    /// Opens a netlink connection in the current namespace; needs a tokio runtime.
-    pub fn new() -> std::io::Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
-        Ok(NetlinkLinks { handle })
+    /// Opens the links of the current network namespace. Panics outside a tokio runtime.
+    pub fn new() -> Result<Self, LinkError> {
+        let (netlink, ioctl) = open_sockets()?;
+        Ok(Self::start(netlink, ioctl, None))
     }
 
+    /// Opens the links of the network namespace at `path` (e.g. `/run/netns/h1`): the
+    /// sockets are created by a thread that entered it, and sysctls are written the same
+    /// way. The caller's threads never change namespace. Panics outside a tokio runtime.
+    pub fn in_netns(path: &Path) -> Result<Self, LinkError> {
+        let file = File::open(path).map_err(|source| LinkError::Netns {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let netns = Arc::new(Netns {
+            path: path.to_path_buf(),
+            file,
+        });
+        let (netlink, ioctl) = netns.run(open_sockets)?;
+        Ok(Self::start(netlink, ioctl, Some(netns)))
+    }
+
+    /// Spawns the connection task on the netlink socket.
+    fn start(netlink: OwnedFd, ioctl: OwnedFd, netns: Option<Arc<Netns>>) -> Self {
+        // SAFETY: `netlink` is an open netlink socket; its ownership moves to the TokioSocket
+        // (which registers it with the runtime's reactor, panicking outside a runtime).
+        let socket = unsafe { TokioSocket::from_raw_fd(netlink.into_raw_fd()) };
+        let (connection, handle, _) = rtnetlink::from_socket(socket);
+        tokio::spawn(connection);
+        NetlinkLinks {
+            handle,
+            ioctl_sock: Arc::new(ioctl),
+            netns,
+        }
+    }
+
+    /// Sets attributes of a link named in `msg`; `ENODEV` is [`LinkError::NotFound`].
+    async fn set(&self, name: &str, action: String, msg: LinkMessage) -> Result<(), LinkError> {
+        check_name(name)?;
+        match self.handle.link().set(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Err(LinkError::NotFound(name.into())),
+            Err(e) => Err(kernel(action, e)),
+        }
+    }
+
+    /// Index of an existing link.
     async fn index(&self, name: &str) -> Result<u32, LinkError> {
         self.link(name)
             .await?
@@ -28,24 +129,57 @@ impl NetlinkLinks {
             .ok_or_else(|| LinkError::NotFound(name.to_string()))
     }
 
-    async fn set(&self, op: &'static str, name: &str, msg: LinkMessage) -> Result<(), LinkError> {
+    /// Address messages of a link.
+    async fn address_messages(&self, name: &str) -> Result<Vec<AddressMessage>, LinkError> {
+        let index = self.index(name).await?;
         self.handle
-            .link()
-            .set(msg)
+            .address()
+            .get()
+            .set_link_index_filter(index)
             .execute()
+            .try_collect()
             .await
-            .map_err(|e| nl(op, name, e))
+            .map_err(|e| kernel(format!("list addresses of {name}"), e))
     }
 }
 
-fn nl(op: &'static str, name: &str, e: rtnetlink::Error) -> LinkError {
-    LinkError::Netlink {
-        op,
-        name: name.to_string(),
-        reason: e.to_string(),
+/// Creates the netlink and ioctl sockets, in the calling thread's namespace.
+fn open_sockets() -> Result<(OwnedFd, OwnedFd), LinkError> {
+    let open = |family, protocol: Option<SockProtocol>, what: &str| {
+        nix::sys::socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, protocol)
+            .map_err(|e| LinkError::Kernel {
+                action: format!("open {what} socket"),
+                source: e.into(),
+            })
+    };
+    Ok((
+        open(
+            AddressFamily::Netlink,
+            Some(SockProtocol::NetlinkRoute),
+            "a netlink",
+        )?,
+        open(AddressFamily::Inet, None, "an ioctl")?,
+    ))
+}
+
+/// The errno of a netlink error answer.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
     }
 }
 
+/// A refused operation; netlink answers become plain OS errors ("File exists (os error 17)").
+fn kernel(action: String, e: rtnetlink::Error) -> LinkError {
+    let source = match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    };
+    LinkError::Kernel { action, source }
+}
+
+/// Our view of a link message.
 fn info(msg: &LinkMessage) -> LinkInfo {
     let mut l = LinkInfo {
         name: String::new(),
@@ -53,15 +187,18 @@ fn info(msg: &LinkMessage) -> LinkInfo {
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         mac: None,
+        kind: None,
     };
     for a in &msg.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(m) => l.mtu = *m,
-            LinkAttribute::Address(mac) if mac.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(mac);
-                l.mac = Some(m);
+            LinkAttribute::Address(mac) => l.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            LinkAttribute::LinkInfo(infos) => {
+                l.kind = infos.iter().find_map(|i| match i {
+                    NlLinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                })
             }
             _ => {}
         }
@@ -69,16 +206,13 @@ fn info(msg: &LinkMessage) -> LinkInfo {
     l
 }
 
-fn is_enodev(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
-}
-
-fn addr_of(msg: &AddressMessage) -> Option<ipnet::IpNet> {
-    let ip = msg.attributes.iter().find_map(|a| match a {
+/// The local address of an address message, with its prefix.
+fn address(msg: &AddressMessage) -> Option<ipnet::IpNet> {
+    let local = msg.attributes.iter().find_map(|a| match a {
         AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
-    let ip = ip.or_else(|| {
+    let ip = local.or_else(|| {
         msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
@@ -87,50 +221,72 @@ fn addr_of(msg: &AddressMessage) -> Option<ipnet::IpNet> {
     ipnet::IpNet::new(ip, msg.header.prefix_len).ok()
 }
 
+/// `struct ethtool_value` of `<linux/ethtool.h>`.
 #[repr(C)]
 struct EthtoolValue {
     cmd: u32,
     data: u32,
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    data: *mut libc::c_void,
-    pad: [u8; 16],
-}
-
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// `ETHTOOL_STXCSUM`: sets all TX checksum features at once (`NETIF_F_CSUM_MASK` plus SCTP
+/// and FCoE CRC), exactly the set `ethtool -K dev tx off` clears with `ETHTOOL_SFEATURES`.
 const ETHTOOL_STXCSUM: u32 = 0x17;
 
-fn tx_off_blocking(name: &str) -> std::io::Result<()> {
+nix::ioctl_readwrite_bad!(siocethtool, libc::SIOCETHTOOL, libc::ifreq);
+
+/// Turns TX checksum offload off with an ethtool ioctl on `sock`.
+fn ethtool_tx_off(sock: &OwnedFd, name: &str) -> io::Result<()> {
     let mut value = EthtoolValue {
         cmd: ETHTOOL_STXCSUM,
         data: 0,
     };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value as *mut EthtoolValue as *mut libc::c_void,
-        pad: [0; 16],
-    };
-    for (i, b) in name.bytes().enumerate() {
-        req.name[i] = b as libc::c_char;
+    // SAFETY: `ifreq` is plain data (a name and a union of integers and pointers), for which
+    // all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // `check_name` allows at most 15 bytes: the name stays NUL-terminated.
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
     }
-    // SAFETY: a plain datagram socket; the ioctl reads `req` and the ethtool_value it points
-    // to, both alive for the duration of the call; the fd is closed right after.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let r = libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if r < 0 {
-            return Err(err);
-        }
-    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: `req` names the device and points at `value`, both alive during the call; the
+    // kernel reads the `ethtool_value` for ETHTOOL_STXCSUM and writes nothing back.
+    unsafe { siocethtool(sock.as_raw_fd(), &mut req) }?;
     Ok(())
+}
+
+/// Writes a sysctl file unless it already holds `value`.
+fn write_sysctl(key: &str, value: &str) -> Result<(), LinkError> {
+    let path = sysctl_path(key)?;
+    let err = |source| LinkError::Sysctl {
+        key: key.to_string(),
+        value: value.to_string(),
+        source,
+    };
+    if std::fs::read_to_string(&path).map_err(err)?.trim() == value.trim() {
+        return Ok(());
+    }
+    std::fs::write(&path, value).map_err(err)
+}
+
+/// Runs blocking `f` on tokio's blocking pool, inside `netns` if given.
+async fn blocking<T: Send + 'static>(
+    netns: Option<Arc<Netns>>,
+    f: impl FnOnce() -> Result<T, LinkError> + Send + 'static,
+) -> Result<T, LinkError> {
+    let task = tokio::task::spawn_blocking(move || match netns {
+        Some(ns) => ns.run(f),
+        None => f(),
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(LinkError::Kernel {
+                action: "run a blocking task".into(),
+                source: io::Error::other(e),
+            }),
+        },
+    }
 }
 
 #[async_trait]
@@ -144,184 +300,131 @@ impl Links for NetlinkLinks {
     ) -> Result<(), LinkError> {
         check_name(host)?;
         check_name(peer)?;
-        let shown = format!("veth {host}/{peer}");
+        let mut peer_msg = LinkUnspec::new_with_name(peer).mtu(mtu);
+        if let Some(mac) = peer_mac {
+            peer_msg = peer_msg.address(mac.to_vec());
+        }
+        let msg = LinkVeth::new(host, peer)
+            .mtu(mtu)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
         self.handle
             .link()
-            .add(LinkVeth::new(host, peer).mtu(mtu).up().build())
+            .add(msg)
             .execute()
             .await
-            .map_err(|e| nl("create", &shown, e))?;
-        let mut b = LinkUnspec::new_with_name(peer).mtu(mtu);
-        if let Some(mac) = peer_mac {
-            b = b.address(mac.to_vec());
-        }
-        self.set("configure", peer, b.build()).await
+            .map_err(|e| kernel(format!("create veth {host}/{peer}"), e))?;
+        tracing::debug!(host, peer, mtu, "veth created");
+        Ok(())
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), LinkError> {
-        let Some(l) = self.link(name).await? else {
-            return Ok(());
-        };
-        match self.handle.link().del(l.index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_enodev(&e) => Ok(()),
-            Err(e) => Err(nl("delete", name, e)),
+        check_name(name)?;
+        let msg = LinkUnspec::new_with_name(name).build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => {
+                tracing::debug!(name, "link deleted");
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(kernel(format!("delete link {name}"), e)),
         }
     }
 
     async fn link(&self, name: &str) -> Result<Option<LinkInfo>, LinkError> {
         check_name(name)?;
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match s.try_next().await {
-            Ok(Some(m)) => Ok(Some(info(&m))),
-            Ok(None) => Ok(None),
-            Err(e) if is_enodev(&e) => Ok(None),
-            Err(e) => Err(nl("look up", name, e)),
+        let mut answers = self.handle.link().get().match_name(name).execute();
+        match answers.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(info)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(kernel(format!("look up link {name}"), e)),
         }
     }
 
     async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfo>, LinkError> {
-        let mut s = self.handle.link().get().execute();
-        let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(|e| nl("list", "links", e))? {
-            let l = info(&m);
-            if l.name.starts_with(prefix) {
-                out.push(l);
-            }
-        }
-        Ok(out)
+        let all: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("list links".into(), e))?;
+        Ok(all
+            .iter()
+            .map(info)
+            .filter(|l| l.name.starts_with(prefix))
+            .collect())
     }
 
     async fn set_up(&self, name: &str) -> Result<(), LinkError> {
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| LinkError::NotFound(name.into()))?;
-        if l.up {
-            return Ok(());
-        }
-        self.set(
-            "set up",
-            name,
-            LinkUnspec::new_with_index(l.index).up().build(),
-        )
-        .await
+        let msg = LinkUnspec::new_with_name(name).up().build();
+        self.set(name, format!("set {name} up"), msg).await
     }
 
     async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), LinkError> {
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| LinkError::NotFound(name.into()))?;
-        if l.mtu == mtu {
-            return Ok(());
-        }
-        self.set(
-            "set mtu on",
-            name,
-            LinkUnspec::new_with_index(l.index).mtu(mtu).build(),
-        )
-        .await
+        let msg = LinkUnspec::new_with_name(name).mtu(mtu).build();
+        self.set(name, format!("set mtu {mtu} on {name}"), msg)
+            .await
     }
 
     async fn addresses(&self, name: &str) -> Result<Vec<ipnet::IpNet>, LinkError> {
-        let idx = self.index(name).await?;
-        let mut s = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(idx)
-            .execute();
-        let mut out = Vec::new();
-        while let Some(m) = s
-            .try_next()
-            .await
-            .map_err(|e| nl("list addresses of", name, e))?
-        {
-            if m.header.index == idx {
-                out.extend(addr_of(&m));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .address_messages(name)
+            .await?
+            .iter()
+            .filter_map(address)
+            .collect())
     }
 
     async fn add_address(&self, name: &str, addr: ipnet::IpNet) -> Result<(), LinkError> {
-        if self.addresses(name).await?.contains(&addr) {
-            return Ok(());
-        }
-        let idx = self.index(name).await?;
-        self.handle
+        let index = self.index(name).await?;
+        let request = self
+            .handle
             .address()
-            .add(idx, addr.addr(), addr.prefix_len())
-            .execute()
-            .await
-            .map_err(|e| nl("add address to", name, e))
+            .add(index, addr.addr(), addr.prefix_len());
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(kernel(format!("add address {addr} to {name}"), e)),
+        }
     }
 
     async fn del_address(&self, name: &str, addr: ipnet::IpNet) -> Result<(), LinkError> {
-        let idx = self.index(name).await?;
-        let mut s = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(idx)
-            .execute();
-        while let Some(m) = s
-            .try_next()
-            .await
-            .map_err(|e| nl("list addresses of", name, e))?
-        {
-            if m.header.index == idx && addr_of(&m) == Some(addr) {
-                return self
-                    .handle
-                    .address()
-                    .del(m)
-                    .execute()
-                    .await
-                    .map_err(|e| nl("delete address from", name, e));
-            }
+        let Some(msg) = self
+            .address_messages(name)
+            .await?
+            .into_iter()
+            .find(|m| address(m) == Some(addr))
+        else {
+            return Ok(());
+        };
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            Err(e) => Err(kernel(format!("delete address {addr} from {name}"), e)),
         }
-        Ok(())
     }
 
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError> {
         check_name(name)?;
-        let n = name.to_string();
-        tokio::task::spawn_blocking(move || tx_off_blocking(&n))
-            .await
-            .map_err(|e| LinkError::Netlink {
-                op: "turn tx checksum offload off on",
-                name: name.into(),
-                reason: e.to_string(),
-            })?
-            .map_err(|e| LinkError::Netlink {
-                op: "turn tx checksum offload off on",
-                name: name.into(),
-                reason: e.to_string(),
+        let sock = Arc::clone(&self.ioctl_sock);
+        let owned = name.to_string();
+        blocking(None, move || {
+            ethtool_tx_off(&sock, &owned).map_err(|source| match source.raw_os_error() {
+                Some(libc::ENODEV) => LinkError::NotFound(owned.clone()),
+                _ => LinkError::Kernel {
+                    action: format!("turn tx checksum offload off on {owned}"),
+                    source,
+                },
             })
+        })
+        .await
     }
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError> {
-        let err = |reason: String| LinkError::Sysctl {
-            key: key.into(),
-            value: value.into(),
-            reason,
-        };
-        if key.contains('/') || key.contains("..") {
-            return Err(err("invalid key".into()));
-        }
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        if std::fs::read_to_string(&path)
-            .map(|v| v.trim() == value)
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        std::fs::write(&path, value).map_err(|e| err(e.to_string()))
+        let (key, value) = (key.to_string(), value.to_string());
+        blocking(self.netns.clone(), move || write_sysctl(&key, &value)).await
     }
 }
