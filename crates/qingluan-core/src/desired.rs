@@ -113,7 +113,7 @@ pub fn build(
     for net in networks {
         let eps: Vec<&Endpoint> = endpoints
             .iter()
-            .filter(|e| e.network_id == net.id)
+            .filter(|e| e.network_id == net.id && e.conflict.is_none())
             .collect();
         modes::driver(net.mode).build(&Ctx { settings, facts }, net, &eps, &mut d);
     }

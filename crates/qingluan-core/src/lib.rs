@@ -5,6 +5,8 @@
 //! sequences a plugin call (validate → persist → apply) and `reconcile` the one place that
 //! drives the system adapters of `qingluan-dataplane`.
 
+pub mod cluster;
+pub mod cluster_sync;
 pub mod desired;
 pub mod ipam;
 pub mod membership;

@@ -86,6 +86,12 @@ pub struct Network {
     pub options: std::collections::BTreeMap<String, String>,
     /// Seconds since the epoch when the network was created.
     pub created: u64,
+    /// VLAN ID or VNI (vlan, vxlan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// The cluster key for networks shared by hosts (`vxlan-5001`, see `cluster.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 impl Network {
@@ -130,6 +136,11 @@ pub struct Endpoint {
     pub sandbox: Option<String>,
     /// Seconds since the epoch when the endpoint was created.
     pub created: u64,
+    /// On a cluster network: the host that holds this endpoint's address now (it was
+    /// reclaimed while this host was gone and handed out again). Such an endpoint is kept
+    /// off the network so no address is ever on it twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
 }
 
 impl Endpoint {

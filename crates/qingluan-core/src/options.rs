@@ -16,8 +16,14 @@ pub enum OptionError {
     #[error("unknown model {0:?} (models: nonat, nat, flat, vlan, vxlan)")]
     UnknownModel(String),
     /// A mode this build does not provide yet.
-    #[error("model {0} is not available yet (available: nonat, nat)")]
+    #[error("model {0} is not available yet (available: nonat, nat, vxlan)")]
     ModelUnavailable(Mode),
+    /// A mode that needs `--opt vni` got none.
+    #[error("model {0} needs --opt vni=<{1}> (and the same --ipam-opt vni)")]
+    VniMissing(Mode, &'static str),
+    /// A VNI or VLAN ID out of range or not a number.
+    #[error("invalid vni {value:?} for model {mode}: must be a number from 1 to {max}")]
+    InvalidVni { value: String, mode: Mode, max: u32 },
     /// A driver option we do not know for this mode.
     #[error("unknown option {key:?} for model {mode} (valid options: {valid})")]
     UnknownOption {
@@ -46,6 +52,8 @@ pub struct NetworkOptions {
     pub mode: Mode,
     /// The MTU asked for, if any.
     pub mtu: Option<u32>,
+    /// VLAN ID or VNI (vlan, vxlan).
+    pub vni: Option<u32>,
 }
 
 /// Keys every mode accepts.
@@ -63,16 +71,24 @@ pub fn network_options(
     let mode: Mode = model
         .parse()
         .map_err(|_| OptionError::UnknownModel(model.to_string()))?;
-    if !matches!(mode, Mode::Nonat | Mode::Nat) {
-        return Err(OptionError::ModelUnavailable(mode));
+    let mut valid = COMMON_KEYS.to_vec();
+    match mode {
+        Mode::Nonat | Mode::Nat => {}
+        Mode::Vxlan => valid.push("vni"),
+        Mode::Flat | Mode::Vlan => return Err(OptionError::ModelUnavailable(mode)),
     }
-    if let Some(key) = generic.keys().find(|k| !COMMON_KEYS.contains(&k.as_str())) {
+    if let Some(key) = generic.keys().find(|k| !valid.contains(&k.as_str())) {
         return Err(OptionError::UnknownOption {
             key: key.clone(),
             mode,
-            valid: COMMON_KEYS.join(", "),
+            valid: valid.join(", "),
         });
     }
+    let vni = match (mode, generic.get("vni")) {
+        (Mode::Vxlan, None) => return Err(OptionError::VniMissing(mode, "1-16777215")),
+        (Mode::Vxlan, Some(v)) => Some(parse_vni(v, mode, 16_777_215)?),
+        _ => None,
+    };
     let parse = |v: &String| -> Result<u32, OptionError> {
         v.trim()
             .parse::<u32>()
@@ -86,7 +102,20 @@ pub fn network_options(
         (Some(a), Some(b)) if a != b => return Err(OptionError::MtuConflict(a, b)),
         (a, b) => a.or(b),
     };
-    Ok(NetworkOptions { mode, mtu })
+    Ok(NetworkOptions { mode, mtu, vni })
+}
+
+/// A VNI or VLAN ID: a number from 1 to `max`.
+fn parse_vni(v: &str, mode: Mode, max: u32) -> Result<u32, OptionError> {
+    v.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| OptionError::InvalidVni {
+            value: v.to_string(),
+            mode,
+            max,
+        })
 }
 
 /// One entry of Docker's `com.docker.network.portmap`, as numbers and strings.
@@ -179,10 +208,30 @@ mod tests {
             "unknown model \"bogus\" (models: nonat, nat, flat, vlan, vxlan)"
         );
         assert_eq!(
+            network_options(&opts(&[("model", "vlan")]), "nat")
+                .unwrap_err()
+                .to_string(),
+            "model vlan is not available yet (available: nonat, nat, vxlan)"
+        );
+        assert_eq!(
             network_options(&opts(&[("model", "vxlan")]), "nat")
                 .unwrap_err()
                 .to_string(),
-            "model vxlan is not available yet (available: nonat, nat)"
+            "model vxlan needs --opt vni=<1-16777215> (and the same --ipam-opt vni)"
+        );
+        for bad in ["0", "16777216", "ten"] {
+            assert_eq!(
+                network_options(&opts(&[("model", "vxlan"), ("vni", bad)]), "nat")
+                    .unwrap_err()
+                    .to_string(),
+                format!("invalid vni {bad:?} for model vxlan: must be a number from 1 to 16777215")
+            );
+        }
+        assert_eq!(
+            network_options(&opts(&[("model", "vxlan"), ("vni", "5001")]), "nat")
+                .unwrap()
+                .vni,
+            Some(5001)
         );
         assert_eq!(
             network_options(&opts(&[("colour", "red")]), "nat").unwrap_err().to_string(),

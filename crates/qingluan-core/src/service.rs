@@ -14,6 +14,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use tokio::sync::{Mutex, RwLock};
 
+use crate::cluster::{self, ClusterEndpoint, ClusterError, ClusterNetwork};
 use crate::desired::{self, Desired, HostFacts};
 use crate::ipam::{Ipam, IpamError};
 use crate::model::{self, Endpoint, Mac, Mode, Network, PortMapping, ENDPOINTS, NETWORKS};
@@ -56,6 +57,9 @@ pub enum ServiceError {
     /// OVS could not be asked about the host.
     #[error("{0}")]
     Ovs(String),
+    /// The cluster refused.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -108,8 +112,12 @@ pub struct CreateEndpoint {
 pub struct Driver {
     /// Settings.
     pub settings: Settings,
-    /// Records.
+    /// This host's records.
     store: Arc<dyn Store>,
+    /// The cluster store (cluster networks, every host's endpoints).
+    pub(crate) cluster: Arc<dyn Store>,
+    /// This host's ID in the cluster.
+    pub host: String,
     /// IPAM.
     pub ipam: Arc<Ipam>,
     /// The reconciler.
@@ -118,6 +126,16 @@ pub struct Driver {
     facts: RwLock<Option<HostFacts>>,
     /// Serialises calls.
     lock: Mutex<()>,
+}
+
+/// Where a driver keeps its records.
+pub struct Stores {
+    /// This host's own records.
+    pub local: Arc<dyn Store>,
+    /// The cluster store; the local one on a single host.
+    pub cluster: Arc<dyn Store>,
+    /// This host's ID.
+    pub host: String,
 }
 
 /// The datapath type to use given the setting and whether the kernel module is loaded.
@@ -133,18 +151,30 @@ impl Driver {
     /// A driver over a store, IPAM and reconciler.
     pub fn new(
         settings: Settings,
-        store: Arc<dyn Store>,
+        stores: Stores,
         ipam: Arc<Ipam>,
         reconciler: Reconciler,
     ) -> Self {
         Driver {
             settings,
-            store,
+            store: stores.local,
+            cluster: stores.cluster,
+            host: stores.host,
             ipam,
             reconciler,
             facts: RwLock::new(None),
             lock: Mutex::new(()),
         }
+    }
+
+    /// Takes the call lock (background work that edits records).
+    pub(crate) async fn locked(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// This host's store.
+    pub(crate) fn local_store(&self) -> &dyn Store {
+        &*self.store
     }
 
     /// The reconciler.
@@ -180,6 +210,16 @@ impl Driver {
     /// Every network.
     pub async fn networks(&self) -> Result<Vec<Network>, ServiceError> {
         Ok(list_json(&*self.store, NETWORKS).await?)
+    }
+
+    /// Every network by ID.
+    pub async fn networks_by_id(&self) -> Result<BTreeMap<String, Network>, ServiceError> {
+        Ok(self
+            .networks()
+            .await?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect())
     }
 
     /// Every endpoint.
@@ -293,19 +333,78 @@ impl Driver {
             ipv6,
             options: req.generic.clone(),
             created: model::now(),
+            vni: opts.vni,
+            cluster: cluster::network_key(opts.mode, opts.vni),
         };
         let _g = self.lock.lock().await;
+        let created = match &net.cluster {
+            Some(k) => Some(self.declare(&net, k).await?),
+            None => None,
+        };
         let key = format!("{NETWORKS}{}", net.id);
-        self.commit(
-            vec![Op::Put(key.clone(), to_json(&net))],
-            vec![Op::Delete(key)],
-        )
-        .await
+        let done = self
+            .commit(
+                vec![Op::Put(key.clone(), to_json(&net))],
+                vec![Op::Delete(key)],
+            )
+            .await;
+        if let (Err(_), Some(k)) = (&done, &net.cluster) {
+            if created == Some(true) {
+                cluster::detach(&*self.cluster, k, &self.host).await?;
+            }
+        }
+        done
+    }
+
+    /// Records a cluster network for this host: checks that the IPAM subnet belongs to the
+    /// same cluster key (`--opt vni` and `--ipam-opt vni` agree), then joins or creates the
+    /// definition. Returns whether it was created.
+    async fn declare(&self, net: &Network, key: &str) -> Result<bool, ServiceError> {
+        let pool_id = crate::ipam::pool_id(key, IpNet::V4(net.subnet));
+        let subnet = self.ipam.subnet(&pool_id).await.map_err(|e| match e {
+            IpamError::UnknownPoolId(_) => ServiceError::Invalid(format!(
+                "subnet {} is not a qingluanIpam subnet of {key}: use --ipam-driver {}Ipam \
+                 --ipam-opt pool={} --ipam-opt vni={} (the same VNI as --opt vni)",
+                net.subnet,
+                self.settings.name,
+                net.mode,
+                net.vni.unwrap_or_default()
+            )),
+            other => other.into(),
+        })?;
+        let def = ClusterNetwork {
+            key: key.to_string(),
+            name: None,
+            mode: net.mode,
+            vni: net.vni,
+            subnet: net.subnet,
+            gateway: net.gateway,
+            ip_range: subnet.range.and_then(|r| match r {
+                IpNet::V4(v4) => Some(v4),
+                IpNet::V6(_) => None,
+            }),
+            pool: subnet.pool,
+            options: net.options.clone(),
+            internal: net.internal,
+            created_by: self.host.clone(),
+            created: model::now(),
+        };
+        Ok(cluster::declare(&*self.cluster, &def, &self.host, &net.id).await?)
     }
 
     /// DeleteNetwork: the network and any endpoint left on it.
     pub async fn delete_network(&self, id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
+        let known: Option<Network> = get_json(&*self.store, &format!("{NETWORKS}{id}")).await?;
+        if let Some(k) = known.and_then(|n| n.cluster) {
+            if cluster::networks(&*self.cluster)
+                .await?
+                .iter()
+                .any(|d| d.key == k)
+            {
+                cluster::detach(&*self.cluster, &k, &self.host).await?;
+            }
+        }
         let mut ops = vec![Op::Delete(format!("{NETWORKS}{id}"))];
         for ep in self
             .endpoints()
@@ -359,8 +458,28 @@ impl Driver {
             joined: false,
             sandbox: None,
             created: model::now(),
+            conflict: None,
         };
         let _g = self.lock.lock().await;
+        if net.cluster.is_some() {
+            let ckey = cluster::endpoint_key(&self.host, &ep.id);
+            let rec = self.cluster_endpoint(&net, &ep);
+            self.cluster
+                .txn(vec![], vec![Op::Put(ckey.clone(), to_json(&rec))])
+                .await?;
+            let key = format!("{ENDPOINTS}{}", ep.id);
+            let done = self
+                .commit(
+                    vec![Op::Put(key.clone(), to_json(&ep))],
+                    vec![Op::Delete(key)],
+                )
+                .await;
+            if done.is_err() {
+                self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+            }
+            done?;
+            return Ok(report.then_some(mac));
+        }
         let key = format!("{ENDPOINTS}{}", ep.id);
         self.commit(
             vec![Op::Put(key.clone(), to_json(&ep))],
@@ -368,6 +487,19 @@ impl Driver {
         )
         .await?;
         Ok(report.then_some(mac))
+    }
+
+    /// The cluster's record of an endpoint of this host.
+    pub(crate) fn cluster_endpoint(&self, net: &Network, ep: &Endpoint) -> ClusterEndpoint {
+        ClusterEndpoint {
+            id: ep.id.clone(),
+            host: self.host.clone(),
+            network_key: net.cluster.clone(),
+            network_id: net.id.clone(),
+            mode: net.mode,
+            address: ep.address,
+            mac: ep.mac,
+        }
     }
 
     /// Join: what Docker needs to plug the interface in.
@@ -415,6 +547,10 @@ impl Driver {
     /// DeleteEndpoint; unknown endpoints are fine.
     pub async fn delete_endpoint(&self, endpoint_id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
+        let ckey = cluster::endpoint_key(&self.host, endpoint_id);
+        if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
+            tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
+        }
         self.store
             .txn(
                 vec![],
@@ -547,12 +683,7 @@ impl Driver {
     ) -> Result<Vec<String>, ServiceError> {
         let _g = self.lock.lock().await;
         let now = model::now();
-        let nets: BTreeMap<String, Network> = self
-            .networks()
-            .await?
-            .into_iter()
-            .map(|n| (n.id.clone(), n))
-            .collect();
+        let nets = self.networks_by_id().await?;
         let mut removed = Vec::new();
         for ep in self.endpoints().await? {
             let Some(listed) = known.get(&ep.network_id) else {
@@ -562,7 +693,8 @@ impl Driver {
                 continue;
             }
             if let Some(net) = nets.get(&ep.network_id) {
-                let pool = crate::ipam::pool_id("host", IpNet::V4(net.subnet));
+                let domain = net.cluster.as_deref().unwrap_or("host");
+                let pool = crate::ipam::pool_id(domain, IpNet::V4(net.subnet));
                 self.ipam
                     .release_address(&pool, &ep.address.addr().to_string())
                     .await?;
@@ -570,6 +702,10 @@ impl Driver {
             self.store
                 .txn(vec![], vec![Op::Delete(format!("{ENDPOINTS}{}", ep.id))])
                 .await?;
+            let ckey = cluster::endpoint_key(&self.host, &ep.id);
+            if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
+                tracing::warn!(error = %e, "cluster record stays until the store is back");
+            }
             removed.push(ep.id);
         }
         if !removed.is_empty() {

@@ -26,6 +26,8 @@ fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
         ipv6: None,
         options: Default::default(),
         created: 0,
+        vni: None,
+        cluster: None,
     }
 }
 
@@ -45,6 +47,7 @@ fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
         joined: false,
         sandbox: None,
         created: 0,
+        conflict: None,
     }
 }
 

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use qingluan_core::ipam::Ipam;
 use qingluan_core::reconcile::{Adapters, Reconciler};
-use qingluan_core::service::Driver;
+use qingluan_core::service::{Driver, Stores};
 use qingluan_core::settings::Settings;
 use qingluan_dataplane::netfilter::FakeFirewall;
 use qingluan_dataplane::netlink::{FakeLinks, Links};
@@ -46,7 +46,12 @@ async fn harness() -> Harness {
         firewall: Arc::new(FakeFirewall::default()),
     };
     let reconciler = Reconciler::new(adapters, "qingluan", "ql");
-    let driver = Arc::new(Driver::new(settings, store, ipam.clone(), reconciler));
+    let stores = Stores {
+        local: store.clone(),
+        cluster: store,
+        host: "local".into(),
+    };
+    let driver = Arc::new(Driver::new(settings, stores, ipam.clone(), reconciler));
     Harness {
         plugin: Plugin {
             driver,

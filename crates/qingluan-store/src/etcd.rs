@@ -71,8 +71,8 @@ impl EtcdStore {
         namespace: &str,
     ) -> Result<EtcdStore, StoreError> {
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(2))
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_millis(1500))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2));
         if let Some(t) = tls {
             let mut o = TlsOptions::new();

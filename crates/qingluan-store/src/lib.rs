@@ -110,8 +110,8 @@ pub enum StoreError {
         /// The decoding error.
         reason: String,
     },
-    /// The store cannot be reached (remote backends).
-    #[error("store unreachable: {0}")]
+    /// The store cannot be reached: only the remote (cluster) backend can be.
+    #[error("cluster store unreachable: {0}")]
     Unreachable(String),
 }
 

@@ -117,7 +117,10 @@ async fn etcd_outage_fails_fast_and_recovers() {
         t.elapsed()
     );
     assert!(matches!(e, StoreError::Unreachable(_)), "{e}");
-    assert!(e.to_string().starts_with("store unreachable: "), "{e}");
+    assert!(
+        e.to_string().starts_with("cluster store unreachable: "),
+        "{e}"
+    );
     etcd.spawn();
     let end = Instant::now() + Duration::from_secs(20);
     loop {
@@ -174,6 +177,18 @@ async fn a_lazy_store_starts_while_etcd_is_down() {
     let Some(mut etcd) = Etcd::start() else {
         return;
     };
+    // Let etcd finish bootstrapping its data dir before killing it, or the restart below
+    // may find a half-written one.
+    let t = Instant::now();
+    loop {
+        if let Ok(probe) = EtcdStore::connect(&etcd.endpoint(), None, "/qlt/lazy/").await {
+            if probe.get("probe").await.is_ok() {
+                break;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "etcd never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     etcd.stop();
     let s = EtcdStore::lazy(&etcd.endpoint(), None, "/qlt/lazy/").unwrap();
     let t = Instant::now();
@@ -183,8 +198,16 @@ async fn a_lazy_store_starts_while_etcd_is_down() {
         "failed only after {:?}",
         t.elapsed()
     );
-    assert!(e.to_string().starts_with("store unreachable: "), "{e}");
+    assert!(
+        e.to_string().starts_with("cluster store unreachable: "),
+        "{e}"
+    );
     etcd.spawn();
-    put(&s, "a", b"1".to_vec()).await.unwrap();
+    // A freshly started etcd may still be electing itself leader: retry like the daemon.
+    let t = Instant::now();
+    while let Err(e) = put(&s, "a", b"1".to_vec()).await {
+        assert!(t.elapsed() < Duration::from_secs(10), "no recovery: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
 }

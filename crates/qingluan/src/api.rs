@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use qingluan_core::cluster::{ClusterEndpoint, ClusterError, ClusterNetwork};
 use qingluan_core::ipam::{Ipam, Pool, PoolKind};
 use qingluan_core::model::{Endpoint, Network};
 use qingluan_core::service::Driver;
@@ -21,7 +22,7 @@ use tokio::sync::RwLock;
 /// Shared state of the management API.
 #[derive(Clone)]
 pub struct Api {
-    /// The store (for cluster membership).
+    /// The cluster store (membership).
     pub store: Arc<dyn qingluan_store::Store>,
     /// The driver.
     pub driver: Arc<Driver>,
@@ -66,8 +67,36 @@ pub struct Status {
     pub endpoints: usize,
     /// Plugin call timings.
     pub calls: Vec<qingluan_plugin::MethodStats>,
-    /// The hosts sharing the store, with liveness.
-    pub hosts: Vec<qingluan_core::membership::HostStatus>,
+    /// The hosts sharing the store, with liveness and endpoint counts.
+    pub hosts: Vec<HostView>,
+    /// Why the cluster part is missing (the cluster store is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_error: Option<String>,
+    /// Local endpoints kept off their network: another host holds their address.
+    #[serde(default)]
+    pub conflicts: Vec<Endpoint>,
+}
+
+/// A host in `qingluan status`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct HostView {
+    /// Record and liveness.
+    #[serde(flatten)]
+    pub status: qingluan_core::membership::HostStatus,
+    /// Endpoints it has, as listed in the cluster store.
+    pub endpoints: usize,
+}
+
+/// A cluster network with its hosts, for `qingluan network ls`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ClusterNetworkView {
+    /// The definition.
+    #[serde(flatten)]
+    pub network: ClusterNetwork,
+    /// Hosts that have it (`attached`) or removed it locally (`detached`).
+    pub members: BTreeMap<String, bool>,
+    /// Endpoints on it per host.
+    pub endpoints: BTreeMap<String, usize>,
 }
 
 /// A `pool create` request.
@@ -102,6 +131,12 @@ pub fn router(api: Api) -> Router {
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{id}", get(network))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/cluster/endpoints", get(cluster_endpoints))
+        .route("/v1/cluster/networks", get(cluster_networks))
+        .route(
+            "/v1/cluster/networks/{name}",
+            delete(remove_cluster_network),
+        )
         .route("/v1/pools", get(pools).post(create_pool))
         .route("/v1/pools/{name}", delete(remove_pool))
         .with_state(api)
@@ -112,6 +147,10 @@ async fn status(State(api): State<Api>) -> Result<Json<Status>, ApiError> {
         Ok(f) => (f.datapath, f.userspace_tso),
         Err(e) => (format!("unknown ({e})"), false),
     };
+    let (hosts, cluster_error) = match host_views(&api).await {
+        Ok(h) => (h, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     Ok(Json(Status {
         name: api.driver.settings.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -121,10 +160,75 @@ async fn status(State(api): State<Api>) -> Result<Json<Status>, ApiError> {
         networks: api.driver.networks().await.map_err(internal)?.len(),
         endpoints: api.driver.endpoints().await.map_err(internal)?.len(),
         calls: api.stats.summary(),
-        hosts: qingluan_core::membership::hosts(&*api.store)
-            .await
-            .map_err(internal)?,
+        hosts,
+        cluster_error,
+        conflicts: api.driver.conflicted().await.map_err(internal)?,
     }))
+}
+
+async fn host_views(api: &Api) -> Result<Vec<HostView>, String> {
+    let hosts = qingluan_core::membership::hosts(&*api.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let eps = api
+        .driver
+        .cluster_endpoints()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(hosts
+        .into_iter()
+        .map(|h| HostView {
+            endpoints: eps.iter().filter(|e| e.host == h.host.id).count(),
+            status: h,
+        })
+        .collect())
+}
+
+async fn cluster_endpoints(State(api): State<Api>) -> Result<Json<Vec<ClusterEndpoint>>, ApiError> {
+    Ok(Json(
+        api.driver.cluster_endpoints().await.map_err(internal)?,
+    ))
+}
+
+async fn cluster_networks(
+    State(api): State<Api>,
+) -> Result<Json<Vec<ClusterNetworkView>>, ApiError> {
+    let eps = api.driver.cluster_endpoints().await.map_err(internal)?;
+    let mut out = Vec::new();
+    for (net, members) in api.driver.cluster_networks().await.map_err(internal)? {
+        let mut endpoints = BTreeMap::new();
+        for e in eps
+            .iter()
+            .filter(|e| e.network_key.as_deref() == Some(net.key.as_str()))
+        {
+            *endpoints.entry(e.host.clone()).or_insert(0) += 1;
+        }
+        out.push(ClusterNetworkView {
+            members: members.into_iter().map(|(h, m)| (h, m.attached)).collect(),
+            endpoints,
+            network: net,
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn remove_cluster_network(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<ClusterNetwork>, ApiError> {
+    use qingluan_core::service::ServiceError;
+    api.driver
+        .remove_cluster_network(&name)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            let code = match &e {
+                ServiceError::Cluster(ClusterError::NotFound(_)) => StatusCode::NOT_FOUND,
+                ServiceError::Cluster(ClusterError::InUse { .. }) => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError(code, e.to_string())
+        })
 }
 
 async fn views(api: &Api) -> Result<Vec<NetworkView>, ApiError> {

@@ -9,7 +9,7 @@ use qingluan_core::ipam::{PoolKind, PoolUsage};
 use qingluan_core::model::Endpoint;
 use serde::de::DeserializeOwned;
 
-use crate::api::{NetworkView, NewPool, Status};
+use crate::api::{ClusterNetworkView, NetworkView, NewPool, Status};
 use crate::http::request;
 
 /// Where and how to talk to the daemon.
@@ -78,20 +78,32 @@ impl Client {
         );
         println!("networks:   {}", s.networks);
         println!("endpoints:  {}", s.endpoints);
+        if let Some(e) = &s.cluster_error {
+            println!("\ncluster:    {e}");
+        }
+        for e in &s.conflicts {
+            println!(
+                "conflict:   endpoint {} ({}) is off its network: {} holds its address",
+                e.short_id(),
+                e.address,
+                e.conflict.as_deref().unwrap_or("?")
+            );
+        }
         println!(
-            "\n{:<20} {:<16} {:<10} {:<5}",
-            "HOST", "UNDERLAY", "VERSION", "STATE"
+            "\n{:<20} {:<16} {:<10} {:<5} {:>9}",
+            "HOST", "UNDERLAY", "VERSION", "STATE", "ENDPOINTS"
         );
         for h in &s.hosts {
             let ip = h
+                .status
                 .host
                 .underlay_ip
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "-".into());
-            let state = if h.up { "up" } else { "down" };
+            let state = if h.status.up { "up" } else { "down" };
             println!(
-                "{:<20} {:<16} {:<10} {:<5}",
-                h.host.id, ip, h.host.version, state
+                "{:<20} {:<16} {:<10} {:<5} {:>9}",
+                h.status.host.id, ip, h.status.host.version, state, h.endpoints
             );
         }
         if !s.calls.is_empty() {
@@ -141,6 +153,84 @@ impl Client {
                 n.network.gateway.to_string(),
                 n.network.bridge,
                 n.endpoints.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// `qingluan network ls --cluster`: the cluster's networks and which hosts have them.
+    pub async fn cluster_network_ls(&self) -> anyhow::Result<()> {
+        let (nets, raw): (Vec<ClusterNetworkView>, _) = self.get("/v1/cluster/networks").await?;
+        if self.json {
+            self.print_json(&raw);
+            return Ok(());
+        }
+        println!(
+            "{:<16} {:<14} {:<18} {:<15} {:<24} ENDPOINTS",
+            "NAME", "KEY", "SUBNET", "GATEWAY", "HOSTS"
+        );
+        for n in nets {
+            let hosts: Vec<String> = n
+                .members
+                .iter()
+                .map(|(h, a)| if *a { h.clone() } else { format!("({h})") })
+                .collect();
+            let eps: Vec<String> = n
+                .endpoints
+                .iter()
+                .map(|(h, c)| format!("{h}:{c}"))
+                .collect();
+            println!(
+                "{:<16} {:<14} {:<18} {:<15} {:<24} {}",
+                n.network.label(),
+                n.network.key,
+                n.network.subnet.to_string(),
+                n.network.gateway.to_string(),
+                hosts.join(","),
+                eps.join(",")
+            );
+        }
+        Ok(())
+    }
+
+    /// `qingluan network rm NAME`: removes a cluster network from every host.
+    pub async fn network_rm(&self, name: &str) -> anyhow::Result<()> {
+        self.call("DELETE", &format!("/v1/cluster/networks/{name}"), None)
+            .await?;
+        println!("{name}");
+        Ok(())
+    }
+
+    /// `qingluan endpoint ls --all`: every endpoint of the cluster with its host.
+    pub async fn endpoint_ls_all(&self) -> anyhow::Result<()> {
+        let (eps, raw): (Vec<qingluan_core::cluster::ClusterEndpoint>, _) =
+            self.get("/v1/cluster/endpoints").await?;
+        if self.json {
+            self.print_json(&raw);
+            return Ok(());
+        }
+        let (nets, _): (Vec<ClusterNetworkView>, _) = self.get("/v1/cluster/networks").await?;
+        let names = docker_names(&self.docker).await;
+        println!(
+            "{:<12} {:<14} {:<16} {:<6} {:<18} MAC",
+            "HOST", "ENDPOINT ID", "NETWORK", "MODE", "ADDRESS"
+        );
+        for e in eps {
+            let net = e
+                .network_key
+                .as_ref()
+                .and_then(|k| nets.iter().find(|n| &n.network.key == k))
+                .map(|n| n.network.label())
+                .or_else(|| names.get(&e.network_id).cloned())
+                .unwrap_or_else(|| e.network_id[..12.min(e.network_id.len())].to_string());
+            println!(
+                "{:<12} {:<14} {:<16} {:<6} {:<18} {}",
+                e.host,
+                &e.id[..12.min(e.id.len())],
+                net,
+                e.mode.to_string(),
+                e.address.to_string(),
+                e.mac
             );
         }
         Ok(())

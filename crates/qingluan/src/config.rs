@@ -25,13 +25,25 @@ pub struct Config {
 }
 
 /// `[cluster]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Host ID in the cluster; default the hostname.
     pub host_id: Option<String>,
     /// Underlay address for tunnels; default the address of the default route's interface.
     pub underlay_ip: Option<std::net::IpAddr>,
+    /// How long a host may be down before its addresses on cluster networks are reclaimed.
+    pub reclaim_after_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            host_id: None,
+            underlay_ip: None,
+            reclaim_after_secs: 300,
+        }
+    }
 }
 
 /// `[daemon]`.

@@ -10,7 +10,15 @@
 //!   `Plugin.Activate` (a new dockerd);
 //! - a flow audit every second, re-programming bridges whose sentinel flow is gone
 //!   (ovs-vswitchd restarted);
-//! - after an activation and every 60 s, endpoints Docker no longer knows are collected.
+//! - after an activation and every 60 s, endpoints Docker no longer knows are collected;
+//! - every 3 s the cluster agent keeps this host's entries in the cluster store true,
+//!   reclaims the addresses of hosts down longer than the grace period, and makes this
+//!   host's Docker match the cluster's networks (creating and removing them through the
+//!   Engine API).
+//!
+//! Stores: this host's records (nat/nonat networks, endpoints, the `host` IPAM domain) are
+//! always in the embedded redb file, so local networks never depend on etcd. The cluster
+//! store is etcd with `store.backend = "etcd"`, else the same redb file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -19,9 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use qingluan_core::cluster::Replication;
 use qingluan_core::ipam::Ipam;
 use qingluan_core::reconcile::{Adapters, Reconciler};
-use qingluan_core::service::Driver;
+use qingluan_core::service::{Driver, Stores};
 use qingluan_dataplane::netfilter::NftFirewall;
 use qingluan_dataplane::netlink::NetlinkLinks;
 use qingluan_dataplane::openflow::OfctlFlows;
@@ -62,9 +71,10 @@ fn serve(listener: UnixListener, router: axum::Router) {
     });
 }
 
-/// The configured store backend, chosen once.
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// The embedded store and the cluster store (the same one unless etcd is configured).
+async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Store>)> {
     let c = &config.store;
+    let embedded: Arc<dyn Store> = Arc::new(RedbStore::open(&c.path).await?);
     #[cfg(feature = "etcd")]
     if c.backend == "etcd" {
         let tls = qingluan_store::etcd::Tls {
@@ -78,9 +88,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             secure.then_some(&tls),
             &c.namespace,
         )?;
-        return Ok(Arc::new(store));
+        return Ok((embedded, Arc::new(store)));
     }
-    Ok(Arc::new(RedbStore::open(&c.path).await?))
+    Ok((embedded.clone(), embedded))
 }
 
 /// This host as it registers itself in the store.
@@ -118,15 +128,15 @@ fn default_route_address() -> Option<std::net::IpAddr> {
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.settings();
-    let store = open_store(&config).await?;
+    let (embedded, store) = open_stores(&config).await?;
     let host = this_host(&config);
-    // This host's own state lives under local/<host id>/, so hosts can share one etcd;
-    // membership (and, later, cluster networks) use the shared root.
-    let local: Arc<dyn Store> =
-        Arc::new(Scoped::new(store.clone(), &format!("local/{}/", host.id)));
+    let host_id = host.id.clone();
+    let local: Arc<dyn Store> = Arc::new(Scoped::new(embedded, &format!("local/{host_id}/")));
     tokio::spawn(qingluan_core::membership::run(store.clone(), host));
     let ipam = Arc::new(Ipam::lazy(
         local.clone(),
+        store.clone(),
+        &host_id,
         &settings.ipam,
         qingluan_core::ipam::host_routes,
     )?);
@@ -147,7 +157,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(adapters, &settings.name, &settings.prefix);
     let driver = Arc::new(Driver::new(
         settings.clone(),
-        local,
+        Stores {
+            local,
+            cluster: store.clone(),
+            host: host_id,
+        },
         ipam.clone(),
         reconciler,
     ));
@@ -194,6 +208,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     spawn_converge(driver.clone(), ovs.events(), activated.clone());
     spawn_flow_audit(driver.clone());
+    spawn_cluster_agent(
+        driver.clone(),
+        d.docker_socket.clone(),
+        settings.name.clone(),
+        config.cluster.reclaim_after_secs,
+    );
     spawn_docker_watch(
         driver,
         d.docker_socket.clone(),
@@ -255,6 +275,54 @@ fn spawn_converge(
             }
         }
     });
+}
+
+/// Every 3 s: the cluster agent pass, then this host's Docker made to match the cluster's
+/// networks. Polling (rather than watching) makes recovery after an etcd outage automatic.
+fn spawn_cluster_agent(driver: Arc<Driver>, docker: std::path::PathBuf, name: String, grace: u64) {
+    tokio::spawn(async move {
+        loop {
+            match driver.cluster_sync(grace).await {
+                Ok(r) if !r.is_empty() => tracing::info!(?r, "cluster agent"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cluster agent"),
+            }
+            match driver.replication().await {
+                Ok(steps) => {
+                    for step in steps {
+                        if let Err(e) = replicate(&driver, &docker, &name, &step).await {
+                            tracing::warn!(error = %e, ?step, "replication");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "replication"),
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    });
+}
+
+async fn replicate(
+    driver: &Driver,
+    docker: &Path,
+    name: &str,
+    step: &Replication,
+) -> anyhow::Result<()> {
+    match step {
+        Replication::Create(def) => {
+            crate::docker::create_network(docker, name, def).await?;
+            tracing::info!(network = ?def.name, key = %def.key, "created the cluster network in docker");
+        }
+        Replication::Remove(id) => {
+            crate::docker::remove_network(docker, id).await?;
+            tracing::info!(network = %id, "removed a network the cluster removed");
+        }
+        Replication::LearnName { key, docker_id } => {
+            let n = crate::docker::network_name(docker, docker_id).await?;
+            driver.learn_name(key, &n).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the configured pools, retrying while the store is unreachable.

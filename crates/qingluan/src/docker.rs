@@ -43,3 +43,93 @@ pub async fn networks(
     }
     Ok(out)
 }
+
+/// The Engine API path prefix for the local engine's API version (`/v1.41`), asked once
+/// per call so a dockerd upgrade needs no restart of ours.
+async fn versioned(socket: &Path) -> anyhow::Result<String> {
+    let v = get(socket, "/version").await?;
+    let api = v["ApiVersion"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("docker /version has no ApiVersion"))?;
+    Ok(format!("/v{api}"))
+}
+
+/// The name of a network, by ID.
+pub async fn network_name(socket: &Path, id: &str) -> anyhow::Result<String> {
+    let base = versioned(socket).await?;
+    let n = get(socket, &format!("{base}/networks/{id}")).await?;
+    n["Name"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("network {id} has no name"))
+}
+
+/// Creates a cluster network in the local Docker, as `docker network create` would with
+/// the same definition; a network of that name that exists already is fine.
+pub async fn create_network(
+    socket: &Path,
+    driver: &str,
+    def: &qingluan_core::cluster::ClusterNetwork,
+) -> anyhow::Result<()> {
+    let name = def
+        .name
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("{} has no name yet", def.key))?;
+    let mut config = serde_json::json!({
+        "Subnet": def.subnet.to_string(),
+        "Gateway": def.gateway.to_string(),
+    });
+    if let Some(r) = def.ip_range {
+        config["IPRange"] = Value::String(r.to_string());
+    }
+    let mut ipam_opts = serde_json::Map::new();
+    ipam_opts.insert("pool".into(), Value::String(def.pool.clone()));
+    if let Some(v) = def.vni {
+        ipam_opts.insert("vni".into(), Value::String(v.to_string()));
+    }
+    let body = serde_json::json!({
+        "Name": name,
+        "CheckDuplicate": true,
+        "Driver": driver,
+        "Internal": def.internal,
+        "IPAM": {"Driver": format!("{driver}Ipam"), "Config": [config], "Options": ipam_opts},
+        "Options": def.options,
+    });
+    let base = versioned(socket).await?;
+    let (status, resp) = request(
+        socket,
+        "POST",
+        &format!("{base}/networks/create"),
+        Some(serde_json::to_vec(&body)?),
+        Duration::from_secs(60),
+    )
+    .await?;
+    match status {
+        200 | 201 => Ok(()),
+        409 => Ok(()),
+        _ => anyhow::bail!(
+            "docker network create {name}: status {status}: {}",
+            String::from_utf8_lossy(&resp).trim()
+        ),
+    }
+}
+
+/// Removes a network from the local Docker; one that is gone already is fine.
+pub async fn remove_network(socket: &Path, id: &str) -> anyhow::Result<()> {
+    let base = versioned(socket).await?;
+    let (status, resp) = request(
+        socket,
+        "DELETE",
+        &format!("{base}/networks/{id}"),
+        None,
+        Duration::from_secs(60),
+    )
+    .await?;
+    match status {
+        200 | 204 | 404 => Ok(()),
+        _ => anyhow::bail!(
+            "docker network rm {id}: status {status}: {}",
+            String::from_utf8_lossy(&resp).trim()
+        ),
+    }
+}

@@ -52,8 +52,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum NetworkCmd {
-    /// List networks.
-    Ls,
+    /// List this host's networks, or with --cluster the cluster's networks.
+    Ls {
+        /// List the cluster networks (flat, vlan, vxlan) and the hosts that have them.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Remove a cluster network from every host (refused while any host has endpoints).
+    Rm {
+        /// Docker name or cluster key (`vxlan-5001`).
+        network: String,
+    },
     /// Show one network (Docker name or ID prefix) with its endpoints.
     Inspect {
         /// Name or ID.
@@ -63,8 +72,12 @@ enum NetworkCmd {
 
 #[derive(Subcommand)]
 enum EndpointCmd {
-    /// List endpoints.
-    Ls,
+    /// List this host's endpoints, or with --all every endpoint of the cluster.
+    Ls {
+        /// Every endpoint of every host.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,9 +137,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             daemon::run(config).await
         }
         Command::Status => client.status().await,
-        Command::Network(NetworkCmd::Ls) => client.network_ls().await,
+        Command::Network(NetworkCmd::Ls { cluster: false }) => client.network_ls().await,
+        Command::Network(NetworkCmd::Ls { cluster: true }) => client.cluster_network_ls().await,
+        Command::Network(NetworkCmd::Rm { network }) => client.network_rm(&network).await,
         Command::Network(NetworkCmd::Inspect { network }) => client.network_inspect(&network).await,
-        Command::Endpoint(EndpointCmd::Ls) => client.endpoint_ls().await,
+        Command::Endpoint(EndpointCmd::Ls { all: false }) => client.endpoint_ls().await,
+        Command::Endpoint(EndpointCmd::Ls { all: true }) => client.endpoint_ls_all().await,
         Command::Pool(PoolCmd::Ls) => client.pool_ls().await,
         Command::Pool(PoolCmd::Create {
             name,

@@ -9,6 +9,12 @@
 //! - A **subnet** record exists for every pool Docker requested (RequestPool); its ID, the
 //!   Docker PoolID, is `ql/<domain>/<cidr>`.
 //! - An **address** record exists for every allocated address (gateway, aux, container).
+//! - **Where records live:** the `host` domain (nat, nonat) is this host's own and lives in
+//!   the local store, so it keeps working while the cluster store is down; vlan and vxlan
+//!   domains span hosts and live in the cluster store (etcd, or the embedded store on a
+//!   single host). A cluster domain holds exactly one subnet, shared by every host that has
+//!   the network; container addresses there name the host that holds them, so the addresses
+//!   of a dead host can be reclaimed.
 //!
 //! Rules: every allocation is one compare-and-swap transaction on the store (create-if-absent
 //! of the address key), so concurrent requests can never hand out the same address, and it is
@@ -16,7 +22,7 @@
 
 mod service;
 
-pub use service::{Ipam, PoolUsage};
+pub use service::{Claim, Ipam, PoolUsage};
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -86,6 +92,12 @@ pub enum IpamError {
     /// A malformed address or subnet.
     #[error("invalid {what} {value:?}")]
     Invalid { what: &'static str, value: String },
+    /// A cluster domain already holds another subnet (same VNI or VLAN, other definition).
+    #[error("{domain} already has subnet {existing}: a network joining it must use that subnet (or omit --subnet)")]
+    DomainTaken { domain: String, existing: IpNet },
+    /// Dynamic allocation kept losing races against other hosts.
+    #[error("address allocation in {scope} kept conflicting with other hosts; try again")]
+    Contended { scope: String },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] qingluan_store::StoreError),
@@ -152,6 +164,18 @@ pub struct Addr {
     pub ip: IpAddr,
     /// Why it is allocated.
     pub kind: AddrKind,
+    /// In cluster domains, the host holding a container address (gateways belong to the
+    /// network and name no host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Seconds since the epoch when it was allocated.
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// Whether a domain spans hosts (its records live in the cluster store).
+pub fn is_cluster_domain(domain: &str) -> bool {
+    domain != "host"
 }
 
 /// Routing domain of a pool kind, given the `vni` option for vlan and vxlan.

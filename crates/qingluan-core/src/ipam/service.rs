@@ -2,14 +2,15 @@
 //!
 //! A local mutex serialises requests of this daemon so "lowest free address" is cheap and
 //! deterministic; the store transaction (create-if-absent of the address key) is what makes
-//! an allocation unique, so the same code stays correct on a shared cluster store.
+//! an allocation unique. On the cluster store other hosts allocate concurrently: a dynamic
+//! allocation that loses the race re-reads the taken addresses and tries the next one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use qingluan_store::{create, get_json, list_json, to_json, Op, Store};
+use qingluan_store::{create, get_json, list_json, to_json, Compare, Op, Store};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -27,8 +28,12 @@ pub struct PoolUsage {
 
 /// The IPAM service.
 pub struct Ipam {
-    /// Where pools, subnets and addresses live.
+    /// This host's store: the `host` domain and its pools.
     store: Arc<dyn Store>,
+    /// The cluster store: vlan and vxlan domains and their pools.
+    cluster: Arc<dyn Store>,
+    /// This host's ID, recorded on the container addresses it allocates in cluster domains.
+    host: String,
     /// Serialises this daemon's requests.
     lock: Mutex<()>,
     /// Source of the host's routes, skipped when carving.
@@ -54,7 +59,7 @@ impl Ipam {
         settings: &IpamSettings,
         routes: fn() -> Vec<IpNet>,
     ) -> Result<Ipam, IpamError> {
-        let ipam = Self::lazy(store, settings, routes)?;
+        let ipam = Self::lazy(store.clone(), store, "local", settings, routes)?;
         ipam.seed().await?;
         Ok(ipam)
     }
@@ -64,6 +69,8 @@ impl Ipam {
     /// only delays the pools.
     pub fn lazy(
         store: Arc<dyn Store>,
+        cluster: Arc<dyn Store>,
+        host: &str,
         settings: &IpamSettings,
         routes: fn() -> Vec<IpNet>,
     ) -> Result<Ipam, IpamError> {
@@ -85,6 +92,8 @@ impl Ipam {
         }
         Ok(Ipam {
             store,
+            cluster,
+            host: host.to_string(),
             lock: Mutex::new(()),
             routes,
             default_pool: settings.default_pool.clone(),
@@ -96,7 +105,7 @@ impl Ipam {
     pub async fn seed(&self) -> Result<(), IpamError> {
         for pool in &self.configured {
             create(
-                &*self.store,
+                self.pool_store(pool.kind),
                 &format!("{POOLS}{}", pool.name),
                 to_json(pool),
             )
@@ -105,13 +114,43 @@ impl Ipam {
         Ok(())
     }
 
-    /// Every pool by name.
+    /// The store of a pool kind's pools.
+    fn pool_store(&self, kind: PoolKind) -> &dyn Store {
+        match kind {
+            PoolKind::Host => &*self.store,
+            _ => &*self.cluster,
+        }
+    }
+
+    /// The store of a routing domain's subnets and addresses.
+    fn domain_store(&self, domain: &str) -> &dyn Store {
+        if is_cluster_domain(domain) {
+            &*self.cluster
+        } else {
+            &*self.store
+        }
+    }
+
+    /// Every pool by name: this host's, then the cluster's.
     pub async fn pools(&self) -> Result<Vec<Pool>, IpamError> {
-        list_json(&*self.store, POOLS).await.map_err(Into::into)
+        let mut pools: Vec<Pool> = list_json(&*self.store, POOLS).await?;
+        pools.retain(|p| p.kind == PoolKind::Host);
+        let mut shared: Vec<Pool> = list_json(&*self.cluster, POOLS).await?;
+        shared.retain(|p| p.kind != PoolKind::Host);
+        pools.extend(shared);
+        Ok(pools)
     }
 
     async fn pool(&self, name: &str) -> Result<Pool, IpamError> {
-        match get_json(&*self.store, &format!("{POOLS}{name}")).await? {
+        let key = format!("{POOLS}{name}");
+        let local: Option<Pool> = get_json(&*self.store, &key).await?;
+        let found = match local.filter(|p| p.kind == PoolKind::Host) {
+            Some(p) => Some(p),
+            None => get_json::<Pool>(&*self.cluster, &key)
+                .await?
+                .filter(|p| p.kind != PoolKind::Host),
+        };
+        match found {
             Some(p) => Ok(p),
             None => {
                 let known: Vec<String> = self.pools().await?.into_iter().map(|p| p.name).collect();
@@ -123,16 +162,29 @@ impl Ipam {
         }
     }
 
-    /// Every subnet.
+    /// Every subnet: this host's, then the cluster's.
     pub async fn subnets(&self) -> Result<Vec<Subnet>, IpamError> {
-        list_json(&*self.store, SUBNETS).await.map_err(Into::into)
+        let mut out: Vec<Subnet> = list_json(&*self.store, SUBNETS).await?;
+        out.retain(|s| !is_cluster_domain(&s.domain));
+        let mut shared: Vec<Subnet> = list_json(&*self.cluster, SUBNETS).await?;
+        shared.retain(|s| is_cluster_domain(&s.domain));
+        out.extend(shared);
+        Ok(out)
+    }
+
+    /// Subnets of one routing domain.
+    async fn domain_subnets(&self, domain: &str) -> Result<Vec<Subnet>, IpamError> {
+        Ok(list_json(self.domain_store(domain), &format!("{SUBNETS}{domain}/")).await?)
     }
 
     /// Allocated addresses of a subnet.
     pub async fn addresses(&self, subnet: &Subnet) -> Result<Vec<Addr>, IpamError> {
-        list_json(&*self.store, &addrs_prefix(&subnet.domain, subnet.cidr))
-            .await
-            .map_err(Into::into)
+        list_json(
+            self.domain_store(&subnet.domain),
+            &addrs_prefix(&subnet.domain, subnet.cidr),
+        )
+        .await
+        .map_err(Into::into)
     }
 
     /// Pools with their subnets and address counts.
@@ -156,7 +208,13 @@ impl Ipam {
     pub async fn create_pool(&self, pool: Pool) -> Result<(), IpamError> {
         check_pool(&pool)?;
         let key = format!("{POOLS}{}", pool.name);
-        let ok = create(&*self.store, &key, to_json(&pool)).await?;
+        if self.pool(&pool.name).await.is_ok() {
+            return Err(IpamError::PoolRule(format!(
+                "pool {} already exists",
+                pool.name
+            )));
+        }
+        let ok = create(self.pool_store(pool.kind), &key, to_json(&pool)).await?;
         if !ok {
             return Err(IpamError::PoolRule(format!(
                 "pool {} already exists",
@@ -169,7 +227,7 @@ impl Ipam {
     /// Removes a pool no subnet uses (`qingluan pool rm`).
     pub async fn remove_pool(&self, name: &str) -> Result<(), IpamError> {
         let _g = self.lock.lock().await;
-        self.pool(name).await?;
+        let pool = self.pool(name).await?;
         let used: Vec<String> = self
             .subnets()
             .await?
@@ -184,7 +242,7 @@ impl Ipam {
                 used.join(", ")
             )));
         }
-        self.store
+        self.pool_store(pool.kind)
             .txn(vec![], vec![Op::Delete(format!("{POOLS}{name}"))])
             .await?;
         Ok(())
@@ -215,12 +273,12 @@ impl Ipam {
         let pool = self.pool(&pool_name).await?;
         let domain = domain(pool.kind, vni)?;
         let _g = self.lock.lock().await;
-        let existing: Vec<Subnet> = self
-            .subnets()
-            .await?
-            .into_iter()
-            .filter(|s| s.domain == domain)
-            .collect();
+        let existing = self.domain_subnets(&domain).await?;
+        if is_cluster_domain(&domain) {
+            if let Some(joined) = join_domain(&domain, &existing, subnet, range)? {
+                return Ok(joined);
+            }
+        }
         let (cidr, carved) = if subnet.is_empty() {
             if v6 {
                 return Err(IpamError::InvalidOption {
@@ -231,6 +289,11 @@ impl Ipam {
             let mut used: Vec<IpNet> = existing.iter().map(|s| s.cidr).collect();
             if pool.kind == PoolKind::Host {
                 used.extend((self.routes)());
+            } else {
+                // Other domains may overlap, but carving distinct subnets is kinder.
+                let store = self.pool_store(pool.kind);
+                let all: Vec<Subnet> = list_json(store, SUBNETS).await?;
+                used.extend(all.iter().filter(|s| s.pool == pool.name).map(|s| s.cidr));
             }
             let cidr = carve(pool.subnet, pool.prefix, &used).ok_or(IpamError::PoolExhausted {
                 pool: pool.name.clone(),
@@ -281,7 +344,7 @@ impl Ipam {
             carved,
         };
         let key = subnet_key(&domain, cidr);
-        let ok = create(&*self.store, &key, to_json(&rec)).await?;
+        let ok = create(self.domain_store(&domain), &key, to_json(&rec)).await?;
         if !ok {
             return Err(IpamError::Overlap {
                 subnet: cidr,
@@ -292,15 +355,25 @@ impl Ipam {
         Ok(rec)
     }
 
-    /// ReleasePool: forgets the subnet and every address in it; unknown IDs are fine.
+    /// ReleasePool: forgets the subnet and every address in it; unknown IDs are fine. A
+    /// cluster domain's subnet stays while its cluster network exists (another host still
+    /// has it): this host only detaches.
     pub async fn release_pool(&self, id: &str) -> Result<(), IpamError> {
         let Ok((domain, cidr)) = parse_pool_id(id) else {
             return Ok(());
         };
         let _g = self.lock.lock().await;
-        self.store
+        let guard = if is_cluster_domain(&domain) {
+            vec![Compare::Absent(format!(
+                "{}{domain}",
+                crate::cluster::NETWORKS
+            ))]
+        } else {
+            vec![]
+        };
+        self.domain_store(&domain)
             .txn(
-                vec![],
+                guard,
                 vec![
                     Op::DeletePrefix(addrs_prefix(&domain, cidr)),
                     Op::Delete(subnet_key(&domain, cidr)),
@@ -310,16 +383,32 @@ impl Ipam {
         Ok(())
     }
 
+    /// Forgets a cluster domain's subnet and addresses (`qingluan network rm`).
+    pub async fn drop_domain(&self, domain: &str) -> Result<(), IpamError> {
+        let _g = self.lock.lock().await;
+        self.domain_store(domain)
+            .txn(
+                vec![],
+                vec![
+                    Op::DeletePrefix(format!("{ADDRS}{domain}/")),
+                    Op::DeletePrefix(format!("{SUBNETS}{domain}/")),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The subnet behind a PoolID.
     pub async fn subnet(&self, id: &str) -> Result<Subnet, IpamError> {
         let (domain, cidr) = parse_pool_id(id)?;
-        get_json(&*self.store, &subnet_key(&domain, cidr))
+        get_json(self.domain_store(&domain), &subnet_key(&domain, cidr))
             .await?
             .ok_or_else(|| IpamError::UnknownPoolId(id.to_string()))
     }
 
     /// RequestAddress: the given address, or the lowest free one; returned with the
-    /// subnet's prefix length.
+    /// subnet's prefix length. In a cluster domain, asking again for the gateway the network
+    /// already has succeeds (another host joining), and container addresses name this host.
     pub async fn request_address(
         &self,
         pool_id: &str,
@@ -328,9 +417,49 @@ impl Ipam {
     ) -> Result<IpNet, IpamError> {
         let subnet = self.subnet(pool_id).await?;
         let cidr = subnet.cidr;
+        let shared = is_cluster_domain(&subnet.domain);
+        let store = self.domain_store(&subnet.domain);
         let prefix = addrs_prefix(&subnet.domain, cidr);
+        let with_prefix = |ip| IpNet::new(ip, cidr.prefix_len()).expect("prefix of a valid subnet");
+        let record = |ip, kind| Addr {
+            ip,
+            kind,
+            host: (shared && kind != AddrKind::Gateway).then(|| self.host.clone()),
+            since: crate::model::now(),
+        };
         let _g = self.lock.lock().await;
-        let (ip, kind) = if !address.is_empty() {
+        if address.is_empty() && !gateway {
+            let scope = subnet.range.unwrap_or(cidr);
+            let scope_name = || match subnet.range {
+                Some(r) => format!("ip-range {r} of {cidr}"),
+                None => cidr.to_string(),
+            };
+            for _ in 0..ALLOCATION_ATTEMPTS {
+                let taken: BTreeSet<IpAddr> = store
+                    .list(&prefix)
+                    .await?
+                    .iter()
+                    .filter_map(|kv| kv.key[prefix.len()..].parse().ok())
+                    .collect();
+                let ip =
+                    lowest_free(cidr, scope, &taken).ok_or_else(|| IpamError::NoFreeAddress {
+                        scope: scope_name(),
+                    })?;
+                let rec = record(ip, AddrKind::Dynamic);
+                if create(store, &format!("{prefix}{ip}"), to_json(&rec)).await? {
+                    return Ok(with_prefix(ip));
+                }
+            }
+            return Err(IpamError::Contended {
+                scope: scope_name(),
+            });
+        }
+        let (ip, kind) = if address.is_empty() {
+            let ip = first_host(cidr).ok_or_else(|| IpamError::NoFreeAddress {
+                scope: cidr.to_string(),
+            })?;
+            (ip, AddrKind::Gateway)
+        } else {
             let ip = parse_ip(address)?;
             if !cidr.contains(&ip) {
                 return Err(if gateway {
@@ -351,49 +480,32 @@ impl Ipam {
                     subnet: cidr,
                 });
             }
-            (
-                ip,
-                if gateway {
-                    AddrKind::Gateway
-                } else {
-                    AddrKind::Static
-                },
-            )
-        } else if gateway {
-            let ip = first_host(cidr).ok_or_else(|| IpamError::NoFreeAddress {
-                scope: cidr.to_string(),
-            })?;
-            (ip, AddrKind::Gateway)
-        } else {
-            let taken: BTreeSet<IpAddr> = self
-                .store
-                .list(&prefix)
-                .await?
-                .iter()
-                .filter_map(|kv| kv.key[prefix.len()..].parse().ok())
-                .collect();
-            let scope = subnet.range.unwrap_or(cidr);
-            let ip = lowest_free(cidr, scope, &taken).ok_or_else(|| IpamError::NoFreeAddress {
-                scope: match subnet.range {
-                    Some(r) => format!("ip-range {r} of {cidr}"),
-                    None => cidr.to_string(),
-                },
-            })?;
-            (ip, AddrKind::Dynamic)
+            let kind = if gateway {
+                AddrKind::Gateway
+            } else {
+                AddrKind::Static
+            };
+            (ip, kind)
         };
         let key = format!("{prefix}{ip}");
-        let rec = Addr { ip, kind };
-        let ok = create(&*self.store, &key, to_json(&rec)).await?;
-        if !ok {
-            return Err(IpamError::AddressInUse {
-                addr: ip,
-                subnet: cidr,
-            });
+        if create(store, &key, to_json(&record(ip, kind))).await? {
+            return Ok(with_prefix(ip));
         }
-        Ok(IpNet::new(ip, cidr.prefix_len()).expect("prefix of a valid subnet"))
+        if shared && kind == AddrKind::Gateway {
+            let held: Option<Addr> = get_json(store, &key).await?;
+            if held.is_some_and(|a| a.kind == AddrKind::Gateway) {
+                return Ok(with_prefix(ip));
+            }
+        }
+        Err(IpamError::AddressInUse {
+            addr: ip,
+            subnet: cidr,
+        })
     }
 
-    /// ReleaseAddress; unknown pools and addresses are fine.
+    /// ReleaseAddress; unknown pools and addresses are fine. In a cluster domain only this
+    /// host's container addresses are released: the gateway belongs to the network, and
+    /// another host's address is not ours to free.
     pub async fn release_address(&self, pool_id: &str, address: &str) -> Result<(), IpamError> {
         let Ok((domain, cidr)) = parse_pool_id(pool_id) else {
             return Ok(());
@@ -402,14 +514,134 @@ impl Ipam {
             return Ok(());
         };
         let _g = self.lock.lock().await;
-        self.store
-            .txn(
-                vec![],
-                vec![Op::Delete(format!("{}{ip}", addrs_prefix(&domain, cidr)))],
-            )
-            .await?;
+        let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
+        let store = self.domain_store(&domain);
+        if !is_cluster_domain(&domain) {
+            store.txn(vec![], vec![Op::Delete(key)]).await?;
+            return Ok(());
+        }
+        let Some(kv) = store.get(&key).await? else {
+            return Ok(());
+        };
+        let held: Addr =
+            serde_json::from_slice(&kv.value).map_err(|e| qingluan_store::StoreError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        if held.host.as_deref() == Some(self.host.as_str()) {
+            store
+                .txn(
+                    vec![Compare::Value(key.clone(), kv.value)],
+                    vec![Op::Delete(key)],
+                )
+                .await?;
+        }
         Ok(())
     }
+
+    /// Makes sure this host holds `ip` in a cluster subnet (an endpoint it still has after
+    /// a restart or an outage): takes it again when free, and reports the host holding it
+    /// otherwise.
+    pub async fn claim(&self, pool_id: &str, ip: IpAddr) -> Result<Claim, IpamError> {
+        let (domain, cidr) = parse_pool_id(pool_id)?;
+        let store = self.domain_store(&domain);
+        let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
+        let rec = Addr {
+            ip,
+            kind: AddrKind::Dynamic,
+            host: Some(self.host.clone()),
+            since: crate::model::now(),
+        };
+        let _g = self.lock.lock().await;
+        if create(store, &key, to_json(&rec)).await? {
+            return Ok(Claim::Taken);
+        }
+        let held: Option<Addr> = get_json(store, &key).await?;
+        Ok(match held {
+            Some(a) if a.host.as_deref() == Some(self.host.as_str()) => Claim::Held,
+            Some(a) => Claim::HeldBy(a.host.unwrap_or_else(|| "the network (gateway)".into())),
+            None => Claim::Held,
+        })
+    }
+
+    /// Every container address in cluster domains with its store key (for reclaiming a dead
+    /// host's addresses and releasing this host's leftovers).
+    pub async fn cluster_addresses(&self) -> Result<Vec<(String, Addr, Vec<u8>)>, IpamError> {
+        let mut out = Vec::new();
+        for kv in self.cluster.list(ADDRS).await? {
+            if let Ok(a) = serde_json::from_slice::<Addr>(&kv.value) {
+                if a.host.is_some() {
+                    out.push((kv.key, a, kv.value));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a cluster address if it still is exactly `value` (compare-and-swap).
+    pub async fn forget_if_unchanged(&self, key: &str, value: Vec<u8>) -> Result<bool, IpamError> {
+        Ok(self
+            .cluster
+            .txn(
+                vec![Compare::Value(key.to_string(), value)],
+                vec![Op::Delete(key.to_string())],
+            )
+            .await?
+            .succeeded)
+    }
+}
+
+/// Outcome of [`Ipam::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This host held it already.
+    Held,
+    /// It was free and is this host's again.
+    Taken,
+    /// Another host holds it now.
+    HeldBy(String),
+}
+
+/// Attempts of a dynamic allocation racing other hosts before giving up.
+const ALLOCATION_ATTEMPTS: usize = 64;
+
+/// A RequestPool in a cluster domain that already has its subnet: the same definition (or
+/// none) joins it, another is refused; `None` when the domain is still empty.
+fn join_domain(
+    domain: &str,
+    existing: &[Subnet],
+    subnet: &str,
+    range: &str,
+) -> Result<Option<Subnet>, IpamError> {
+    let Some(have) = existing.first() else {
+        return Ok(None);
+    };
+    let taken = || IpamError::DomainTaken {
+        domain: domain.to_string(),
+        existing: have.cidr,
+    };
+    if !subnet.is_empty() {
+        let asked: IpNet = subnet.parse().map_err(|_| IpamError::Invalid {
+            what: "subnet",
+            value: subnet.to_string(),
+        })?;
+        if asked.trunc() != have.cidr {
+            return Err(taken());
+        }
+    }
+    if !range.is_empty() {
+        let asked: IpNet = range.parse().map_err(|_| IpamError::Invalid {
+            what: "ip-range",
+            value: range.to_string(),
+        })?;
+        if Some(asked.trunc()) != have.range {
+            return Err(IpamError::PoolRule(format!(
+                "{domain} has ip-range {}: a network joining it must use the same --ip-range",
+                have.range.map_or("none".to_string(), |r| r.to_string())
+            )));
+        }
+    }
+    Ok(Some(have.clone()))
 }
 
 fn check_pool(pool: &Pool) -> Result<(), IpamError> {

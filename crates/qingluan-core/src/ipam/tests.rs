@@ -291,3 +291,140 @@ proptest! {
         })?;
     }
 }
+
+/// Two hosts: each its own local store, one shared cluster store.
+async fn two_hosts() -> (Ipam, Ipam) {
+    let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+    let host = |id: &str| {
+        Ipam::lazy(
+            Arc::new(MemoryStore::new()),
+            cluster.clone(),
+            id,
+            &IpamSettings::default(),
+            no_routes,
+        )
+        .unwrap()
+    };
+    let (a, b) = (host("h1"), host("h2"));
+    a.seed().await.unwrap();
+    b.seed().await.unwrap();
+    (a, b)
+}
+
+#[test]
+fn cluster_domains_are_shared_and_joined() {
+    rt().block_on(async {
+        let (a, b) = two_hosts().await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "5001")]);
+        let s = a.request_pool("", "", &vx, false).await.unwrap();
+        let gw = a.request_address(&s.id, "", true).await.unwrap();
+        // Another host joins with the same definition, or with none: same subnet, and
+        // asking for the network's gateway again is fine there.
+        let joined = b.request_pool("", "", &vx, false).await.unwrap();
+        assert_eq!(joined.id, s.id);
+        let same = b.request_pool(&s.cidr.to_string(), "", &vx, false).await.unwrap();
+        assert_eq!(same.id, s.id);
+        assert_eq!(b.request_address(&s.id, &gw.addr().to_string(), true).await.unwrap(), gw);
+        let e = b.request_pool("10.50.0.0/24", "", &vx, false).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("vxlan-5001 already has subnet {}: a network joining it must use that subnet (or omit --subnet)", s.cidr)
+        );
+        // Another VNI carves a distinct subnet; local nat pools stay per host.
+        let other = a
+            .request_pool("", "", &opts(&[("pool", "vxlan"), ("vni", "5002")]), false)
+            .await
+            .unwrap();
+        assert_ne!(other.cidr, s.cidr);
+        let na = a.request_pool("", "", &opts(&[("pool", "nat")]), false).await.unwrap();
+        let nb = b.request_pool("", "", &opts(&[("pool", "nat")]), false).await.unwrap();
+        assert_eq!(na.cidr, nb.cidr, "host domains are independent");
+    });
+}
+
+#[test]
+fn cluster_addresses_are_unique_and_owned() {
+    rt().block_on(async {
+        let (a, b) = two_hosts().await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "7")]);
+        let s = a.request_pool("", "", &vx, false).await.unwrap();
+        b.request_pool("", "", &vx, false).await.unwrap();
+        let gw = a.request_address(&s.id, "", true).await.unwrap();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let ipam = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = s.id.clone();
+            tasks.push(tokio::spawn(async move {
+                ipam.request_address(&id, "", false).await.unwrap()
+            }));
+        }
+        let mut seen = BTreeSet::new();
+        for t in tasks {
+            assert!(seen.insert(t.await.unwrap()), "duplicate address");
+        }
+        assert!(!seen.contains(&gw));
+        let mine = *seen.iter().next().unwrap();
+        let holder = a.claim(&s.id, mine.addr()).await.unwrap();
+        let other = if holder == Claim::Held { &b } else { &a };
+        // The other host can neither release nor claim it.
+        other
+            .release_address(&s.id, &mine.addr().to_string())
+            .await
+            .unwrap();
+        assert!(matches!(
+            other.claim(&s.id, mine.addr()).await.unwrap(),
+            Claim::HeldBy(_)
+        ));
+        // Releasing the gateway from a host that leaves keeps it for the network.
+        b.release_address(&s.id, &gw.addr().to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            a.addresses(&a.subnet(&s.id).await.unwrap())
+                .await
+                .unwrap()
+                .len(),
+            41
+        );
+        // A freed address is taken again by the host that claims it.
+        let owner = if holder == Claim::Held { &a } else { &b };
+        owner
+            .release_address(&s.id, &mine.addr().to_string())
+            .await
+            .unwrap();
+        assert_eq!(other.claim(&s.id, mine.addr()).await.unwrap(), Claim::Taken);
+    });
+}
+
+#[test]
+fn cluster_subnet_stays_while_its_network_exists() {
+    rt().block_on(async {
+        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+        let a = Ipam::lazy(
+            Arc::new(MemoryStore::new()),
+            cluster.clone(),
+            "h1",
+            &IpamSettings::default(),
+            no_routes,
+        )
+        .unwrap();
+        a.seed().await.unwrap();
+        let s = a
+            .request_pool("", "", &opts(&[("pool", "vxlan"), ("vni", "9")]), false)
+            .await
+            .unwrap();
+        let net = format!("{}vxlan-9", crate::cluster::NETWORKS);
+        qingluan_store::put(&*cluster, &net, b"{}".to_vec())
+            .await
+            .unwrap();
+        a.release_pool(&s.id).await.unwrap();
+        assert!(
+            a.subnet(&s.id).await.is_ok(),
+            "another host still has the network"
+        );
+        qingluan_store::delete(&*cluster, &net).await.unwrap();
+        a.release_pool(&s.id).await.unwrap();
+        assert!(a.subnet(&s.id).await.is_err());
+    });
+}

@@ -6,6 +6,7 @@
 
 mod nat;
 mod nonat;
+mod vxlan;
 
 use qingluan_dataplane::netfilter::Segment;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
@@ -41,6 +42,7 @@ pub trait ModeDriver: Send + Sync {
 pub fn driver(mode: Mode) -> &'static dyn ModeDriver {
     match mode {
         Mode::Nat => &nat::Nat,
+        Mode::Vxlan => &vxlan::Vxlan,
         _ => &nonat::Nonat,
     }
 }
@@ -55,16 +57,7 @@ pub(crate) fn local_segment(
     out: &mut Desired,
 ) {
     let bridge = net.bridge();
-    out.bridges.push(BridgeSpec {
-        name: bridge.clone(),
-        datapath_type: ctx.facts.datapath.clone(),
-        fail_mode: Some("secure".into()),
-        external_ids: ctx.ids(net, None),
-        other_config: Default::default(),
-        protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
-            .map(String::from)
-            .to_vec(),
-    });
+    switch(ctx, net, eps, out);
     let mut addrs = vec![ipnet::IpNet::V4(
         ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("valid prefix"),
     )];
@@ -77,6 +70,30 @@ pub(crate) fn local_segment(
         iface: bridge.clone(),
         addrs,
         mtu: net.mtu,
+    });
+    out.firewall.segments.push(Segment {
+        bridge,
+        subnet: net.subnet,
+        gateway: net.gateway,
+        gateway_v6: net.ipv6.map(|(_, gw)| gw),
+        external,
+        dnat: Vec::new(),
+    });
+}
+
+/// The network's bridge with a guarded veth per endpoint and the pipeline's flows: an L2
+/// switch with anti-spoofing and nothing on the host side.
+pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desired) {
+    let bridge = net.bridge();
+    out.bridges.push(BridgeSpec {
+        name: bridge.clone(),
+        datapath_type: ctx.facts.datapath.clone(),
+        fail_mode: Some("secure".into()),
+        external_ids: ctx.ids(net, None),
+        other_config: Default::default(),
+        protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
+            .map(String::from)
+            .to_vec(),
     });
     for ep in eps {
         out.ports.push(PortSpec {
@@ -101,14 +118,5 @@ pub(crate) fn local_segment(
         }
     }
     out.flows.insert(bridge.clone(), pipeline::flows(net, eps));
-    out.sentinels
-        .insert(bridge.clone(), pipeline::sentinel(net));
-    out.firewall.segments.push(Segment {
-        bridge,
-        subnet: net.subnet,
-        gateway: net.gateway,
-        gateway_v6: net.ipv6.map(|(_, gw)| gw),
-        external,
-        dnat: Vec::new(),
-    });
+    out.sentinels.insert(bridge, pipeline::sentinel(net));
 }
