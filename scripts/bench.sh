@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Benchmark: container start time on a qingluan nat network against a user-defined docker
+# Benchmarks: container start time on a qingluan nat network against a user-defined docker
 # bridge network and --net none, measured interleaved in one run, plus the plugin's own
-# handling time per call (p50/p99) from `qingluan status --json`.
+# handling time per call (p50/p99) from `qingluan status --json`; then, when etcd is
+# installed, address allocations on a cluster network through etcd from one and from three
+# hosts at once against the embedded store (benches/cluster_ipam.rs).
 #
 # Usage: scripts/bench.sh [RUNS]   (default 25; needs OVS + dockerd up: scripts/setup.sh)
 # Uses the running qingluan daemon if one serves /run/docker/plugins/qingluan.sock,
@@ -55,3 +57,7 @@ echo "plugin handling time per call (ms):"
 import json, sys
 for c in json.load(sys.stdin)["calls"]:
     print("  %-45s n=%-5d p50=%7.2f p99=%7.2f" % (c["method"], c["count"], c["p50_ms"], c["p99_ms"]))'
+if command -v etcd >/dev/null; then
+  echo
+  cargo bench -q -p qingluan --features etcd --bench cluster_ipam -- "${QL_BENCH_ALLOCS:-300}"
+fi

@@ -242,15 +242,35 @@ pub fn first_host(cidr: IpNet) -> Option<IpAddr> {
 
 /// The lowest usable address of `scope` (the range, or the subnet) that is not taken.
 pub fn lowest_free(cidr: IpNet, scope: IpNet, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
-    // Walk from the scope's start; `taken` is sorted, so skip runs quickly.
-    let mut n: u128 = 0;
-    loop {
-        let ip = nth_host(scope, n)?;
-        if usable(cidr, ip) && !taken.contains(&ip) {
-            return Some(ip);
-        }
-        n += 1;
+    free_from(cidr, scope, taken, 0)
+}
+
+/// The first usable address of `scope` at or after its `start`-th address (wrapping
+/// around) that is not taken. Hosts sharing a cluster subnet start at different points
+/// ([`host_offset`]), so concurrent allocations of different hosts rarely collide.
+pub fn free_from(
+    cidr: IpNet,
+    scope: IpNet,
+    taken: &BTreeSet<IpAddr>,
+    start: u128,
+) -> Option<IpAddr> {
+    let bits = u32::from(scope.max_prefix_len() - scope.prefix_len());
+    let size = 1u128.checked_shl(bits).unwrap_or(u128::MAX);
+    let start = start % size;
+    (start..size)
+        .chain(0..start)
+        .filter_map(|n| nth_host(scope, n))
+        .find(|ip| usable(cidr, *ip) && !taken.contains(ip))
+}
+
+/// Where a host starts looking for free addresses in cluster subnets: a stable hash of its
+/// ID (FNV-1a).
+pub fn host_offset(host: &str) -> u128 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
+    u128::from(h)
 }
 
 /// The first `prefix`-long subnet of `supernet` that overlaps none of `used`.

@@ -441,10 +441,12 @@ impl Ipam {
                     .iter()
                     .filter_map(|kv| kv.key[prefix.len()..].parse().ok())
                     .collect();
-                let ip =
-                    lowest_free(cidr, scope, &taken).ok_or_else(|| IpamError::NoFreeAddress {
+                let start = if shared { host_offset(&self.host) } else { 0 };
+                let ip = free_from(cidr, scope, &taken, start).ok_or_else(|| {
+                    IpamError::NoFreeAddress {
                         scope: scope_name(),
-                    })?;
+                    }
+                })?;
                 let rec = record(ip, AddrKind::Dynamic);
                 if create(store, &format!("{prefix}{ip}"), to_json(&rec)).await? {
                     return Ok(with_prefix(ip));

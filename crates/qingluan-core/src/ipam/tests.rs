@@ -428,3 +428,16 @@ fn cluster_subnet_stays_while_its_network_exists() {
         assert!(a.subnet(&s.id).await.is_err());
     });
 }
+
+#[test]
+fn host_offsets_wrap_within_the_scope() {
+    let cidr: IpNet = "10.9.0.0/29".parse().unwrap();
+    let taken: BTreeSet<IpAddr> = ["10.9.0.6".parse().unwrap()].into();
+    let at = |start| free_from(cidr, cidr, &taken, start).map(|ip| ip.to_string());
+    assert_eq!(at(0).as_deref(), Some("10.9.0.1"));
+    assert_eq!(at(5).as_deref(), Some("10.9.0.5"));
+    // .6 is taken, .7 is the broadcast address: wrap to the start.
+    assert_eq!(at(6).as_deref(), Some("10.9.0.1"));
+    assert_eq!(at(8 + 3).as_deref(), Some("10.9.0.3"));
+    assert_ne!(host_offset("h1"), host_offset("h2"));
+}
