@@ -1,0 +1,566 @@
+//! The multi-host test bed: N qingluan hosts on one machine, for cluster, flat, vlan and
+//! vxlan tests (docs/testing.md).
+//!
+//! Layout, all under a random tag `T` so runs never collide:
+//! - `qlb<T>sw`: a "switch" namespace with a Linux bridge `br0`, the underlay
+//!   `10.213.<x>.0/24`; every other namespace has `eth0` plugged into it.
+//! - `qlb<T>et`: etcd at `.100`, which tests can stop and start again with its data.
+//! - `qlb<T>h<N>`: host N at `.<N>`, default route via `.254` (nobody), with its own
+//!   ovsdb-server and ovs-vswitchd (own run/db/log dirs, userspace TSO on), its own qingluan
+//!   daemon (this build, `cluster.host_id = "h<N>"`, etcd as the cluster store), and its own
+//!   dockerd in a private mount namespace whose `/run/docker/plugins` is the host's own
+//!   plugin directory (`nsenter --net`, not `ip netns exec`, which hides the cgroup mounts).
+//! - `qlb<T>ot`: an "outside" namespace at `.200`, for physical-host and router roles.
+//!
+//! Start order: etcd, OVS, daemons, dockerds (so each dockerd finds its plugin). Dropping
+//! the bed stops everything it started by PID, deletes its namespaces (and with them every
+//! link and bridge), its cgroups and its files; when a test failed, the logs are copied to
+//! `/tmp/qlt-logs/bed-<T>/` first.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The test image in every host's dockerd.
+pub const IMAGE: &str = "qlbusybox:latest";
+
+/// Whether the bed may run here; prints the reason when not.
+pub fn enabled(test: &str) -> bool {
+    if std::env::var("QL_E2E").as_deref() != Ok("1") {
+        println!("SKIP: {test}: end-to-end tests need QL_E2E=1 (scripts/test.sh sets it)");
+        return false;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: {test}: end-to-end tests need root");
+        return false;
+    }
+    if Command::new("etcd").arg("--version").output().is_err() {
+        println!("SKIP: {test}: the etcd-server package is not installed");
+        return false;
+    }
+    true
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+fn must(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {} failed: {}",
+        args.join(" "),
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stdout and stderr of a command, for messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Polls `f` every 200 ms until it holds; panics with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "timed out after {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One host of the bed.
+struct Host {
+    dir: PathBuf,
+    daemon: Option<Child>,
+    dockerd: Option<Child>,
+}
+
+/// The bed.
+pub struct Bed {
+    tag: String,
+    dir: PathBuf,
+    net: u8,
+    size: usize,
+    hosts: Vec<Host>,
+    etcd: Option<Child>,
+    cluster_toml: String,
+}
+
+impl Bed {
+    /// Starts `n` hosts; `cluster_toml` is added to each host's `[cluster]` table
+    /// (e.g. `reclaim_after_secs = 3`).
+    pub fn start(n: usize, cluster_toml: &str) -> Bed {
+        let t0 = Instant::now();
+        let seed = std::process::id() ^ (t0.elapsed().subsec_nanos() << 8);
+        let tag = format!("{:04x}", seed & 0xffff);
+        let dir = PathBuf::from(format!("/tmp/qlb{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bed = Bed {
+            net: 1 + (seed % 250) as u8,
+            size: n,
+            tag,
+            dir,
+            hosts: Vec::new(),
+            etcd: None,
+            cluster_toml: cluster_toml.to_string(),
+        };
+        bed.underlay(n);
+        bed.start_etcd();
+        bed.rootfs();
+        for h in 1..=n {
+            let hd = bed.dir.join(format!("h{h}"));
+            for sub in ["ovs", "plugins", "d", "x"] {
+                std::fs::create_dir_all(hd.join(sub)).unwrap();
+            }
+            bed.hosts.push(Host {
+                dir: hd,
+                daemon: None,
+                dockerd: None,
+            });
+            bed.start_ovs(h);
+            bed.write_config(h);
+            bed.start_daemon(h);
+            bed.start_dockerd(h);
+        }
+        println!(
+            "bed {}: {n} hosts on 10.213.{}.0/24 up in {:.1} s",
+            bed.tag,
+            bed.net,
+            t0.elapsed().as_secs_f64()
+        );
+        bed
+    }
+
+    /// Namespace of host `h` (1-based), or of `sw`, `et`, `ot`.
+    pub fn ns(&self, h: impl std::fmt::Display) -> String {
+        let h = h.to_string();
+        if h.parse::<usize>().is_ok() {
+            format!("qlb{}h{h}", self.tag)
+        } else {
+            format!("qlb{}{h}", self.tag)
+        }
+    }
+
+    /// Underlay address of host `h`.
+    pub fn host_ip(&self, h: usize) -> String {
+        format!("10.213.{}.{h}", self.net)
+    }
+
+    /// Underlay address of the outside namespace.
+    pub fn outside_ip(&self) -> String {
+        format!("10.213.{}.200", self.net)
+    }
+
+    fn etcd_ip(&self) -> String {
+        format!("10.213.{}.100", self.net)
+    }
+
+    fn plug(&self, ns: &str, ip: &str, port: &str) {
+        let sw = self.ns("sw");
+        must("ip", &["netns", "add", ns]);
+        must(
+            "ip",
+            &[
+                "-n", &sw, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ],
+        );
+        must(
+            "ip",
+            &["-n", &sw, "link", "set", "dev", port, "master", "br0", "up"],
+        );
+        must(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        );
+        must("ip", &["-n", ns, "link", "set", "dev", "eth0", "up"]);
+        must("ip", &["-n", ns, "link", "set", "dev", "lo", "up"]);
+    }
+
+    fn underlay(&self, n: usize) {
+        let sw = self.ns("sw");
+        must("ip", &["netns", "add", &sw]);
+        must(
+            "ip",
+            &["-n", &sw, "link", "add", "name", "br0", "type", "bridge"],
+        );
+        must("ip", &["-n", &sw, "link", "set", "dev", "br0", "up"]);
+        for h in 1..=n {
+            let ns = self.ns(h);
+            self.plug(&ns, &self.host_ip(h), &format!("p{h}"));
+            let gw = format!("10.213.{}.254", self.net);
+            must("ip", &["-n", &ns, "route", "add", "default", "via", &gw]);
+        }
+        self.plug(&self.ns("et"), &self.etcd_ip(), "pet");
+        self.plug(&self.ns("ot"), &self.outside_ip(), "pot");
+    }
+
+    /// The etcd client URL the hosts use.
+    pub fn etcd_url(&self) -> String {
+        format!("http://{}:2379", self.etcd_ip())
+    }
+
+    /// Starts etcd (again, keeping its data) and waits until it is healthy.
+    pub fn start_etcd(&mut self) {
+        let (ip, data) = (self.etcd_ip(), self.dir.join("etcd"));
+        let client = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("et"), "etcd", "--name", "qlb"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("qlb={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd");
+        self.etcd = Some(child);
+        let url = format!("{client}/health");
+        let ns = self.ns("et");
+        wait_until(30, "etcd healthy", || {
+            let o = run(
+                "ip",
+                &["netns", "exec", &ns, "curl", "-sf", "-m", "1", &url],
+            );
+            String::from_utf8_lossy(&o.stdout).contains("true")
+        });
+    }
+
+    /// Stops etcd (SIGKILL: an outage, not a shutdown).
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn rootfs(&self) {
+        let root = self.dir.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+        let list = must("/bin/busybox", &["--list"]);
+        for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+
+    fn ovs_env(&self, h: usize) -> Vec<(String, String)> {
+        let d = self.hosts[h - 1].dir.join("ovs");
+        ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"]
+            .iter()
+            .map(|k| (k.to_string(), d.display().to_string()))
+            .collect()
+    }
+
+    /// Runs a shell command in host `h`'s namespace with its OVS environment.
+    pub fn exec(&self, h: usize, script: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(h), "sh", "-c", script])
+            .envs(self.ovs_env(h))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Like [`Bed::exec`], in any namespace of the bed (`sw`, `et`, `ot`).
+    pub fn exec_in(&self, ns: &str, script: &str) -> Output {
+        run("ip", &["netns", "exec", &self.ns(ns), "sh", "-c", script])
+    }
+
+    fn start_ovs(&self, h: usize) {
+        let d = self.hosts[h - 1].dir.join("ovs");
+        let ds = d.display();
+        let script = format!(
+            "ovsdb-tool create {ds}/conf.db /usr/share/openvswitch/vswitch.ovsschema && \
+             ovsdb-server {ds}/conf.db --remote=punix:{ds}/db.sock \
+               --remote=db:Open_vSwitch,Open_vSwitch,manager_options \
+               --pidfile={ds}/ovsdb-server.pid --log-file={ds}/ovsdb-server.log \
+               -vconsole:off --no-chdir --detach && \
+             ovs-vsctl --no-wait init && \
+             ovs-vsctl --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true && \
+             ovs-vswitchd unix:{ds}/db.sock --pidfile={ds}/ovs-vswitchd.pid \
+               --log-file={ds}/ovs-vswitchd.log -vconsole:off --no-chdir --detach"
+        );
+        let o = self.exec(h, &script);
+        assert!(o.status.success(), "OVS of h{h}: {}", text(&o));
+    }
+
+    fn write_config(&self, h: usize) {
+        let d = &self.hosts[h - 1].dir;
+        let ds = d.display();
+        let cfg = format!(
+            "[daemon]\nname = \"qingluan\"\nprefix = \"ql\"\nplugin_dir = \"{ds}/plugins\"\n\
+             api_socket = \"{ds}/api.sock\"\ndocker_socket = \"{ds}/docker.sock\"\n\
+             log = \"info\"\n\n[ovs]\ndb = \"unix:{ds}/ovs/db.sock\"\nrundir = \"{ds}/ovs\"\n\n\
+             [store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\npath = \"{ds}/state.redb\"\n\
+             namespace = \"/qlb{}/\"\n\n[cluster]\nhost_id = \"h{h}\"\nunderlay_ip = \"{}\"\n{}\n",
+            self.etcd_url(),
+            self.tag,
+            self.host_ip(h),
+            self.cluster_toml
+        );
+        std::fs::write(d.join("config.toml"), cfg).unwrap();
+    }
+
+    /// Starts host `h`'s qingluan daemon and waits for its plugin socket.
+    pub fn start_daemon(&mut self, h: usize) {
+        let d = self.hosts[h - 1].dir.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("qingluan.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(h), env!("CARGO_BIN_EXE_qingluan")])
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("daemon")
+            .envs(self.ovs_env(h))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.hosts[h - 1].daemon = Some(child);
+        let sock = d.join("api.sock");
+        wait_until(30, &format!("qingluan daemon of h{h}"), || {
+            sock.exists() && self.ql(h, &["status", "--json"]).status.success()
+        });
+    }
+
+    /// Kills host `h`'s daemon with SIGKILL (a crash: its lease runs out in etcd).
+    pub fn kill_daemon(&mut self, h: usize) {
+        if let Some(mut c) = self.hosts[h - 1].daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn start_dockerd(&mut self, h: usize) {
+        let d = self.hosts[h - 1].dir.clone();
+        let ds = d.display();
+        let script = format!(
+            "mkdir -p /run/docker/plugins && mount --bind {ds}/plugins /run/docker/plugins && \
+             exec dockerd --data-root {ds}/d --exec-root {ds}/x -H unix://{ds}/docker.sock \
+             --pidfile {ds}/dockerd.pid --bridge=none --iptables=false --ip6tables=false \
+             --ip-masq=false --ip-forward=false --userland-proxy=false \
+             --cgroup-parent=/qlb{}h{h} --storage-driver=overlay2",
+            self.tag
+        );
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "nsenter"])
+            .arg(format!("--net=/run/netns/{}", self.ns(h)))
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.hosts[h - 1].dockerd = Some(child);
+        wait_until(60, &format!("dockerd of h{h}"), || {
+            self.docker(h, &["version"]).status.success()
+        });
+        let root = self.dir.join("rootfs");
+        let o = run(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "tar -C {} -c . | docker -H unix://{ds}/docker.sock import - {IMAGE}",
+                    root.display()
+                ),
+            ],
+        );
+        assert!(o.status.success(), "image import on h{h}: {}", text(&o));
+    }
+
+    /// The docker CLI against host `h`'s dockerd.
+    pub fn docker(&self, h: usize, args: &[&str]) -> Output {
+        let sock = format!("unix://{}/docker.sock", self.hosts[h - 1].dir.display());
+        let mut all = vec!["-H", sock.as_str()];
+        all.extend_from_slice(args);
+        run("docker", &all)
+    }
+
+    /// Like [`Bed::docker`]; panics unless it succeeds, returns stdout.
+    pub fn docker_ok(&self, h: usize, args: &[&str]) -> String {
+        let o = self.docker(h, args);
+        assert!(
+            o.status.success(),
+            "h{h}: docker {}: {}",
+            args.join(" "),
+            text(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The qingluan CLI of host `h`.
+    pub fn ql(&self, h: usize, args: &[&str]) -> Output {
+        let cfg = self.hosts[h - 1].dir.join("config.toml");
+        let mut all = vec!["--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(env!("CARGO_BIN_EXE_qingluan"), &all)
+    }
+
+    /// `qingluan --json ARGS` of host `h`, parsed.
+    pub fn ql_json(&self, h: usize, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let o = self.ql(h, &all);
+        assert!(o.status.success(), "h{h}: qingluan {args:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Whether host `h`'s Docker lists a network of that name.
+    pub fn has_network(&self, h: usize, name: &str) -> bool {
+        let o = self.docker(h, &["network", "ls", "--format", "{{.Name}}"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l == name)
+    }
+
+    /// Tail of every host's daemon log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let log = std::fs::read_to_string(h.dir.join("qingluan.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            out.push_str(&format!("--- h{} qingluan.log (last 30 lines)\n", i + 1));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn stop_host(&mut self, h: usize) {
+        let o = self.docker(h, &["ps", "-aq"]);
+        let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            self.docker(h, &args);
+        }
+        let host = &mut self.hosts[h - 1];
+        if let Some(mut c) = host.dockerd.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let end = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(mut c) = host.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for f in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+            let pid = std::fs::read_to_string(host.dir.join("ovs").join(f)).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                for _ in 0..50 {
+                    if nix::sys::signal::kill(pid, None).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn keep_logs(&self) {
+        let dest = PathBuf::from(format!("/tmp/qlt-logs/bed-{}", self.tag));
+        let _ = std::fs::create_dir_all(&dest);
+        let _ = std::fs::copy(self.dir.join("etcd.log"), dest.join("etcd.log"));
+        for (i, h) in self.hosts.iter().enumerate() {
+            for f in ["qingluan.log", "dockerd.log", "config.toml"] {
+                let _ = std::fs::copy(h.dir.join(f), dest.join(format!("h{}-{f}", i + 1)));
+            }
+            let _ = std::fs::copy(
+                h.dir.join("ovs/ovs-vswitchd.log"),
+                dest.join(format!("h{}-ovs-vswitchd.log", i + 1)),
+            );
+        }
+        eprintln!("{}\nbed logs kept in {}", self.logs(), dest.display());
+    }
+}
+
+fn remove_cgroups(name: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for c in controllers.flatten() {
+        let dir = c.path().join(name);
+        if dir.is_dir() {
+            remove_cgroup_tree(&dir);
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup").join(name);
+    if v2.is_dir() {
+        remove_cgroup_tree(&v2);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+        for h in 1..=self.hosts.len() {
+            self.stop_host(h);
+        }
+        self.stop_etcd();
+        let mut names: Vec<String> = (1..=self.size).map(|h| self.ns(h)).collect();
+        names.extend(["et", "ot", "sw"].map(|n| self.ns(n)));
+        for ns in names {
+            let _ = run("ip", &["netns", "del", &ns]);
+        }
+        for h in 1..=self.size {
+            remove_cgroups(&format!("qlb{}h{h}", self.tag));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
