@@ -15,6 +15,8 @@ struct Etcd {
     dir: tempfile::TempDir,
     client: u16,
     peer: u16,
+    /// Serve clients over TLS and require client certificates (files in `dir`).
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -36,17 +38,66 @@ impl Etcd {
             dir: tempfile::tempdir().unwrap(),
             client: free_port(),
             peer: free_port(),
+            tls: false,
         };
         e.spawn();
         Some(e)
     }
 
+    /// An etcd that serves clients only over TLS with client-certificate authentication,
+    /// with a CA, a server and a client certificate made by openssl.
+    fn start_tls() -> Option<Etcd> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            println!("SKIP: etcd TLS test: openssl is not installed");
+            return None;
+        }
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            client: free_port(),
+            peer: free_port(),
+            tls: true,
+        };
+        let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=qlt-ca 2>/dev/null
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=qlt-$who 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth,clientAuth
+' > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 1 -extfile $who.ext 2>/dev/null
+done"#;
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(e.dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl could not make the certificates");
+        e.spawn();
+        Some(e)
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
     fn spawn(&mut self) {
-        let c = format!("http://127.0.0.1:{}", self.client);
+        let scheme = if self.tls { "https" } else { "http" };
+        let c = format!("{scheme}://127.0.0.1:{}", self.client);
         let p = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.file("server.pem"))
+                .arg("--key-file")
+                .arg(self.file("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(self.file("ca.pem"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "qlt", "--data-dir"])
-            .arg(self.dir.path())
+            .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args([
                 "--listen-peer-urls",
@@ -75,7 +126,8 @@ impl Etcd {
     }
 
     fn endpoint(&self) -> Vec<String> {
-        vec![format!("http://127.0.0.1:{}", self.client)]
+        let scheme = if self.tls { "https" } else { "http" };
+        vec![format!("{scheme}://127.0.0.1:{}", self.client)]
     }
 }
 
@@ -210,4 +262,40 @@ async fn a_lazy_store_starts_while_etcd_is_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates() {
+    let Some(etcd) = Etcd::start_tls() else {
+        return;
+    };
+    let tls = qingluan_store::etcd::Tls {
+        ca: Some(etcd.file("ca.pem")),
+        cert: Some(etcd.file("client.pem")),
+        key: Some(etcd.file("client.key")),
+    };
+    let t = Instant::now();
+    let s = loop {
+        match EtcdStore::connect(&etcd.endpoint(), Some(&tls), "/qlt/tls/").await {
+            Ok(s) if s.get("probe").await.is_ok() => break s,
+            Ok(_) | Err(_) if t.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => panic!("etcd over TLS never answered"),
+            Err(e) => panic!("etcd over TLS never answered: {e}"),
+        }
+    };
+    put(&s, "a", b"1".to_vec()).await.unwrap();
+    assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
+    // Without a client certificate etcd refuses us.
+    let anonymous = qingluan_store::etcd::Tls {
+        ca: Some(etcd.file("ca.pem")),
+        cert: None,
+        key: None,
+    };
+    let refused = match EtcdStore::connect(&etcd.endpoint(), Some(&anonymous), "/qlt/tls/").await {
+        Ok(s) => s.get("a").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without certificate must be refused");
 }
