@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ql_install_packages
 ql_start_ovs
 ql_log "building qingluan"
-cargo build --release --locked
+cargo build --release --locked --features etcd
 install -m 0755 target/release/qingluan /usr/local/bin/qingluan
 mkdir -p /etc/qingluan /var/lib/qingluan
 [ -f /etc/qingluan/config.toml ] || install -m 0644 packaging/config.toml /etc/qingluan/config.toml
