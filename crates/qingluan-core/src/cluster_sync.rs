@@ -21,9 +21,11 @@ use qingluan_store::{get_json, to_json, Compare, Op};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, ClusterEndpoint, Member, Replication, DOWN, ENDPOINTS, MEMBERS};
+use crate::desired::ClusterView;
 use crate::ipam::{self, Claim};
 use crate::membership;
-use crate::model::{self, Endpoint, ENDPOINTS as LOCAL_ENDPOINTS};
+use crate::model::{self, Endpoint, Mode, ENDPOINTS as LOCAL_ENDPOINTS};
+use crate::pipeline::RemoteEndpoint;
 use crate::service::{Driver, ServiceError};
 
 /// Age after which an address this host holds without an endpoint is freed: far longer
@@ -48,6 +50,8 @@ pub struct ClusterReport {
     pub freed: usize,
     /// Hosts whose holdings were reclaimed.
     pub reclaimed: Vec<String>,
+    /// Whether other hosts' overlay endpoints changed (the dataplane was re-programmed).
+    pub view_changed: bool,
 }
 
 impl ClusterReport {
@@ -64,7 +68,43 @@ impl Driver {
         let mut report = ClusterReport::default();
         self.sync_own_endpoints(&mut report).await?;
         self.reclaim_dead_hosts(grace_secs, &mut report).await?;
+        report.view_changed = self.refresh_view().await?;
         Ok(report)
+    }
+
+    /// Re-reads where other live hosts' overlay endpoints are; re-programs the dataplane
+    /// when that changed (a container started or stopped elsewhere, a host came or went).
+    async fn refresh_view(&self) -> Result<bool, ServiceError> {
+        let vteps: BTreeMap<String, IpAddr> = membership::hosts(&*self.cluster)
+            .await?
+            .into_iter()
+            .filter(|h| h.up && h.host.id != self.host)
+            .filter_map(|h| Some((h.host.id, h.host.underlay_ip?)))
+            .collect();
+        let mut view = ClusterView::new();
+        for ep in cluster::endpoints(&*self.cluster).await? {
+            let (Some(key), Some(vtep)) = (ep.network_key, vteps.get(&ep.host)) else {
+                continue;
+            };
+            if ep.mode != Mode::Vxlan {
+                continue;
+            }
+            view.entry(key).or_default().push(RemoteEndpoint {
+                id: ep.id,
+                mac: ep.mac,
+                ip: ep.address.addr(),
+                vtep: *vtep,
+            });
+        }
+        for eps in view.values_mut() {
+            eps.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        if *self.view.read().await == view {
+            return Ok(false);
+        }
+        *self.view.write().await = view;
+        self.sync(false).await?;
+        Ok(true)
     }
 
     async fn sync_own_endpoints(&self, report: &mut ClusterReport) -> Result<(), ServiceError> {
@@ -78,6 +118,16 @@ impl Driver {
             .into_iter()
             .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
             .collect();
+        // Addresses this host holds already need no claim: one list instead of a
+        // transaction per endpoint every pass.
+        let held: BTreeSet<String> = self
+            .ipam
+            .cluster_addresses()
+            .await?
+            .into_iter()
+            .filter(|(_, a, _)| a.host.as_deref() == Some(self.host.as_str()))
+            .map(|(k, _, _)| k)
+            .collect();
         let mut keep = BTreeSet::new();
         let mut used: BTreeSet<(String, IpAddr)> = BTreeSet::new();
         let mut changed = false;
@@ -87,14 +137,15 @@ impl Driver {
             };
             if let Some(k) = &net.cluster {
                 used.insert((k.clone(), IpAddr::V4(ep.address.addr())));
-                let pool = ipam::pool_id(k, IpNet::V4(net.subnet));
-                let holder = match self
-                    .ipam
-                    .claim(&pool, IpAddr::V4(ep.address.addr()))
-                    .await?
-                {
-                    Claim::HeldBy(h) => Some(h),
-                    Claim::Held | Claim::Taken => None,
+                let ip = IpAddr::V4(ep.address.addr());
+                let subnet = IpNet::V4(net.subnet);
+                let holder = if held.contains(&format!("{}{ip}", ipam::addrs_prefix(k, subnet))) {
+                    None
+                } else {
+                    match self.ipam.claim(&ipam::pool_id(k, subnet), ip).await? {
+                        Claim::HeldBy(h) => Some(h),
+                        Claim::Held | Claim::Taken => None,
+                    }
                 };
                 if holder != ep.conflict {
                     if let Some(h) = &holder {

@@ -93,7 +93,13 @@ pub struct Desired {
     pub sysctls: BTreeMap<String, String>,
     /// Netfilter.
     pub firewall: Ruleset,
+    /// The uplink bridge the host's underlay moves onto (vxlan on the userspace datapath).
+    pub uplink: Option<crate::uplink::UplinkWant>,
 }
+
+/// What other hosts contribute to this host's dataplane: their endpoints on overlay
+/// networks, by cluster key, with the underlay address of their host. Only live hosts count.
+pub type ClusterView = BTreeMap<String, Vec<crate::pipeline::RemoteEndpoint>>;
 
 /// Computes the desired dataplane.
 pub fn build(
@@ -101,6 +107,7 @@ pub fn build(
     facts: &HostFacts,
     networks: &[Network],
     endpoints: &[Endpoint],
+    view: &ClusterView,
 ) -> Desired {
     let mut d = Desired {
         firewall: Ruleset {
@@ -115,7 +122,19 @@ pub fn build(
             .iter()
             .filter(|e| e.network_id == net.id && e.conflict.is_none())
             .collect();
-        modes::driver(net.mode).build(&Ctx { settings, facts }, net, &eps, &mut d);
+        modes::driver(net.mode).build(
+            &Ctx {
+                settings,
+                facts,
+                view,
+            },
+            net,
+            &eps,
+            &mut d,
+        );
+    }
+    for flows in d.flows.values_mut() {
+        crate::pipeline::sort(flows);
     }
     d.firewall.segments.sort_by(|a, b| a.bridge.cmp(&b.bridge));
     d.firewall.guards.sort();
@@ -128,6 +147,8 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     /// Host facts.
     pub facts: &'a HostFacts,
+    /// Other hosts' endpoints on overlay networks.
+    pub view: &'a ClusterView,
 }
 
 impl Ctx<'_> {

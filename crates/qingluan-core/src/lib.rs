@@ -17,3 +17,4 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod service;
 pub mod settings;
+pub mod uplink;

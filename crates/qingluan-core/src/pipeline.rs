@@ -7,6 +7,16 @@
 //! | 0     | `CLASSIFY`     | admits frames by source: the gateway port, and each container port only with its own MAC (and IPv4 address for IP and ARP); everything else is dropped (anti-spoofing) |
 //! | 10    | `L2_FORWARD`   | MAC learning switch (`NORMAL`) within the bridge                |
 //!
+//! The overlay bridge shared by all vxlan networks has its own flows ([`overlay_base`],
+//! [`overlay_flows`]): `CLASSIFY` admits local ports by MAC and address, tags their frames
+//! with the network's VNI (`tun_id`) and marks them local (`reg0=1`), and admits the tunnel
+//! port (VNI from the packet); `ARP_RESPOND` (table 5) answers ARP requests of local
+//! containers for every known address of their VNI on the spot; `L2_FORWARD` delivers by
+//! (VNI, MAC): to a local port, or through the tunnel to the host holding that MAC; broadcast
+//! and multicast of a local container go to its VNI's local ports and to each other host
+//! with endpoints in that VNI, those from the tunnel only to local ports; unknown unicast is
+//! dropped: every location comes from the cluster store, nothing is learnt by flooding.
+//!
 //! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
 //! depends on flows being present, and a restarted ovs-vswitchd is detected by the missing
 //! sentinel flow and re-programmed.
@@ -40,13 +50,23 @@ pub const L2_FORWARD: Table = Table {
     name: "L2_FORWARD",
 };
 
+/// Local answers to ARP requests (overlay bridge).
+pub const ARP_RESPOND: Table = Table {
+    id: 5,
+    name: "ARP_RESPOND",
+};
+
 /// Every table, in stage order.
-pub const TABLES: [Table; 2] = [CLASSIFY, L2_FORWARD];
+pub const TABLES: [Table; 3] = [CLASSIFY, ARP_RESPOND, L2_FORWARD];
 
 /// Cookie feature of a network's base flows.
 pub const FEATURE_BASE: u64 = 0x01;
 /// Cookie feature of an endpoint's admission flows.
 pub const FEATURE_ENDPOINT: u64 = 0x02;
+/// Cookie feature of flows towards another host's endpoint.
+pub const FEATURE_REMOTE: u64 = 0x03;
+/// Cookie feature of the overlay bridge's own flows (owner 0).
+pub const FEATURE_OVERLAY: u64 = 0x04;
 
 /// Cookie for a feature and an owner ID (hex).
 pub fn cookie(feature: u64, owner_id: &str) -> u64 {
@@ -101,13 +121,179 @@ pub fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
             &goto,
         ));
     }
-    out.sort_by(|a, b| {
+    sort(&mut out);
+    out
+}
+
+/// Sorts flows by table, priority (highest first) and match: a stable order, so an
+/// unchanged table compares equal.
+pub fn sort(flows: &mut [Flow]) {
+    flows.sort_by(|a, b| {
         (a.table, std::cmp::Reverse(a.priority), &a.matches).cmp(&(
             b.table,
             std::cmp::Reverse(b.priority),
             &b.matches,
         ))
     });
+}
+
+/// Cookie of the overlay bridge's sentinel flow.
+pub fn overlay_sentinel() -> u64 {
+    FEATURE_OVERLAY << 56
+}
+
+/// The overlay bridge's own flows: default drops and the tunnel port's admission.
+pub fn overlay_base(tunnel: &str) -> Vec<Flow> {
+    let c = overlay_sentinel();
+    let flow = |table: Table, priority, matches: String, actions: String| Flow {
+        table: table.id,
+        priority,
+        cookie: c,
+        matches,
+        actions,
+    };
+    vec![
+        flow(CLASSIFY, 0, String::new(), "drop".into()),
+        flow(
+            CLASSIFY,
+            100,
+            format!("in_port={tunnel}"),
+            format!("goto_table:{}", ARP_RESPOND.id),
+        ),
+        flow(
+            ARP_RESPOND,
+            0,
+            String::new(),
+            format!("goto_table:{}", L2_FORWARD.id),
+        ),
+        flow(L2_FORWARD, 0, String::new(), "drop".into()),
+    ]
+}
+
+/// Where another host's endpoint of an overlay network is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// Its endpoint ID.
+    pub id: String,
+    /// Its MAC.
+    pub mac: crate::model::Mac,
+    /// Its IPv4 address.
+    pub ip: std::net::Ipv4Addr,
+    /// Underlay address of its host (the tunnel endpoint).
+    pub vtep: std::net::IpAddr,
+}
+
+/// The flows of one overlay network with VNI `vni`: its local endpoints (ports on the
+/// overlay bridge) and the endpoints other hosts have in it.
+pub fn overlay_flows(
+    net: &Network,
+    vni: u32,
+    endpoints: &[&Endpoint],
+    remote: &[RemoteEndpoint],
+    tunnel: &str,
+) -> Vec<Flow> {
+    let base = cookie(FEATURE_BASE, &net.id);
+    let flow = |table: Table, priority, cookie, matches: String, actions: String| Flow {
+        table: table.id,
+        priority,
+        cookie,
+        matches,
+        actions,
+    };
+    let to_vtep = |vtep: &std::net::IpAddr| format!("set_field:{vtep}->tun_dst,output:{tunnel}");
+    let answer = |mac: crate::model::Mac, ip: std::net::Ipv4Addr| {
+        format!(
+            "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:{mac}->eth_src,\
+             set_field:2->arp_op,move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],\
+             move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],set_field:{mac}->arp_sha,\
+             set_field:{ip}->arp_spa,IN_PORT"
+        )
+    };
+    let admit = format!(
+        "set_field:{vni}->tun_id,load:1->NXM_NX_REG0[0],goto_table:{}",
+        ARP_RESPOND.id
+    );
+    let mut out = Vec::new();
+    for ep in endpoints {
+        let c = cookie(FEATURE_ENDPOINT, &ep.id);
+        let (port, mac, ip) = (ep.host_veth(), ep.mac, ep.address.addr());
+        out.push(flow(
+            CLASSIFY,
+            100,
+            c,
+            format!("in_port={port},dl_src={mac},ip,nw_src={ip}"),
+            admit.clone(),
+        ));
+        out.push(flow(
+            CLASSIFY,
+            100,
+            c,
+            format!("in_port={port},dl_src={mac},arp,arp_spa={ip},arp_sha={mac}"),
+            admit.clone(),
+        ));
+        out.push(flow(
+            ARP_RESPOND,
+            100,
+            c,
+            format!("reg0=1,tun_id={vni},arp,arp_op=1,arp_tpa={ip}"),
+            answer(mac, ip),
+        ));
+        out.push(flow(
+            L2_FORWARD,
+            100,
+            c,
+            format!("tun_id={vni},dl_dst={mac}"),
+            format!("output:{port}"),
+        ));
+    }
+    for r in remote {
+        let c = cookie(FEATURE_REMOTE, &r.id);
+        out.push(flow(
+            ARP_RESPOND,
+            100,
+            c,
+            format!("reg0=1,tun_id={vni},arp,arp_op=1,arp_tpa={}", r.ip),
+            answer(r.mac, r.ip),
+        ));
+        out.push(flow(
+            L2_FORWARD,
+            100,
+            c,
+            format!("reg0=1,tun_id={vni},dl_dst={}", r.mac),
+            to_vtep(&r.vtep),
+        ));
+    }
+    let local: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("output:{}", e.host_veth()))
+        .collect();
+    let mut vteps: Vec<&std::net::IpAddr> = remote.iter().map(|r| &r.vtep).collect();
+    vteps.sort();
+    vteps.dedup();
+    let mut everywhere = local.clone();
+    everywhere.extend(vteps.into_iter().map(to_vtep));
+    let or_drop = |v: Vec<String>| {
+        if v.is_empty() {
+            "drop".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let bum = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00";
+    out.push(flow(
+        L2_FORWARD,
+        50,
+        base,
+        format!("reg0=1,tun_id={vni},{bum}"),
+        or_drop(everywhere),
+    ));
+    out.push(flow(
+        L2_FORWARD,
+        50,
+        base,
+        format!("reg0=0,tun_id={vni},{bum}"),
+        or_drop(local),
+    ));
     out
 }
 
@@ -121,7 +307,10 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);
-        assert_eq!(TABLES.map(|t| t.name), ["CLASSIFY", "L2_FORWARD"]);
+        assert_eq!(
+            TABLES.map(|t| t.name),
+            ["CLASSIFY", "ARP_RESPOND", "L2_FORWARD"]
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
 use tokio::sync::Mutex;
 
 use crate::desired::{Desired, OWNER};
+use crate::uplink;
+use qingluan_dataplane::ovsdb::BridgeState;
 
 /// The system adapters the reconciler drives.
 #[derive(Clone)]
@@ -139,13 +141,50 @@ impl Reconciler {
         }
 
         lap.mark("links");
-        // 2. OVS bridges and ports, in one transaction.
+        // 2. OVS bridges and ports, in one transaction; around it, the host's addresses
+        //    move back from an uplink bridge about to go, and onto a new one.
         match a.ovs.snapshot().await {
             Ok(snap) => {
-                let ops = ovs_ops(&self.owner, d, &snap);
+                let wanted_uplink = d.uplink.as_ref().map(|u| u.bridge.as_str());
+                for (bridge, nic) in uplink::owned_uplinks(&self.owner, &snap) {
+                    if Some(bridge) != wanted_uplink {
+                        if let Some(nic) = nic {
+                            if let Err(e) = uplink::move_addresses(&*a.links, bridge, nic).await {
+                                errs.push(e.to_string());
+                            }
+                        }
+                    }
+                }
+                let planned = match &d.uplink {
+                    Some(u) => match uplink::plan(&*a.links, &self.owner, u, &snap).await {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            errs.push(e.to_string());
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let ops = match &planned {
+                    Some((b, p)) => {
+                        let mut with = d.clone();
+                        with.bridges.push(b.clone());
+                        with.ports.push(p.clone());
+                        ovs_ops(&self.owner, &with, &snap)
+                    }
+                    None if d.uplink.is_some() => {
+                        ovs_ops(&self.owner, &keep_uplinks(d, &snap, &self.owner), &snap)
+                    }
+                    None => ovs_ops(&self.owner, d, &snap),
+                };
                 if !ops.is_empty() {
                     report.ovs_ops = ops.len();
                     if let Err(e) = a.ovs.apply(&ops).await {
+                        errs.push(e.to_string());
+                    }
+                }
+                if let Some((b, p)) = &planned {
+                    if let Err(e) = uplink::move_addresses(&*a.links, &p.name, &b.name).await {
                         errs.push(e.to_string());
                     }
                 }
@@ -249,6 +288,19 @@ impl Reconciler {
         }
         out
     }
+}
+
+/// `d` plus the uplink bridges that exist already: when the wanted uplink cannot be planned
+/// this pass, an existing one (holding the host's addresses) must not be deleted.
+fn keep_uplinks(d: &Desired, snap: &[BridgeState], owner: &str) -> Desired {
+    let mut with = d.clone();
+    for (name, _) in uplink::owned_uplinks(owner, snap) {
+        if let Some(b) = snap.iter().find(|b| b.spec.name == name) {
+            with.bridges.push(b.spec.clone());
+            with.ports.extend(b.ports.iter().map(|p| p.spec.clone()));
+        }
+    }
+    with
 }
 
 /// The OVSDB operations that turn `snap` into the desired bridges and ports.

@@ -124,9 +124,16 @@ pub struct Driver {
     reconciler: Reconciler,
     /// Host facts, learnt from OVS on first need.
     facts: RwLock<Option<HostFacts>>,
+    /// Other hosts' overlay endpoints, refreshed by the cluster agent; kept as it was while
+    /// the cluster store is unreachable, so existing tunnels keep working.
+    pub(crate) view: RwLock<desired::ClusterView>,
     /// Serialises calls.
     lock: Mutex<()>,
 }
+
+/// Bytes VXLAN over an IPv4 underlay adds to each frame (outer Ethernet 14, IPv4 20, UDP 8,
+/// VXLAN 8): the default container MTU of a vxlan network is `network.mtu` minus this.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// Where a driver keeps its records.
 pub struct Stores {
@@ -163,6 +170,7 @@ impl Driver {
             ipam,
             reconciler,
             facts: RwLock::new(None),
+            view: RwLock::new(Default::default()),
             lock: Mutex::new(()),
         }
     }
@@ -244,7 +252,8 @@ impl Driver {
         let facts = self.facts().await?;
         let nets = self.networks().await?;
         let eps = self.endpoints().await?;
-        Ok(desired::build(&self.settings, &facts, &nets, &eps))
+        let view = self.view.read().await;
+        Ok(desired::build(&self.settings, &facts, &nets, &eps, &view))
     }
 
     /// One reconcile pass over everything.
@@ -322,12 +331,22 @@ impl Driver {
                 )))
             }
         };
+        let (bridge, mtu) = match opts.mode {
+            Mode::Vxlan => (
+                modes::overlay_bridge(&self.settings.prefix),
+                self.settings.mtu.saturating_sub(VXLAN_OVERHEAD),
+            ),
+            _ => (
+                model::bridge_name(&self.settings.prefix, &req.id),
+                self.settings.mtu,
+            ),
+        };
         let net = Network {
             id: req.id.clone(),
             mode: opts.mode,
-            bridge: model::bridge_name(&self.settings.prefix, &req.id),
+            bridge,
             internal: req.internal,
-            mtu: opts.mtu.unwrap_or(self.settings.mtu),
+            mtu: opts.mtu.unwrap_or(mtu),
             subnet: subnet.trunc(),
             gateway: gateway.addr(),
             ipv6,

@@ -28,6 +28,10 @@ pub struct Settings {
     pub default_model: String,
     /// IPAM settings.
     pub ipam: IpamSettings,
+    /// This host's underlay address: the VXLAN tunnel endpoint. On the userspace datapath
+    /// the interface holding it becomes a port of the uplink bridge and the address moves to
+    /// the bridge (`uplink.rs`).
+    pub underlay_ip: Option<std::net::IpAddr>,
 }
 
 /// IPAM settings: default pools and the pool used when none is named.
@@ -64,6 +68,7 @@ impl Default for Settings {
             datapath: "auto".into(),
             default_model: "nat".into(),
             ipam: IpamSettings::default(),
+            underlay_ip: None,
         }
     }
 }

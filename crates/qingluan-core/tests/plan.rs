@@ -73,6 +73,7 @@ fn nat_network_plan() {
         &facts(),
         std::slice::from_ref(&n),
         std::slice::from_ref(&e),
+        &Default::default(),
     );
     assert_eq!(d.bridges.len(), 1);
     assert_eq!(d.bridges[0].name, "qlba1a1a1a1");
@@ -109,7 +110,13 @@ fn nat_network_plan() {
 fn nonat_and_internal_have_no_way_out() {
     let a = net("c3", Mode::Nonat, "10.241.0.0/24", false);
     let b = net("d4", Mode::Nat, "10.240.1.0/24", true);
-    let d = desired::build(&Settings::default(), &facts(), &[a, b], &[]);
+    let d = desired::build(
+        &Settings::default(),
+        &facts(),
+        &[a, b],
+        &[],
+        &Default::default(),
+    );
     assert!(d.firewall.segments.iter().all(|s| !s.external));
     assert!(d.sysctls.is_empty());
     let tso = HostFacts {
@@ -153,6 +160,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             &facts(),
             std::slice::from_ref(&n),
             &[e1.clone(), e2.clone()],
+            &Default::default(),
         );
         let first = r.sync(&d, false).await.unwrap();
         assert_eq!(first.veths_created, 2);
@@ -171,6 +179,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             &facts(),
             std::slice::from_ref(&n),
             std::slice::from_ref(&e1),
+            &Default::default(),
         );
         let third = r.sync(&d2, false).await.unwrap();
         assert_eq!(third.veths_deleted, 1);
@@ -178,7 +187,13 @@ fn reconcile_converges_and_then_changes_nothing() {
         assert!(matches!(ovs.log().last(), Some(OvsOp::DeletePort { .. })));
 
         // Removing the network removes the bridge and the rules.
-        let empty = desired::build(&Settings::default(), &facts(), &[], &[]);
+        let empty = desired::build(
+            &Settings::default(),
+            &facts(),
+            &[],
+            &[],
+            &Default::default(),
+        );
         r.sync(&empty, false).await.unwrap();
         assert!(matches!(ovs.log().last(), Some(OvsOp::DeleteBridge(_))));
         assert!(fw.current().unwrap().is_empty());
@@ -192,4 +207,61 @@ fn datapath_is_chosen_by_the_kernel_module_unless_configured() {
     assert_eq!(choose_datapath("auto", false), "netdev");
     assert_eq!(choose_datapath("netdev", true), "netdev");
     assert_eq!(choose_datapath("system", false), "system");
+}
+
+#[test]
+fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
+    let vx = |id: &str, vni: u32| {
+        let mut n = net(id, Mode::Vxlan, "10.50.0.0/24", false);
+        n.bridge = "qlov".into();
+        n.vni = Some(vni);
+        n.cluster = Some(format!("vxlan-{vni}"));
+        n.mtu = 1450;
+        n
+    };
+    let (a, b) = (vx("aa", 5001), vx("bb", 5002));
+    let (ea, eb) = (ep("e1", &a, 2, vec![]), ep("e2", &b, 2, vec![]));
+    let remote = qingluan_core::pipeline::RemoteEndpoint {
+        id: "f".repeat(64),
+        mac: Mac::from_ipv4("10.50.0.3".parse().unwrap()),
+        ip: "10.50.0.3".parse().unwrap(),
+        vtep: "10.213.0.2".parse().unwrap(),
+    };
+    let view = desired::ClusterView::from([("vxlan-5001".to_string(), vec![remote])]);
+    let settings = Settings {
+        underlay_ip: Some("10.213.0.1".parse().unwrap()),
+        ..Settings::default()
+    };
+    let d = desired::build(&settings, &facts(), &[a, b], &[ea, eb], &view);
+
+    // One overlay bridge and one tunnel port, however many networks.
+    assert_eq!(d.bridges.len(), 1);
+    assert_eq!(d.bridges[0].name, "qlov");
+    let tunnels: Vec<_> = d.ports.iter().filter(|p| p.kind == "vxlan").collect();
+    assert_eq!(tunnels.len(), 1);
+    assert_eq!(tunnels[0].options["remote_ip"], "flow");
+    assert_eq!(tunnels[0].options["key"], "flow");
+    assert_eq!(d.uplink.as_ref().map(|u| u.bridge.as_str()), Some("qlul"));
+    assert!(d.veths.iter().all(|v| v.tx_off && v.mtu == 1450));
+    assert!(d.gateways.is_empty() && d.firewall.segments.is_empty());
+
+    let flows: Vec<String> = d.flows["qlov"].iter().map(|f| f.render()).collect();
+    let has = |needle: &str| flows.iter().any(|f| f.contains(needle));
+    // Each network's frames carry its VNI; the same subnet in two VNIs stays apart.
+    assert!(has("actions=set_field:5001->tun_id"));
+    assert!(has("actions=set_field:5002->tun_id"));
+    // The remote endpoint: unicast to its host, ARP answered here.
+    assert!(has(
+        "reg0=1,tun_id=5001,dl_dst=02:42:0a:32:00:03,actions=set_field:10.213.0.2->tun_dst,output:qlovt"
+    ));
+    assert!(has("reg0=1,tun_id=5001,arp,arp_op=1,arp_tpa=10.50.0.3"));
+    assert!(!has("tun_id=5002,arp,arp_op=1,arp_tpa=10.50.0.3"));
+    // Broadcast goes to hosts with endpoints in the VNI only.
+    let bum5002 = flows
+        .iter()
+        .find(|f| f.contains("reg0=1,tun_id=5002,dl_dst=01:00:00:00:00:00"))
+        .unwrap();
+    assert!(!bum5002.contains("tun_dst"), "{bum5002}");
+    assert!(has("in_port=qlovt,actions=goto_table:5"));
+    assert_eq!(d.sentinels.len(), 1);
 }

@@ -355,3 +355,81 @@ async fn bad_names_and_namespaces_are_clear_errors() {
         "cannot enter network namespace /run/netns/qlt-nl-absent: No such file or directory (os error 2)"
     );
 }
+
+#[tokio::test]
+async fn routes_are_listed_added_and_follow_addresses() {
+    let Some(ns) = Netns::new("routes_are_listed_added_and_follow_addresses") else {
+        return;
+    };
+    let l = ns.links();
+    l.create_veth("qltra", "qltrb", 1500, None).await.unwrap();
+    l.set_up("qltrb").await.unwrap();
+    l.add_address("qltra", "10.9.8.1/24".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        l.routes("qltra").await.unwrap().is_empty(),
+        "the connected route is not listed"
+    );
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.9.8.254",
+        "dev",
+        "qltra",
+    ]);
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.50.0.0/16",
+        "via",
+        "10.9.8.253",
+        "metric",
+        "7",
+    ]);
+    let mut r = l.routes("qltra").await.unwrap();
+    r.sort_by_key(|r| r.dst);
+    use qingluan_dataplane::netlink::Route;
+    let default = Route {
+        dst: "0.0.0.0/0".parse().unwrap(),
+        gateway: Some("10.9.8.254".parse().unwrap()),
+        metric: None,
+    };
+    let lab = Route {
+        dst: "10.50.0.0/16".parse().unwrap(),
+        gateway: Some("10.9.8.253".parse().unwrap()),
+        metric: Some(7),
+    };
+    assert_eq!(r, vec![default.clone(), lab.clone()]);
+
+    // Moving them to another link, as the uplink migration does.
+    l.add_address("qltrb", "10.9.7.1/24".parse().unwrap())
+        .await
+        .unwrap();
+    l.del_address("qltra", "10.9.8.1/24".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        l.routes("qltra").await.unwrap().is_empty(),
+        "gone with the address"
+    );
+    l.add_address("qltrb", "10.9.8.1/24".parse().unwrap())
+        .await
+        .unwrap();
+    l.add_route("qltrb", &default).await.unwrap();
+    l.add_route("qltrb", &lab).await.unwrap();
+    l.add_route("qltrb", &lab).await.unwrap();
+    let shown = ns.exec(&["ip", "-4", "route", "show", "dev", "qltrb"]);
+    assert!(shown.contains("default via 10.9.8.254"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("10.50.0.0/16 via 10.9.8.253") && l.contains("metric 7")),
+        "{shown}"
+    );
+    assert_eq!(l.routes("qltrb").await.unwrap().len(), 2);
+}

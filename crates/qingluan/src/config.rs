@@ -220,6 +220,7 @@ impl Config {
             datapath: self.ovs.datapath.clone(),
             default_model: self.network.default_model.clone(),
             ipam: self.ipam.clone(),
+            underlay_ip: self.cluster.underlay_ip,
         }
     }
 }

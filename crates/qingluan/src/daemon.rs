@@ -127,9 +127,10 @@ fn default_route_address() -> Option<std::net::IpAddr> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let settings = config.settings();
+    let mut settings = config.settings();
     let (embedded, store) = open_stores(&config).await?;
     let host = this_host(&config);
+    settings.underlay_ip = host.underlay_ip;
     let host_id = host.id.clone();
     let local: Arc<dyn Store> = Arc::new(Scoped::new(embedded, &format!("local/{host_id}/")));
     tokio::spawn(qingluan_core::membership::run(store.clone(), host));

@@ -8,28 +8,12 @@ use std::time::{Duration, Instant};
 
 use bed::{enabled, text, wait_until, Bed, IMAGE};
 
-const CREATE: [&str; 13] = [
-    "network",
-    "create",
-    "--driver",
-    "qingluan",
-    "--ipam-driver",
-    "qingluanIpam",
-    "--opt",
-    "model=vxlan",
-    "--ipam-opt",
-    "pool=vxlan",
-    "--opt",
-    "vni=5001",
-    "--ipam-opt",
-];
+fn create_args(name: &str, extra: &[&str]) -> Vec<String> {
+    Bed::vxlan_args(name, 5001, extra)
+}
 
-fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = CREATE.to_vec();
-    v.push("vni=5001");
-    v.extend_from_slice(extra);
-    v.push(name);
-    v
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// Addresses of every endpoint of the cluster on one network, per host.
@@ -73,7 +57,7 @@ fn cluster_networks_and_addresses_span_hosts() {
     }
 
     // Created on h1, the network appears on h2 and h3 by itself.
-    bed.docker_ok(1, &create_args("ov1", &[]));
+    bed.docker_ok(1, &strs(&create_args("ov1", &[])));
     let t = Instant::now();
     wait_until(20, "ov1 replicated to h2 and h3", || {
         bed.has_network(2, "ov1") && bed.has_network(3, "ov1")
@@ -88,7 +72,10 @@ fn cluster_networks_and_addresses_span_hosts() {
         .to_string();
 
     // A conflicting definition of the same VNI is refused with a clear error.
-    let o = bed.docker(2, &create_args("ov1bad", &["--subnet", "10.50.0.0/24"]));
+    let o = bed.docker(
+        2,
+        &strs(&create_args("ov1bad", &["--subnet", "10.50.0.0/24"])),
+    );
     assert!(!o.status.success());
     assert!(
         text(&o).contains(&format!("vxlan-5001 already has subnet {subnet}")),
@@ -105,7 +92,7 @@ fn cluster_networks_and_addresses_span_hosts() {
     let ls = bed.ql_json(1, &["network", "ls", "--cluster"]);
     assert_eq!(ls[0]["members"]["h3"], false, "{ls}");
     // The same definition by hand joins it again.
-    bed.docker_ok(3, &create_args("ov1", &["--subnet", &subnet]));
+    bed.docker_ok(3, &strs(&create_args("ov1", &["--subnet", &subnet])));
     let ls = bed.ql_json(1, &["network", "ls", "--cluster"]);
     assert_eq!(ls[0]["members"]["h3"], true, "{ls}");
 
@@ -213,7 +200,7 @@ fn etcd_outage_spares_local_networks() {
             "qlt-nat",
         ],
     );
-    bed.docker_ok(1, &create_args("ov1", &[]));
+    bed.docker_ok(1, &strs(&create_args("ov1", &[])));
     wait_until(20, "ov1 on h2", || bed.has_network(2, "ov1"));
     let run = |bed: &Bed, name: &str, net: &str| {
         bed.docker(
@@ -226,30 +213,13 @@ fn etcd_outage_spares_local_networks() {
     assert!(run(&bed, "qlt-n1", "qlt-nat").status.success());
     assert!(run(&bed, "qlt-v1", "ov1").status.success());
     assert!(run(&bed, "qlt-v2", "ov1").status.success());
-    let addr = |bed: &Bed, c: &str| {
-        bed.docker_ok(
-            1,
-            &[
-                "exec",
-                c,
-                "sh",
-                "-c",
-                "ip -4 -o addr show eth0 | awk '{print $4}'",
-            ],
-        )
-        .trim()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-    };
-    let v2 = addr(&bed, "qlt-v2");
+    let v2 = bed.address(1, "qlt-v2");
 
     bed.stop_etcd();
     // Local networks work as usual: a new container, and traffic.
     let o = run(&bed, "qlt-n2", "qlt-nat");
     assert!(o.status.success(), "nat during the outage: {}", text(&o));
-    let n2 = addr(&bed, "qlt-n2");
+    let n2 = bed.address(1, "qlt-n2");
     bed.docker_ok(1, &["exec", "qlt-n1", "ping", "-c", "2", "-W", "2", &n2]);
     // Existing cluster endpoints keep their traffic.
     bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &v2]);
@@ -286,7 +256,7 @@ fn etcd_outage_spares_local_networks() {
         "cluster endpoint works again {:.1} s after etcd restarted",
         t.elapsed().as_secs_f64()
     );
-    let v4 = addr(&bed, "qlt-v4");
+    let v4 = bed.address(1, "qlt-v4");
     bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &v4]);
     let all = cluster_addresses(&bed, 2, "vxlan-5001");
     assert_eq!(all.len(), 3, "{all:?}");
@@ -298,7 +268,7 @@ fn dead_host_addresses_are_reclaimed_without_duplicates() {
         return;
     }
     let mut bed = Bed::start(3, "reclaim_after_secs = 3");
-    bed.docker_ok(1, &create_args("ov1", &["--subnet", "10.77.0.0/24"]));
+    bed.docker_ok(1, &strs(&create_args("ov1", &["--subnet", "10.77.0.0/24"])));
     wait_until(20, "ov1 on h3", || bed.has_network(3, "ov1"));
     for (i, ip) in ["10.77.0.11", "10.77.0.12"].iter().enumerate() {
         bed.docker_ok(

@@ -8,6 +8,8 @@ mod nat;
 mod nonat;
 mod vxlan;
 
+pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
+
 use qingluan_dataplane::netfilter::Segment;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
@@ -95,9 +97,24 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             .map(String::from)
             .to_vec(),
     });
+    attach(ctx, net, &bridge, eps, ctx.facts.needs_tx_off(), out);
+    out.flows.insert(bridge.clone(), pipeline::flows(net, eps));
+    out.sentinels.insert(bridge, pipeline::sentinel(net));
+}
+
+/// Each endpoint's veth pair, its host end as a port of `bridge`, guarded against the veth
+/// bypass on the userspace datapath.
+pub(crate) fn attach(
+    ctx: &Ctx,
+    net: &Network,
+    bridge: &str,
+    eps: &[&Endpoint],
+    tx_off: bool,
+    out: &mut Desired,
+) {
     for ep in eps {
         out.ports.push(PortSpec {
-            bridge: bridge.clone(),
+            bridge: bridge.to_string(),
             name: ep.host_veth(),
             kind: String::new(),
             tag: None,
@@ -110,13 +127,11 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             peer: ep.peer_veth(),
             mtu: net.mtu,
             mac: ep.mac,
-            tx_off: ctx.facts.needs_tx_off(),
+            tx_off,
             recreate: !ep.joined,
         });
         if ctx.facts.needs_guards() {
             out.firewall.guards.push(ep.host_veth());
         }
     }
-    out.flows.insert(bridge.clone(), pipeline::flows(net, eps));
-    out.sentinels.insert(bridge, pipeline::sentinel(net));
 }

@@ -1,15 +1,44 @@
 //! vxlan: an overlay segment shared by every host of the cluster, keyed by its VNI.
 //!
-//! On each host the network is an L2 switch with anti-spoofing and no address on the host
-//! (the gateway is not on any host): containers get no default route and Docker's
-//! `docker_gwbridge` is disabled. Publishing is refused: there is no way out.
+//! All vxlan networks of a host share one overlay bridge (`<prefix>ov`) with one flow-based
+//! VXLAN port (`<prefix>ovt`, `remote_ip=flow`, `key=flow`, UDP 4789): the number of OVS
+//! ports grows with neither networks nor hosts. The pipeline (`pipeline::overlay_flows`)
+//! keeps VNIs apart by `tun_id`, answers ARP locally and sends unicast straight to the host
+//! holding the MAC, from the locations in the cluster store. On the userspace datapath the
+//! underlay address must sit on an OVS bridge for OVS to route tunnel packets, so the
+//! network also asks for the uplink bridge (`uplink.rs`). Container ports have TX checksum
+//! offload off: OVS cannot tunnel packets that still need offloads.
+//!
+//! Without `nat=true` no host holds the gateway: containers get no default route and
+//! Docker's `docker_gwbridge` is disabled. Publishing is refused: there is no way out.
 
-use super::{switch, JoinInfo, ModeDriver};
-use crate::desired::{Ctx, Desired};
+use std::collections::BTreeMap;
+
+use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
+
+use super::{attach, JoinInfo, ModeDriver};
+use crate::desired::{Ctx, Desired, MODE, OWNER};
 use crate::model::{Endpoint, Network};
+use crate::pipeline;
+use crate::uplink::UplinkWant;
 
 /// The vxlan mode.
 pub struct Vxlan;
+
+/// The overlay bridge of an instance.
+pub fn overlay_bridge(prefix: &str) -> String {
+    format!("{prefix}ov")
+}
+
+/// The flow-based tunnel port on the overlay bridge.
+pub fn tunnel_port(prefix: &str) -> String {
+    format!("{prefix}ovt")
+}
+
+/// The uplink bridge the underlay moves onto (userspace datapath).
+pub fn uplink_bridge(prefix: &str) -> String {
+    format!("{prefix}ul")
+}
 
 impl ModeDriver for Vxlan {
     fn allows_publishing(&self, _net: &Network) -> bool {
@@ -26,6 +55,58 @@ impl ModeDriver for Vxlan {
     }
 
     fn build(&self, ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desired) {
-        switch(ctx, net, eps, out);
+        let prefix = &ctx.settings.prefix;
+        let bridge = overlay_bridge(prefix);
+        let tunnel = tunnel_port(prefix);
+        let ids = BTreeMap::from([
+            (OWNER.to_string(), ctx.settings.name.clone()),
+            (MODE.to_string(), net.mode.to_string()),
+        ]);
+        if !out.bridges.iter().any(|b| b.name == bridge) {
+            out.bridges.push(BridgeSpec {
+                name: bridge.clone(),
+                datapath_type: ctx.facts.datapath.clone(),
+                fail_mode: Some("secure".into()),
+                external_ids: ids.clone(),
+                other_config: Default::default(),
+                protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
+                    .map(String::from)
+                    .to_vec(),
+            });
+            out.ports.push(PortSpec {
+                bridge: bridge.clone(),
+                name: tunnel.clone(),
+                kind: "vxlan".into(),
+                tag: None,
+                external_ids: ids,
+                mtu_request: None,
+                options: BTreeMap::from([
+                    ("remote_ip".to_string(), "flow".to_string()),
+                    ("key".to_string(), "flow".to_string()),
+                ]),
+            });
+            out.flows
+                .entry(bridge.clone())
+                .or_default()
+                .extend(pipeline::overlay_base(&tunnel));
+            out.sentinels
+                .insert(bridge.clone(), pipeline::overlay_sentinel());
+            if ctx.facts.datapath == "netdev" {
+                if let Some(address) = ctx.settings.underlay_ip {
+                    out.uplink = Some(UplinkWant {
+                        bridge: uplink_bridge(prefix),
+                        address,
+                        datapath: ctx.facts.datapath.clone(),
+                    });
+                }
+            }
+        }
+        attach(ctx, net, &bridge, eps, ctx.facts.datapath == "netdev", out);
+        let (Some(vni), Some(key)) = (net.vni, &net.cluster) else {
+            return;
+        };
+        let remote = ctx.view.get(key).map(Vec::as_slice).unwrap_or_default();
+        let flows = pipeline::overlay_flows(net, vni, eps, remote, &tunnel);
+        out.flows.entry(bridge).or_default().extend(flows);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{check_name, sysctl_path, LinkError, LinkInfo, Links};
+use super::{check_name, sysctl_path, LinkError, LinkInfo, Links, Route};
 
 /// In-memory links of one namespace, with a log of the mutating calls.
 ///
@@ -23,7 +23,8 @@ pub struct FakeLinks {
     pub sysctls: Mutex<BTreeMap<String, String>>,
     /// Mutating calls in order, failed ones included, as text: `create_veth qlv1 qlc1 1500`,
     /// `delete_link qlv1`, `set_up qlb1`, `set_mtu qlb1 1450`, `add_address qlb1 10.0.0.1/24`,
-    /// `del_address qlb1 10.0.0.1/24`, `tx_checksum_off qlc1`, `sysctl net.ipv4.ip_forward=1`.
+    /// `del_address qlb1 10.0.0.1/24`, `add_route qlul 0.0.0.0/0`, `tx_checksum_off qlc1`,
+    /// `sysctl net.ipv4.ip_forward=1`.
     pub calls: Mutex<Vec<String>>,
     /// The links.
     model: Mutex<Model>,
@@ -46,6 +47,8 @@ struct FakeLink {
     info: LinkInfo,
     /// Its addresses, in the order added.
     addrs: Vec<ipnet::IpNet>,
+    /// Routes through it; like the kernel, they go when its last IPv4 address goes.
+    routes: Vec<Route>,
     /// The other end, for a veth.
     peer: Option<String>,
 }
@@ -65,6 +68,7 @@ impl Model {
                 kind: kind.map(str::to_string),
             },
             addrs: Vec::new(),
+            routes: Vec::new(),
             peer: None,
         };
         self.links.insert(name.to_string(), link);
@@ -254,6 +258,35 @@ impl Links for FakeLinks {
             format!("delete address {addr} from {name}"),
             |l| {
                 l.addrs.retain(|a| *a != addr);
+                if !l.addrs.iter().any(|a| a.addr().is_ipv4()) {
+                    l.routes.clear();
+                }
+                Ok(())
+            },
+        )
+    }
+
+    async fn routes(&self, name: &str) -> Result<Vec<Route>, LinkError> {
+        check_name(name)?;
+        self.model()
+            .links
+            .get(name)
+            .map(|l| l.routes.clone())
+            .ok_or_else(|| LinkError::NotFound(name.to_string()))
+    }
+
+    async fn add_route(&self, name: &str, route: &Route) -> Result<(), LinkError> {
+        let r = route.clone();
+        self.configure(
+            name,
+            format!("add_route {name} {}", route.dst),
+            format!("add route {} via {name}", route.dst),
+            move |l| {
+                if !l.addrs.iter().any(|a| a.addr().is_ipv4()) {
+                    return Err(io::Error::from_raw_os_error(libc::ENETUNREACH));
+                }
+                l.routes.retain(|x| x.dst != r.dst);
+                l.routes.push(r);
                 Ok(())
             },
         )

@@ -45,6 +45,18 @@ pub struct LinkInfo {
     pub kind: Option<String>,
 }
 
+/// An IPv4 route of the main table through one link (not the kernel's connected route of an
+/// address, which follows the address by itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Destination; `0.0.0.0/0` for the default route.
+    pub dst: ipnet::Ipv4Net,
+    /// Next hop, if any.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Metric (priority), if any.
+    pub metric: Option<u32>,
+}
+
 /// Errors of the links adapter, each naming its object.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -191,6 +203,10 @@ pub trait Links: Send + Sync {
     async fn add_address(&self, name: &str, addr: ipnet::IpNet) -> Result<(), LinkError>;
     /// Removes an address; absent is fine.
     async fn del_address(&self, name: &str, addr: ipnet::IpNet) -> Result<(), LinkError>;
+    /// IPv4 routes of the main table through a link, without the kernel's connected routes.
+    async fn routes(&self, name: &str) -> Result<Vec<Route>, LinkError>;
+    /// Adds (or replaces) an IPv4 route through a link.
+    async fn add_route(&self, name: &str, route: &Route) -> Result<(), LinkError>;
     /// Turns TX checksum offload off, like `ethtool -K name tx off`; the kernel then also
     /// drops the segmentation offloads that depend on it (TSO, USO); GSO stays on.
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError>;

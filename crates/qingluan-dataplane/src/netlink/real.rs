@@ -18,12 +18,16 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
 use nix::sched::CloneFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType};
 use rtnetlink::sys::TokioSocket;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::Ipv4Addr;
 
-use super::{check_name, sysctl_path, LinkError, LinkInfo, Links};
+use super::{check_name, sysctl_path, LinkError, LinkInfo, Links, Route};
 
 /// Links of one network namespace, over one rtnetlink connection whose task runs on the
 /// tokio runtime that created it (so the value must not outlive that runtime).
@@ -407,6 +411,39 @@ impl Links for NetlinkLinks {
         }
     }
 
+    async fn routes(&self, name: &str) -> Result<Vec<Route>, LinkError> {
+        let index = self.index(name).await?;
+        let all: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel(format!("list routes of {name}"), e))?;
+        Ok(all.iter().filter_map(|m| route_of(m, index)).collect())
+    }
+
+    async fn add_route(&self, name: &str, route: &Route) -> Result<(), LinkError> {
+        let index = self.index(name).await?;
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .output_interface(index);
+        if let Some(g) = route.gateway {
+            b = b.gateway(g);
+        }
+        if let Some(m) = route.metric {
+            b = b.priority(m);
+        }
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel(format!("add route {} via {name}", route.dst), e))
+    }
+
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError> {
         check_name(name)?;
         let sock = Arc::clone(&self.ioctl_sock);
@@ -427,4 +464,33 @@ impl Links for NetlinkLinks {
         let (key, value) = (key.to_string(), value.to_string());
         blocking(self.netns.clone(), move || write_sysctl(&key, &value)).await
     }
+}
+
+/// A main-table unicast IPv4 route through link `index` that is not a connected route.
+fn route_of(m: &RouteMessage, index: u32) -> Option<Route> {
+    if m.header.table != RouteHeader::RT_TABLE_MAIN
+        || m.header.protocol == RouteProtocol::Kernel
+        || m.header.kind != RouteType::Unicast
+    {
+        return None;
+    }
+    let (mut oif, mut dst, mut gateway, mut metric) = (None, Ipv4Addr::UNSPECIFIED, None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::Priority(p) => metric = Some(*p),
+            _ => {}
+        }
+    }
+    if oif != Some(index) {
+        return None;
+    }
+    let dst = ipnet::Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
+    Some(Route {
+        dst,
+        gateway,
+        metric,
+    })
 }

@@ -434,6 +434,42 @@ impl Bed {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
+    /// `docker network create` arguments of a vxlan network with VNI `vni`.
+    pub fn vxlan_args(name: &str, vni: u32, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "network",
+            "create",
+            "--driver",
+            "qingluan",
+            "--ipam-driver",
+            "qingluanIpam",
+            "--opt",
+            "model=vxlan",
+            "--ipam-opt",
+            "pool=vxlan",
+        ]
+        .map(String::from)
+        .to_vec();
+        for flag in ["--opt", "--ipam-opt"] {
+            v.push(flag.into());
+            v.push(format!("vni={vni}"));
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.push(name.into());
+        v
+    }
+
+    /// The IPv4 address (without prefix) of a container's `eth0` on host `h`.
+    pub fn address(&self, h: usize, container: &str) -> String {
+        let script = "ip -4 -o addr show eth0 | awk '{print $4}'";
+        self.docker_ok(h, &["exec", container, "sh", "-c", script])
+            .trim()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     /// Whether host `h`'s Docker lists a network of that name.
     pub fn has_network(&self, h: usize, name: &str) -> bool {
         let o = self.docker(h, &["network", "ls", "--format", "{{.Name}}"]);
