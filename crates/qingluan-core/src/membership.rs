@@ -59,6 +59,15 @@ pub async fn register(store: &dyn Store, host: &Host) -> Result<i64, StoreError>
     Ok(lease)
 }
 
+/// Marks this host down at once (a clean shutdown), instead of waiting for its lease to run
+/// out: the other hosts drop its tunnels within one agent pass.
+pub async fn leave(store: &dyn Store, id: &str) -> Result<(), StoreError> {
+    store
+        .txn(vec![], vec![Op::Delete(format!("{ALIVE}{id}"))])
+        .await?;
+    Ok(())
+}
+
 /// Every known host and whether it is alive.
 pub async fn hosts(store: &dyn Store) -> Result<Vec<HostStatus>, StoreError> {
     let alive: Vec<String> = store

@@ -11,7 +11,8 @@
 //! - a flow audit every second, re-programming bridges whose sentinel flow is gone
 //!   (ovs-vswitchd restarted);
 //! - after an activation and every 60 s, endpoints Docker no longer knows are collected;
-//! - every 3 s the cluster agent keeps this host's entries in the cluster store true,
+//! - on every change under `cluster/` and every 3 s, the cluster agent keeps this host's
+//!   entries in the cluster store true,
 //!   reclaims the addresses of hosts down longer than the grace period, and makes this
 //!   host's Docker match the cluster's networks (creating and removing them through the
 //!   Engine API).
@@ -211,12 +212,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     spawn_flow_audit(driver.clone());
     spawn_cluster_agent(
         driver.clone(),
+        store.clone(),
         d.docker_socket.clone(),
         settings.name.clone(),
         config.cluster.reclaim_after_secs,
     );
     spawn_docker_watch(
-        driver,
+        driver.clone(),
         d.docker_socket.clone(),
         settings.name.clone(),
         names,
@@ -230,6 +232,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     for p in [&net_sock, &ipam_sock, &d.api_socket] {
         let _ = std::fs::remove_file(p);
+    }
+    let leave = qingluan_core::membership::leave(&*store, &driver.host);
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), leave).await {
+        tracing::warn!(error = %e, "could not mark this host down; its lease will run out");
     }
     tracing::info!("stopped; the dataplane stays as it is");
     Ok(())
@@ -278,9 +284,30 @@ fn spawn_converge(
     });
 }
 
-/// Every 3 s: the cluster agent pass, then this host's Docker made to match the cluster's
-/// networks. Polling (rather than watching) makes recovery after an etcd outage automatic.
-fn spawn_cluster_agent(driver: Arc<Driver>, docker: std::path::PathBuf, name: String, grace: u64) {
+/// The cluster agent pass, then this host's Docker made to match the cluster's networks:
+/// whenever something under `cluster/` changes (a watch on the cluster store), and every 3 s
+/// regardless, so recovery after an etcd outage needs no watch to survive it.
+fn spawn_cluster_agent(
+    driver: Arc<Driver>,
+    store: Arc<dyn Store>,
+    docker: std::path::PathBuf,
+    name: String,
+    grace: u64,
+) {
+    let kick = Arc::new(Notify::new());
+    {
+        let kick = kick.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut events) = store.watch("cluster/").await {
+                    while events.recv().await.is_some() {
+                        kick.notify_one();
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             match driver.cluster_sync(grace).await {
@@ -298,7 +325,10 @@ fn spawn_cluster_agent(driver: Arc<Driver>, docker: std::path::PathBuf, name: St
                 }
                 Err(e) => tracing::debug!(error = %e, "replication"),
             }
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                _ = kick.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     });
 }

@@ -62,3 +62,232 @@ fn overlay_connects_every_host() {
         t.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn vnis_are_isolated_arp_stays_local_and_mtu_fits() {
+    if !enabled("vnis_are_isolated_arp_stays_local_and_mtu_fits") {
+        return;
+    }
+    let bed = Bed::start(2, "");
+    // Two VNIs with the same subnet, and the same address in both.
+    create(&bed, 1, "ov1", 5001, &["--subnet", "10.60.0.0/24"]);
+    create(&bed, 1, "ov2", 5002, &["--subnet", "10.60.0.0/24"]);
+    wait_until(20, "both networks on h2", || {
+        bed.has_network(2, "ov1") && bed.has_network(2, "ov2")
+    });
+    let start = |h: usize, name: &str, net: &str, ip: &str| {
+        bed.docker_ok(
+            h,
+            &[
+                "run", "-d", "--name", name, "--net", net, "--ip", ip, IMAGE, "sleep", "600",
+            ],
+        );
+    };
+    start(1, "qlt-a1", "ov1", "10.60.0.11");
+    start(2, "qlt-a2", "ov1", "10.60.0.12");
+    start(1, "qlt-b1", "ov2", "10.60.0.21");
+    start(2, "qlt-b2", "ov2", "10.60.0.12");
+    let echoes = |h: usize, c: &str| -> u64 {
+        let snmp = bed.docker_ok(h, &["exec", c, "cat", "/proc/net/snmp"]);
+        let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "InEchos")
+            .unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    wait_until(30, "a1 reaches a2", || {
+        ping(&bed, 1, "qlt-a1", "10.60.0.12")
+    });
+    wait_until(30, "b1 reaches b2", || {
+        ping(&bed, 1, "qlt-b1", "10.60.0.12")
+    });
+    let b2_before = echoes(2, "qlt-b2");
+    let a2_before = echoes(2, "qlt-a2");
+    bed.docker(1, &["exec", "qlt-a1", "ip", "neigh", "flush", "all"]);
+    let wire = bed.capture("udp port 4789", || {
+        assert!(ping(&bed, 1, "qlt-a1", "10.60.0.12"));
+        assert!(ping(&bed, 1, "qlt-b1", "10.60.0.12"));
+        assert!(
+            !ping(&bed, 1, "qlt-a1", "10.60.0.21"),
+            "ov1 cannot reach ov2"
+        );
+    });
+    assert!(echoes(2, "qlt-a2") > a2_before, "a1's pings reach a2");
+    assert_eq!(
+        echoes(2, "qlt-b2"),
+        b2_before + 1,
+        "only b1's ping reaches b2: no leak between VNIs"
+    );
+    let frames: Vec<&str> = wire.lines().filter(|l| l.contains("VXLAN")).collect();
+    assert!(frames.len() >= 4, "{wire}");
+    for f in &frames {
+        assert!(f.contains("vni 5001") || f.contains("vni 5002"), "{f}");
+    }
+    assert!(frames.iter().any(|f| f.contains("vni 5001")), "{wire}");
+    assert!(frames.iter().any(|f| f.contains("vni 5002")), "{wire}");
+    assert!(
+        !wire.contains("who-has 10.60.0.12"),
+        "ARP for a known address is answered on the host, never tunnelled: {wire}"
+    );
+    assert!(
+        wire.contains("who-has 10.60.0.21 tell 10.60.0.11"),
+        "an unknown address is asked for in the VNI only: {wire}"
+    );
+
+    // MTU: 1450 in containers; the largest DF ping fits the 1500 underlay, one more byte
+    // fails in the sender.
+    let mtu = bed.docker_ok(1, &["exec", "qlt-a1", "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1450");
+    let fits = bed.in_container(1, "qlt-a1", "ping -M do -s 1422 -c 1 -W 2 10.60.0.12");
+    assert!(fits.status.success(), "{}", text(&fits));
+    let over = bed.in_container(1, "qlt-a1", "ping -M do -s 1423 -c 1 -W 2 10.60.0.12");
+    assert!(!over.status.success());
+    assert!(text(&over).contains("message too long"), "{}", text(&over));
+
+    // Bad VNIs are refused with clear errors.
+    for (vni, msg) in [
+        (
+            "0",
+            "invalid vni \"0\" for model vxlan: must be a number from 1 to 16777215",
+        ),
+        (
+            "16777216",
+            "invalid vni \"16777216\" for model vxlan: must be a number from 1 to 16777215",
+        ),
+        ("abc", "invalid vni \"abc\" for model vxlan"),
+    ] {
+        let o = bed.docker(
+            1,
+            &[
+                "network",
+                "create",
+                "--driver",
+                "qingluan",
+                "--ipam-driver",
+                "qingluanIpam",
+                "--opt",
+                "model=vxlan",
+                "--opt",
+                &format!("vni={vni}"),
+                "--ipam-opt",
+                "pool=vxlan",
+                "--ipam-opt",
+                "vni=77",
+                "qlt-bad",
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(text(&o).contains(msg), "{}", text(&o));
+    }
+    let o = bed.docker(
+        1,
+        &[
+            "network",
+            "create",
+            "--driver",
+            "qingluan",
+            "--ipam-driver",
+            "qingluanIpam",
+            "--opt",
+            "model=vxlan",
+            "--ipam-opt",
+            "pool=vxlan",
+            "--ipam-opt",
+            "vni=77",
+            "qlt-bad",
+        ],
+    );
+    assert!(
+        text(&o).contains("model vxlan needs --opt vni=<1-16777215>"),
+        "{}",
+        text(&o)
+    );
+    let o = bed.docker(
+        1,
+        &[
+            "network",
+            "create",
+            "--driver",
+            "qingluan",
+            "--ipam-driver",
+            "qingluanIpam",
+            "--opt",
+            "model=vxlan",
+            "--opt",
+            "vni=78",
+            "--ipam-opt",
+            "pool=vxlan",
+            "--ipam-opt",
+            "vni=77",
+            "qlt-bad",
+        ],
+    );
+    assert!(
+        text(&o).contains("is not a qingluanIpam subnet of vxlan-78"),
+        "{}",
+        text(&o)
+    );
+    assert!(!bed.has_network(1, "qlt-bad"));
+}
+
+#[test]
+fn hosts_leaving_and_joining_update_the_tunnels() {
+    if !enabled("hosts_leaving_and_joining_update_the_tunnels") {
+        return;
+    }
+    let mut bed = Bed::start(3, "");
+    create(&bed, 1, "ov1", 5001, &[]);
+    wait_until(20, "ov1 on every host", || {
+        bed.has_network(2, "ov1") && bed.has_network(3, "ov1")
+    });
+    let ips: Vec<String> = (1..=3)
+        .map(|h| run(&bed, h, &format!("qlt-c{h}"), "ov1"))
+        .collect();
+    wait_until(30, "h1 reaches h3", || ping(&bed, 1, "qlt-c1", &ips[2]));
+    let h3 = bed.host_ip(3);
+    let towards_h3 = |bed: &Bed| {
+        let flows = text(&bed.exec(1, "ovs-ofctl -O OpenFlow15 dump-flows qlov"));
+        flows.contains(&format!("set_field:{h3}->tun_dst"))
+    };
+    assert!(towards_h3(&bed));
+
+    // h3 leaves (its daemon stops): h1 drops its flows within a few seconds.
+    let t = Instant::now();
+    bed.stop_daemon(3);
+    wait_until(10, "h3's flows removed on h1", || !towards_h3(&bed));
+    println!(
+        "h3's tunnels gone from h1 {:.1} s after it left",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(ping(&bed, 1, "qlt-c1", &ips[1]), "h2 is unaffected");
+
+    // h3 joins again: its flows come back and its container is reachable.
+    let t = Instant::now();
+    bed.start_daemon(3);
+    wait_until(20, "h3's flows back on h1", || towards_h3(&bed));
+    wait_until(20, "h1 reaches h3 again", || {
+        ping(&bed, 1, "qlt-c1", &ips[2])
+    });
+    println!(
+        "h3 reachable again {:.1} s after its daemon started",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The last vxlan network gone, the underlay address moves back to eth0.
+    for h in 1..=3 {
+        bed.docker_ok(h, &["rm", "-f", &format!("qlt-c{h}")]);
+    }
+    bed.ql(1, &["network", "rm", "ov1"]);
+    wait_until(20, "underlay back on eth0 of every host", || {
+        (1..=3).all(|h| {
+            let eth0 = text(&bed.exec(h, "ip -4 -o addr show dev eth0"));
+            eth0.contains(&bed.host_ip(h))
+        })
+    });
+    let gone = text(&bed.exec(1, "ip link show dev qlul"));
+    assert!(gone.contains("does not exist"), "{gone}");
+    let route = text(&bed.exec(1, "ip route show default"));
+    assert!(route.contains("dev eth0"), "{route}");
+}

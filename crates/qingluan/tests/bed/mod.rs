@@ -350,6 +350,18 @@ impl Bed {
         });
     }
 
+    /// Stops host `h`'s daemon with SIGTERM (a clean shutdown: it marks itself down).
+    pub fn stop_daemon(&mut self, h: usize) {
+        if let Some(mut c) = self.hosts[h - 1].daemon.take() {
+            // `ip netns exec` execs the daemon, so the child is the daemon itself.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
     /// Kills host `h`'s daemon with SIGKILL (a crash: its lease runs out in etcd).
     pub fn kill_daemon(&mut self, h: usize) {
         if let Some(mut c) = self.hosts[h - 1].daemon.take() {
@@ -468,6 +480,53 @@ impl Bed {
             .next()
             .unwrap()
             .to_string()
+    }
+
+    /// Runs a host program (`ping -M do`, `iperf3`, ...) in a container's network namespace
+    /// on host `h`: busybox lacks some options.
+    pub fn in_container(&self, h: usize, container: &str, script: &str) -> Output {
+        let pid = self.docker_ok(h, &["inspect", "-f", "{{.State.Pid}}", container]);
+        run(
+            "nsenter",
+            &[
+                &format!("--net=/proc/{}/ns/net", pid.trim()),
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    }
+
+    /// Captures on the underlay switch (`tcpdump -nn -e` on `br0`) with `filter` while `f`
+    /// runs, and returns what tcpdump printed.
+    pub fn capture(&self, filter: &str, f: impl FnOnce()) -> String {
+        let out = self.dir.join("capture.txt");
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns("sw"),
+                "tcpdump",
+                "-nn",
+                "-e",
+                "-l",
+            ])
+            .args(["-i", "br0"])
+            .args(filter.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(Duration::from_millis(1500));
+        f();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = child.wait();
+        std::fs::read_to_string(&out).unwrap_or_default()
     }
 
     /// Whether host `h`'s Docker lists a network of that name.
