@@ -3,7 +3,8 @@
 # bridge network and --net none, measured interleaved in one run, plus the plugin's own
 # handling time per call (p50/p99) from `qingluan status --json`; then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
-# hosts at once against the embedded store (benches/cluster_ipam.rs).
+# hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
+# vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs).
 #
 # Usage: scripts/bench.sh [RUNS]   (default 25; needs OVS + dockerd up: scripts/setup.sh)
 # Uses the running qingluan daemon if one serves /run/docker/plugins/qingluan.sock,
@@ -60,4 +61,8 @@ for c in json.load(sys.stdin)["calls"]:
 if command -v etcd >/dev/null; then
   echo
   cargo bench -q -p qingluan --features etcd --bench cluster_ipam -- "${QL_BENCH_ALLOCS:-300}"
+  if command -v iperf3 >/dev/null; then
+    echo
+    QL_E2E=1 cargo bench -q -p qingluan --features etcd --bench overlay
+  fi
 fi
