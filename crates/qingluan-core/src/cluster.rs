@@ -106,6 +106,12 @@ impl ClusterNetwork {
                     other.internal.to_string(),
                 )
             })
+            .or_else(|| diff("nat", self.nat().to_string(), other.nat().to_string()))
+    }
+
+    /// Whether it was created with `--opt nat=true` (options are validated before).
+    fn nat(&self) -> bool {
+        self.options.get("nat").map(|v| v.trim()) == Some("true")
     }
 
     /// Name for messages: the Docker name, or the key.
@@ -399,6 +405,12 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "vxlan-5001 already exists with subnet 10.243.0.0/24; this definition has 10.50.0.0/24"
+        );
+        let mut nat = def("10.243.0.0/24");
+        nat.options.insert("nat".into(), "true".into());
+        assert_eq!(
+            declare(&s, &nat, "h3", "c").await.unwrap_err().to_string(),
+            "vxlan-5001 already exists with nat false; this definition has true"
         );
         assert_eq!(members(&s, "vxlan-5001").await.unwrap().len(), 2);
     }

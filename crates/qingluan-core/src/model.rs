@@ -92,6 +92,10 @@ pub struct Network {
     /// The cluster key for networks shared by hosts (`vxlan-5001`, see `cluster.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// The host interface holding the gateway of a vxlan network with `nat=true` (an internal
+    /// port of the overlay bridge, named like a network bridge); `None` for other networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_port: Option<String>,
 }
 
 impl Network {
@@ -102,7 +106,16 @@ impl Network {
 
     /// Whether traffic may leave this host through the gateway (masquerade, publishing).
     pub fn external(&self) -> bool {
-        self.mode == Mode::Nat && !self.internal
+        !self.internal && (self.mode == Mode::Nat || self.gateway_port.is_some())
+    }
+
+    /// The host interface holding this network's gateway, if this host routes its subnet:
+    /// the bridge of nat and nonat networks, the gateway port of vxlan with `nat=true`.
+    pub fn host_gateway(&self) -> Option<String> {
+        match self.mode {
+            Mode::Nat | Mode::Nonat => Some(self.bridge()),
+            _ => self.gateway_port.clone(),
+        }
     }
 
     /// Short ID as Docker prints it.

@@ -37,6 +37,9 @@ pub enum OptionError {
     /// `--opt mtu` and `com.docker.network.driver.mtu` disagree.
     #[error("mtu {0} and com.docker.network.driver.mtu {1} disagree")]
     MtuConflict(u32, u32),
+    /// `--opt nat=` other than true or false.
+    #[error("invalid nat {0:?}: must be true or false")]
+    InvalidNat(String),
     /// A published port we cannot map.
     #[error("invalid port mapping: {0}")]
     InvalidPort(String),
@@ -54,6 +57,8 @@ pub struct NetworkOptions {
     pub mtu: Option<u32>,
     /// VLAN ID or VNI (vlan, vxlan).
     pub vni: Option<u32>,
+    /// `nat=true` (vxlan): a gateway on every host with masquerade and publishing.
+    pub nat: bool,
 }
 
 /// Keys every mode accepts.
@@ -74,7 +79,7 @@ pub fn network_options(
     let mut valid = COMMON_KEYS.to_vec();
     match mode {
         Mode::Nonat | Mode::Nat => {}
-        Mode::Vxlan => valid.push("vni"),
+        Mode::Vxlan => valid.extend(["vni", "nat"]),
         Mode::Flat | Mode::Vlan => return Err(OptionError::ModelUnavailable(mode)),
     }
     if let Some(key) = generic.keys().find(|k| !valid.contains(&k.as_str())) {
@@ -102,7 +107,17 @@ pub fn network_options(
         (Some(a), Some(b)) if a != b => return Err(OptionError::MtuConflict(a, b)),
         (a, b) => a.or(b),
     };
-    Ok(NetworkOptions { mode, mtu, vni })
+    let nat = match generic.get("nat").map(|v| v.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(OptionError::InvalidNat(other.to_string())),
+    };
+    Ok(NetworkOptions {
+        mode,
+        mtu,
+        vni,
+        nat,
+    })
 }
 
 /// A VNI or VLAN ID: a number from 1 to `max`.
@@ -232,6 +247,27 @@ mod tests {
                 .unwrap()
                 .vni,
             Some(5001)
+        );
+        assert_eq!(
+            network_options(
+                &opts(&[("model", "vxlan"), ("vni", "1"), ("nat", "yes")]),
+                "nat"
+            )
+            .unwrap_err()
+            .to_string(),
+            "invalid nat \"yes\": must be true or false"
+        );
+        assert!(
+            network_options(
+                &opts(&[("model", "vxlan"), ("vni", "1"), ("nat", "true")]),
+                "nat"
+            )
+            .unwrap()
+            .nat
+        );
+        assert_eq!(
+            network_options(&opts(&[("nat", "true")]), "nat").unwrap_err().to_string(),
+            "unknown option \"nat\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu)"
         );
         assert_eq!(
             network_options(&opts(&[("colour", "red")]), "nat").unwrap_err().to_string(),

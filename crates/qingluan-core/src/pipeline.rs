@@ -183,14 +183,31 @@ pub struct RemoteEndpoint {
     pub vtep: std::net::IpAddr,
 }
 
+/// The host's gateway of an overlay network with `nat=true`: an internal port of the overlay
+/// bridge with the same MAC and address on every host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayGateway {
+    /// The internal port.
+    pub port: String,
+    /// Its MAC.
+    pub mac: crate::model::Mac,
+    /// The gateway address.
+    pub ip: std::net::Ipv4Addr,
+}
+
 /// The flows of one overlay network with VNI `vni`: its local endpoints (ports on the
-/// overlay bridge) and the endpoints other hosts have in it.
+/// overlay bridge), the endpoints other hosts have in it, and this host's gateway.
+///
+/// The gateway serves only this host's containers: its frames are classified like the
+/// tunnel's (`reg0=0`), so they reach local ports only, and frames for its MAC are taken
+/// only from local containers; each host answers ARP for the gateway itself.
 pub fn overlay_flows(
     net: &Network,
     vni: u32,
     endpoints: &[&Endpoint],
     remote: &[RemoteEndpoint],
     tunnel: &str,
+    gateway: Option<&OverlayGateway>,
 ) -> Vec<Flow> {
     let base = cookie(FEATURE_BASE, &net.id);
     let flow = |table: Table, priority, cookie, matches: String, actions: String| Flow {
@@ -271,6 +288,30 @@ pub fn overlay_flows(
     vteps.sort();
     vteps.dedup();
     let mut everywhere = local.clone();
+    if let Some(g) = gateway {
+        out.push(flow(
+            CLASSIFY,
+            100,
+            base,
+            format!("in_port={},dl_src={}", g.port, g.mac),
+            format!("set_field:{vni}->tun_id,goto_table:{}", ARP_RESPOND.id),
+        ));
+        out.push(flow(
+            ARP_RESPOND,
+            100,
+            base,
+            format!("reg0=1,tun_id={vni},arp,arp_op=1,arp_tpa={}", g.ip),
+            answer(g.mac, g.ip),
+        ));
+        out.push(flow(
+            L2_FORWARD,
+            100,
+            base,
+            format!("reg0=1,tun_id={vni},dl_dst={}", g.mac),
+            format!("output:{}", g.port),
+        ));
+        everywhere.push(format!("output:{}", g.port));
+    }
     everywhere.extend(vteps.into_iter().map(to_vtep));
     let or_drop = |v: Vec<String>| {
         if v.is_empty() {

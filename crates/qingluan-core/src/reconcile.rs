@@ -344,7 +344,11 @@ pub fn ovs_ops(
         match have_ports.get(&(want.bridge.as_str(), want.name.as_str())) {
             None => ops.push(OvsOp::AddPort(want.clone())),
             Some(h) => {
-                if h.external_ids != want.external_ids || h.tag != want.tag || h.kind != want.kind {
+                if h.external_ids != want.external_ids
+                    || h.tag != want.tag
+                    || h.kind != want.kind
+                    || h.mac != want.mac
+                {
                     ops.push(OvsOp::UpdatePort(want.clone()));
                 }
             }

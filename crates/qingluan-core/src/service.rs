@@ -41,6 +41,19 @@ pub enum ServiceError {
     /// `-p` on a network without a way out.
     #[error("port publishing (-p) is not supported on {0} networks: they have no route out")]
     PublishingRefused(&'static str),
+    /// `--internal` with `--opt nat=true`.
+    #[error("--internal and --opt nat=true contradict each other: nat=true is a way out")]
+    InternalNat,
+    /// A subnet this host would route overlaps one it already routes.
+    #[error(
+        "subnet {subnet} overlaps {other} of network {network}, which this host already \
+         routes: a vxlan network with nat=true has its gateway on every host"
+    )]
+    RoutedOverlap {
+        subnet: Ipv4Net,
+        other: Ipv4Net,
+        network: String,
+    },
     /// A host port published twice.
     #[error("host port {port}/{proto} is already published by endpoint {owner}")]
     PortInUse {
@@ -331,6 +344,9 @@ impl Driver {
                 )))
             }
         };
+        if opts.nat && req.internal {
+            return Err(ServiceError::InternalNat);
+        }
         let (bridge, mtu) = match opts.mode {
             Mode::Vxlan => (
                 modes::overlay_bridge(&self.settings.prefix),
@@ -354,8 +370,12 @@ impl Driver {
             created: model::now(),
             vni: opts.vni,
             cluster: cluster::network_key(opts.mode, opts.vni),
+            gateway_port: opts
+                .nat
+                .then(|| model::bridge_name(&self.settings.prefix, &req.id)),
         };
         let _g = self.lock.lock().await;
+        self.check_routed(&net).await?;
         let created = match &net.cluster {
             Some(k) => Some(self.declare(&net, k).await?),
             None => None,
@@ -373,6 +393,29 @@ impl Driver {
             }
         }
         done
+    }
+
+    /// Refuses a network whose gateway would sit on this host (nat, nonat, vxlan with
+    /// `nat=true`) when its subnet overlaps one this host already routes: the host's routing
+    /// table can hold only one of them. The IPAM keeps nat and nonat subnets apart already;
+    /// vxlan subnets live in their own domains and meet the host's only here.
+    async fn check_routed(&self, net: &Network) -> Result<(), ServiceError> {
+        if net.host_gateway().is_none() {
+            return Ok(());
+        }
+        let clash = self.networks().await?.into_iter().find(|n| {
+            n.id != net.id
+                && n.host_gateway().is_some()
+                && crate::ipam::overlaps(IpNet::V4(n.subnet), IpNet::V4(net.subnet))
+        });
+        match clash {
+            Some(n) => Err(ServiceError::RoutedOverlap {
+                subnet: net.subnet,
+                other: n.subnet,
+                network: short(&n.id),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Records a cluster network for this host: checks that the IPAM subnet belongs to the
@@ -735,10 +778,10 @@ impl Driver {
 }
 
 fn refusal(net: &Network) -> &'static str {
-    if net.mode == Mode::Nonat {
-        "nonat"
-    } else {
-        "internal"
+    match net.mode {
+        Mode::Nonat => "nonat",
+        Mode::Vxlan if !net.internal => "vxlan (without --opt nat=true)",
+        _ => "internal",
     }
 }
 

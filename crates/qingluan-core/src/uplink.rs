@@ -118,6 +118,7 @@ pub async fn plan(
         tag: None,
         external_ids: port_ids,
         mtu_request: None,
+        mac: None,
         options: Default::default(),
     };
     Ok((bridge, port))

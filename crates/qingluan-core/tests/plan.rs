@@ -28,6 +28,7 @@ fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
         created: 0,
         vni: None,
         cluster: None,
+        gateway_port: None,
     }
 }
 
@@ -264,4 +265,67 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
     assert!(!bum5002.contains("tun_dst"), "{bum5002}");
     assert!(has("in_port=qlovt,actions=goto_table:5"));
     assert_eq!(d.sentinels.len(), 1);
+}
+
+#[test]
+fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
+    let mut n = net("cc", Mode::Vxlan, "10.51.0.0/24", false);
+    n.bridge = "qlov".into();
+    n.vni = Some(5100);
+    n.cluster = Some("vxlan-5100".into());
+    n.mtu = 1450;
+    n.gateway_port = Some(qingluan_core::model::bridge_name("ql", &n.id));
+    let gw = n.gateway_port.clone().unwrap();
+    let web = PortMapping {
+        proto: Proto::Tcp,
+        port: 80,
+        host_ip: None,
+        host_port: 8080,
+    };
+    let e = ep("e3", &n, 2, vec![web]);
+    let d = desired::build(
+        &Settings::default(),
+        &facts(),
+        std::slice::from_ref(&n),
+        &[e],
+        &Default::default(),
+    );
+
+    // An internal port of the overlay bridge with a MAC derived from the gateway address,
+    // the same on every host; the gateway address on it; masquerade and the published port.
+    let port = d.ports.iter().find(|p| p.name == gw).unwrap();
+    assert_eq!(
+        (port.bridge.as_str(), port.kind.as_str()),
+        ("qlov", "internal")
+    );
+    assert_eq!(port.mac.as_deref(), Some("02:42:0a:33:00:01"));
+    assert_eq!(d.gateways.len(), 1);
+    assert_eq!(d.gateways[0].iface, gw);
+    assert_eq!(d.gateways[0].addrs[0].to_string(), "10.51.0.1/24");
+    assert_eq!(d.gateways[0].mtu, 1450);
+    let seg = &d.firewall.segments[0];
+    assert!(seg.external && seg.bridge == gw);
+    assert_eq!(seg.dnat.len(), 1);
+    assert_eq!(d.sysctls["net.ipv4.ip_forward"], "1");
+
+    let flows: Vec<String> = d.flows["qlov"].iter().map(|f| f.render()).collect();
+    let has = |needle: &str| flows.iter().any(|f| f.contains(needle));
+    // The gateway's frames are local-only (reg0 stays 0); ARP for it is answered here;
+    // frames for its MAC come only from local containers.
+    assert!(has(&format!(
+        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:5"
+    )));
+    assert!(has("reg0=1,tun_id=5100,arp,arp_op=1,arp_tpa=10.51.0.1"));
+    assert!(has(&format!(
+        "reg0=1,tun_id=5100,dl_dst=02:42:0a:33:00:01,actions=output:{gw}"
+    )));
+
+    // Join gives the gateway as default route; publishing is allowed.
+    let driver = qingluan_core::modes::driver(Mode::Vxlan);
+    assert!(driver.allows_publishing(&n));
+    let e = ep("e3", &n, 2, vec![]);
+    assert_eq!(driver.join(&n, &e).gateway, Some(n.gateway));
+    n.gateway_port = None;
+    assert!(!driver.allows_publishing(&n));
+    assert_eq!(driver.join(&n, &e).gateway, None);
 }

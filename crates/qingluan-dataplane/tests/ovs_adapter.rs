@@ -49,6 +49,7 @@ fn port(bridge: &str, name: &str, kind: &str) -> PortSpec {
         external_ids: ids(&[("qingluan-owner", "qltest"), ("qingluan-endpoint", name)]),
         mtu_request: None,
         options: BTreeMap::new(),
+        mac: None,
     }
 }
 
@@ -149,6 +150,7 @@ async fn bridges_and_ports_round_trip() {
     let mut internal = port("qltbr0", "qltin1", "internal");
     internal.mtu_request = Some(1400);
     internal.options = ids(&[]);
+    internal.mac = Some("02:42:0a:33:00:01".into());
     a.apply(&[
         OvsOp::AddBridge(br.clone()),
         OvsOp::AddPort(veth.clone()),
@@ -181,6 +183,11 @@ async fn bridges_and_ports_round_trip() {
     assert_eq!(
         ovs.vsctl(&["get", "Interface", "qltbr0", "type"]),
         "internal"
+    );
+    assert_eq!(
+        ovs.vsctl(&["get", "Interface", "qltin1", "mac_in_use"]),
+        "\"02:42:0a:33:00:01\"",
+        "the internal port has the MAC asked for"
     );
 
     let mut tagged = veth.clone();

@@ -12,7 +12,7 @@ mod bed;
 
 use std::time::{Duration, Instant};
 
-use bed::{enabled, text, Bed, IMAGE};
+use bed::{enabled, strs, text, Bed, IMAGE};
 
 /// Where a command runs: a host's namespace, or a container's (with host programs).
 #[derive(Clone, Copy)]
@@ -52,8 +52,7 @@ fn main() {
     let bed = Bed::start(2, "");
     let underlay_kernel = iperf(&bed, At::Host(2), At::Host(1), &bed.host_ip(2));
 
-    let args = Bed::vxlan_args("ov1", 5001, &[]);
-    bed.docker_ok(1, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    bed.docker_ok(1, &strs(&Bed::vxlan_args("ov1", 5001, &[])));
     let t = Instant::now();
     while !bed.has_network(2, "ov1") {
         assert!(t.elapsed() < Duration::from_secs(20), "ov1 not replicated");

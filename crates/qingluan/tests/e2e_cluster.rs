@@ -6,14 +6,10 @@ mod bed;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bed::{enabled, text, wait_until, Bed, IMAGE};
+use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
 
 fn create_args(name: &str, extra: &[&str]) -> Vec<String> {
     Bed::vxlan_args(name, 5001, extra)
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// Addresses of every endpoint of the cluster on one network, per host.
@@ -186,20 +182,7 @@ fn etcd_outage_spares_local_networks() {
         return;
     }
     let mut bed = Bed::start(2, "");
-    bed.docker_ok(
-        1,
-        &[
-            "network",
-            "create",
-            "--driver",
-            "qingluan",
-            "--ipam-driver",
-            "qingluanIpam",
-            "--opt",
-            "model=nat",
-            "qlt-nat",
-        ],
-    );
+    bed.docker_ok(1, &strs(&Bed::network_args("nat", "qlt-nat", &[])));
     bed.docker_ok(1, &strs(&create_args("ov1", &[])));
     wait_until(20, "ov1 on h2", || bed.has_network(2, "ov1"));
     let run = |bed: &Bed, name: &str, net: &str| {

@@ -5,11 +5,10 @@ mod bed;
 
 use std::time::Instant;
 
-use bed::{enabled, text, wait_until, Bed, IMAGE};
+use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
 
 fn create(bed: &Bed, h: usize, name: &str, vni: u32, extra: &[&str]) {
-    let args = Bed::vxlan_args(name, vni, extra);
-    bed.docker_ok(h, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    bed.docker_ok(h, &strs(&Bed::vxlan_args(name, vni, extra)));
 }
 
 fn run(bed: &Bed, h: usize, name: &str, net: &str) -> String {
@@ -158,72 +157,21 @@ fn vnis_are_isolated_arp_stays_local_and_mtu_fits() {
         ),
         ("abc", "invalid vni \"abc\" for model vxlan"),
     ] {
-        let o = bed.docker(
-            1,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "qingluan",
-                "--ipam-driver",
-                "qingluanIpam",
-                "--opt",
-                "model=vxlan",
-                "--opt",
-                &format!("vni={vni}"),
-                "--ipam-opt",
-                "pool=vxlan",
-                "--ipam-opt",
-                "vni=77",
-                "qlt-bad",
-            ],
-        );
+        let opt = format!("vni={vni}");
+        let args = ["--opt", opt.as_str(), "--ipam-opt", "vni=77"];
+        let o = bed.docker(1, &strs(&Bed::network_args("vxlan", "qlt-bad", &args)));
         assert!(!o.status.success());
         assert!(text(&o).contains(msg), "{}", text(&o));
     }
-    let o = bed.docker(
-        1,
-        &[
-            "network",
-            "create",
-            "--driver",
-            "qingluan",
-            "--ipam-driver",
-            "qingluanIpam",
-            "--opt",
-            "model=vxlan",
-            "--ipam-opt",
-            "pool=vxlan",
-            "--ipam-opt",
-            "vni=77",
-            "qlt-bad",
-        ],
-    );
+    let only_ipam = ["--ipam-opt", "vni=77"];
+    let o = bed.docker(1, &strs(&Bed::network_args("vxlan", "qlt-bad", &only_ipam)));
     assert!(
         text(&o).contains("model vxlan needs --opt vni=<1-16777215>"),
         "{}",
         text(&o)
     );
-    let o = bed.docker(
-        1,
-        &[
-            "network",
-            "create",
-            "--driver",
-            "qingluan",
-            "--ipam-driver",
-            "qingluanIpam",
-            "--opt",
-            "model=vxlan",
-            "--opt",
-            "vni=78",
-            "--ipam-opt",
-            "pool=vxlan",
-            "--ipam-opt",
-            "vni=77",
-            "qlt-bad",
-        ],
-    );
+    let disagree = ["--opt", "vni=78", "--ipam-opt", "vni=77"];
+    let o = bed.docker(1, &strs(&Bed::network_args("vxlan", "qlt-bad", &disagree)));
     assert!(
         text(&o).contains("is not a qingluanIpam subnet of vxlan-78"),
         "{}",
@@ -290,4 +238,103 @@ fn hosts_leaving_and_joining_update_the_tunnels() {
     assert!(gone.contains("does not exist"), "{gone}");
     let route = text(&bed.exec(1, "ip route show default"));
     assert!(route.contains("dev eth0"), "{route}");
+}
+
+#[test]
+fn nat_gives_every_host_the_same_gateway_out() {
+    if !enabled("nat_gives_every_host_the_same_gateway_out") {
+        return;
+    }
+    let bed = Bed::start(2, "");
+    let refused = |args: Vec<String>, want: &str| {
+        let o = bed.docker(1, &strs(&args));
+        assert!(
+            !o.status.success() && text(&o).contains(want),
+            "{}",
+            text(&o)
+        );
+    };
+    refused(
+        Bed::vxlan_args("qlt-bad", 5100, &["--opt", "nat=yes"]),
+        "invalid nat \"yes\": must be true or false",
+    );
+    refused(
+        Bed::vxlan_args("qlt-bad", 5100, &["--opt", "nat=true", "--internal"]),
+        "--internal and --opt nat=true contradict each other",
+    );
+    create(
+        &bed,
+        1,
+        "ovn",
+        5100,
+        &["--subnet", "10.51.0.0/24", "--opt", "nat=true"],
+    );
+    wait_until(20, "ovn on host 2", || bed.has_network(2, "ovn"));
+    refused(
+        Bed::vxlan_args("qlt-plain", 5100, &["--subnet", "10.51.0.0/24"]),
+        "vxlan-5100 already exists as network ovn with nat true; this definition has false",
+    );
+    let nat_args = Bed::network_args("nat", "qlt-nat", &["--subnet", "10.51.0.0/25"]);
+    let o = bed.docker(1, &strs(&nat_args));
+    assert!(
+        !o.status.success() && text(&o).contains("overlaps 10.51.0.0/24"),
+        "{}",
+        text(&o)
+    );
+
+    let web = "mkdir -p /www && echo qingluan-nat > /www/index.html && exec httpd -f -p 80 -h /www";
+    bed.docker_ok(
+        1,
+        &[
+            "run", "-d", "--name", "qlt-w1", "--net", "ovn", "-p", "8080:80", IMAGE, "sh", "-c",
+            web,
+        ],
+    );
+    let w1 = bed.address(1, "qlt-w1");
+    run(&bed, 2, "qlt-n2", "ovn");
+
+    // The same gateway address and MAC on both hosts; the containers' default route.
+    for h in 1..=2 {
+        let addrs = text(&bed.exec(h, "ip -o -4 addr show; ip -o link show"));
+        assert!(addrs.contains("inet 10.51.0.1/24"), "h{h}: {addrs}");
+        assert!(addrs.contains("02:42:0a:33:00:01"), "h{h}: {addrs}");
+    }
+    let routes = text(&bed.in_container(2, "qlt-n2", "ip route"));
+    assert!(routes.contains("default via 10.51.0.1"), "{routes}");
+
+    // Each host masquerades its own containers to the outside.
+    let outside = bed.outside_ip();
+    wait_until(20, "both containers reach the outside", || {
+        ping(&bed, 1, "qlt-w1", &outside) && ping(&bed, 2, "qlt-n2", &outside)
+    });
+    let seen = bed.capture(&format!("icmp and host {outside}"), || {
+        assert!(ping(&bed, 2, "qlt-n2", &outside));
+    });
+    assert!(
+        seen.contains(&format!("{} > {outside}", bed.host_ip(2))),
+        "{seen}"
+    );
+    assert!(!seen.contains("10.51.0."), "{seen}");
+
+    // The port published on host 1 answers from the outside; the overlay still works.
+    let url = format!("http://{}:8080/", bed.host_ip(1));
+    wait_until(20, "the published port answers", || {
+        text(&bed.exec_in("ot", &format!("curl -s --max-time 3 {url}"))).contains("qingluan-nat")
+    });
+    wait_until(10, "the overlay still connects the hosts", || {
+        ping(&bed, 2, "qlt-n2", &w1)
+    });
+    assert!(bed
+        .exec(1, &format!("ping -c 1 -W 2 {w1}"))
+        .status
+        .success());
+
+    // Leaving the network takes the gateway off that host only.
+    bed.docker_ok(1, &["rm", "-f", "qlt-w1"]);
+    bed.docker_ok(1, &["network", "rm", "ovn"]);
+    wait_until(10, "the gateway leaves host 1", || {
+        !text(&bed.exec(1, "ip -o -4 addr show")).contains("10.51.0.1/24")
+    });
+    assert!(text(&bed.exec(2, "ip -o -4 addr show")).contains("10.51.0.1/24"));
+    assert!(ping(&bed, 2, "qlt-n2", &outside));
 }

@@ -10,7 +10,7 @@ mod vxlan;
 
 pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
 
-use qingluan_dataplane::netfilter::Segment;
+use qingluan_dataplane::netfilter::{Dnat, Segment};
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
 use crate::desired::{Ctx, Desired, GatewayPort, Veth};
@@ -58,8 +58,13 @@ pub(crate) fn local_segment(
     external: bool,
     out: &mut Desired,
 ) {
-    let bridge = net.bridge();
     switch(ctx, net, eps, out);
+    gateway(net, &net.bridge(), external, out);
+}
+
+/// The network's gateway on host interface `iface`: its addresses, and its segment in the
+/// firewall (isolation, and masquerade when `external`).
+pub(crate) fn gateway(net: &Network, iface: &str, external: bool, out: &mut Desired) {
     let mut addrs = vec![ipnet::IpNet::V4(
         ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("valid prefix"),
     )];
@@ -69,18 +74,48 @@ pub(crate) fn local_segment(
         ));
     }
     out.gateways.push(GatewayPort {
-        iface: bridge.clone(),
+        iface: iface.to_string(),
         addrs,
         mtu: net.mtu,
     });
     out.firewall.segments.push(Segment {
-        bridge,
+        bridge: iface.to_string(),
         subnet: net.subnet,
         gateway: net.gateway,
         gateway_v6: net.ipv6.map(|(_, gw)| gw),
         external,
         dnat: Vec::new(),
     });
+}
+
+/// The way out of an external segment whose gateway is on `iface` (pushed last by
+/// [`gateway`]): forwarding on, loopback sources allowed to be DNATed onto it, and each
+/// published port DNATed in the kernel (no docker-proxy).
+pub(crate) fn publish(iface: &str, eps: &[&Endpoint], out: &mut Desired) {
+    out.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+    out.sysctls
+        .insert(format!("net.ipv4.conf.{iface}.route_localnet"), "1".into());
+    let seg = out
+        .firewall
+        .segments
+        .last_mut()
+        .expect("gateway pushed the segment");
+    for ep in eps {
+        for p in &ep.ports {
+            let host_ip = match p.host_ip {
+                Some(std::net::IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            };
+            seg.dnat.push(Dnat {
+                proto: p.proto.as_str().into(),
+                host_ip,
+                host_port: p.host_port,
+                to: ep.address.addr(),
+                to_port: p.port,
+            });
+        }
+    }
+    seg.dnat.sort();
 }
 
 /// The network's bridge with a guarded veth per endpoint and the pipeline's flows: an L2
@@ -120,6 +155,7 @@ pub(crate) fn attach(
             tag: None,
             external_ids: ctx.ids(net, Some(ep)),
             mtu_request: None,
+            mac: None,
             options: Default::default(),
         });
         out.veths.push(Veth {

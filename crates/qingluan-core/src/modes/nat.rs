@@ -6,9 +6,7 @@
 //! from the same network. `--internal` turns a nat network into nonat: no masquerade, no
 //! publishing, no default route.
 
-use qingluan_dataplane::netfilter::Dnat;
-
-use super::{local_segment, JoinInfo, ModeDriver};
+use super::{local_segment, publish, JoinInfo, ModeDriver};
 use crate::desired::{Ctx, Desired};
 use crate::model::{Endpoint, Network};
 
@@ -33,33 +31,8 @@ impl ModeDriver for Nat {
     fn build(&self, ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desired) {
         let external = net.external();
         local_segment(ctx, net, eps, external, out);
-        if !external {
-            return;
+        if external {
+            publish(&net.bridge(), eps, out);
         }
-        let bridge = net.bridge();
-        out.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
-        out.sysctls
-            .insert(format!("net.ipv4.conf.{bridge}.route_localnet"), "1".into());
-        let seg = out
-            .firewall
-            .segments
-            .last_mut()
-            .expect("local_segment pushed the segment");
-        for ep in eps {
-            for p in &ep.ports {
-                let host_ip = match p.host_ip {
-                    Some(std::net::IpAddr::V4(ip)) => Some(ip),
-                    _ => None,
-                };
-                seg.dnat.push(Dnat {
-                    proto: p.proto.as_str().into(),
-                    host_ip,
-                    host_port: p.host_port,
-                    to: ep.address.addr(),
-                    to_port: p.port,
-                });
-            }
-        }
-        seg.dnat.sort();
     }
 }

@@ -11,14 +11,19 @@
 //!
 //! Without `nat=true` no host holds the gateway: containers get no default route and
 //! Docker's `docker_gwbridge` is disabled. Publishing is refused: there is no way out.
+//! With `nat=true` every host holds the gateway on an internal port of the overlay bridge
+//! (named like a network bridge, so the firewall treats it as one), with the same address
+//! and MAC everywhere: a container keeps its default route wherever it runs. Each host
+//! masquerades its own containers' traffic out and DNATs the ports they publish, exactly as
+//! nat mode does; the gateway reaches only the containers of its own host.
 
 use std::collections::BTreeMap;
 
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
-use super::{attach, JoinInfo, ModeDriver};
+use super::{attach, gateway, publish, JoinInfo, ModeDriver};
 use crate::desired::{Ctx, Desired, MODE, OWNER};
-use crate::model::{Endpoint, Network};
+use crate::model::{Endpoint, Mac, Network};
 use crate::pipeline;
 use crate::uplink::UplinkWant;
 
@@ -41,16 +46,17 @@ pub fn uplink_bridge(prefix: &str) -> String {
 }
 
 impl ModeDriver for Vxlan {
-    fn allows_publishing(&self, _net: &Network) -> bool {
-        false
+    fn allows_publishing(&self, net: &Network) -> bool {
+        net.external()
     }
 
-    fn join(&self, _net: &Network, ep: &Endpoint) -> JoinInfo {
+    fn join(&self, net: &Network, ep: &Endpoint) -> JoinInfo {
+        let external = net.external();
         JoinInfo {
             src_name: ep.peer_veth(),
-            gateway: None,
+            gateway: external.then_some(net.gateway),
             gateway_v6: None,
-            disable_gateway_service: true,
+            disable_gateway_service: !external,
         }
     }
 
@@ -80,6 +86,7 @@ impl ModeDriver for Vxlan {
                 tag: None,
                 external_ids: ids,
                 mtu_request: None,
+                mac: None,
                 options: BTreeMap::from([
                     ("remote_ip".to_string(), "flow".to_string()),
                     ("key".to_string(), "flow".to_string()),
@@ -102,11 +109,34 @@ impl ModeDriver for Vxlan {
             }
         }
         attach(ctx, net, &bridge, eps, ctx.facts.datapath == "netdev", out);
+        let gw = net
+            .gateway_port
+            .as_ref()
+            .filter(|_| net.external())
+            .map(|port| pipeline::OverlayGateway {
+                port: port.clone(),
+                mac: Mac::from_ipv4(net.gateway),
+                ip: net.gateway,
+            });
+        if let Some(g) = &gw {
+            out.ports.push(PortSpec {
+                bridge: bridge.clone(),
+                name: g.port.clone(),
+                kind: "internal".into(),
+                tag: None,
+                external_ids: ctx.ids(net, None),
+                mtu_request: None,
+                options: Default::default(),
+                mac: Some(g.mac.to_string()),
+            });
+            gateway(net, &g.port, true, out);
+            publish(&g.port, eps, out);
+        }
         let (Some(vni), Some(key)) = (net.vni, &net.cluster) else {
             return;
         };
         let remote = ctx.view.get(key).map(Vec::as_slice).unwrap_or_default();
-        let flows = pipeline::overlay_flows(net, vni, eps, remote, &tunnel);
+        let flows = pipeline::overlay_flows(net, vni, eps, remote, &tunnel, gw.as_ref());
         out.flows.entry(bridge).or_default().extend(flows);
     }
 }

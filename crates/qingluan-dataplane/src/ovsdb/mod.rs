@@ -71,6 +71,9 @@ pub struct PortSpec {
     pub mtu_request: Option<u32>,
     /// Interface `options` (e.g. `remote_ip`, `key`, `peer`).
     pub options: BTreeMap<String, String>,
+    /// Interface `mac` (internal ports): the MAC the interface is given; `None` = OVS picks.
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// A port as read back.

@@ -61,6 +61,7 @@ const IFACE_COLUMNS: &[&str] = &[
     "external_ids",
     "mtu_request",
     "options",
+    "mac",
     "ofport",
 ];
 
@@ -255,6 +256,7 @@ fn iface_columns(p: &PortSpec) -> Value {
         "external_ids": map(&p.external_ids),
         "mtu_request": opt(&p.mtu_request),
         "options": map(&p.options),
+        "mac": opt(&p.mac),
     })
 }
 
@@ -498,6 +500,7 @@ fn bridge_state(
                 external_ids: map_of(&p["external_ids"]),
                 mtu_request: opt_i64(&iface["mtu_request"]).and_then(|m| u32::try_from(m).ok()),
                 options: map_of(&iface["options"]),
+                mac: opt_str(&iface["mac"]),
             },
             ofport: opt_i64(&iface["ofport"]),
         });
@@ -639,7 +642,7 @@ mod tests {
                 r#"{"op":"insert","row":{"interfaces":["named-uuid","iface0"],"name":"b2"},"table":"Port","uuid-name":"port0"}"#,
                 r#"{"op":"insert","row":{"datapath_type":"netdev","external_ids":["map",[]],"fail_mode":"secure","name":"b2","other_config":["map",[]],"ports":["named-uuid","port0"],"protocols":["set",[]]},"table":"Bridge","uuid-name":"bridge0"}"#,
                 r#"{"mutations":[["bridges","insert",["set",[["named-uuid","bridge0"]]]]],"op":"mutate","table":"Open_vSwitch","where":[["_uuid","==",["uuid","root-u"]]]}"#,
-                r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"mtu_request":["set",[]],"name":"p2","options":["map",[]],"type":"internal"},"table":"Interface","uuid-name":"iface1"}"#,
+                r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"mac":["set",[]],"mtu_request":["set",[]],"name":"p2","options":["map",[]],"type":"internal"},"table":"Interface","uuid-name":"iface1"}"#,
                 r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"interfaces":["named-uuid","iface1"],"name":"p2","tag":10},"table":"Port","uuid-name":"port1"}"#,
                 r#"{"mutations":[["ports","insert",["set",[["named-uuid","port1"]]]]],"op":"mutate","table":"Bridge","where":[["_uuid","==",["named-uuid","bridge0"]]]}"#,
                 r#"{"mutations":[["next_cfg","+=",1]],"op":"mutate","table":"Open_vSwitch","where":[["_uuid","==",["uuid","root-u"]]]}"#,

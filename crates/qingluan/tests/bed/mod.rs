@@ -62,6 +62,11 @@ fn must(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The `&str`s of owned arguments.
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// stdout and stderr of a command, for messages.
 pub fn text(o: &Output) -> String {
     format!(
@@ -446,8 +451,9 @@ impl Bed {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    /// `docker network create` arguments of a vxlan network with VNI `vni`.
-    pub fn vxlan_args(name: &str, vni: u32, extra: &[&str]) -> Vec<String> {
+    /// `docker network create` arguments of a qingluan network of `model` from the pool of
+    /// the same name, with `extra` before the name.
+    pub fn network_args(model: &str, name: &str, extra: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = [
             "network",
             "create",
@@ -456,19 +462,23 @@ impl Bed {
             "--ipam-driver",
             "qingluanIpam",
             "--opt",
-            "model=vxlan",
+            &format!("model={model}"),
             "--ipam-opt",
-            "pool=vxlan",
+            &format!("pool={model}"),
         ]
         .map(String::from)
         .to_vec();
-        for flag in ["--opt", "--ipam-opt"] {
-            v.push(flag.into());
-            v.push(format!("vni={vni}"));
-        }
         v.extend(extra.iter().map(|s| s.to_string()));
         v.push(name.into());
         v
+    }
+
+    /// `docker network create` arguments of a vxlan network with VNI `vni`.
+    pub fn vxlan_args(name: &str, vni: u32, extra: &[&str]) -> Vec<String> {
+        let vni = format!("vni={vni}");
+        let mut all = vec!["--opt", vni.as_str(), "--ipam-opt", vni.as_str()];
+        all.extend_from_slice(extra);
+        Bed::network_args("vxlan", name, &all)
     }
 
     /// The IPv4 address (without prefix) of a container's `eth0` on host `h`.
