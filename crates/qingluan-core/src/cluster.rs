@@ -154,10 +154,11 @@ pub fn endpoint_key(host: &str, id: &str) -> String {
 }
 
 /// The cluster key of a network of a cluster mode, or `None` for host-local modes.
-pub fn network_key(mode: Mode, vni: Option<u32>) -> Option<String> {
+pub fn network_key(mode: Mode, vni: Option<u32>, subnet: Ipv4Net) -> Option<String> {
     match (mode, vni) {
         (Mode::Vxlan, Some(v)) => Some(format!("vxlan-{v}")),
         (Mode::Vlan, Some(v)) => Some(format!("vlan-{v}")),
+        (Mode::Flat, _) => Some(crate::ipam::flat_domain(ipnet::IpNet::V4(subnet))),
         _ => None,
     }
 }

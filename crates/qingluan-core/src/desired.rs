@@ -93,8 +93,9 @@ pub struct Desired {
     pub sysctls: BTreeMap<String, String>,
     /// Netfilter.
     pub firewall: Ruleset,
-    /// The uplink bridge the host's underlay moves onto (vxlan on the userspace datapath).
-    pub uplink: Option<crate::uplink::UplinkWant>,
+    /// The uplink bridges: the one the host's underlay moves onto (vxlan on the userspace
+    /// datapath) and those of flat and vlan networks; one per bridge.
+    pub uplinks: Vec<crate::uplink::UplinkWant>,
 }
 
 /// What other hosts contribute to this host's dataplane: their endpoints on overlay
@@ -132,6 +133,21 @@ pub fn build(
             &eps,
             &mut d,
         );
+    }
+    d.uplinks.sort_by_key(|u| {
+        (
+            u.bridge.clone(),
+            matches!(u.nic, crate::uplink::Nic::Holding(_)),
+        )
+    });
+    d.uplinks.dedup_by(|a, b| a.bridge == b.bridge);
+    for u in &d.uplinks {
+        d.flows
+            .entry(u.bridge.clone())
+            .or_default()
+            .push(crate::pipeline::uplink_base());
+        d.sentinels
+            .insert(u.bridge.clone(), crate::pipeline::uplink_sentinel());
     }
     for flows in d.flows.values_mut() {
         crate::pipeline::sort(flows);

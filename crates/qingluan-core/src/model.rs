@@ -96,6 +96,9 @@ pub struct Network {
     /// port of the overlay bridge, named like a network bridge); `None` for other networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_port: Option<String>,
+    /// The physical interface of a flat or vlan network (its uplink bridge is `bridge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 impl Network {
@@ -177,6 +180,19 @@ impl Endpoint {
 /// (at most 12 characters).
 pub fn bridge_name(prefix: &str, network_id: &str) -> String {
     format!("{prefix}b{}", &network_id[..8.min(network_id.len())])
+}
+
+/// The uplink bridge of a physical interface other than the underlay's: `<prefix>u<nic>`,
+/// or `<prefix>u` and a hash of the name when that would not fit in 15 characters.
+pub fn nic_bridge(prefix: &str, nic: &str) -> String {
+    let name = format!("{prefix}u{nic}");
+    if name.len() <= 15 {
+        return name;
+    }
+    let hash = nic.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    format!("{prefix}u{hash:08x}")
 }
 
 /// Host and container veth names of an endpoint: the instance prefix, `v` or `c`, and the

@@ -15,9 +15,6 @@ pub enum OptionError {
     /// `--opt model=` names no mode.
     #[error("unknown model {0:?} (models: nonat, nat, flat, vlan, vxlan)")]
     UnknownModel(String),
-    /// A mode this build does not provide yet.
-    #[error("model {0} is not available yet (available: nonat, nat, vxlan)")]
-    ModelUnavailable(Mode),
     /// A mode that needs `--opt vni` got none.
     #[error("model {0} needs --opt vni=<{1}> (and the same --ipam-opt vni)")]
     VniMissing(Mode, &'static str),
@@ -37,6 +34,9 @@ pub enum OptionError {
     /// `--opt mtu` and `com.docker.network.driver.mtu` disagree.
     #[error("mtu {0} and com.docker.network.driver.mtu {1} disagree")]
     MtuConflict(u32, u32),
+    /// `--opt parent=` that cannot name an interface.
+    #[error("invalid parent {0:?}: must be an interface name")]
+    InvalidParent(String),
     /// `--opt nat=` other than true or false.
     #[error("invalid nat {0:?}: must be true or false")]
     InvalidNat(String),
@@ -59,6 +59,8 @@ pub struct NetworkOptions {
     pub vni: Option<u32>,
     /// `nat=true` (vxlan): a gateway on every host with masquerade and publishing.
     pub nat: bool,
+    /// `parent=<nic>` (flat, vlan): the uplink interface.
+    pub parent: Option<String>,
 }
 
 /// Keys every mode accepts.
@@ -80,7 +82,8 @@ pub fn network_options(
     match mode {
         Mode::Nonat | Mode::Nat => {}
         Mode::Vxlan => valid.extend(["vni", "nat"]),
-        Mode::Flat | Mode::Vlan => return Err(OptionError::ModelUnavailable(mode)),
+        Mode::Vlan => valid.extend(["vni", "parent"]),
+        Mode::Flat => valid.push("parent"),
     }
     if let Some(key) = generic.keys().find(|k| !valid.contains(&k.as_str())) {
         return Err(OptionError::UnknownOption {
@@ -92,6 +95,8 @@ pub fn network_options(
     let vni = match (mode, generic.get("vni")) {
         (Mode::Vxlan, None) => return Err(OptionError::VniMissing(mode, "1-16777215")),
         (Mode::Vxlan, Some(v)) => Some(parse_vni(v, mode, 16_777_215)?),
+        (Mode::Vlan, None) => return Err(OptionError::VniMissing(mode, "1-4094")),
+        (Mode::Vlan, Some(v)) => Some(parse_vni(v, mode, 4094)?),
         _ => None,
     };
     let parse = |v: &String| -> Result<u32, OptionError> {
@@ -112,11 +117,18 @@ pub fn network_options(
         Some("true") => true,
         Some(other) => return Err(OptionError::InvalidNat(other.to_string())),
     };
+    let parent = match generic.get("parent").map(|p| p.trim()) {
+        Some(p) if p.is_empty() || p.len() > 15 || p.contains('/') => {
+            return Err(OptionError::InvalidParent(p.to_string()))
+        }
+        p => p.map(String::from),
+    };
     Ok(NetworkOptions {
         mode,
         mtu,
         vni,
         nat,
+        parent,
     })
 }
 
@@ -226,7 +238,23 @@ mod tests {
             network_options(&opts(&[("model", "vlan")]), "nat")
                 .unwrap_err()
                 .to_string(),
-            "model vlan is not available yet (available: nonat, nat, vxlan)"
+            "model vlan needs --opt vni=<1-4094> (and the same --ipam-opt vni)"
+        );
+        for bad in ["0", "4095", "ten"] {
+            assert_eq!(
+                network_options(&opts(&[("model", "vlan"), ("vni", bad)]), "nat")
+                    .unwrap_err()
+                    .to_string(),
+                format!("invalid vni {bad:?} for model vlan: must be a number from 1 to 4094")
+            );
+        }
+        let flat = network_options(&opts(&[("model", "flat"), ("parent", "eth1")]), "nat").unwrap();
+        assert_eq!(flat.parent.as_deref(), Some("eth1"));
+        assert_eq!(
+            network_options(&opts(&[("model", "flat"), ("vni", "10")]), "nat")
+                .unwrap_err()
+                .to_string(),
+            "unknown option \"vni\" for model flat (valid options: model, mtu, com.docker.network.driver.mtu, parent)"
         );
         assert_eq!(
             network_options(&opts(&[("model", "vxlan")]), "nat")

@@ -67,6 +67,8 @@ pub const FEATURE_ENDPOINT: u64 = 0x02;
 pub const FEATURE_REMOTE: u64 = 0x03;
 /// Cookie feature of the overlay bridge's own flows (owner 0).
 pub const FEATURE_OVERLAY: u64 = 0x04;
+/// Cookie feature of an uplink bridge's own flows (owner 0).
+pub const FEATURE_UPLINK: u64 = 0x05;
 
 /// Cookie for a feature and an owner ID (hex).
 pub fn cookie(feature: u64, owner_id: &str) -> u64 {
@@ -135,6 +137,59 @@ pub fn sort(flows: &mut [Flow]) {
             &b.matches,
         ))
     });
+}
+
+/// Cookie of an uplink bridge's sentinel flow.
+pub fn uplink_sentinel() -> u64 {
+    FEATURE_UPLINK << 56
+}
+
+/// An uplink bridge's own flow: whatever no other flow claims is switched (`NORMAL`), which
+/// respects each port's VLAN: the interface and the host's internal port are trunks, flat
+/// containers' ports access VLAN 0 (untagged), vlan containers' ports their VLAN ID.
+pub fn uplink_base() -> Flow {
+    Flow {
+        table: CLASSIFY.id,
+        priority: 0,
+        cookie: uplink_sentinel(),
+        matches: String::new(),
+        actions: "NORMAL".into(),
+    }
+}
+
+/// Anti-spoofing for containers on an uplink bridge (flat, vlan): a container's port passes
+/// only frames with its own MAC and IPv4 address to `NORMAL`; anything else from it is
+/// dropped.
+pub fn physical_flows(endpoints: &[&Endpoint]) -> Vec<Flow> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        let c = cookie(FEATURE_ENDPOINT, &ep.id);
+        let (port, mac, ip) = (ep.host_veth(), ep.mac, ep.address.addr());
+        let flow = |priority, matches: String, actions: &str| Flow {
+            table: CLASSIFY.id,
+            priority,
+            cookie: c,
+            matches,
+            actions: actions.into(),
+        };
+        out.push(flow(
+            100,
+            format!("in_port={port},dl_src={mac},ip,nw_src={ip}"),
+            "NORMAL",
+        ));
+        out.push(flow(
+            100,
+            format!("in_port={port},dl_src={mac},arp,arp_spa={ip},arp_sha={mac}"),
+            "NORMAL",
+        ));
+        out.push(flow(
+            100,
+            format!("in_port={port},dl_src={mac},ipv6"),
+            "NORMAL",
+        ));
+        out.push(flow(90, format!("in_port={port}"), "drop"));
+    }
+    out
 }
 
 /// Cookie of the overlay bridge's sentinel flow.

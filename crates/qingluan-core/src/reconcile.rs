@@ -145,9 +145,9 @@ impl Reconciler {
         //    move back from an uplink bridge about to go, and onto a new one.
         match a.ovs.snapshot().await {
             Ok(snap) => {
-                let wanted_uplink = d.uplink.as_ref().map(|u| u.bridge.as_str());
+                let wanted: BTreeSet<&str> = d.uplinks.iter().map(|u| u.bridge.as_str()).collect();
                 for (bridge, nic) in uplink::owned_uplinks(&self.owner, &snap) {
-                    if Some(bridge) != wanted_uplink {
+                    if !wanted.contains(bridge) {
                         if let Some(nic) = nic {
                             if let Err(e) = uplink::move_addresses(&*a.links, bridge, nic).await {
                                 errs.push(e.to_string());
@@ -155,35 +155,35 @@ impl Reconciler {
                         }
                     }
                 }
-                let planned = match &d.uplink {
-                    Some(u) => match uplink::plan(&*a.links, &self.owner, u, &snap).await {
-                        Ok(p) => Some(p),
+                let mut with = d.clone();
+                let mut planned = Vec::new();
+                let mut unplanned = BTreeSet::new();
+                for u in &d.uplinks {
+                    match uplink::plan(&*a.links, &self.owner, u, &snap).await {
+                        Ok((b, p)) => {
+                            with.bridges.push(b.clone());
+                            with.ports.push(p.clone());
+                            planned.push((b, p));
+                        }
                         Err(e) => {
                             errs.push(e.to_string());
-                            None
+                            unplanned.insert(u.bridge.clone());
                         }
-                    },
-                    None => None,
-                };
-                let ops = match &planned {
-                    Some((b, p)) => {
-                        let mut with = d.clone();
-                        with.bridges.push(b.clone());
-                        with.ports.push(p.clone());
-                        ovs_ops(&self.owner, &with, &snap)
                     }
-                    None if d.uplink.is_some() => {
-                        ovs_ops(&self.owner, &keep_uplinks(d, &snap, &self.owner), &snap)
-                    }
-                    None => ovs_ops(&self.owner, d, &snap),
+                }
+                let with = if unplanned.is_empty() {
+                    with
+                } else {
+                    keep_uplinks(&with, &snap, &self.owner, &unplanned)
                 };
+                let ops = ovs_ops(&self.owner, &with, &snap);
                 if !ops.is_empty() {
                     report.ovs_ops = ops.len();
                     if let Err(e) = a.ovs.apply(&ops).await {
                         errs.push(e.to_string());
                     }
                 }
-                if let Some((b, p)) = &planned {
+                for (b, p) in &planned {
                     if let Err(e) = uplink::move_addresses(&*a.links, &p.name, &b.name).await {
                         errs.push(e.to_string());
                     }
@@ -290,14 +290,30 @@ impl Reconciler {
     }
 }
 
-/// `d` plus the uplink bridges that exist already: when the wanted uplink cannot be planned
-/// this pass, an existing one (holding the host's addresses) must not be deleted.
-fn keep_uplinks(d: &Desired, snap: &[BridgeState], owner: &str) -> Desired {
+/// `d` when some uplinks (`unplanned`) could not be planned this pass: every uplink bridge
+/// that exists already is kept as it is (it may hold the host's addresses), and the ports of
+/// an unplanned uplink bridge that does not exist are left out until it can be created.
+fn keep_uplinks(
+    d: &Desired,
+    snap: &[BridgeState],
+    owner: &str,
+    unplanned: &BTreeSet<String>,
+) -> Desired {
     let mut with = d.clone();
+    let exists = |name: &str| snap.iter().any(|b| b.spec.name == name);
+    with.ports
+        .retain(|p| !unplanned.contains(&p.bridge) || exists(&p.bridge));
     for (name, _) in uplink::owned_uplinks(owner, snap) {
-        if let Some(b) = snap.iter().find(|b| b.spec.name == name) {
+        let Some(b) = snap.iter().find(|b| b.spec.name == name) else {
+            continue;
+        };
+        if !with.bridges.iter().any(|w| w.name == name) {
             with.bridges.push(b.spec.clone());
-            with.ports.extend(b.ports.iter().map(|p| p.spec.clone()));
+        }
+        for p in &b.ports {
+            if !with.ports.iter().any(|w| w.name == p.spec.name) {
+                with.ports.push(p.spec.clone());
+            }
         }
     }
     with

@@ -39,8 +39,16 @@ pub enum ServiceError {
     #[error("endpoint {0} not found")]
     EndpointNotFound(String),
     /// `-p` on a network without a way out.
-    #[error("port publishing (-p) is not supported on {0} networks: they have no route out")]
+    #[error("port publishing (-p) is not supported on {0}")]
     PublishingRefused(&'static str),
+    /// A flat or vlan network with no interface to use.
+    #[error(
+        "no uplink interface for this network: give --opt parent=<interface> or set network.uplink"
+    )]
+    NoUplink,
+    /// `--opt parent` names no interface of this host.
+    #[error("parent interface {0:?} does not exist on this host")]
+    ParentMissing(String),
     /// `--internal` with `--opt nat=true`.
     #[error("--internal and --opt nat=true contradict each other: nat=true is a way out")]
     InternalNat,
@@ -347,14 +355,20 @@ impl Driver {
         if opts.nat && req.internal {
             return Err(ServiceError::InternalNat);
         }
-        let (bridge, mtu) = match opts.mode {
+        let (bridge, mtu, uplink) = match opts.mode {
             Mode::Vxlan => (
                 modes::overlay_bridge(&self.settings.prefix),
                 self.settings.mtu.saturating_sub(VXLAN_OVERHEAD),
+                None,
             ),
-            _ => (
+            Mode::Flat | Mode::Vlan => {
+                let (bridge, nic, mtu) = self.physical_uplink(opts.parent.as_deref()).await?;
+                (bridge, mtu, Some(nic))
+            }
+            Mode::Nat | Mode::Nonat => (
                 model::bridge_name(&self.settings.prefix, &req.id),
                 self.settings.mtu,
+                None,
             ),
         };
         let net = Network {
@@ -369,10 +383,11 @@ impl Driver {
             options: req.generic.clone(),
             created: model::now(),
             vni: opts.vni,
-            cluster: cluster::network_key(opts.mode, opts.vni),
+            cluster: cluster::network_key(opts.mode, opts.vni, subnet),
             gateway_port: opts
                 .nat
                 .then(|| model::bridge_name(&self.settings.prefix, &req.id)),
+            uplink,
         };
         let _g = self.lock.lock().await;
         self.check_routed(&net).await?;
@@ -393,6 +408,48 @@ impl Driver {
             }
         }
         done
+    }
+
+    /// The uplink of a flat or vlan network: its bridge, its interface (`--opt parent`, else
+    /// `network.uplink`, else the underlay's) and that interface's MTU. The underlay's
+    /// interface keeps the bridge vxlan uses (`<prefix>ul`); any other gets its own.
+    async fn physical_uplink(
+        &self,
+        parent: Option<&str>,
+    ) -> Result<(String, String, u32), ServiceError> {
+        let a = self.reconciler.adapters();
+        let link_err =
+            |e: qingluan_dataplane::netlink::LinkError| ServiceError::Invalid(e.to_string());
+        let underlay = match self.settings.underlay_ip {
+            Some(ip) => {
+                let snap = a
+                    .ovs
+                    .snapshot()
+                    .await
+                    .map_err(|e| ServiceError::Ovs(e.to_string()))?;
+                crate::uplink::interface_of(&*a.links, &self.settings.name, &snap, ip)
+                    .await
+                    .map_err(link_err)?
+            }
+            None => None,
+        };
+        let nic = parent
+            .map(String::from)
+            .or_else(|| self.settings.uplink.clone())
+            .or_else(|| underlay.clone())
+            .ok_or(ServiceError::NoUplink)?;
+        let info = a
+            .links
+            .link(&nic)
+            .await
+            .map_err(link_err)?
+            .ok_or_else(|| ServiceError::ParentMissing(nic.clone()))?;
+        let bridge = if underlay.as_deref() == Some(nic.as_str()) {
+            modes::uplink_bridge(&self.settings.prefix)
+        } else {
+            model::nic_bridge(&self.settings.prefix, &nic)
+        };
+        Ok((bridge, nic, info.mtu))
     }
 
     /// Refuses a network whose gateway would sit on this host (nat, nonat, vxlan with
@@ -426,11 +483,14 @@ impl Driver {
         let subnet = self.ipam.subnet(&pool_id).await.map_err(|e| match e {
             IpamError::UnknownPoolId(_) => ServiceError::Invalid(format!(
                 "subnet {} is not a qingluanIpam subnet of {key}: use --ipam-driver {}Ipam \
-                 --ipam-opt pool={} --ipam-opt vni={} (the same VNI as --opt vni)",
+                 --ipam-opt pool={}{}",
                 net.subnet,
                 self.settings.name,
                 net.mode,
-                net.vni.unwrap_or_default()
+                match net.vni {
+                    Some(v) => format!(" --ipam-opt vni={v} (the same VNI as --opt vni)"),
+                    None => String::new(),
+                }
             )),
             other => other.into(),
         })?;
@@ -779,9 +839,14 @@ impl Driver {
 
 fn refusal(net: &Network) -> &'static str {
     match net.mode {
-        Mode::Nonat => "nonat",
-        Mode::Vxlan if !net.internal => "vxlan (without --opt nat=true)",
-        _ => "internal",
+        Mode::Nonat => "nonat networks: they have no route out",
+        Mode::Vxlan if !net.internal => {
+            "vxlan networks without --opt nat=true: they have no route out"
+        }
+        Mode::Flat | Mode::Vlan => {
+            "flat and vlan networks: containers are on the physical network, reach them at their own address"
+        }
+        _ => "internal networks: they have no route out",
     }
 }
 

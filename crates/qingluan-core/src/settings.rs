@@ -32,6 +32,9 @@ pub struct Settings {
     /// the interface holding it becomes a port of the uplink bridge and the address moves to
     /// the bridge (`uplink.rs`).
     pub underlay_ip: Option<std::net::IpAddr>,
+    /// The default interface of flat and vlan networks created without `--opt parent`;
+    /// `None`: the interface holding `underlay_ip`.
+    pub uplink: Option<String>,
 }
 
 /// IPAM settings: default pools and the pool used when none is named.
@@ -69,6 +72,7 @@ impl Default for Settings {
             default_model: "nat".into(),
             ipam: IpamSettings::default(),
             underlay_ip: None,
+            uplink: None,
         }
     }
 }
@@ -84,6 +88,7 @@ impl Default for IpamSettings {
             ("nonat", pool("10.241.0.0/16")),
             ("vlan", pool("10.242.0.0/16")),
             ("vxlan", pool("10.243.0.0/16")),
+            ("flat", pool("0.0.0.0/0")),
         ];
         IpamSettings {
             default_pool: "nat".into(),

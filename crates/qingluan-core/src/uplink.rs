@@ -6,10 +6,14 @@
 //! OVS internal port, whose bridge carries the physical interface. qingluan arranges this
 //! while a network needs it and undoes it when none does:
 //!
-//! - **plan**: the interface is found by the underlay address (or, once moved, as the
-//!   bridge's port marked [`UPLINK_NIC`]); the bridge gets the interface's MAC, so neighbours'
-//!   ARP caches stay right, and no `fail_mode`, so it forwards as a plain switch even with no
-//!   flows (an ovs-vswitchd restart never cuts the host off).
+//! flat and vlan networks put their containers on such a bridge too (one per interface,
+//! shared by all flat and vlan networks on it), on the kernel datapath as well.
+//!
+//! - **plan**: the interface is the one named (flat/vlan `parent`) or the one holding the
+//!   underlay address (or, once moved, the bridge's port marked [`UPLINK_NIC`]); the bridge
+//!   gets the interface's MAC, so neighbours' ARP caches stay right, and no `fail_mode`, so
+//!   it forwards as a plain switch even with no flows (an ovs-vswitchd restart never cuts the
+//!   host off).
 //! - **migrate** (after the bridge exists): every IPv4 address of the interface is added to
 //!   the internal port, then removed from the interface; the routes through the interface
 //!   are re-added through the internal port; MTU follows the interface.
@@ -30,15 +34,24 @@ pub const UPLINK_NIC: &str = "qingluan-uplink-nic";
 /// The `qingluan-mode` value of uplink bridges.
 pub const UPLINK_MODE: &str = "uplink";
 
-/// The uplink a desired dataplane needs.
+/// An uplink a desired dataplane needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UplinkWant {
     /// The bridge (and its internal port).
     pub bridge: String,
-    /// The address that identifies the interface to enslave.
-    pub address: IpAddr,
+    /// The interface to enslave.
+    pub nic: Nic,
     /// Datapath type of the bridge.
     pub datapath: String,
+}
+
+/// How an uplink's interface is known.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Nic {
+    /// By name (`--opt parent`, resolved when the network was created).
+    Named(String),
+    /// As the interface holding this address (the underlay address, for vxlan).
+    Holding(IpAddr),
 }
 
 /// Errors of the uplink steps; the text names the object.
@@ -81,11 +94,12 @@ pub async fn plan(
         .into_iter()
         .find(|(b, _)| *b == want.bridge)
         .and_then(|(_, nic)| nic.map(String::from));
-    let nic = match known {
-        Some(n) => n,
-        None => find_interface(links, want.address, &want.bridge)
+    let nic = match (known, &want.nic) {
+        (Some(n), _) => n,
+        (None, Nic::Named(n)) => n.clone(),
+        (None, Nic::Holding(address)) => find_interface(links, *address, &want.bridge)
             .await?
-            .ok_or(UplinkError::NoInterface(want.address))?,
+            .ok_or(UplinkError::NoInterface(*address))?,
     };
     let info = links
         .link(&nic)
@@ -122,6 +136,24 @@ pub async fn plan(
         options: Default::default(),
     };
     Ok((bridge, port))
+}
+
+/// The physical interface behind `address`: the interface holding it, or, when that is one
+/// of our uplink bridges, the interface enslaved to it.
+pub async fn interface_of(
+    links: &dyn Links,
+    owner: &str,
+    snap: &[BridgeState],
+    address: IpAddr,
+) -> Result<Option<String>, LinkError> {
+    let Some(holder) = find_interface(links, address, "").await? else {
+        return Ok(None);
+    };
+    let enslaved = owned_uplinks(owner, snap)
+        .into_iter()
+        .find(|(b, _)| *b == holder)
+        .and_then(|(_, nic)| nic.map(String::from));
+    Ok(Some(enslaved.unwrap_or(holder)))
 }
 
 /// The interface holding `address`, if any (never the uplink bridge itself).
@@ -194,7 +226,7 @@ mod tests {
         l.add_route("eth0", &default).await.unwrap();
         let want = UplinkWant {
             bridge: "qlul".into(),
-            address: "10.0.0.11".parse().unwrap(),
+            nic: Nic::Holding("10.0.0.11".parse().unwrap()),
             datapath: "netdev".into(),
         };
         let (b, p) = plan(&l, "qingluan", &want, &[]).await.unwrap();
@@ -217,9 +249,24 @@ mod tests {
         );
         assert_eq!(l.routes("eth0").await.unwrap(), vec![default]);
 
+        let named = UplinkWant {
+            bridge: "qlueth0".into(),
+            nic: Nic::Named("eth0".into()),
+            datapath: "netdev".into(),
+        };
+        let (_, p) = plan(&l, "qingluan", &named, &[]).await.unwrap();
+        assert_eq!(p.name, "eth0");
+        assert_eq!(
+            interface_of(&l, "qingluan", &[], "10.0.0.11".parse().unwrap())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("eth0")
+        );
+
         let gone = UplinkWant {
             bridge: "qlul".into(),
-            address: "10.9.9.9".parse().unwrap(),
+            nic: Nic::Holding("10.9.9.9".parse().unwrap()),
             datapath: "netdev".into(),
         };
         assert_eq!(

@@ -29,6 +29,7 @@ fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
         vni: None,
         cluster: None,
         gateway_port: None,
+        uplink: None,
     }
 }
 
@@ -242,7 +243,13 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
     assert_eq!(tunnels.len(), 1);
     assert_eq!(tunnels[0].options["remote_ip"], "flow");
     assert_eq!(tunnels[0].options["key"], "flow");
-    assert_eq!(d.uplink.as_ref().map(|u| u.bridge.as_str()), Some("qlul"));
+    assert_eq!(
+        d.uplinks
+            .iter()
+            .map(|u| u.bridge.as_str())
+            .collect::<Vec<_>>(),
+        ["qlul"]
+    );
     assert!(d.veths.iter().all(|v| v.tx_off && v.mtu == 1450));
     assert!(d.gateways.is_empty() && d.firewall.segments.is_empty());
 
@@ -264,7 +271,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         .unwrap();
     assert!(!bum5002.contains("tun_dst"), "{bum5002}");
     assert!(has("in_port=qlovt,actions=goto_table:5"));
-    assert_eq!(d.sentinels.len(), 1);
+    assert_eq!(d.sentinels.len(), 2, "the overlay and the uplink bridge");
 }
 
 #[test]
@@ -328,4 +335,74 @@ fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
     n.gateway_port = None;
     assert!(!driver.allows_publishing(&n));
     assert_eq!(driver.join(&n, &e).gateway, None);
+}
+
+#[test]
+fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
+    let phys = |id: &str, mode: Mode, subnet: &str, vni: Option<u32>| {
+        let mut n = net(id, mode, subnet, false);
+        n.bridge = "qlul".into();
+        n.uplink = Some("eth0".into());
+        n.vni = vni;
+        n
+    };
+    let flat = phys("dd", Mode::Flat, "192.168.159.0/24", None);
+    let v10 = phys("ee", Mode::Vlan, "192.168.10.0/24", Some(10));
+    let v20 = phys("ff", Mode::Vlan, "192.168.20.0/24", Some(20));
+    let eps = [
+        ep("e4", &flat, 130, vec![]),
+        ep("e5", &v10, 2, vec![]),
+        ep("e6", &v20, 2, vec![]),
+    ];
+    let d = desired::build(
+        &Settings::default(),
+        &facts(),
+        &[flat.clone(), v10.clone(), v20],
+        &eps,
+        &Default::default(),
+    );
+
+    // One uplink bridge for the interface, no bridge of their own, nothing on the host side.
+    assert!(d.bridges.is_empty(), "the uplink plans its own bridge");
+    assert_eq!(d.uplinks.len(), 1);
+    assert_eq!(
+        d.uplinks[0].nic,
+        qingluan_core::uplink::Nic::Named("eth0".into())
+    );
+    assert!(d.gateways.is_empty() && d.firewall.segments.is_empty());
+    // Access ports: VLAN 0 (untagged only) for flat, the VLAN ID for vlan.
+    let tags: Vec<Option<u16>> = eps
+        .iter()
+        .map(|e| {
+            d.ports
+                .iter()
+                .find(|p| p.name == e.host_veth())
+                .unwrap()
+                .tag
+        })
+        .collect();
+    assert_eq!(tags, [Some(0), Some(10), Some(20)]);
+    assert!(d.ports.iter().all(|p| p.bridge == "qlul"));
+
+    // Anti-spoofing, then NORMAL; the base flow switches everything else.
+    let flows: Vec<String> = d.flows["qlul"].iter().map(|f| f.render()).collect();
+    let port = eps[0].host_veth();
+    assert!(flows.iter().any(|f| f.contains(&format!(
+        "in_port={port},dl_src=02:42:c0:a8:9f:82,ip,nw_src=192.168.159.130,actions=NORMAL"
+    ))));
+    assert!(flows.iter().any(|f| f.starts_with("table=0,priority=90,")
+        && f.ends_with(&format!("in_port={port},actions=drop"))));
+    assert!(flows
+        .iter()
+        .any(|f| f == "table=0,priority=0,cookie=0x500000000000000,actions=NORMAL"));
+    assert_eq!(
+        d.sentinels["qlul"],
+        qingluan_core::pipeline::uplink_sentinel()
+    );
+
+    // The physical router is the default gateway; publishing is refused.
+    let driver = qingluan_core::modes::driver(Mode::Flat);
+    assert_eq!(driver.join(&flat, &eps[0]).gateway, Some(flat.gateway));
+    assert!(!driver.allows_publishing(&flat));
+    assert!(!qingluan_core::modes::driver(Mode::Vlan).allows_publishing(&v10));
 }

@@ -152,7 +152,7 @@ async fn errors_are_500_with_err_on_both_interfaces() {
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
         r["Err"],
-        "unknown pool \"nope\" (pools: nat, nonat, vlan, vxlan)"
+        "unknown pool \"nope\" (pools: nat, nonat, flat, vlan, vxlan)"
     );
     let body = json!({"NetworkID": NET, "Options": {"com.docker.network.generic": {"model": "bogus"}}, "IPv4Data": [{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}]});
     let (s, r) = post(

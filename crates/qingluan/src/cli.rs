@@ -333,7 +333,7 @@ impl Client {
     ) -> anyhow::Result<()> {
         let kind: PoolKind = serde_json::from_value(serde_json::Value::String(kind.into()))
             .map_err(|_| {
-                anyhow::anyhow!("invalid pool kind {kind:?} (kinds: host, vlan, vxlan)")
+                anyhow::anyhow!("invalid pool kind {kind:?} (kinds: host, vlan, vxlan, flat)")
             })?;
         let subnet = subnet
             .parse()

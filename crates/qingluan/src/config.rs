@@ -85,6 +85,8 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// Model when `--opt model` is absent.
     pub default_model: String,
+    /// Interface of flat and vlan networks created without `--opt parent`.
+    pub uplink: Option<String>,
 }
 
 impl Default for NetworkConfig {
@@ -92,6 +94,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             mtu: 1500,
             default_model: "nat".into(),
+            uplink: None,
         }
     }
 }
@@ -221,6 +224,7 @@ impl Config {
             default_model: self.network.default_model.clone(),
             ipam: self.ipam.clone(),
             underlay_ip: self.cluster.underlay_ip,
+            uplink: self.network.uplink.clone(),
         }
     }
 }

@@ -89,7 +89,7 @@ fn bad_network_input_is_refused_clearly() {
     );
     assert_says(
         &e,
-        "unknown pool \"nosuch\" (pools: nat, nonat, vlan, vxlan)",
+        "unknown pool \"nosuch\" (pools: nat, nonat, flat, vlan, vxlan)",
     );
 
     let e = env.create_network_fails("qlt-bad", &["--opt", "model=nat", "--opt", "mtu=abc"]);

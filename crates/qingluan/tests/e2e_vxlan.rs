@@ -11,22 +11,6 @@ fn create(bed: &Bed, h: usize, name: &str, vni: u32, extra: &[&str]) {
     bed.docker_ok(h, &strs(&Bed::vxlan_args(name, vni, extra)));
 }
 
-fn run(bed: &Bed, h: usize, name: &str, net: &str) -> String {
-    bed.docker_ok(
-        h,
-        &[
-            "run", "-d", "--name", name, "--net", net, IMAGE, "sleep", "600",
-        ],
-    );
-    bed.address(h, name)
-}
-
-fn ping(bed: &Bed, h: usize, from: &str, to: &str) -> bool {
-    bed.docker(h, &["exec", from, "ping", "-c", "1", "-W", "2", to])
-        .status
-        .success()
-}
-
 #[test]
 fn overlay_connects_every_host() {
     if !enabled("overlay_connects_every_host") {
@@ -40,7 +24,7 @@ fn overlay_connects_every_host() {
     let mut c = Vec::new();
     for h in 1..=3 {
         let name = format!("qlt-a{h}");
-        let ip = run(&bed, h, &name, "ov1");
+        let ip = bed.sleeper(h, &name, "ov1");
         c.push((h, name, ip));
     }
     // The underlay moved onto the uplink bridge, and the hosts still reach each other.
@@ -53,7 +37,7 @@ fn overlay_connects_every_host() {
         c.iter().all(|(h, from, _)| {
             c.iter()
                 .filter(|(_, to, _)| to != from)
-                .all(|(_, _, ip)| ping(&bed, *h, from, ip))
+                .all(|(_, _, ip)| bed.ping(*h, from, ip))
         })
     });
     println!(
@@ -96,22 +80,15 @@ fn vnis_are_isolated_arp_stays_local_and_mtu_fits() {
             .unwrap();
         values.split_whitespace().nth(i).unwrap().parse().unwrap()
     };
-    wait_until(30, "a1 reaches a2", || {
-        ping(&bed, 1, "qlt-a1", "10.60.0.12")
-    });
-    wait_until(30, "b1 reaches b2", || {
-        ping(&bed, 1, "qlt-b1", "10.60.0.12")
-    });
+    wait_until(30, "a1 reaches a2", || bed.ping(1, "qlt-a1", "10.60.0.12"));
+    wait_until(30, "b1 reaches b2", || bed.ping(1, "qlt-b1", "10.60.0.12"));
     let b2_before = echoes(2, "qlt-b2");
     let a2_before = echoes(2, "qlt-a2");
     bed.docker(1, &["exec", "qlt-a1", "ip", "neigh", "flush", "all"]);
     let wire = bed.capture("udp port 4789", || {
-        assert!(ping(&bed, 1, "qlt-a1", "10.60.0.12"));
-        assert!(ping(&bed, 1, "qlt-b1", "10.60.0.12"));
-        assert!(
-            !ping(&bed, 1, "qlt-a1", "10.60.0.21"),
-            "ov1 cannot reach ov2"
-        );
+        assert!(bed.ping(1, "qlt-a1", "10.60.0.12"));
+        assert!(bed.ping(1, "qlt-b1", "10.60.0.12"));
+        assert!(!bed.ping(1, "qlt-a1", "10.60.0.21"), "ov1 cannot reach ov2");
     });
     assert!(echoes(2, "qlt-a2") > a2_before, "a1's pings reach a2");
     assert_eq!(
@@ -191,9 +168,9 @@ fn hosts_leaving_and_joining_update_the_tunnels() {
         bed.has_network(2, "ov1") && bed.has_network(3, "ov1")
     });
     let ips: Vec<String> = (1..=3)
-        .map(|h| run(&bed, h, &format!("qlt-c{h}"), "ov1"))
+        .map(|h| bed.sleeper(h, &format!("qlt-c{h}"), "ov1"))
         .collect();
-    wait_until(30, "h1 reaches h3", || ping(&bed, 1, "qlt-c1", &ips[2]));
+    wait_until(30, "h1 reaches h3", || bed.ping(1, "qlt-c1", &ips[2]));
     let h3 = bed.host_ip(3);
     let towards_h3 = |bed: &Bed| {
         let flows = text(&bed.exec(1, "ovs-ofctl -O OpenFlow15 dump-flows qlov"));
@@ -209,15 +186,13 @@ fn hosts_leaving_and_joining_update_the_tunnels() {
         "h3's tunnels gone from h1 {:.1} s after it left",
         t.elapsed().as_secs_f64()
     );
-    assert!(ping(&bed, 1, "qlt-c1", &ips[1]), "h2 is unaffected");
+    assert!(bed.ping(1, "qlt-c1", &ips[1]), "h2 is unaffected");
 
     // h3 joins again: its flows come back and its container is reachable.
     let t = Instant::now();
     bed.start_daemon(3);
     wait_until(20, "h3's flows back on h1", || towards_h3(&bed));
-    wait_until(20, "h1 reaches h3 again", || {
-        ping(&bed, 1, "qlt-c1", &ips[2])
-    });
+    wait_until(20, "h1 reaches h3 again", || bed.ping(1, "qlt-c1", &ips[2]));
     println!(
         "h3 reachable again {:.1} s after its daemon started",
         t.elapsed().as_secs_f64()
@@ -246,14 +221,7 @@ fn nat_gives_every_host_the_same_gateway_out() {
         return;
     }
     let bed = Bed::start(2, "");
-    let refused = |args: Vec<String>, want: &str| {
-        let o = bed.docker(1, &strs(&args));
-        assert!(
-            !o.status.success() && text(&o).contains(want),
-            "{}",
-            text(&o)
-        );
-    };
+    let refused = |args: Vec<String>, want: &str| bed.docker_refused(1, &args, want);
     refused(
         Bed::vxlan_args("qlt-bad", 5100, &["--opt", "nat=yes"]),
         "invalid nat \"yes\": must be true or false",
@@ -291,7 +259,7 @@ fn nat_gives_every_host_the_same_gateway_out() {
         ],
     );
     let w1 = bed.address(1, "qlt-w1");
-    run(&bed, 2, "qlt-n2", "ovn");
+    bed.sleeper(2, "qlt-n2", "ovn");
 
     // The same gateway address and MAC on both hosts; the containers' default route.
     for h in 1..=2 {
@@ -305,10 +273,10 @@ fn nat_gives_every_host_the_same_gateway_out() {
     // Each host masquerades its own containers to the outside.
     let outside = bed.outside_ip();
     wait_until(20, "both containers reach the outside", || {
-        ping(&bed, 1, "qlt-w1", &outside) && ping(&bed, 2, "qlt-n2", &outside)
+        bed.ping(1, "qlt-w1", &outside) && bed.ping(2, "qlt-n2", &outside)
     });
     let seen = bed.capture(&format!("icmp and host {outside}"), || {
-        assert!(ping(&bed, 2, "qlt-n2", &outside));
+        assert!(bed.ping(2, "qlt-n2", &outside));
     });
     assert!(
         seen.contains(&format!("{} > {outside}", bed.host_ip(2))),
@@ -322,7 +290,7 @@ fn nat_gives_every_host_the_same_gateway_out() {
         text(&bed.exec_in("ot", &format!("curl -s --max-time 3 {url}"))).contains("qingluan-nat")
     });
     wait_until(10, "the overlay still connects the hosts", || {
-        ping(&bed, 2, "qlt-n2", &w1)
+        bed.ping(2, "qlt-n2", &w1)
     });
     assert!(bed
         .exec(1, &format!("ping -c 1 -W 2 {w1}"))
@@ -336,5 +304,5 @@ fn nat_gives_every_host_the_same_gateway_out() {
         !text(&bed.exec(1, "ip -o -4 addr show")).contains("10.51.0.1/24")
     });
     assert!(text(&bed.exec(2, "ip -o -4 addr show")).contains("10.51.0.1/24"));
-    assert!(ping(&bed, 2, "qlt-n2", &outside));
+    assert!(bed.ping(2, "qlt-n2", &outside));
 }

@@ -92,6 +92,9 @@ pub enum IpamError {
     /// A malformed address or subnet.
     #[error("invalid {what} {value:?}")]
     Invalid { what: &'static str, value: String },
+    /// A flat network without the physical network's subnet or gateway.
+    #[error("a flat network needs {0}: it lives on an existing physical network (give --subnet and --gateway)")]
+    FlatNeeds(&'static str),
     /// A cluster domain already holds another subnet (same VNI or VLAN, other definition).
     #[error("{domain} already has subnet {existing}: a network joining it must use that subnet (or omit --subnet)")]
     DomainTaken { domain: String, existing: IpNet },
@@ -113,6 +116,9 @@ pub enum PoolKind {
     Vlan,
     /// VXLAN overlays: one domain per VNI.
     Vxlan,
+    /// Physical networks (flat): one domain per subnet, which the user always gives; never
+    /// carved.
+    Flat,
 }
 
 /// A named supernet subnets are carved from.
@@ -178,8 +184,9 @@ pub fn is_cluster_domain(domain: &str) -> bool {
     domain != "host"
 }
 
-/// Routing domain of a pool kind, given the `vni` option for vlan and vxlan.
-pub fn domain(kind: PoolKind, vni: Option<u32>) -> Result<String, IpamError> {
+/// Routing domain of a pool kind, given the `vni` option for vlan and vxlan and the
+/// `--subnet` for flat.
+pub fn domain(kind: PoolKind, vni: Option<u32>, subnet: &str) -> Result<String, IpamError> {
     let need = |name: &str| IpamError::InvalidOption {
         key: "vni".into(),
         reason: format!("required for a {name} pool"),
@@ -188,7 +195,18 @@ pub fn domain(kind: PoolKind, vni: Option<u32>) -> Result<String, IpamError> {
         PoolKind::Host => "host".into(),
         PoolKind::Vlan => format!("vlan-{}", vni.ok_or_else(|| need("vlan"))?),
         PoolKind::Vxlan => format!("vxlan-{}", vni.ok_or_else(|| need("vxlan"))?),
+        PoolKind::Flat => {
+            let cidr: IpNet = subnet
+                .parse()
+                .map_err(|_| IpamError::FlatNeeds("--subnet"))?;
+            flat_domain(cidr)
+        }
     })
+}
+
+/// The routing domain (and cluster key) of a flat network's subnet: `flat-192.168.159.0_24`.
+pub fn flat_domain(cidr: IpNet) -> String {
+    format!("flat-{}", cidr_key(cidr.trunc()))
 }
 
 /// The Docker PoolID of a subnet.

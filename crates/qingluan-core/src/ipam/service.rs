@@ -79,6 +79,7 @@ impl Ipam {
             let kind = match name.as_str() {
                 "vlan" => PoolKind::Vlan,
                 "vxlan" => PoolKind::Vxlan,
+                "flat" => PoolKind::Flat,
                 _ => PoolKind::Host,
             };
             let pool = Pool {
@@ -271,7 +272,7 @@ impl Ipam {
             }
         }
         let pool = self.pool(&pool_name).await?;
-        let domain = domain(pool.kind, vni)?;
+        let domain = domain(pool.kind, vni, subnet)?;
         let _g = self.lock.lock().await;
         let existing = self.domain_subnets(&domain).await?;
         if is_cluster_domain(&domain) {
@@ -457,6 +458,9 @@ impl Ipam {
             });
         }
         let (ip, kind) = if address.is_empty() {
+            if subnet.domain.starts_with("flat-") {
+                return Err(IpamError::FlatNeeds("--gateway"));
+            }
             let ip = first_host(cidr).ok_or_else(|| IpamError::NoFreeAddress {
                 scope: cidr.to_string(),
             })?;

@@ -142,7 +142,7 @@ fn user_subnets_follow_the_overlap_rules() {
             .unwrap_err();
         assert_eq!(e.to_string(), "ip-range 10.2.0.0/25 is not inside subnet 10.1.0.0/24");
         let e = ipam.request_pool("", "", &opts(&[("pool", "nope")]), false).await.unwrap_err();
-        assert_eq!(e.to_string(), "unknown pool \"nope\" (pools: nat, nonat, vlan, vxlan)");
+        assert_eq!(e.to_string(), "unknown pool \"nope\" (pools: nat, nonat, flat, vlan, vxlan)");
         let e = ipam.request_pool("", "", &opts(&[("colour", "red")]), false).await.unwrap_err();
         assert_eq!(e.to_string(), "unknown ipam option \"colour\" (valid options: pool, vni)");
     });

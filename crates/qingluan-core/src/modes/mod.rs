@@ -4,8 +4,10 @@
 //! gets at Join (gateway or not), and whether it may publish ports. Modes only produce plain
 //! data; they never touch the system.
 
+mod flat;
 mod nat;
 mod nonat;
+mod vlan;
 mod vxlan;
 
 pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
@@ -16,6 +18,7 @@ use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 use crate::desired::{Ctx, Desired, GatewayPort, Veth};
 use crate::model::{Endpoint, Mode, Network};
 use crate::pipeline;
+use crate::uplink::{Nic, UplinkWant};
 
 /// What Join returns for an endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +48,9 @@ pub fn driver(mode: Mode) -> &'static dyn ModeDriver {
     match mode {
         Mode::Nat => &nat::Nat,
         Mode::Vxlan => &vxlan::Vxlan,
-        _ => &nonat::Nonat,
+        Mode::Flat => &flat::Flat,
+        Mode::Vlan => &vlan::Vlan,
+        Mode::Nonat => &nonat::Nonat,
     }
 }
 
@@ -132,18 +137,58 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             .map(String::from)
             .to_vec(),
     });
-    attach(ctx, net, &bridge, eps, ctx.facts.needs_tx_off(), out);
+    attach(ctx, net, &bridge, eps, None, ctx.facts.needs_tx_off(), out);
     out.flows.insert(bridge.clone(), pipeline::flows(net, eps));
     out.sentinels.insert(bridge, pipeline::sentinel(net));
 }
 
-/// Each endpoint's veth pair, its host end as a port of `bridge`, guarded against the veth
-/// bypass on the userspace datapath.
+/// A network on the physical network (flat, vlan): its containers' ports on the uplink
+/// bridge of its interface as access ports of VLAN `tag` (0: untagged), with anti-spoofing
+/// flows; the bridge and the interface come from the uplink (`uplink.rs`). The gateway is
+/// the physical router, so nothing is on the host side.
+pub(crate) fn on_uplink(ctx: &Ctx, net: &Network, eps: &[&Endpoint], tag: u16, out: &mut Desired) {
+    let Some(nic) = &net.uplink else {
+        return;
+    };
+    let bridge = net.bridge();
+    out.uplinks.push(UplinkWant {
+        bridge: bridge.clone(),
+        nic: Nic::Named(nic.clone()),
+        datapath: ctx.facts.datapath.clone(),
+    });
+    attach(
+        ctx,
+        net,
+        &bridge,
+        eps,
+        Some(tag),
+        ctx.facts.needs_tx_off(),
+        out,
+    );
+    out.flows
+        .entry(bridge)
+        .or_default()
+        .extend(pipeline::physical_flows(eps));
+}
+
+/// Join of a network on the physical network: the physical router is the default gateway.
+pub(crate) fn physical_join(net: &Network, ep: &Endpoint) -> JoinInfo {
+    JoinInfo {
+        src_name: ep.peer_veth(),
+        gateway: Some(net.gateway),
+        gateway_v6: None,
+        disable_gateway_service: true,
+    }
+}
+
+/// Each endpoint's veth pair, its host end as a port of `bridge` (an access port of VLAN
+/// `tag` when given), guarded against the veth bypass on the userspace datapath.
 pub(crate) fn attach(
     ctx: &Ctx,
     net: &Network,
     bridge: &str,
     eps: &[&Endpoint],
+    tag: Option<u16>,
     tx_off: bool,
     out: &mut Desired,
 ) {
@@ -152,7 +197,7 @@ pub(crate) fn attach(
             bridge: bridge.to_string(),
             name: ep.host_veth(),
             kind: String::new(),
-            tag: None,
+            tag,
             external_ids: ctx.ids(net, Some(ep)),
             mtu_request: None,
             mac: None,

@@ -25,7 +25,7 @@ use super::{attach, gateway, publish, JoinInfo, ModeDriver};
 use crate::desired::{Ctx, Desired, MODE, OWNER};
 use crate::model::{Endpoint, Mac, Network};
 use crate::pipeline;
-use crate::uplink::UplinkWant;
+use crate::uplink::{Nic, UplinkWant};
 
 /// The vxlan mode.
 pub struct Vxlan;
@@ -100,15 +100,23 @@ impl ModeDriver for Vxlan {
                 .insert(bridge.clone(), pipeline::overlay_sentinel());
             if ctx.facts.datapath == "netdev" {
                 if let Some(address) = ctx.settings.underlay_ip {
-                    out.uplink = Some(UplinkWant {
+                    out.uplinks.push(UplinkWant {
                         bridge: uplink_bridge(prefix),
-                        address,
+                        nic: Nic::Holding(address),
                         datapath: ctx.facts.datapath.clone(),
                     });
                 }
             }
         }
-        attach(ctx, net, &bridge, eps, ctx.facts.datapath == "netdev", out);
+        attach(
+            ctx,
+            net,
+            &bridge,
+            eps,
+            None,
+            ctx.facts.datapath == "netdev",
+            out,
+        );
         let gw = net
             .gateway_port
             .as_ref()

@@ -62,6 +62,31 @@ fn must(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The environment that points the OVS tools at the instance with its files in `d`.
+fn ovs_env_of(d: &std::path::Path) -> Vec<(String, String)> {
+    ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"]
+        .iter()
+        .map(|k| (k.to_string(), d.display().to_string()))
+        .collect()
+}
+
+/// Stops the OVS daemons whose pidfiles are in `d` (SIGTERM, up to 5 s each), if any.
+fn stop_ovs(d: &std::path::Path) {
+    for f in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+        let pid = std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..50 {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// The `&str`s of owned arguments.
 pub fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
@@ -101,12 +126,23 @@ pub struct Bed {
     hosts: Vec<Host>,
     etcd: Option<Child>,
     cluster_toml: String,
+    /// Hosts keep their state in the embedded store: no etcd, no cluster.
+    local: bool,
 }
 
 impl Bed {
     /// Starts `n` hosts; `cluster_toml` is added to each host's `[cluster]` table
     /// (e.g. `reclaim_after_secs = 3`).
     pub fn start(n: usize, cluster_toml: &str) -> Bed {
+        Bed::boot(n, cluster_toml, false)
+    }
+
+    /// Starts one host with the embedded store, as a single-host user runs it.
+    pub fn start_local() -> Bed {
+        Bed::boot(1, "", true)
+    }
+
+    fn boot(n: usize, cluster_toml: &str, local: bool) -> Bed {
         let t0 = Instant::now();
         let seed = std::process::id() ^ (t0.elapsed().subsec_nanos() << 8);
         let tag = format!("{:04x}", seed & 0xffff);
@@ -120,9 +156,12 @@ impl Bed {
             hosts: Vec::new(),
             etcd: None,
             cluster_toml: cluster_toml.to_string(),
+            local,
         };
         bed.underlay(n);
-        bed.start_etcd();
+        if !local {
+            bed.start_etcd();
+        }
         bed.rootfs();
         for h in 1..=n {
             let hd = bed.dir.join(format!("h{h}"));
@@ -212,6 +251,66 @@ impl Bed {
         self.plug(&self.ns("ot"), &self.outside_ip(), "pot");
     }
 
+    /// Address of the router's untagged leg on the underlay: the physical gateway of flat
+    /// networks on it.
+    pub fn router_ip(&self) -> String {
+        format!("10.213.{}.254", self.net)
+    }
+
+    /// Starts a router namespace (`rt`) on the underlay trunk. This kernel has neither an
+    /// 802.1Q module nor VLAN filtering in its bridge, so the router switches with an OVS of
+    /// its own (userspace datapath): its trunk `eth0` and, per VLAN (`(id, "192.168.10.1/24")`),
+    /// an internal port that is an access port of that VLAN and holds its gateway; the
+    /// bridge's own port is the untagged leg with [`Bed::router_ip`]. The kernel routes
+    /// between them and holds 198.51.100.1 as "the outside world"; the outside namespace
+    /// routes the VLAN subnets back through it.
+    pub fn start_router(&self, vlans: &[(u16, &str)]) {
+        let (rt, sw) = (self.ns("rt"), self.ns("sw"));
+        must("ip", &["netns", "add", &rt]);
+        must(
+            "ip",
+            &[
+                "-n", &sw, "link", "add", "name", "prt", "type", "veth", "peer", "name", "eth0",
+                "netns", &rt,
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n", &sw, "link", "set", "dev", "prt", "master", "br0", "up",
+            ],
+        );
+        let d = self.dir.join("rt/ovs");
+        std::fs::create_dir_all(&d).unwrap();
+        self.start_ovs_in("rt", &d);
+        let mut script = format!(
+            "set -e; ip link set lo up; ip link set eth0 up; ip addr add 198.51.100.1/32 dev lo; \
+             sysctl -qw net.ipv4.ip_forward=1; \
+             ovs-vsctl add-br rbr -- set bridge rbr datapath_type=netdev -- add-port rbr eth0; \
+             ip addr add {}/24 dev rbr; ip link set rbr up; ",
+            self.router_ip()
+        );
+        for (id, gw) in vlans {
+            script += &format!(
+                "ovs-vsctl add-port rbr g{id} tag={id} -- set interface g{id} type=internal; \
+                 ip addr add {gw} dev g{id}; ip link set g{id} up; "
+            );
+        }
+        let o = Command::new("ip")
+            .args(["netns", "exec", &rt, "sh", "-c", &script])
+            .envs(ovs_env_of(&d))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "router: {}", text(&o));
+        let back = format!(
+            "ip route add 192.168.0.0/16 via {0}; ip route add 10.242.0.0/16 via {0}",
+            self.router_ip()
+        );
+        let o = self.exec_in("ot", &back);
+        assert!(o.status.success(), "outside routes: {}", text(&o));
+    }
+
     /// The etcd client URL the hosts use.
     pub fn etcd_url(&self) -> String {
         format!("http://{}:2379", self.etcd_ip())
@@ -272,11 +371,7 @@ impl Bed {
     }
 
     fn ovs_env(&self, h: usize) -> Vec<(String, String)> {
-        let d = self.hosts[h - 1].dir.join("ovs");
-        ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"]
-            .iter()
-            .map(|k| (k.to_string(), d.display().to_string()))
-            .collect()
+        ovs_env_of(&self.hosts[h - 1].dir.join("ovs"))
     }
 
     /// Runs a shell command in host `h`'s namespace with its OVS environment.
@@ -295,7 +390,12 @@ impl Bed {
     }
 
     fn start_ovs(&self, h: usize) {
-        let d = self.hosts[h - 1].dir.join("ovs");
+        self.start_ovs_in(&h.to_string(), &self.hosts[h - 1].dir.join("ovs"));
+    }
+
+    /// Starts an ovsdb-server and ovs-vswitchd with their files in `d`, in namespace `ns`
+    /// (a host number or `rt`).
+    fn start_ovs_in(&self, ns: &str, d: &std::path::Path) {
         let ds = d.display();
         let script = format!(
             "ovsdb-tool create {ds}/conf.db /usr/share/openvswitch/vswitch.ovsschema && \
@@ -308,21 +408,33 @@ impl Bed {
              ovs-vswitchd unix:{ds}/db.sock --pidfile={ds}/ovs-vswitchd.pid \
                --log-file={ds}/ovs-vswitchd.log -vconsole:off --no-chdir --detach"
         );
-        let o = self.exec(h, &script);
-        assert!(o.status.success(), "OVS of h{h}: {}", text(&o));
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), "sh", "-c", &script])
+            .envs(ovs_env_of(d))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "OVS of {ns}: {}", text(&o));
     }
 
     fn write_config(&self, h: usize) {
         let d = &self.hosts[h - 1].dir;
         let ds = d.display();
+        let store = if self.local {
+            String::new()
+        } else {
+            format!(
+                "backend = \"etcd\"\nendpoints = [\"{}\"]\nnamespace = \"/qlb{}/\"\n",
+                self.etcd_url(),
+                self.tag
+            )
+        };
         let cfg = format!(
             "[daemon]\nname = \"qingluan\"\nprefix = \"ql\"\nplugin_dir = \"{ds}/plugins\"\n\
              api_socket = \"{ds}/api.sock\"\ndocker_socket = \"{ds}/docker.sock\"\n\
              log = \"info\"\n\n[ovs]\ndb = \"unix:{ds}/ovs/db.sock\"\nrundir = \"{ds}/ovs\"\n\n\
-             [store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\npath = \"{ds}/state.redb\"\n\
-             namespace = \"/qlb{}/\"\n\n[cluster]\nhost_id = \"h{h}\"\nunderlay_ip = \"{}\"\n{}\n",
-            self.etcd_url(),
-            self.tag,
+             [store]\n{store}path = \"{ds}/state.redb\"\n\n\
+             [cluster]\nhost_id = \"h{h}\"\nunderlay_ip = \"{}\"\n{}\n",
             self.host_ip(h),
             self.cluster_toml
         );
@@ -440,6 +552,34 @@ impl Bed {
         let mut all = vec!["--config", cfg.to_str().unwrap()];
         all.extend_from_slice(args);
         run(env!("CARGO_BIN_EXE_qingluan"), &all)
+    }
+
+    /// Starts container `name` (sleeping) on network `net` of host `h`; returns its address.
+    pub fn sleeper(&self, h: usize, name: &str, net: &str) -> String {
+        self.docker_ok(
+            h,
+            &[
+                "run", "-d", "--name", name, "--net", net, IMAGE, "sleep", "600",
+            ],
+        );
+        self.address(h, name)
+    }
+
+    /// Whether container `from` on host `h` gets an answer to one ping of `to`.
+    pub fn ping(&self, h: usize, from: &str, to: &str) -> bool {
+        self.docker(h, &["exec", from, "ping", "-c", "1", "-W", "2", to])
+            .status
+            .success()
+    }
+
+    /// Asserts that `docker ARGS` on host `h` fails with a message containing `want`.
+    pub fn docker_refused(&self, h: usize, args: &[String], want: &str) {
+        let o = self.docker(h, &strs(args));
+        assert!(
+            !o.status.success() && text(&o).contains(want),
+            "h{h}: docker {args:?}: {}",
+            text(&o)
+        );
     }
 
     /// `qingluan --json ARGS` of host `h`, parsed.
@@ -590,19 +730,7 @@ impl Bed {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for f in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
-            let pid = std::fs::read_to_string(host.dir.join("ovs").join(f)).unwrap_or_default();
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                for _ in 0..50 {
-                    if nix::sys::signal::kill(pid, None).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
+        stop_ovs(&host.dir.join("ovs"));
     }
 
     fn keep_logs(&self) {
@@ -658,8 +786,9 @@ impl Drop for Bed {
             self.stop_host(h);
         }
         self.stop_etcd();
+        stop_ovs(&self.dir.join("rt/ovs"));
         let mut names: Vec<String> = (1..=self.size).map(|h| self.ns(h)).collect();
-        names.extend(["et", "ot", "sw"].map(|n| self.ns(n)));
+        names.extend(["et", "ot", "rt", "sw"].map(|n| self.ns(n)));
         for ns in names {
             let _ = run("ip", &["netns", "del", &ns]);
         }

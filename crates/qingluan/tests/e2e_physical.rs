@@ -1,0 +1,304 @@
+//! flat and vlan networks end to end on the multi-host test bed (tests/bed): containers on
+//! the underlay itself, which plays the physical network. It carries tagged frames (its
+//! Linux bridge does not filter VLANs); the outside namespace (`ot`, .200) is a physical
+//! machine on it, and a router namespace (`rt`) on the trunk is the physical gateway: .254
+//! untagged, one gateway per VLAN, 198.51.100.1 as the outside world.
+
+mod bed;
+
+use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
+
+/// Arguments of the flat network on the underlay's subnet, containers from .128/25.
+fn flat_args(bed: &Bed, name: &str) -> Vec<String> {
+    let subnet = format!("{}.0/24", bed.router_ip().rsplit_once('.').unwrap().0);
+    let range = format!("{}.128/25", bed.router_ip().rsplit_once('.').unwrap().0);
+    Bed::network_args(
+        "flat",
+        name,
+        &[
+            "--subnet",
+            &subnet,
+            "--gateway",
+            &bed.router_ip(),
+            "--ip-range",
+            &range,
+        ],
+    )
+}
+
+fn vlan_args(name: &str, vlan: u16, extra: &[&str]) -> Vec<String> {
+    let id = format!("vni={vlan}");
+    let mut all = vec!["--opt", id.as_str(), "--ipam-opt", id.as_str()];
+    all.extend_from_slice(extra);
+    Bed::network_args("vlan", name, &all)
+}
+
+/// Creates vlan10 (subnet carved from the vlan pool) and vlan20 (192.168.20.0/24) on host 1
+/// and starts the router with their gateways; returns vlan10's subnet.
+fn vlans_and_router(bed: &Bed) -> String {
+    bed.docker_ok(1, &strs(&vlan_args("vlan10", 10, &[])));
+    bed.docker_ok(
+        1,
+        &strs(&vlan_args(
+            "vlan20",
+            20,
+            &["--subnet", "192.168.20.0/24", "--gateway", "192.168.20.1"],
+        )),
+    );
+    let v10 = bed.ql_json(1, &["network", "inspect", "vlan10"]);
+    let (subnet, gw) = (
+        v10["subnet"].as_str().unwrap().to_string(),
+        v10["gateway"].as_str().unwrap().to_string(),
+    );
+    let prefix = subnet.rsplit_once('/').unwrap().1;
+    bed.start_router(&[(10, &format!("{gw}/{prefix}")), (20, "192.168.20.1/24")]);
+    subnet
+}
+
+/// A vlan20 container cannot reach `ip` at L2 even when told it is on its link: the ARP
+/// request stays in VLAN 20.
+fn l2_isolated(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
+    let o = bed.in_container(
+        h,
+        from,
+        &format!(
+            "ip route add {ip}/32 dev eth0; ping -c 1 -W 2 {ip}; r=$?; \
+             ip route del {ip}/32 dev eth0; ip neigh flush dev eth0; exit $r"
+        ),
+    );
+    !o.status.success()
+}
+
+#[test]
+fn flat_and_vlan_networks_span_hosts_on_the_physical_network() {
+    if !enabled("flat_and_vlan_networks_span_hosts_on_the_physical_network") {
+        return;
+    }
+    let bed = Bed::start(2, "");
+    let refused = |args: Vec<String>, want: &str| bed.docker_refused(1, &args, want);
+    // Bad input is refused with its reason, and changes nothing.
+    refused(
+        Bed::network_args("vlan", "qlt-bad", &["--ipam-opt", "vni=10"]),
+        "model vlan needs --opt vni=<1-4094> (and the same --ipam-opt vni)",
+    );
+    for bad in ["0", "4095", "ten"] {
+        refused(
+            Bed::network_args(
+                "vlan",
+                "qlt-bad",
+                &["--opt", &format!("vni={bad}"), "--ipam-opt", "vni=10"],
+            ),
+            &format!("invalid vni \"{bad}\" for model vlan: must be a number from 1 to 4094"),
+        );
+    }
+    refused(
+        Bed::network_args(
+            "vlan",
+            "qlt-bad",
+            &["--opt", "vni=10", "--ipam-opt", "vni=11"],
+        ),
+        "is not a qingluanIpam subnet of vlan-10",
+    );
+    refused(
+        Bed::network_args("flat", "qlt-bad", &[]),
+        "a flat network needs --subnet",
+    );
+    refused(
+        Bed::network_args("flat", "qlt-bad", &["--subnet", "192.168.159.0/24"]),
+        "a flat network needs --gateway",
+    );
+    let mut no_parent = flat_args(&bed, "qlt-bad");
+    no_parent.insert(2, "--opt".into());
+    no_parent.insert(3, "parent=nosuch0".into());
+    refused(
+        no_parent,
+        "parent interface \"nosuch0\" does not exist on this host",
+    );
+    let listed = bed.docker_ok(1, &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!listed.contains("qlt-bad"), "{listed}");
+
+    // flat on the underlay: created on host 1, replicated to host 2; the underlay moves onto
+    // the uplink bridge on both and the hosts keep their connectivity.
+    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1")));
+    wait_until(20, "flat1 on host 2", || bed.has_network(2, "flat1"));
+    let v10 = vlans_and_router(&bed);
+    wait_until(20, "the vlans on host 2", || {
+        bed.has_network(2, "vlan10") && bed.has_network(2, "vlan20")
+    });
+    refused(
+        vlan_args("qlt-bad", 20, &["--subnet", "192.168.21.0/24"]),
+        "vlan-20 already has subnet 192.168.20.0/24",
+    );
+    for h in 1..=2 {
+        wait_until(20, &format!("h{h}'s address on the uplink bridge"), || {
+            text(&bed.exec(h, "ip -4 -o addr show dev qlul")).contains(&bed.host_ip(h))
+        });
+    }
+
+    let f1 = bed.sleeper(1, "qlt-f1", "flat1");
+    let f2 = bed.sleeper(2, "qlt-f2", "flat1");
+    assert!(f1.ends_with(|c: char| c.is_ascii_digit()));
+    let last: u8 = f1.rsplit_once('.').unwrap().1.parse().unwrap();
+    assert!(last >= 128, "from --ip-range: {f1}");
+    let routes = text(&bed.in_container(1, "qlt-f1", "ip route"));
+    assert!(
+        routes.contains(&format!("default via {}", bed.router_ip())),
+        "{routes}"
+    );
+    let o = bed.docker(
+        1,
+        &[
+            "run", "-d", "--name", "qlt-pub", "--net", "flat1", "-p", "8080:80", IMAGE, "sleep",
+            "60",
+        ],
+    );
+    assert!(
+        text(&o).contains("port publishing (-p) is not supported on flat and vlan networks"),
+        "{}",
+        text(&o)
+    );
+
+    // Peers of the physical network: each other across hosts, the physical machine both
+    // ways, the outside world through the physical gateway; the host still reaches them.
+    let outside = bed.outside_ip();
+    wait_until(
+        20,
+        "flat containers reach each other and the outside",
+        || {
+            bed.ping(1, "qlt-f1", &f2)
+                && bed.ping(2, "qlt-f2", &outside)
+                && bed.ping(1, "qlt-f1", "198.51.100.1")
+        },
+    );
+    assert!(bed
+        .exec_in("ot", &format!("ping -c 1 -W 2 {f1}"))
+        .status
+        .success());
+    assert!(bed
+        .exec(2, &format!("ping -c 1 -W 2 {f1}"))
+        .status
+        .success());
+    assert!(
+        bed.ql(1, &["status"]).status.success(),
+        "etcd still reached"
+    );
+
+    // vlan10 across hosts, tagged on the wire; vlan20 reached only through the router.
+    let a = bed.sleeper(1, "qlt-v10a", "vlan10");
+    let b = bed.sleeper(2, "qlt-v10b", "vlan10");
+    let c = bed.sleeper(1, "qlt-v20a", "vlan20");
+    let mtu = bed.docker_ok(1, &["exec", "qlt-v10a", "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1500", "the uplink's MTU");
+    wait_until(20, "vlan10 spans the hosts", || bed.ping(1, "qlt-v10a", &b));
+    let seen = bed.capture("icmp or (vlan and icmp)", || {
+        assert!(bed.ping(1, "qlt-v10a", &b));
+    });
+    assert!(seen.contains("vlan 10") && seen.contains(&b), "{seen}");
+    assert!(
+        seen.lines()
+            .filter(|l| l.contains(&b))
+            .all(|l| l.contains("vlan 10")),
+        "every frame tagged: {seen}"
+    );
+    wait_until(20, "vlan10 and vlan20 meet at the router", || {
+        bed.ping(1, "qlt-v10a", &c) && bed.ping(2, "qlt-v10b", "198.51.100.1")
+    });
+    assert!(
+        v10.starts_with("10.242."),
+        "carved from the vlan pool: {v10}"
+    );
+
+    // L2 isolation: a vlan20 container that believes vlan10 addresses are on its link
+    // reaches neither the one on its own host nor the one on the other; its broadcasts
+    // leave tagged 20 and never reach a vlan10 or flat container.
+    let leak = bed.capture("arp or (vlan and arp)", || {
+        assert!(l2_isolated(&bed, 1, "qlt-v20a", &a));
+        assert!(l2_isolated(&bed, 1, "qlt-v20a", &b));
+    });
+    assert!(leak.contains("vlan 20"), "{leak}");
+    let in_v10 = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            text(&bed.in_container(
+                2,
+                "qlt-v10b",
+                "timeout 8 tcpdump -nn -e -l -i eth0 arp 2>/dev/null",
+            ))
+        });
+        let flat = s.spawn(|| {
+            text(&bed.in_container(
+                2,
+                "qlt-f2",
+                "timeout 8 tcpdump -nn -e -l -i eth0 arp 2>/dev/null",
+            ))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        l2_isolated(&bed, 1, "qlt-v20a", "192.168.20.77");
+        // Controls: what vlan10 and flat containers broadcast does reach them.
+        l2_isolated(&bed, 1, "qlt-v10a", "10.242.250.77");
+        l2_isolated(&bed, 1, "qlt-f1", "172.31.250.77");
+        (watch.join().unwrap(), flat.join().unwrap())
+    });
+    let (v10_saw, flat_saw) = in_v10;
+    assert!(v10_saw.contains("10.242.250.77"), "vlan10 saw: {v10_saw}");
+    assert!(!v10_saw.contains("192.168.20."), "vlan10 saw: {v10_saw}");
+    assert!(!v10_saw.contains("172.31.250.77"), "vlan10 saw: {v10_saw}");
+    assert!(flat_saw.contains("172.31.250.77"), "flat saw: {flat_saw}");
+    assert!(!flat_saw.contains("192.168.20."), "flat saw: {flat_saw}");
+    assert!(!flat_saw.contains("10.242.250.77"), "flat saw: {flat_saw}");
+
+    // Host 1 leaves every network: its address and default route go back to eth0.
+    for c in ["qlt-f1", "qlt-v10a", "qlt-v20a", "qlt-pub"] {
+        let _ = bed.docker(1, &["rm", "-f", c]);
+    }
+    for n in ["flat1", "vlan10", "vlan20"] {
+        bed.docker_ok(1, &["network", "rm", n]);
+    }
+    wait_until(20, "the underlay back on eth0", || {
+        text(&bed.exec(1, "ip -4 -o addr show dev eth0")).contains(&bed.host_ip(1))
+    });
+    let route = text(&bed.exec(1, "ip route show default"));
+    assert!(route.contains("dev eth0"), "{route}");
+    assert!(!text(&bed.exec(1, "ip link")).contains("qlul"));
+    assert!(bed.ping(2, "qlt-f2", &outside), "host 2 unaffected");
+}
+
+#[test]
+fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
+    if !enabled("flat_and_vlan_work_on_one_host_with_the_embedded_store") {
+        return;
+    }
+    let bed = Bed::start_local();
+    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1")));
+    vlans_and_router(&bed);
+    bed.sleeper(1, "qlt-f1", "flat1");
+    let a = bed.sleeper(1, "qlt-v10a", "vlan10");
+    bed.sleeper(1, "qlt-v20a", "vlan20");
+    wait_until(
+        20,
+        "flat reaches the physical machine and the outside",
+        || bed.ping(1, "qlt-f1", &bed.outside_ip()) && bed.ping(1, "qlt-f1", "198.51.100.1"),
+    );
+    wait_until(20, "vlan10 reaches vlan20 through the router", || {
+        bed.ping(1, "qlt-v10a", "192.168.20.1") && bed.ping(1, "qlt-v20a", &a)
+    });
+    assert!(l2_isolated(&bed, 1, "qlt-v20a", &a));
+    // A second flat network shares the interface's bridge: one uplink bridge in all.
+    bed.docker_ok(
+        1,
+        &strs(&Bed::network_args(
+            "flat",
+            "flat2",
+            &["--subnet", "172.30.0.0/24", "--gateway", "172.30.0.1"],
+        )),
+    );
+    bed.sleeper(1, "qlt-f2", "flat2");
+    let bridges = text(&bed.exec(1, "ovs-vsctl list-br"));
+    assert_eq!(bridges.trim(), "qlul", "{bridges}");
+    let listed = text(&bed.ql(1, &["network", "ls"]));
+    assert!(
+        ["flat1", "vlan10", "vlan20"]
+            .iter()
+            .all(|n| listed.contains(n)),
+        "{listed}"
+    );
+}
