@@ -268,9 +268,13 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
         return;
     }
     let bed = Bed::start_local();
+    // Containers follow the uplink's MTU.
+    assert!(bed.exec(1, "ip link set eth0 mtu 1400").status.success());
     bed.docker_ok(1, &strs(&flat_args(&bed, "flat1")));
     vlans_and_router(&bed);
     bed.sleeper(1, "qlt-f1", "flat1");
+    let mtu = bed.docker_ok(1, &["exec", "qlt-f1", "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1400");
     let a = bed.sleeper(1, "qlt-v10a", "vlan10");
     bed.sleeper(1, "qlt-v20a", "vlan20");
     wait_until(
