@@ -267,7 +267,7 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
     if !enabled("flat_and_vlan_work_on_one_host_with_the_embedded_store") {
         return;
     }
-    let bed = Bed::start_local();
+    let mut bed = Bed::start_local();
     // Containers follow the uplink's MTU.
     assert!(bed.exec(1, "ip link set eth0 mtu 1400").status.success());
     bed.docker_ok(1, &strs(&flat_args(&bed, "flat1")));
@@ -286,6 +286,17 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
         bed.ping(1, "qlt-v10a", "192.168.20.1") && bed.ping(1, "qlt-v20a", &a)
     });
     assert!(l2_isolated(&bed, 1, "qlt-v20a", &a));
+
+    // Restarting qingluan, then ovs-vswitchd, loses no address and no path.
+    bed.kill_daemon(1);
+    bed.start_daemon(1);
+    assert_eq!(bed.address(1, "qlt-v10a"), a);
+    assert!(bed.ping(1, "qlt-v10a", "192.168.20.1"));
+    bed.restart_vswitchd(1);
+    wait_until(15, "paths back after an ovs-vswitchd restart", || {
+        bed.ping(1, "qlt-f1", &bed.outside_ip()) && bed.ping(1, "qlt-v20a", &a)
+    });
+    assert!(l2_isolated(&bed, 1, "qlt-v20a", &a), "VLANs apart again");
     // A second flat network shares the interface's bridge: one uplink bridge in all.
     bed.docker_ok(
         1,

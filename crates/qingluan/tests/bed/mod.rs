@@ -487,6 +487,27 @@ impl Bed {
         }
     }
 
+    /// Restarts host `h`'s ovs-vswitchd (SIGTERM, then a new one on the same database): its
+    /// flows are gone until qingluan re-programs them.
+    pub fn restart_vswitchd(&self, h: usize) {
+        let d = self.hosts[h - 1].dir.join("ovs");
+        let pid = std::fs::read_to_string(d.join("ovs-vswitchd.pid")).unwrap_or_default();
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("vswitchd pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        wait_until(10, "ovs-vswitchd to exit", || {
+            nix::sys::signal::kill(pid, None).is_err()
+        });
+        let ds = d.display();
+        let o = self.exec(
+            h,
+            &format!(
+                "ovs-vswitchd unix:{ds}/db.sock --pidfile={ds}/ovs-vswitchd.pid \
+                 --log-file={ds}/ovs-vswitchd.log -vconsole:off --no-chdir --detach"
+            ),
+        );
+        assert!(o.status.success(), "ovs-vswitchd of h{h}: {}", text(&o));
+    }
+
     fn start_dockerd(&mut self, h: usize) {
         let d = self.hosts[h - 1].dir.clone();
         let ds = d.display();
