@@ -316,6 +316,18 @@ impl Driver {
         Ok(def)
     }
 
+    /// The tunnel endpoints (underlay addresses) of the live hosts this host has overlay
+    /// flows towards.
+    pub async fn vteps(&self) -> BTreeSet<IpAddr> {
+        self.view
+            .read()
+            .await
+            .values()
+            .flatten()
+            .map(|r| r.vtep)
+            .collect()
+    }
+
     /// Local endpoints kept off their network because another host holds their address.
     pub async fn conflicted(&self) -> Result<Vec<Endpoint>, ServiceError> {
         let mut eps = self.endpoints().await?;

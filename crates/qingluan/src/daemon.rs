@@ -309,6 +309,7 @@ fn spawn_cluster_agent(
         });
     }
     tokio::spawn(async move {
+        let mut primed = BTreeMap::new();
         loop {
             match driver.cluster_sync(grace).await {
                 Ok(r) if !r.is_empty() => tracing::info!(?r, "cluster agent"),
@@ -325,12 +326,39 @@ fn spawn_cluster_agent(
                 }
                 Err(e) => tracing::debug!(error = %e, "replication"),
             }
+            prime_tunnels(&driver.vteps().await, &mut primed);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3)) => {}
                 _ = kick.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     });
+}
+
+/// How often a tunnel endpoint is primed again: within OVS's 15 min neighbour lifetime.
+const PRIME_EVERY: Duration = Duration::from_secs(600);
+
+/// Makes the kernel resolve the MAC of each tunnel endpoint that is new (or was primed
+/// longer than [`PRIME_EVERY`] ago) by sending it an empty datagram on the VXLAN port,
+/// which the peer drops. OVS learns the MAC from the ARP reply; without this, the first
+/// packet a container sends to a host this host never talked to is dropped while OVS
+/// resolves it (a one-second stall for a first ping or TCP connect).
+fn prime_tunnels(
+    vteps: &std::collections::BTreeSet<std::net::IpAddr>,
+    primed: &mut BTreeMap<std::net::IpAddr, std::time::Instant>,
+) {
+    primed.retain(|ip, _| vteps.contains(ip));
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return;
+    };
+    for ip in vteps {
+        if primed.get(ip).is_some_and(|t| t.elapsed() < PRIME_EVERY) {
+            continue;
+        }
+        if sock.send_to(&[], (*ip, 4789)).is_ok() {
+            primed.insert(*ip, std::time::Instant::now());
+        }
+    }
 }
 
 async fn replicate(
