@@ -12,7 +12,7 @@ mod bed;
 
 use std::time::{Duration, Instant};
 
-use bed::{enabled, strs, text, Bed, IMAGE};
+use bed::{enabled, strs, text, Bed};
 
 /// Where a command runs: a host's namespace, or a container's (with host programs).
 #[derive(Clone, Copy)]
@@ -25,6 +25,21 @@ fn sh(bed: &Bed, at: At, cmd: &str) -> String {
     match at {
         At::Host(h) => text(&bed.exec(h, cmd)),
         At::Container(h, c) => text(&bed.in_container(h, c, cmd)),
+    }
+}
+
+/// Pings `ip` from container `from` on host `h` (1 s timeout) until it answers; panics
+/// 30 s after `since`.
+fn reach(bed: &Bed, h: usize, from: &str, ip: &str, since: Instant) {
+    while !bed
+        .docker(h, &["exec", from, "ping", "-c", "1", "-W", "1", ip])
+        .status
+        .success()
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "{ip} never reachable"
+        );
     }
 }
 
@@ -58,29 +73,9 @@ fn main() {
         assert!(t.elapsed() < Duration::from_secs(20), "ov1 not replicated");
         std::thread::sleep(Duration::from_millis(100));
     }
-    for (h, c) in [(1, "qlt-bench1"), (2, "qlt-bench2")] {
-        bed.docker_ok(
-            h,
-            &[
-                "run", "-d", "--name", c, "--net", "ov1", IMAGE, "sleep", "600",
-            ],
-        );
-    }
-    let ip2 = bed.address(2, "qlt-bench2");
-    let t = Instant::now();
-    while !bed
-        .docker(
-            1,
-            &["exec", "qlt-bench1", "ping", "-c", "1", "-W", "1", &ip2],
-        )
-        .status
-        .success()
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "overlay never connected"
-        );
-    }
+    bed.sleeper(1, "qlt-bench1", "ov1");
+    let ip2 = bed.sleeper(2, "qlt-bench2", "ov1");
+    reach(&bed, 1, "qlt-bench1", &ip2, Instant::now());
     let underlay_ovs = iperf(&bed, At::Host(2), At::Host(1), &bed.host_ip(2));
     let overlay = iperf(
         &bed,
@@ -89,33 +84,15 @@ fn main() {
         &ip2,
     );
 
-    let mut reach = Vec::new();
+    let mut times = Vec::new();
     for i in 0..5 {
         let name = format!("qlt-reach{i}");
         let t = Instant::now();
-        bed.docker_ok(
-            1,
-            &[
-                "run", "-d", "--name", &name, "--net", "ov1", IMAGE, "sleep", "600",
-            ],
-        );
-        let ip = bed.address(1, &name);
-        while !bed
-            .docker(
-                2,
-                &["exec", "qlt-bench2", "ping", "-c", "1", "-W", "1", &ip],
-            )
-            .status
-            .success()
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "{name} never reachable"
-            );
-        }
-        reach.push(t.elapsed().as_secs_f64() * 1000.0);
+        let ip = bed.sleeper(1, &name, "ov1");
+        reach(&bed, 2, "qlt-bench2", &ip, t);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    reach.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     println!("vxlan overlay between two bed hosts (userspace datapath, TSO on), one run");
     for (label, (gbps, retr)) in [
@@ -141,6 +118,6 @@ fn main() {
     );
     println!(
         "  docker run on host 1 until host 2 pings it: median {:.0} ms (min {:.0}, max {:.0}, n=5)",
-        reach[2], reach[0], reach[4]
+        times[2], times[0], times[4]
     );
 }
