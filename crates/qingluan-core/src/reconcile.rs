@@ -6,6 +6,13 @@
 //! the installed state). It re-creates what is missing, removes what this instance owns but
 //! no longer wants, and never deletes and re-creates something that already matches, so a
 //! daemon restart does not drop a packet. Errors are collected, never stopping at the first.
+//!
+//! A pass is a [`Pass`]: it holds the pass lock from before the desired state is built until
+//! it is applied, so no pass ever applies a desired state older than one an earlier pass
+//! applied (a stale pass would delete the veth of an endpoint recorded meanwhile). It lists
+//! the endpoint veths that exist first, so the desired state can leave out endpoints whose
+//! container is gone: an OVS port without a device has no OpenFlow port, and one flow naming
+//! it would make the whole bridge's flow table fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use qingluan_dataplane::netfilter::Firewall;
 use qingluan_dataplane::netlink::Links;
 use qingluan_dataplane::openflow::{Flow, FlowProgrammer};
 use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::desired::{Desired, OWNER};
 use crate::uplink;
@@ -97,27 +104,56 @@ impl Reconciler {
         &self.adapters
     }
 
-    /// Forgets what was installed on `bridge` so the next pass re-programs its flows.
-    pub async fn invalidate_flows(&self, bridge: &str) {
-        self.installed_flows.lock().await.remove(bridge);
+    /// Starts a pass: waits for the one in flight, then lists the endpoint veths that exist.
+    /// Build the desired state only after this returns.
+    pub async fn begin(&self) -> Result<Pass<'_>, ReconcileError> {
+        let lock = self.pass.lock().await;
+        let veths = self
+            .adapters
+            .links
+            .links_with_prefix(&self.veth_prefix)
+            .await
+            .map_err(|e| ReconcileError(vec![e.to_string()]))?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        Ok(Pass {
+            r: self,
+            veths,
+            _lock: lock,
+        })
+    }
+}
+
+/// A reconcile pass in progress; holds the pass lock until dropped.
+pub struct Pass<'a> {
+    r: &'a Reconciler,
+    /// Endpoint veths (host ends) that existed when the pass began.
+    veths: BTreeSet<String>,
+    _lock: MutexGuard<'a, ()>,
+}
+
+impl Pass<'_> {
+    /// Whether the host end `veth` existed when the pass began.
+    pub fn has_veth(&self, veth: &str) -> bool {
+        self.veths.contains(veth)
     }
 
-    /// One reconcile pass.
+    /// Forgets what was installed on `bridge` so this pass re-programs its flows.
+    pub async fn invalidate_flows(&self, bridge: &str) {
+        self.r.installed_flows.lock().await.remove(bridge);
+    }
+
+    /// Applies `d`.
     pub async fn sync(&self, d: &Desired, full: bool) -> Result<Report, ReconcileError> {
-        let _pass = self.pass.lock().await;
-        let a = &self.adapters;
+        let r = self.r;
+        let a = &r.adapters;
         let mut errs = Vec::new();
         let mut report = Report::default();
         let mut lap = Lap(Vec::new(), std::time::Instant::now());
 
         // 1. Links first: OVS system ports need their device.
-        let existing: BTreeSet<String> = match a.links.links_with_prefix(&self.veth_prefix).await {
-            Ok(l) => l.into_iter().map(|l| l.name).collect(),
-            Err(e) => {
-                errs.push(e.to_string());
-                BTreeSet::new()
-            }
-        };
+        let existing = &self.veths;
         for v in d
             .veths
             .iter()
@@ -146,7 +182,7 @@ impl Reconciler {
         match a.ovs.snapshot().await {
             Ok(snap) => {
                 let wanted: BTreeSet<&str> = d.uplinks.iter().map(|u| u.bridge.as_str()).collect();
-                for (bridge, nic) in uplink::owned_uplinks(&self.owner, &snap) {
+                for (bridge, nic) in uplink::owned_uplinks(&r.owner, &snap) {
                     if !wanted.contains(bridge) {
                         if let Some(nic) = nic {
                             if let Err(e) = uplink::move_addresses(&*a.links, bridge, nic).await {
@@ -159,7 +195,7 @@ impl Reconciler {
                 let mut planned = Vec::new();
                 let mut unplanned = BTreeSet::new();
                 for u in &d.uplinks {
-                    match uplink::plan(&*a.links, &self.owner, u, &snap).await {
+                    match uplink::plan(&*a.links, &r.owner, u, &snap).await {
                         Ok((b, p)) => {
                             with.bridges.push(b.clone());
                             with.ports.push(p.clone());
@@ -174,9 +210,9 @@ impl Reconciler {
                 let with = if unplanned.is_empty() {
                     with
                 } else {
-                    keep_uplinks(&with, &snap, &self.owner, &unplanned)
+                    keep_uplinks(&with, &snap, &r.owner, &unplanned)
                 };
-                let ops = ovs_ops(&self.owner, &with, &snap);
+                let ops = ovs_ops(&r.owner, &with, &snap);
                 if !ops.is_empty() {
                     report.ovs_ops = ops.len();
                     if let Err(e) = a.ovs.apply(&ops).await {
@@ -219,7 +255,7 @@ impl Reconciler {
         let flows = async {
             let mut errs = Vec::new();
             let mut replaced = 0;
-            let mut installed = self.installed_flows.lock().await;
+            let mut installed = r.installed_flows.lock().await;
             installed.retain(|b, _| d.flows.contains_key(b));
             for (bridge, flows) in &d.flows {
                 if !full && installed.get(bridge) == Some(flows) {
@@ -240,7 +276,7 @@ impl Reconciler {
         };
         let firewall = async {
             let mut fw = d.firewall.clone();
-            if let Ok(now) = a.links.links_with_prefix(&self.veth_prefix).await {
+            if let Ok(now) = a.links.links_with_prefix(&r.veth_prefix).await {
                 let now: BTreeSet<String> = now.into_iter().map(|l| l.name).collect();
                 fw.guards.retain(|g| now.contains(g));
             }
@@ -278,6 +314,7 @@ impl Reconciler {
         let mut out = Vec::new();
         for (bridge, cookie) in &d.sentinels {
             if let Ok(0) = self
+                .r
                 .adapters
                 .flows
                 .flow_count(bridge, *cookie, u64::MAX)

@@ -20,7 +20,7 @@ use crate::ipam::{Ipam, IpamError};
 use crate::model::{self, Endpoint, Mac, Mode, Network, PortMapping, ENDPOINTS, NETWORKS};
 use crate::modes::{self, JoinInfo};
 use crate::options::{self, OptionError, RawPort};
-use crate::reconcile::{ReconcileError, Reconciler, Report};
+use crate::reconcile::{Pass, ReconcileError, Reconciler, Report};
 use crate::settings::Settings;
 
 /// Errors of driver calls; the text reaches the user through the Docker CLI.
@@ -268,30 +268,35 @@ impl Driver {
             .ok_or_else(|| ServiceError::EndpointNotFound(short(id)))
     }
 
-    /// The desired dataplane from the stored records.
-    pub async fn desired(&self) -> Result<Desired, ServiceError> {
+    /// The desired dataplane from the stored records, as of `pass`: an endpoint Docker has
+    /// joined whose host veth is gone (its container died without a DeleteEndpoint) is left
+    /// out until its record is collected, since OVS can give its port no OpenFlow number.
+    async fn desired(&self, pass: &Pass<'_>) -> Result<Desired, ServiceError> {
         let facts = self.facts().await?;
         let nets = self.networks().await?;
-        let eps = self.endpoints().await?;
+        let mut eps = self.endpoints().await?;
+        eps.retain(|e| !e.joined || pass.has_veth(&e.veth));
         let view = self.view.read().await;
         Ok(desired::build(&self.settings, &facts, &nets, &eps, &view))
     }
 
     /// One reconcile pass over everything.
     pub async fn sync(&self, full: bool) -> Result<Report, ServiceError> {
-        let d = self.desired().await?;
-        Ok(self.reconciler.sync(&d, full).await?)
+        let pass = self.reconciler.begin().await?;
+        let d = self.desired(&pass).await?;
+        Ok(pass.sync(&d, full).await?)
     }
 
     /// Re-programs bridges that lost their flows; returns their names.
     pub async fn repair_flows(&self) -> Result<Vec<String>, ServiceError> {
-        let d = self.desired().await?;
-        let lost = self.reconciler.bridges_missing_flows(&d).await;
+        let pass = self.reconciler.begin().await?;
+        let d = self.desired(&pass).await?;
+        let lost = pass.bridges_missing_flows(&d).await;
         if !lost.is_empty() {
             for b in &lost {
-                self.reconciler.invalidate_flows(b).await;
+                pass.invalidate_flows(b).await;
             }
-            self.reconciler.sync(&d, false).await?;
+            pass.sync(&d, false).await?;
         }
         Ok(lost)
     }

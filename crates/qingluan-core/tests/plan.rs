@@ -164,11 +164,11 @@ fn reconcile_converges_and_then_changes_nothing() {
             &[e1.clone(), e2.clone()],
             &Default::default(),
         );
-        let first = r.sync(&d, false).await.unwrap();
+        let first = r.begin().await.unwrap().sync(&d, false).await.unwrap();
         assert_eq!(first.veths_created, 2);
         assert!(first.ovs_ops >= 3, "{first:?}");
         assert_eq!(first.flows_replaced, 1);
-        let second = r.sync(&d, false).await.unwrap();
+        let second = r.begin().await.unwrap().sync(&d, false).await.unwrap();
         assert_eq!(
             second,
             Default::default(),
@@ -183,7 +183,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             std::slice::from_ref(&e1),
             &Default::default(),
         );
-        let third = r.sync(&d2, false).await.unwrap();
+        let third = r.begin().await.unwrap().sync(&d2, false).await.unwrap();
         assert_eq!(third.veths_deleted, 1);
         assert_eq!(third.ovs_ops, 1);
         assert!(matches!(ovs.log().last(), Some(OvsOp::DeletePort { .. })));
@@ -196,7 +196,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             &[],
             &Default::default(),
         );
-        r.sync(&empty, false).await.unwrap();
+        r.begin().await.unwrap().sync(&empty, false).await.unwrap();
         assert!(matches!(ovs.log().last(), Some(OvsOp::DeleteBridge(_))));
         assert!(fw.current().unwrap().is_empty());
     });

@@ -25,6 +25,7 @@ use tower::ServiceExt;
 struct Harness {
     plugin: Plugin,
     links: Arc<FakeLinks>,
+    flows: Arc<FakeFlows>,
 }
 
 async fn harness() -> Harness {
@@ -39,9 +40,10 @@ async fn harness() -> Harness {
             .unwrap(),
     );
     let links = Arc::new(FakeLinks::default());
+    let flows = Arc::new(FakeFlows::default());
     let adapters = Adapters {
         ovs: Arc::new(FakeOvs::default()),
-        flows: Arc::new(FakeFlows::default()),
+        flows: flows.clone(),
         links: links.clone(),
         firewall: Arc::new(FakeFirewall::default()),
     };
@@ -60,6 +62,7 @@ async fn harness() -> Harness {
             stats: Arc::new(CallStats::default()),
         },
         links,
+        flows,
     }
 }
 
@@ -279,6 +282,44 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
     assert!(
         h.links.link("qlvb2b2b2b2b2b").await.unwrap().is_none(),
         "veth removed"
+    );
+}
+
+/// Creates endpoint `id` on `NET` at `addr` and joins it.
+async fn create_and_join(h: &Harness, id: &str, addr: &str) {
+    let ep = json!({"NetworkID": NET, "EndpointID": id, "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
+    let (s, r) = post(
+        h,
+        Interface::Network,
+        "/NetworkDriver.CreateEndpoint",
+        &ep.to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let join = json!({"NetworkID": NET, "EndpointID": id, "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
+    let (s, r) = post(h, Interface::Network, "/NetworkDriver.Join", &join.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+}
+
+#[tokio::test]
+async fn a_dead_containers_port_leaves_the_flows_of_the_others() {
+    let h = harness().await;
+    create_nat(&h, json!({}), false).await;
+    create_and_join(&h, EP, "10.240.0.2/24").await;
+    // The container died with its namespace, and no DeleteEndpoint came (dockerd killed):
+    // its host veth is gone, so OVS could give its port no OpenFlow number.
+    h.links.delete_link("qlvb2b2b2b2b2b").await.unwrap();
+    let other = "c3".repeat(32);
+    create_and_join(&h, &other, "10.240.0.3/24").await;
+    let tables = h.flows.tables.lock().unwrap().clone();
+    let flows: Vec<String> = tables.values().flatten().map(|f| f.render()).collect();
+    assert!(
+        flows.iter().any(|f| f.contains("in_port=qlvc3c3c3c3c3c")),
+        "{flows:#?}"
+    );
+    assert!(
+        !flows.iter().any(|f| f.contains("qlvb2b2b2b2b2b")),
+        "no flow names the dead container's port: {flows:#?}"
     );
 }
 
