@@ -123,7 +123,7 @@ impl Network {
 
     /// Short ID as Docker prints it.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        head(&self.id, 12)
     }
 }
 
@@ -172,14 +172,43 @@ impl Endpoint {
 
     /// Short ID as Docker prints it.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        head(&self.id, 12)
     }
+}
+
+/// At most the first `n` characters of `s` (never splitting a character).
+pub fn head(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
+/// An ID Docker sent that is not one of its IDs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} ID {shown:?}: Docker's IDs are 64 lowercase hexadecimal characters")]
+pub struct BadId {
+    /// What the ID names: `network` or `endpoint`.
+    pub kind: &'static str,
+    /// The ID, cut to 20 characters.
+    pub shown: String,
+}
+
+/// Checks that `id` is one of Docker's IDs (64 lowercase hex characters): every ID names
+/// records, bridges and links, so nothing else may reach the driver.
+pub fn check_id(kind: &'static str, id: &str) -> Result<(), BadId> {
+    let ok = id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if ok {
+        return Ok(());
+    }
+    let mut shown = head(id, 20).to_string();
+    if shown.len() < id.len() {
+        shown.push('…');
+    }
+    Err(BadId { kind, shown })
 }
 
 /// Bridge name of a network: the instance prefix, `b`, and the first 8 hex digits of its ID
 /// (at most 12 characters).
 pub fn bridge_name(prefix: &str, network_id: &str) -> String {
-    format!("{prefix}b{}", &network_id[..8.min(network_id.len())])
+    format!("{prefix}b{}", head(network_id, 8))
 }
 
 /// The uplink bridge of a physical interface other than the underlay's: `<prefix>u<nic>`,
@@ -198,7 +227,7 @@ pub fn nic_bridge(prefix: &str, nic: &str) -> String {
 /// Host and container veth names of an endpoint: the instance prefix, `v` or `c`, and the
 /// first 11 hex digits of its ID (at most 15 characters, the kernel's limit).
 pub fn veth_names(prefix: &str, endpoint_id: &str) -> (String, String) {
-    let short = &endpoint_id[..11.min(endpoint_id.len())];
+    let short = head(endpoint_id, 11);
     (format!("{prefix}v{short}"), format!("{prefix}c{short}"))
 }
 

@@ -43,6 +43,9 @@ pub enum OptionError {
     /// A published port we cannot map.
     #[error("invalid port mapping: {0}")]
     InvalidPort(String),
+    /// A Join's SandboxKey that is not a namespace file's path.
+    #[error("invalid SandboxKey {0:?}: must be the absolute path of a network namespace file, without '..'")]
+    InvalidSandboxKey(String),
 }
 
 /// Docker's MTU option key.
@@ -145,19 +148,38 @@ fn parse_vni(v: &str, mode: Mode, max: u32) -> Result<u32, OptionError> {
         })
 }
 
-/// One entry of Docker's `com.docker.network.portmap`, as numbers and strings.
+/// Checks a Join's SandboxKey: an absolute path (Docker's `<exec-root>/netns/<id>`) of at
+/// most 4096 bytes with no `.`/`..` component, so a stored key never points elsewhere.
+pub fn sandbox_key(key: &str) -> Result<(), OptionError> {
+    let path = std::path::Path::new(key);
+    let ok = key.len() <= 4096
+        && !key.contains('\0')
+        && path.is_absolute()
+        && path.file_name().is_some()
+        && key.split('/').all(|c| c != ".." && c != ".");
+    if ok {
+        Ok(())
+    } else {
+        Err(OptionError::InvalidSandboxKey(
+            crate::model::head(key, 64).to_string(),
+        ))
+    }
+}
+
+/// One entry of Docker's `com.docker.network.portmap`, as numbers and strings; numbers
+/// are signed so a negative one is refused rather than read as 0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawPort {
     /// IP protocol number.
-    pub proto: u64,
+    pub proto: i64,
     /// Host address, `""` for all.
     pub host_ip: String,
     /// First host port (0 = choose one).
-    pub host_port: u64,
+    pub host_port: i64,
     /// Last host port of a range.
-    pub host_port_end: u64,
+    pub host_port_end: i64,
     /// Container port.
-    pub port: u64,
+    pub port: i64,
 }
 
 /// Validates Docker's port map. A host port range maps its first port; host port 0
@@ -165,9 +187,12 @@ pub struct RawPort {
 pub fn port_mappings(raw: &[RawPort]) -> Result<Vec<PortMapping>, OptionError> {
     let mut out = Vec::new();
     for r in raw {
-        let proto = Proto::from_number(r.proto).ok_or_else(|| {
-            OptionError::InvalidPort(format!("unknown protocol number {}", r.proto))
-        })?;
+        let proto = u64::try_from(r.proto)
+            .ok()
+            .and_then(Proto::from_number)
+            .ok_or_else(|| {
+                OptionError::InvalidPort(format!("unknown protocol number {}", r.proto))
+            })?;
         let port = u16::try_from(r.port)
             .ok()
             .filter(|p| *p > 0)
@@ -321,6 +346,21 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_keys() {
+        assert!(sandbox_key("/var/run/docker/netns/3c1a9f2b7e01").is_ok());
+        for bad in [
+            "",
+            "netns/x",
+            "../../../../proc/1/ns/net",
+            "/var/run/docker/netns/../../../proc/1/ns/net",
+            "/",
+            "/a\0b",
+        ] {
+            assert!(sandbox_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ports_parse() {
         let raw = |proto, ip: &str, hp, port| RawPort {
             proto,
@@ -339,5 +379,16 @@ mod tests {
         assert_eq!(m[0].to_string(), "1080->80/tcp");
         assert_eq!(m[1].to_string(), "127.0.0.1:53->53/udp");
         assert!(port_mappings(&[raw(99, "", 1, 1)]).is_err());
+        assert_eq!(
+            port_mappings(&[raw(6, "", -1, 80)])
+                .unwrap_err()
+                .to_string(),
+            port_mappings(&[raw(6, "", 65536, 80)])
+                .unwrap_err()
+                .to_string()
+                .replace("65536", "-1"),
+            "a negative host port is refused like any other out of range"
+        );
+        assert!(port_mappings(&[raw(-6, "", 1, 1)]).is_err());
     }
 }

@@ -72,7 +72,7 @@ pub const FEATURE_UPLINK: u64 = 0x05;
 
 /// Cookie for a feature and an owner ID (hex).
 pub fn cookie(feature: u64, owner_id: &str) -> u64 {
-    let owner = u64::from_str_radix(&owner_id[..8.min(owner_id.len())], 16).unwrap_or(0);
+    let owner = u64::from_str_radix(crate::model::head(owner_id, 8), 16).unwrap_or(0);
     (feature << 56) | owner
 }
 

@@ -35,6 +35,19 @@ pub enum ServiceError {
     /// A network we do not know.
     #[error("network {0} not found")]
     NetworkNotFound(String),
+    /// A CreateNetwork for an ID we have with another definition.
+    #[error(
+        "network {0} already exists with another definition (mode, subnet, gateway or \
+         options differ); it was left as it is"
+    )]
+    NetworkExists(String),
+    /// A call naming an endpoint under a network it is not on.
+    #[error("endpoint {endpoint} is on network {on}, not on {asked}")]
+    WrongNetwork {
+        endpoint: String,
+        on: String,
+        asked: String,
+    },
     /// An endpoint we do not know.
     #[error("endpoint {0} not found")]
     EndpointNotFound(String),
@@ -395,6 +408,19 @@ impl Driver {
             uplink,
         };
         let _g = self.lock.lock().await;
+        if let Some(have) =
+            get_json::<Network>(&*self.store, &format!("{NETWORKS}{}", net.id)).await?
+        {
+            let same = Network {
+                created: have.created,
+                ..net.clone()
+            };
+            return if have == same {
+                Ok(())
+            } else {
+                Err(ServiceError::NetworkExists(short(&net.id)))
+            };
+        }
         self.check_routed(&net).await?;
         let created = match &net.cluster {
             Some(k) => Some(self.declare(&net, k).await?),
@@ -557,6 +583,13 @@ impl Driver {
         let address: Ipv4Net = req.address.parse().map_err(|_| {
             ServiceError::Invalid(format!("missing or bad IPv4 address {:?}", req.address))
         })?;
+        if !net.subnet.contains(&address.addr()) {
+            return Err(IpamError::AddressOutside {
+                addr: IpAddr::V4(address.addr()),
+                subnet: IpNet::V4(net.subnet),
+            }
+            .into());
+        }
         let address_v6 = match req.address_v6.as_str() {
             "" => None,
             s => Some(
@@ -564,6 +597,15 @@ impl Driver {
                     .map_err(|_| ServiceError::Invalid(format!("bad IPv6 address {s:?}")))?,
             ),
         };
+        if let (Some(a), Some((subnet, _))) = (address_v6, net.ipv6) {
+            if !subnet.contains(&a.addr()) {
+                return Err(IpamError::AddressOutside {
+                    addr: IpAddr::V6(a.addr()),
+                    subnet: IpNet::V6(subnet),
+                }
+                .into());
+            }
+        }
         let ports = options::port_mappings(&req.ports)?;
         if !ports.is_empty() && !modes::driver(net.mode).allows_publishing(&net) {
             return Err(ServiceError::PublishingRefused(refusal(&net)));
@@ -638,8 +680,10 @@ impl Driver {
         ports: &[RawPort],
     ) -> Result<JoinInfo, ServiceError> {
         let net = self.network(network_id).await?;
+        options::sandbox_key(sandbox)?;
         let _g = self.lock.lock().await;
         let mut ep = self.endpoint(endpoint_id).await?;
+        on_network(&ep, &net)?;
         if net.mode == Mode::Nat && net.internal && !options::port_mappings(ports)?.is_empty() {
             return Err(ServiceError::PublishingRefused(refusal(&net)));
         }
@@ -705,6 +749,7 @@ impl Driver {
         }
         let _g = self.lock.lock().await;
         let ep = self.endpoint(endpoint_id).await?;
+        on_network(&ep, &net)?;
         let others: Vec<Endpoint> = self
             .endpoints()
             .await?
@@ -842,6 +887,18 @@ impl Driver {
     }
 }
 
+/// Refuses a call that names `ep` under another network than its own.
+fn on_network(ep: &Endpoint, net: &Network) -> Result<(), ServiceError> {
+    if ep.network_id == net.id {
+        return Ok(());
+    }
+    Err(ServiceError::WrongNetwork {
+        endpoint: ep.short_id().to_string(),
+        on: short(&ep.network_id),
+        asked: net.short_id().to_string(),
+    })
+}
+
 fn refusal(net: &Network) -> &'static str {
     match net.mode {
         Mode::Nonat => "nonat networks: they have no route out",
@@ -856,5 +913,5 @@ fn refusal(net: &Network) -> &'static str {
 }
 
 fn short(id: &str) -> String {
-    id[..id.len().min(12)].to_string()
+    model::head(id, 12).to_string()
 }

@@ -5,7 +5,9 @@
 //! bodies for argument-less calls, so bodies are parsed by hand and leniently; every reply
 //! carries a JSON body; every failure is HTTP 500 with `{"Err": ...}` — the ONE place in the
 //! code where errors become protocol — because a 200 with `Err` counts as success for IPAM.
-//! Unknown methods get 404. Each call's handling time is recorded for `qingluan status`.
+//! Unknown methods get 404. Each call's handling time is recorded for `qingluan status`. A
+//! panic in a call is caught and answered 500 + `Err` like any failure (the daemon's panic
+//! hook logs it with a backtrace).
 
 mod stats;
 mod wire;
@@ -19,6 +21,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::FutureExt;
 use qingluan_core::ipam::Ipam;
 use qingluan_core::service::Driver;
 use serde_json::{json, Value};
@@ -68,7 +71,12 @@ async fn handle(
 ) -> Response {
     let method = uri.path().trim_start_matches('/').to_string();
     let started = std::time::Instant::now();
-    let result = dispatch(&plugin, iface, &method, &body).await;
+    let call = std::panic::AssertUnwindSafe(dispatch(&plugin, iface, &method, &body));
+    let result = call.catch_unwind().await.unwrap_or_else(|_| {
+        Err(format!(
+            "internal error in {method}: the daemon hit a defect (its log has the details)"
+        ))
+    });
     plugin.stats.record(&method, started.elapsed());
     match result {
         Ok(Some(v)) => {

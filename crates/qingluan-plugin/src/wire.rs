@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use qingluan_core::model::check_id;
 use qingluan_core::options::RawPort;
 use qingluan_core::service::{CreateEndpoint, CreateNetwork, IpamData};
 use serde::de::DeserializeOwned;
@@ -89,18 +90,21 @@ struct CreateEndpointWire {
     options: Option<Map<String, Value>>,
 }
 
+/// The network and endpoint IDs of a request, each checked to be one of Docker's.
 fn ids(body: &[u8]) -> Result<Ids, WireError> {
     let v: Value = parse(body)?;
-    let get = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+    let ids = Ids {
+        network_id: id_field(&v, "NetworkID", "network")?,
+        endpoint_id: id_field(&v, "EndpointID", "endpoint")?,
     };
-    Ok(Ids {
-        network_id: get("NetworkID"),
-        endpoint_id: get("EndpointID"),
-    })
+    Ok(ids)
+}
+
+/// The ID in field `key` of a request, checked to be one of Docker's.
+fn id_field(v: &Value, key: &str, kind: &'static str) -> Result<String, WireError> {
+    let id = v.get(key).and_then(Value::as_str).unwrap_or_default();
+    check_id(kind, id)?;
+    Ok(id.to_string())
 }
 
 fn strings(map: Option<&Value>) -> BTreeMap<String, String> {
@@ -119,27 +123,33 @@ fn strings(map: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn ports(options: Option<&Map<String, Value>>) -> Vec<RawPort> {
+/// The port map of a request's options; a number that is not an integer is refused.
+fn ports(options: Option<&Map<String, Value>>) -> Result<Vec<RawPort>, WireError> {
     let Some(list) = options
         .and_then(|o| o.get(PORTMAP))
         .and_then(Value::as_array)
     else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     list.iter()
         .map(|p| {
-            let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
-            RawPort {
-                proto: n("Proto"),
+            let n = |k: &str| match p.get(k) {
+                None | Some(Value::Null) => Ok(0),
+                Some(v) => v.as_i64().ok_or_else(|| {
+                    WireError(format!("invalid port mapping: {k} {v} is not an integer"))
+                }),
+            };
+            Ok(RawPort {
+                proto: n("Proto")?,
                 host_ip: p
                     .get("HostIP")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
-                host_port: n("HostPort"),
-                host_port_end: n("HostPortEnd"),
-                port: n("Port"),
-            }
+                host_port: n("HostPort")?,
+                host_port_end: n("HostPortEnd")?,
+                port: n("Port")?,
+            })
         })
         .collect()
 }
@@ -151,6 +161,7 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
         "NetworkDriver.GetCapabilities" => json!({"Scope": "local", "ConnectivityScope": "local"}),
         "NetworkDriver.CreateNetwork" => {
             let w: CreateNetworkWire = parse(body)?;
+            check_id("network", &w.network_id)?;
             let opts = w.options.unwrap_or_default();
             for k in opts.keys() {
                 if !k.starts_with("com.docker.network.") {
@@ -180,11 +191,15 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
             json!({})
         }
         "NetworkDriver.DeleteNetwork" => {
-            d.delete_network(&ids(body)?.network_id).await?;
+            let v: Value = parse(body)?;
+            d.delete_network(&id_field(&v, "NetworkID", "network")?)
+                .await?;
             json!({})
         }
         "NetworkDriver.CreateEndpoint" => {
             let w: CreateEndpointWire = parse(body)?;
+            check_id("network", &w.network_id)?;
+            check_id("endpoint", &w.endpoint_id)?;
             let iface = w.interface.unwrap_or_default();
             let opts = w.options.unwrap_or_default();
             let driver_opts = opts
@@ -199,7 +214,7 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
                     address: iface.address,
                     address_v6: iface.address_v6,
                     mac: iface.mac_address,
-                    ports: ports(Some(&opts)),
+                    ports: ports(Some(&opts))?,
                     driver_opts,
                 })
                 .await?;
@@ -225,7 +240,7 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
                 .unwrap_or_default();
             let opts = v.get("Options").and_then(Value::as_object);
             let info = d
-                .join(&i.network_id, &i.endpoint_id, sandbox, &ports(opts))
+                .join(&i.network_id, &i.endpoint_id, sandbox, &ports(opts)?)
                 .await?;
             let mut r = json!({
                 "InterfaceName": {"SrcName": info.src_name, "DstPrefix": "eth"},
@@ -247,7 +262,7 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
             let v: Value = parse(body)?;
             let i = ids(body)?;
             let opts = v.get("Options").and_then(Value::as_object);
-            d.program(&i.network_id, &i.endpoint_id, &ports(opts))
+            d.program(&i.network_id, &i.endpoint_id, &ports(opts)?)
                 .await?;
             json!({})
         }

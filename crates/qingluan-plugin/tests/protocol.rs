@@ -26,6 +26,7 @@ struct Harness {
     plugin: Plugin,
     links: Arc<FakeLinks>,
     flows: Arc<FakeFlows>,
+    store: Arc<MemoryStore>,
 }
 
 async fn harness() -> Harness {
@@ -50,7 +51,7 @@ async fn harness() -> Harness {
     let reconciler = Reconciler::new(adapters, "qingluan", "ql");
     let stores = Stores {
         local: store.clone(),
-        cluster: store,
+        cluster: store.clone(),
         host: "local".into(),
     };
     let driver = Arc::new(Driver::new(settings, stores, ipam.clone(), reconciler));
@@ -63,6 +64,7 @@ async fn harness() -> Harness {
         },
         links,
         flows,
+        store,
     }
 }
 
@@ -297,7 +299,13 @@ async fn create_and_join(h: &Harness, id: &str, addr: &str) {
     .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     let join = json!({"NetworkID": NET, "EndpointID": id, "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
-    let (s, r) = post(h, Interface::Network, "/NetworkDriver.Join", &join.to_string()).await;
+    let (s, r) = post(
+        h,
+        Interface::Network,
+        "/NetworkDriver.Join",
+        &join.to_string(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{r}");
 }
 
@@ -431,4 +439,171 @@ async fn endpoints_docker_forgot_are_collected() {
         again["Address"], addr["Address"],
         "its address was released"
     );
+}
+
+/// Every route of both interfaces.
+const ROUTES: [(Interface, &str); 18] = [
+    (Interface::Network, "NetworkDriver.GetCapabilities"),
+    (Interface::Network, "NetworkDriver.CreateNetwork"),
+    (Interface::Network, "NetworkDriver.DeleteNetwork"),
+    (Interface::Network, "NetworkDriver.CreateEndpoint"),
+    (Interface::Network, "NetworkDriver.EndpointOperInfo"),
+    (Interface::Network, "NetworkDriver.DeleteEndpoint"),
+    (Interface::Network, "NetworkDriver.Join"),
+    (Interface::Network, "NetworkDriver.Leave"),
+    (
+        Interface::Network,
+        "NetworkDriver.ProgramExternalConnectivity",
+    ),
+    (
+        Interface::Network,
+        "NetworkDriver.RevokeExternalConnectivity",
+    ),
+    (Interface::Network, "NetworkDriver.DiscoverNew"),
+    (Interface::Ipam, "IpamDriver.GetCapabilities"),
+    (Interface::Ipam, "IpamDriver.GetDefaultAddressSpaces"),
+    (Interface::Ipam, "IpamDriver.RequestPool"),
+    (Interface::Ipam, "IpamDriver.ReleasePool"),
+    (Interface::Ipam, "IpamDriver.RequestAddress"),
+    (Interface::Ipam, "IpamDriver.ReleaseAddress"),
+    (Interface::Network, "Plugin.Activate"),
+];
+
+/// A field name of the protocol, or any short string.
+fn wire_key() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just("NetworkID".to_string()),
+        Just("EndpointID".to_string()),
+        Just("Options".to_string()),
+        Just("IPv4Data".to_string()),
+        Just("IPv6Data".to_string()),
+        Just("Interface".to_string()),
+        Just("Address".to_string()),
+        Just("SandboxKey".to_string()),
+        Just("Pool".to_string()),
+        Just("PoolID".to_string()),
+        Just("Gateway".to_string()),
+        Just("com.docker.network.generic".to_string()),
+        Just("com.docker.network.portmap".to_string()),
+        Just("HostPort".to_string()),
+        ".{0,12}".prop_map(String::from),
+    ]
+}
+
+/// Arbitrary JSON leaning towards the protocol's values: valid and invalid IDs, CIDRs,
+/// numbers of every sign, unicode, nesting.
+fn wire_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        1 => Just(Value::Null),
+        1 => any::<bool>().prop_map(Value::from),
+        2 => any::<i64>().prop_map(Value::from),
+        1 => any::<f64>().prop_map(|f| json!(f)),
+        2 => Just(json!(NET)),
+        2 => Just(json!(EP)),
+        1 => Just(json!("10.240.0.0/24")),
+        1 => Just(json!("10.240.0.1/24")),
+        1 => Just(json!("::/0")),
+        1 => Just(json!("../../../../proc/1/ns/net")),
+        6 => ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(wire_key(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// An ID field's value: ours, any hex, any text, or any JSON.
+fn wire_id() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => Just(json!(NET)),
+        2 => Just(json!(EP)),
+        1 => "[0-9a-f]{64}".prop_map(Value::from),
+        4 => ".{0,70}".prop_map(Value::from),
+        1 => wire_json(),
+    ]
+}
+
+/// A request body: mostly the two IDs and other protocol fields, sometimes anything.
+fn wire_body() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let fields = (
+        wire_id(),
+        wire_id(),
+        prop::collection::btree_map(wire_key(), wire_json(), 0..5),
+    )
+        .prop_map(|(n, e, rest)| {
+            let mut m: serde_json::Map<String, Value> = rest.into_iter().collect();
+            m.insert("NetworkID".into(), n);
+            m.insert("EndpointID".into(), e);
+            Value::Object(m).to_string()
+        });
+    prop_oneof![
+        6 => fields,
+        1 => wire_json().prop_map(|v| v.to_string()),
+        1 => ".{0,64}".prop_map(String::from),
+    ]
+}
+
+async fn store_dump(h: &Harness) -> Vec<(String, Vec<u8>)> {
+    use qingluan_store::Store;
+    h.store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+#[test]
+fn arbitrary_requests_never_panic_and_refusals_change_nothing() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let h = rt.block_on(async {
+        let h = harness().await;
+        create_nat(&h, json!({}), false).await;
+        create_and_join(&h, EP, "10.240.0.2/24").await;
+        h
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 3000,
+        rng_seed: RngSeed::Fixed(0x71_6e67_6c75_616e),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let routes = (0..ROUTES.len()).prop_map(|i| ROUTES[i]);
+    runner
+        .run(&(routes, wire_body()), |((iface, method), body)| {
+            rt.block_on(async {
+                let before = store_dump(&h).await;
+                let (s, r) = post(&h, iface, &format!("/{method}"), &body).await;
+                assert!(r.is_object(), "{method} {body}: {r}");
+                if s == StatusCode::INTERNAL_SERVER_ERROR {
+                    let err = r["Err"].as_str().unwrap_or_default();
+                    assert!(!err.is_empty(), "{method} {body}: {r}");
+                    assert!(
+                        !err.starts_with("internal error"),
+                        "{method} {body}: a defect: {r}"
+                    );
+                    assert!(
+                        before == store_dump(&h).await,
+                        "{method} {body}: refused with {err:?} but changed the store"
+                    );
+                } else {
+                    assert_eq!(s, StatusCode::OK, "{method} {body}: {r}");
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
 }

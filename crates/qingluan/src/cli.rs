@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use qingluan_core::ipam::{PoolKind, PoolUsage};
-use qingluan_core::model::Endpoint;
+use qingluan_core::model::{head, Endpoint};
 use serde::de::DeserializeOwned;
 
 use crate::api::{ClusterNetworkView, NetworkView, NewPool, Status};
@@ -222,11 +222,11 @@ impl Client {
                 .and_then(|k| nets.iter().find(|n| &n.network.key == k))
                 .map(|n| n.network.label())
                 .or_else(|| names.get(&e.network_id).cloned())
-                .unwrap_or_else(|| e.network_id[..12.min(e.network_id.len())].to_string());
+                .unwrap_or_else(|| head(&e.network_id, 12).to_string());
             println!(
                 "{:<12} {:<14} {:<16} {:<6} {:<18} {}",
                 e.host,
-                &e.id[..12.min(e.id.len())],
+                head(&e.id, 12),
                 net,
                 e.mode.to_string(),
                 e.address.to_string(),
@@ -276,7 +276,7 @@ impl Client {
             let net = names
                 .get(&e.network_id)
                 .cloned()
-                .unwrap_or_else(|| e.network_id[..12.min(e.network_id.len())].to_string());
+                .unwrap_or_else(|| head(&e.network_id, 12).to_string());
             let ports: Vec<String> = e.ports.iter().map(|p| p.to_string()).collect();
             println!(
                 "{:<14} {:<16} {:<18} {:<18} {:<15} {}",

@@ -63,9 +63,7 @@ fn containers_start_and_stop_at_once_without_failing() {
                     }
                 }
             }
-            jobs.into_iter()
-                .filter_map(|j| j.join().unwrap())
-                .collect()
+            jobs.into_iter().filter_map(|j| j.join().unwrap()).collect()
         });
         assert!(
             failures.is_empty(),
@@ -82,7 +80,10 @@ fn containers_start_and_stop_at_once_without_failing() {
         );
         if round < rounds {
             // The newest containers reach each other on one host and across the hosts.
-            let (a, b) = (&names(round, 1)[PER_HOST - 1], &names(round, 2)[PER_HOST - 1]);
+            let (a, b) = (
+                &names(round, 1)[PER_HOST - 1],
+                &names(round, 2)[PER_HOST - 1],
+            );
             let far = bed.address(2, b);
             let near = bed.address(1, &names(round, 1)[0]);
             assert!(bed.ping(1, a, &near), "round {round}: {a} -> {near}");

@@ -65,6 +65,14 @@ pub enum IpamError {
     /// The gateway is not an address of the subnet.
     #[error("gateway {addr} is not in subnet {subnet}")]
     GatewayOutside { addr: IpAddr, subnet: IpNet },
+    /// An explicit subnet too large or too small for a network.
+    #[error("subnet {subnet} is out of bounds: an {family} subnet's prefix length must be from /{min} to /{max}")]
+    PrefixOutOfBounds {
+        subnet: IpNet,
+        family: &'static str,
+        min: u8,
+        max: u8,
+    },
     /// A requested address is not in the subnet.
     #[error("address {addr} is not in subnet {subnet}")]
     AddressOutside { addr: IpAddr, subnet: IpNet },
@@ -327,3 +335,22 @@ pub fn host_routes() -> Vec<IpNet> {
 
 #[cfg(test)]
 mod tests;
+
+/// Prefix lengths a network's subnet may have: IPv4 from /8 (16 M addresses) to /30 (two
+/// usable addresses), IPv6 from /32 to /126.
+pub fn check_prefix(subnet: IpNet) -> Result<(), IpamError> {
+    let (family, min, max) = match subnet {
+        IpNet::V4(_) => ("IPv4", 8, 30),
+        IpNet::V6(_) => ("IPv6", 32, 126),
+    };
+    if (min..=max).contains(&subnet.prefix_len()) {
+        Ok(())
+    } else {
+        Err(IpamError::PrefixOutOfBounds {
+            subnet,
+            family,
+            min,
+            max,
+        })
+    }
+}

@@ -308,6 +308,7 @@ impl Ipam {
                 value: subnet.to_string(),
             })?;
             let cidr = cidr.trunc();
+            check_prefix(cidr)?;
             if let Some(other) = existing.iter().find(|s| overlaps(s.cidr, cidr)) {
                 return Err(IpamError::Overlap {
                     subnet: cidr,

@@ -357,3 +357,38 @@ impl Env {
         self.network(name)["subnet"].as_str().unwrap().to_string()
     }
 }
+
+impl Env {
+    /// Posts `body` to `method` on the instance's plugin socket (`ipam`: the IPAM one) as a
+    /// raw client would; returns the HTTP status and the reply body.
+    pub fn post(&self, ipam: bool, method: &str, body: &str) -> (u16, String) {
+        let sock = if ipam { &self.ipam } else { &self.driver };
+        let file = self.dir.path().join("body.json");
+        std::fs::write(&file, body).unwrap();
+        let o = run(
+            "curl",
+            &[
+                "-s",
+                "--unix-socket",
+                &format!("/run/docker/plugins/{sock}.sock"),
+                "-w",
+                "\n%{http_code}",
+                "--data-binary",
+                &format!("@{}", file.display()),
+                &format!("http://plugin/{method}"),
+            ],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (reply, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), reply.to_string())
+    }
+
+    /// Like [`Env::post`]; asserts a 500 whose `Err` contains `want`.
+    pub fn post_refused(&self, ipam: bool, method: &str, body: &str, want: &str) {
+        let (code, reply) = self.post(ipam, method, body);
+        assert_eq!(code, 500, "{method}: {reply}");
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        let err = v["Err"].as_str().unwrap_or_default();
+        assert!(err.contains(want), "{method}: expected {want:?} in {err:?}");
+    }
+}
