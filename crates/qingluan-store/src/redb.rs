@@ -8,6 +8,11 @@
 //! flush.
 //! Each value is stored as JSON `{value, mod_revision, create_revision}`; the current revision
 //! lives in the `meta` table.
+//!
+//! redb refuses every later transaction once one failed on an I/O error (a full disk), so a
+//! failed write closes the database and opens it again (redb recovers the file to its last
+//! commit, which is what the cache holds), then tries the transaction once more: the store
+//! recovers by itself as soon as the cause is gone, and never needs a daemon restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +27,10 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 struct Inner {
-    db: Database,
+    /// The database file.
+    path: std::path::PathBuf,
+    /// The open database; `None` after a failed reopen, opened again by the next writer.
+    db: Mutex<Option<Database>>,
     /// Serialises writers from the compare check to the publication of their events.
     writer: Mutex<()>,
     /// Keys and the current revision, mirroring the file.
@@ -55,7 +63,8 @@ impl RedbStore {
             })?
     }
 
-    fn open_blocking(path: &Path) -> Result<RedbStore, StoreError> {
+    /// Opens the database file, creating it and its tables when missing.
+    fn open_file(path: &Path) -> Result<Database, StoreError> {
         let shown = path.display().to_string();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
@@ -76,6 +85,11 @@ impl RedbStore {
             w.open_table(META).map_err(|e| io("open")(e.into()))?;
         }
         w.commit().map_err(|e| io("open")(e.into()))?;
+        Ok(db)
+    }
+
+    fn open_blocking(path: &Path) -> Result<RedbStore, StoreError> {
+        let db = Self::open_file(path)?;
         let r = db.begin_read().map_err(|e| io("load")(e.into()))?;
         let kv = r.open_table(KV).map_err(|e| io("load")(e.into()))?;
         let mut map = BTreeMap::new();
@@ -98,7 +112,8 @@ impl RedbStore {
         drop((kv, meta, r));
         Ok(RedbStore {
             inner: Arc::new(Inner {
-                db,
+                path: path.to_path_buf(),
+                db: Mutex::new(Some(db)),
                 writer: Mutex::new(()),
                 state: Mutex::new((map, revision)),
                 watchers: Watchers::default(),
@@ -116,16 +131,41 @@ impl RedbStore {
             (s.0.clone(), s.1 + 1)
         };
         let events = engine::apply(&mut next, ops, revision);
-        let mut w = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(|e| io("write")(e.into()))?;
+        let mut db = self.inner.db.lock().unwrap();
+        if let Err(first) = Self::write(&mut db, &self.inner.path, &events, revision) {
+            tracing::warn!(error = %first, "store write failed; reopening the database and retrying once");
+            *db = None;
+            Self::write(&mut db, &self.inner.path, &events, revision)?;
+        }
+        drop(db);
+        let mut s = self.inner.state.lock().unwrap();
+        *s = (next, revision);
+        self.inner.watchers.publish(&events);
+        Ok(TxnResult {
+            succeeded: true,
+            revision,
+        })
+    }
+}
+
+impl RedbStore {
+    /// Commits `events` at `revision`, opening the database first when it is closed.
+    fn write(
+        db: &mut Option<Database>,
+        path: &Path,
+        events: &[WatchEvent],
+        revision: u64,
+    ) -> Result<(), StoreError> {
+        if db.is_none() {
+            *db = Some(Self::open_file(path)?);
+        }
+        let db = db.as_ref().expect("opened above");
+        let mut w = db.begin_write().map_err(|e| io("write")(e.into()))?;
         w.set_durability(Durability::Immediate)
             .map_err(|e| io("write")(e.into()))?;
         {
             let mut kv = w.open_table(KV).map_err(|e| io("write")(e.into()))?;
-            for e in &events {
+            for e in events {
                 match e {
                     WatchEvent::Put(rec) => {
                         let bytes = serde_json::to_vec(rec).expect("records serialise");
@@ -141,14 +181,7 @@ impl RedbStore {
             meta.insert("revision", revision)
                 .map_err(|e| io("write")(e.into()))?;
         }
-        w.commit().map_err(|e| io("commit")(e.into()))?;
-        let mut s = self.inner.state.lock().unwrap();
-        *s = (next, revision);
-        self.inner.watchers.publish(&events);
-        Ok(TxnResult {
-            succeeded: true,
-            revision,
-        })
+        w.commit().map_err(|e| io("commit")(e.into()))
     }
 }
 
