@@ -630,6 +630,9 @@ impl Driver {
             conflict: None,
         };
         let _g = self.lock.lock().await;
+        self.ipam
+            .bind(&address_pool(&net), IpAddr::V4(address.addr()), &ep.id)
+            .await?;
         if net.cluster.is_some() {
             let ckey = cluster::endpoint_key(&self.host, &ep.id);
             let rec = self.cluster_endpoint(&net, &ep);
@@ -865,10 +868,9 @@ impl Driver {
                 continue;
             }
             if let Some(net) = nets.get(&ep.network_id) {
-                let domain = net.cluster.as_deref().unwrap_or("host");
-                let pool = crate::ipam::pool_id(domain, IpNet::V4(net.subnet));
+                let ip = IpAddr::V4(ep.address.addr());
                 self.ipam
-                    .release_address(&pool, &ep.address.addr().to_string())
+                    .release_for(&address_pool(net), ip, &ep.id, ep.created)
                     .await?;
             }
             self.store
@@ -885,6 +887,12 @@ impl Driver {
         }
         Ok(removed)
     }
+}
+
+/// The IPAM pool ID of a network's container addresses.
+fn address_pool(net: &Network) -> String {
+    let domain = net.cluster.as_deref().unwrap_or("host");
+    crate::ipam::pool_id(domain, IpNet::V4(net.subnet))
 }
 
 /// Refuses a call that names `ep` under another network than its own.

@@ -607,3 +607,59 @@ fn arbitrary_requests_never_panic_and_refusals_change_nothing() {
         })
         .unwrap();
 }
+
+/// A crash right after CreateEndpoint was committed: Docker saw the call fail, released the
+/// address and asks for another. The address stays with the endpoint we still have, so the
+/// next container gets another one; once the endpoint is collected, the address is free.
+#[tokio::test]
+async fn an_address_is_never_handed_out_while_its_endpoint_exists() {
+    let h = harness().await;
+    let pool = create_nat(&h, json!({}), false).await;
+    let request = json!({"PoolID": pool, "Address": "", "Options": null}).to_string();
+    let (_, addr) = post(&h, Interface::Ipam, "/IpamDriver.RequestAddress", &request).await;
+    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": addr["Address"], "MacAddress": ""}});
+    let (s, _) = post(
+        &h,
+        Interface::Network,
+        "/NetworkDriver.CreateEndpoint",
+        &ep.to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // Docker's retry of the lost reply is refused, and it releases the address.
+    let (s, _) = post(&h, Interface::Network, "/NetworkDriver.CreateEndpoint", "").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    let release = json!({"PoolID": pool, "Address": addr["Address"]}).to_string();
+    let (s, _) = post(&h, Interface::Ipam, "/IpamDriver.ReleaseAddress", &release).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, next) = post(&h, Interface::Ipam, "/IpamDriver.RequestAddress", &request).await;
+    assert_ne!(next["Address"], addr["Address"], "handed out twice");
+    // A static request for it is refused too.
+    let fixed = json!({"PoolID": pool, "Address": addr["Address"].as_str().unwrap().split('/').next(), "Options": null});
+    let (s, r) = post(
+        &h,
+        Interface::Ipam,
+        "/IpamDriver.RequestAddress",
+        &fixed.to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{r}");
+
+    // The stale endpoint is collected and its address freed; the other one stays.
+    let d = &h.plugin.driver;
+    let known = std::collections::BTreeMap::from([(NET.to_string(), Default::default())]);
+    assert_eq!(
+        d.collect_garbage(&known, 0).await.unwrap(),
+        vec![EP.to_string()]
+    );
+    let (_, again) = post(&h, Interface::Ipam, "/IpamDriver.RequestAddress", &request).await;
+    assert_eq!(
+        again["Address"], addr["Address"],
+        "freed once its endpoint went"
+    );
+    let (_, after) = post(&h, Interface::Ipam, "/IpamDriver.RequestAddress", &request).await;
+    assert_ne!(
+        after["Address"], next["Address"],
+        "the other address stays taken"
+    );
+}

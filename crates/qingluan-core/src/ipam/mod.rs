@@ -185,6 +185,10 @@ pub struct Addr {
     /// Seconds since the epoch when it was allocated.
     #[serde(default)]
     pub since: u64,
+    /// The endpoint it was bound to at CreateEndpoint; a ReleaseAddress while that endpoint
+    /// still exists keeps it, so it is never handed out twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// Whether a domain spans hosts (its records live in the cluster store).

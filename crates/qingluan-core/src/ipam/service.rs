@@ -428,6 +428,7 @@ impl Ipam {
             kind,
             host: (shared && kind != AddrKind::Gateway).then(|| self.host.clone()),
             since: crate::model::now(),
+            endpoint: None,
         };
         let _g = self.lock.lock().await;
         if address.is_empty() && !gateway {
@@ -523,22 +524,123 @@ impl Ipam {
         let _g = self.lock.lock().await;
         let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
         let store = self.domain_store(&domain);
-        if !is_cluster_domain(&domain) {
-            store.txn(vec![], vec![Op::Delete(key)]).await?;
-            return Ok(());
-        }
-        let Some(kv) = store.get(&key).await? else {
+        let Some((held, value)) = self.held(store, &key).await? else {
             return Ok(());
         };
-        let held: Addr =
+        if is_cluster_domain(&domain) && held.host.as_deref() != Some(self.host.as_str()) {
+            return Ok(());
+        }
+        if let Some(ep) = &held.endpoint {
+            let key = format!("{}{ep}", crate::model::ENDPOINTS);
+            if self.store.get(&key).await?.is_some() {
+                tracing::info!(address = %ip, endpoint = %crate::model::head(ep, 12),
+                    "release of an address its endpoint still has: kept until the endpoint goes");
+                return Ok(());
+            }
+        }
+        store
+            .txn(
+                vec![Compare::Value(key.clone(), value)],
+                vec![Op::Delete(key)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The address record at `key` and its stored bytes.
+    async fn held(
+        &self,
+        store: &dyn Store,
+        key: &str,
+    ) -> Result<Option<(Addr, Vec<u8>)>, IpamError> {
+        let Some(kv) = store.get(key).await? else {
+            return Ok(None);
+        };
+        let held =
             serde_json::from_slice(&kv.value).map_err(|e| qingluan_store::StoreError::Corrupt {
-                key: key.clone(),
+                key: key.to_string(),
                 reason: e.to_string(),
             })?;
-        if held.host.as_deref() == Some(self.host.as_str()) {
+        Ok(Some((held, kv.value)))
+    }
+
+    /// Binds `ip` to `endpoint` (at CreateEndpoint): the address must be free, unbound, or
+    /// bound to that endpoint already; a free one is taken (an address Docker allocated and
+    /// a crash released). Compare-and-swap, so a concurrent release cannot slip in between.
+    pub async fn bind(&self, pool_id: &str, ip: IpAddr, endpoint: &str) -> Result<(), IpamError> {
+        let (domain, cidr) = parse_pool_id(pool_id)?;
+        let store = self.domain_store(&domain);
+        let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
+        let shared = is_cluster_domain(&domain);
+        let _g = self.lock.lock().await;
+        let (rec, compare) = match self.held(store, &key).await? {
+            None => (
+                Addr {
+                    ip,
+                    kind: AddrKind::Dynamic,
+                    host: shared.then(|| self.host.clone()),
+                    since: crate::model::now(),
+                    endpoint: Some(endpoint.to_string()),
+                },
+                Compare::Absent(key.clone()),
+            ),
+            Some((held, value)) => {
+                let ours = !shared || held.host.as_deref() == Some(self.host.as_str());
+                let free = held.endpoint.as_deref().is_none_or(|e| e == endpoint);
+                if !ours || !free || held.kind == AddrKind::Gateway {
+                    return Err(IpamError::AddressInUse {
+                        addr: ip,
+                        subnet: cidr,
+                    });
+                }
+                if held.endpoint.is_some() {
+                    return Ok(());
+                }
+                let rec = Addr {
+                    endpoint: Some(endpoint.to_string()),
+                    ..held
+                };
+                (rec, Compare::Value(key.clone(), value))
+            }
+        };
+        let done = store
+            .txn(vec![compare], vec![Op::Put(key, to_json(&rec))])
+            .await?;
+        if done.succeeded {
+            Ok(())
+        } else {
+            Err(IpamError::AddressInUse {
+                addr: ip,
+                subnet: cidr,
+            })
+        }
+    }
+
+    /// Releases `ip` for `endpoint`, which is gone (garbage collection): only while the
+    /// address is still that endpoint's, bound to it or allocated before it was created and
+    /// never bound, so an address handed out again meanwhile stays with its new holder.
+    pub async fn release_for(
+        &self,
+        pool_id: &str,
+        ip: IpAddr,
+        endpoint: &str,
+        created: u64,
+    ) -> Result<(), IpamError> {
+        let (domain, cidr) = parse_pool_id(pool_id)?;
+        let store = self.domain_store(&domain);
+        let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
+        let _g = self.lock.lock().await;
+        let Some((held, value)) = self.held(store, &key).await? else {
+            return Ok(());
+        };
+        let mine = match &held.endpoint {
+            Some(e) => e == endpoint,
+            None => held.since <= created && held.kind != AddrKind::Gateway,
+        };
+        if mine {
             store
                 .txn(
-                    vec![Compare::Value(key.clone(), kv.value)],
+                    vec![Compare::Value(key.clone(), value)],
                     vec![Op::Delete(key)],
                 )
                 .await?;
@@ -558,6 +660,7 @@ impl Ipam {
             kind: AddrKind::Dynamic,
             host: Some(self.host.clone()),
             since: crate::model::now(),
+            endpoint: None,
         };
         let _g = self.lock.lock().await;
         if create(store, &key, to_json(&rec)).await? {
