@@ -179,6 +179,7 @@ impl Pass<'_> {
         lap.mark("links");
         // 2. OVS bridges and ports, in one transaction; around it, the host's addresses
         //    move back from an uplink bridge about to go, and onto a new one.
+        let mut nic_guards = Vec::new();
         match a.ovs.snapshot().await {
             Ok(snap) => {
                 let wanted: BTreeSet<&str> = d.uplinks.iter().map(|u| u.bridge.as_str()).collect();
@@ -212,6 +213,7 @@ impl Pass<'_> {
                 } else {
                     keep_uplinks(&with, &snap, &r.owner, &unplanned)
                 };
+                nic_guards = userspace_nics(&with);
                 let ops = ovs_ops(&r.owner, &with, &snap);
                 if !ops.is_empty() {
                     report.ovs_ops = ops.len();
@@ -280,6 +282,9 @@ impl Pass<'_> {
                 let now: BTreeSet<String> = now.into_iter().map(|l| l.name).collect();
                 fw.guards.retain(|g| now.contains(g));
             }
+            fw.guards.extend(nic_guards);
+            fw.guards.sort();
+            fw.guards.dedup();
             a.firewall.apply(&fw, full).await
         };
         let ((replaced, flow_errs), fw) = tokio::join!(flows, firewall);
@@ -325,6 +330,24 @@ impl Pass<'_> {
         }
         out
     }
+}
+
+/// The interfaces enslaved to uplink bridges of the userspace datapath. They are guarded
+/// like the endpoints' veths: they keep the bridge's MAC, so without a guard the host's
+/// kernel would also take frames for the host's addresses from them directly, besides
+/// OVS handing them to the internal port, and forward a second copy (the duplicate replies
+/// of a vxlan `nat=true` gateway).
+fn userspace_nics(d: &Desired) -> Vec<String> {
+    d.ports
+        .iter()
+        .filter(|p| p.external_ids.contains_key(uplink::UPLINK_NIC))
+        .filter(|p| {
+            d.bridges
+                .iter()
+                .any(|b| b.name == p.bridge && b.datapath_type == "netdev")
+        })
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// `d` when some uplinks (`unplanned`) could not be planned this pass: every uplink bridge
