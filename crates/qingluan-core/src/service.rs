@@ -907,6 +907,27 @@ fn on_network(ep: &Endpoint, net: &Network) -> Result<(), ServiceError> {
     })
 }
 
+impl Driver {
+    /// Releases this host's subnets that neither Docker (`docker_subnets`: the subnets of
+    /// every network whose IPAM driver is ours) nor any of our networks uses, once older
+    /// than `grace_secs`. Returns them.
+    pub async fn collect_subnets(
+        &self,
+        docker_subnets: &std::collections::BTreeSet<IpNet>,
+        grace_secs: u64,
+    ) -> Result<Vec<IpNet>, ServiceError> {
+        let _g = self.lock.lock().await;
+        let mut in_use = docker_subnets.clone();
+        for n in self.networks().await? {
+            in_use.insert(IpNet::V4(n.subnet));
+            if let Some((v6, _)) = n.ipv6 {
+                in_use.insert(IpNet::V6(v6));
+            }
+        }
+        Ok(self.ipam.collect_subnets(&in_use, grace_secs).await?)
+    }
+}
+
 fn refusal(net: &Network) -> &'static str {
     match net.mode {
         Mode::Nonat => "nonat networks: they have no route out",

@@ -663,3 +663,49 @@ async fn an_address_is_never_handed_out_while_its_endpoint_exists() {
         "the other address stays taken"
     );
 }
+
+/// A pool Docker requested for a network whose creation failed, and which it could not
+/// release either (a full disk), is released once older than the grace period, unless a
+/// network (ours, or any with our IPAM driver) uses it.
+#[tokio::test]
+async fn subnets_no_network_uses_are_collected() {
+    let h = harness().await;
+    create_nat(&h, json!({}), false).await;
+    let (s, orphan) = post(
+        &h,
+        Interface::Ipam,
+        "/IpamDriver.RequestPool",
+        r#"{"Pool":"","Options":{"pool":"nat"},"V6":false}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let orphan: ipnet::IpNet = orphan["Pool"].as_str().unwrap().parse().unwrap();
+    let (s, foreign) = post(
+        &h,
+        Interface::Ipam,
+        "/IpamDriver.RequestPool",
+        r#"{"Pool":"","Options":{"pool":"nat"},"V6":false}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let foreign: ipnet::IpNet = foreign["Pool"].as_str().unwrap().parse().unwrap();
+    let d = &h.plugin.driver;
+    let docker = std::collections::BTreeSet::from([foreign]);
+    assert!(
+        d.collect_subnets(&docker, 3600).await.unwrap().is_empty(),
+        "young subnets stay"
+    );
+    assert_eq!(d.collect_subnets(&docker, 0).await.unwrap(), vec![orphan]);
+    let left: Vec<String> = h
+        .plugin
+        .ipam
+        .subnets()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.cidr.to_string())
+        .collect();
+    assert_eq!(left.len(), 2, "the network's and docker's stay: {left:?}");
+    assert!(left.contains(&foreign.to_string()), "{left:?}");
+    assert!(!left.contains(&orphan.to_string()), "{left:?}");
+}

@@ -412,6 +412,21 @@ fn spawn_flow_audit(driver: Arc<Driver>) {
     });
 }
 
+/// Releases subnets of failed network creations that Docker could not release.
+async fn collect_subnets(driver: &Driver, socket: &Path, name: &str) {
+    let used = match crate::docker::ipam_subnets(socket, &format!("{name}Ipam")).await {
+        Ok(used) => used,
+        Err(e) => return tracing::debug!(error = %e, "docker api"),
+    };
+    match driver.collect_subnets(&used, GC_GRACE_SECS).await {
+        Ok(r) if !r.is_empty() => {
+            tracing::warn!(subnets = ?r, "released subnets no network uses")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "subnet collection failed"),
+    }
+}
+
 /// Refreshes network names and collects endpoints Docker forgot, from the Engine API.
 fn spawn_docker_watch(
     driver: Arc<Driver>,
@@ -437,6 +452,7 @@ fn spawn_docker_watch(
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "endpoint collection failed"),
                     }
+                    collect_subnets(&driver, &socket, &name).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "docker api"),
             }

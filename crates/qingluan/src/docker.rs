@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::http::request;
@@ -42,6 +43,20 @@ pub async fn networks(
         out.insert(id, (name, eps));
     }
     Ok(out)
+}
+
+/// The subnets of every network whose IPAM driver is `ipam`, whatever its driver.
+pub async fn ipam_subnets(socket: &Path, ipam: &str) -> anyhow::Result<BTreeSet<IpNet>> {
+    let list = get(socket, "/networks").await?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["IPAM"]["Driver"].as_str() == Some(ipam))
+        .flat_map(|n| n["IPAM"]["Config"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["Subnet"].as_str()?.parse::<IpNet>().ok())
+        .map(|s| s.trunc())
+        .collect())
 }
 
 /// The Engine API path prefix for the local engine's API version (`/v1.41`), asked once

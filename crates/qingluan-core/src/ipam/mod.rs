@@ -157,6 +157,9 @@ pub struct Subnet {
     pub range: Option<IpNet>,
     /// Whether it was carved from the pool (as opposed to given with `--subnet`).
     pub carved: bool,
+    /// Seconds since the epoch when it was handed out (0 for records older than the field).
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// Why an address is allocated.

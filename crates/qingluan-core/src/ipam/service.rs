@@ -174,6 +174,27 @@ impl Ipam {
     }
 
     /// Subnets of one routing domain.
+    /// Releases this host's subnets (the `host` domain) that no network in `in_use` has
+    /// and that were handed out at least `grace_secs` ago: a pool Docker requested for a
+    /// network whose creation then failed, when its ReleasePool failed too (a full disk).
+    /// Returns the released subnets.
+    pub async fn collect_subnets(
+        &self,
+        in_use: &BTreeSet<IpNet>,
+        grace_secs: u64,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        let now = crate::model::now();
+        let mut out = Vec::new();
+        for s in self.domain_subnets("host").await? {
+            if in_use.contains(&s.cidr) || now.saturating_sub(s.created) < grace_secs {
+                continue;
+            }
+            self.release_pool(&s.id).await?;
+            out.push(s.cidr);
+        }
+        Ok(out)
+    }
+
     async fn domain_subnets(&self, domain: &str) -> Result<Vec<Subnet>, IpamError> {
         Ok(list_json(self.domain_store(domain), &format!("{SUBNETS}{domain}/")).await?)
     }
@@ -344,6 +365,7 @@ impl Ipam {
             cidr,
             range,
             carved,
+            created: crate::model::now(),
         };
         let key = subnet_key(&domain, cidr);
         let ok = create(self.domain_store(&domain), &key, to_json(&rec)).await?;
