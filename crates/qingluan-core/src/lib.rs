@@ -5,6 +5,15 @@
 //! sequences a plugin call (validate → persist → apply) and `reconcile` the one place that
 //! drives the system adapters of `qingluan-dataplane`.
 
+/// A crash point for the crash-consistency tests: built with the `failpoints` feature and
+/// run with `FAILPOINTS=<name>=return`, the daemon aborts here, as a kill -9 would stop it.
+/// Without the feature it is nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| std::process::abort())
+    };
+}
+
 pub mod cluster;
 pub mod cluster_sync;
 pub mod desired;

@@ -438,7 +438,9 @@ impl Driver {
                 cluster::detach(&*self.cluster, k, &self.host).await?;
             }
         }
-        done
+        done?;
+        crash_point!("create-network-committed");
+        Ok(())
     }
 
     /// The uplink of a flat or vlan network: its bridge, its interface (`--opt parent`, else
@@ -633,6 +635,7 @@ impl Driver {
         self.ipam
             .bind(&address_pool(&net), IpAddr::V4(address.addr()), &ep.id)
             .await?;
+        crash_point!("create-endpoint-bound");
         if net.cluster.is_some() {
             let ckey = cluster::endpoint_key(&self.host, &ep.id);
             let rec = self.cluster_endpoint(&net, &ep);
@@ -650,6 +653,7 @@ impl Driver {
                 self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
             }
             done?;
+            crash_point!("create-endpoint-committed");
             return Ok(report.then_some(mac));
         }
         let key = format!("{ENDPOINTS}{}", ep.id);
@@ -658,6 +662,7 @@ impl Driver {
             vec![Op::Delete(key)],
         )
         .await?;
+        crash_point!("create-endpoint-committed");
         Ok(report.then_some(mac))
     }
 
@@ -731,6 +736,7 @@ impl Driver {
                 vec![Op::Delete(format!("{ENDPOINTS}{endpoint_id}"))],
             )
             .await?;
+        crash_point!("delete-endpoint-recorded");
         self.sync(false).await?;
         Ok(())
     }
@@ -908,6 +914,62 @@ fn on_network(ep: &Endpoint, net: &Network) -> Result<(), ServiceError> {
 }
 
 impl Driver {
+    /// Removes this host's own networks (nat, nonat) that Docker does not list (`known`
+    /// holds the IDs of every network of ours it has) and that are older than
+    /// `grace_secs`, releasing their subnets: a CreateNetwork committed just before the
+    /// daemon died, which Docker then saw fail. Returns their IDs.
+    pub async fn collect_networks(
+        &self,
+        known: &BTreeMap<String, std::collections::BTreeSet<String>>,
+        grace_secs: u64,
+    ) -> Result<Vec<String>, ServiceError> {
+        let now = model::now();
+        let mut removed = Vec::new();
+        for net in self.networks().await? {
+            if net.cluster.is_some()
+                || known.contains_key(&net.id)
+                || now.saturating_sub(net.created) < grace_secs
+            {
+                continue;
+            }
+            self.delete_network(&net.id).await?;
+            self.ipam.release_pool(&address_pool(&net)).await?;
+            if let Some((v6, _)) = net.ipv6 {
+                self.ipam
+                    .release_pool(&crate::ipam::pool_id("host", IpNet::V6(v6)))
+                    .await?;
+            }
+            removed.push(net.id);
+        }
+        Ok(removed)
+    }
+
+    /// Releases addresses of this host's networks that Docker requested but no endpoint
+    /// got (the daemon died before answering), once older than `grace_secs`.
+    pub async fn collect_addresses(&self, grace_secs: u64) -> Result<usize, ServiceError> {
+        let _g = self.lock.lock().await;
+        let eps = self.endpoints().await?;
+        let mut freed = 0;
+        for net in self
+            .networks()
+            .await?
+            .iter()
+            .filter(|n| n.cluster.is_none())
+        {
+            let used = eps
+                .iter()
+                .filter(|e| e.network_id == net.id)
+                .map(|e| IpAddr::V4(e.address.addr()))
+                .collect();
+            freed += self
+                .ipam
+                .collect_addresses(&address_pool(net), &used, grace_secs)
+                .await?
+                .len();
+        }
+        Ok(freed)
+    }
+
     /// Releases this host's subnets that neither Docker (`docker_subnets`: the subnets of
     /// every network whose IPAM driver is ours) nor any of our networks uses, once older
     /// than `grace_secs`. Returns them.

@@ -62,6 +62,9 @@ pub struct DaemonConfig {
     pub docker_socket: PathBuf,
     /// Log filter (`info`, `debug`, `qingluan=debug`, ...); `RUST_LOG` wins.
     pub log: String,
+    /// Seconds between garbage collections against the Engine API, and the age an endpoint
+    /// or subnet Docker does not know must reach before it is collected.
+    pub gc_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -73,6 +76,7 @@ impl Default for DaemonConfig {
             api_socket: "/run/qingluan/qingluan.sock".into(),
             docker_socket: "/var/run/docker.sock".into(),
             log: "info".into(),
+            gc_secs: 60,
         }
     }
 }

@@ -46,9 +46,6 @@ use tokio::sync::{Notify, RwLock};
 use crate::api::{self, Api};
 use crate::config::Config;
 
-/// Endpoints younger than this are never collected: Docker may not list them yet.
-const GC_GRACE_SECS: u64 = 60;
-
 fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -223,6 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         settings.name.clone(),
         names,
         activated_gc,
+        d.gc_secs,
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -412,13 +410,14 @@ fn spawn_flow_audit(driver: Arc<Driver>) {
     });
 }
 
-/// Releases subnets of failed network creations that Docker could not release.
-async fn collect_subnets(driver: &Driver, socket: &Path, name: &str) {
+/// Releases subnets of failed network creations that Docker could not release, once older
+/// than `grace` seconds.
+async fn collect_subnets(driver: &Driver, socket: &Path, name: &str, grace: u64) {
     let used = match crate::docker::ipam_subnets(socket, &format!("{name}Ipam")).await {
         Ok(used) => used,
         Err(e) => return tracing::debug!(error = %e, "docker api"),
     };
-    match driver.collect_subnets(&used, GC_GRACE_SECS).await {
+    match driver.collect_subnets(&used, grace).await {
         Ok(r) if !r.is_empty() => {
             tracing::warn!(subnets = ?r, "released subnets no network uses")
         }
@@ -427,13 +426,16 @@ async fn collect_subnets(driver: &Driver, socket: &Path, name: &str) {
     }
 }
 
-/// Refreshes network names and collects endpoints Docker forgot, from the Engine API.
+/// Refreshes network names and collects endpoints Docker forgot, from the Engine API,
+/// every `gc_secs` seconds; endpoints and subnets younger than that are never collected
+/// (Docker may not list them yet).
 fn spawn_docker_watch(
     driver: Arc<Driver>,
     socket: std::path::PathBuf,
     name: String,
     names: Arc<RwLock<BTreeMap<String, String>>>,
     activated: Arc<Notify>,
+    gc_secs: u64,
 ) {
     tokio::spawn(async move {
         loop {
@@ -445,19 +447,31 @@ fn spawn_docker_watch(
                         .collect();
                     let known: BTreeMap<String, BTreeSet<String>> =
                         nets.into_iter().map(|(id, (_, eps))| (id, eps)).collect();
-                    match driver.collect_garbage(&known, GC_GRACE_SECS).await {
+                    match driver.collect_garbage(&known, gc_secs).await {
                         Ok(r) if !r.is_empty() => {
                             tracing::warn!(endpoints = ?r, "removed endpoints docker no longer knows")
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "endpoint collection failed"),
                     }
-                    collect_subnets(&driver, &socket, &name).await;
+                    match driver.collect_networks(&known, gc_secs).await {
+                        Ok(r) if !r.is_empty() => {
+                            tracing::warn!(networks = ?r, "removed networks docker does not have")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "network collection failed"),
+                    }
+                    match driver.collect_addresses(gc_secs).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(count = n, "released addresses no endpoint got"),
+                        Err(e) => tracing::warn!(error = %e, "address collection failed"),
+                    }
+                    collect_subnets(&driver, &socket, &name, gc_secs).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "docker api"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(gc_secs)) => {}
                 _ = activated.notified() => tokio::time::sleep(Duration::from_secs(5)).await,
             }
         }

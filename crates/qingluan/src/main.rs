@@ -134,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                 .with_writer(std::io::stderr)
                 .init();
+            let _crash_points = fail::FailScenario::setup();
             std::panic::set_hook(Box::new(|info| {
                 let backtrace = std::backtrace::Backtrace::force_capture();
                 tracing::error!(%info, %backtrace, "defect: a task panicked");

@@ -195,6 +195,47 @@ impl Ipam {
         Ok(out)
     }
 
+    /// Releases the dynamic addresses of host subnet `pool_id` that no endpoint is bound
+    /// to, none of `used` is, and that were allocated at least `grace_secs` ago: an address
+    /// Docker requested when the daemon died before it could answer. Returns them.
+    pub async fn collect_addresses(
+        &self,
+        pool_id: &str,
+        used: &BTreeSet<IpAddr>,
+        grace_secs: u64,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let (domain, cidr) = parse_pool_id(pool_id)?;
+        if is_cluster_domain(&domain) {
+            return Ok(Vec::new());
+        }
+        let now = crate::model::now();
+        let _g = self.lock.lock().await;
+        let mut out = Vec::new();
+        for kv in self.store.list(&addrs_prefix(&domain, cidr)).await? {
+            let Ok(a) = serde_json::from_slice::<Addr>(&kv.value) else {
+                continue;
+            };
+            if a.kind != AddrKind::Dynamic
+                || a.endpoint.is_some()
+                || used.contains(&a.ip)
+                || now.saturating_sub(a.since) < grace_secs
+            {
+                continue;
+            }
+            let gone = self
+                .store
+                .txn(
+                    vec![Compare::Value(kv.key.clone(), kv.value)],
+                    vec![Op::Delete(kv.key)],
+                )
+                .await?;
+            if gone.succeeded {
+                out.push(a.ip);
+            }
+        }
+        Ok(out)
+    }
+
     async fn domain_subnets(&self, domain: &str) -> Result<Vec<Subnet>, IpamError> {
         Ok(list_json(self.domain_store(domain), &format!("{SUBNETS}{domain}/")).await?)
     }
@@ -474,6 +515,7 @@ impl Ipam {
                 })?;
                 let rec = record(ip, AddrKind::Dynamic);
                 if create(store, &format!("{prefix}{ip}"), to_json(&rec)).await? {
+                    crash_point!("request-address-allocated");
                     return Ok(with_prefix(ip));
                 }
             }

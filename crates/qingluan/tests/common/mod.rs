@@ -107,6 +107,11 @@ pub struct Env {
 impl Env {
     /// Starts a daemon with a fresh store; removes leftovers of earlier runs first.
     pub fn new() -> Env {
+        Env::with_daemon_config("")
+    }
+
+    /// Like [`Env::new`], with extra `[daemon]` settings (TOML lines).
+    pub fn with_daemon_config(extra: &str) -> Env {
         cleanup_docker();
         let system = std::env::var("QL_SYSTEM_DAEMON").as_deref() == Ok("1");
         let (driver, prefix) = if system {
@@ -119,7 +124,7 @@ impl Env {
             .tempdir()
             .unwrap();
         let config = format!(
-            "[daemon]\nname = \"{driver}\"\nprefix = \"{prefix}\"\napi_socket = \"{api}\"\nlog = \"info,qingluan=debug\"\n\n[store]\npath = \"{store}\"\n",
+            "[daemon]\nname = \"{driver}\"\nprefix = \"{prefix}\"\napi_socket = \"{api}\"\nlog = \"info,qingluan=debug\"\n{extra}\n\n[store]\npath = \"{store}\"\n",
             api = dir.path().join("api.sock").display(),
             store = dir.path().join("state.redb").display(),
         );
@@ -144,6 +149,12 @@ impl Env {
 
     /// Starts the daemon and waits for its sockets.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the daemon with extra environment variables (e.g. `FAILPOINTS`) and waits for
+    /// its sockets. It runs in the test's directory.
+    pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -151,6 +162,8 @@ impl Env {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_qingluan"))
             .args(["--config", self.config().to_str().unwrap(), "daemon"])
+            .envs(vars.iter().copied())
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -171,6 +184,19 @@ impl Env {
             "daemon never reconciled: {}",
             self.log()
         );
+    }
+
+    /// Waits for the daemon to exit by itself (a crash point); panics after 10 s.
+    pub fn wait_crashed(&mut self) {
+        let mut c = self.daemon.take().expect("a daemon runs");
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let crashed = matches!(c.try_wait(), Ok(Some(_)));
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(crashed, "the daemon did not crash: {}", self.log());
     }
 
     /// Stops the daemon (SIGTERM, then SIGKILL).
