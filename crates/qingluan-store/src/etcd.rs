@@ -4,7 +4,8 @@
 //! Every key lives under a namespace prefix (default `/qingluan/`) so several clusters or
 //! tests can share one etcd. Revisions are etcd's own. Every call has a deadline and a
 //! connection failure becomes [`StoreError::Unreachable`], so callers fail fast while etcd is
-//! down; etcd-client reconnects by itself when it returns.
+//! down; etcd-client reconnects by itself when it returns. A database over its quota (etcd's
+//! `NOSPACE` alarm) is [`StoreError::Full`], with what to do about it.
 
 use std::time::Duration;
 
@@ -38,8 +39,14 @@ pub struct EtcdStore {
     namespace: String,
 }
 
+/// An etcd error as ours: a full database (the `NOSPACE` alarm refuses writes) is
+/// [`StoreError::Full`]; anything else means etcd cannot serve us now.
 fn unreachable(e: etcd_client::Error) -> StoreError {
-    StoreError::Unreachable(e.to_string())
+    let text = e.to_string();
+    match text.find("database space exceeded") {
+        Some(_) => StoreError::Full("mvcc: database space exceeded".into()),
+        None => StoreError::Unreachable(text),
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {

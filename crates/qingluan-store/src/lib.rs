@@ -113,6 +113,12 @@ pub enum StoreError {
     /// The store cannot be reached: only the remote (cluster) backend can be.
     #[error("cluster store unreachable: {0}")]
     Unreachable(String),
+    /// The cluster store refuses writes because its database reached its quota.
+    #[error(
+        "cluster store full: etcd refuses writes ({0}); compact and defragment it and disarm \
+         the alarm (etcdctl compact, defrag, alarm disarm), or raise its --quota-backend-bytes"
+    )]
+    Full(String),
 }
 
 /// The store.

@@ -17,6 +17,8 @@ struct Etcd {
     peer: u16,
     /// Serve clients over TLS and require client certificates (files in `dir`).
     tls: bool,
+    /// `--quota-backend-bytes`, when set.
+    quota: Option<u64>,
 }
 
 fn free_port() -> u16 {
@@ -39,7 +41,17 @@ impl Etcd {
             client: free_port(),
             peer: free_port(),
             tls: false,
+            quota: None,
         };
+        e.spawn();
+        Some(e)
+    }
+
+    /// An etcd whose database may grow to `bytes` only.
+    fn start_with_quota(bytes: u64) -> Option<Etcd> {
+        let mut e = Etcd::start()?;
+        e.stop();
+        e.quota = Some(bytes);
         e.spawn();
         Some(e)
     }
@@ -57,6 +69,7 @@ impl Etcd {
             client: free_port(),
             peer: free_port(),
             tls: true,
+            quota: None,
         };
         let script = r#"set -e
 openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=qlt-ca 2>/dev/null
@@ -94,6 +107,9 @@ done"#;
                 .arg("--trusted-ca-file")
                 .arg(self.file("ca.pem"))
                 .arg("--client-cert-auth");
+        }
+        if let Some(q) = self.quota {
+            cmd.arg(format!("--quota-backend-bytes={q}"));
         }
         let child = cmd
             .args(["--name", "qlt", "--data-dir"])
@@ -298,4 +314,34 @@ async fn etcd_over_tls_with_client_certificates() {
         Err(_) => true,
     };
     assert!(refused, "a client without certificate must be refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_etcd_is_a_clear_error() {
+    let Some(etcd) = Etcd::start_with_quota(2 << 20) else {
+        return;
+    };
+    let s = EtcdStore::connect(&etcd.endpoint(), None, "/qlt/full/")
+        .await
+        .unwrap();
+    let value = vec![b'x'; 100 << 10];
+    let mut err = None;
+    for i in 0..200 {
+        if let Err(e) = put(&s, &format!("k{i}"), value.clone()).await {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("etcd never filled up");
+    assert!(matches!(e, StoreError::Full(_)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("cluster store full: etcd refuses writes (mvcc: database space exceeded)"),
+        "{e}"
+    );
+    assert_eq!(
+        s.get("k0").await.unwrap().unwrap().value,
+        value,
+        "reads still work"
+    );
 }
