@@ -1,0 +1,161 @@
+//! Golden flow tables: the complete flow table of every bridge for each mode (nonat, nat,
+//! flat, vlan, vxlan, vxlan with nat=true), rendered as ovs-ofctl text and compared with the
+//! files in `tests/golden/`. A change to the pipeline shows as a diff of those files;
+//! `QL_BLESS=1 cargo test --test golden` rewrites them after a deliberate change.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use qingluan_core::desired::{self, ClusterView, HostFacts};
+use qingluan_core::model::{self, Endpoint, Mac, Mode, Network};
+use qingluan_core::pipeline::RemoteEndpoint;
+use qingluan_core::settings::Settings;
+
+fn net(id: &str, mode: Mode, subnet: &str) -> Network {
+    let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+    let id = id.repeat(64 / id.len());
+    let (bridge, vni, cluster, uplink) = match mode {
+        Mode::Nat | Mode::Nonat => (model::bridge_name("ql", &id), None, None, None),
+        Mode::Flat => (
+            "qlul".to_string(),
+            None,
+            Some(format!("flat-{}", subnet.to_string().replace('/', "_"))),
+            Some("eth0".to_string()),
+        ),
+        Mode::Vlan => (
+            "qlul".to_string(),
+            Some(10),
+            Some("vlan-10".to_string()),
+            Some("eth0".to_string()),
+        ),
+        Mode::Vxlan => (
+            "qlov".to_string(),
+            Some(5001),
+            Some("vxlan-5001".to_string()),
+            None,
+        ),
+    };
+    Network {
+        bridge,
+        id,
+        mode,
+        internal: false,
+        mtu: 1500,
+        subnet,
+        gateway: subnet.hosts().next().unwrap(),
+        ipv6: None,
+        options: Default::default(),
+        created: 0,
+        vni,
+        cluster,
+        gateway_port: None,
+        uplink,
+    }
+}
+
+fn ep(id: &str, net: &Network, host: u8) -> Endpoint {
+    let ip = Ipv4Addr::from(u32::from(net.subnet.network()) + host as u32);
+    let id = id.repeat(64 / id.len());
+    let (veth, peer) = model::veth_names("ql", &id);
+    Endpoint {
+        id,
+        network_id: net.id.clone(),
+        veth,
+        peer,
+        address: ipnet::Ipv4Net::new(ip, net.subnet.prefix_len()).unwrap(),
+        address_v6: None,
+        mac: Mac::from_ipv4(ip),
+        ports: Vec::new(),
+        joined: true,
+        sandbox: None,
+        created: 0,
+        conflict: None,
+    }
+}
+
+/// Every bridge's flows of one network with two local endpoints (and, for vxlan, one
+/// endpoint on another host), as ovs-ofctl text.
+fn table(n: Network) -> String {
+    let eps = [ep("b2", &n, 2), ep("c3", &n, 3)];
+    let mut view = ClusterView::new();
+    if let Some(key) = n.cluster.clone().filter(|_| n.mode == Mode::Vxlan) {
+        let ip = Ipv4Addr::from(u32::from(n.subnet.network()) + 9);
+        view.insert(
+            key,
+            vec![RemoteEndpoint {
+                id: "d4".repeat(32),
+                mac: Mac::from_ipv4(ip),
+                ip,
+                vtep: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+            }],
+        );
+    }
+    let settings = Settings {
+        underlay_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+        ..Settings::default()
+    };
+    let facts = HostFacts {
+        datapath: "netdev".into(),
+        userspace_tso: true,
+    };
+    let d = desired::build(&settings, &facts, &[n], &eps, &view);
+    let mut out = String::new();
+    for (bridge, flows) in &d.flows {
+        out.push_str(&format!("# {bridge}\n"));
+        for f in flows {
+            out.push_str(&f.render());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn check(name: &str, got: String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.flows"));
+    if std::env::var("QL_BLESS").as_deref() == Ok("1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (QL_BLESS=1 writes it)", path.display()));
+    assert!(
+        want == got,
+        "{name}: the flow table changed; if on purpose, rerun with QL_BLESS=1 and review \
+         the diff of {}\n--- want\n{want}--- got\n{got}",
+        path.display()
+    );
+}
+
+#[test]
+fn nonat_flows() {
+    check("nonat", table(net("a1", Mode::Nonat, "10.241.0.0/24")));
+}
+
+#[test]
+fn nat_flows() {
+    check("nat", table(net("a1", Mode::Nat, "10.240.0.0/24")));
+}
+
+#[test]
+fn flat_flows() {
+    check("flat", table(net("a1", Mode::Flat, "192.168.159.0/24")));
+}
+
+#[test]
+fn vlan_flows() {
+    check("vlan", table(net("a1", Mode::Vlan, "10.242.0.0/24")));
+}
+
+#[test]
+fn vxlan_flows() {
+    check("vxlan", table(net("a1", Mode::Vxlan, "10.243.0.0/24")));
+}
+
+#[test]
+fn vxlan_nat_flows() {
+    let mut n = net("a1", Mode::Vxlan, "10.243.0.0/24");
+    n.gateway_port = Some(model::bridge_name("ql", &n.id));
+    check("vxlan-nat", table(n));
+}
