@@ -61,9 +61,29 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-fn serve(listener: UnixListener, router: axum::Router) {
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+/// How long a shutdown may take, and the part of it kept for marking this host down.
+const SHUTDOWN: Duration = Duration::from_secs(2);
+const LEAVE: Duration = Duration::from_millis(500);
+
+/// The daemon's tasks: each is owned by one of these sets and stopped at shutdown, none is
+/// detached.
+type Tasks = tokio::task::JoinSet<()>;
+
+/// Serves `router` on `listener` until `stop` turns true, then finishes the calls in flight.
+fn serve(
+    servers: &mut Tasks,
+    listener: UnixListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    servers.spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!(error = %e, "server stopped");
         }
     });
@@ -131,7 +151,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     settings.underlay_ip = host.underlay_ip;
     let host_id = host.id.clone();
     let local: Arc<dyn Store> = Arc::new(Scoped::new(embedded, &format!("local/{host_id}/")));
-    tokio::spawn(qingluan_core::membership::run(store.clone(), host));
+    let mut tasks = Tasks::new();
+    tasks.spawn(qingluan_core::membership::run(store.clone(), host));
     let ipam = Arc::new(Ipam::lazy(
         local.clone(),
         store.clone(),
@@ -139,7 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &settings.ipam,
         qingluan_core::ipam::host_routes,
     )?);
-    spawn_seed(ipam.clone());
+    spawn_seed(&mut tasks, ipam.clone());
     let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
     let ovs = Arc::new(OvsdbOvs::connect(&db));
     let rundir = config
@@ -184,7 +205,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let d = &config.daemon;
     let net_sock = d.plugin_dir.join(format!("{}.sock", settings.name));
     let ipam_sock = d.plugin_dir.join(format!("{}.sock", settings.ipam_name()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut servers = Tasks::new();
     serve(
+        &mut servers,
         bind(&d.api_socket, 0o600)?,
         api::router(Api {
             store: store.clone(),
@@ -194,20 +218,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             names: names.clone(),
             started: qingluan_core::model::now(),
         }),
+        stopping.clone(),
     );
     serve(
+        &mut servers,
         bind(&net_sock, 0o600)?,
         qingluan_plugin::router(plugin.clone(), Interface::Network),
+        stopping.clone(),
     );
     serve(
+        &mut servers,
         bind(&ipam_sock, 0o600)?,
         qingluan_plugin::router(plugin, Interface::Ipam),
+        stopping,
     );
     tracing::info!(network = %net_sock.display(), ipam = %ipam_sock.display(), api = %d.api_socket.display(), ovsdb = %db, "serving");
 
-    spawn_converge(driver.clone(), ovs.events(), activated.clone());
-    spawn_flow_audit(driver.clone());
+    spawn_converge(&mut tasks, driver.clone(), ovs.events(), activated.clone());
+    spawn_flow_audit(&mut tasks, driver.clone());
     spawn_cluster_agent(
+        &mut tasks,
         driver.clone(),
         store.clone(),
         d.docker_socket.clone(),
@@ -215,6 +245,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.cluster.reclaim_after_secs,
     );
     spawn_docker_watch(
+        &mut tasks,
         driver.clone(),
         d.docker_socket.clone(),
         settings.name.clone(),
@@ -228,11 +259,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    // Within 2 s: stop accepting calls and let those in flight finish, stop the background
+    // tasks (each of their steps is idempotent, so one cut short is redone at the next
+    // start), mark this host down.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN;
+    let _ = stop.send(true);
+    tasks.abort_all();
     for p in [&net_sock, &ipam_sock, &d.api_socket] {
         let _ = std::fs::remove_file(p);
     }
+    let calls = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline - LEAVE, calls)
+        .await
+        .is_err()
+    {
+        tracing::warn!("calls still in flight at shutdown were cut short");
+        servers.abort_all();
+    }
+    while tasks.join_next().await.is_some() {}
     let leave = qingluan_core::membership::leave(&*store, &driver.host);
-    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), leave).await {
+    if let Ok(Err(e)) = tokio::time::timeout_at(deadline, leave).await {
         tracing::warn!(error = %e, "could not mark this host down; its lease will run out");
     }
     tracing::info!("stopped; the dataplane stays as it is");
@@ -242,6 +288,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Full reconciles: at start (retried until OVS answers), periodically, on OVS reconnects
 /// and on activations.
 fn spawn_converge(
+    tasks: &mut Tasks,
     driver: Arc<Driver>,
     mut events: tokio::sync::broadcast::Receiver<OvsEvent>,
     activated: Arc<Notify>,
@@ -249,7 +296,7 @@ fn spawn_converge(
     let kick = Arc::new(Notify::new());
     {
         let kick = kick.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 match events.recv().await {
                     Ok(OvsEvent::Reconnected) => kick.notify_one(),
@@ -260,7 +307,7 @@ fn spawn_converge(
             }
         });
     }
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
             match driver.sync(true).await {
@@ -286,6 +333,7 @@ fn spawn_converge(
 /// whenever something under `cluster/` changes (a watch on the cluster store), and every 3 s
 /// regardless, so recovery after an etcd outage needs no watch to survive it.
 fn spawn_cluster_agent(
+    tasks: &mut Tasks,
     driver: Arc<Driver>,
     store: Arc<dyn Store>,
     docker: std::path::PathBuf,
@@ -295,7 +343,7 @@ fn spawn_cluster_agent(
     let kick = Arc::new(Notify::new());
     {
         let kick = kick.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 if let Ok(mut events) = store.watch("cluster/").await {
                     while events.recv().await.is_some() {
@@ -306,7 +354,7 @@ fn spawn_cluster_agent(
             }
         });
     }
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut primed = BTreeMap::new();
         loop {
             match driver.cluster_sync(grace).await {
@@ -383,8 +431,8 @@ async fn replicate(
 }
 
 /// Creates the configured pools, retrying while the store is unreachable.
-fn spawn_seed(ipam: Arc<Ipam>) {
-    tokio::spawn(async move {
+fn spawn_seed(tasks: &mut Tasks, ipam: Arc<Ipam>) {
+    tasks.spawn(async move {
         let mut delay = Duration::from_millis(200);
         while let Err(e) = ipam.seed().await {
             tracing::warn!(error = %e, "cannot create the configured pools; retrying");
@@ -395,8 +443,8 @@ fn spawn_seed(ipam: Arc<Ipam>) {
 }
 
 /// Every second: bridges that lost their flows get them back.
-fn spawn_flow_audit(driver: Arc<Driver>) {
-    tokio::spawn(async move {
+fn spawn_flow_audit(tasks: &mut Tasks, driver: Arc<Driver>) {
+    tasks.spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             match driver.repair_flows().await {
@@ -430,6 +478,7 @@ async fn collect_subnets(driver: &Driver, socket: &Path, name: &str, grace: u64)
 /// every `gc_secs` seconds; endpoints and subnets younger than that are never collected
 /// (Docker may not list them yet).
 fn spawn_docker_watch(
+    tasks: &mut Tasks,
     driver: Arc<Driver>,
     socket: std::path::PathBuf,
     name: String,
@@ -437,7 +486,7 @@ fn spawn_docker_watch(
     activated: Arc<Notify>,
     gc_secs: u64,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             match crate::docker::networks(&socket, &name).await {
                 Ok(nets) => {

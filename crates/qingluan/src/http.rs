@@ -25,17 +25,29 @@ pub async fn request(
             .with_context(|| format!("cannot connect to {}", socket.display()))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header("Host", "localhost")
             .header("Content-Type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
-        Ok((status, bytes))
+        // The connection is driven here, beside the request, and dropped with it.
+        let exchange = async {
+            let resp = sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
+            anyhow::Ok((status, bytes))
+        };
+        // When the connection ends first (closed or failed), the exchange fails or has
+        // its answer already: it decides.
+        let drive = async move {
+            let _ = conn.await;
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        tokio::select! {
+            r = exchange => r,
+            never = drive => match never {},
+        }
     })
     .await
     .with_context(|| format!("no answer from {} within {timeout:?}", socket.display()))?

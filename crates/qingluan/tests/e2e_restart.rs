@@ -187,3 +187,31 @@ fn dockerd_restart_brings_containers_back() {
         .sum();
     assert_eq!(used, 3, "gateway + 2 containers, nothing stale");
 }
+
+#[test]
+fn sigterm_stops_the_daemon_within_two_seconds() {
+    if !enabled("sigterm_stops_the_daemon_within_two_seconds") {
+        return;
+    }
+    let mut env = Env::new();
+    env.create_network("qlt-t1", &["--opt", "model=nat", "--ipam-opt", "pool=nat"]);
+    docker(&[
+        "run", "-d", "--name", "qlt-t1c", "--net", "qlt-t1", IMAGE, "sleep", "600",
+    ]);
+    let gateway = env.gateway_of("qlt-t1");
+    let (status, took) = env.terminate();
+    println!(
+        "daemon stopped {:.0} ms after SIGTERM",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}: {}",
+        env.log()
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(env.log().contains("stopped; the dataplane stays as it is"));
+    // The dataplane stayed: the container still reaches its gateway with no daemon.
+    assert!(pings("qlt-t1c", &gateway));
+    env.start();
+}

@@ -199,6 +199,23 @@ impl Env {
         assert!(crashed, "the daemon did not crash: {}", self.log());
     }
 
+    /// Sends the daemon SIGTERM and waits up to 5 s; returns its exit status (`None` when it
+    /// had to be killed) and how long it took.
+    pub fn terminate(&mut self) -> (Option<std::process::ExitStatus>, Duration) {
+        let mut c = self.daemon.take().expect("a daemon runs");
+        let t = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        while t.elapsed() < Duration::from_secs(5) && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = c.try_wait().ok().flatten();
+        let took = t.elapsed();
+        let _ = c.kill();
+        let _ = c.wait();
+        (status, took)
+    }
+
     /// Stops the daemon (SIGTERM, then SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
