@@ -508,6 +508,28 @@ impl Bed {
         assert!(o.status.success(), "ovs-vswitchd of h{h}: {}", text(&o));
     }
 
+    /// Kills host `h`'s dockerd with SIGKILL (a crash) and starts it again. Its managed
+    /// containerd is killed too (by its pidfile): a new dockerd would otherwise wait for the
+    /// orphan's socket, which no longer answers, and give up.
+    pub fn restart_dockerd(&mut self, h: usize) {
+        if let Some(mut c) = self.hosts[h - 1].dockerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let cd = self.hosts[h - 1].dir.join("x/containerd");
+        let pid = std::fs::read_to_string(cd.join("containerd.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            wait_until(10, "containerd to exit", || {
+                nix::sys::signal::kill(pid, None).is_err()
+            });
+        }
+        let _ = std::fs::remove_file(cd.join("containerd.pid"));
+        let _ = std::fs::remove_file(cd.join("containerd.sock"));
+        self.start_dockerd(h);
+    }
+
     fn start_dockerd(&mut self, h: usize) {
         let d = self.hosts[h - 1].dir.clone();
         let ds = d.display();
