@@ -296,9 +296,15 @@ impl Pass<'_> {
         }
 
         lap.mark("flows+netfilter");
-        // 6. Veths nobody wants any more.
+        // 6. Veths nobody wants any more; only after a pass with no error, since deleting a
+        //    veth cannot be undone (its peer may be a container's interface) and a failed
+        //    pass is followed by one that undoes the call.
         let wanted: BTreeSet<&str> = d.veths.iter().map(|v| v.host.as_str()).collect();
-        for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
+        let clean = errs.is_empty();
+        let stale = existing
+            .iter()
+            .filter(|n| clean && !wanted.contains(n.as_str()));
+        for name in stale {
             match a.links.delete_link(name).await {
                 Ok(()) => report.veths_deleted += 1,
                 Err(e) => errs.push(e.to_string()),

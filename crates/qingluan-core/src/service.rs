@@ -317,6 +317,12 @@ impl Driver {
     /// Writes `ops`, reconciles, and on failure writes `undo` and reconciles back.
     async fn commit(&self, ops: Vec<Op>, undo: Vec<Op>) -> Result<(), ServiceError> {
         self.store.txn(vec![], ops).await?;
+        self.apply_or_undo(undo).await
+    }
+
+    /// Reconciles after a write; on failure writes `undo` and reconciles back, so a refused
+    /// call changes nothing.
+    async fn apply_or_undo(&self, undo: Vec<Op>) -> Result<(), ServiceError> {
         if let Err(e) = self.sync(false).await {
             self.store.txn(vec![], undo).await?;
             if let Err(again) = self.sync(false).await {
@@ -550,27 +556,41 @@ impl Driver {
     /// DeleteNetwork: the network and any endpoint left on it.
     pub async fn delete_network(&self, id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
-        let known: Option<Network> = get_json(&*self.store, &format!("{NETWORKS}{id}")).await?;
-        if let Some(k) = known.and_then(|n| n.cluster) {
-            if cluster::networks(&*self.cluster)
-                .await?
-                .iter()
-                .any(|d| d.key == k)
-            {
-                cluster::detach(&*self.cluster, &k, &self.host).await?;
-            }
-        }
-        let mut ops = vec![Op::Delete(format!("{NETWORKS}{id}"))];
+        let key = format!("{NETWORKS}{id}");
+        let Some(net) = get_json::<Network>(&*self.store, &key).await? else {
+            return Ok(());
+        };
+        let (mut ops, mut undo) = (
+            vec![Op::Delete(key.clone())],
+            vec![Op::Put(key, to_json(&net))],
+        );
         for ep in self
             .endpoints()
             .await?
             .into_iter()
             .filter(|e| e.network_id == id)
         {
-            ops.push(Op::Delete(format!("{ENDPOINTS}{}", ep.id)));
+            let k = format!("{ENDPOINTS}{}", ep.id);
+            ops.push(Op::Delete(k.clone()));
+            undo.push(Op::Put(k, to_json(&ep)));
         }
-        self.store.txn(vec![], ops).await?;
-        self.sync(false).await?;
+        self.commit(ops.clone(), undo.clone()).await?;
+        if let Some(k) = &net.cluster {
+            let detached = async {
+                if cluster::networks(&*self.cluster)
+                    .await?
+                    .iter()
+                    .any(|d| &d.key == k)
+                {
+                    cluster::detach(&*self.cluster, k, &self.host).await?;
+                }
+                Ok::<_, ServiceError>(())
+            };
+            if let Err(e) = detached.await {
+                self.commit(undo, ops).await?;
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -609,9 +629,7 @@ impl Driver {
             }
         }
         let ports = options::port_mappings(&req.ports)?;
-        if !ports.is_empty() && !modes::driver(net.mode).allows_publishing(&net) {
-            return Err(ServiceError::PublishingRefused(refusal(&net)));
-        }
+        may_publish(&net, &ports)?;
         let (mac, report) = match req.mac.as_str() {
             "" => (Mac::from_ipv4(address.addr()), true),
             s => (s.parse::<Mac>().map_err(ServiceError::Invalid)?, false),
@@ -632,38 +650,40 @@ impl Driver {
             conflict: None,
         };
         let _g = self.lock.lock().await;
-        self.ipam
-            .bind(&address_pool(&net), IpAddr::V4(address.addr()), &ep.id)
-            .await?;
+        let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
+        self.ipam.bind(&pool, ip, &ep.id).await?;
         crash_point!("create-endpoint-bound");
-        if net.cluster.is_some() {
-            let ckey = cluster::endpoint_key(&self.host, &ep.id);
-            let rec = self.cluster_endpoint(&net, &ep);
-            self.cluster
-                .txn(vec![], vec![Op::Put(ckey.clone(), to_json(&rec))])
-                .await?;
-            let key = format!("{ENDPOINTS}{}", ep.id);
-            let done = self
-                .commit(
-                    vec![Op::Put(key.clone(), to_json(&ep))],
-                    vec![Op::Delete(key)],
-                )
-                .await;
-            if done.is_err() {
-                self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
-            }
-            done?;
-            crash_point!("create-endpoint-committed");
-            return Ok(report.then_some(mac));
+        if let Err(e) = self.record_endpoint(&net, &ep).await {
+            self.ipam.unbind(&pool, ip, &ep.id).await?;
+            return Err(e);
         }
-        let key = format!("{ENDPOINTS}{}", ep.id);
-        self.commit(
-            vec![Op::Put(key.clone(), to_json(&ep))],
-            vec![Op::Delete(key)],
-        )
-        .await?;
         crash_point!("create-endpoint-committed");
         Ok(report.then_some(mac))
+    }
+
+    /// Records a new endpoint (and its cluster entry) and applies it; undone on failure.
+    async fn record_endpoint(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
+        let ckey = net
+            .cluster
+            .as_ref()
+            .map(|_| cluster::endpoint_key(&self.host, &ep.id));
+        if let Some(ckey) = &ckey {
+            let rec = to_json(&self.cluster_endpoint(net, ep));
+            self.cluster
+                .txn(vec![], vec![Op::Put(ckey.clone(), rec)])
+                .await?;
+        }
+        let key = format!("{ENDPOINTS}{}", ep.id);
+        let done = self
+            .commit(
+                vec![Op::Put(key.clone(), to_json(ep))],
+                vec![Op::Delete(key)],
+            )
+            .await;
+        if let (Err(_), Some(ckey)) = (&done, ckey) {
+            self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+        }
+        done
     }
 
     /// The cluster's record of an endpoint of this host.
@@ -692,9 +712,7 @@ impl Driver {
         let _g = self.lock.lock().await;
         let mut ep = self.endpoint(endpoint_id).await?;
         on_network(&ep, &net)?;
-        if net.mode == Mode::Nat && net.internal && !options::port_mappings(ports)?.is_empty() {
-            return Err(ServiceError::PublishingRefused(refusal(&net)));
-        }
+        may_publish(&net, &options::port_mappings(ports)?)?;
         ep.joined = true;
         ep.sandbox = Some(sandbox.to_string());
         self.store
@@ -723,22 +741,24 @@ impl Driver {
         Ok(())
     }
 
-    /// DeleteEndpoint; unknown endpoints are fine.
+    /// DeleteEndpoint; unknown endpoints are fine. The endpoint's cluster entry goes first;
+    /// if the dataplane then refuses, the record is restored and the cluster agent publishes
+    /// the entry again on its next pass.
     pub async fn delete_endpoint(&self, endpoint_id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
         let ckey = cluster::endpoint_key(&self.host, endpoint_id);
         if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
             tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
         }
+        let key = format!("{ENDPOINTS}{endpoint_id}");
+        let Some(ep) = get_json::<Endpoint>(&*self.store, &key).await? else {
+            return Ok(());
+        };
         self.store
-            .txn(
-                vec![],
-                vec![Op::Delete(format!("{ENDPOINTS}{endpoint_id}"))],
-            )
+            .txn(vec![], vec![Op::Delete(key.clone())])
             .await?;
         crash_point!("delete-endpoint-recorded");
-        self.sync(false).await?;
-        Ok(())
+        self.apply_or_undo(vec![Op::Put(key, to_json(&ep))]).await
     }
 
     /// ProgramExternalConnectivity: publish the container's ports through this endpoint.
@@ -753,9 +773,7 @@ impl Driver {
         if wanted.is_empty() {
             return Ok(());
         }
-        if !modes::driver(net.mode).allows_publishing(&net) {
-            return Err(ServiceError::PublishingRefused(refusal(&net)));
-        }
+        may_publish(&net, &wanted)?;
         let _g = self.lock.lock().await;
         let ep = self.endpoint(endpoint_id).await?;
         on_network(&ep, &net)?;
@@ -820,23 +838,22 @@ impl Driver {
     /// RevokeExternalConnectivity: unpublish.
     pub async fn revoke(&self, endpoint_id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
-        let Some(mut ep) =
-            get_json::<Endpoint>(&*self.store, &format!("{ENDPOINTS}{endpoint_id}")).await?
-        else {
+        let key = format!("{ENDPOINTS}{endpoint_id}");
+        let Some(before) = get_json::<Endpoint>(&*self.store, &key).await? else {
             return Ok(());
         };
-        if ep.ports.is_empty() {
+        if before.ports.is_empty() {
             return Ok(());
         }
-        ep.ports.clear();
-        self.store
-            .txn(
-                vec![],
-                vec![Op::Put(format!("{ENDPOINTS}{}", ep.id), to_json(&ep))],
-            )
-            .await?;
-        self.sync(false).await?;
-        Ok(())
+        let after = Endpoint {
+            ports: Vec::new(),
+            ..before.clone()
+        };
+        self.commit(
+            vec![Op::Put(key.clone(), to_json(&after))],
+            vec![Op::Put(key, to_json(&before))],
+        )
+        .await
     }
 
     /// EndpointOperInfo: what we know about an endpoint.
@@ -990,6 +1007,16 @@ impl Driver {
     }
 }
 
+/// The one rule for `-p`: ports may be published only where the network's mode allows it.
+fn may_publish(net: &Network, ports: &[PortMapping]) -> Result<(), ServiceError> {
+    if ports.is_empty() || modes::driver(net.mode).allows_publishing(net) {
+        Ok(())
+    } else {
+        Err(ServiceError::PublishingRefused(refusal(net)))
+    }
+}
+
+/// Why a network's mode refuses `-p`.
 fn refusal(net: &Network) -> &'static str {
     match net.mode {
         Mode::Nonat => "nonat networks: they have no route out",

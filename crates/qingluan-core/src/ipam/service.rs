@@ -611,6 +611,13 @@ impl Ipam {
         Ok(())
     }
 
+    /// The store and key of address `ip` of pool `pool_id`.
+    fn addr_at(&self, pool_id: &str, ip: IpAddr) -> Result<(&dyn Store, String), IpamError> {
+        let (domain, cidr) = parse_pool_id(pool_id)?;
+        let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
+        Ok((self.domain_store(&domain), key))
+    }
+
     /// The address record at `key` and its stored bytes.
     async fn held(
         &self,
@@ -680,6 +687,30 @@ impl Ipam {
         }
     }
 
+    /// Undoes [`Ipam::bind`] for a CreateEndpoint that failed: the address stays allocated
+    /// (Docker releases it next) but no longer names `endpoint`.
+    pub async fn unbind(&self, pool_id: &str, ip: IpAddr, endpoint: &str) -> Result<(), IpamError> {
+        let (store, key) = self.addr_at(pool_id, ip)?;
+        let _g = self.lock.lock().await;
+        let Some((held, value)) = self.held(store, &key).await? else {
+            return Ok(());
+        };
+        if held.endpoint.as_deref() != Some(endpoint) {
+            return Ok(());
+        }
+        let rec = Addr {
+            endpoint: None,
+            ..held
+        };
+        store
+            .txn(
+                vec![Compare::Value(key.clone(), value)],
+                vec![Op::Put(key, to_json(&rec))],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Releases `ip` for `endpoint`, which is gone (garbage collection): only while the
     /// address is still that endpoint's, bound to it or allocated before it was created and
     /// never bound, so an address handed out again meanwhile stays with its new holder.
@@ -690,9 +721,7 @@ impl Ipam {
         endpoint: &str,
         created: u64,
     ) -> Result<(), IpamError> {
-        let (domain, cidr) = parse_pool_id(pool_id)?;
-        let store = self.domain_store(&domain);
-        let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
+        let (store, key) = self.addr_at(pool_id, ip)?;
         let _g = self.lock.lock().await;
         let Some((held, value)) = self.held(store, &key).await? else {
             return Ok(());

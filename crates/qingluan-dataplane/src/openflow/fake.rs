@@ -15,11 +15,32 @@ use super::{Flow, FlowError, FlowProgrammer};
 pub struct FakeFlows {
     /// The last flows replaced on each bridge.
     pub tables: Mutex<BTreeMap<String, Vec<Flow>>>,
+    /// Replacements still to refuse (see [`FakeFlows::fail_next`]).
+    failures: Mutex<usize>,
+}
+
+impl FakeFlows {
+    /// Makes the next `n` replacements fail as a bundle the switch rejected, changing
+    /// nothing.
+    pub fn fail_next(&self, n: usize) {
+        *self.failures.lock().unwrap() = n;
+    }
 }
 
 #[async_trait]
 impl FlowProgrammer for FakeFlows {
     async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<(), FlowError> {
+        {
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(FlowError::Ofctl {
+                    op: "replace-flows",
+                    bridge: bridge.into(),
+                    stderr: "refused by the test".into(),
+                });
+            }
+        }
         self.tables
             .lock()
             .unwrap()

@@ -29,6 +29,8 @@ struct State {
 pub struct FakeOvs {
     /// Bridges, ofport counter and log.
     state: Mutex<State>,
+    /// Non-empty applies still to refuse (see [`FakeOvs::fail_next`]).
+    failures: Mutex<usize>,
     /// Where events go.
     events: tokio::sync::broadcast::Sender<OvsEvent>,
     /// What `system()` returns.
@@ -39,6 +41,7 @@ impl Default for FakeOvs {
     fn default() -> Self {
         FakeOvs {
             state: Mutex::new(State::default()),
+            failures: Mutex::new(0),
             events: tokio::sync::broadcast::channel(64).0,
             system: Mutex::new(SystemInfo::default()),
         }
@@ -49,6 +52,12 @@ impl FakeOvs {
     /// Every op applied so far, in order (refused applies leave no trace).
     pub fn log(&self) -> Vec<OvsOp> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// Makes the next `n` non-empty applies fail as a transaction ovsdb-server refused,
+    /// changing nothing.
+    pub fn fail_next(&self, n: usize) {
+        *self.failures.lock().unwrap() = n;
     }
 
     /// Sends an event to subscribers, e.g. to play an OVSDB reconnect.
@@ -73,6 +82,15 @@ impl Ovs for FakeOvs {
     async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError> {
         if ops.is_empty() {
             return Ok(());
+        }
+        {
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(OvsdbError::Commit {
+                    error: "refused by the test".into(),
+                });
+            }
         }
         let mut st = self.state.lock().unwrap();
         let mut layout = Layout::default();

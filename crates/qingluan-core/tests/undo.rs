@@ -1,0 +1,354 @@
+//! Every mutating driver call is validate → persist → apply → undo: when the store, OVSDB,
+//! the flows or netfilter refuse (once), the call fails and leaves the records and the whole
+//! fake dataplane exactly as they were; the same call then succeeds.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use qingluan_core::ipam::Ipam;
+use qingluan_core::options::RawPort;
+use qingluan_core::reconcile::{Adapters, Reconciler};
+use qingluan_core::service::{CreateEndpoint, CreateNetwork, Driver, IpamData, Stores};
+use qingluan_core::settings::Settings;
+use qingluan_dataplane::netfilter::FakeFirewall;
+use qingluan_dataplane::netlink::{FakeLinks, Links};
+use qingluan_dataplane::openflow::FakeFlows;
+use qingluan_dataplane::ovsdb::{FakeOvs, Ovs};
+use qingluan_store::memory::MemoryStore;
+use qingluan_store::{Compare, KeyValue, Op, Store, StoreError, TxnResult, WatchEvent};
+
+/// A memory store whose next writes can be refused.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    failures: Mutex<usize>,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        {
+            let mut f = self.failures.lock().unwrap();
+            if *f > 0 && !ops.is_empty() {
+                *f -= 1;
+                return Err(StoreError::Io {
+                    op: "commit",
+                    reason: "refused by the test".into(),
+                });
+            }
+        }
+        self.inner.txn(compares, ops).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
+        self.inner.watch(prefix).await
+    }
+    async fn grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+}
+
+/// A driver on fakes, with a nat network and one joined endpoint publishing no port.
+struct Host {
+    driver: Driver,
+    ipam: Arc<Ipam>,
+    store: Arc<FlakyStore>,
+    ovs: Arc<FakeOvs>,
+    flows: Arc<FakeFlows>,
+    links: Arc<FakeLinks>,
+    firewall: Arc<FakeFirewall>,
+    pool: String,
+}
+
+const NET: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const EP: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const EP2: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
+
+fn no_routes() -> Vec<ipnet::IpNet> {
+    Vec::new()
+}
+
+async fn host() -> Host {
+    let settings = Settings::default();
+    let store = Arc::new(FlakyStore::default());
+    let ipam = Arc::new(
+        Ipam::with_routes(store.clone(), &settings.ipam, no_routes)
+            .await
+            .unwrap(),
+    );
+    let (ovs, flows) = (Arc::new(FakeOvs::default()), Arc::new(FakeFlows::default()));
+    let (links, firewall) = (
+        Arc::new(FakeLinks::default()),
+        Arc::new(FakeFirewall::default()),
+    );
+    let adapters = Adapters {
+        ovs: ovs.clone(),
+        flows: flows.clone(),
+        links: links.clone(),
+        firewall: firewall.clone(),
+    };
+    let driver = Driver::new(
+        settings,
+        Stores {
+            local: store.clone(),
+            cluster: store.clone(),
+            host: "local".into(),
+        },
+        ipam.clone(),
+        Reconciler::new(adapters, "qingluan", "ql"),
+    );
+    let subnet = ipam
+        .request_pool(
+            "",
+            "",
+            &BTreeMap::from([("pool".into(), "nat".into())]),
+            false,
+        )
+        .await
+        .unwrap();
+    let gw = ipam.request_address(&subnet.id, "", true).await.unwrap();
+    let h = Host {
+        driver,
+        ipam,
+        store,
+        ovs,
+        flows,
+        links,
+        firewall,
+        pool: subnet.id.clone(),
+    };
+    h.driver
+        .create_network(network(NET, &subnet.cidr.to_string(), &gw.to_string()))
+        .await
+        .unwrap();
+    let addr = h.ipam.request_address(&h.pool, "", false).await.unwrap();
+    h.driver.create_endpoint(endpoint(EP, &addr)).await.unwrap();
+    h.driver
+        .join(NET, EP, "/var/run/docker/netns/x", &[])
+        .await
+        .unwrap();
+    h
+}
+
+fn network(id: &str, pool: &str, gateway: &str) -> CreateNetwork {
+    CreateNetwork {
+        id: id.into(),
+        generic: BTreeMap::from([("model".into(), "nat".into())]),
+        v4: vec![IpamData {
+            pool: pool.into(),
+            gateway: gateway.into(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn endpoint(id: &str, addr: &ipnet::IpNet) -> CreateEndpoint {
+    CreateEndpoint {
+        network_id: NET.into(),
+        endpoint_id: id.into(),
+        address: addr.to_string(),
+        ..Default::default()
+    }
+}
+
+fn web() -> Vec<RawPort> {
+    vec![RawPort {
+        proto: 6,
+        host_ip: String::new(),
+        host_port: 1080,
+        host_port_end: 1080,
+        port: 80,
+    }]
+}
+
+/// The records and the whole fake dataplane, as text. The fakes keep flows of a bridge
+/// and the link of an internal port after the bridge is gone (or was never created), where
+/// OVS would drop them with it: only those of bridges that exist count. OpenFlow port
+/// numbers are OVS's to choose and left out: an undo restores the configuration, and a
+/// port deleted and added again gets a new number.
+async fn state(h: &Host) -> String {
+    let records: Vec<(String, String)> = h
+        .store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+        .collect();
+    let bridges = h.ovs.snapshot().await.unwrap();
+    let exists = |name: &str| bridges.iter().any(|b| b.spec.name == name);
+    let links: Vec<String> = h
+        .links
+        .links_with_prefix("ql")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| !n.starts_with("qlb") || exists(n))
+        .collect();
+    let flows: BTreeMap<String, Vec<String>> = h
+        .flows
+        .tables
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(b, _)| exists(b))
+        .map(|(b, f)| (b.clone(), f.iter().map(|f| f.render()).collect()))
+        .collect();
+    let ovs: Vec<_> = bridges
+        .iter()
+        .map(|b| (&b.spec, b.ports.iter().map(|p| &p.spec).collect::<Vec<_>>()))
+        .collect();
+    format!(
+        "{records:#?}\n{ovs:#?}\n{flows:#?}\n{links:?}\n{:#?}",
+        h.firewall.current()
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Store,
+    Ovs,
+    Flows,
+    Netfilter,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    CreateNetwork,
+    DeleteNetwork,
+    CreateEndpoint,
+    DeleteEndpoint,
+    Program,
+    Revoke,
+}
+
+/// What `call` needs beyond the fixture, asked of IPAM as Docker would before the call.
+enum Prepared {
+    Nothing,
+    Network(CreateNetwork),
+    Endpoint(CreateEndpoint),
+}
+
+async fn prepare(h: &Host, call: Call) -> Prepared {
+    let nat = BTreeMap::from([("pool".to_string(), "nat".to_string())]);
+    match call {
+        Call::CreateNetwork => {
+            let s = h.ipam.request_pool("", "", &nat, false).await.unwrap();
+            let gw = h.ipam.request_address(&s.id, "", true).await.unwrap();
+            let id = "d4".repeat(32);
+            Prepared::Network(network(&id, &s.cidr.to_string(), &gw.to_string()))
+        }
+        Call::CreateEndpoint => {
+            let addr = h.ipam.request_address(&h.pool, "", false).await.unwrap();
+            Prepared::Endpoint(endpoint(EP2, &addr))
+        }
+        Call::Revoke => {
+            h.driver.program(NET, EP, &web()).await.unwrap();
+            Prepared::Nothing
+        }
+        _ => Prepared::Nothing,
+    }
+}
+
+/// Runs `call` on `h` with what [`prepare`] gave.
+async fn run(h: &Host, call: Call, p: &Prepared) -> Result<(), String> {
+    let d = &h.driver;
+    let r = match (call, p) {
+        (Call::CreateNetwork, Prepared::Network(req)) => d.create_network(req.clone()).await,
+        (Call::DeleteNetwork, _) => d.delete_network(NET).await,
+        (Call::CreateEndpoint, Prepared::Endpoint(req)) => {
+            d.create_endpoint(req.clone()).await.map(|_| ())
+        }
+        (Call::DeleteEndpoint, _) => d.delete_endpoint(EP).await,
+        (Call::Program, _) => d.program(NET, EP, &web()).await,
+        (Call::Revoke, _) => d.revoke(EP).await,
+        _ => unreachable!("prepare gives each call what it needs"),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Makes `fault` refuse once what `call` asks of it. DeleteEndpoint first deletes the
+/// endpoint's cluster entry, whose failure it tolerates (the cluster agent retries): the
+/// store refuses its second write there, the record's deletion.
+fn inject(h: &Host, call: Call, fault: Fault) {
+    let store_writes = if matches!(call, Call::DeleteEndpoint) {
+        2
+    } else {
+        1
+    };
+    match fault {
+        Fault::Store => *h.store.failures.lock().unwrap() = store_writes,
+        Fault::Ovs => h.ovs.fail_next(1),
+        Fault::Flows => h.flows.fail_next(1),
+        Fault::Netfilter => h.firewall.fail_next(1),
+    }
+}
+
+#[tokio::test]
+async fn every_refused_call_changes_nothing_and_then_succeeds() {
+    // Each call with the faults that must make it fail: the parts of the dataplane it
+    // changes. Other faults may leave it untouched, and then it simply succeeds.
+    let must_fail: [(Call, &[Fault]); 6] = [
+        (
+            Call::CreateNetwork,
+            &[Fault::Store, Fault::Ovs, Fault::Flows, Fault::Netfilter],
+        ),
+        (
+            Call::DeleteNetwork,
+            &[Fault::Store, Fault::Ovs, Fault::Netfilter],
+        ),
+        (
+            Call::CreateEndpoint,
+            &[Fault::Store, Fault::Ovs, Fault::Flows, Fault::Netfilter],
+        ),
+        (
+            Call::DeleteEndpoint,
+            &[Fault::Store, Fault::Ovs, Fault::Flows, Fault::Netfilter],
+        ),
+        (Call::Program, &[Fault::Store, Fault::Netfilter]),
+        (Call::Revoke, &[Fault::Store, Fault::Netfilter]),
+    ];
+    for (call, faults) in must_fail {
+        for fault in [Fault::Store, Fault::Ovs, Fault::Flows, Fault::Netfilter] {
+            let h = host().await;
+            let p = prepare(&h, call).await;
+            let before = state(&h).await;
+            inject(&h, call, fault);
+            match run(&h, call, &p).await {
+                Err(e) => {
+                    assert!(e.contains("refused by the test"), "{call:?}/{fault:?}: {e}");
+                    let after = state(&h).await;
+                    assert!(
+                        before == after,
+                        "{call:?} refused by {fault:?} changed something:\n--- before\n{before}\n--- after\n{after}"
+                    );
+                    run(&h, call, &p)
+                        .await
+                        .unwrap_or_else(|e| panic!("{call:?} after {fault:?}: {e}"));
+                }
+                Ok(()) => assert!(
+                    !faults
+                        .iter()
+                        .any(|f| std::mem::discriminant(f) == std::mem::discriminant(&fault)),
+                    "{call:?} succeeded although {fault:?} refused"
+                ),
+            }
+        }
+    }
+}
