@@ -1,0 +1,324 @@
+//! The OpenFlow pipeline of every qingluan bridge: its stages, typed matches, actions and
+//! cookies, rendered to flows in one place, and the features that produce the flows, one
+//! file each.
+//!
+//! Stages, in order (a stage's table number is derived from its position, never written):
+//!
+//! | stage          | table | what it does                                                 |
+//! |----------------|-------|--------------------------------------------------------------|
+//! | `CLASSIFY`     | 0     | admits frames by source port, MAC and address (the spoof guard) and tags overlay frames with their VNI |
+//! | `ARP_RESPOND`  | 5     | answers ARP requests of local overlay containers on the spot  |
+//! | `L2_FORWARD`   | 10    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
+//!
+//! Features (each a file): [`spoof_guard`] (the admission triple of an endpoint),
+//! [`segment`] (a nat/nonat network bridge), [`physical`] (containers and the base flow of an
+//! uplink bridge), [`overlay`] (the vxlan bridge: tunnel, ARP responder, forwarding, the
+//! `nat=true` gateway).
+//!
+//! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
+//! depends on flows being present, and a restarted ovs-vswitchd is detected by the missing
+//! sentinel flow and re-programmed.
+//!
+//! Cookies are a typed [`Cookie`]: bits 56–63 the [`Feature`], bits 0–31 the owner (first 8
+//! hex digits of the network or endpoint ID). `docs/pipeline.md` shows example flows.
+
+pub mod overlay;
+pub mod physical;
+pub mod segment;
+pub mod spoof_guard;
+
+use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr};
+
+use qingluan_dataplane::openflow::Flow;
+
+use crate::model::Mac;
+
+pub use overlay::{overlay_base, overlay_flows, overlay_sentinel, OverlayGateway, RemoteEndpoint};
+pub use physical::{physical_flows, uplink_base, uplink_sentinel};
+pub use segment::{flows, sentinel};
+
+/// A pipeline stage; its table number follows from its place in [`STAGES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Admission by source port, MAC and address.
+    Classify,
+    /// Local answers to ARP requests (overlay bridge).
+    ArpRespond,
+    /// Switching.
+    L2Forward,
+}
+
+/// Every stage, in pipeline order.
+pub const STAGES: [Stage; 3] = [Stage::Classify, Stage::ArpRespond, Stage::L2Forward];
+
+/// Table numbers between consecutive stages, room for stages to come.
+const TABLE_STEP: u8 = 5;
+
+impl Stage {
+    /// The OpenFlow table of this stage.
+    pub fn table(self) -> u8 {
+        let pos = STAGES
+            .iter()
+            .position(|s| *s == self)
+            .expect("every stage is listed");
+        pos as u8 * TABLE_STEP
+    }
+
+    /// The name used in docs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Classify => "CLASSIFY",
+            Stage::ArpRespond => "ARP_RESPOND",
+            Stage::L2Forward => "L2_FORWARD",
+        }
+    }
+}
+
+/// The feature a flow belongs to, the top byte of its cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// A network's base flows.
+    Base = 0x01,
+    /// An endpoint's flows.
+    Endpoint = 0x02,
+    /// Flows towards another host's endpoint.
+    Remote = 0x03,
+    /// The overlay bridge's own flows.
+    Overlay = 0x04,
+    /// An uplink bridge's own flows.
+    Uplink = 0x05,
+}
+
+/// A flow's cookie: its feature and its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie {
+    /// The feature.
+    pub feature: Feature,
+    /// The first 8 hex digits of the owning network or endpoint ID; 0 for a bridge's own.
+    pub owner: u32,
+}
+
+impl Cookie {
+    /// The cookie of `feature` for the network or endpoint with ID `id`.
+    pub fn of(feature: Feature, id: &str) -> Cookie {
+        let owner = u32::from_str_radix(crate::model::head(id, 8), 16).unwrap_or(0);
+        Cookie { feature, owner }
+    }
+
+    /// The cookie of a bridge's own flows of `feature`.
+    pub fn bridge(feature: Feature) -> Cookie {
+        Cookie { feature, owner: 0 }
+    }
+
+    /// The 64-bit value OpenFlow carries.
+    pub fn value(self) -> u64 {
+        ((self.feature as u64) << 56) | u64::from(self.owner)
+    }
+}
+
+/// A port in a match or an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// A port by name.
+    Named(String),
+    /// The bridge's own (internal) port.
+    Local,
+}
+
+/// One match field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// The ingress port.
+    InPort(Port),
+    /// Register 0 (1 = from a local container on the overlay bridge).
+    Reg0(u32),
+    /// The tunnel ID (VNI).
+    TunId(u32),
+    /// Ethernet source.
+    EthSrc(Mac),
+    /// Ethernet destination.
+    EthDst(Mac),
+    /// Any multicast or broadcast Ethernet destination.
+    EthMulticast,
+    /// IPv4.
+    Ip,
+    /// IPv4 source.
+    IpSrc(Ipv4Addr),
+    /// IPv6.
+    Ipv6,
+    /// ARP.
+    Arp,
+    /// ARP opcode.
+    ArpOp(u16),
+    /// ARP sender address.
+    ArpSpa(Ipv4Addr),
+    /// ARP sender MAC.
+    ArpSha(Mac),
+    /// ARP target address.
+    ArpTpa(Ipv4Addr),
+}
+
+/// A match: its fields, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Match(pub Vec<Field>);
+
+impl Match {
+    /// Matches everything.
+    pub fn any() -> Match {
+        Match::default()
+    }
+
+    /// This match and `f`.
+    pub fn and(mut self, f: Field) -> Match {
+        self.0.push(f);
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::new();
+        for (i, f) in self.0.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = match f {
+                Field::InPort(Port::Named(p)) => write!(s, "in_port={p}"),
+                Field::InPort(Port::Local) => write!(s, "in_port=LOCAL"),
+                Field::Reg0(v) => write!(s, "reg0={v}"),
+                Field::TunId(v) => write!(s, "tun_id={v}"),
+                Field::EthSrc(m) => write!(s, "dl_src={m}"),
+                Field::EthDst(m) => write!(s, "dl_dst={m}"),
+                Field::EthMulticast => write!(s, "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"),
+                Field::Ip => write!(s, "ip"),
+                Field::IpSrc(a) => write!(s, "nw_src={a}"),
+                Field::Ipv6 => write!(s, "ipv6"),
+                Field::Arp => write!(s, "arp"),
+                Field::ArpOp(o) => write!(s, "arp_op={o}"),
+                Field::ArpSpa(a) => write!(s, "arp_spa={a}"),
+                Field::ArpSha(m) => write!(s, "arp_sha={m}"),
+                Field::ArpTpa(a) => write!(s, "arp_tpa={a}"),
+            };
+        }
+        s
+    }
+}
+
+/// One action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Continue at a later stage.
+    Goto(Stage),
+    /// Out of a port.
+    Output(String),
+    /// Back out of the port it came in on.
+    InPort,
+    /// The bridge's MAC-learning switch.
+    Normal,
+    /// Nothing (the only action of a flow that drops).
+    Drop,
+    /// Set the tunnel ID (VNI).
+    SetTunId(u32),
+    /// Set the tunnel's remote end.
+    SetTunDst(IpAddr),
+    /// Set register 0.
+    LoadReg0(u32),
+    /// Turn an ARP request into the reply that `mac` has `ip` (the ARP responder).
+    ArpReply {
+        /// The MAC answered.
+        mac: Mac,
+        /// The address asked for.
+        ip: Ipv4Addr,
+    },
+}
+
+fn render_actions(actions: &[Action]) -> String {
+    let mut s = String::new();
+    for (i, a) in actions.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = match a {
+            Action::Goto(stage) => write!(s, "goto_table:{}", stage.table()),
+            Action::Output(p) => write!(s, "output:{p}"),
+            Action::InPort => write!(s, "IN_PORT"),
+            Action::Normal => write!(s, "NORMAL"),
+            Action::Drop => write!(s, "drop"),
+            Action::SetTunId(v) => write!(s, "set_field:{v}->tun_id"),
+            Action::SetTunDst(ip) => write!(s, "set_field:{ip}->tun_dst"),
+            Action::LoadReg0(v) => write!(s, "load:{v}->NXM_NX_REG0[0]"),
+            Action::ArpReply { mac, ip } => write!(
+                s,
+                "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:{mac}->eth_src,\
+                 set_field:2->arp_op,move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],\
+                 move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],set_field:{mac}->arp_sha,\
+                 set_field:{ip}->arp_spa,IN_PORT"
+            ),
+        };
+    }
+    s
+}
+
+/// A flow of `stage`, rendered for the OpenFlow adapter.
+pub fn flow(stage: Stage, priority: u16, cookie: Cookie, m: Match, actions: &[Action]) -> Flow {
+    Flow {
+        table: stage.table(),
+        priority,
+        cookie: cookie.value(),
+        matches: m.render(),
+        actions: render_actions(actions),
+    }
+}
+
+/// Sorts flows by table, priority (highest first) and match: a stable order, so an
+/// unchanged table compares equal.
+pub fn sort(flows: &mut [Flow]) {
+    flows.sort_by(|a, b| {
+        (a.table, std::cmp::Reverse(a.priority), &a.matches).cmp(&(
+            b.table,
+            std::cmp::Reverse(b.priority),
+            &b.matches,
+        ))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_follow_the_stage_order() {
+        let tables: Vec<u8> = STAGES.iter().map(|s| s.table()).collect();
+        assert_eq!(tables, [0, 5, 10]);
+        assert_eq!(
+            STAGES.map(Stage::name),
+            ["CLASSIFY", "ARP_RESPOND", "L2_FORWARD"]
+        );
+    }
+
+    #[test]
+    fn cookie_layout() {
+        assert_eq!(
+            Cookie::of(Feature::Endpoint, "deadbeef0123").value(),
+            0x0200_0000_dead_beef
+        );
+        assert_eq!(
+            Cookie::bridge(Feature::Uplink).value(),
+            0x0500_0000_0000_0000
+        );
+    }
+
+    #[test]
+    fn renders_matches_and_actions() {
+        let f = flow(
+            Stage::Classify,
+            100,
+            Cookie::bridge(Feature::Overlay),
+            Match::any().and(Field::InPort(Port::Local)).and(Field::Ip),
+            &[Action::SetTunId(7), Action::Goto(Stage::L2Forward)],
+        );
+        assert_eq!(
+            f.render(),
+            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:10"
+        );
+    }
+}

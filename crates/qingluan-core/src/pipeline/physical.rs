@@ -1,0 +1,45 @@
+//! An uplink bridge (flat and vlan networks, and the underlay on the userspace datapath):
+//! whatever no other flow claims is switched (`NORMAL`), which respects each port's VLAN —
+//! the interface and the host's internal port are trunks, flat containers' ports access
+//! VLAN 0 (untagged), vlan containers' ports their VLAN ID. A container's port passes only
+//! what the spoof guard admits; anything else from it is dropped.
+
+use qingluan_dataplane::openflow::Flow;
+
+use super::{flow, spoof_guard, Action, Cookie, Feature, Match, Stage};
+use crate::model::Endpoint;
+
+/// The cookie of an uplink bridge's sentinel flow.
+pub fn uplink_sentinel() -> u64 {
+    Cookie::bridge(Feature::Uplink).value()
+}
+
+/// An uplink bridge's own flow.
+pub fn uplink_base() -> Flow {
+    flow(
+        Stage::Classify,
+        0,
+        Cookie::bridge(Feature::Uplink),
+        Match::any(),
+        &[Action::Normal],
+    )
+}
+
+/// The flows of containers on an uplink bridge.
+pub fn physical_flows(endpoints: &[&Endpoint]) -> Vec<Flow> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        let c = Cookie::of(Feature::Endpoint, &ep.id);
+        for m in spoof_guard::admitted(ep) {
+            out.push(flow(Stage::Classify, 100, c, m, &[Action::Normal]));
+        }
+        out.push(flow(
+            Stage::Classify,
+            90,
+            c,
+            spoof_guard::port(ep),
+            &[Action::Drop],
+        ));
+    }
+    out
+}

@@ -1,0 +1,37 @@
+//! A nat or nonat network's own bridge: the gateway (LOCAL) port and each endpoint, as the
+//! spoof guard admits it, go on to a `NORMAL` switch; anything else is dropped.
+
+use qingluan_dataplane::openflow::Flow;
+
+use super::{flow, sort, spoof_guard, Action, Cookie, Feature, Field, Match, Port, Stage};
+use crate::model::{Endpoint, Network};
+
+/// The cookie of the flow whose absence means the bridge lost its flows.
+pub fn sentinel(net: &Network) -> u64 {
+    Cookie::of(Feature::Base, &net.id).value()
+}
+
+/// The flows of a network bridge with its endpoints' ports.
+pub fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
+    let base = Cookie::of(Feature::Base, &net.id);
+    let forward = [Action::Goto(Stage::L2Forward)];
+    let mut out = vec![
+        flow(Stage::Classify, 0, base, Match::any(), &[Action::Drop]),
+        flow(
+            Stage::Classify,
+            200,
+            base,
+            Match::any().and(Field::InPort(Port::Local)),
+            &forward,
+        ),
+        flow(Stage::L2Forward, 0, base, Match::any(), &[Action::Normal]),
+    ];
+    for ep in endpoints {
+        let c = Cookie::of(Feature::Endpoint, &ep.id);
+        for m in spoof_guard::admitted(ep) {
+            out.push(flow(Stage::Classify, 100, c, m, &forward));
+        }
+    }
+    sort(&mut out);
+    out
+}

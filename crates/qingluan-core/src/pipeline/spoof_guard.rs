@@ -1,0 +1,38 @@
+//! The spoof guard: what a container's port may send. Frames pass only with the endpoint's
+//! own MAC and, for IPv4 and ARP, its own address; IPv6 only with its MAC. These matches
+//! are the one definition every bridge kind admits endpoints with.
+
+use super::{Field, Match, Port};
+use crate::model::Endpoint;
+
+/// The endpoint's own IPv4 traffic from its port.
+pub fn ipv4(ep: &Endpoint) -> Match {
+    from(ep).and(Field::Ip).and(Field::IpSrc(ep.address.addr()))
+}
+
+/// The endpoint's own ARP from its port.
+pub fn arp(ep: &Endpoint) -> Match {
+    from(ep)
+        .and(Field::Arp)
+        .and(Field::ArpSpa(ep.address.addr()))
+        .and(Field::ArpSha(ep.mac))
+}
+
+/// The endpoint's IPv6 traffic (by MAC) from its port.
+pub fn ipv6(ep: &Endpoint) -> Match {
+    from(ep).and(Field::Ipv6)
+}
+
+/// Everything the endpoint may send: [`ipv4`], [`arp`] and [`ipv6`].
+pub fn admitted(ep: &Endpoint) -> [Match; 3] {
+    [ipv4(ep), arp(ep), ipv6(ep)]
+}
+
+/// Anything from the endpoint's port.
+pub fn port(ep: &Endpoint) -> Match {
+    Match::any().and(Field::InPort(Port::Named(ep.host_veth())))
+}
+
+fn from(ep: &Endpoint) -> Match {
+    port(ep).and(Field::EthSrc(ep.mac))
+}
