@@ -793,6 +793,46 @@ impl Bed {
     }
 }
 
+/// Kills the containerd shims of the bed's dockerds (their `-address` is under `dir`) and
+/// their containers: a dockerd killed by a test leaves them running.
+fn kill_shims(dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mark = dir.display().to_string();
+    let mut shims = Vec::new();
+    let mut parents = Vec::new();
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("containerd-shim") && cmd.contains(&mark) {
+            shims.push(pid);
+        }
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|pp| pp.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let children = parents
+        .iter()
+        .filter(|(_, pp)| shims.contains(pp))
+        .map(|(p, _)| *p);
+    for pid in children.chain(shims.iter().copied()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 fn remove_cgroups(name: &str) {
     let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
@@ -828,6 +868,7 @@ impl Drop for Bed {
         for h in 1..=self.hosts.len() {
             self.stop_host(h);
         }
+        kill_shims(&self.dir);
         self.stop_etcd();
         stop_ovs(&self.dir.join("rt/ovs"));
         let mut names: Vec<String> = (1..=self.size).map(|h| self.ns(h)).collect();
