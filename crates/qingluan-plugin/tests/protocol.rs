@@ -671,24 +671,19 @@ async fn an_address_is_never_handed_out_while_its_endpoint_exists() {
 async fn subnets_no_network_uses_are_collected() {
     let h = harness().await;
     create_nat(&h, json!({}), false).await;
-    let (s, orphan) = post(
-        &h,
-        Interface::Ipam,
-        "/IpamDriver.RequestPool",
-        r#"{"Pool":"","Options":{"pool":"nat"},"V6":false}"#,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let orphan: ipnet::IpNet = orphan["Pool"].as_str().unwrap().parse().unwrap();
-    let (s, foreign) = post(
-        &h,
-        Interface::Ipam,
-        "/IpamDriver.RequestPool",
-        r#"{"Pool":"","Options":{"pool":"nat"},"V6":false}"#,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let foreign: ipnet::IpNet = foreign["Pool"].as_str().unwrap().parse().unwrap();
+    let request_pool = || async {
+        let (s, r) = post(
+            &h,
+            Interface::Ipam,
+            "/IpamDriver.RequestPool",
+            r#"{"Pool":"","Options":{"pool":"nat"},"V6":false}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        r["Pool"].as_str().unwrap().parse::<ipnet::IpNet>().unwrap()
+    };
+    let orphan = request_pool().await;
+    let foreign = request_pool().await;
     let d = &h.plugin.driver;
     let docker = std::collections::BTreeSet::from([foreign]);
     assert!(

@@ -222,14 +222,7 @@ impl Ipam {
             {
                 continue;
             }
-            let gone = self
-                .store
-                .txn(
-                    vec![Compare::Value(kv.key.clone(), kv.value)],
-                    vec![Op::Delete(kv.key)],
-                )
-                .await?;
-            if gone.succeeded {
+            if delete_if_unchanged(&*self.store, &kv.key, kv.value).await? {
                 out.push(a.ip);
             }
         }
@@ -602,12 +595,7 @@ impl Ipam {
                 return Ok(());
             }
         }
-        store
-            .txn(
-                vec![Compare::Value(key.clone(), value)],
-                vec![Op::Delete(key)],
-            )
-            .await?;
+        delete_if_unchanged(store, &key, value).await?;
         Ok(())
     }
 
@@ -731,12 +719,7 @@ impl Ipam {
             None => held.since <= created && held.kind != AddrKind::Gateway,
         };
         if mine {
-            store
-                .txn(
-                    vec![Compare::Value(key.clone(), value)],
-                    vec![Op::Delete(key)],
-                )
-                .await?;
+            delete_if_unchanged(store, &key, value).await?;
         }
         Ok(())
     }
@@ -783,15 +766,24 @@ impl Ipam {
 
     /// Deletes a cluster address if it still is exactly `value` (compare-and-swap).
     pub async fn forget_if_unchanged(&self, key: &str, value: Vec<u8>) -> Result<bool, IpamError> {
-        Ok(self
-            .cluster
-            .txn(
-                vec![Compare::Value(key.to_string(), value)],
-                vec![Op::Delete(key.to_string())],
-            )
-            .await?
-            .succeeded)
+        delete_if_unchanged(&*self.cluster, key, value).await
     }
+}
+
+/// Deletes `key` from `store` if it still holds exactly `value` (compare-and-swap); returns
+/// whether it did.
+async fn delete_if_unchanged(
+    store: &dyn Store,
+    key: &str,
+    value: Vec<u8>,
+) -> Result<bool, IpamError> {
+    Ok(store
+        .txn(
+            vec![Compare::Value(key.to_string(), value)],
+            vec![Op::Delete(key.to_string())],
+        )
+        .await?
+        .succeeded)
 }
 
 /// Outcome of [`Ipam::claim`].
