@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::ovs::PrivateOvs;
-use qingluan_dataplane::openflow::{Flow, FlowProgrammer, OfctlFlows};
+use qingluan_dataplane::openflow::{
+    Action, Field, Flow, FlowProgrammer, Meter, NativeFlows, Port, FINGERPRINT_BITS,
+};
 use qingluan_dataplane::ovsdb::{
     BridgeSpec, MonitorUpdate, Ovs, OvsEvent, OvsOp, OvsdbClient, OvsdbError, OvsdbOvs, PortSpec,
     UpdateFormat,
@@ -35,6 +37,7 @@ fn bridge(name: &str) -> BridgeSpec {
         protocols: vec![
             "OpenFlow10".into(),
             "OpenFlow13".into(),
+            "OpenFlow14".into(),
             "OpenFlow15".into(),
         ],
     }
@@ -386,34 +389,39 @@ async fn survives_an_ovsdb_restart_and_fails_fast_while_down() {
     event(&mut events, OvsEvent::Changed).await;
 }
 
-/// Durations by flow (the line without its statistics).
-fn durations(dump: &str) -> BTreeMap<String, f64> {
-    dump.lines()
-        .filter(|l| l.contains("duration="))
+/// The bridge's flows as ovs-ofctl prints them without statistics, the adapter's
+/// fingerprint bits cleared from each cookie.
+fn table(ovs: &PrivateOvs, bridge: &str) -> BTreeSet<String> {
+    ovs.ofctl("dump-flows", bridge, &["--no-stats", "--names"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cookie="))
         .map(|l| {
-            let fields: Vec<&str> = l.trim().split(", ").collect();
-            let duration = fields
-                .iter()
-                .find_map(|f| f.strip_prefix("duration="))
-                .and_then(|d| d.trim_end_matches('s').parse().ok())
-                .unwrap();
-            let key = fields
-                .iter()
-                .filter(|f| {
-                    !["duration=", "n_packets=", "n_bytes=", "idle_age="]
-                        .iter()
-                        .any(|p| f.starts_with(p))
-                })
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ");
-            (key, duration)
+            let (cookie, rest) = l.split_once(',').unwrap();
+            let c = u64::from_str_radix(cookie.trim_start_matches("cookie=0x"), 16).unwrap();
+            format!("cookie={:#x},{rest}", c & !FINGERPRINT_BITS)
         })
         .collect()
 }
 
-fn set(lines: Vec<String>) -> BTreeSet<String> {
-    lines.into_iter().collect()
+/// Age of each flow by (table, priority, cookie).
+async fn ages(of: &NativeFlows, bridge: &str) -> BTreeMap<(u8, u16, u64), Duration> {
+    of.flow_stats(bridge, 0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| ((f.table, f.priority, f.cookie), f.age))
+        .collect()
+}
+
+fn flow(table: u8, priority: u16, cookie: u64, matches: Vec<Field>, actions: Vec<Action>) -> Flow {
+    Flow {
+        table,
+        priority,
+        cookie,
+        matches,
+        actions,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,39 +430,44 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
         return;
     };
     let a = adapter(&ovs).await;
+    let mut old = bridge("qltbr2");
+    old.protocols = vec!["OpenFlow10".into()];
     a.apply(&[
         OvsOp::AddBridge(bridge("qltbr1")),
         OvsOp::AddPort(port("qltbr1", "qltf1", "internal")),
+        OvsOp::AddBridge(old),
     ])
     .await
     .unwrap();
-    let of = OfctlFlows {
-        rundir: Some(ovs.rundir()),
-    };
-    let f = |table, priority, cookie, matches: &str, actions: &str| Flow {
-        table,
-        priority,
-        cookie,
-        matches: matches.into(),
-        actions: actions.into(),
-    };
+    let of = NativeFlows::new(Some(ovs.rundir()));
     const BASE: u64 = 0x0100_0000_0000_0001;
     const EP: u64 = 0x0200_0000_0000_0007;
+    let qltf1 = || Port::Named("qltf1".into());
     let flows = vec![
-        f(0, 0, BASE, "", "drop"),
-        f(0, 200, BASE, "in_port=LOCAL", "goto_table:10"),
-        f(
+        flow(0, 0, BASE, vec![], vec![]),
+        flow(
+            0,
+            200,
+            BASE,
+            vec![Field::InPort(Port::Local)],
+            vec![Action::Goto(10)],
+        ),
+        flow(
             0,
             100,
             EP,
-            "in_port=qltf1,dl_type=0x0800,nw_src=10.1.0.2",
-            "goto_table:10",
+            vec![
+                Field::InPort(qltf1()),
+                Field::Ip,
+                Field::IpSrc("10.1.0.2".parse().unwrap()),
+            ],
+            vec![Action::Goto(10)],
         ),
-        f(10, 0, BASE, "", "NORMAL"),
+        flow(10, 0, BASE, vec![], vec![Action::Normal]),
     ];
     of.replace_flows("qltbr1", &flows).await.unwrap();
     assert_eq!(
-        set(of.dump_flows("qltbr1").await.unwrap()),
+        table(&ovs, "qltbr1"),
         set(vec![
             "cookie=0x100000000000001, priority=0 actions=drop".into(),
             "cookie=0x100000000000001, priority=200,in_port=LOCAL actions=goto_table:10".into(),
@@ -470,84 +483,162 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
         1
     );
     assert_eq!(of.flow_count("qltbr1", 0, 0).await.unwrap(), 4);
+    let stats = of.flow_stats("qltbr1", EP, u64::MAX).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (stats[0].table, stats[0].priority, stats[0].cookie),
+        (0, 100, EP)
+    );
 
-    // The same set again changes nothing: no flow is re-added (durations keep growing).
-    let before = durations(&ovs.ofctl("dump-flows", "qltbr1", &[]));
+    // The same set again changes nothing: no flow is re-added (ages keep growing).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     of.replace_flows("qltbr1", &flows).await.unwrap();
-    let after = durations(&ovs.ofctl("dump-flows", "qltbr1", &[]));
-    assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after.keys().collect::<Vec<_>>()
-    );
-    for (flow, d) in &after {
-        assert!(*d >= 1.0, "identical replace re-added {flow} ({d} s)");
+    let after = ages(&of, "qltbr1").await;
+    assert_eq!(after.len(), 4);
+    for (flow, age) in &after {
+        assert!(
+            *age >= Duration::from_secs(1),
+            "identical replace re-added {flow:?}"
+        );
     }
 
     // A changed set: only the differing flows are touched; a cookie-only change is applied.
     const BASE2: u64 = 0x0100_0000_0000_0002;
     let changed = vec![
-        f(0, 0, BASE, "", "drop"),
-        f(0, 200, BASE2, "in_port=LOCAL", "goto_table:10"),
-        f(0, 150, EP, "in_port=qltf1,arp", "goto_table:10"),
-        f(10, 0, BASE, "", "drop"),
+        flow(0, 0, BASE, vec![], vec![]),
+        flow(
+            0,
+            200,
+            BASE2,
+            vec![Field::InPort(Port::Local)],
+            vec![Action::Goto(10)],
+        ),
+        flow(
+            0,
+            150,
+            EP,
+            vec![Field::InPort(qltf1()), Field::Arp],
+            vec![Action::Goto(10)],
+        ),
+        flow(10, 0, BASE, vec![], vec![]),
     ];
     of.replace_flows("qltbr1", &changed).await.unwrap();
-    let now = ovs.ofctl("dump-flows", "qltbr1", &[]);
-    let d = durations(&now);
-    assert_eq!(d.len(), 4, "{now}");
-    let age = |needle: &str| {
-        d.iter()
-            .find(|(k, _)| k.contains(needle))
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no flow with {needle} in {now}"))
-    };
-    assert!(
-        age("priority=0 actions=drop") >= 1.0,
-        "unchanged flow kept: {now}"
-    );
-    assert!(
-        age("cookie=0x100000000000002") < 1.0,
-        "cookie change applied: {now}"
-    );
-    assert!(age("table=10, priority=0 actions=drop") < 1.0, "{now}");
-    assert!(age("priority=150") < 1.0, "{now}");
-    assert_eq!(of.flow_count("qltbr1", BASE2, u64::MAX).await.unwrap(), 1);
-    assert_eq!(of.flow_count("qltbr1", 0, 0).await.unwrap(), 4);
-
-    // Failures change nothing and carry ovs-ofctl's words.
-    let table = of.dump_flows("qltbr1").await.unwrap();
-    let e = of
-        .replace_flows("qltbr1", &[f(0, 1, 0, "nonsense_field=1", "drop")])
-        .await
-        .unwrap_err();
+    let now = ages(&of, "qltbr1").await;
     assert_eq!(
-        e.to_string(),
-        "ovs-ofctl replace-flows on qltbr1 failed: ovs-ofctl: -:1: unknown keyword nonsense_field"
+        now.keys().map(|k| (k.0, k.1, k.2)).collect::<Vec<_>>(),
+        [(0, 0, BASE), (0, 150, EP), (0, 200, BASE2), (10, 0, BASE)]
     );
+    assert!(
+        now[&(0, 0, BASE)] >= Duration::from_secs(1),
+        "unchanged flow kept"
+    );
+    for k in [(0, 150, EP), (0, 200, BASE2), (10, 0, BASE)] {
+        assert!(now[&k] < Duration::from_secs(1), "{k:?} replaced");
+    }
+    assert!(table(&ovs, "qltbr1")
+        .contains("cookie=0x100000000000001, table=10, priority=0 actions=drop"));
+
+    // Failures change nothing and say what the switch said, and about which flow.
+    let before = table(&ovs, "qltbr1");
     let e = of
         .replace_flows(
             "qltbr1",
-            &[f(0, 5, 0, "", "drop"), f(0, 6, 0, "", "meter:7")],
+            &[
+                flow(0, 5, 0, vec![], vec![]),
+                flow(0, 6, 0, vec![], vec![Action::Meter(7)]),
+            ],
         )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("OFPMMFC_INVALID_METER"), "{e}");
+    assert!(e.to_string().contains("meter:7"), "{e}");
+    assert_eq!(table(&ovs, "qltbr1"), before, "bundle rolled back");
+    let e = of
+        .replace_flows(
+            "qltbr1",
+            &[flow(
+                0,
+                5,
+                0,
+                vec![Field::InPort(Port::Named("qltgone".into()))],
+                vec![],
+            )],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(
-        of.dump_flows("qltbr1").await.unwrap(),
-        table,
-        "bundle rolled back"
+        e.to_string(),
+        "OpenFlow replace-flows on qltbr1: no port qltgone on the bridge"
     );
+    assert_eq!(table(&ovs, "qltbr1"), before);
     let e = of.replace_flows("qltnobr", &flows).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         format!(
-            "ovs-ofctl replace-flows on qltnobr failed: ovs-ofctl: connecting to unix:{}/qltnobr.mgmt (No such file or directory)",
+            "cannot connect to {}/qltnobr.mgmt (OpenFlow of bridge qltnobr): No such file or directory (os error 2)",
             ovs.rundir().display()
         )
     );
+    let e = of.replace_flows("qltbr2", &[]).await.unwrap_err();
+    assert!(e.to_string().contains("does not allow OpenFlow 1.4"), "{e}");
+
+    // Meters: added, changed in place, used by a flow, deleted.
+    let meter = |rate_kbps| Meter {
+        id: 7,
+        rate_kbps,
+        burst_kbits: 1000,
+    };
+    of.set_meter("qltbr1", meter(10_000)).await.unwrap();
+    of.set_meter("qltbr1", meter(20_000)).await.unwrap();
+    let meters = ovs.ofctl("dump-meters", "qltbr1", &[]);
+    assert!(
+        meters.contains("meter=7 kbps burst stats bands=\ntype=drop rate=20000 burst_size=1000"),
+        "{meters}"
+    );
+    let metered = vec![flow(
+        0,
+        6,
+        0,
+        vec![],
+        vec![Action::Meter(7), Action::Normal],
+    )];
+    of.replace_flows("qltbr1", &metered).await.unwrap();
+    assert_eq!(
+        table(&ovs, "qltbr1"),
+        set(vec!["cookie=0x0, priority=6 actions=meter:7,NORMAL".into()])
+    );
+    of.delete_meter("qltbr1", 7).await.unwrap();
+    of.delete_meter("qltbr1", 7).await.unwrap();
+    assert!(!ovs.ofctl("dump-meters", "qltbr1", &[]).contains("meter=7"));
+
+    // ovs-vswitchd restarts: the open connection breaks, the next call reconnects.
+    of.replace_flows("qltbr1", &flows).await.unwrap();
+    ovs.stop("ovs-vswitchd");
+    ovs.start_vswitchd();
+    wait_for_port(&ovs, "qltbr1").await;
+    assert_eq!(
+        of.flow_count("qltbr1", 0, 0).await.unwrap(),
+        0,
+        "flows are lost"
+    );
+    of.replace_flows("qltbr1", &flows).await.unwrap();
+    assert_eq!(of.flow_count("qltbr1", 0, 0).await.unwrap(), 4);
 
     of.replace_flows("qltbr1", &[]).await.unwrap();
     assert_eq!(of.flow_count("qltbr1", 0, 0).await.unwrap(), 0);
-    assert!(of.dump_flows("qltbr1").await.unwrap().is_empty());
+    assert!(of.flow_stats("qltbr1", 0, 0).await.unwrap().is_empty());
+}
+
+/// Waits until the restarted ovs-vswitchd has the bridge's management socket up.
+async fn wait_for_port(ovs: &PrivateOvs, bridge: &str) {
+    let sock = ovs.rundir().join(format!("{bridge}.mgmt"));
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < end, "{bridge}.mgmt never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn set(lines: Vec<String>) -> BTreeSet<String> {
+    lines.into_iter().collect()
 }

@@ -34,7 +34,7 @@ use qingluan_core::reconcile::{Adapters, Reconciler};
 use qingluan_core::service::{Driver, Stores};
 use qingluan_dataplane::netfilter::NftFirewall;
 use qingluan_dataplane::netlink::NetlinkLinks;
-use qingluan_dataplane::openflow::OfctlFlows;
+use qingluan_dataplane::openflow::NativeFlows;
 use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsEvent, OvsdbOvs};
 use qingluan_plugin::{CallStats, Interface, Plugin};
 use qingluan_store::redb::RedbStore;
@@ -170,7 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .or_else(|| std::env::var_os("OVS_RUNDIR").map(Into::into));
     let adapters = Adapters {
         ovs: ovs.clone(),
-        flows: Arc::new(OfctlFlows { rundir }),
+        flows: Arc::new(NativeFlows::new(rundir)),
         links: Arc::new(NetlinkLinks::new().context("cannot open netlink")?),
         firewall: Arc::new(NftFirewall::new()),
     };

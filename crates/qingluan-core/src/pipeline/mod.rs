@@ -27,10 +27,10 @@ pub mod physical;
 pub mod segment;
 pub mod spoof_guard;
 
-use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 
-use qingluan_dataplane::openflow::Flow;
+use qingluan_dataplane::openflow::{self, Flow};
+pub use qingluan_dataplane::openflow::{Field, Port};
 
 use crate::model::Mac;
 
@@ -117,48 +117,6 @@ impl Cookie {
     }
 }
 
-/// A port in a match or an action.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Port {
-    /// A port by name.
-    Named(String),
-    /// The bridge's own (internal) port.
-    Local,
-}
-
-/// One match field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Field {
-    /// The ingress port.
-    InPort(Port),
-    /// Register 0 (1 = from a local container on the overlay bridge).
-    Reg0(u32),
-    /// The tunnel ID (VNI).
-    TunId(u32),
-    /// Ethernet source.
-    EthSrc(Mac),
-    /// Ethernet destination.
-    EthDst(Mac),
-    /// Any multicast or broadcast Ethernet destination.
-    EthMulticast,
-    /// IPv4.
-    Ip,
-    /// IPv4 source.
-    IpSrc(Ipv4Addr),
-    /// IPv6.
-    Ipv6,
-    /// ARP.
-    Arp,
-    /// ARP opcode.
-    ArpOp(u16),
-    /// ARP sender address.
-    ArpSpa(Ipv4Addr),
-    /// ARP sender MAC.
-    ArpSha(Mac),
-    /// ARP target address.
-    ArpTpa(Ipv4Addr),
-}
-
 /// A match: its fields, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Match(pub Vec<Field>);
@@ -173,33 +131,6 @@ impl Match {
     pub fn and(mut self, f: Field) -> Match {
         self.0.push(f);
         self
-    }
-
-    fn render(&self) -> String {
-        let mut s = String::new();
-        for (i, f) in self.0.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            let _ = match f {
-                Field::InPort(Port::Named(p)) => write!(s, "in_port={p}"),
-                Field::InPort(Port::Local) => write!(s, "in_port=LOCAL"),
-                Field::Reg0(v) => write!(s, "reg0={v}"),
-                Field::TunId(v) => write!(s, "tun_id={v}"),
-                Field::EthSrc(m) => write!(s, "dl_src={m}"),
-                Field::EthDst(m) => write!(s, "dl_dst={m}"),
-                Field::EthMulticast => write!(s, "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"),
-                Field::Ip => write!(s, "ip"),
-                Field::IpSrc(a) => write!(s, "nw_src={a}"),
-                Field::Ipv6 => write!(s, "ipv6"),
-                Field::Arp => write!(s, "arp"),
-                Field::ArpOp(o) => write!(s, "arp_op={o}"),
-                Field::ArpSpa(a) => write!(s, "arp_spa={a}"),
-                Field::ArpSha(m) => write!(s, "arp_sha={m}"),
-                Field::ArpTpa(a) => write!(s, "arp_tpa={a}"),
-            };
-        }
-        s
     }
 }
 
@@ -231,54 +162,52 @@ pub enum Action {
     },
 }
 
-fn render_actions(actions: &[Action]) -> String {
-    let mut s = String::new();
-    for (i, a) in actions.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
+impl Action {
+    /// The adapter's actions for this one.
+    fn lower(&self, out: &mut Vec<openflow::Action>) {
+        use openflow::{Action as A, Header as H};
+        match self {
+            Action::Goto(stage) => out.push(A::Goto(stage.table())),
+            Action::Output(p) => out.push(A::Output(Port::Named(p.clone()))),
+            Action::InPort => out.push(A::InPort),
+            Action::Normal => out.push(A::Normal),
+            Action::Drop => {}
+            Action::SetTunId(v) => out.push(A::SetTunId(*v)),
+            Action::SetTunDst(ip) => out.push(A::SetTunDst(*ip)),
+            Action::LoadReg0(v) => out.push(A::LoadReg0(*v)),
+            Action::ArpReply { mac, ip } => out.extend([
+                A::Move(H::EthSrc, H::EthDst),
+                A::SetEthSrc(mac.0),
+                A::SetArpOp(2),
+                A::Move(H::ArpSha, H::ArpTha),
+                A::Move(H::ArpSpa, H::ArpTpa),
+                A::SetArpSha(mac.0),
+                A::SetArpSpa(*ip),
+                A::InPort,
+            ]),
         }
-        let _ = match a {
-            Action::Goto(stage) => write!(s, "goto_table:{}", stage.table()),
-            Action::Output(p) => write!(s, "output:{p}"),
-            Action::InPort => write!(s, "IN_PORT"),
-            Action::Normal => write!(s, "NORMAL"),
-            Action::Drop => write!(s, "drop"),
-            Action::SetTunId(v) => write!(s, "set_field:{v}->tun_id"),
-            Action::SetTunDst(ip) => write!(s, "set_field:{ip}->tun_dst"),
-            Action::LoadReg0(v) => write!(s, "load:{v}->NXM_NX_REG0[0]"),
-            Action::ArpReply { mac, ip } => write!(
-                s,
-                "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:{mac}->eth_src,\
-                 set_field:2->arp_op,move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],\
-                 move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],set_field:{mac}->arp_sha,\
-                 set_field:{ip}->arp_spa,IN_PORT"
-            ),
-        };
     }
-    s
 }
 
-/// A flow of `stage`, rendered for the OpenFlow adapter.
+/// A flow of `stage`, for the OpenFlow adapter.
 pub fn flow(stage: Stage, priority: u16, cookie: Cookie, m: Match, actions: &[Action]) -> Flow {
+    let mut lowered = Vec::new();
+    for a in actions {
+        a.lower(&mut lowered);
+    }
     Flow {
         table: stage.table(),
         priority,
         cookie: cookie.value(),
-        matches: m.render(),
-        actions: render_actions(actions),
+        matches: m.0,
+        actions: lowered,
     }
 }
 
 /// Sorts flows by table, priority (highest first) and match: a stable order, so an
 /// unchanged table compares equal.
 pub fn sort(flows: &mut [Flow]) {
-    flows.sort_by(|a, b| {
-        (a.table, std::cmp::Reverse(a.priority), &a.matches).cmp(&(
-            b.table,
-            std::cmp::Reverse(b.priority),
-            &b.matches,
-        ))
-    });
+    flows.sort_by_cached_key(|f| (f.table, std::cmp::Reverse(f.priority), f.render_match()));
 }
 
 #[cfg(test)]

@@ -121,7 +121,9 @@ pub fn overlay_flows(
             Stage::L2Forward,
             100,
             c,
-            Match::any().and(Field::TunId(vni)).and(Field::EthDst(mac)),
+            Match::any()
+                .and(Field::TunId(vni))
+                .and(Field::EthDst(mac.0)),
             &[Action::Output(ep.host_veth())],
         ));
     }
@@ -141,7 +143,7 @@ pub fn overlay_flows(
             Stage::L2Forward,
             100,
             c,
-            in_vni(vni, true).and(Field::EthDst(r.mac)),
+            in_vni(vni, true).and(Field::EthDst(r.mac.0)),
             &to_vtep(r.vtep),
         ));
     }
@@ -160,7 +162,7 @@ pub fn overlay_flows(
             base,
             Match::any()
                 .and(Field::InPort(Port::Named(g.port.clone())))
-                .and(Field::EthSrc(g.mac)),
+                .and(Field::EthSrc(g.mac.0)),
             &[Action::SetTunId(vni), Action::Goto(Stage::ArpRespond)],
         ));
         out.push(flow(
@@ -177,7 +179,7 @@ pub fn overlay_flows(
             Stage::L2Forward,
             100,
             base,
-            in_vni(vni, true).and(Field::EthDst(g.mac)),
+            in_vni(vni, true).and(Field::EthDst(g.mac.0)),
             &[Action::Output(g.port.clone())],
         ));
         everywhere.push(Action::Output(g.port.clone()));

@@ -15,7 +15,7 @@ pub fn arp(ep: &Endpoint) -> Match {
     from(ep)
         .and(Field::Arp)
         .and(Field::ArpSpa(ep.address.addr()))
-        .and(Field::ArpSha(ep.mac))
+        .and(Field::ArpSha(ep.mac.0))
 }
 
 /// The endpoint's IPv6 traffic (by MAC) from its port.
@@ -34,5 +34,5 @@ pub fn port(ep: &Endpoint) -> Match {
 }
 
 fn from(ep: &Endpoint) -> Match {
-    port(ep).and(Field::EthSrc(ep.mac))
+    port(ep).and(Field::EthSrc(ep.mac.0))
 }

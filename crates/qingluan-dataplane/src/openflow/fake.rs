@@ -1,20 +1,24 @@
-//! Recording fake of the OpenFlow adapter: keeps the last flow table of each bridge.
+//! Recording fake of the OpenFlow adapter: keeps the last flow table and the meters of each
+//! bridge.
 //!
-//! `dump_flows` renders the stored flows; `flow_count` applies the cookie mask like the
-//! switch does.
+//! `flow_stats` and `flow_count` apply the cookie mask like the switch does (counters are
+//! zero).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Flow, FlowError, FlowProgrammer};
+use super::{Flow, FlowError, FlowProgrammer, FlowStats, Meter};
 
-/// The last flow table of each bridge.
+/// The last flow table and the meters of each bridge.
 #[derive(Default)]
 pub struct FakeFlows {
     /// The last flows replaced on each bridge.
     pub tables: Mutex<BTreeMap<String, Vec<Flow>>>,
+    /// The meters of each bridge, by ID.
+    pub meters: Mutex<BTreeMap<String, BTreeMap<u32, Meter>>>,
     /// Replacements still to refuse (see [`FakeFlows::fail_next`]).
     failures: Mutex<usize>,
 }
@@ -25,6 +29,20 @@ impl FakeFlows {
     pub fn fail_next(&self, n: usize) {
         *self.failures.lock().unwrap() = n;
     }
+
+    fn matching(&self, bridge: &str, cookie: u64, mask: u64) -> Vec<Flow> {
+        self.tables
+            .lock()
+            .unwrap()
+            .get(bridge)
+            .map(|f| {
+                f.iter()
+                    .filter(|x| x.cookie & mask == cookie & mask)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 #[async_trait]
@@ -34,10 +52,10 @@ impl FlowProgrammer for FakeFlows {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
-                return Err(FlowError::Ofctl {
+                return Err(FlowError::Refused {
                     op: "replace-flows",
                     bridge: bridge.into(),
-                    stderr: "refused by the test".into(),
+                    error: "refused by the test".into(),
                 });
             }
         }
@@ -48,27 +66,44 @@ impl FlowProgrammer for FakeFlows {
         Ok(())
     }
 
-    async fn dump_flows(&self, bridge: &str) -> Result<Vec<String>, FlowError> {
+    async fn flow_stats(
+        &self,
+        bridge: &str,
+        cookie: u64,
+        mask: u64,
+    ) -> Result<Vec<FlowStats>, FlowError> {
         Ok(self
-            .tables
-            .lock()
-            .unwrap()
-            .get(bridge)
-            .map(|f| f.iter().map(Flow::render).collect())
-            .unwrap_or_default())
+            .matching(bridge, cookie, mask)
+            .into_iter()
+            .map(|f| FlowStats {
+                table: f.table,
+                priority: f.priority,
+                cookie: f.cookie,
+                packets: 0,
+                bytes: 0,
+                age: Duration::ZERO,
+            })
+            .collect())
     }
 
     async fn flow_count(&self, bridge: &str, cookie: u64, mask: u64) -> Result<u64, FlowError> {
-        Ok(self
-            .tables
+        Ok(self.matching(bridge, cookie, mask).len() as u64)
+    }
+
+    async fn set_meter(&self, bridge: &str, meter: Meter) -> Result<(), FlowError> {
+        self.meters
             .lock()
             .unwrap()
-            .get(bridge)
-            .map(|f| {
-                f.iter()
-                    .filter(|x| x.cookie & mask == cookie & mask)
-                    .count() as u64
-            })
-            .unwrap_or(0))
+            .entry(bridge.into())
+            .or_default()
+            .insert(meter.id, meter);
+        Ok(())
+    }
+
+    async fn delete_meter(&self, bridge: &str, id: u32) -> Result<(), FlowError> {
+        if let Some(m) = self.meters.lock().unwrap().get_mut(bridge) {
+            m.remove(&id);
+        }
+        Ok(())
     }
 }

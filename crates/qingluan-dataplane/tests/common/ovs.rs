@@ -169,7 +169,7 @@ impl PrivateOvs {
     }
 
     /// Starts ovs-vswitchd in the namespace and waits until it has reported its datapaths.
-    fn start_vswitchd(&self) {
+    pub fn start_vswitchd(&self) {
         let d = self.dir.path().display();
         self.spawn(
             "ovs-vswitchd",
