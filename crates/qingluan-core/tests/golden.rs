@@ -1,14 +1,17 @@
-//! Golden flow tables: the complete flow table of every bridge for each mode (nonat, nat,
-//! flat, vlan, vxlan, vxlan with nat=true), rendered as ovs-ofctl text and compared with the
-//! files in `tests/golden/`. A change to the pipeline shows as a diff of those files;
-//! `QL_BLESS=1 cargo test --test golden` rewrites them after a deliberate change.
+//! Golden dataplanes: the complete flow table of every bridge and the netfilter ruleset for
+//! each mode (nonat, nat, flat, vlan, vxlan, vxlan with nat=true, and an internal dual-stack
+//! nat network), rendered as ovs-ofctl text and as the `nft -f` script, and compared with the
+//! files in `tests/golden/`. A change to the pipeline or the netfilter policy shows as a diff
+//! of those files; `QL_BLESS=1 cargo test --test golden` rewrites them after a deliberate
+//! change.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use qingluan_core::desired::{self, ClusterView, HostFacts};
-use qingluan_core::model::{self, Endpoint, Mac, Mode, Network};
+use qingluan_core::model::{self, Endpoint, Mac, Mode, Network, PortMapping, Proto};
 use qingluan_core::pipeline::RemoteEndpoint;
 use qingluan_core::settings::Settings;
+use qingluan_dataplane::netfilter::render_script;
 
 fn net(id: &str, mode: Mode, subnet: &str) -> Network {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
@@ -72,10 +75,26 @@ fn ep(id: &str, net: &Network, host: u8) -> Endpoint {
     }
 }
 
-/// Every bridge's flows of one network with two local endpoints (and, for vxlan, one
-/// endpoint on another host), as ovs-ofctl text.
+/// Every bridge's flows of one network with two local endpoints (the first publishing two
+/// ports) and, for vxlan, one endpoint on another host, as ovs-ofctl text; then the
+/// netfilter script.
 fn table(n: Network) -> String {
-    let eps = [ep("b2", &n, 2), ep("c3", &n, 3)];
+    let mut first = ep("b2", &n, 2);
+    first.ports = vec![
+        PortMapping {
+            proto: Proto::Tcp,
+            host_ip: None,
+            host_port: 8080,
+            port: 80,
+        },
+        PortMapping {
+            proto: Proto::Udp,
+            host_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            host_port: 5353,
+            port: 53,
+        },
+    ];
+    let eps = [first, ep("c3", &n, 3)];
     let mut view = ClusterView::new();
     if let Some(key) = n.cluster.clone().filter(|_| n.mode == Mode::Vxlan) {
         let ip = Ipv4Addr::from(u32::from(n.subnet.network()) + 9);
@@ -106,6 +125,8 @@ fn table(n: Network) -> String {
             out.push('\n');
         }
     }
+    out.push_str("# netfilter\n");
+    out.push_str(&render_script(&d.firewall).0);
     out
 }
 
@@ -158,4 +179,12 @@ fn vxlan_nat_flows() {
     let mut n = net("a1", Mode::Vxlan, "10.243.0.0/24");
     n.gateway_port = Some(model::bridge_name("ql", &n.id));
     check("vxlan-nat", table(n));
+}
+
+#[test]
+fn nat_internal_dual_stack_flows() {
+    let mut n = net("a1", Mode::Nat, "10.244.0.0/24");
+    n.internal = true;
+    n.ipv6 = Some(("fd00:1::/64".parse().unwrap(), "fd00:1::1".parse().unwrap()));
+    check("nat-internal-v6", table(n));
 }

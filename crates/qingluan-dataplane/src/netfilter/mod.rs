@@ -17,7 +17,7 @@ mod fake;
 mod nft;
 
 pub use fake::FakeFirewall;
-pub use nft::NftFirewall;
+pub use nft::{render_script, NftFirewall};
 
 use std::net::Ipv4Addr;
 
