@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::policy::Policy;
 use ipnet::IpNet;
-use qingluan_dataplane::netfilter::Ruleset;
 use qingluan_dataplane::openflow::Flow;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
@@ -92,7 +92,7 @@ pub struct Desired {
     /// Sysctls, path under `/proc/sys` with dots (`net.ipv4.ip_forward`) to value.
     pub sysctls: BTreeMap<String, String>,
     /// Netfilter.
-    pub firewall: Ruleset,
+    pub firewall: Policy,
     /// The uplink bridges: the one the host's underlay moves onto (vxlan on the userspace
     /// datapath) and those of flat and vlan networks; one per bridge.
     pub uplinks: Vec<crate::uplink::UplinkWant>,
@@ -111,9 +111,9 @@ pub fn build(
     view: &ClusterView,
 ) -> Desired {
     let mut d = Desired {
-        firewall: Ruleset {
+        firewall: Policy {
             name: settings.name.clone(),
-            bridge_wildcard: format!("{}b+", settings.prefix),
+            bridge_prefix: format!("{}b", settings.prefix),
             ..Default::default()
         },
         ..Default::default()

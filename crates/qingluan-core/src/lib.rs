@@ -23,6 +23,7 @@ pub mod model;
 pub mod modes;
 pub mod options;
 pub mod pipeline;
+pub mod policy;
 pub mod reconcile;
 pub mod service;
 pub mod settings;

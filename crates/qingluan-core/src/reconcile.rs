@@ -285,7 +285,7 @@ impl Pass<'_> {
             fw.guards.extend(nic_guards);
             fw.guards.sort();
             fw.guards.dedup();
-            a.firewall.apply(&fw, full).await
+            a.firewall.apply(&fw.ruleset(), full).await
         };
         let ((replaced, flow_errs), fw) = tokio::join!(flows, firewall);
         report.flows_replaced = replaced;

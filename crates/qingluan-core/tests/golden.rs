@@ -126,7 +126,7 @@ fn table(n: Network) -> String {
         }
     }
     out.push_str("# netfilter\n");
-    out.push_str(&render_script(&d.firewall).0);
+    out.push_str(&render_script(&d.firewall.ruleset()).0);
     out
 }
 

@@ -12,7 +12,7 @@ mod vxlan;
 
 pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
 
-use qingluan_dataplane::netfilter::{Dnat, Segment};
+use crate::policy::{Dnat, Segment};
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
 use crate::desired::{Ctx, Desired, GatewayPort, Veth};
@@ -112,7 +112,7 @@ pub(crate) fn publish(iface: &str, eps: &[&Endpoint], out: &mut Desired) {
                 _ => None,
             };
             seg.dnat.push(Dnat {
-                proto: p.proto.as_str().into(),
+                proto: p.proto.as_str(),
                 host_ip,
                 host_port: p.host_port,
                 to: ep.address.addr(),

@@ -1,8 +1,9 @@
 //! Netfilter adapter: NAT, port publishing, isolation and the veth guards, in nftables.
 //!
-//! Concept: the whole ruleset of one qingluan instance is plain data ([`Ruleset`]) rendered
-//! into two nftables tables the instance owns — `inet <name>` (NAT, forward and input, for IPv4 and IPv6
-//! isolation) and `netdev <name>_guard` (one ingress chain with policy drop per OVS-side veth,
+//! Concept: the whole ruleset of one qingluan instance is typed data ([`Ruleset`]: sets and
+//! [`Rule`]s per chain, decided by qingluan-core's `policy`; this adapter does not know what
+//! a network is) rendered into two nftables tables the instance owns — `inet <name>` (NAT,
+//! forward and input, for IPv4 and IPv6) and `netdev <name>_guard` (one ingress chain with policy drop per OVS-side veth,
 //! closing the userspace datapath's "veth bypass"). Applying replaces both tables in ONE
 //! `nft -f` transaction, so there is never a moment without rules, and is skipped entirely
 //! when the rendered text's hash (kept as the table comment) is already installed: a restart
@@ -19,10 +20,10 @@ mod nft;
 pub use fake::FakeFirewall;
 pub use nft::{render_script, NftFirewall};
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Netfilter errors.
 #[derive(Debug, thiserror::Error)]
@@ -39,48 +40,93 @@ pub enum FirewallError {
     },
 }
 
-/// A port published on the host, forwarded to a container.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Dnat {
-    /// `tcp`, `udp` or `sctp`.
-    pub proto: String,
-    /// Host address the port is published on; `None` = every local address.
-    pub host_ip: Option<Ipv4Addr>,
-    /// Host port.
-    pub host_port: u16,
-    /// Container address.
-    pub to: Ipv4Addr,
-    /// Container port.
-    pub to_port: u16,
-}
-
-/// One host-routed segment: an OVS bridge whose internal port holds the gateway.
+/// An interface-name condition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Segment {
-    /// Bridge (and gateway interface) name.
-    pub bridge: String,
-    /// The segment's IPv4 subnet.
-    pub subnet: Ipv4Net,
-    /// The gateway address on the host.
-    pub gateway: Ipv4Addr,
-    /// The IPv6 gateway address on the host, on dual-stack networks.
-    pub gateway_v6: Option<std::net::Ipv6Addr>,
-    /// Whether traffic may leave (masquerade) and come in (published ports): nat networks
-    /// that are not `--internal`. Otherwise the segment reaches its gateway only.
-    pub external: bool,
-    /// Published ports.
-    pub dnat: Vec<Dnat>,
+pub enum Iface {
+    /// Exactly this interface.
+    Is(String),
+    /// Any interface but this one.
+    IsNot(String),
+    /// Interfaces matching this nft wildcard (`qlb*`).
+    Matches(String),
 }
 
-/// Everything one instance wants in netfilter.
+/// One condition of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Cond {
+    /// Input interface.
+    Iif(Iface),
+    /// Output interface.
+    Oif(Iface),
+    /// IPv4 (in the `inet` family).
+    Ipv4,
+    /// IPv4 source within a prefix.
+    IpSaddr(Ipv4Net),
+    /// IPv4 destination.
+    IpDaddr(Ipv4Addr),
+    /// Any IPv4 destination but this one.
+    IpDaddrNot(Ipv4Addr),
+    /// IPv4 destination among the ruleset's gateways.
+    IpDaddrGateway,
+    /// IPv6 destination outside all of these prefixes (an address is a /128).
+    Ip6DaddrNot(Vec<Ipv6Net>),
+    /// IPv6 destination among the ruleset's IPv6 gateways.
+    Ip6DaddrGateway,
+    /// Destination is an address of this host.
+    LocalDaddr,
+    /// Transport protocol (`tcp`, `udp`, `sctp`) and destination port.
+    Dport(&'static str, u16),
+    /// Part of or related to an established connection.
+    Established,
+    /// A connection whose destination was translated.
+    Dnatted,
+}
+
+/// What a rule does with a packet that meets all its conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Let it through.
+    Accept,
+    /// Drop it.
+    Drop,
+    /// Rewrite its source to the outgoing interface's address.
+    Masquerade,
+    /// Send it to this address and port instead.
+    Dnat(Ipv4Addr, u16),
+}
+
+/// A rule: all conditions, then the verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Conditions, all of which must hold.
+    pub when: Vec<Cond>,
+    /// The verdict.
+    pub then: Verdict,
+}
+
+/// Everything one instance wants in netfilter, as typed rules per chain. What the rules are
+/// is decided by the caller (qingluan-core's policy); this adapter only renders and
+/// installs them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ruleset {
     /// Instance name: names the tables and tags the DOCKER-USER rules.
     pub name: String,
     /// Wildcard matching every bridge of the instance in iptables syntax (`qlb+`).
     pub bridge_wildcard: String,
-    /// Host-routed segments.
-    pub segments: Vec<Segment>,
+    /// Whether dockerd's DOCKER-USER chain must accept the bridges' traffic.
+    pub docker_user_accept: bool,
+    /// Gateway addresses (the `gateways` set).
+    pub gateways: Vec<Ipv4Addr>,
+    /// IPv6 gateway addresses (the `gateways6` set).
+    pub gateways6: Vec<Ipv6Addr>,
+    /// Destination NAT, in both the prerouting and the local output chain.
+    pub dnat: Vec<Rule>,
+    /// Source NAT.
+    pub postrouting: Vec<Rule>,
+    /// Forwarded traffic (before dockerd's own chains).
+    pub forward: Vec<Rule>,
+    /// Traffic to the host (before anything else).
+    pub input: Vec<Rule>,
     /// OVS-side veths to guard against the host kernel.
     pub guards: Vec<String>,
 }
@@ -88,7 +134,13 @@ pub struct Ruleset {
 impl Ruleset {
     /// Whether the ruleset has nothing to install.
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty() && self.guards.is_empty()
+        self.gateways.is_empty()
+            && self.gateways6.is_empty()
+            && self.dnat.is_empty()
+            && self.postrouting.is_empty()
+            && self.forward.is_empty()
+            && self.input.is_empty()
+            && self.guards.is_empty()
     }
 }
 

@@ -9,15 +9,17 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{Firewall, FirewallError, Ruleset};
+use ipnet::Ipv6Net;
+
+use super::{Cond, Firewall, FirewallError, Iface, Rule, Ruleset, Verdict};
 
 /// Applies rulesets with the `nft` and `iptables` commands.
 #[derive(Default)]
 pub struct NftFirewall {
     /// Hash of the last ruleset this process installed, to skip unchanged applies.
     last: Mutex<Option<String>>,
-    /// Whether the last ruleset had segments (DOCKER-USER accepts wanted).
-    segments: std::sync::atomic::AtomicBool,
+    /// Whether the last ruleset wanted DOCKER-USER to accept our bridges.
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl NftFirewall {
@@ -37,120 +39,117 @@ fn fnv(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// The body (everything between the braces but the comment) of the `ip` table.
+fn render_iface(s: &mut String, dir: &str, i: &Iface) {
+    let _ = match i {
+        Iface::Is(n) | Iface::Matches(n) => write!(s, "{dir}name \"{n}\""),
+        Iface::IsNot(n) => write!(s, "{dir}name != \"{n}\""),
+    };
+}
+
+/// An IPv6 prefix as nft writes it: a /128 as the bare address.
+fn v6(n: &Ipv6Net) -> String {
+    if n.prefix_len() == 128 {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+/// One rule in nft syntax.
+fn render_rule(r: &Rule) -> String {
+    let mut s = String::new();
+    for c in &r.when {
+        let _ = match c {
+            Cond::Iif(i) => {
+                render_iface(&mut s, "iif", i);
+                Ok(())
+            }
+            Cond::Oif(i) => {
+                render_iface(&mut s, "oif", i);
+                Ok(())
+            }
+            Cond::Ipv4 => write!(s, "meta nfproto ipv4"),
+            Cond::IpSaddr(n) => write!(s, "ip saddr {n}"),
+            Cond::IpDaddr(a) => write!(s, "ip daddr {a}"),
+            Cond::IpDaddrNot(a) => write!(s, "ip daddr != {a}"),
+            Cond::IpDaddrGateway => write!(s, "ip daddr @gateways"),
+            Cond::Ip6DaddrNot(nets) if nets.len() == 1 => {
+                write!(s, "ip6 daddr != {}", v6(&nets[0]))
+            }
+            Cond::Ip6DaddrNot(nets) => write!(
+                s,
+                "ip6 daddr != {{ {} }}",
+                nets.iter().map(v6).collect::<Vec<_>>().join(", ")
+            ),
+            Cond::Ip6DaddrGateway => write!(s, "ip6 daddr @gateways6"),
+            Cond::LocalDaddr => write!(s, "fib daddr type local"),
+            Cond::Dport(proto, port) => write!(s, "{proto} dport {port}"),
+            Cond::Established => write!(s, "ct state established,related"),
+            Cond::Dnatted => write!(s, "ct status dnat"),
+        };
+        s.push(' ');
+    }
+    let _ = match r.then {
+        Verdict::Accept => write!(s, "accept"),
+        Verdict::Drop => write!(s, "drop"),
+        Verdict::Masquerade => write!(s, "masquerade"),
+        Verdict::Dnat(to, port) => write!(s, "dnat ip to {to}:{port}"),
+    };
+    s
+}
+
+fn render_set<T: std::fmt::Display>(s: &mut String, name: &str, ty: &str, elements: &[T]) {
+    let _ = writeln!(s, "\tset {name} {{\n\t\ttype {ty}");
+    if !elements.is_empty() {
+        let e: Vec<String> = elements.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", e.join(", "));
+    }
+    s.push_str("\t}\n");
+}
+
+fn render_chain(s: &mut String, name: &str, hook: &str, rules: &[Rule]) {
+    let _ = writeln!(s, "\tchain {name} {{\n\t\ttype {hook}; policy accept;");
+    for r in rules {
+        let _ = writeln!(s, "\t\t{}", render_rule(r));
+    }
+    s.push_str("\t}\n");
+}
+
+/// The body (everything between the braces but the comment) of the `inet` table.
 pub fn render_ip(rules: &Ruleset) -> String {
     let mut s = String::new();
-    let gws: Vec<String> = rules
-        .segments
-        .iter()
-        .map(|g| g.gateway.to_string())
-        .collect();
-    s.push_str("\tset gateways {\n\t\ttype ipv4_addr\n");
-    if !gws.is_empty() {
-        let _ = writeln!(s, "\t\telements = {{ {} }}", gws.join(", "));
-    }
-    s.push_str("\t}\n");
-    let gws6: Vec<String> = rules
-        .segments
-        .iter()
-        .filter_map(|g| g.gateway_v6)
-        .map(|g| g.to_string())
-        .collect();
-    s.push_str("\tset gateways6 {\n\t\ttype ipv6_addr\n");
-    if !gws6.is_empty() {
-        let _ = writeln!(s, "\t\telements = {{ {} }}", gws6.join(", "));
-    }
-    s.push_str("\t}\n");
-    let mut dnat = String::new();
-    for seg in rules.segments.iter().filter(|g| g.external) {
-        for d in &seg.dnat {
-            let daddr = d
-                .host_ip
-                .map(|ip| format!("ip daddr {ip} "))
-                .unwrap_or_default();
-            let _ = writeln!(
-                dnat,
-                "\t\tmeta nfproto ipv4 {daddr}fib daddr type local {p} dport {hp} dnat ip to {to}:{tp}",
-                p = d.proto,
-                hp = d.host_port,
-                to = d.to,
-                tp = d.to_port
-            );
-        }
-    }
-    let _ = write!(
-        s,
-        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{dnat}\t}}\n"
+    render_set(&mut s, "gateways", "ipv4_addr", &rules.gateways);
+    render_set(&mut s, "gateways6", "ipv6_addr", &rules.gateways6);
+    render_chain(
+        &mut s,
+        "prerouting",
+        "nat hook prerouting priority dstnat",
+        &rules.dnat,
     );
-    let _ = write!(
-        s,
-        "\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{dnat}\t}}\n"
+    render_chain(
+        &mut s,
+        "output",
+        "nat hook output priority -100",
+        &rules.dnat,
     );
-    s.push_str(
-        "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
+    render_chain(
+        &mut s,
+        "postrouting",
+        "nat hook postrouting priority srcnat",
+        &rules.postrouting,
     );
-    for seg in rules.segments.iter().filter(|g| g.external) {
-        let (br, net) = (&seg.bridge, seg.subnet);
-        let _ = writeln!(s, "\t\tip saddr {net} oifname != \"{br}\" masquerade");
-        let _ = writeln!(s, "\t\toifname \"{br}\" ip saddr 127.0.0.0/8 masquerade");
-        let _ = writeln!(
-            s,
-            "\t\toifname \"{br}\" ip saddr {net} ct status dnat masquerade"
-        );
-    }
-    s.push_str("\t}\n");
-    s.push_str(
-        "\tchain forward {\n\t\ttype filter hook forward priority filter - 1; policy accept;\n",
+    render_chain(
+        &mut s,
+        "forward",
+        "filter hook forward priority filter - 1",
+        &rules.forward,
     );
-    let all = rules.bridge_wildcard.replace('+', "*");
-    for seg in &rules.segments {
-        let br = &seg.bridge;
-        let _ = writeln!(
-            s,
-            "\t\tiifname \"{br}\" oifname != \"{br}\" oifname \"{all}\" drop"
-        );
-        if seg.external {
-            let _ = writeln!(
-                s,
-                "\t\toifname \"{br}\" iifname != \"{br}\" ct state established,related accept"
-            );
-            let _ = writeln!(
-                s,
-                "\t\toifname \"{br}\" iifname != \"{br}\" ct status dnat accept"
-            );
-            let _ = writeln!(s, "\t\toifname \"{br}\" iifname != \"{br}\" drop");
-        } else {
-            let _ = writeln!(s, "\t\tiifname \"{br}\" oifname != \"{br}\" drop");
-            let _ = writeln!(s, "\t\toifname \"{br}\" iifname != \"{br}\" drop");
-        }
-    }
-    s.push_str("\t}\n");
-    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter - 1; policy accept;\n");
-    for seg in &rules.segments {
-        let (br, gw) = (&seg.bridge, seg.gateway);
-        // IPv6 neighbour discovery and link-local traffic to the gateway port stay allowed.
-        let gw6 = seg
-            .gateway_v6
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "::1".into());
-        if seg.external {
-            let _ = writeln!(
-                s,
-                "\t\tiifname \"{br}\" ip daddr != {gw} ip daddr @gateways drop"
-            );
-            let _ = writeln!(
-                s,
-                "\t\tiifname \"{br}\" ip6 daddr != {gw6} ip6 daddr @gateways6 drop"
-            );
-        } else {
-            let _ = writeln!(s, "\t\tiifname \"{br}\" ip daddr != {gw} drop");
-            let _ = writeln!(
-                s,
-                "\t\tiifname \"{br}\" ip6 daddr != {{ {gw6}, fe80::/10, ff00::/8 }} drop"
-            );
-        }
-    }
-    s.push_str("\t}\n");
+    render_chain(
+        &mut s,
+        "input",
+        "filter hook input priority filter - 1",
+        &rules.input,
+    );
     s
 }
 
@@ -257,7 +256,7 @@ async fn docker_user(rules: &Ruleset) -> Result<(), FirewallError> {
             .copied()
             .collect();
         let present = run("iptables", &check, None).await?.0;
-        if rules.segments.is_empty() {
+        if !rules.docker_user_accept {
             if present {
                 let del: Vec<&str> = ["-w", "-D", "DOCKER-USER"]
                     .iter()
@@ -316,11 +315,11 @@ impl Firewall for NftFirewall {
                 });
             }
         }
-        let had_segments = self.segments.swap(
-            !rules.segments.is_empty(),
+        let accepted = self.accepting.swap(
+            rules.docker_user_accept,
             std::sync::atomic::Ordering::SeqCst,
         );
-        if force || last.is_none() || had_segments == rules.segments.is_empty() {
+        if force || last.is_none() || accepted != rules.docker_user_accept {
             docker_user(rules).await?;
         }
         *self.last.lock().unwrap() = Some(hash);
@@ -331,32 +330,56 @@ impl Firewall for NftFirewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netfilter::{Dnat, Segment};
 
     #[test]
-    fn renders_nat_segment() {
+    fn renders_typed_rules() {
+        let br = || Iface::Is("qlb1".into());
         let rules = Ruleset {
             name: "qingluan".into(),
             bridge_wildcard: "qlb+".into(),
-            segments: vec![Segment {
-                bridge: "qlb1".into(),
-                subnet: "10.240.0.0/24".parse().unwrap(),
-                gateway: "10.240.0.1".parse().unwrap(),
-                gateway_v6: None,
-                external: true,
-                dnat: vec![Dnat {
-                    proto: "tcp".into(),
-                    host_ip: None,
-                    host_port: 1080,
-                    to: "10.240.0.2".parse().unwrap(),
-                    to_port: 80,
-                }],
+            docker_user_accept: true,
+            gateways: vec!["10.240.0.1".parse().unwrap()],
+            dnat: vec![Rule {
+                when: vec![Cond::Ipv4, Cond::LocalDaddr, Cond::Dport("tcp", 1080)],
+                then: Verdict::Dnat("10.240.0.2".parse().unwrap(), 80),
+            }],
+            postrouting: vec![Rule {
+                when: vec![
+                    Cond::IpSaddr("10.240.0.0/24".parse().unwrap()),
+                    Cond::Oif(Iface::IsNot("qlb1".into())),
+                ],
+                then: Verdict::Masquerade,
+            }],
+            forward: vec![Rule {
+                when: vec![Cond::Iif(br()), Cond::Oif(Iface::Matches("qlb*".into()))],
+                then: Verdict::Drop,
+            }],
+            input: vec![Rule {
+                when: vec![
+                    Cond::Iif(br()),
+                    Cond::Ip6DaddrNot(vec![
+                        "fd00::1/128".parse().unwrap(),
+                        "fe80::/10".parse().unwrap(),
+                    ]),
+                ],
+                then: Verdict::Drop,
             }],
             guards: vec!["qlv1".into()],
+            ..Default::default()
         };
         let (script, hash) = render_script(&rules);
-        assert!(script.contains("fib daddr type local tcp dport 1080 dnat ip to 10.240.0.2:80"));
-        assert!(script.contains("ip saddr 10.240.0.0/24 oifname != \"qlb1\" masquerade"));
+        assert!(script.contains(
+            "\t\tmeta nfproto ipv4 fib daddr type local tcp dport 1080 dnat ip to 10.240.0.2:80\n"
+        ));
+        assert_eq!(
+            script.matches("dnat ip to").count(),
+            2,
+            "prerouting and output"
+        );
+        assert!(script.contains("\t\tip saddr 10.240.0.0/24 oifname != \"qlb1\" masquerade\n"));
+        assert!(script.contains("\t\tiifname \"qlb1\" oifname \"qlb*\" drop\n"));
+        assert!(script.contains("\t\tiifname \"qlb1\" ip6 daddr != { fd00::1, fe80::/10 } drop\n"));
+        assert!(script.contains("elements = { 10.240.0.1 }"));
         assert!(
             script.contains("type filter hook ingress device \"qlv1\" priority 0; policy drop;")
         );
