@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks: container start time on a qingluan nat network against a user-defined docker
 # bridge network and --net none, measured interleaved in one run, plus the plugin's own
-# handling time per call (p50/p99) from `qingluan status --json`; then, when etcd is
+# handling time per call (p50/p99) from `qingluan status --json`; the CPU an idle daemon
+# and ovs-vswitchd use with 1, 10 and 100 networks (QL_BENCH_IDLE_SECS seconds each,
+# default 60; 0 skips it) and how many processes the host forked meanwhile; then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
-# vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs).
+# vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
+# QL_BENCH_CLUSTER=0 skips those two.
 #
 # Usage: scripts/bench.sh [RUNS]   (default 25; needs OVS + dockerd up: scripts/setup.sh)
 # Uses the running qingluan daemon if one serves /run/docker/plugins/qingluan.sock,
@@ -18,6 +21,7 @@ tmp=$(mktemp -d /tmp/qlt-bench.XXXXXX)
 daemon_pid=""
 cleanup() {
   docker network rm qlt-bench-ql qlt-bench-br >/dev/null 2>&1 || true
+  docker network ls -q --filter name=qlt-bench-idle | xargs -r docker network rm >/dev/null 2>&1 || true
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
   rm -rf "$tmp"
 }
@@ -58,7 +62,36 @@ echo "plugin handling time per call (ms):"
 import json, sys
 for c in json.load(sys.stdin)["calls"]:
     print("  %-45s n=%-5d p50=%7.2f p99=%7.2f" % (c["method"], c["count"], c["p50_ms"], c["p99_ms"]))'
-if command -v etcd >/dev/null; then
+
+IDLE_SECS=${QL_BENCH_IDLE_SECS:-60}
+if [ "$IDLE_SECS" -gt 0 ]; then
+  pid=${daemon_pid:-$(ss -xlpn | awk '/qingluan.sock/ && match($0, /pid=[0-9]+/) { print substr($0, RSTART + 4, RLENGTH - 4); exit }')}
+  vswitchd=$(cat "${OVS_RUNDIR:-/var/run/openvswitch}/ovs-vswitchd.pid")
+  hz=$(getconf CLK_TCK)
+  ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }   # own + reaped children
+  kids() { awk '{ print $16 + $17 }' "/proc/$1/stat"; }
+  forks() { awk '/^processes/ { print $2 }' /proc/stat; }
+  echo
+  echo "idle CPU over $IDLE_SECS s (% of one core; the daemon's figure includes its children's;"
+  echo "forks are host-wide, so only meaningful on a quiet machine)"
+  have=1   # qlt-bench-ql
+  for n in 1 10 100; do
+    while [ "$have" -lt "$n" ]; do
+      docker network create --driver qingluan --ipam-driver qingluanIpam --opt model=nat \
+        --ipam-opt pool=nat "qlt-bench-idle$have" >/dev/null
+      have=$((have + 1))
+    done
+    sleep 5
+    d0=$(ticks "$pid"); c0=$(kids "$pid"); v0=$(ticks "$vswitchd"); f0=$(forks)
+    sleep "$IDLE_SECS"
+    d1=$(ticks "$pid"); c1=$(kids "$pid"); v1=$(ticks "$vswitchd"); f1=$(forks)
+    awk -v n="$n" -v d=$((d1 - d0)) -v c=$((c1 - c0)) -v v=$((v1 - v0)) -v f=$((f1 - f0)) \
+      -v s="$IDLE_SECS" -v hz="$hz" 'BEGIN {
+        printf "  %3d networks: qingluan %6.2f %% (children %6.2f %%)  ovs-vswitchd %6.2f %%  forks %d\n",
+          n, 100 * d / hz / s, 100 * c / hz / s, 100 * v / hz / s, f }'
+  done
+fi
+if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo
   cargo bench -q -p qingluan --features etcd --bench cluster_ipam -- "${QL_BENCH_ALLOCS:-300}"
   if command -v iperf3 >/dev/null; then
