@@ -141,6 +141,48 @@ async fn transact_results_and_error_texts() {
     );
 }
 
+/// Reads come from the monitor-fed replica once it is current: every apply is visible to
+/// the very next snapshot (ports with their OpenFlow numbers), an outside change arrives
+/// by itself, and nothing is read twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_read_their_own_writes_from_the_replica() {
+    let Some(ovs) = PrivateOvs::start("snapshots_read_their_own_writes_from_the_replica") else {
+        return;
+    };
+    let a = adapter(&ovs).await;
+    a.apply(&[OvsOp::AddBridge(bridge("qltbr4"))]).await.unwrap();
+    for i in 0..20 {
+        let name = format!("qltr{i}");
+        a.apply(&[OvsOp::AddPort(port("qltbr4", &name, "internal"))])
+            .await
+            .unwrap();
+        let snap = a.snapshot().await.unwrap();
+        let p = snap[0]
+            .ports
+            .iter()
+            .find(|p| p.spec.name == name)
+            .unwrap_or_else(|| panic!("{name} missing right after apply: {snap:?}"));
+        assert!(p.ofport.unwrap_or(-1) > 0, "{p:?}");
+        if i % 2 == 1 {
+            a.apply(&[OvsOp::DeletePort {
+                bridge: "qltbr4".into(),
+                name: name.clone(),
+            }])
+            .await
+            .unwrap();
+            let snap = a.snapshot().await.unwrap();
+            assert!(snap[0].ports.iter().all(|p| p.spec.name != name));
+        }
+    }
+    assert_eq!(a.snapshot().await.unwrap()[0].ports.len(), 10);
+    ovs.vsctl(&["del-br", "qltbr4"]);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !a.snapshot().await.unwrap().is_empty() {
+        assert!(Instant::now() < end, "an outside delete never reached the replica");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridges_and_ports_round_trip() {
     let Some(ovs) = PrivateOvs::start("bridges_and_ports_round_trip") else {
@@ -291,7 +333,11 @@ async fn monitor_delivers_updates_and_changed_events() {
     let mut events = a.events();
     let mut rx = a
         .client()
-        .monitor(DB, &[("Bridge", &["name", "external_ids"])])
+        .monitor(
+            DB,
+            &[("Bridge", &["name", "external_ids"])],
+            UpdateFormat::Update2,
+        )
         .await
         .unwrap();
     let first = update(&mut rx).await;
@@ -337,7 +383,7 @@ async fn survives_an_ovsdb_restart_and_fails_fast_while_down() {
     let mut events = a.events();
     let mut rx = a
         .client()
-        .monitor(DB, &[("Bridge", &["name"])])
+        .monitor(DB, &[("Bridge", &["name"])], UpdateFormat::Update2)
         .await
         .unwrap();
     assert!(update(&mut rx).await.initial);

@@ -103,6 +103,7 @@ enum Request {
 struct NewMonitor {
     db: String,
     requests: Value,
+    format: UpdateFormat,
     updates: mpsc::UnboundedSender<MonitorUpdate>,
     reply: oneshot::Sender<Result<(), OvsdbError>>,
 }
@@ -294,12 +295,16 @@ impl OvsdbClient {
 
     /// Monitors `columns` of `tables` in `db`: the returned channel first receives the
     /// current contents (`initial`), then every change; after a reconnect, the full contents
-    /// again. The channel closes if the monitor cannot be re-established; dropping the
-    /// receiver cancels the monitor.
+    /// again. `format` is the one preferred: `Update2` (`monitor_cond`, changed columns
+    /// only) falls back to `Update` when the server refuses it; `Update` (`monitor`) gives
+    /// every monitored column of a changed row, which is what a replica of the rows wants.
+    /// The channel closes if the monitor cannot be re-established; dropping the receiver
+    /// cancels the monitor.
     pub async fn monitor(
         &self,
         db: &str,
         tables: &[(&str, &[&str])],
+        format: UpdateFormat,
     ) -> Result<mpsc::UnboundedReceiver<MonitorUpdate>, OvsdbError> {
         let requests: serde_json::Map<String, Value> = tables
             .iter()
@@ -311,6 +316,7 @@ impl OvsdbClient {
             .send(Request::Monitor(NewMonitor {
                 db: db.to_string(),
                 requests: Value::Object(requests),
+                format,
                 updates,
                 reply,
             }))
@@ -540,7 +546,8 @@ impl Task {
                 let id = format!("qlmon-{}", self.next_monitor);
                 self.next_monitor += 1;
                 let params = json!([m.db, id, m.requests]);
-                self.request_monitor(pending, id, params, UpdateFormat::Update2, Some(m))
+                let format = m.format;
+                self.request_monitor(pending, id, params, format, Some(m))
             }
         }
     }
@@ -892,7 +899,10 @@ mod tests {
             .await;
             (p, id)
         };
-        let (rx, (mut p, id)) = tokio::join!(c.monitor("db", &[("Bridge", &["name"])]), serve);
+        let (rx, (mut p, id)) = tokio::join!(
+            c.monitor("db", &[("Bridge", &["name"])], UpdateFormat::Update2),
+            serve
+        );
         let mut rx = rx.unwrap();
         let first = rx.recv().await.unwrap();
         assert!(first.initial);

@@ -26,6 +26,7 @@ mod fake;
 mod framing;
 mod layout;
 mod real;
+mod replica;
 
 pub use client::{ClientEvent, MonitorUpdate, OvsdbClient, UpdateFormat};
 pub use error::OvsdbError;

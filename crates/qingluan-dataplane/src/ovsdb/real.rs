@@ -1,11 +1,14 @@
 //! [`Ovs`] over the native OVSDB client.
 //!
-//! Reads are plain `select`s (no cache to go stale); [`Ovs::apply`] reads the names and
-//! uuids it needs, checks the ops (see `layout`), plans one transaction and then waits for
-//! ovs-vswitchd. A monitor on the Bridge, Port and Interface columns we read feeds
-//! [`OvsEvent::Changed`]; the client's connection events become `Reconnected` and
-//! `Disconnected`. Everything keeps working across an ovsdb-server restart: the client
-//! reconnects by itself and the monitor is re-established with it.
+//! A monitor on the Bridge, Port and Interface columns we read (and `Open_vSwitch.cur_cfg`)
+//! keeps a replica of those rows (`replica`): [`Ovs::snapshot`] and the planning of
+//! [`Ovs::apply`] read it, so a plugin call sends ONE transaction and no reads, and `apply`
+//! learns from the same stream when ovs-vswitchd has caught up. While the replica is not
+//! current (before the monitor's first message, after a disconnect) reads fall back to
+//! plain `select`s, which fail fast while the server is down. Changes to the bridges, ports
+//! and interfaces become [`OvsEvent::Changed`]; the client's connection events become
+//! `Reconnected` and `Disconnected`. Everything keeps working across an ovsdb-server restart:
+//! the client reconnects by itself and the monitor is re-established with it.
 //!
 //! The transaction, in the order of the ops:
 //! - AddBridge: insert Interface (type internal), Port and Bridge with named uuids, then
@@ -20,9 +23,11 @@
 //! - Each existing row an op relies on is guarded by a `wait` (timeout 0) on its name, so if
 //!   it vanished since we read it the transaction fails as a whole; that failure is reported
 //!   as the matching "not found" error.
-//! - Last, `next_cfg += 1` and a `select` of it; then we poll `cur_cfg` until it catches up.
+//! - Last, `next_cfg += 1` and a `select` of it; then we wait until the replica's `cur_cfg`
+//!   catches up (or poll it while the replica is not current).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,11 +35,12 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::client::{ClientEvent, MonitorUpdate, OvsdbClient};
+use super::client::{ClientEvent, MonitorUpdate, OvsdbClient, UpdateFormat};
 use super::datum::{
     map, map_of, named, opt, opt_i64, opt_str, refs, set_items, strings, strings_of, uuid, uuid_of,
 };
 use super::layout::Layout;
+use super::replica::{Replica, Rows};
 use super::{
     BridgeSpec, BridgeState, Ovs, OvsEvent, OvsOp, OvsdbError, PortSpec, PortState, SystemInfo,
 };
@@ -71,7 +77,10 @@ pub struct OvsdbOvs {
     client: OvsdbClient,
     /// Where [`OvsEvent`]s are sent.
     events: broadcast::Sender<OvsEvent>,
-    /// The task turning client events and monitor updates into [`OvsEvent`]s; stopped on drop.
+    /// The rows we own, kept current by the monitor.
+    replica: Arc<Replica>,
+    /// The task feeding the replica and turning client events and monitor updates into
+    /// [`OvsEvent`]s; stopped on drop.
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -87,10 +96,17 @@ impl OvsdbOvs {
     pub fn connect(target: &str) -> OvsdbOvs {
         let client = OvsdbClient::connect(target);
         let (events, _) = broadcast::channel(64);
-        let watcher = tokio::spawn(watch(client.clone(), client.events(), events.clone()));
+        let replica = Arc::new(Replica::default());
+        let watcher = tokio::spawn(watch(
+            client.clone(),
+            client.events(),
+            events.clone(),
+            replica.clone(),
+        ));
         OvsdbOvs {
             client,
             events,
+            replica,
             watcher,
         }
     }
@@ -108,8 +124,20 @@ impl OvsdbOvs {
         rows(&r[0]).into_iter().next().ok_or(OvsdbError::NoRoot)
     }
 
-    /// Names and uuids of what exists, for planning.
+    /// Names and uuids of what exists, for planning: from the replica when it is current.
     async fn existing(&self) -> Result<Existing, OvsdbError> {
+        let empty = BTreeMap::new();
+        if let Some(ex) = self.replica.read(|rows: &Rows| {
+            let root = rows.root()?.0.clone();
+            let bridges = rows.table("Bridge").unwrap_or(&empty);
+            Some(existing_of(
+                root,
+                bridges.iter(),
+                rows.table("Port").unwrap_or(&empty),
+            ))
+        }) {
+            return ex.ok_or(OvsdbError::NoRoot);
+        }
         let r = self
             .client
             .transact(
@@ -125,31 +153,29 @@ impl OvsdbOvs {
             .first()
             .and_then(|row| uuid_of(&row["_uuid"]))
             .ok_or(OvsdbError::NoRoot)?;
-        let port_names: BTreeMap<String, String> = rows(&r[2])
-            .iter()
-            .filter_map(|p| Some((uuid_of(&p["_uuid"])?, p["name"].as_str()?.to_string())))
-            .collect();
-        let mut ex = Existing {
-            root,
-            ..Default::default()
-        };
-        for b in rows(&r[1]) {
-            let (Some(bu), Some(name)) = (uuid_of(&b["_uuid"]), b["name"].as_str()) else {
-                continue;
-            };
-            ex.bridges.insert(name.to_string(), bu);
-            for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
-                if let Some(pname) = port_names.get(&pu) {
-                    ex.ports.insert(pname.clone(), (name.to_string(), pu));
-                }
-            }
-        }
-        Ok(ex)
+        let bridges = keyed(&r[1]);
+        Ok(existing_of(root, bridges.iter(), &keyed(&r[2])))
     }
 
-    /// Polls `cur_cfg` until it reaches `want`.
+    /// Waits until `cur_cfg` reaches `want`: on the replica while it is current, else by
+    /// polling.
     async fn wait_applied(&self, want: i64) -> Result<(), OvsdbError> {
         let start = Instant::now();
+        let cur_cfg = |rows: &Rows| rows.root().and_then(|(_, r)| r["cur_cfg"].as_i64());
+        let reached = self
+            .replica
+            .wait_for(|rows| cur_cfg(rows).filter(|c| *c >= want));
+        match tokio::time::timeout(APPLY_WAIT, reached).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(_) => {
+                return Err(OvsdbError::NotApplied {
+                    want,
+                    current: self.replica.read(cur_cfg).flatten().unwrap_or(0),
+                    secs: APPLY_WAIT.as_secs(),
+                })
+            }
+        }
         let mut pause = Duration::from_millis(5);
         loop {
             let row = self.open_vswitch(&["cur_cfg"]).await?;
@@ -170,23 +196,26 @@ impl OvsdbOvs {
     }
 }
 
-/// Forwards connection events and turns monitor updates into [`OvsEvent::Changed`],
-/// (re-)creating the monitor whenever it is missing.
+/// Feeds the replica, forwards connection events and turns monitor updates of bridges,
+/// ports and interfaces into [`OvsEvent::Changed`], (re-)creating the monitor whenever it
+/// is missing.
 async fn watch(
     client: OvsdbClient,
     mut conn: broadcast::Receiver<ClientEvent>,
     events: broadcast::Sender<OvsEvent>,
+    replica: Arc<Replica>,
 ) {
     let watched = [
         ("Bridge", BRIDGE_COLUMNS),
         ("Port", PORT_COLUMNS),
         ("Interface", IFACE_COLUMNS),
+        ("Open_vSwitch", &["cur_cfg"]),
     ];
     let mut updates: Option<tokio::sync::mpsc::UnboundedReceiver<MonitorUpdate>> = None;
     let mut retry = Instant::now();
     loop {
         if updates.is_none() && Instant::now() >= retry {
-            match client.monitor(DB, &watched).await {
+            match client.monitor(DB, &watched, UpdateFormat::Update).await {
                 Ok(rx) => updates = Some(rx),
                 Err(e) => {
                     tracing::debug!(error = %e, "ovsdb monitor not established yet");
@@ -195,12 +224,16 @@ async fn watch(
             }
         }
         tokio::select! {
+            // Connection events first: a disconnect must mark the replica stale before the
+            // new connection's full contents (already queued behind it) make it current.
+            biased;
             ev = conn.recv() => match ev {
                 Ok(ClientEvent::Reconnected) => {
                     retry = Instant::now();
                     let _ = events.send(OvsEvent::Reconnected);
                 }
                 Ok(ClientEvent::Disconnected) => {
+                    replica.stale();
                     let _ = events.send(OvsEvent::Disconnected);
                 }
                 // Missed connection events: tell owners to resync, to be safe.
@@ -210,11 +243,15 @@ async fn watch(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             u = async { updates.as_mut()?.recv().await }, if updates.is_some() => match u {
-                Some(u) if !u.initial => {
-                    let _ = events.send(OvsEvent::Changed);
+                Some(u) => {
+                    if replica.apply(&u) && !u.initial {
+                        let _ = events.send(OvsEvent::Changed);
+                    }
                 }
-                Some(_) => {}
-                None => updates = None,
+                None => {
+                    replica.stale();
+                    updates = None;
+                }
             },
             _ = tokio::time::sleep_until(retry), if updates.is_none() => {}
         }
@@ -231,6 +268,53 @@ fn select(table: &str, columns: &[&str]) -> Value {
 /// The rows of a `select` result.
 fn rows(result: &Value) -> Vec<Value> {
     result["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// The rows of a `select` result (which asked for `_uuid`) by uuid.
+fn keyed(result: &Value) -> BTreeMap<String, Value> {
+    rows(result)
+        .into_iter()
+        .filter_map(|row| Some((uuid_of(&row["_uuid"])?, row)))
+        .collect()
+}
+
+/// Names and uuids for planning, from the root's uuid, the bridge rows and the port rows by
+/// uuid.
+fn existing_of<'a>(
+    root: String,
+    bridges: impl Iterator<Item = (&'a String, &'a Value)>,
+    ports: &BTreeMap<String, Value>,
+) -> Existing {
+    let mut ex = Existing {
+        root,
+        ..Default::default()
+    };
+    for (bu, b) in bridges {
+        let Some(name) = b["name"].as_str() else {
+            continue;
+        };
+        ex.bridges.insert(name.to_string(), bu.clone());
+        for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
+            if let Some(pname) = ports.get(&pu).and_then(|p| p["name"].as_str()) {
+                ex.ports.insert(pname.to_string(), (name.to_string(), pu));
+            }
+        }
+    }
+    ex
+}
+
+/// Every bridge with its ports, sorted by name, from the rows by uuid.
+fn states(
+    bridges: &BTreeMap<String, Value>,
+    ports: &BTreeMap<String, Value>,
+    ifaces: &BTreeMap<String, Value>,
+) -> Vec<BridgeState> {
+    let mut out: Vec<BridgeState> = bridges
+        .values()
+        .map(|b| bridge_state(b, ports, ifaces))
+        .collect();
+    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    out
 }
 
 fn by_uuid(r: &Value) -> Value {
@@ -522,6 +606,13 @@ fn bridge_state(
 #[async_trait]
 impl Ovs for OvsdbOvs {
     async fn snapshot(&self) -> Result<Vec<BridgeState>, OvsdbError> {
+        let empty = BTreeMap::new();
+        if let Some(s) = self.replica.read(|rows: &Rows| {
+            let t = |name| rows.table(name).unwrap_or(&empty);
+            states(t("Bridge"), t("Port"), t("Interface"))
+        }) {
+            return Ok(s);
+        }
         let r = self
             .client
             .transact(
@@ -533,19 +624,7 @@ impl Ovs for OvsdbOvs {
                 ],
             )
             .await?;
-        let by_uuid = |result: &Value| -> BTreeMap<String, Value> {
-            rows(result)
-                .into_iter()
-                .filter_map(|row| Some((uuid_of(&row["_uuid"])?, row)))
-                .collect()
-        };
-        let (ports, ifaces) = (by_uuid(&r[1]), by_uuid(&r[2]));
-        let mut out: Vec<BridgeState> = rows(&r[0])
-            .iter()
-            .map(|b| bridge_state(b, &ports, &ifaces))
-            .collect();
-        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-        Ok(out)
+        Ok(states(&keyed(&r[0]), &keyed(&r[1]), &keyed(&r[2])))
     }
 
     async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError> {
