@@ -1,19 +1,20 @@
 //! The desired dataplane: plain data derived from the stored networks and endpoints.
 //!
-//! Each mode contributes its bridges, ports, flows, links, gateway addresses, sysctls and
-//! netfilter segments (see `modes/`). The reconciler then makes OVS, the kernel and
-//! netfilter match it. Being plain data, it is what unit tests compare.
+//! `modes::build` fills it, each mode contributing its bridges, ports, flows, links, gateway
+//! addresses, sysctls, netfilter segments and uplinks. The reconciler then makes OVS, the
+//! kernel and netfilter match it. Being plain data, it is what unit tests compare; it
+//! depends on nothing that builds or applies it.
 
 use std::collections::BTreeMap;
 
-use crate::policy::Policy;
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 use qingluan_dataplane::openflow::Flow;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
-use crate::model::{Endpoint, Mac, Network};
-use crate::modes;
-use crate::settings::Settings;
+use crate::model::Mac;
+use crate::policy::Policy;
 
 /// `external_ids` key naming the owning instance on every OVS object we create.
 pub const OWNER: &str = "qingluan-owner";
@@ -23,6 +24,10 @@ pub const NETWORK: &str = "qingluan-network";
 pub const ENDPOINT: &str = "qingluan-endpoint";
 /// `external_ids` key with the mode.
 pub const MODE: &str = "qingluan-mode";
+/// `external_ids` key marking the physical interface's port on an uplink bridge.
+pub const UPLINK_NIC: &str = "qingluan-uplink-nic";
+/// The `qingluan-mode` value of uplink bridges.
+pub const UPLINK_MODE: &str = "uplink";
 
 /// Facts about this host that shape the dataplane.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,89 +100,29 @@ pub struct Desired {
     pub firewall: Policy,
     /// The uplink bridges: the one the host's underlay moves onto (vxlan on the userspace
     /// datapath) and those of flat and vlan networks; one per bridge.
-    pub uplinks: Vec<crate::uplink::UplinkWant>,
+    pub uplinks: Vec<UplinkWant>,
 }
 
 /// What other hosts contribute to this host's dataplane: their endpoints on overlay
 /// networks, by cluster key, with the underlay address of their host. Only live hosts count.
 pub type ClusterView = BTreeMap<String, Vec<crate::pipeline::RemoteEndpoint>>;
 
-/// Computes the desired dataplane.
-pub fn build(
-    settings: &Settings,
-    facts: &HostFacts,
-    networks: &[Network],
-    endpoints: &[Endpoint],
-    view: &ClusterView,
-) -> Desired {
-    let mut d = Desired {
-        firewall: Policy {
-            name: settings.name.clone(),
-            bridge_prefix: format!("{}b", settings.prefix),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    for net in networks {
-        let eps: Vec<&Endpoint> = endpoints
-            .iter()
-            .filter(|e| e.network_id == net.id && e.conflict.is_none())
-            .collect();
-        modes::driver(net.mode).build(
-            &Ctx {
-                settings,
-                facts,
-                view,
-            },
-            net,
-            &eps,
-            &mut d,
-        );
-    }
-    d.uplinks.sort_by_key(|u| {
-        (
-            u.bridge.clone(),
-            matches!(u.nic, crate::uplink::Nic::Holding(_)),
-        )
-    });
-    d.uplinks.dedup_by(|a, b| a.bridge == b.bridge);
-    for u in &d.uplinks {
-        d.flows
-            .entry(u.bridge.clone())
-            .or_default()
-            .push(crate::pipeline::uplink_base());
-        d.sentinels
-            .insert(u.bridge.clone(), crate::pipeline::uplink_sentinel());
-    }
-    for flows in d.flows.values_mut() {
-        crate::pipeline::sort(flows);
-    }
-    d.firewall.segments.sort_by(|a, b| a.bridge.cmp(&b.bridge));
-    d.firewall.guards.sort();
-    d
+/// An uplink a desired dataplane needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UplinkWant {
+    /// The bridge (and its internal port).
+    pub bridge: String,
+    /// The interface to enslave.
+    pub nic: Nic,
+    /// Datapath type of the bridge.
+    pub datapath: String,
 }
 
-/// What a mode needs besides the records when building.
-pub struct Ctx<'a> {
-    /// Daemon settings.
-    pub settings: &'a Settings,
-    /// Host facts.
-    pub facts: &'a HostFacts,
-    /// Other hosts' endpoints on overlay networks.
-    pub view: &'a ClusterView,
-}
-
-impl Ctx<'_> {
-    /// `external_ids` of an object of `net` (and of `ep`, for ports).
-    pub fn ids(&self, net: &Network, ep: Option<&Endpoint>) -> BTreeMap<String, String> {
-        let mut ids = BTreeMap::from([
-            (OWNER.to_string(), self.settings.name.clone()),
-            (NETWORK.to_string(), net.id.clone()),
-            (MODE.to_string(), net.mode.to_string()),
-        ]);
-        if let Some(ep) = ep {
-            ids.insert(ENDPOINT.to_string(), ep.id.clone());
-        }
-        ids
-    }
+/// How an uplink's interface is known.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Nic {
+    /// By name (`--opt parent`, resolved when the network was created).
+    Named(String),
+    /// As the interface holding this address (the underlay address, for vxlan).
+    Holding(IpAddr),
 }

@@ -346,7 +346,7 @@ impl Pass<'_> {
 fn userspace_nics(d: &Desired) -> Vec<String> {
     d.ports
         .iter()
-        .filter(|p| p.external_ids.contains_key(uplink::UPLINK_NIC))
+        .filter(|p| p.external_ids.contains_key(crate::desired::UPLINK_NIC))
         .filter(|p| {
             d.bridges
                 .iter()

@@ -290,7 +290,13 @@ impl Driver {
         let mut eps = self.endpoints().await?;
         eps.retain(|e| !e.joined || pass.has_veth(&e.veth));
         let view = self.view.read().await;
-        Ok(desired::build(&self.settings, &facts, &nets, &eps, &view))
+        Ok(crate::modes::build(
+            &self.settings,
+            &facts,
+            &nets,
+            &eps,
+            &view,
+        ))
     }
 
     /// One reconcile pass over everything.

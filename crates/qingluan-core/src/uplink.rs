@@ -27,32 +27,7 @@ use std::net::IpAddr;
 use qingluan_dataplane::netlink::{LinkError, Links};
 use qingluan_dataplane::ovsdb::{BridgeSpec, BridgeState, PortSpec};
 
-use crate::desired::{MODE, OWNER};
-
-/// `external_ids` key marking the physical interface's port on an uplink bridge.
-pub const UPLINK_NIC: &str = "qingluan-uplink-nic";
-/// The `qingluan-mode` value of uplink bridges.
-pub const UPLINK_MODE: &str = "uplink";
-
-/// An uplink a desired dataplane needs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct UplinkWant {
-    /// The bridge (and its internal port).
-    pub bridge: String,
-    /// The interface to enslave.
-    pub nic: Nic,
-    /// Datapath type of the bridge.
-    pub datapath: String,
-}
-
-/// How an uplink's interface is known.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Nic {
-    /// By name (`--opt parent`, resolved when the network was created).
-    Named(String),
-    /// As the interface holding this address (the underlay address, for vxlan).
-    Holding(IpAddr),
-}
+use crate::desired::{Nic, UplinkWant, MODE, OWNER, UPLINK_MODE, UPLINK_NIC};
 
 /// Errors of the uplink steps; the text names the object.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use qingluan_core::desired::{self, ClusterView, HostFacts};
+use qingluan_core::desired::{ClusterView, HostFacts};
 use qingluan_core::model::{self, Endpoint, Mac, Mode, Network, PortMapping, Proto};
+use qingluan_core::modes;
 use qingluan_core::pipeline::RemoteEndpoint;
 use qingluan_core::settings::Settings;
 use qingluan_dataplane::netfilter::render_script;
@@ -116,7 +117,7 @@ fn table(n: Network) -> String {
         datapath: "netdev".into(),
         userspace_tso: true,
     };
-    let d = desired::build(&settings, &facts, &[n], &eps, &view);
+    let d = modes::build(&settings, &facts, &[n], &eps, &view);
     let mut out = String::new();
     for (bridge, flows) in &d.flows {
         out.push_str(&format!("# {bridge}\n"));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use qingluan_core::desired::{self, HostFacts};
 use qingluan_core::model::{Endpoint, Mac, Mode, Network, PortMapping, Proto};
+use qingluan_core::modes;
 use qingluan_core::reconcile::{Adapters, Reconciler};
 use qingluan_core::settings::Settings;
 use qingluan_dataplane::netfilter::FakeFirewall;
@@ -70,7 +71,7 @@ fn nat_network_plan() {
         port: 80,
     };
     let e = ep("b2", &n, 2, vec![web]);
-    let d = desired::build(
+    let d = modes::build(
         &Settings::default(),
         &facts(),
         std::slice::from_ref(&n),
@@ -112,7 +113,7 @@ fn nat_network_plan() {
 fn nonat_and_internal_have_no_way_out() {
     let a = net("c3", Mode::Nonat, "10.241.0.0/24", false);
     let b = net("d4", Mode::Nat, "10.240.1.0/24", true);
-    let d = desired::build(
+    let d = modes::build(
         &Settings::default(),
         &facts(),
         &[a, b],
@@ -157,7 +158,7 @@ fn reconcile_converges_and_then_changes_nothing() {
         let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
         let e1 = ep("b2", &n, 2, vec![]);
         let e2 = ep("c3", &n, 3, vec![]);
-        let d = desired::build(
+        let d = modes::build(
             &Settings::default(),
             &facts(),
             std::slice::from_ref(&n),
@@ -176,7 +177,7 @@ fn reconcile_converges_and_then_changes_nothing() {
         );
 
         // Removing an endpoint removes its port and veth, nothing else.
-        let d2 = desired::build(
+        let d2 = modes::build(
             &Settings::default(),
             &facts(),
             std::slice::from_ref(&n),
@@ -189,7 +190,7 @@ fn reconcile_converges_and_then_changes_nothing() {
         assert!(matches!(ovs.log().last(), Some(OvsOp::DeletePort { .. })));
 
         // Removing the network removes the bridge and the rules.
-        let empty = desired::build(
+        let empty = modes::build(
             &Settings::default(),
             &facts(),
             &[],
@@ -234,7 +235,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         underlay_ip: Some("10.213.0.1".parse().unwrap()),
         ..Settings::default()
     };
-    let d = desired::build(&settings, &facts(), &[a, b], &[ea, eb], &view);
+    let d = modes::build(&settings, &facts(), &[a, b], &[ea, eb], &view);
 
     // One overlay bridge and one tunnel port, however many networks.
     assert_eq!(d.bridges.len(), 1);
@@ -290,7 +291,7 @@ fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
         host_port: 8080,
     };
     let e = ep("e3", &n, 2, vec![web]);
-    let d = desired::build(
+    let d = modes::build(
         &Settings::default(),
         &facts(),
         std::slice::from_ref(&n),
@@ -354,7 +355,7 @@ fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
         ep("e5", &v10, 2, vec![]),
         ep("e6", &v20, 2, vec![]),
     ];
-    let d = desired::build(
+    let d = modes::build(
         &Settings::default(),
         &facts(),
         &[flat.clone(), v10.clone(), v20],
@@ -367,7 +368,7 @@ fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
     assert_eq!(d.uplinks.len(), 1);
     assert_eq!(
         d.uplinks[0].nic,
-        qingluan_core::uplink::Nic::Named("eth0".into())
+        qingluan_core::desired::Nic::Named("eth0".into())
     );
     assert!(d.gateways.is_empty() && d.firewall.segments.is_empty());
     // Access ports: VLAN 0 (untagged only) for flat, the VLAN ID for vlan.

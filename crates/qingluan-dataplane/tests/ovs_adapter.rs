@@ -150,7 +150,9 @@ async fn snapshots_read_their_own_writes_from_the_replica() {
         return;
     };
     let a = adapter(&ovs).await;
-    a.apply(&[OvsOp::AddBridge(bridge("qltbr4"))]).await.unwrap();
+    a.apply(&[OvsOp::AddBridge(bridge("qltbr4"))])
+        .await
+        .unwrap();
     for i in 0..20 {
         let name = format!("qltr{i}");
         a.apply(&[OvsOp::AddPort(port("qltbr4", &name, "internal"))])
@@ -178,7 +180,10 @@ async fn snapshots_read_their_own_writes_from_the_replica() {
     ovs.vsctl(&["del-br", "qltbr4"]);
     let end = Instant::now() + Duration::from_secs(5);
     while !a.snapshot().await.unwrap().is_empty() {
-        assert!(Instant::now() < end, "an outside delete never reached the replica");
+        assert!(
+            Instant::now() < end,
+            "an outside delete never reached the replica"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -8,8 +8,9 @@
 //! The gateway is the physical router, given with `--gateway`; publishing is refused, since
 //! containers are reached at their own addresses.
 
+use super::Ctx;
 use super::{on_uplink, physical_join, JoinInfo, ModeDriver};
-use crate::desired::{Ctx, Desired};
+use crate::desired::Desired;
 use crate::model::{Endpoint, Network};
 
 /// The flat mode.

@@ -1,8 +1,9 @@
 //! Network modes: one file per mode, each a [`ModeDriver`] chosen by the network's mode.
 //!
-//! A mode decides what its networks look like in the dataplane (`build`), what a container
-//! gets at Join (gateway or not), and whether it may publish ports. Modes only produce plain
-//! data; they never touch the system.
+//! [`build`] turns the stored networks and endpoints into the desired dataplane, each
+//! network through its mode. A mode decides what its networks look like in the dataplane
+//! (its `build`), what a container gets at Join (gateway or not), and whether it may
+//! publish ports. Modes only produce plain data; they never touch the system.
 
 mod flat;
 mod nat;
@@ -12,13 +13,16 @@ mod vxlan;
 
 pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
 
-use crate::policy::{Dnat, Segment};
+use std::collections::BTreeMap;
+
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
-use crate::desired::{Ctx, Desired, GatewayPort, Veth};
+use crate::desired::{ClusterView, Desired, GatewayPort, HostFacts, Nic, UplinkWant, Veth};
+use crate::desired::{ENDPOINT, MODE, NETWORK, OWNER};
 use crate::model::{Endpoint, Mode, Network};
 use crate::pipeline;
-use crate::uplink::{Nic, UplinkWant};
+use crate::policy::{Dnat, Policy, Segment};
+use crate::settings::Settings;
 
 /// What Join returns for an endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -214,5 +218,81 @@ pub(crate) fn attach(
         if ctx.facts.needs_guards() {
             out.firewall.guards.push(ep.host_veth());
         }
+    }
+}
+
+/// Computes the desired dataplane.
+pub fn build(
+    settings: &Settings,
+    facts: &HostFacts,
+    networks: &[Network],
+    endpoints: &[Endpoint],
+    view: &ClusterView,
+) -> Desired {
+    let mut d = Desired {
+        firewall: Policy {
+            name: settings.name.clone(),
+            bridge_prefix: format!("{}b", settings.prefix),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for net in networks {
+        let eps: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.network_id == net.id && e.conflict.is_none())
+            .collect();
+        driver(net.mode).build(
+            &Ctx {
+                settings,
+                facts,
+                view,
+            },
+            net,
+            &eps,
+            &mut d,
+        );
+    }
+    d.uplinks
+        .sort_by_key(|u| (u.bridge.clone(), matches!(u.nic, Nic::Holding(_))));
+    d.uplinks.dedup_by(|a, b| a.bridge == b.bridge);
+    for u in &d.uplinks {
+        d.flows
+            .entry(u.bridge.clone())
+            .or_default()
+            .push(crate::pipeline::uplink_base());
+        d.sentinels
+            .insert(u.bridge.clone(), crate::pipeline::uplink_sentinel());
+    }
+    for flows in d.flows.values_mut() {
+        crate::pipeline::sort(flows);
+    }
+    d.firewall.segments.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+    d.firewall.guards.sort();
+    d
+}
+
+/// What a mode needs besides the records when building.
+pub struct Ctx<'a> {
+    /// Daemon settings.
+    pub settings: &'a Settings,
+    /// Host facts.
+    pub facts: &'a HostFacts,
+    /// Other hosts' endpoints on overlay networks.
+    pub view: &'a ClusterView,
+}
+
+impl Ctx<'_> {
+    /// `external_ids` of an object of `net` (and of `ep`, for ports).
+    pub fn ids(&self, net: &Network, ep: Option<&Endpoint>) -> BTreeMap<String, String> {
+        let mut ids = BTreeMap::from([
+            (OWNER.to_string(), self.settings.name.clone()),
+            (NETWORK.to_string(), net.id.clone()),
+            (MODE.to_string(), net.mode.to_string()),
+        ]);
+        if let Some(ep) = ep {
+            ids.insert(ENDPOINT.to_string(), ep.id.clone());
+        }
+        ids
     }
 }

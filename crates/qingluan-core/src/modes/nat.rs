@@ -6,8 +6,9 @@
 //! from the same network. `--internal` turns a nat network into nonat: no masquerade, no
 //! publishing, no default route.
 
+use super::Ctx;
 use super::{local_segment, publish, JoinInfo, ModeDriver};
-use crate::desired::{Ctx, Desired};
+use crate::desired::Desired;
 use crate::model::{Endpoint, Network};
 
 /// The nat mode.

@@ -5,8 +5,9 @@
 //! drops everything entering or leaving the segment through the host, and the input chain
 //! drops traffic to any host address but the segment's own gateway. Publishing is refused.
 
+use super::Ctx;
 use super::{local_segment, JoinInfo, ModeDriver};
-use crate::desired::{Ctx, Desired};
+use crate::desired::Desired;
 use crate::model::{Endpoint, Network};
 
 /// The nonat mode.

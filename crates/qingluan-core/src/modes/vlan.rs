@@ -6,8 +6,9 @@
 //! one host and interface, with no 8021q module, macvlan or sub-interface. A router on the
 //! trunk connects VLANs at L3; it is the network's gateway.
 
+use super::Ctx;
 use super::{on_uplink, physical_join, JoinInfo, ModeDriver};
-use crate::desired::{Ctx, Desired};
+use crate::desired::Desired;
 use crate::model::{Endpoint, Network};
 
 /// The vlan mode.

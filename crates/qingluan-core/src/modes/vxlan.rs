@@ -21,11 +21,11 @@ use std::collections::BTreeMap;
 
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
+use super::Ctx;
 use super::{attach, gateway, publish, JoinInfo, ModeDriver};
-use crate::desired::{Ctx, Desired, MODE, OWNER};
+use crate::desired::{Desired, Nic, UplinkWant, MODE, OWNER};
 use crate::model::{Endpoint, Mac, Network};
 use crate::pipeline;
-use crate::uplink::{Nic, UplinkWant};
 
 /// The vxlan mode.
 pub struct Vxlan;
