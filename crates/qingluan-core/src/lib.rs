@@ -15,7 +15,6 @@ macro_rules! crash_point {
 }
 
 pub mod cluster;
-pub mod cluster_sync;
 pub mod desired;
 pub mod ipam;
 pub mod membership;
@@ -25,6 +24,7 @@ pub mod options;
 pub mod pipeline;
 pub mod policy;
 pub mod reconcile;
+pub mod records;
 pub mod service;
 pub mod settings;
 pub mod uplink;

@@ -12,11 +12,6 @@ use std::str::FromStr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-/// Store key prefix of network records (`networks/<network id>`).
-pub const NETWORKS: &str = "networks/";
-/// Store key prefix of endpoint records (`endpoints/<endpoint id>`).
-pub const ENDPOINTS: &str = "endpoints/";
-
 /// A network mode, chosen with `--opt model=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

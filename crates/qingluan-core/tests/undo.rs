@@ -133,12 +133,18 @@ async fn host() -> Host {
         pool: subnet.id.clone(),
     };
     h.driver
-        .create_network(network(NET, &subnet.cidr.to_string(), &gw.to_string()))
+        .networks
+        .create(network(NET, &subnet.cidr.to_string(), &gw.to_string()))
         .await
         .unwrap();
     let addr = h.ipam.request_address(&h.pool, "", false).await.unwrap();
-    h.driver.create_endpoint(endpoint(EP, &addr)).await.unwrap();
     h.driver
+        .endpoints
+        .create(endpoint(EP, &addr))
+        .await
+        .unwrap();
+    h.driver
+        .endpoints
         .join(NET, EP, "/var/run/docker/netns/x", &[])
         .await
         .unwrap();
@@ -259,7 +265,7 @@ async fn prepare(h: &Host, call: Call) -> Prepared {
             Prepared::Endpoint(endpoint(EP2, &addr))
         }
         Call::Revoke => {
-            h.driver.program(NET, EP, &web()).await.unwrap();
+            h.driver.publishing.program(NET, EP, &web()).await.unwrap();
             Prepared::Nothing
         }
         _ => Prepared::Nothing,
@@ -270,14 +276,14 @@ async fn prepare(h: &Host, call: Call) -> Prepared {
 async fn run(h: &Host, call: Call, p: &Prepared) -> Result<(), String> {
     let d = &h.driver;
     let r = match (call, p) {
-        (Call::CreateNetwork, Prepared::Network(req)) => d.create_network(req.clone()).await,
-        (Call::DeleteNetwork, _) => d.delete_network(NET).await,
+        (Call::CreateNetwork, Prepared::Network(req)) => d.networks.create(req.clone()).await,
+        (Call::DeleteNetwork, _) => d.networks.delete(NET).await,
         (Call::CreateEndpoint, Prepared::Endpoint(req)) => {
-            d.create_endpoint(req.clone()).await.map(|_| ())
+            d.endpoints.create(req.clone()).await.map(|_| ())
         }
-        (Call::DeleteEndpoint, _) => d.delete_endpoint(EP).await,
-        (Call::Program, _) => d.program(NET, EP, &web()).await,
-        (Call::Revoke, _) => d.revoke(EP).await,
+        (Call::DeleteEndpoint, _) => d.endpoints.delete(EP).await,
+        (Call::Program, _) => d.publishing.program(NET, EP, &web()).await,
+        (Call::Revoke, _) => d.publishing.revoke(EP).await,
         _ => unreachable!("prepare gives each call what it needs"),
     };
     r.map_err(|e| e.to_string())

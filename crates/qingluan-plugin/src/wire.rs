@@ -177,22 +177,24 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
                     })
                     .collect()
             };
-            d.create_network(CreateNetwork {
-                id: w.network_id,
-                generic: strings(opts.get(GENERIC)),
-                internal: opts
-                    .get("com.docker.network.internal")
-                    .and_then(Value::as_bool)
-                    == Some(true),
-                v4: data(w.ipv4),
-                v6: data(w.ipv6),
-            })
-            .await?;
+            d.networks
+                .create(CreateNetwork {
+                    id: w.network_id,
+                    generic: strings(opts.get(GENERIC)),
+                    internal: opts
+                        .get("com.docker.network.internal")
+                        .and_then(Value::as_bool)
+                        == Some(true),
+                    v4: data(w.ipv4),
+                    v6: data(w.ipv6),
+                })
+                .await?;
             json!({})
         }
         "NetworkDriver.DeleteNetwork" => {
             let v: Value = parse(body)?;
-            d.delete_network(&id_field(&v, "NetworkID", "network")?)
+            d.networks
+                .delete(&id_field(&v, "NetworkID", "network")?)
                 .await?;
             json!({})
         }
@@ -208,7 +210,8 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect();
             let mac = d
-                .create_endpoint(CreateEndpoint {
+                .endpoints
+                .create(CreateEndpoint {
                     network_id: w.network_id,
                     endpoint_id: w.endpoint_id,
                     address: iface.address,
@@ -225,10 +228,10 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
         }
         "NetworkDriver.EndpointOperInfo" => {
             let i = ids(body)?;
-            json!({"Value": d.endpoint_info(&i.endpoint_id).await.unwrap_or_else(|_| json!({}))})
+            json!({"Value": d.endpoints.info(&i.endpoint_id).await.unwrap_or_else(|_| json!({}))})
         }
         "NetworkDriver.DeleteEndpoint" => {
-            d.delete_endpoint(&ids(body)?.endpoint_id).await?;
+            d.endpoints.delete(&ids(body)?.endpoint_id).await?;
             json!({})
         }
         "NetworkDriver.Join" => {
@@ -240,6 +243,7 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
                 .unwrap_or_default();
             let opts = v.get("Options").and_then(Value::as_object);
             let info = d
+                .endpoints
                 .join(&i.network_id, &i.endpoint_id, sandbox, &ports(opts)?)
                 .await?;
             let mut r = json!({
@@ -255,19 +259,20 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
             r
         }
         "NetworkDriver.Leave" => {
-            d.leave(&ids(body)?.endpoint_id).await?;
+            d.endpoints.leave(&ids(body)?.endpoint_id).await?;
             json!({})
         }
         "NetworkDriver.ProgramExternalConnectivity" => {
             let v: Value = parse(body)?;
             let i = ids(body)?;
             let opts = v.get("Options").and_then(Value::as_object);
-            d.program(&i.network_id, &i.endpoint_id, &ports(opts)?)
+            d.publishing
+                .program(&i.network_id, &i.endpoint_id, &ports(opts)?)
                 .await?;
             json!({})
         }
         "NetworkDriver.RevokeExternalConnectivity" => {
-            d.revoke(&ids(body)?.endpoint_id).await?;
+            d.publishing.revoke(&ids(body)?.endpoint_id).await?;
             json!({})
         }
         "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => json!({}),

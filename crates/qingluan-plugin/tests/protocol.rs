@@ -408,26 +408,31 @@ async fn endpoints_docker_forgot_are_collected() {
         std::collections::BTreeSet::from([EP.to_string()]),
     )]);
     assert!(
-        d.collect_garbage(&listed, 0).await.unwrap().is_empty(),
+        d.collector.endpoints(&listed, 0).await.unwrap().is_empty(),
         "a listed endpoint stays"
     );
     let young = std::collections::BTreeMap::from([(NET.to_string(), Default::default())]);
     assert!(
-        d.collect_garbage(&young, 3600).await.unwrap().is_empty(),
+        d.collector
+            .endpoints(&young, 3600)
+            .await
+            .unwrap()
+            .is_empty(),
         "a young endpoint stays"
     );
     assert!(
-        d.collect_garbage(&Default::default(), 0)
+        d.collector
+            .endpoints(&Default::default(), 0)
             .await
             .unwrap()
             .is_empty(),
         "networks docker does not list are left alone"
     );
     assert_eq!(
-        d.collect_garbage(&young, 0).await.unwrap(),
+        d.collector.endpoints(&young, 0).await.unwrap(),
         vec![EP.to_string()]
     );
-    assert!(d.endpoints().await.unwrap().is_empty());
+    assert!(d.state.endpoints().await.unwrap().is_empty());
     let (_, again) = post(
         &h,
         Interface::Ipam,
@@ -649,7 +654,7 @@ async fn an_address_is_never_handed_out_while_its_endpoint_exists() {
     let d = &h.plugin.driver;
     let known = std::collections::BTreeMap::from([(NET.to_string(), Default::default())]);
     assert_eq!(
-        d.collect_garbage(&known, 0).await.unwrap(),
+        d.collector.endpoints(&known, 0).await.unwrap(),
         vec![EP.to_string()]
     );
     let (_, again) = post(&h, Interface::Ipam, "/IpamDriver.RequestAddress", &request).await;
@@ -687,10 +692,10 @@ async fn subnets_no_network_uses_are_collected() {
     let d = &h.plugin.driver;
     let docker = std::collections::BTreeSet::from([foreign]);
     assert!(
-        d.collect_subnets(&docker, 3600).await.unwrap().is_empty(),
+        d.collector.subnets(&docker, 3600).await.unwrap().is_empty(),
         "young subnets stay"
     );
-    assert_eq!(d.collect_subnets(&docker, 0).await.unwrap(), vec![orphan]);
+    assert_eq!(d.collector.subnets(&docker, 0).await.unwrap(), vec![orphan]);
     let left: Vec<String> = h
         .plugin
         .ipam

@@ -143,7 +143,7 @@ pub fn router(api: Api) -> Router {
 }
 
 async fn status(State(api): State<Api>) -> Result<Json<Status>, ApiError> {
-    let (datapath, tso) = match api.driver.facts().await {
+    let (datapath, tso) = match api.driver.state.facts().await {
         Ok(f) => (f.datapath, f.userspace_tso),
         Err(e) => (format!("unknown ({e})"), false),
     };
@@ -152,17 +152,17 @@ async fn status(State(api): State<Api>) -> Result<Json<Status>, ApiError> {
         Err(e) => (Vec::new(), Some(e)),
     };
     Ok(Json(Status {
-        name: api.driver.settings.name.clone(),
+        name: api.driver.state.settings.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: qingluan_core::model::now().saturating_sub(api.started),
         datapath,
         userspace_tso: tso,
-        networks: api.driver.networks().await.map_err(internal)?.len(),
-        endpoints: api.driver.endpoints().await.map_err(internal)?.len(),
+        networks: api.driver.state.networks().await.map_err(internal)?.len(),
+        endpoints: api.driver.state.endpoints().await.map_err(internal)?.len(),
         calls: api.stats.summary(),
         hosts,
         cluster_error,
-        conflicts: api.driver.conflicted().await.map_err(internal)?,
+        conflicts: api.driver.agent.conflicted().await.map_err(internal)?,
     }))
 }
 
@@ -172,6 +172,7 @@ async fn host_views(api: &Api) -> Result<Vec<HostView>, String> {
         .map_err(|e| e.to_string())?;
     let eps = api
         .driver
+        .agent
         .cluster_endpoints()
         .await
         .map_err(|e| e.to_string())?;
@@ -186,16 +187,31 @@ async fn host_views(api: &Api) -> Result<Vec<HostView>, String> {
 
 async fn cluster_endpoints(State(api): State<Api>) -> Result<Json<Vec<ClusterEndpoint>>, ApiError> {
     Ok(Json(
-        api.driver.cluster_endpoints().await.map_err(internal)?,
+        api.driver
+            .agent
+            .cluster_endpoints()
+            .await
+            .map_err(internal)?,
     ))
 }
 
 async fn cluster_networks(
     State(api): State<Api>,
 ) -> Result<Json<Vec<ClusterNetworkView>>, ApiError> {
-    let eps = api.driver.cluster_endpoints().await.map_err(internal)?;
+    let eps = api
+        .driver
+        .agent
+        .cluster_endpoints()
+        .await
+        .map_err(internal)?;
     let mut out = Vec::new();
-    for (net, members) in api.driver.cluster_networks().await.map_err(internal)? {
+    for (net, members) in api
+        .driver
+        .agent
+        .cluster_networks()
+        .await
+        .map_err(internal)?
+    {
         let mut endpoints = BTreeMap::new();
         for e in eps
             .iter()
@@ -218,6 +234,7 @@ async fn remove_cluster_network(
 ) -> Result<Json<ClusterNetwork>, ApiError> {
     use qingluan_core::service::ServiceError;
     api.driver
+        .agent
         .remove_cluster_network(&name)
         .await
         .map(Json)
@@ -233,9 +250,10 @@ async fn remove_cluster_network(
 
 async fn views(api: &Api) -> Result<Vec<NetworkView>, ApiError> {
     let names = api.names.read().await.clone();
-    let eps = api.driver.endpoints().await.map_err(internal)?;
+    let eps = api.driver.state.endpoints().await.map_err(internal)?;
     Ok(api
         .driver
+        .state
         .networks()
         .await
         .map_err(internal)?
@@ -279,7 +297,7 @@ async fn network(
 }
 
 async fn endpoints(State(api): State<Api>) -> Result<Json<Vec<Endpoint>>, ApiError> {
-    Ok(Json(api.driver.endpoints().await.map_err(internal)?))
+    Ok(Json(api.driver.state.endpoints().await.map_err(internal)?))
 }
 
 async fn pools(

@@ -277,7 +277,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.abort_all();
     }
     while tasks.join_next().await.is_some() {}
-    let leave = qingluan_core::membership::leave(&*store, &driver.host);
+    let leave = qingluan_core::membership::leave(&*store, &driver.state.host);
     if let Ok(Err(e)) = tokio::time::timeout_at(deadline, leave).await {
         tracing::warn!(error = %e, "could not mark this host down; its lease will run out");
     }
@@ -310,7 +310,7 @@ fn spawn_converge(
     tasks.spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            match driver.sync(true).await {
+            match driver.state.sync(true).await {
                 Ok(r) => {
                     tracing::info!(?r, "full reconcile done");
                     delay = Duration::from_secs(30);
@@ -357,12 +357,12 @@ fn spawn_cluster_agent(
     tasks.spawn(async move {
         let mut primed = BTreeMap::new();
         loop {
-            match driver.cluster_sync(grace).await {
+            match driver.agent.sync(grace).await {
                 Ok(r) if !r.is_empty() => tracing::info!(?r, "cluster agent"),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "cluster agent"),
             }
-            match driver.replication().await {
+            match driver.agent.replication().await {
                 Ok(steps) => {
                     for step in steps {
                         if let Err(e) = replicate(&driver, &docker, &name, &step).await {
@@ -372,7 +372,7 @@ fn spawn_cluster_agent(
                 }
                 Err(e) => tracing::debug!(error = %e, "replication"),
             }
-            prime_tunnels(&driver.vteps().await, &mut primed);
+            prime_tunnels(&driver.agent.vteps().await, &mut primed);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3)) => {}
                 _ = kick.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -424,7 +424,7 @@ async fn replicate(
         }
         Replication::LearnName { key, docker_id } => {
             let n = crate::docker::network_name(docker, docker_id).await?;
-            driver.learn_name(key, &n).await?;
+            driver.agent.learn_name(key, &n).await?;
         }
     }
     Ok(())
@@ -447,7 +447,7 @@ fn spawn_flow_audit(tasks: &mut Tasks, driver: Arc<Driver>) {
     tasks.spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            match driver.repair_flows().await {
+            match driver.state.repair_flows().await {
                 Ok(b) if !b.is_empty() => {
                     tracing::warn!(bridges = ?b, "flows were missing; re-programmed")
                 }
@@ -465,7 +465,7 @@ async fn collect_subnets(driver: &Driver, socket: &Path, name: &str, grace: u64)
         Ok(used) => used,
         Err(e) => return tracing::debug!(error = %e, "docker api"),
     };
-    match driver.collect_subnets(&used, grace).await {
+    match driver.collector.subnets(&used, grace).await {
         Ok(r) if !r.is_empty() => {
             tracing::warn!(subnets = ?r, "released subnets no network uses")
         }
@@ -496,21 +496,21 @@ fn spawn_docker_watch(
                         .collect();
                     let known: BTreeMap<String, BTreeSet<String>> =
                         nets.into_iter().map(|(id, (_, eps))| (id, eps)).collect();
-                    match driver.collect_garbage(&known, gc_secs).await {
+                    match driver.collector.endpoints(&known, gc_secs).await {
                         Ok(r) if !r.is_empty() => {
                             tracing::warn!(endpoints = ?r, "removed endpoints docker no longer knows")
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "endpoint collection failed"),
                     }
-                    match driver.collect_networks(&known, gc_secs).await {
+                    match driver.collector.networks(&known, gc_secs).await {
                         Ok(r) if !r.is_empty() => {
                             tracing::warn!(networks = ?r, "removed networks docker does not have")
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "network collection failed"),
                     }
-                    match driver.collect_addresses(gc_secs).await {
+                    match driver.collector.addresses(gc_secs).await {
                         Ok(0) => {}
                         Ok(n) => tracing::warn!(count = n, "released addresses no endpoint got"),
                         Err(e) => tracing::warn!(error = %e, "address collection failed"),

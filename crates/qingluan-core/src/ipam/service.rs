@@ -588,7 +588,7 @@ impl Ipam {
             return Ok(());
         }
         if let Some(ep) = &held.endpoint {
-            let key = format!("{}{ep}", crate::model::ENDPOINTS);
+            let key = crate::records::key::<crate::model::Endpoint>(ep);
             if self.store.get(&key).await?.is_some() {
                 tracing::info!(address = %ip, endpoint = %crate::model::head(ep, 12),
                     "release of an address its endpoint still has: kept until the endpoint goes");

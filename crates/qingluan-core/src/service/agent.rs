@@ -24,9 +24,11 @@ use crate::cluster::{self, ClusterEndpoint, Member, Replication, DOWN, ENDPOINTS
 use crate::desired::ClusterView;
 use crate::ipam::{self, Claim};
 use crate::membership;
-use crate::model::{self, Endpoint, Mode, ENDPOINTS as LOCAL_ENDPOINTS};
+use crate::model::{self, Endpoint, Mode};
 use crate::pipeline::RemoteEndpoint;
-use crate::service::{Driver, ServiceError};
+use crate::records;
+
+use super::ServiceError;
 
 /// Age after which an address this host holds without an endpoint is freed: far longer
 /// than the gap between Docker's RequestAddress and CreateEndpoint.
@@ -61,10 +63,16 @@ impl ClusterReport {
     }
 }
 
-impl Driver {
+handle! {
+    /// The cluster agent: this host's entries in the cluster store, dead hosts, the view of
+    /// other hosts' overlay endpoints.
+    ClusterAgent
+}
+
+impl ClusterAgent {
     /// One pass of the cluster agent; `grace_secs` is how long a host may be down before
     /// its addresses are reclaimed.
-    pub async fn cluster_sync(&self, grace_secs: u64) -> Result<ClusterReport, ServiceError> {
+    pub async fn sync(&self, grace_secs: u64) -> Result<ClusterReport, ServiceError> {
         let mut report = ClusterReport::default();
         self.sync_own_endpoints(&mut report).await?;
         self.reclaim_dead_hosts(grace_secs, &mut report).await?;
@@ -103,7 +111,7 @@ impl Driver {
             return Ok(false);
         }
         *self.view.write().await = view;
-        self.sync(false).await?;
+        self.s.sync(false).await?;
         Ok(true)
     }
 
@@ -155,10 +163,7 @@ impl Driver {
                     }
                     ep.conflict = holder;
                     self.local_store()
-                        .txn(
-                            vec![],
-                            vec![Op::Put(format!("{LOCAL_ENDPOINTS}{}", ep.id), to_json(&ep))],
-                        )
+                        .txn(vec![], vec![records::put(&ep)])
                         .await?;
                     changed = true;
                 }
@@ -201,7 +206,7 @@ impl Driver {
             }
         }
         if changed {
-            self.sync(false).await?;
+            self.s.sync(false).await?;
         }
         Ok(())
     }

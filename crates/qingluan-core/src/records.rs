@@ -1,0 +1,60 @@
+//! This host's records in its store, by type: each record kind knows its key prefix, so no
+//! caller spells a key.
+//!
+//! | record | key |
+//! |---|---|
+//! | [`Network`] | `networks/<network id>` |
+//! | [`Endpoint`] | `endpoints/<endpoint id>` |
+
+use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{Endpoint, Network};
+
+/// A record stored under `<PREFIX><id>`.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The key prefix of this kind.
+    const PREFIX: &'static str;
+    /// The record's ID.
+    fn id(&self) -> &str;
+}
+
+impl Record for Network {
+    const PREFIX: &'static str = "networks/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for Endpoint {
+    const PREFIX: &'static str = "endpoints/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The key of the record of kind `R` with ID `id`.
+pub fn key<R: Record>(id: &str) -> String {
+    format!("{}{id}", R::PREFIX)
+}
+
+/// The record of kind `R` with ID `id`, if stored.
+pub async fn get<R: Record>(store: &dyn Store, id: &str) -> Result<Option<R>, StoreError> {
+    get_json(store, &key::<R>(id)).await
+}
+
+/// Every record of kind `R`.
+pub async fn list<R: Record>(store: &dyn Store) -> Result<Vec<R>, StoreError> {
+    list_json(store, R::PREFIX).await
+}
+
+/// The write that stores `r`.
+pub fn put<R: Record>(r: &R) -> Op {
+    Op::Put(key::<R>(r.id()), to_json(r))
+}
+
+/// The write that deletes the record of kind `R` with ID `id`.
+pub fn delete<R: Record>(id: &str) -> Op {
+    Op::Delete(key::<R>(id))
+}

@@ -1,0 +1,173 @@
+//! CreateEndpoint, Join, Leave, DeleteEndpoint and EndpointOperInfo.
+
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use qingluan_store::{to_json, Op};
+
+use super::publishing::may_publish;
+use super::{address_pool, on_network, short, CreateEndpoint, ServiceError};
+use crate::cluster;
+use crate::ipam::IpamError;
+use crate::model::{self, Endpoint, Mac, Network};
+use crate::modes::{self, JoinInfo};
+use crate::options::{self, RawPort};
+use crate::records;
+
+handle! {
+    /// CreateEndpoint, Join, Leave, DeleteEndpoint and EndpointOperInfo.
+    Endpoints
+}
+
+impl Endpoints {
+    /// CreateEndpoint; returns the MAC to report when Docker sent none.
+    pub async fn create(&self, req: CreateEndpoint) -> Result<Option<Mac>, ServiceError> {
+        let net = self.network(&req.network_id).await?;
+        if let Some(k) = req.driver_opts.keys().next() {
+            return Err(ServiceError::Invalid(format!(
+                "unknown endpoint option {k:?} (qingluan takes no --driver-opt yet)"
+            )));
+        }
+        let address: Ipv4Net = req.address.parse().map_err(|_| {
+            ServiceError::Invalid(format!("missing or bad IPv4 address {:?}", req.address))
+        })?;
+        if !net.subnet.contains(&address.addr()) {
+            return Err(IpamError::AddressOutside {
+                addr: IpAddr::V4(address.addr()),
+                subnet: IpNet::V4(net.subnet),
+            }
+            .into());
+        }
+        let address_v6 = match req.address_v6.as_str() {
+            "" => None,
+            s => Some(
+                s.parse::<Ipv6Net>()
+                    .map_err(|_| ServiceError::Invalid(format!("bad IPv6 address {s:?}")))?,
+            ),
+        };
+        if let (Some(a), Some((subnet, _))) = (address_v6, net.ipv6) {
+            if !subnet.contains(&a.addr()) {
+                return Err(IpamError::AddressOutside {
+                    addr: IpAddr::V6(a.addr()),
+                    subnet: IpNet::V6(subnet),
+                }
+                .into());
+            }
+        }
+        let ports = options::port_mappings(&req.ports)?;
+        may_publish(&net, &ports)?;
+        let (mac, report) = match req.mac.as_str() {
+            "" => (Mac::from_ipv4(address.addr()), true),
+            s => (s.parse::<Mac>().map_err(ServiceError::Invalid)?, false),
+        };
+        let (veth, peer) = model::veth_names(&self.settings.prefix, &req.endpoint_id);
+        let ep = Endpoint {
+            id: req.endpoint_id.clone(),
+            network_id: net.id.clone(),
+            veth,
+            peer,
+            address,
+            address_v6,
+            mac,
+            ports: Vec::new(),
+            joined: false,
+            sandbox: None,
+            created: model::now(),
+            conflict: None,
+        };
+        let _g = self.lock.lock().await;
+        let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
+        self.ipam.bind(&pool, ip, &ep.id).await?;
+        crash_point!("create-endpoint-bound");
+        if let Err(e) = self.record_endpoint(&net, &ep).await {
+            self.ipam.unbind(&pool, ip, &ep.id).await?;
+            return Err(e);
+        }
+        crash_point!("create-endpoint-committed");
+        Ok(report.then_some(mac))
+    }
+
+    /// Records a new endpoint (and its cluster entry) and applies it; undone on failure.
+    async fn record_endpoint(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
+        let ckey = net
+            .cluster
+            .as_ref()
+            .map(|_| cluster::endpoint_key(&self.host, &ep.id));
+        if let Some(ckey) = &ckey {
+            let rec = to_json(&self.cluster_endpoint(net, ep));
+            self.cluster
+                .txn(vec![], vec![Op::Put(ckey.clone(), rec)])
+                .await?;
+        }
+        let done = self
+            .commit(
+                vec![records::put(ep)],
+                vec![records::delete::<Endpoint>(&ep.id)],
+            )
+            .await;
+        if let (Err(_), Some(ckey)) = (&done, ckey) {
+            self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+        }
+        done
+    }
+
+    /// Join: what Docker needs to plug the interface in.
+    pub async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox: &str,
+        ports: &[RawPort],
+    ) -> Result<JoinInfo, ServiceError> {
+        let net = self.network(network_id).await?;
+        options::sandbox_key(sandbox)?;
+        let _g = self.lock.lock().await;
+        let mut ep = self.endpoint(endpoint_id).await?;
+        on_network(&ep, &net)?;
+        may_publish(&net, &options::port_mappings(ports)?)?;
+        ep.joined = true;
+        ep.sandbox = Some(sandbox.to_string());
+        self.store.txn(vec![], vec![records::put(&ep)]).await?;
+        Ok(modes::driver(net.mode).join(&net, &ep))
+    }
+
+    /// Leave: the interface goes back to the host; the endpoint stays until deleted.
+    pub async fn leave(&self, endpoint_id: &str) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
+        if let Some(mut ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? {
+            ep.sandbox = None;
+            self.store.txn(vec![], vec![records::put(&ep)]).await?;
+        }
+        Ok(())
+    }
+
+    /// DeleteEndpoint; unknown endpoints are fine. The endpoint's cluster entry goes first;
+    /// if the dataplane then refuses, the record is restored and the cluster agent publishes
+    /// the entry again on its next pass.
+    pub async fn delete(&self, endpoint_id: &str) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
+        let ckey = cluster::endpoint_key(&self.host, endpoint_id);
+        if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
+            tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
+        }
+        let Some(ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? else {
+            return Ok(());
+        };
+        self.store
+            .txn(vec![], vec![records::delete::<Endpoint>(endpoint_id)])
+            .await?;
+        crash_point!("delete-endpoint-recorded");
+        self.apply_or_undo(vec![records::put(&ep)]).await
+    }
+
+    /// EndpointOperInfo: what we know about an endpoint.
+    pub async fn info(&self, endpoint_id: &str) -> Result<serde_json::Value, ServiceError> {
+        let ep = self.endpoint(endpoint_id).await?;
+        Ok(serde_json::json!({
+            "ip": ep.address.to_string(),
+            "mac": ep.mac.to_string(),
+            "veth": ep.host_veth(),
+            "ports": ep.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }))
+    }
+}

@@ -1,0 +1,449 @@
+//! The driver service: every plugin call as validate → persist → apply.
+//!
+//! A call is validated completely first (options, addresses, ports), then its record is
+//! written to the store (durable before we answer), then the dataplane is reconciled. When
+//! applying fails, the record is restored and the dataplane reconciled back, so a refused
+//! call changes nothing. Calls are serialised by one lock: the plugin protocol is cheap per
+//! call and correctness under Docker's concurrent start/stop storms matters more.
+//!
+//! One handle per concern, each in its own file, all over the shared [`State`]:
+//! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
+//! (`publishing.rs`, with the one rule for `-p`), [`Collector`] (`collector.rs`) and the
+//! [`ClusterAgent`] (`agent.rs`). [`Driver`] bundles them.
+
+/// Declares a handle over the shared [`State`]: a cheap clone that reads the state through
+/// `Deref`.
+macro_rules! handle {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            s: std::sync::Arc<super::State>,
+        }
+
+        impl $name {
+            pub(crate) fn new(s: std::sync::Arc<super::State>) -> Self {
+                $name { s }
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = super::State;
+            fn deref(&self) -> &super::State {
+                &self.s
+            }
+        }
+    };
+}
+
+mod agent;
+mod collector;
+mod endpoints;
+mod networks;
+mod publishing;
+
+pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
+pub use collector::Collector;
+pub use endpoints::Endpoints;
+pub use networks::Networks;
+pub use publishing::Publishing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net};
+use qingluan_store::{Op, Store, StoreError};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::cluster::{ClusterEndpoint, ClusterError};
+use crate::desired::{self, Desired, HostFacts};
+use crate::ipam::{Ipam, IpamError};
+use crate::model::{Endpoint, Network};
+use crate::options::{OptionError, RawPort};
+use crate::reconcile::{Pass, ReconcileError, Reconciler, Report};
+use crate::records;
+use crate::settings::Settings;
+
+/// Errors of driver calls; the text reaches the user through the Docker CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A bad option.
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    /// IPAM refused.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// A network we do not know.
+    #[error("network {0} not found")]
+    NetworkNotFound(String),
+    /// A CreateNetwork for an ID we have with another definition.
+    #[error(
+        "network {0} already exists with another definition (mode, subnet, gateway or \
+         options differ); it was left as it is"
+    )]
+    NetworkExists(String),
+    /// A call naming an endpoint under a network it is not on.
+    #[error("endpoint {endpoint} is on network {on}, not on {asked}")]
+    WrongNetwork {
+        endpoint: String,
+        on: String,
+        asked: String,
+    },
+    /// An endpoint we do not know.
+    #[error("endpoint {0} not found")]
+    EndpointNotFound(String),
+    /// `-p` on a network without a way out.
+    #[error("port publishing (-p) is not supported on {0}")]
+    PublishingRefused(&'static str),
+    /// A flat or vlan network with no interface to use.
+    #[error(
+        "no uplink interface for this network: give --opt parent=<interface> or set network.uplink"
+    )]
+    NoUplink,
+    /// `--opt parent` names no interface of this host.
+    #[error("parent interface {0:?} does not exist on this host")]
+    ParentMissing(String),
+    /// `--internal` with `--opt nat=true`.
+    #[error("--internal and --opt nat=true contradict each other: nat=true is a way out")]
+    InternalNat,
+    /// A subnet this host would route overlaps one it already routes.
+    #[error(
+        "subnet {subnet} overlaps {other} of network {network}, which this host already \
+         routes: a vxlan network with nat=true has its gateway on every host"
+    )]
+    RoutedOverlap {
+        subnet: Ipv4Net,
+        other: Ipv4Net,
+        network: String,
+    },
+    /// A host port published twice.
+    #[error("host port {port}/{proto} is already published by endpoint {owner}")]
+    PortInUse {
+        port: u16,
+        proto: &'static str,
+        owner: String,
+    },
+    /// A request Docker should never send.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The dataplane could not be programmed.
+    #[error("cannot program the dataplane: {0}")]
+    Dataplane(#[from] ReconcileError),
+    /// OVS could not be asked about the host.
+    #[error("{0}")]
+    Ovs(String),
+    /// The cluster refused.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One IPAM pool of a CreateNetwork request (strings as Docker sends them).
+#[derive(Clone, Debug, Default)]
+pub struct IpamData {
+    /// The subnet, CIDR.
+    pub pool: String,
+    /// The gateway with the subnet's prefix, CIDR.
+    pub gateway: String,
+}
+
+/// A CreateNetwork call.
+#[derive(Clone, Debug, Default)]
+pub struct CreateNetwork {
+    /// Docker's network ID.
+    pub id: String,
+    /// `-o k=v` options.
+    pub generic: BTreeMap<String, String>,
+    /// `--internal`.
+    pub internal: bool,
+    /// IPv4 pools.
+    pub v4: Vec<IpamData>,
+    /// IPv6 pools.
+    pub v6: Vec<IpamData>,
+}
+
+/// A CreateEndpoint call.
+#[derive(Clone, Debug, Default)]
+pub struct CreateEndpoint {
+    /// Docker's network ID.
+    pub network_id: String,
+    /// Docker's endpoint ID.
+    pub endpoint_id: String,
+    /// IPv4 address, CIDR.
+    pub address: String,
+    /// IPv6 address, CIDR or empty.
+    pub address_v6: String,
+    /// MAC the user asked for, or empty.
+    pub mac: String,
+    /// `com.docker.network.portmap`.
+    pub ports: Vec<RawPort>,
+    /// Option keys given with `--driver-opt`.
+    pub driver_opts: BTreeMap<String, String>,
+}
+
+/// The driver: one handle per concern over the shared [`State`].
+pub struct Driver {
+    /// CreateNetwork, DeleteNetwork.
+    pub networks: Networks,
+    /// CreateEndpoint, Join, Leave, DeleteEndpoint, EndpointOperInfo.
+    pub endpoints: Endpoints,
+    /// ProgramExternalConnectivity, RevokeExternalConnectivity.
+    pub publishing: Publishing,
+    /// Clean-up of what Docker forgot or a crash left.
+    pub collector: Collector,
+    /// The cluster agent.
+    pub agent: ClusterAgent,
+    /// What they share.
+    pub state: Arc<State>,
+}
+
+impl Driver {
+    /// A driver over stores, IPAM and a reconciler.
+    pub fn new(
+        settings: Settings,
+        stores: Stores,
+        ipam: Arc<Ipam>,
+        reconciler: Reconciler,
+    ) -> Self {
+        let s = Arc::new(State::new(settings, stores, ipam, reconciler));
+        Driver {
+            networks: Networks::new(s.clone()),
+            endpoints: Endpoints::new(s.clone()),
+            publishing: Publishing::new(s.clone()),
+            collector: Collector::new(s.clone()),
+            agent: ClusterAgent::new(s.clone()),
+            state: s,
+        }
+    }
+}
+
+/// What every part of the driver shares: settings, stores, IPAM, the reconciler, host
+/// facts, the cluster view and the call lock.
+pub struct State {
+    /// Settings.
+    pub settings: Settings,
+    /// This host's records.
+    pub(crate) store: Arc<dyn Store>,
+    /// The cluster store (cluster networks, every host's endpoints).
+    pub(crate) cluster: Arc<dyn Store>,
+    /// This host's ID in the cluster.
+    pub host: String,
+    /// IPAM.
+    pub ipam: Arc<Ipam>,
+    /// The reconciler.
+    pub(crate) reconciler: Reconciler,
+    /// Host facts, learnt from OVS on first need.
+    pub(crate) facts: RwLock<Option<HostFacts>>,
+    /// Other hosts' overlay endpoints, refreshed by the cluster agent; kept as it was while
+    /// the cluster store is unreachable, so existing tunnels keep working.
+    pub(crate) view: RwLock<desired::ClusterView>,
+    /// Serialises calls.
+    pub(crate) lock: Mutex<()>,
+}
+
+/// Bytes VXLAN over an IPv4 underlay adds to each frame (outer Ethernet 14, IPv4 20, UDP 8,
+/// VXLAN 8): the default container MTU of a vxlan network is `network.mtu` minus this.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Where a driver keeps its records.
+pub struct Stores {
+    /// This host's own records.
+    pub local: Arc<dyn Store>,
+    /// The cluster store; the local one on a single host.
+    pub cluster: Arc<dyn Store>,
+    /// This host's ID.
+    pub host: String,
+}
+
+/// The datapath type to use given the setting and whether the kernel module is loaded.
+pub fn choose_datapath(setting: &str, kernel_module: bool) -> String {
+    match setting {
+        "netdev" | "system" => setting.to_string(),
+        _ if kernel_module => "system".into(),
+        _ => "netdev".into(),
+    }
+}
+
+impl State {
+    /// The shared state over stores, IPAM and a reconciler.
+    fn new(settings: Settings, stores: Stores, ipam: Arc<Ipam>, reconciler: Reconciler) -> Self {
+        State {
+            settings,
+            store: stores.local,
+            cluster: stores.cluster,
+            host: stores.host,
+            ipam,
+            reconciler,
+            facts: RwLock::new(None),
+            view: RwLock::new(Default::default()),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Takes the call lock (background work that edits records).
+    pub(crate) async fn locked(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// This host's store.
+    pub(crate) fn local_store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The reconciler.
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    /// Host facts, asking OVS the first time.
+    pub async fn facts(&self) -> Result<HostFacts, ServiceError> {
+        if let Some(f) = self.facts.read().await.clone() {
+            return Ok(f);
+        }
+        let sys = self
+            .reconciler
+            .adapters()
+            .ovs
+            .system()
+            .await
+            .map_err(|e| ServiceError::Ovs(e.to_string()))?;
+        let module = std::path::Path::new("/sys/module/openvswitch").exists();
+        let f = HostFacts {
+            datapath: choose_datapath(&self.settings.datapath, module),
+            userspace_tso: sys
+                .other_config
+                .get("userspace-tso-enable")
+                .map(String::as_str)
+                == Some("true"),
+        };
+        *self.facts.write().await = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Every network.
+    pub async fn networks(&self) -> Result<Vec<Network>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
+    /// Every network by ID.
+    pub async fn networks_by_id(&self) -> Result<BTreeMap<String, Network>, ServiceError> {
+        Ok(self
+            .networks()
+            .await?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect())
+    }
+
+    /// Every endpoint.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
+    pub(crate) async fn network(&self, id: &str) -> Result<Network, ServiceError> {
+        records::get(&*self.store, id)
+            .await?
+            .ok_or_else(|| ServiceError::NetworkNotFound(short(id)))
+    }
+
+    pub(crate) async fn endpoint(&self, id: &str) -> Result<Endpoint, ServiceError> {
+        records::get(&*self.store, id)
+            .await?
+            .ok_or_else(|| ServiceError::EndpointNotFound(short(id)))
+    }
+
+    /// The desired dataplane from the stored records, as of `pass`: an endpoint Docker has
+    /// joined whose host veth is gone (its container died without a DeleteEndpoint) is left
+    /// out until its record is collected, since OVS can give its port no OpenFlow number.
+    pub(crate) async fn desired(&self, pass: &Pass<'_>) -> Result<Desired, ServiceError> {
+        let facts = self.facts().await?;
+        let nets = self.networks().await?;
+        let mut eps = self.endpoints().await?;
+        eps.retain(|e| !e.joined || pass.has_veth(&e.veth));
+        let view = self.view.read().await;
+        Ok(crate::modes::build(
+            &self.settings,
+            &facts,
+            &nets,
+            &eps,
+            &view,
+        ))
+    }
+
+    /// One reconcile pass over everything.
+    pub async fn sync(&self, full: bool) -> Result<Report, ServiceError> {
+        let pass = self.reconciler.begin().await?;
+        let d = self.desired(&pass).await?;
+        Ok(pass.sync(&d, full).await?)
+    }
+
+    /// Re-programs bridges that lost their flows; returns their names.
+    pub async fn repair_flows(&self) -> Result<Vec<String>, ServiceError> {
+        let pass = self.reconciler.begin().await?;
+        let d = self.desired(&pass).await?;
+        let lost = pass.bridges_missing_flows(&d).await;
+        if !lost.is_empty() {
+            for b in &lost {
+                pass.invalidate_flows(b).await;
+            }
+            pass.sync(&d, false).await?;
+        }
+        Ok(lost)
+    }
+
+    /// Writes `ops`, reconciles, and on failure writes `undo` and reconciles back.
+    pub(crate) async fn commit(&self, ops: Vec<Op>, undo: Vec<Op>) -> Result<(), ServiceError> {
+        self.store.txn(vec![], ops).await?;
+        self.apply_or_undo(undo).await
+    }
+
+    /// Reconciles after a write; on failure writes `undo` and reconciles back, so a refused
+    /// call changes nothing.
+    pub(crate) async fn apply_or_undo(&self, undo: Vec<Op>) -> Result<(), ServiceError> {
+        if let Err(e) = self.sync(false).await {
+            self.store.txn(vec![], undo).await?;
+            if let Err(again) = self.sync(false).await {
+                tracing::warn!(error = %again, "reconcile after undo failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The cluster's record of an endpoint of this host.
+    pub(crate) fn cluster_endpoint(&self, net: &Network, ep: &Endpoint) -> ClusterEndpoint {
+        ClusterEndpoint {
+            id: ep.id.clone(),
+            host: self.host.clone(),
+            network_key: net.cluster.clone(),
+            network_id: net.id.clone(),
+            mode: net.mode,
+            address: ep.address,
+            mac: ep.mac,
+        }
+    }
+}
+
+/// The IPAM pool ID of a network's container addresses.
+fn address_pool(net: &Network) -> String {
+    let domain = net.cluster.as_deref().unwrap_or("host");
+    crate::ipam::pool_id(domain, IpNet::V4(net.subnet))
+}
+
+/// Refuses a call that names `ep` under another network than its own.
+fn on_network(ep: &Endpoint, net: &Network) -> Result<(), ServiceError> {
+    if ep.network_id == net.id {
+        return Ok(());
+    }
+    Err(ServiceError::WrongNetwork {
+        endpoint: ep.short_id().to_string(),
+        on: short(&ep.network_id),
+        asked: net.short_id().to_string(),
+    })
+}
+
+fn short(id: &str) -> String {
+    crate::model::head(id, 12).to_string()
+}
