@@ -398,7 +398,7 @@ fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
         .any(|f| f == "table=0,priority=0,cookie=0x500000000000000,actions=NORMAL"));
     assert_eq!(
         d.sentinels["qlul"],
-        qingluan_core::pipeline::uplink_sentinel()
+        qingluan_core::pipeline::UplinkSwitch.sentinel()
     );
 
     // The physical router is the default gateway; publishing is refused.

@@ -142,8 +142,13 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             .to_vec(),
     });
     attach(ctx, net, &bridge, eps, None, ctx.facts.needs_tx_off(), out);
-    out.flows.insert(bridge.clone(), pipeline::flows(net, eps));
-    out.sentinels.insert(bridge, pipeline::sentinel(net));
+    let segment = pipeline::SegmentBridge {
+        net,
+        endpoints: eps,
+    };
+    out.flows
+        .insert(bridge.clone(), pipeline::collect(&[&segment]));
+    out.sentinels.insert(bridge, segment.sentinel());
 }
 
 /// A network on the physical network (flat, vlan): its containers' ports on the uplink
@@ -172,7 +177,9 @@ pub(crate) fn on_uplink(ctx: &Ctx, net: &Network, eps: &[&Endpoint], tag: u16, o
     out.flows
         .entry(bridge)
         .or_default()
-        .extend(pipeline::physical_flows(eps));
+        .extend(pipeline::collect(&[&pipeline::PhysicalPorts {
+            endpoints: eps,
+        }]));
 }
 
 /// Join of a network on the physical network: the physical router is the default gateway.
@@ -260,12 +267,12 @@ pub fn build(
         d.flows
             .entry(u.bridge.clone())
             .or_default()
-            .push(crate::pipeline::uplink_base());
+            .extend(pipeline::collect(&[&pipeline::UplinkSwitch]));
         d.sentinels
-            .insert(u.bridge.clone(), crate::pipeline::uplink_sentinel());
+            .insert(u.bridge.clone(), pipeline::UplinkSwitch.sentinel());
     }
     for flows in d.flows.values_mut() {
-        crate::pipeline::sort(flows);
+        pipeline::sort(flows);
     }
     d.firewall.segments.sort_by(|a, b| a.bridge.cmp(&b.bridge));
     d.firewall.guards.sort();

@@ -92,12 +92,12 @@ impl ModeDriver for Vxlan {
                     ("key".to_string(), "flow".to_string()),
                 ]),
             });
+            let base = pipeline::OverlayBase { tunnel: &tunnel };
             out.flows
                 .entry(bridge.clone())
                 .or_default()
-                .extend(pipeline::overlay_base(&tunnel));
-            out.sentinels
-                .insert(bridge.clone(), pipeline::overlay_sentinel());
+                .extend(pipeline::collect(&[&base]));
+            out.sentinels.insert(bridge.clone(), base.sentinel());
             if ctx.facts.datapath == "netdev" {
                 if let Some(address) = ctx.settings.underlay_ip {
                     out.uplinks.push(UplinkWant {
@@ -144,7 +144,17 @@ impl ModeDriver for Vxlan {
             return;
         };
         let remote = ctx.view.get(key).map(Vec::as_slice).unwrap_or_default();
-        let flows = pipeline::overlay_flows(net, vni, eps, remote, &tunnel, gw.as_ref());
-        out.flows.entry(bridge).or_default().extend(flows);
+        let network = pipeline::OverlayNetwork {
+            net,
+            vni,
+            endpoints: eps,
+            remote,
+            tunnel: &tunnel,
+            gateway: gw.as_ref(),
+        };
+        out.flows
+            .entry(bridge)
+            .or_default()
+            .extend(pipeline::collect(&[&network]));
     }
 }

@@ -10,10 +10,12 @@
 //! | `ARP_RESPOND`  | 5     | answers ARP requests of local overlay containers on the spot  |
 //! | `L2_FORWARD`   | 10    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
 //!
-//! Features (each a file): [`spoof_guard`] (the admission triple of an endpoint),
-//! [`segment`] (a nat/nonat network bridge), [`physical`] (containers and the base flow of an
-//! uplink bridge), [`overlay`] (the vxlan bridge: tunnel, ARP responder, forwarding, the
-//! `nat=true` gateway).
+//! Features, each a type implementing [`FlowFeature`] in its own file (it declares the
+//! stages it writes and produces its flows; [`collect`] holds it to that):
+//! [`SegmentBridge`] (a nat/nonat network bridge), [`UplinkSwitch`] and [`PhysicalPorts`]
+//! (an uplink bridge and the containers on it), [`OverlayBase`] and [`OverlayNetwork`] (the
+//! vxlan bridge: tunnel, ARP responder, forwarding, the `nat=true` gateway).
+//! [`spoof_guard`] is the one definition of what an endpoint may send, used by all of them.
 //!
 //! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
 //! depends on flows being present, and a restarted ovs-vswitchd is detected by the missing
@@ -34,9 +36,9 @@ pub use qingluan_dataplane::openflow::{Field, Port};
 
 use crate::model::Mac;
 
-pub use overlay::{overlay_base, overlay_flows, overlay_sentinel, OverlayGateway, RemoteEndpoint};
-pub use physical::{physical_flows, uplink_base, uplink_sentinel};
-pub use segment::{flows, sentinel};
+pub use overlay::{OverlayBase, OverlayGateway, OverlayNetwork, RemoteEndpoint};
+pub use physical::{PhysicalPorts, UplinkSwitch};
+pub use segment::SegmentBridge;
 
 /// A pipeline stage; its table number follows from its place in [`STAGES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +117,37 @@ impl Cookie {
     pub fn value(self) -> u64 {
         ((self.feature as u64) << 56) | u64::from(self.owner)
     }
+}
+
+/// A feature of the pipeline, one type per file: it declares the stages its flows are in
+/// and produces them; [`collect`] gathers the flows of a bridge's features and holds each
+/// to its declaration.
+pub trait FlowFeature {
+    /// The feature's name, for docs and messages.
+    fn name(&self) -> &'static str;
+    /// The stages its flows are in.
+    fn stages(&self) -> &'static [Stage];
+    /// Its flows.
+    fn flows(&self) -> Vec<Flow>;
+}
+
+/// The flows of `features`, in order. A flow outside its feature's declared stages is a
+/// programming error, caught in debug builds, so by every test that builds a dataplane.
+pub fn collect(features: &[&dyn FlowFeature]) -> Vec<Flow> {
+    let mut out = Vec::new();
+    for f in features {
+        let flows = f.flows();
+        debug_assert!(
+            flows
+                .iter()
+                .all(|x| f.stages().iter().any(|s| s.table() == x.table)),
+            "feature {} writes outside its stages {:?}",
+            f.name(),
+            f.stages()
+        );
+        out.extend(flows);
+    }
+    out
 }
 
 /// A match: its fields, in order.
@@ -222,6 +255,32 @@ mod tests {
             STAGES.map(Stage::name),
             ["CLASSIFY", "ARP_RESPOND", "L2_FORWARD"]
         );
+    }
+
+    struct Stray;
+
+    impl FlowFeature for Stray {
+        fn name(&self) -> &'static str {
+            "stray"
+        }
+        fn stages(&self) -> &'static [Stage] {
+            &[Stage::Classify]
+        }
+        fn flows(&self) -> Vec<Flow> {
+            vec![flow(
+                Stage::L2Forward,
+                0,
+                Cookie::bridge(Feature::Base),
+                Match::any(),
+                &[Action::Drop],
+            )]
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "feature stray writes outside its stages")]
+    fn a_feature_keeps_to_its_stages() {
+        collect(&[&Stray]);
     }
 
     #[test]

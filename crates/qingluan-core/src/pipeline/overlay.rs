@@ -16,7 +16,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use qingluan_dataplane::openflow::Flow;
 
-use super::{flow, spoof_guard, Action, Cookie, Feature, Field, Match, Port, Stage};
+use super::{
+    flow, spoof_guard, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage, STAGES,
+};
 use crate::model::{Endpoint, Mac, Network};
 
 /// Where another host's endpoint of an overlay network is.
@@ -44,13 +46,72 @@ pub struct OverlayGateway {
     pub ip: Ipv4Addr,
 }
 
-/// The cookie of the overlay bridge's sentinel flow.
-pub fn overlay_sentinel() -> u64 {
-    Cookie::bridge(Feature::Overlay).value()
+/// The overlay bridge's own flows: default drops and the tunnel port's admission.
+pub struct OverlayBase<'a> {
+    /// The tunnel port.
+    pub tunnel: &'a str,
 }
 
-/// The overlay bridge's own flows: default drops and the tunnel port's admission.
-pub fn overlay_base(tunnel: &str) -> Vec<Flow> {
+impl OverlayBase<'_> {
+    /// The cookie of the overlay bridge's sentinel flow.
+    pub fn sentinel(&self) -> u64 {
+        Cookie::bridge(Feature::Overlay).value()
+    }
+}
+
+impl FlowFeature for OverlayBase<'_> {
+    fn name(&self) -> &'static str {
+        "overlay base"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &STAGES
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        overlay_base(self.tunnel)
+    }
+}
+
+/// One overlay network on the overlay bridge: its local endpoints, the endpoints other
+/// hosts have in it, and this host's gateway.
+pub struct OverlayNetwork<'a> {
+    /// The network.
+    pub net: &'a Network,
+    /// Its VNI.
+    pub vni: u32,
+    /// Its endpoints on this host.
+    pub endpoints: &'a [&'a Endpoint],
+    /// Its endpoints on other hosts.
+    pub remote: &'a [RemoteEndpoint],
+    /// The tunnel port.
+    pub tunnel: &'a str,
+    /// This host's gateway (`nat=true`).
+    pub gateway: Option<&'a OverlayGateway>,
+}
+
+impl FlowFeature for OverlayNetwork<'_> {
+    fn name(&self) -> &'static str {
+        "overlay network"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &STAGES
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        overlay_flows(
+            self.net,
+            self.vni,
+            self.endpoints,
+            self.remote,
+            self.tunnel,
+            self.gateway,
+        )
+    }
+}
+
+fn overlay_base(tunnel: &str) -> Vec<Flow> {
     let c = Cookie::bridge(Feature::Overlay);
     vec![
         flow(Stage::Classify, 0, c, Match::any(), &[Action::Drop]),
@@ -87,9 +148,7 @@ fn asks_for(vni: u32, ip: Ipv4Addr) -> Match {
         .and(Field::ArpTpa(ip))
 }
 
-/// The flows of one overlay network with VNI `vni`: its local endpoints (ports on the
-/// overlay bridge), the endpoints other hosts have in it, and this host's gateway.
-pub fn overlay_flows(
+fn overlay_flows(
     net: &Network,
     vni: u32,
     endpoints: &[&Endpoint],

@@ -6,27 +6,60 @@
 
 use qingluan_dataplane::openflow::Flow;
 
-use super::{flow, spoof_guard, Action, Cookie, Feature, Match, Stage};
+use super::{flow, spoof_guard, Action, Cookie, Feature, FlowFeature, Match, Stage};
 use crate::model::Endpoint;
 
-/// The cookie of an uplink bridge's sentinel flow.
-pub fn uplink_sentinel() -> u64 {
-    Cookie::bridge(Feature::Uplink).value()
+/// An uplink bridge's own flow: switch whatever no other flow claims.
+pub struct UplinkSwitch;
+
+impl UplinkSwitch {
+    /// The cookie of an uplink bridge's sentinel flow.
+    pub fn sentinel(&self) -> u64 {
+        Cookie::bridge(Feature::Uplink).value()
+    }
 }
 
-/// An uplink bridge's own flow.
-pub fn uplink_base() -> Flow {
-    flow(
-        Stage::Classify,
-        0,
-        Cookie::bridge(Feature::Uplink),
-        Match::any(),
-        &[Action::Normal],
-    )
+impl FlowFeature for UplinkSwitch {
+    fn name(&self) -> &'static str {
+        "uplink switch"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::Classify]
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        vec![flow(
+            Stage::Classify,
+            0,
+            Cookie::bridge(Feature::Uplink),
+            Match::any(),
+            &[Action::Normal],
+        )]
+    }
 }
 
-/// The flows of containers on an uplink bridge.
-pub fn physical_flows(endpoints: &[&Endpoint]) -> Vec<Flow> {
+/// Containers' ports on an uplink bridge.
+pub struct PhysicalPorts<'a> {
+    /// The containers' endpoints.
+    pub endpoints: &'a [&'a Endpoint],
+}
+
+impl FlowFeature for PhysicalPorts<'_> {
+    fn name(&self) -> &'static str {
+        "physical ports"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::Classify]
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        physical_flows(self.endpoints)
+    }
+}
+
+fn physical_flows(endpoints: &[&Endpoint]) -> Vec<Flow> {
     let mut out = Vec::new();
     for ep in endpoints {
         let c = Cookie::of(Feature::Endpoint, &ep.id);

@@ -3,16 +3,41 @@
 
 use qingluan_dataplane::openflow::Flow;
 
-use super::{flow, sort, spoof_guard, Action, Cookie, Feature, Field, Match, Port, Stage};
+use super::{
+    flow, sort, spoof_guard, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage,
+};
 use crate::model::{Endpoint, Network};
 
-/// The cookie of the flow whose absence means the bridge lost its flows.
-pub fn sentinel(net: &Network) -> u64 {
-    Cookie::of(Feature::Base, &net.id).value()
+/// A network bridge with its endpoints' ports.
+pub struct SegmentBridge<'a> {
+    /// The network.
+    pub net: &'a Network,
+    /// Its endpoints.
+    pub endpoints: &'a [&'a Endpoint],
 }
 
-/// The flows of a network bridge with its endpoints' ports.
-pub fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
+impl SegmentBridge<'_> {
+    /// The cookie of the flow whose absence means the bridge lost its flows.
+    pub fn sentinel(&self) -> u64 {
+        Cookie::of(Feature::Base, &self.net.id).value()
+    }
+}
+
+impl FlowFeature for SegmentBridge<'_> {
+    fn name(&self) -> &'static str {
+        "segment"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::Classify, Stage::L2Forward]
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        flows(self.net, self.endpoints)
+    }
+}
+
+fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
     let base = Cookie::of(Feature::Base, &net.id);
     let forward = [Action::Goto(Stage::L2Forward)];
     let mut out = vec![
