@@ -2,8 +2,8 @@
 //!
 //! All vxlan networks of a host share one overlay bridge (`<prefix>ov`) with one flow-based
 //! VXLAN port (`<prefix>ovt`, `remote_ip=flow`, `key=flow`, UDP 4789): the number of OVS
-//! ports grows with neither networks nor hosts. The pipeline (`pipeline::overlay_flows`)
-//! keeps VNIs apart by `tun_id`, answers ARP locally and sends unicast straight to the host
+//! ports grows with neither networks nor hosts. The pipeline's overlay features
+//! (`pipeline/overlay.rs`, `arp_responder.rs`, `overlay_gateway.rs`) keep VNIs apart by `tun_id`, answers ARP locally and sends unicast straight to the host
 //! holding the MAC, from the locations in the cluster store. On the userspace datapath the
 //! underlay address must sit on an OVS bridge for OVS to route tunnel packets, so the
 //! network also asks for the uplink bridge (`uplink.rs`). Container ports have TX checksum
@@ -19,13 +19,13 @@
 
 use std::collections::BTreeMap;
 
-use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
+use qingluan_dataplane::ovsdb::BridgeSpec;
 
 use super::Ctx;
 use super::{attach, gateway, publish, JoinInfo, ModeDriver};
 use crate::desired::{Desired, Nic, UplinkWant, MODE, OWNER};
 use crate::model::{Endpoint, Mac, Network};
-use crate::pipeline;
+use crate::pipeline::{self, FlowFeature};
 
 /// The vxlan mode.
 pub struct Vxlan;
@@ -79,20 +79,12 @@ impl ModeDriver for Vxlan {
                     .map(String::from)
                     .to_vec(),
             });
-            out.ports.push(PortSpec {
-                bridge: bridge.clone(),
-                name: tunnel.clone(),
-                kind: "vxlan".into(),
-                tag: None,
-                external_ids: ids,
-                mtu_request: None,
-                mac: None,
-                options: BTreeMap::from([
-                    ("remote_ip".to_string(), "flow".to_string()),
-                    ("key".to_string(), "flow".to_string()),
-                ]),
-            });
-            let base = pipeline::OverlayBase { tunnel: &tunnel };
+            let base = pipeline::OverlayBase {
+                bridge: &bridge,
+                tunnel: &tunnel,
+                ids: &ids,
+            };
+            out.ports.extend(base.ports());
             out.flows
                 .entry(bridge.clone())
                 .or_default()
@@ -126,25 +118,23 @@ impl ModeDriver for Vxlan {
                 mac: Mac::from_ipv4(net.gateway),
                 ip: net.gateway,
             });
-        if let Some(g) = &gw {
-            out.ports.push(PortSpec {
-                bridge: bridge.clone(),
-                name: g.port.clone(),
-                kind: "internal".into(),
-                tag: None,
-                external_ids: ctx.ids(net, None),
-                mtu_request: None,
-                options: Default::default(),
-                mac: Some(g.mac.to_string()),
-            });
-            gateway(net, &g.port, true, out);
-            publish(&g.port, eps, out);
+        let gw_port = gw.as_ref().map(|g| pipeline::OverlayGatewayPort {
+            net,
+            vni: net.vni,
+            bridge: &bridge,
+            gateway: g,
+            ids: ctx.ids(net, None),
+        });
+        if let Some(p) = &gw_port {
+            out.ports.extend(p.ports());
+            gateway(net, &p.gateway.port, true, out);
+            publish(&p.gateway.port, eps, out);
         }
         let (Some(vni), Some(key)) = (net.vni, &net.cluster) else {
             return;
         };
         let remote = ctx.view.get(key).map(Vec::as_slice).unwrap_or_default();
-        let network = pipeline::OverlayNetwork {
+        let forwarding = pipeline::OverlayForwarding {
             net,
             vni,
             endpoints: eps,
@@ -152,9 +142,18 @@ impl ModeDriver for Vxlan {
             tunnel: &tunnel,
             gateway: gw.as_ref(),
         };
-        out.flows
-            .entry(bridge)
-            .or_default()
-            .extend(pipeline::collect(&[&network]));
+        let arp = pipeline::ArpResponder {
+            net,
+            vni,
+            endpoints: eps,
+            remote,
+            gateway: gw.as_ref(),
+        };
+        let mut features: Vec<&dyn FlowFeature> = vec![&forwarding, &arp];
+        if let Some(p) = &gw_port {
+            features.push(p);
+        }
+        let flows = pipeline::collect(&features);
+        out.flows.entry(bridge.clone()).or_default().extend(flows);
     }
 }

@@ -11,10 +11,12 @@
 //! | `L2_FORWARD`   | 10    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
 //!
 //! Features, each a type implementing [`FlowFeature`] in its own file (it declares the
-//! stages it writes and produces its flows; [`collect`] holds it to that):
-//! [`SegmentBridge`] (a nat/nonat network bridge), [`UplinkSwitch`] and [`PhysicalPorts`]
-//! (an uplink bridge and the containers on it), [`OverlayBase`] and [`OverlayNetwork`] (the
-//! vxlan bridge: tunnel, ARP responder, forwarding, the `nat=true` gateway).
+//! stages it writes, produces its flows and the OVS ports it needs; [`collect`] holds it to
+//! its stages): [`SegmentBridge`] (a nat/nonat network bridge), [`UplinkSwitch`] and
+//! [`PhysicalPorts`] (an uplink bridge and the containers on it), on the vxlan bridge
+//! [`OverlayBase`] (its own flows and tunnel port), [`OverlayForwarding`] (admission and
+//! forwarding by VNI and MAC), [`ArpResponder`] and [`OverlayGatewayPort`] (the `nat=true`
+//! gateway).
 //! [`spoof_guard`] is the one definition of what an endpoint may send, used by all of them.
 //!
 //! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
@@ -24,7 +26,9 @@
 //! Cookies are a typed [`Cookie`]: bits 56–63 the [`Feature`], bits 0–31 the owner (first 8
 //! hex digits of the network or endpoint ID). `docs/pipeline.md` shows example flows.
 
+pub mod arp_responder;
 pub mod overlay;
+pub mod overlay_gateway;
 pub mod physical;
 pub mod segment;
 pub mod spoof_guard;
@@ -33,10 +37,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use qingluan_dataplane::openflow::{self, Flow};
 pub use qingluan_dataplane::openflow::{Field, Port};
+use qingluan_dataplane::ovsdb::PortSpec;
 
 use crate::model::Mac;
 
-pub use overlay::{OverlayBase, OverlayGateway, OverlayNetwork, RemoteEndpoint};
+pub use arp_responder::ArpResponder;
+pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint};
+pub use overlay_gateway::{OverlayGateway, OverlayGatewayPort};
 pub use physical::{PhysicalPorts, UplinkSwitch};
 pub use segment::SegmentBridge;
 
@@ -129,6 +136,10 @@ pub trait FlowFeature {
     fn stages(&self) -> &'static [Stage];
     /// Its flows.
     fn flows(&self) -> Vec<Flow>;
+    /// The OVS ports it needs besides the endpoints' own (none by default).
+    fn ports(&self) -> Vec<PortSpec> {
+        Vec::new()
+    }
 }
 
 /// The flows of `features`, in order. A flow outside its feature's declared stages is a
