@@ -662,6 +662,15 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
     of.delete_meter("qltbr1", 7).await.unwrap();
     assert!(!ovs.ofctl("dump-meters", "qltbr1", &[]).contains("meter=7"));
 
+    // Port counters by name: what the switch received from qltf1 (its ARP requests).
+    ovs.in_ns("ip link set qltf1 up && ip addr add 10.9.0.1/24 dev qltf1 && (ping -c2 -W1 10.9.0.2 >/dev/null 2>&1 || true)");
+    let ports = of.port_stats("qltbr1").await.unwrap();
+    let mut names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["qltbr1", "qltf1"]);
+    let f1 = ports.iter().find(|p| p.name == "qltf1").unwrap();
+    assert!(f1.packets.0 >= 2 && f1.bytes.0 >= 84, "{f1:?}");
+
     // ovs-vswitchd restarts: the open connection breaks, the next call reconnects.
     of.replace_flows("qltbr1", &flows).await.unwrap();
     ovs.stop("ovs-vswitchd");

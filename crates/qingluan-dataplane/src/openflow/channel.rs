@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::codec::{self, kind, multipart, FlowModHead, MsgHeader};
-use super::{Flow, FlowStats, Meter, FINGERPRINT_BITS};
+use super::{Flow, FlowStats, Meter, PortStats, FINGERPRINT_BITS};
 
 /// Largest message we accept from the switch.
 const MAX_MESSAGE: usize = 1 << 16;
@@ -162,11 +162,7 @@ impl Channel {
     /// Makes the switch's table exactly `flows`: deletes what is not wanted, adds what is
     /// missing, in one atomic bundle; nothing is sent when they are equal.
     pub(crate) async fn replace(&mut self, flows: &[Flow]) -> Result<(), Failure> {
-        let ports = self.multipart(multipart::PORT_DESC, &[]).await?;
-        let ports: HashMap<String, u32> = codec::parse_port_desc(&ports)
-            .map_err(Failure::Broken)?
-            .into_iter()
-            .collect();
+        let ports: HashMap<String, u32> = self.ports().await?.into_iter().collect();
         let resolve = |name: &str| ports.get(name).copied();
         let mut wanted: HashMap<(u8, u16, u64), (Encoded, &Flow)> = HashMap::new();
         for f in flows {
@@ -323,6 +319,38 @@ impl Channel {
                 age: std::time::Duration::new(u64::from(f.duration_sec), f.duration_nsec),
             })
             .collect())
+    }
+
+    /// Counters of every port, by name.
+    pub(crate) async fn port_stats(&mut self) -> Result<Vec<PortStats>, Failure> {
+        let names: HashMap<u32, String> = self
+            .ports()
+            .await?
+            .into_iter()
+            .map(|(name, no)| (no, name))
+            .collect();
+        let body = self
+            .multipart(multipart::PORT_STATS, &codec::port_request())
+            .await?;
+        Ok(codec::parse_port_stats(&body)
+            .map_err(Failure::Broken)?
+            .into_iter()
+            .filter_map(|p| {
+                Some(PortStats {
+                    name: names.get(&p.port_no)?.clone(),
+                    packets: p.packets,
+                    bytes: p.bytes,
+                    dropped: p.dropped,
+                    errors: p.errors,
+                })
+            })
+            .collect())
+    }
+
+    /// Name and number of every port of the switch.
+    async fn ports(&mut self) -> Result<Vec<(String, u32)>, Failure> {
+        let body = self.multipart(multipart::PORT_DESC, &[]).await?;
+        codec::parse_port_desc(&body).map_err(Failure::Broken)
     }
 
     /// Number of flows whose cookie matches `cookie` under `mask` (fingerprints ignored).

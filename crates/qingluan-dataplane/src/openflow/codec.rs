@@ -49,6 +49,8 @@ pub mod multipart {
     pub const FLOW: u16 = 1;
     /// OFPMP_AGGREGATE.
     pub const AGGREGATE: u16 = 2;
+    /// OFPMP_PORT_STATS.
+    pub const PORT_STATS: u16 = 4;
     /// OFPMP_PORT_DESC.
     pub const PORT_DESC: u16 = 13;
     /// OFPMPF_REPLY_MORE: more replies follow.
@@ -409,6 +411,52 @@ pub fn flow_request(cookie: u64, mask: u64) -> Vec<u8> {
     b.extend_from_slice(&mask.to_be_bytes());
     b.extend_from_slice(&[0, 1, 0, 4, 0, 0, 0, 0]);
     b
+}
+
+/// The body of a port statistics request: every port.
+pub fn port_request() -> Vec<u8> {
+    let mut b = ANY.to_be_bytes().to_vec();
+    b.extend_from_slice(&[0; 4]);
+    b
+}
+
+/// One entry of a port statistics reply (the switch's view: `rx` is what it received from
+/// the port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawPortStats {
+    /// Port number.
+    pub port_no: u32,
+    /// Packets received, transmitted.
+    pub packets: (u64, u64),
+    /// Bytes received, transmitted.
+    pub bytes: (u64, u64),
+    /// Packets dropped on receive, on transmit.
+    pub dropped: (u64, u64),
+    /// Receive and transmit errors.
+    pub errors: (u64, u64),
+}
+
+/// The entries of an OFPMP_PORT_STATS reply body (OpenFlow 1.4 layout, properties skipped).
+pub fn parse_port_stats(mut b: &[u8]) -> Result<Vec<RawPortStats>, String> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 80 {
+            return Err(format!("port stats entry of {} bytes", b.len()));
+        }
+        let len = u16_at(b, 0) as usize;
+        if len < 80 || len > b.len() {
+            return Err(format!("port stats entry of length {len}"));
+        }
+        out.push(RawPortStats {
+            port_no: u32_at(b, 4),
+            packets: (u64_at(b, 16), u64_at(b, 24)),
+            bytes: (u64_at(b, 32), u64_at(b, 40)),
+            dropped: (u64_at(b, 48), u64_at(b, 56)),
+            errors: (u64_at(b, 64), u64_at(b, 72)),
+        });
+        b = &b[len..];
+    }
+    Ok(out)
 }
 
 /// A multipart reply's type, flags and body (after the 8-byte header).
@@ -826,43 +874,62 @@ mod tests {
         );
     }
 
-    #[test]
-    fn decodes_flow_stats_ports_and_errors() {
-        // One flow: table 10, priority 0, cookie 0x100000000000001, 3 packets, 180 bytes,
-        // 2.5 s old, match-all, actions=NORMAL, laid out as ovs-vswitchd 3.1 sends it (the
-        // adapter test reads real replies).
-        let mut entry = Vec::new();
-        entry.extend_from_slice(&80u16.to_be_bytes());
-        entry.extend_from_slice(&[10, 0]);
-        entry.extend_from_slice(&2u32.to_be_bytes());
-        entry.extend_from_slice(&500_000_000u32.to_be_bytes());
-        entry.extend_from_slice(&[0; 12]);
-        entry.extend_from_slice(&0x0100_0000_0000_0001u64.to_be_bytes());
-        entry.extend_from_slice(&3u64.to_be_bytes());
-        entry.extend_from_slice(&180u64.to_be_bytes());
-        entry.extend_from_slice(&[0, 1, 0, 4, 0, 0, 0, 0]);
-        entry.extend_from_slice(&hex_bytes(
-            "000400180000000000000010fffffffaffff000000000000",
-        ));
-        let flows = parse_flow_stats(&entry).unwrap();
-        assert_eq!(flows.len(), 1);
+    /// Replies captured from ovs-vswitchd 3.1 (bridge `qlcap0` with internal port `qlcapp1`
+    /// and one flow `table=10,priority=0,cookie=0x100000000000001,actions=NORMAL`), each a
+    /// whole message: header, multipart header, body.
+    const FLOW_REPLY: &str = "0513006000000002000100000000000000500a000000000109d5b34000000000000000000000000001000000000000010000000000000000000000000000000000010004000000000004001800000000000000\
+        10fffffffa0000000000000000";
+    const AGGREGATE_REPLY: &str =
+        "05130028000000030002000000000000000000000000000000000000000000000000000100000000";
+    const PORT_DESC_REPLY: &str = "051300a000000004000d00000000000000000001004800005a3e27d7f9a00000716c636170703100000000000000000000000000000000040000002000000000000008400000000000000000000000\
+        000098968000000000fffffffe00480000beb116bafb4f0000716c636170300000000000000000000000000001000000010000002000000000000008400000000000000000000000000098968000000000";
+    const PORT_STATS_ENTRY: &str =
+        "0130000000000001000000010b626dc00000000000000003000000000000000000000000000001\
+        0a0000000000000000000000000000000000000000000000000000000000000000000000000000000000000028";
+
+    /// The body of a captured multipart reply.
+    fn body(reply: &str) -> Vec<u8> {
+        let m = hex_bytes(reply);
+        let h = MsgHeader::parse(m[..8].try_into().unwrap());
         assert_eq!(
-            (
-                flows[0].table,
-                flows[0].priority,
-                flows[0].cookie,
-                flows[0].packets
-            ),
-            (10, 0, 0x0100_0000_0000_0001, 3)
+            (h.version, h.kind, h.length as usize),
+            (VERSION, kind::MULTIPART_REPLY, m.len())
         );
-        assert_eq!(flows[0].matches, [0, 1, 0, 4, 0, 0, 0, 0]);
-        assert!(parse_flow_stats(&entry[..60]).is_err());
+        let (_, flags, b) = multipart_reply(&m[8..]).unwrap();
+        assert_eq!(flags & multipart::REPLY_MORE, 0);
+        b.to_vec()
+    }
 
-        let mut port = vec![0, 0, 0, 7, 0, 40, 0, 0, 2, 0, 0, 0, 0, 1, 0, 0];
-        port.extend_from_slice(b"qlv0123\0\0\0\0\0\0\0\0\0");
-        port.extend_from_slice(&[0; 8]);
-        assert_eq!(parse_port_desc(&port).unwrap(), [("qlv0123".into(), 7)]);
+    #[test]
+    fn decodes_replies_captured_from_ovs() {
+        let flows = parse_flow_stats(&body(FLOW_REPLY)).unwrap();
+        assert_eq!(flows.len(), 1);
+        let f = &flows[0];
+        assert_eq!(
+            (f.table, f.priority, f.cookie, f.packets, f.bytes),
+            (10, 0, 0x0100_0000_0000_0001, 0, 0)
+        );
+        assert_eq!(f.matches, [0, 1, 0, 4, 0, 0, 0, 0], "match-all, padded");
+        assert!(parse_flow_stats(&body(FLOW_REPLY)[..60]).is_err());
 
+        assert_eq!(parse_aggregate(&body(AGGREGATE_REPLY)).unwrap(), 1);
+
+        assert_eq!(
+            parse_port_desc(&body(PORT_DESC_REPLY)).unwrap(),
+            [("qlcapp1".into(), 1), ("qlcap0".into(), 0xffff_fffe)]
+        );
+
+        // One entry of the port statistics reply (304 bytes with its properties).
+        let mut entry = hex_bytes(PORT_STATS_ENTRY);
+        entry.resize(304, 0);
+        let p = &parse_port_stats(&entry).unwrap()[0];
+        assert_eq!(p.port_no, 1);
+        assert_eq!((p.packets, p.bytes), ((3, 0), (266, 0)));
+        assert!(parse_port_stats(&entry[..100]).is_err());
+    }
+
+    #[test]
+    fn names_errors() {
         assert_eq!(describe_error(&[0, 12, 0, 2]), "OFPMMFC_INVALID_METER");
         assert_eq!(describe_error(&[0, 2, 0, 4]), "OFPBAC_BAD_OUT_PORT");
         assert_eq!(describe_error(&[0, 99, 0, 1]), "error type 99 code 1");

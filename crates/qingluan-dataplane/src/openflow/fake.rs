@@ -2,7 +2,7 @@
 //! bridge.
 //!
 //! `flow_stats` and `flow_count` apply the cookie mask like the switch does (counters are
-//! zero).
+//! zero); it has no ports, so `port_stats` is empty.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Flow, FlowError, FlowProgrammer, FlowStats, Meter};
+use super::{Flow, FlowError, FlowProgrammer, FlowStats, Meter, PortStats};
 
 /// The last flow table and the meters of each bridge.
 #[derive(Default)]
@@ -84,6 +84,10 @@ impl FlowProgrammer for FakeFlows {
                 age: Duration::ZERO,
             })
             .collect())
+    }
+
+    async fn port_stats(&self, _bridge: &str) -> Result<Vec<PortStats>, FlowError> {
+        Ok(Vec::new())
     }
 
     async fn flow_count(&self, bridge: &str, cookie: u64, mask: u64) -> Result<u64, FlowError> {

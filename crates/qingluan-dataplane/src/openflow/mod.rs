@@ -1,5 +1,5 @@
 //! OpenFlow adapter: typed flows, a bridge's complete flow table replaced atomically, flow
-//! statistics by cookie and meters, over our own OpenFlow 1.4 channel.
+//! statistics by cookie, port statistics and meters, over our own OpenFlow 1.4 channel.
 //!
 //! No usable Rust OpenFlow crate exists, so we carry the codec for the messages we use
 //! ([`codec`]) and a channel per bridge over its management socket
@@ -277,6 +277,22 @@ pub struct FlowStats {
     pub age: Duration,
 }
 
+/// A port's counters, as the switch reports them: `rx` is what the switch received from
+/// the port (what a container sent, for its veth), `tx` what it sent out of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortStats {
+    /// The port (the bridge's own internal port carries the bridge's name).
+    pub name: String,
+    /// Packets received, transmitted.
+    pub packets: (u64, u64),
+    /// Bytes received, transmitted.
+    pub bytes: (u64, u64),
+    /// Packets dropped on receive, on transmit.
+    pub dropped: (u64, u64),
+    /// Receive and transmit errors.
+    pub errors: (u64, u64),
+}
+
 /// A meter: a rate limit that drops what exceeds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meter {
@@ -357,6 +373,8 @@ pub trait FlowProgrammer: Send + Sync {
         cookie: u64,
         mask: u64,
     ) -> Result<Vec<FlowStats>, FlowError>;
+    /// Counters of every port of the bridge.
+    async fn port_stats(&self, bridge: &str) -> Result<Vec<PortStats>, FlowError>;
     /// Number of flows whose cookie equals `cookie` in the bits set in `mask` (`mask` 0
     /// counts every flow).
     async fn flow_count(&self, bridge: &str, cookie: u64, mask: u64) -> Result<u64, FlowError>;

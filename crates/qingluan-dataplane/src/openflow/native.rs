@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::channel::{Channel, Failure};
-use super::{Flow, FlowError, FlowProgrammer, FlowStats, Meter};
+use super::{Flow, FlowError, FlowProgrammer, FlowStats, Meter, PortStats};
 
 /// How long one operation may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +35,7 @@ pub struct NativeFlows {
 enum Op<'a> {
     Replace(&'a [Flow]),
     Stats(u64, u64),
+    Ports,
     Count(u64, u64),
     SetMeter(Meter),
     DeleteMeter(u32),
@@ -44,6 +45,7 @@ enum Op<'a> {
 enum Done {
     Nothing,
     Stats(Vec<FlowStats>),
+    Ports(Vec<PortStats>),
     Count(u64),
 }
 
@@ -52,6 +54,7 @@ impl Op<'_> {
         match self {
             Op::Replace(_) => "replace-flows",
             Op::Stats(..) => "flow-stats",
+            Op::Ports => "port-stats",
             Op::Count(..) => "flow-count",
             Op::SetMeter(_) => "set-meter",
             Op::DeleteMeter(_) => "delete-meter",
@@ -65,6 +68,7 @@ impl Op<'_> {
                 Done::Nothing
             }
             Op::Stats(c, m) => Done::Stats(ch.stats(*c, *m).await?),
+            Op::Ports => Done::Ports(ch.port_stats().await?),
             Op::Count(c, m) => Done::Count(ch.count(*c, *m).await?),
             Op::SetMeter(m) => {
                 ch.set_meter(*m).await?;
@@ -181,6 +185,13 @@ impl FlowProgrammer for NativeFlows {
         match self.run(bridge, Op::Stats(cookie, mask)).await? {
             Done::Stats(s) => Ok(s),
             _ => unreachable!("flow-stats answers with stats"),
+        }
+    }
+
+    async fn port_stats(&self, bridge: &str) -> Result<Vec<PortStats>, FlowError> {
+        match self.run(bridge, Op::Ports).await? {
+            Done::Ports(p) => Ok(p),
+            _ => unreachable!("port-stats answers with ports"),
         }
     }
 
