@@ -82,6 +82,10 @@ pub struct Reconciler {
     veth_prefix: String,
     /// Flows this process last installed per bridge.
     installed_flows: Mutex<BTreeMap<String, Vec<Flow>>>,
+    /// The sentinel cookie of each bridge whose flows are installed, for the flow audit.
+    sentinels: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Which bridge the flow audit asks next.
+    audit_turn: std::sync::atomic::AtomicUsize,
     /// Serialises passes.
     pass: Mutex<()>,
 }
@@ -95,6 +99,8 @@ impl Reconciler {
             owner: owner.to_string(),
             veth_prefix: format!("{prefix}v"),
             installed_flows: Mutex::new(BTreeMap::new()),
+            sentinels: Default::default(),
+            audit_turn: Default::default(),
             pass: Mutex::new(()),
         }
     }
@@ -102,6 +108,49 @@ impl Reconciler {
     /// The adapters (for status and audits).
     pub fn adapters(&self) -> &Adapters {
         &self.adapters
+    }
+
+    /// Bridges whose sentinel flow is gone (ovs-vswitchd restarted and lost them). Each call
+    /// asks one bridge, in turn, since a restart empties all of them at once; only when that
+    /// one lost its flows are all asked. Nothing is built and no lock is waited for, so an
+    /// idle audit costs one OpenFlow round trip (a bridge emptied by hand is found within as
+    /// many calls as there are bridges, and by the periodic full pass anyway).
+    pub async fn flows_lost(&self) -> Vec<String> {
+        let sentinels: Vec<(String, u64)> = self
+            .sentinels
+            .lock()
+            .expect("sentinels lock")
+            .iter()
+            .map(|(b, c)| (b.clone(), *c))
+            .collect();
+        if sentinels.is_empty() {
+            return Vec::new();
+        }
+        let turn = self
+            .audit_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (bridge, cookie) = &sentinels[turn % sentinels.len()];
+        if !self.lost_flows(bridge, *cookie).await {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (bridge, cookie) in &sentinels {
+            if self.lost_flows(bridge, *cookie).await {
+                out.push(bridge.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether `bridge` has no flow with its sentinel `cookie` (an error counts as no).
+    async fn lost_flows(&self, bridge: &str, cookie: u64) -> bool {
+        matches!(
+            self.adapters
+                .flows
+                .flow_count(bridge, cookie, u64::MAX)
+                .await,
+            Ok(0)
+        )
     }
 
     /// Starts a pass: waits for the one in flight, then lists the endpoint veths that exist.
@@ -274,6 +323,12 @@ impl Pass<'_> {
                     }
                 }
             }
+            *r.sentinels.lock().expect("sentinels lock") = d
+                .sentinels
+                .iter()
+                .filter(|(b, _)| installed.contains_key(*b))
+                .map(|(b, c)| (b.clone(), *c))
+                .collect();
             (replaced, errs)
         };
         let firewall = async {
@@ -318,23 +373,6 @@ impl Pass<'_> {
         } else {
             Err(ReconcileError(errs))
         }
-    }
-
-    /// Bridges whose sentinel flow is missing (ovs-vswitchd restarted and lost them).
-    pub async fn bridges_missing_flows(&self, d: &Desired) -> Vec<String> {
-        let mut out = Vec::new();
-        for (bridge, cookie) in &d.sentinels {
-            if let Ok(0) = self
-                .r
-                .adapters
-                .flows
-                .flow_count(bridge, *cookie, u64::MAX)
-                .await
-            {
-                out.push(bridge.clone());
-            }
-        }
-        out
     }
 }
 

@@ -379,17 +379,19 @@ impl State {
         Ok(pass.sync(&d, full).await?)
     }
 
-    /// Re-programs bridges that lost their flows; returns their names.
+    /// Re-programs bridges that lost their flows; returns their names. Cheap while nothing
+    /// is lost (see `Reconciler::flows_lost`).
     pub async fn repair_flows(&self) -> Result<Vec<String>, ServiceError> {
+        let lost = self.reconciler.flows_lost().await;
+        if lost.is_empty() {
+            return Ok(lost);
+        }
         let pass = self.reconciler.begin().await?;
         let d = self.desired(&pass).await?;
-        let lost = pass.bridges_missing_flows(&d).await;
-        if !lost.is_empty() {
-            for b in &lost {
-                pass.invalidate_flows(b).await;
-            }
-            pass.sync(&d, false).await?;
+        for b in &lost {
+            pass.invalidate_flows(b).await;
         }
+        pass.sync(&d, false).await?;
         Ok(lost)
     }
 
