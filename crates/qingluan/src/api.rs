@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use qingluan_core::cluster::{ClusterEndpoint, ClusterError, ClusterNetwork};
 use qingluan_core::ipam::{Ipam, Pool, PoolKind};
 use qingluan_core::model::{Endpoint, Network};
-use qingluan_core::service::Driver;
+use qingluan_core::service::{Driver, EndpointStats};
 use qingluan_plugin::CallStats;
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
@@ -131,6 +131,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{id}", get(network))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/stats", get(stats))
         .route("/v1/cluster/endpoints", get(cluster_endpoints))
         .route("/v1/cluster/networks", get(cluster_networks))
         .route(
@@ -294,6 +295,12 @@ async fn network(
             format!("network {id} is ambiguous ({n} matches)"),
         )),
     }
+}
+
+async fn stats(State(api): State<Api>) -> Result<Json<Vec<EndpointStats>>, ApiError> {
+    Ok(Json(
+        api.driver.state.endpoint_stats().await.map_err(internal)?,
+    ))
 }
 
 async fn endpoints(State(api): State<Api>) -> Result<Json<Vec<Endpoint>>, ApiError> {

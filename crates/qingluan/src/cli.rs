@@ -1,13 +1,16 @@
 //! The command-line client: talks to the daemon's management socket and prints tables or,
 //! with `--json`, the API's JSON.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use qingluan_core::ipam::{PoolKind, PoolUsage};
 use qingluan_core::model::{head, Endpoint};
+use qingluan_core::service::EndpointStats;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::api::{ClusterNetworkView, NetworkView, NewPool, Status};
 use crate::http::request;
@@ -291,6 +294,92 @@ impl Client {
         Ok(())
     }
 
+    /// `qingluan stats`: each endpoint's counters and its rates over one second, in the
+    /// container's directions, optionally only on network `network` or of container
+    /// `container` (names or ID prefixes).
+    pub async fn stats(
+        &self,
+        network: Option<&str>,
+        container: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let (before, _): (Vec<EndpointStats>, _) = self.get("/v1/stats").await?;
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (now, _): (Vec<EndpointStats>, _) = self.get("/v1/stats").await?;
+        let secs = start.elapsed().as_secs_f64();
+        let names = docker_names(&self.docker).await;
+        let nets: BTreeSet<&str> = now.iter().map(|s| s.network.as_str()).collect();
+        let owners = docker_containers(&self.docker, &nets).await;
+        let matches = |want: Option<&str>, id: &str, name: Option<&String>| match want {
+            None => true,
+            Some(w) => id.starts_with(w) || name.is_some_and(|n| n == w),
+        };
+        let mut rows = Vec::new();
+        for s in now {
+            let owner = owners.get(&s.endpoint);
+            let net_name = names.get(&s.network);
+            if !matches(network, &s.network, net_name)
+                || !matches(
+                    container,
+                    owner.map_or("", |(id, _)| id.as_str()),
+                    owner.map(|(_, n)| n),
+                )
+            {
+                continue;
+            }
+            let rate = |f: fn(&EndpointStats) -> u64| {
+                let prev = before
+                    .iter()
+                    .find(|b| b.endpoint == s.endpoint)
+                    .map_or(f(&s), f);
+                f(&s).saturating_sub(prev) as f64 * 8.0 / secs
+            };
+            rows.push(StatsRow {
+                container: owner.map(|(_, n)| n.clone()),
+                network_name: net_name.cloned(),
+                transmit_bits_per_second: rate(|x| x.transmit.bytes),
+                receive_bits_per_second: rate(|x| x.receive.bytes),
+                stats: s,
+            });
+        }
+        if self.json {
+            self.print_json(&serde_json::to_value(&rows)?);
+            return Ok(());
+        }
+        println!(
+            "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7}",
+            "CONTAINER",
+            "NETWORK",
+            "ADDRESS",
+            "TX RATE",
+            "RX RATE",
+            "TX BYTES",
+            "RX BYTES",
+            "TX PKTS",
+            "RX PKTS",
+            "DROPS"
+        );
+        for r in rows {
+            let s = &r.stats;
+            println!(
+                "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7}",
+                r.container
+                    .unwrap_or_else(|| head(&s.endpoint, 12).to_string()),
+                r.network_name
+                    .unwrap_or_else(|| head(&s.network, 12).to_string()),
+                s.address.to_string(),
+                bits(r.transmit_bits_per_second),
+                bits(r.receive_bits_per_second),
+                s.transmit.bytes,
+                s.receive.bytes,
+                s.transmit.packets,
+                s.receive.packets,
+                s.transmit.dropped + s.receive.dropped,
+            );
+        }
+        Ok(())
+    }
+
     /// `qingluan pool ls`.
     pub async fn pool_ls(&self) -> anyhow::Result<()> {
         let (pools, raw): (Vec<PoolUsage>, _) = self.get("/v1/pools").await?;
@@ -358,8 +447,55 @@ impl Client {
     }
 }
 
+/// One row of `qingluan stats`.
+#[derive(Serialize)]
+struct StatsRow {
+    /// The container's name, from the Engine API.
+    container: Option<String>,
+    /// The network's Docker name.
+    network_name: Option<String>,
+    /// What the container sent over the last second, in bit/s.
+    transmit_bits_per_second: f64,
+    /// What it received, in bit/s.
+    receive_bits_per_second: f64,
+    /// The counters.
+    #[serde(flatten)]
+    stats: EndpointStats,
+}
+
+/// A rate in bit/s with a unit, e.g. `12.3Mbit/s`.
+fn bits(bps: f64) -> String {
+    let units = [(1e9, "Gbit/s"), (1e6, "Mbit/s"), (1e3, "kbit/s")];
+    match units.iter().find(|(scale, _)| bps >= *scale) {
+        Some((scale, unit)) => format!("{:.1}{unit}", bps / scale),
+        None => format!("{bps:.0}bit/s"),
+    }
+}
+
+/// The containers on `networks`, by endpoint ID: (container ID, name), best-effort.
+async fn docker_containers(
+    socket: &Path,
+    networks: &BTreeSet<&str>,
+) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for id in networks {
+        let path = format!("/networks/{id}");
+        let Ok((200, body)) = request(socket, "GET", &path, None, Duration::from_secs(5)).await
+        else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        for (cid, c) in v["Containers"].as_object().into_iter().flatten() {
+            if let (Some(ep), Some(name)) = (c["EndpointID"].as_str(), c["Name"].as_str()) {
+                out.insert(ep.to_string(), (cid.clone(), name.to_string()));
+            }
+        }
+    }
+    out
+}
+
 /// Docker network names by ID, best-effort (empty when Docker is unreachable).
-async fn docker_names(socket: &Path) -> std::collections::BTreeMap<String, String> {
+async fn docker_names(socket: &Path) -> BTreeMap<String, String> {
     let Ok((200, body)) = request(socket, "GET", "/networks", None, Duration::from_secs(5)).await
     else {
         return Default::default();

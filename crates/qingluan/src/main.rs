@@ -48,6 +48,16 @@ enum Command {
     /// IPAM resource pools.
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Traffic of this host's containers: counters and rates per endpoint, in the
+    /// container's directions (transmit = what it sent).
+    Stats {
+        /// Only this network (Docker name or ID prefix).
+        #[arg(long)]
+        network: Option<String>,
+        /// Only this container (name or ID prefix).
+        #[arg(long)]
+        container: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,5 +166,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             kind,
         }) => client.pool_create(&name, &subnet, prefix, &kind).await,
         Command::Pool(PoolCmd::Rm { name }) => client.pool_rm(&name).await,
+        Command::Stats { network, container } => {
+            client.stats(network.as_deref(), container.as_deref()).await
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
 //! (`publishing.rs`, with the one rule for `-p`), [`Collector`] (`collector.rs`) and the
-//! [`ClusterAgent`] (`agent.rs`). [`Driver`] bundles them.
+//! [`ClusterAgent`] (`agent.rs`). [`Driver`] bundles them. `stats.rs` reads the endpoints'
+//! traffic counters.
 
 /// Declares a handle over the shared [`State`]: a cheap clone that reads the state through
 /// `Deref`.
@@ -41,12 +42,14 @@ mod collector;
 mod endpoints;
 mod networks;
 mod publishing;
+mod stats;
 
 pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
 pub use endpoints::Endpoints;
 pub use networks::Networks;
 pub use publishing::Publishing;
+pub use stats::{Counters, EndpointStats};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
