@@ -54,7 +54,42 @@ fn fingerprint(parts: &[&[u8]]) -> u64 {
     ((h ^ (h >> 24) ^ (h >> 48)) & 0x00ff_ffff) << 32
 }
 
+/// A wanted flow's identity on the switch: table, priority, cookie with fingerprint.
+type Key = (u8, u16, u64);
+
+/// The key under which to want a flow encoded as `e`, or `None` when the very same flow is
+/// wanted already. Two different flows whose fingerprints collide (24 bits) get the next
+/// one salted, so neither is lost.
+fn unique_key<T>(
+    wanted: &HashMap<Key, (Encoded, T)>,
+    table: u8,
+    priority: u16,
+    cookie: u64,
+    e: &Encoded,
+) -> Option<Key> {
+    let (t, p, c) = ([table], priority.to_be_bytes(), cookie.to_be_bytes());
+    let mut salt = 0u8;
+    loop {
+        let salted = [salt];
+        let mut parts: Vec<&[u8]> = vec![&t, &p, &c, &e.matches, &e.instructions];
+        if salt > 0 {
+            parts.push(&salted);
+        }
+        let key = (
+            table,
+            priority,
+            (cookie & !FINGERPRINT_BITS) | fingerprint(&parts),
+        );
+        match wanted.get(&key) {
+            None => return Some(key),
+            Some((have, _)) if have == e => return None,
+            Some(_) => salt = salt.wrapping_add(1),
+        }
+    }
+}
+
 /// A flow ready for the wire.
+#[derive(PartialEq, Eq)]
 struct Encoded {
     matches: Vec<u8>,
     instructions: Vec<u8>,
@@ -170,19 +205,13 @@ impl Channel {
                 codec::encode_match(&f.matches, &resolve).map_err(Failure::UnknownPort)?;
             let instructions =
                 codec::encode_instructions(&f.actions, &resolve).map_err(Failure::UnknownPort)?;
-            let fp = fingerprint(&[
-                &[f.table],
-                &f.priority.to_be_bytes(),
-                &f.cookie.to_be_bytes(),
-                &matches,
-                &instructions,
-            ]);
-            let cookie = (f.cookie & !FINGERPRINT_BITS) | fp;
             let e = Encoded {
                 matches,
                 instructions,
             };
-            wanted.insert((f.table, f.priority, cookie), (e, f));
+            if let Some(key) = unique_key(&wanted, f.table, f.priority, f.cookie, &e) {
+                wanted.insert(key, (e, f));
+            }
         }
         let installed = self
             .multipart(multipart::FLOW, &codec::flow_request(0, 0))
@@ -405,5 +434,35 @@ impl Channel {
             None => Ok(()),
             Some((_, e)) => Err(Failure::Refused(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(m: u8) -> Encoded {
+        Encoded {
+            matches: vec![0, 1, 0, 4, m, 0, 0, 0],
+            instructions: vec![],
+        }
+    }
+
+    #[test]
+    fn colliding_fingerprints_lose_no_flow_and_duplicates_collapse() {
+        let mut wanted: HashMap<Key, (Encoded, ())> = HashMap::new();
+        let a = unique_key(&wanted, 0, 100, 0x0200_0000_0000_0001, &encoded(1)).unwrap();
+        assert_eq!(a.2 & !FINGERPRINT_BITS, 0x0200_0000_0000_0001);
+        // Another flow that landed on the same key (a fingerprint collision).
+        wanted.insert(a, (encoded(2), ()));
+        let b = unique_key(&wanted, 0, 100, 0x0200_0000_0000_0001, &encoded(1)).unwrap();
+        assert_ne!(a, b, "salted to a key of its own");
+        assert_eq!(b.2 & !FINGERPRINT_BITS, 0x0200_0000_0000_0001);
+        // The very same flow twice is wanted once.
+        wanted.insert(b, (encoded(1), ()));
+        assert_eq!(
+            unique_key(&wanted, 0, 100, 0x0200_0000_0000_0001, &encoded(1)),
+            None
+        );
     }
 }

@@ -16,7 +16,8 @@
 //! flow, nothing changes. To tell "identical" without decoding the switch's actions back,
 //! bits 32–55 of every cookie on the wire carry a fingerprint of the flow's encoded match and
 //! instructions (port numbers included, so a port re-added under a new number re-adds its
-//! flows). Those bits belong to the adapter: callers' cookies keep them zero, masks given to
+//! flows); two different flows of one table, priority and cookie whose fingerprints collide
+//! get the second one salted, so neither is lost. Those bits belong to the adapter: callers' cookies keep them zero, masks given to
 //! [`FlowProgrammer::flow_count`] ignore them, and [`FlowStats::cookie`] comes back without
 //! them.
 //!
