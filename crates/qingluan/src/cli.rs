@@ -347,7 +347,7 @@ impl Client {
             return Ok(());
         }
         println!(
-            "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7}",
+            "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7} {:>7}",
             "CONTAINER",
             "NETWORK",
             "ADDRESS",
@@ -357,12 +357,13 @@ impl Client {
             "RX BYTES",
             "TX PKTS",
             "RX PKTS",
-            "DROPS"
+            "DROPS",
+            "SPOOFED"
         );
         for r in rows {
             let s = &r.stats;
             println!(
-                "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7}",
+                "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7} {:>7}",
                 r.container
                     .unwrap_or_else(|| head(&s.endpoint, 12).to_string()),
                 r.network_name
@@ -375,6 +376,7 @@ impl Client {
                 s.transmit.packets,
                 s.receive.packets,
                 s.transmit.dropped + s.receive.dropped,
+                s.spoofed,
             );
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! `qingluan stats` end to end: counters per container read from OVS over our OpenFlow
-//! channel, in the container's directions, with names from the Engine API, and filters.
+//! channel, in the container's directions, spoofed frames counted per container, names
+//! from the Engine API, and filters.
 
 mod common;
 
@@ -28,6 +29,8 @@ fn stats_count_each_containers_traffic_in_its_directions() {
         docker(&[
             "run",
             "-d",
+            "--cap-add",
+            "NET_ADMIN",
             "--name",
             c,
             "--net",
@@ -47,7 +50,11 @@ fn stats_count_each_containers_traffic_in_its_directions() {
     assert!(ok, "{out}");
     let after = read(&env);
     let delta = |c: &str, dir: &str, what: &str| {
-        row(&after, c)[dir][what].as_u64().unwrap() - row(&before, c)[dir][what].as_u64().unwrap()
+        let get = |rows: &serde_json::Value| {
+            let v = &row(rows, c)[dir];
+            if what.is_empty() { v } else { &v[what] }.as_u64().unwrap()
+        };
+        get(&after) - get(&before)
     };
     for (c, sent, got) in [
         ("qlt-st-a", "transmit", "receive"),
@@ -57,6 +64,30 @@ fn stats_count_each_containers_traffic_in_its_directions() {
         assert!(delta(c, sent, "bytes") >= 40 * 1042, "{c} {sent}: {after}");
         assert!(delta(c, got, "packets") >= 40, "{c} {got}: {after}");
     }
+    assert_eq!(
+        delta("qlt-st-a", "spoofed", ""),
+        0,
+        "nothing spoofed yet: {after}"
+    );
+
+    // a sends from an address that is not its own: every frame is dropped and counted.
+    let spoof = {
+        let o: Vec<&str> = b.split('.').collect();
+        format!("{}.{}.{}.200", o[0], o[1], o[2])
+    };
+    exec("qlt-st-a", &format!("ip addr add {spoof}/24 dev eth0"));
+    let (ok, _) = exec(
+        "qlt-st-a",
+        &format!("ping -c 10 -i 0.05 -W 1 -I {spoof} {b}"),
+    );
+    assert!(!ok, "a spoofed ping got an answer");
+    let spoofed = read(&env);
+    assert!(
+        row(&spoofed, "qlt-st-a")["spoofed"].as_u64().unwrap() >= 10,
+        "{spoofed}"
+    );
+    assert_eq!(row(&spoofed, "qlt-st-b")["spoofed"], 0, "{spoofed}");
+
     let a = row(&after, "qlt-st-a");
     assert_eq!(a["network_name"], "qlt-stats");
     assert_eq!(a["mode"], "nat");

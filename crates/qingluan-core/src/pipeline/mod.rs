@@ -99,6 +99,9 @@ pub enum Feature {
     Uplink = 0x05,
 }
 
+/// The cookie bits that hold the [`Feature`].
+pub const FEATURE_MASK: u64 = 0xff00_0000_0000_0000;
+
 /// A flow's cookie: its feature and its owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cookie {

@@ -145,6 +145,7 @@ impl FlowFeature for OverlayForwarding<'_> {
             let c = Cookie::of(Feature::Endpoint, &ep.id);
             out.push(flow(Stage::Classify, 100, c, spoof_guard::ipv4(ep), &admit));
             out.push(flow(Stage::Classify, 100, c, spoof_guard::arp(ep), &admit));
+            out.push(spoof_guard::refusal(ep));
             out.push(flow(
                 Stage::L2Forward,
                 100,

@@ -66,13 +66,7 @@ fn physical_flows(endpoints: &[&Endpoint]) -> Vec<Flow> {
         for m in spoof_guard::admitted(ep) {
             out.push(flow(Stage::Classify, 100, c, m, &[Action::Normal]));
         }
-        out.push(flow(
-            Stage::Classify,
-            90,
-            c,
-            spoof_guard::port(ep),
-            &[Action::Drop],
-        ));
+        out.push(spoof_guard::refusal(ep));
     }
     out
 }

@@ -56,6 +56,7 @@ fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
         for m in spoof_guard::admitted(ep) {
             out.push(flow(Stage::Classify, 100, c, m, &forward));
         }
+        out.push(spoof_guard::refusal(ep));
     }
     sort(&mut out);
     out

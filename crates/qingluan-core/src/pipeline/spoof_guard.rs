@@ -1,9 +1,28 @@
 //! The spoof guard: what a container's port may send. Frames pass only with the endpoint's
 //! own MAC and, for IPv4 and ARP, its own address; IPv6 only with its MAC. These matches
-//! are the one definition every bridge kind admits endpoints with.
+//! are the one definition every bridge kind admits endpoints with; everything else from the
+//! port meets the endpoint's own drop flow ([`refusal`]), whose counter is the endpoint's
+//! spoofed frames.
 
-use super::{Field, Match, Port};
+use qingluan_dataplane::openflow::Flow;
+
+use super::{flow, Action, Cookie, Feature, Field, Match, Port, Stage};
 use crate::model::Endpoint;
+
+/// Priority of an endpoint's drop flow, below its admissions.
+pub const REFUSAL_PRIORITY: u16 = 90;
+
+/// The endpoint's drop flow in `CLASSIFY`: whatever its port sends that no admission
+/// matched. Counted by cookie, it is the endpoint's spoofed frames.
+pub fn refusal(ep: &Endpoint) -> Flow {
+    flow(
+        Stage::Classify,
+        REFUSAL_PRIORITY,
+        Cookie::of(Feature::Endpoint, &ep.id),
+        port(ep),
+        &[Action::Drop],
+    )
+}
 
 /// The endpoint's own IPv4 traffic from its port.
 pub fn ipv4(ep: &Endpoint) -> Match {

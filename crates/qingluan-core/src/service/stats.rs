@@ -1,6 +1,7 @@
 //! Traffic counters of this host's endpoints, read from their OVS ports over the OpenFlow
 //! channel and turned into the container's directions: what the switch received from a
-//! container's port is what the container transmitted.
+//! container's port is what the container transmitted. Spoofed frames are the packets of
+//! the endpoint's spoof-guard drop flow, read by cookie.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ServiceError, State};
 use crate::model::Mode;
+use crate::pipeline::{spoof_guard, Cookie, Feature, Stage, FEATURE_MASK};
 
 /// Counters of one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +43,9 @@ pub struct EndpointStats {
     pub transmit: Counters,
     /// What the container received.
     pub receive: Counters,
+    /// Frames the spoof guard dropped from the container (another source MAC or address),
+    /// since its flows were last installed.
+    pub spoofed: u64,
 }
 
 impl EndpointStats {
@@ -72,6 +77,7 @@ impl State {
             .map(|n| n.bridge())
             .collect();
         let mut ports: BTreeMap<String, PortStats> = BTreeMap::new();
+        let mut spoofed: BTreeMap<u64, u64> = BTreeMap::new();
         for bridge in &bridges {
             let stats = self
                 .reconciler
@@ -81,6 +87,23 @@ impl State {
                 .await
                 .map_err(|e| ServiceError::Ovs(e.to_string()))?;
             ports.extend(stats.into_iter().map(|p| (p.name.clone(), p)));
+            let endpoint_flows = Cookie::bridge(Feature::Endpoint).value();
+            let refusals = self
+                .reconciler
+                .adapters()
+                .flows
+                .flow_stats(bridge, endpoint_flows, FEATURE_MASK)
+                .await
+                .map_err(|e| ServiceError::Ovs(e.to_string()))?;
+            spoofed.extend(
+                refusals
+                    .into_iter()
+                    .filter(|f| {
+                        f.table == Stage::Classify.table()
+                            && f.priority == spoof_guard::REFUSAL_PRIORITY
+                    })
+                    .map(|f| (f.cookie, f.packets)),
+            );
         }
         Ok(eps
             .iter()
@@ -96,6 +119,10 @@ impl State {
                     port: port.name.clone(),
                     transmit,
                     receive,
+                    spoofed: spoofed
+                        .get(&Cookie::of(Feature::Endpoint, &e.id).value())
+                        .copied()
+                        .unwrap_or(0),
                 })
             })
             .collect())
