@@ -364,13 +364,10 @@ impl Channel {
         Ok(codec::parse_port_stats(&body)
             .map_err(Failure::Broken)?
             .into_iter()
-            .filter_map(|p| {
+            .filter_map(|(no, p)| {
                 Some(PortStats {
-                    name: names.get(&p.port_no)?.clone(),
-                    packets: p.packets,
-                    bytes: p.bytes,
-                    dropped: p.dropped,
-                    errors: p.errors,
+                    name: names.get(&no)?.clone(),
+                    ..p
                 })
             })
             .collect())

@@ -1,8 +1,8 @@
 //! The OpenFlow 1.4 messages qingluan uses, encoded and decoded by hand (no maintained Rust
 //! OpenFlow crate exists): hello, echo, error, barrier, flow mods with OXM matches and the
 //! instructions and actions of [`super::Action`] (including the Nicira `reg_load` and
-//! `reg_move` extensions OVS understands), bundles, meter mods, and the flow, aggregate and
-//! port-description multipart requests and replies.
+//! `reg_move` extensions OVS understands), bundles, meter mods, and the flow, aggregate,
+//! port-description and port-statistics multipart requests and replies.
 //!
 //! Every encoder here was checked against OVS 3.1 by decoding its output with
 //! `ovs-ofctl ofp-print <hex>`; the unit tests pin those bytes. The decoders run against a
@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use super::{Action, Field, Header, Meter, Port};
+use super::{Action, Field, Header, Meter, Port, PortStats};
 
 /// OpenFlow 1.4's wire version.
 pub const VERSION: u8 = 5;
@@ -420,24 +420,9 @@ pub fn port_request() -> Vec<u8> {
     b
 }
 
-/// One entry of a port statistics reply (the switch's view: `rx` is what it received from
-/// the port).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawPortStats {
-    /// Port number.
-    pub port_no: u32,
-    /// Packets received, transmitted.
-    pub packets: (u64, u64),
-    /// Bytes received, transmitted.
-    pub bytes: (u64, u64),
-    /// Packets dropped on receive, on transmit.
-    pub dropped: (u64, u64),
-    /// Receive and transmit errors.
-    pub errors: (u64, u64),
-}
-
-/// The entries of an OFPMP_PORT_STATS reply body (OpenFlow 1.4 layout, properties skipped).
-pub fn parse_port_stats(mut b: &[u8]) -> Result<Vec<RawPortStats>, String> {
+/// The entries of an OFPMP_PORT_STATS reply body (OpenFlow 1.4 layout, properties skipped),
+/// each with its port number; names are the caller's to fill in (from the port list).
+pub fn parse_port_stats(mut b: &[u8]) -> Result<Vec<(u32, PortStats)>, String> {
     let mut out = Vec::new();
     while !b.is_empty() {
         if b.len() < 80 {
@@ -447,13 +432,16 @@ pub fn parse_port_stats(mut b: &[u8]) -> Result<Vec<RawPortStats>, String> {
         if len < 80 || len > b.len() {
             return Err(format!("port stats entry of length {len}"));
         }
-        out.push(RawPortStats {
-            port_no: u32_at(b, 4),
-            packets: (u64_at(b, 16), u64_at(b, 24)),
-            bytes: (u64_at(b, 32), u64_at(b, 40)),
-            dropped: (u64_at(b, 48), u64_at(b, 56)),
-            errors: (u64_at(b, 64), u64_at(b, 72)),
-        });
+        out.push((
+            u32_at(b, 4),
+            PortStats {
+                name: String::new(),
+                packets: (u64_at(b, 16), u64_at(b, 24)),
+                bytes: (u64_at(b, 32), u64_at(b, 40)),
+                dropped: (u64_at(b, 48), u64_at(b, 56)),
+                errors: (u64_at(b, 64), u64_at(b, 72)),
+            },
+        ));
         b = &b[len..];
     }
     Ok(out)
@@ -922,8 +910,8 @@ mod tests {
         // One entry of the port statistics reply (304 bytes with its properties).
         let mut entry = hex_bytes(PORT_STATS_ENTRY);
         entry.resize(304, 0);
-        let p = &parse_port_stats(&entry).unwrap()[0];
-        assert_eq!(p.port_no, 1);
+        let (port_no, p) = &parse_port_stats(&entry).unwrap()[0];
+        assert_eq!(*port_no, 1);
         assert_eq!((p.packets, p.bytes), ((3, 0), (266, 0)));
         assert!(parse_port_stats(&entry[..100]).is_err());
     }
