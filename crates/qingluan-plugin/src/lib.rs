@@ -12,7 +12,7 @@
 mod stats;
 mod wire;
 
-pub use stats::{CallStats, MethodStats};
+pub use stats::{CallHistograms, CallStats, MethodLabel, MethodStats};
 
 use std::sync::Arc;
 

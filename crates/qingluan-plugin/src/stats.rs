@@ -1,18 +1,46 @@
-//! Per-method handling times of plugin calls (the plugin's own share of `docker run`).
+//! Per-method handling times of plugin calls (the plugin's own share of `docker run`):
+//! recent samples for the percentiles of `qingluan status`, and a cumulative histogram per
+//! method for Prometheus.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 
 /// How many recent samples are kept per method.
 const KEEP: usize = 4096;
 
+/// The label of a call histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// `NetworkDriver.Join`, ...
+    pub method: String,
+}
+
+/// Call durations in seconds by method: buckets from 0.5 ms doubling to about 8 s.
+pub type CallHistograms = Family<MethodLabel, Histogram, fn() -> Histogram>;
+
+fn call_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
 /// Recent handling times by method.
-#[derive(Default)]
 pub struct CallStats {
     samples: Mutex<BTreeMap<String, Vec<f64>>>,
+    histograms: CallHistograms,
+}
+
+impl Default for CallStats {
+    fn default() -> Self {
+        CallStats {
+            samples: Mutex::default(),
+            histograms: Family::new_with_constructor(call_histogram),
+        }
+    }
 }
 
 /// Percentiles of one method, in milliseconds.
@@ -37,6 +65,16 @@ impl CallStats {
             v.remove(0);
         }
         v.push(took.as_secs_f64() * 1e3);
+        self.histograms
+            .get_or_create(&MethodLabel {
+                method: method.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The cumulative histograms (shared: register a clone).
+    pub fn histograms(&self) -> CallHistograms {
+        self.histograms.clone()
     }
 
     /// Percentiles per method.

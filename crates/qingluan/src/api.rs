@@ -30,8 +30,8 @@ pub struct Api {
     pub ipam: Arc<Ipam>,
     /// Plugin call timings.
     pub stats: Arc<CallStats>,
-    /// Docker network names by ID, refreshed in the background.
-    pub names: Arc<RwLock<BTreeMap<String, String>>>,
+    /// Names of Docker networks and containers, refreshed in the background.
+    pub names: Arc<RwLock<crate::docker::Names>>,
     /// Daemon start time (seconds since the epoch).
     pub started: u64,
 }
@@ -250,7 +250,7 @@ async fn remove_cluster_network(
 }
 
 async fn views(api: &Api) -> Result<Vec<NetworkView>, ApiError> {
-    let names = api.names.read().await.clone();
+    let names = api.names.read().await.networks.clone();
     let eps = api.driver.state.endpoints().await.map_err(internal)?;
     Ok(api
         .driver

@@ -22,6 +22,48 @@ pub struct Config {
     pub ipam: IpamSettings,
     /// `[cluster]`: how this host presents itself to the others.
     pub cluster: ClusterConfig,
+    /// `[monitoring]`: the Prometheus endpoint and flow export.
+    pub monitoring: MonitoringConfig,
+}
+
+/// `[monitoring]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Where `/metrics` is served (`address:port`); `""` turns it off.
+    pub listen: String,
+    /// Whether `listen` may be an address other hosts can reach.
+    pub allow_remote: bool,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            listen: "127.0.0.1:9465".into(),
+            allow_remote: false,
+        }
+    }
+}
+
+impl MonitoringConfig {
+    /// The address to serve `/metrics` on, or `None` when it is turned off.
+    pub fn listen_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self.listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "monitoring.listen {:?} is not an address and port such as \"127.0.0.1:9465\" (\"\" turns the endpoint off)",
+                self.listen
+            )
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            anyhow::bail!(
+                "monitoring.listen {addr} can be reached from other hosts: set monitoring.allow_remote = true to serve metrics there, or listen on 127.0.0.1"
+            );
+        }
+        Ok(Some(addr))
+    }
 }
 
 /// `[cluster]`.
@@ -215,6 +257,7 @@ impl Config {
                 self.network.mtu
             );
         }
+        self.monitoring.listen_addr()?;
         Ok(())
     }
 
@@ -242,6 +285,25 @@ mod tests {
         let text = include_str!("../../../packaging/config.toml");
         let c: Config = toml::from_str(text).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_only_on_loopback_unless_allowed() {
+        let parse = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().map(|_| c.monitoring.listen_addr().unwrap())
+        };
+        assert_eq!(parse("").unwrap(), Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(parse("[monitoring]\nlisten = \"\"").unwrap(), None);
+        assert_eq!(
+            parse("[monitoring]\nlisten = \"[::1]:9000\"").unwrap(),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        let e = parse("[monitoring]\nlisten = \"0.0.0.0:9465\"").unwrap_err();
+        assert!(e.to_string().contains("allow_remote"), "{e}");
+        assert!(parse("[monitoring]\nlisten = \"0.0.0.0:9465\"\nallow_remote = true").is_ok());
+        let e = parse("[monitoring]\nlisten = \"localhost\"").unwrap_err();
+        assert!(e.to_string().contains("not an address and port"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //!   host's Docker match the cluster's networks (creating and removing them through the
 //!   Engine API).
 //!
+//! Prometheus metrics are served on `monitoring.listen` (bound before the plugin sockets, so
+//! a port in use stops the start with a clear error); see `metrics`.
+//!
 //! Stores: this host's records (nat/nonat networks, endpoints, the `host` IPAM domain) are
 //! always in the embedded redb file, so local networks never depend on etcd. The cluster
 //! store is etcd with `store.backend = "etcd"`, else the same redb file.
@@ -45,6 +48,7 @@ use tokio::sync::{Notify, RwLock};
 
 use crate::api::{self, Api};
 use crate::config::Config;
+use crate::metrics::{MeasuredStore, Metrics};
 
 fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -70,12 +74,15 @@ const LEAVE: Duration = Duration::from_millis(500);
 type Tasks = tokio::task::JoinSet<()>;
 
 /// Serves `router` on `listener` until `stop` turns true, then finishes the calls in flight.
-fn serve(
+fn serve<L>(
     servers: &mut Tasks,
-    listener: UnixListener,
+    listener: L,
     router: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     servers.spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -150,7 +157,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let host = this_host(&config);
     settings.underlay_ip = host.underlay_ip;
     let host_id = host.id.clone();
-    let local: Arc<dyn Store> = Arc::new(Scoped::new(embedded, &format!("local/{host_id}/")));
+    let d = &config.daemon;
+    let metrics = Metrics::new(&host_id, d.docker_socket.clone(), &settings.name);
+    let local = MeasuredStore::wrap(
+        Arc::new(Scoped::new(embedded, &format!("local/{host_id}/"))),
+        "local",
+        metrics.clone(),
+    );
+    let store = MeasuredStore::wrap(store, "cluster", metrics.clone());
+    let metrics_listener = match config.monitoring.listen_addr()? {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let mut tasks = Tasks::new();
     tasks.spawn(qingluan_core::membership::run(store.clone(), host));
     let ipam = Arc::new(Ipam::lazy(
@@ -188,7 +206,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(CallStats::default());
     let activated = Arc::new(Notify::new());
     let activated_gc = Arc::new(Notify::new());
-    let names = Arc::new(RwLock::new(BTreeMap::new()));
+    let names = Arc::new(RwLock::new(crate::docker::Names::default()));
 
     let plugin = Plugin {
         driver: driver.clone(),
@@ -202,22 +220,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         stats: stats.clone(),
     };
-    let d = &config.daemon;
     let net_sock = d.plugin_dir.join(format!("{}.sock", settings.name));
     let ipam_sock = d.plugin_dir.join(format!("{}.sock", settings.ipam_name()));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut servers = Tasks::new();
+    let api = Api {
+        store: store.clone(),
+        driver: driver.clone(),
+        ipam,
+        stats,
+        names: names.clone(),
+        started: qingluan_core::model::now(),
+    };
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
+        serve(
+            &mut servers,
+            listener,
+            crate::metrics::router(api.clone(), metrics.clone()),
+            stopping.clone(),
+        );
+    }
     serve(
         &mut servers,
         bind(&d.api_socket, 0o600)?,
-        api::router(Api {
-            store: store.clone(),
-            driver: driver.clone(),
-            ipam,
-            stats,
-            names: names.clone(),
-            started: qingluan_core::model::now(),
-        }),
+        api::router(api),
         stopping.clone(),
     );
     serve(
@@ -234,7 +261,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(network = %net_sock.display(), ipam = %ipam_sock.display(), api = %d.api_socket.display(), ovsdb = %db, "serving");
 
-    spawn_converge(&mut tasks, driver.clone(), ovs.events(), activated.clone());
+    spawn_converge(
+        &mut tasks,
+        driver.clone(),
+        ovs.events(),
+        activated.clone(),
+        metrics,
+    );
     spawn_flow_audit(&mut tasks, driver.clone());
     spawn_cluster_agent(
         &mut tasks,
@@ -292,14 +325,20 @@ fn spawn_converge(
     driver: Arc<Driver>,
     mut events: tokio::sync::broadcast::Receiver<OvsEvent>,
     activated: Arc<Notify>,
+    metrics: Arc<Metrics>,
 ) {
     let kick = Arc::new(Notify::new());
     {
         let kick = kick.clone();
+        let metrics = metrics.clone();
         tasks.spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(OvsEvent::Reconnected) => kick.notify_one(),
+                    Ok(OvsEvent::Reconnected) => {
+                        metrics.ovsdb_connected(true);
+                        kick.notify_one()
+                    }
+                    Ok(OvsEvent::Disconnected) => metrics.ovsdb_connected(false),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => kick.notify_one(),
                     Err(_) => return,
@@ -310,8 +349,12 @@ fn spawn_converge(
     tasks.spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            match driver.state.sync(true).await {
+            let started = std::time::Instant::now();
+            let result = driver.state.sync(true).await;
+            metrics.reconciled(started.elapsed(), result.is_ok());
+            match result {
                 Ok(r) => {
+                    metrics.ovsdb_connected(true);
                     tracing::info!(?r, "full reconcile done");
                     delay = Duration::from_secs(30);
                 }
@@ -482,7 +525,7 @@ fn spawn_docker_watch(
     driver: Arc<Driver>,
     socket: std::path::PathBuf,
     name: String,
-    names: Arc<RwLock<BTreeMap<String, String>>>,
+    names: Arc<RwLock<crate::docker::Names>>,
     activated: Arc<Notify>,
     gc_secs: u64,
 ) {
@@ -490,12 +533,11 @@ fn spawn_docker_watch(
         loop {
             match crate::docker::networks(&socket, &name).await {
                 Ok(nets) => {
-                    *names.write().await = nets
-                        .iter()
-                        .map(|(id, (n, _))| (id.clone(), n.clone()))
+                    *names.write().await = crate::docker::Names::of(&nets);
+                    let known: BTreeMap<String, BTreeSet<String>> = nets
+                        .into_iter()
+                        .map(|(id, n)| (id, n.containers.into_keys().collect()))
                         .collect();
-                    let known: BTreeMap<String, BTreeSet<String>> =
-                        nets.into_iter().map(|(id, (_, eps))| (id, eps)).collect();
                     match driver.collector.endpoints(&known, gc_secs).await {
                         Ok(r) if !r.is_empty() => {
                             tracing::warn!(endpoints = ?r, "removed endpoints docker no longer knows")

@@ -18,11 +18,29 @@ async fn get(socket: &Path, path: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// Docker's view of the networks of driver `driver`: network ID → (name, endpoint IDs).
+/// A container attached to a network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// Container ID.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+}
+
+/// One network of our driver as Docker sees it.
+#[derive(Clone, Debug, Default)]
+pub struct DockerNetwork {
+    /// Its name.
+    pub name: String,
+    /// Its containers by endpoint ID.
+    pub containers: BTreeMap<String, Container>,
+}
+
+/// Docker's view of the networks of driver `driver`, by network ID.
 pub async fn networks(
     socket: &Path,
     driver: &str,
-) -> anyhow::Result<BTreeMap<String, (String, BTreeSet<String>)>> {
+) -> anyhow::Result<BTreeMap<String, DockerNetwork>> {
     let list = get(socket, "/networks").await?;
     let mut out = BTreeMap::new();
     for n in list.as_array().into_iter().flatten() {
@@ -31,18 +49,50 @@ pub async fn networks(
         }
         let id = n["Id"].as_str().unwrap_or_default().to_string();
         let detail = get(socket, &format!("/networks/{id}")).await?;
-        let eps = detail["Containers"]
+        let containers = detail["Containers"]
             .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|c| c["EndpointID"].as_str().map(String::from))
-                    .collect()
+            .into_iter()
+            .flatten()
+            .filter_map(|(cid, c)| {
+                let container = Container {
+                    id: cid.clone(),
+                    name: c["Name"].as_str().unwrap_or_default().to_string(),
+                };
+                Some((c["EndpointID"].as_str()?.to_string(), container))
             })
-            .unwrap_or_default();
+            .collect();
         let name = n["Name"].as_str().unwrap_or_default().to_string();
-        out.insert(id, (name, eps));
+        out.insert(id, DockerNetwork { name, containers });
     }
     Ok(out)
+}
+
+/// Names Docker gives our objects, kept by the daemon for the API and the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    /// Network names by ID.
+    pub networks: BTreeMap<String, String>,
+    /// Containers by endpoint ID.
+    pub containers: BTreeMap<String, Container>,
+    /// When they were read.
+    pub read: Option<std::time::Instant>,
+}
+
+impl Names {
+    /// The names in `networks`.
+    pub fn of(networks: &BTreeMap<String, DockerNetwork>) -> Names {
+        Names {
+            networks: networks
+                .iter()
+                .map(|(id, n)| (id.clone(), n.name.clone()))
+                .collect(),
+            containers: networks
+                .values()
+                .flat_map(|n| n.containers.clone())
+                .collect(),
+            read: Some(std::time::Instant::now()),
+        }
+    }
 }
 
 /// The subnets of every network whose IPAM driver is `ipam`, whatever its driver.

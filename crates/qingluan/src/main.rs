@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod docker;
 mod http;
+mod metrics;
 
 use std::path::PathBuf;
 

@@ -25,21 +25,7 @@ fn stats_count_each_containers_traffic_in_its_directions() {
         "qlt-stats",
         &["--opt", "model=nat", "--ipam-opt", "pool=nat"],
     );
-    for c in ["qlt-st-a", "qlt-st-b"] {
-        docker(&[
-            "run",
-            "-d",
-            "--cap-add",
-            "NET_ADMIN",
-            "--name",
-            c,
-            "--net",
-            "qlt-stats",
-            IMAGE,
-            "sleep",
-            "600",
-        ]);
-    }
+    start_sleepers("qlt-stats", &["qlt-st-a", "qlt-st-b"]);
     let b = ip_of("qlt-st-b", "qlt-stats");
     let read = |env: &Env| -> serde_json::Value {
         serde_json::from_str(&env.qingluan(&["stats", "--json", "--network", "qlt-stats"])).unwrap()

@@ -46,6 +46,9 @@ pub struct EndpointStats {
     /// Frames the spoof guard dropped from the container (another source MAC or address),
     /// since its flows were last installed.
     pub spoofed: u64,
+    /// When the port's counters started (seconds since the epoch): when the port was
+    /// added to the switch, again after an ovs-vswitchd restart.
+    pub started: u64,
 }
 
 impl EndpointStats {
@@ -123,6 +126,7 @@ impl State {
                         .get(&Cookie::of(Feature::Endpoint, &e.id).value())
                         .copied()
                         .unwrap_or(0),
+                    started: crate::model::now().saturating_sub(port.duration_secs.into()),
                 })
             })
             .collect())
@@ -141,6 +145,7 @@ mod tests {
             bytes: (1000, 2000),
             dropped: (1, 2),
             errors: (0, 3),
+            duration_secs: 7,
         };
         let (tx, rx) = EndpointStats::from_port(&p);
         assert_eq!(

@@ -440,6 +440,7 @@ pub fn parse_port_stats(mut b: &[u8]) -> Result<Vec<(u32, PortStats)>, String> {
                 bytes: (u64_at(b, 32), u64_at(b, 40)),
                 dropped: (u64_at(b, 48), u64_at(b, 56)),
                 errors: (u64_at(b, 64), u64_at(b, 72)),
+                duration_secs: u32_at(b, 8),
             },
         ));
         b = &b[len..];
@@ -913,6 +914,7 @@ mod tests {
         let (port_no, p) = &parse_port_stats(&entry).unwrap()[0];
         assert_eq!(*port_no, 1);
         assert_eq!((p.packets, p.bytes), ((3, 0), (266, 0)));
+        assert_eq!(p.duration_secs, 1);
         assert!(parse_port_stats(&entry[..100]).is_err());
     }
 

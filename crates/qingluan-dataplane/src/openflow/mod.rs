@@ -292,6 +292,8 @@ pub struct PortStats {
     pub dropped: (u64, u64),
     /// Receive and transmit errors.
     pub errors: (u64, u64),
+    /// Seconds since the port was added to the switch (its counters started then).
+    pub duration_secs: u32,
 }
 
 /// A meter: a rate limit that drops what exceeds it.

@@ -71,6 +71,26 @@ pub fn fails(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Starts each of `names` on `network`: a sleeping container with NET_ADMIN (so tests can
+/// forge its addresses).
+pub fn start_sleepers(network: &str, names: &[&str]) {
+    for c in names {
+        docker(&[
+            "run",
+            "-d",
+            "--cap-add",
+            "NET_ADMIN",
+            "--name",
+            c,
+            "--net",
+            network,
+            IMAGE,
+            "sleep",
+            "600",
+        ]);
+    }
+}
+
 /// `docker ARGS`, must succeed.
 pub fn docker(args: &[&str]) -> String {
     ok("docker", args)
@@ -102,6 +122,8 @@ pub struct Env {
     daemon: Option<Child>,
     /// Outside namespaces created.
     outside: Vec<String>,
+    /// Where the daemon serves `/metrics` (a free loopback port).
+    pub metrics: std::net::SocketAddr,
 }
 
 impl Env {
@@ -123,8 +145,11 @@ impl Env {
             .prefix("qlt-e2e")
             .tempdir()
             .unwrap();
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
         let config = format!(
-            "[daemon]\nname = \"{driver}\"\nprefix = \"{prefix}\"\napi_socket = \"{api}\"\nlog = \"info,qingluan=debug\"\n{extra}\n\n[store]\npath = \"{store}\"\n",
+            "[daemon]\nname = \"{driver}\"\nprefix = \"{prefix}\"\napi_socket = \"{api}\"\nlog = \"info,qingluan=debug\"\n{extra}\n\n[store]\npath = \"{store}\"\n\n[monitoring]\nlisten = \"{metrics}\"\n",
             api = dir.path().join("api.sock").display(),
             store = dir.path().join("state.redb").display(),
         );
@@ -137,6 +162,7 @@ impl Env {
             dir,
             daemon: None,
             outside: Vec::new(),
+            metrics,
         };
         env.start();
         env
