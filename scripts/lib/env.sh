@@ -3,7 +3,7 @@
 # Every start_* function sets QL_STARTED_<X>=1 when it started something, so callers can stop
 # exactly what they started (by pidfile), never anything else.
 
-QL_PACKAGES="openvswitch-switch docker.io busybox-static nftables iptables ethtool iproute2 tcpdump curl jq procps python3 build-essential pkg-config etcd-server protobuf-compiler iputils-ping iperf3 prometheus tmux"
+QL_PACKAGES="openvswitch-switch docker.io busybox-static nftables iptables ethtool iproute2 tcpdump curl jq procps python3 build-essential pkg-config etcd-server protobuf-compiler iputils-ping iperf3 prometheus tmux pmacct nfdump"
 OVS_RUN=/run/openvswitch
 OVS_SCHEMA=/usr/share/openvswitch/vswitch.ovsschema
 

@@ -441,6 +441,7 @@ pub fn ovs_ops(
                 if h.fail_mode != want.fail_mode
                     || h.external_ids != want.external_ids
                     || h.protocols != want.protocols
+                    || h.flow_export != want.flow_export
                 {
                     ops.push(OvsOp::UpdateBridge(want.clone()));
                 }

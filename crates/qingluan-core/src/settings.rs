@@ -35,6 +35,9 @@ pub struct Settings {
     /// The default interface of flat and vlan networks created without `--opt parent`;
     /// `None`: the interface holding `underlay_ip`.
     pub uplink: Option<String>,
+    /// sFlow and IPFIX export of every bridge that holds containers (not the uplink
+    /// bridge, which would report each packet again as underlay traffic).
+    pub flow_export: qingluan_dataplane::ovsdb::FlowExport,
 }
 
 /// IPAM settings: default pools and the pool used when none is named.
@@ -73,6 +76,7 @@ impl Default for Settings {
             ipam: IpamSettings::default(),
             underlay_ip: None,
             uplink: None,
+            flow_export: Default::default(),
         }
     }
 }

@@ -97,6 +97,7 @@ pub async fn plan(
         protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
             .map(String::from)
             .to_vec(),
+        flow_export: Default::default(),
     };
     let mut port_ids = ids;
     port_ids.insert(UPLINK_NIC.to_string(), "true".to_string());

@@ -13,8 +13,8 @@ use qingluan_dataplane::openflow::{
     Action, Field, Flow, FlowProgrammer, Meter, NativeFlows, Port, FINGERPRINT_BITS,
 };
 use qingluan_dataplane::ovsdb::{
-    BridgeSpec, MonitorUpdate, Ovs, OvsEvent, OvsOp, OvsdbClient, OvsdbError, OvsdbOvs, PortSpec,
-    UpdateFormat,
+    BridgeSpec, Collector, FlowExport, MonitorUpdate, Ovs, OvsEvent, OvsOp, OvsdbClient,
+    OvsdbError, OvsdbOvs, PortSpec, UpdateFormat,
 };
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
@@ -40,6 +40,7 @@ fn bridge(name: &str) -> BridgeSpec {
             "OpenFlow14".into(),
             "OpenFlow15".into(),
         ],
+        flow_export: FlowExport::default(),
     }
 }
 
@@ -186,6 +187,58 @@ async fn snapshots_read_their_own_writes_from_the_replica() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// sFlow and IPFIX rows: created with the bridge, read back, replaced on update, and gone
+/// (garbage-collected by OVSDB) once the bridge lets go of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_export_round_trips_and_leaves_nothing() {
+    let Some(ovs) = PrivateOvs::start("flow_export_round_trips_and_leaves_nothing") else {
+        return;
+    };
+    let a = adapter(&ovs).await;
+    let collector = |target: &str, sampling| {
+        Some(Collector {
+            target: target.into(),
+            sampling,
+        })
+    };
+    let mut b = bridge("qltbr7");
+    b.flow_export = FlowExport {
+        sflow: collector("127.0.0.1:6343", 64),
+        ipfix: collector("127.0.0.1:4739", 32),
+    };
+    a.apply(&[OvsOp::AddBridge(b.clone())]).await.unwrap();
+    assert_eq!(
+        a.snapshot().await.unwrap()[0].spec.flow_export,
+        b.flow_export
+    );
+    let rows = |table: &str| {
+        ovs.vsctl(&["--bare", "--columns=targets,sampling", "list", table])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(rows("sFlow"), "127.0.0.1:6343 64");
+    assert_eq!(rows("IPFIX"), "127.0.0.1:4739 32");
+
+    b.flow_export.sflow = collector("127.0.0.1:16343", 1);
+    b.flow_export.ipfix = None;
+    a.apply(&[OvsOp::UpdateBridge(b.clone())]).await.unwrap();
+    assert_eq!(
+        a.snapshot().await.unwrap()[0].spec.flow_export,
+        b.flow_export
+    );
+    assert_eq!(rows("sFlow"), "127.0.0.1:16343 1", "the old row is gone");
+    assert_eq!(rows("IPFIX"), "");
+
+    b.flow_export = FlowExport::default();
+    a.apply(&[OvsOp::UpdateBridge(b)]).await.unwrap();
+    assert_eq!(rows("sFlow"), "");
+    assert_eq!(
+        a.snapshot().await.unwrap()[0].spec.flow_export,
+        FlowExport::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

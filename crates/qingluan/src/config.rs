@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use qingluan_core::settings::{IpamSettings, Settings};
+use qingluan_dataplane::ovsdb::{Collector, FlowExport};
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -34,6 +35,14 @@ pub struct MonitoringConfig {
     pub listen: String,
     /// Whether `listen` may be an address other hosts can reach.
     pub allow_remote: bool,
+    /// sFlow collector (`address:port`); `None`: no sFlow.
+    pub sflow: Option<String>,
+    /// sFlow samples one packet in this many.
+    pub sflow_sampling: u32,
+    /// IPFIX collector (`address:port`); `None`: no IPFIX.
+    pub ipfix: Option<String>,
+    /// IPFIX samples one packet in this many.
+    pub ipfix_sampling: u32,
 }
 
 impl Default for MonitoringConfig {
@@ -41,6 +50,10 @@ impl Default for MonitoringConfig {
         MonitoringConfig {
             listen: "127.0.0.1:9465".into(),
             allow_remote: false,
+            sflow: None,
+            sflow_sampling: 64,
+            ipfix: None,
+            ipfix_sampling: 64,
         }
     }
 }
@@ -63,6 +76,33 @@ impl MonitoringConfig {
             );
         }
         Ok(Some(addr))
+    }
+
+    /// The flow export of every bridge that holds containers.
+    pub fn flow_export(&self) -> anyhow::Result<FlowExport> {
+        let collector = |key: &str, target: &Option<String>, sampling: u32| {
+            let Some(target) = target else {
+                return Ok(None);
+            };
+            let addr: std::net::SocketAddr = target.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "monitoring.{key} {target:?} is not an address and port such as \"10.0.0.5:6343\""
+                )
+            })?;
+            if sampling == 0 {
+                anyhow::bail!(
+                    "monitoring.{key}_sampling must be 1 or more (one packet in N is sampled)"
+                );
+            }
+            Ok(Some(Collector {
+                target: addr.to_string(),
+                sampling,
+            }))
+        };
+        Ok(FlowExport {
+            sflow: collector("sflow", &self.sflow, self.sflow_sampling)?,
+            ipfix: collector("ipfix", &self.ipfix, self.ipfix_sampling)?,
+        })
     }
 }
 
@@ -258,6 +298,7 @@ impl Config {
             );
         }
         self.monitoring.listen_addr()?;
+        self.monitoring.flow_export()?;
         Ok(())
     }
 
@@ -272,6 +313,7 @@ impl Config {
             ipam: self.ipam.clone(),
             underlay_ip: self.cluster.underlay_ip,
             uplink: self.network.uplink.clone(),
+            flow_export: self.monitoring.flow_export().unwrap_or_default(),
         }
     }
 }
@@ -304,6 +346,37 @@ mod tests {
         assert!(parse("[monitoring]\nlisten = \"0.0.0.0:9465\"\nallow_remote = true").is_ok());
         let e = parse("[monitoring]\nlisten = \"localhost\"").unwrap_err();
         assert!(e.to_string().contains("not an address and port"), "{e}");
+    }
+
+    #[test]
+    fn flow_export_needs_an_address_and_a_rate() {
+        let parse = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().map(|_| c.monitoring.flow_export().unwrap())
+        };
+        assert_eq!(parse("").unwrap(), FlowExport::default());
+        let e = parse(
+            "[monitoring]\nsflow = \"127.0.0.1:6343\"\nipfix = \"[::1]:4739\"\nipfix_sampling = 1",
+        )
+        .unwrap();
+        assert_eq!(
+            e.sflow,
+            Some(Collector {
+                target: "127.0.0.1:6343".into(),
+                sampling: 64
+            })
+        );
+        assert_eq!(e.ipfix.unwrap().sampling, 1);
+        let e = parse("[monitoring]\nsflow = \"collector\"").unwrap_err();
+        assert!(
+            e.to_string().contains("monitoring.sflow \"collector\""),
+            "{e}"
+        );
+        let e = parse("[monitoring]\nipfix = \"127.0.0.1:4739\"\nipfix_sampling = 0").unwrap_err();
+        assert!(
+            e.to_string().contains("ipfix_sampling must be 1 or more"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
         protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
             .map(String::from)
             .to_vec(),
+        flow_export: ctx.settings.flow_export.clone(),
     });
     attach(ctx, net, &bridge, eps, None, ctx.facts.needs_tx_off(), out);
     let segment = pipeline::SegmentBridge {

@@ -78,6 +78,7 @@ impl ModeDriver for Vxlan {
                 protocols: ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
                     .map(String::from)
                     .to_vec(),
+                flow_export: ctx.settings.flow_export.clone(),
             });
             let base = pipeline::OverlayBase {
                 bridge: &bridge,

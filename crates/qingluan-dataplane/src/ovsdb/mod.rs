@@ -53,6 +53,29 @@ pub struct BridgeSpec {
     pub other_config: BTreeMap<String, String>,
     /// OpenFlow versions enabled, e.g. `OpenFlow13`; empty = OVS default (all on OVS 3.1).
     pub protocols: Vec<String>,
+    /// OVS's own sFlow and IPFIX export from this bridge.
+    #[serde(default)]
+    pub flow_export: FlowExport,
+}
+
+/// Where a bridge exports sampled packets: OVS's sFlow agent (`sFlow` row, sampled headers
+/// of 128 bytes and interface counters every 10 s) and its IPFIX exporter (`IPFIX` row).
+/// Each row is referenced by the bridge only, so OVSDB drops it when the bridge lets go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FlowExport {
+    /// The sFlow collector, if any.
+    pub sflow: Option<Collector>,
+    /// The IPFIX collector, if any.
+    pub ipfix: Option<Collector>,
+}
+
+/// A flow collector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collector {
+    /// `address:port` (UDP).
+    pub target: String,
+    /// One packet in `sampling` is exported.
+    pub sampling: u32,
 }
 
 /// A port (with its single interface of the same name) as we want it (or as read back).
@@ -100,7 +123,8 @@ pub struct BridgeState {
 pub enum OvsOp {
     /// Create a bridge with its LOCAL internal port, like `ovs-vsctl add-br`.
     AddBridge(BridgeSpec),
-    /// Set a bridge's `fail_mode`, `external_ids`, `other_config` and `protocols`.
+    /// Set a bridge's `fail_mode`, `external_ids`, `other_config`, `protocols` and flow
+    /// export.
     UpdateBridge(BridgeSpec),
     /// Remove a bridge; its ports and interfaces go with it. No-op if it does not exist.
     DeleteBridge(String),

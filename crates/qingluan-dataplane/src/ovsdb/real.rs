@@ -1,6 +1,7 @@
 //! [`Ovs`] over the native OVSDB client.
 //!
-//! A monitor on the Bridge, Port and Interface columns we read (and `Open_vSwitch.cur_cfg`)
+//! A monitor on the Bridge, Port, Interface, sFlow and IPFIX columns we read (and
+//! `Open_vSwitch.cur_cfg`)
 //! keeps a replica of those rows (`replica`): [`Ovs::snapshot`] and the planning of
 //! [`Ovs::apply`] read it, so a plugin call sends ONE transaction and no reads, and `apply`
 //! learns from the same stream when ovs-vswitchd has caught up. While the replica is not
@@ -13,7 +14,8 @@
 //! The transaction, in the order of the ops:
 //! - AddBridge: insert Interface (type internal), Port and Bridge with named uuids, then
 //!   `mutate` Open_vSwitch `bridges` insert (never overwriting the set), like `ovs-vsctl
-//!   add-br`.
+//!   add-br`. A bridge's sFlow and IPFIX rows are inserted before it (or before its
+//!   update) and referenced; the rows they replace are garbage-collected by OVSDB.
 //! - DeleteBridge: `mutate` Open_vSwitch `bridges` delete; OVSDB garbage-collects the
 //!   bridge's ports and interfaces.
 //! - AddPort: insert Interface and Port, then `mutate` the Bridge's `ports` insert.
@@ -42,7 +44,8 @@ use super::datum::{
 use super::layout::Layout;
 use super::replica::{Replica, Rows};
 use super::{
-    BridgeSpec, BridgeState, Ovs, OvsEvent, OvsOp, OvsdbError, PortSpec, PortState, SystemInfo,
+    BridgeSpec, BridgeState, Collector, FlowExport, Ovs, OvsEvent, OvsOp, OvsdbError, PortSpec,
+    PortState, SystemInfo,
 };
 
 const DB: &str = "Open_vSwitch";
@@ -57,7 +60,11 @@ const BRIDGE_COLUMNS: &[&str] = &[
     "other_config",
     "protocols",
     "ports",
+    "sflow",
+    "ipfix",
 ];
+/// sFlow and IPFIX columns we read and watch.
+const EXPORT_COLUMNS: &[&str] = &["targets", "sampling"];
 /// Port columns we read and watch.
 const PORT_COLUMNS: &[&str] = &["name", "tag", "external_ids", "interfaces"];
 /// Interface columns we read and watch.
@@ -209,6 +216,8 @@ async fn watch(
         ("Bridge", BRIDGE_COLUMNS),
         ("Port", PORT_COLUMNS),
         ("Interface", IFACE_COLUMNS),
+        ("sFlow", EXPORT_COLUMNS),
+        ("IPFIX", EXPORT_COLUMNS),
         ("Open_vSwitch", &["cur_cfg"]),
     ];
     let mut updates: Option<tokio::sync::mpsc::UnboundedReceiver<MonitorUpdate>> = None;
@@ -303,16 +312,18 @@ fn existing_of<'a>(
     ex
 }
 
-/// Every bridge with its ports, sorted by name, from the rows by uuid.
-fn states(
-    bridges: &BTreeMap<String, Value>,
-    ports: &BTreeMap<String, Value>,
-    ifaces: &BTreeMap<String, Value>,
-) -> Vec<BridgeState> {
-    let mut out: Vec<BridgeState> = bridges
-        .values()
-        .map(|b| bridge_state(b, ports, ifaces))
-        .collect();
+/// The rows of the tables a snapshot reads, by uuid.
+struct Tables<'a> {
+    bridges: &'a BTreeMap<String, Value>,
+    ports: &'a BTreeMap<String, Value>,
+    ifaces: &'a BTreeMap<String, Value>,
+    sflow: &'a BTreeMap<String, Value>,
+    ipfix: &'a BTreeMap<String, Value>,
+}
+
+/// Every bridge with its ports, sorted by name.
+fn states(t: &Tables) -> Vec<BridgeState> {
+    let mut out: Vec<BridgeState> = t.bridges.values().map(|b| bridge_state(b, t)).collect();
     out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     out
 }
@@ -321,12 +332,47 @@ fn by_uuid(r: &Value) -> Value {
     json!([["_uuid", "==", r]])
 }
 
-fn bridge_columns(b: &BridgeSpec) -> Value {
-    json!({
+/// The bridge's mutable columns; its flow export rows are inserted into `t` (named after
+/// op `i`) and referenced.
+fn bridge_columns(t: &mut Plan, i: usize, b: &BridgeSpec) -> Value {
+    let mut row = json!({
         "fail_mode": opt(&b.fail_mode),
         "external_ids": map(&b.external_ids),
         "other_config": map(&b.other_config),
         "protocols": strings(&b.protocols),
+    });
+    let e = &b.flow_export;
+    for (column, table, collector, extra) in [
+        (
+            "sflow",
+            "sFlow",
+            &e.sflow,
+            json!({"header": 128, "polling": 10}),
+        ),
+        ("ipfix", "IPFIX", &e.ipfix, json!({})),
+    ] {
+        row[column] = match collector {
+            Some(c) => {
+                let name = format!("{column}{i}");
+                let mut r = extra;
+                r["targets"] = json!(c.target);
+                r["sampling"] = json!(c.sampling);
+                t.ops
+                    .push(json!({"op": "insert", "table": table, "uuid-name": name, "row": r}));
+                named(&name)
+            }
+            None => json!(["set", []]),
+        };
+    }
+    row
+}
+
+/// The collector of an `sFlow` or `IPFIX` row referenced by `reference`.
+fn collector_of(reference: &Value, rows: &BTreeMap<String, Value>) -> Option<Collector> {
+    let row = rows.get(&set_items(reference).first().and_then(uuid_of)?)?;
+    Some(Collector {
+        target: strings_of(&row["targets"]).into_iter().next()?,
+        sampling: opt_i64(&row["sampling"]).and_then(|n| u32::try_from(n).ok())?,
     })
 }
 
@@ -448,7 +494,7 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
                 t.ops
                     .push(json!({"op": "insert", "table": "Port", "uuid-name": pu,
                     "row": {"name": b.name, "interfaces": named(&iu)}}));
-                let mut row = bridge_columns(b);
+                let mut row = bridge_columns(&mut t, i, b);
                 row["name"] = json!(b.name);
                 row["datapath_type"] = json!(b.datapath_type);
                 row["ports"] = named(&pu);
@@ -471,9 +517,10 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
                         OvsdbError::BridgeNotFound(b.name.clone()),
                     );
                 }
+                let row = bridge_columns(&mut t, i, b);
                 t.ops.push(
                     json!({"op": "update", "table": "Bridge", "where": by_uuid(&r.json()),
-                    "row": bridge_columns(b)}),
+                    "row": row}),
                 );
             }
             OvsOp::DeleteBridge(name) => {
@@ -554,12 +601,9 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
     Ok(t)
 }
 
-/// Reads one bridge row and its ports.
-fn bridge_state(
-    b: &Value,
-    ports: &BTreeMap<String, Value>,
-    ifaces: &BTreeMap<String, Value>,
-) -> BridgeState {
+/// Reads one bridge row, its ports and its flow export.
+fn bridge_state(b: &Value, t: &Tables) -> BridgeState {
+    let (ports, ifaces) = (t.ports, t.ifaces);
     let name = b["name"].as_str().unwrap_or_default().to_string();
     let mut out = Vec::new();
     for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
@@ -598,6 +642,10 @@ fn bridge_state(
             external_ids: map_of(&b["external_ids"]),
             other_config: map_of(&b["other_config"]),
             protocols: strings_of(&b["protocols"]),
+            flow_export: FlowExport {
+                sflow: collector_of(&b["sflow"], t.sflow),
+                ipfix: collector_of(&b["ipfix"], t.ipfix),
+            },
         },
         ports: out,
     }
@@ -609,7 +657,13 @@ impl Ovs for OvsdbOvs {
         let empty = BTreeMap::new();
         if let Some(s) = self.replica.read(|rows: &Rows| {
             let t = |name| rows.table(name).unwrap_or(&empty);
-            states(t("Bridge"), t("Port"), t("Interface"))
+            states(&Tables {
+                bridges: t("Bridge"),
+                ports: t("Port"),
+                ifaces: t("Interface"),
+                sflow: t("sFlow"),
+                ipfix: t("IPFIX"),
+            })
         }) {
             return Ok(s);
         }
@@ -621,10 +675,19 @@ impl Ovs for OvsdbOvs {
                     select("Bridge", BRIDGE_COLUMNS),
                     select("Port", PORT_COLUMNS),
                     select("Interface", IFACE_COLUMNS),
+                    select("sFlow", EXPORT_COLUMNS),
+                    select("IPFIX", EXPORT_COLUMNS),
                 ],
             )
             .await?;
-        Ok(states(&keyed(&r[0]), &keyed(&r[1]), &keyed(&r[2])))
+        let rows: Vec<BTreeMap<String, Value>> = r.iter().map(keyed).collect();
+        Ok(states(&Tables {
+            bridges: &rows[0],
+            ports: &rows[1],
+            ifaces: &rows[2],
+            sflow: &rows[3],
+            ipfix: &rows[4],
+        }))
     }
 
     async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError> {

@@ -134,6 +134,11 @@ impl Env {
 
     /// Like [`Env::new`], with extra `[daemon]` settings (TOML lines).
     pub fn with_daemon_config(extra: &str) -> Env {
+        Env::with_config(extra, "")
+    }
+
+    /// Like [`Env::new`], with extra `[daemon]` and `[monitoring]` settings (TOML lines).
+    pub fn with_config(extra: &str, monitoring: &str) -> Env {
         cleanup_docker();
         let system = std::env::var("QL_SYSTEM_DAEMON").as_deref() == Ok("1");
         let (driver, prefix) = if system {
@@ -149,7 +154,7 @@ impl Env {
             .and_then(|l| l.local_addr())
             .unwrap();
         let config = format!(
-            "[daemon]\nname = \"{driver}\"\nprefix = \"{prefix}\"\napi_socket = \"{api}\"\nlog = \"info,qingluan=debug\"\n{extra}\n\n[store]\npath = \"{store}\"\n\n[monitoring]\nlisten = \"{metrics}\"\n",
+            "[daemon]\nname = \"{driver}\"\nprefix = \"{prefix}\"\napi_socket = \"{api}\"\nlog = \"info,qingluan=debug\"\n{extra}\n\n[store]\npath = \"{store}\"\n\n[monitoring]\nlisten = \"{metrics}\"\n{monitoring}\n",
             api = dir.path().join("api.sock").display(),
             store = dir.path().join("state.redb").display(),
         );
