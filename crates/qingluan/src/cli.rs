@@ -294,6 +294,11 @@ impl Client {
         Ok(())
     }
 
+    /// The counters of this host's endpoints.
+    pub async fn endpoint_stats(&self) -> anyhow::Result<Vec<EndpointStats>> {
+        Ok(self.get("/v1/stats").await?.0)
+    }
+
     /// `qingluan stats`: each endpoint's counters and its rates over one second, in the
     /// container's directions, optionally only on network `network` or of container
     /// `container` (names or ID prefixes).
@@ -302,10 +307,10 @@ impl Client {
         network: Option<&str>,
         container: Option<&str>,
     ) -> anyhow::Result<()> {
-        let (before, _): (Vec<EndpointStats>, _) = self.get("/v1/stats").await?;
+        let before = self.endpoint_stats().await?;
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (now, _): (Vec<EndpointStats>, _) = self.get("/v1/stats").await?;
+        let now = self.endpoint_stats().await?;
         let secs = start.elapsed().as_secs_f64();
         let names = docker_names(&self.docker).await;
         let nets: BTreeSet<&str> = now.iter().map(|s| s.network.as_str()).collect();
@@ -466,7 +471,7 @@ struct StatsRow {
 }
 
 /// A rate in bit/s with a unit, e.g. `12.3Mbit/s`.
-fn bits(bps: f64) -> String {
+pub(crate) fn bits(bps: f64) -> String {
     let units = [(1e9, "Gbit/s"), (1e6, "Mbit/s"), (1e3, "kbit/s")];
     match units.iter().find(|(scale, _)| bps >= *scale) {
         Some((scale, unit)) => format!("{:.1}{unit}", bps / scale),
@@ -475,7 +480,7 @@ fn bits(bps: f64) -> String {
 }
 
 /// The containers on `networks`, by endpoint ID: (container ID, name), best-effort.
-async fn docker_containers(
+pub(crate) async fn docker_containers(
     socket: &Path,
     networks: &BTreeSet<&str>,
 ) -> BTreeMap<String, (String, String)> {
@@ -497,7 +502,7 @@ async fn docker_containers(
 }
 
 /// Docker network names by ID, best-effort (empty when Docker is unreachable).
-async fn docker_names(socket: &Path) -> BTreeMap<String, String> {
+pub(crate) async fn docker_names(socket: &Path) -> BTreeMap<String, String> {
     let Ok((200, body)) = request(socket, "GET", "/networks", None, Duration::from_secs(5)).await
     else {
         return Default::default();

@@ -10,6 +10,7 @@ mod daemon;
 mod docker;
 mod http;
 mod metrics;
+mod top;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,23 @@ enum Command {
         /// Only this container (name or ID prefix).
         #[arg(long)]
         container: Option<String>,
+    },
+    /// A live view of this host's containers: rates with sparklines, drops; keys t, r, d
+    /// sort, n cycles networks, a shows all, q quits. One line per refresh when stdout is
+    /// not a terminal.
+    Top {
+        /// Only this network (Docker name or ID prefix).
+        #[arg(long)]
+        network: Option<String>,
+        /// Sort by what the containers transmit, receive, or drop.
+        #[arg(long, value_enum, default_value = "tx")]
+        sort: top::SortKey,
+        /// Time between refreshes (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = top::parse_interval)]
+        interval: std::time::Duration,
+        /// Stop after this many refreshes.
+        #[arg(short = 'n', long)]
+        count: Option<u64>,
     },
 }
 
@@ -169,6 +187,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Pool(PoolCmd::Rm { name }) => client.pool_rm(&name).await,
         Command::Stats { network, container } => {
             client.stats(network.as_deref(), container.as_deref()).await
+        }
+        Command::Top {
+            network,
+            sort,
+            interval,
+            count,
+        } => {
+            top::run(
+                &client,
+                top::TopArgs {
+                    network,
+                    sort,
+                    interval,
+                    count,
+                },
+            )
+            .await
         }
     }
 }

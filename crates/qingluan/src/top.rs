@@ -1,0 +1,537 @@
+//! `qingluan top`: a live view of this host's containers, one row each, like `docker stats`
+//! or iftop: rates in the container's directions with sparklines of the last minute, drops
+//! per second, sorted and filtered by keys. On a terminal it takes the full screen (raw mode,
+//! alternate screen, restored on every way out); otherwise it prints one line per refresh.
+//!
+//! The counters come from the daemon's `/v1/stats` (read from OVS), the names from the Docker
+//! Engine API; rates are the differences between two refreshes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::style::{Attribute, Print, SetAttribute};
+use crossterm::terminal::{self, ClearType};
+use crossterm::{cursor, execute, queue};
+use futures::StreamExt;
+use qingluan_core::model::head;
+use qingluan_core::service::EndpointStats;
+
+use crate::cli::{bits, docker_containers, docker_names, Client};
+
+/// What the rows are sorted by (highest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// What the containers receive.
+    Rx,
+    /// What they transmit.
+    Tx,
+    /// Their drops (port drops and spoofed frames) per second.
+    Drops,
+}
+
+/// Options of `qingluan top`.
+pub struct TopArgs {
+    /// Only this network (Docker name or ID prefix).
+    pub network: Option<String>,
+    /// Initial sort.
+    pub sort: SortKey,
+    /// Time between refreshes.
+    pub interval: Duration,
+    /// Stop after this many refreshes.
+    pub count: Option<u64>,
+}
+
+/// Parses `1s`, `500ms`, `2` (seconds) or `1.5s`; at least 100 ms.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    let secs = number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .map(|n| n * unit)
+        .ok_or_else(|| format!("invalid interval {s:?} (e.g. 1s, 500ms)"))?;
+    if secs < 0.1 {
+        return Err(format!("interval {s:?} is below 100ms"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Samples kept per row for its sparklines.
+const HISTORY: usize = 60;
+/// Width of a sparkline.
+const SPARK: usize = 20;
+
+/// One container's row.
+#[derive(Debug)]
+struct Row {
+    container: String,
+    network: String,
+    address: String,
+    tx: f64,
+    rx: f64,
+    drops: f64,
+    spoofed: u64,
+    tx_history: VecDeque<f64>,
+    rx_history: VecDeque<f64>,
+}
+
+/// Everything the screen shows.
+#[derive(Debug)]
+struct Model {
+    rows: BTreeMap<String, Row>,
+    last: Option<(Instant, BTreeMap<String, EndpointStats>)>,
+    sort: SortKey,
+    network: Option<String>,
+    interval: Duration,
+}
+
+fn push(history: &mut VecDeque<f64>, v: f64) {
+    if history.len() == HISTORY {
+        history.pop_front();
+    }
+    history.push_back(v);
+}
+
+/// The last [`SPARK`] values as block characters, scaled to their maximum.
+fn sparkline(history: &VecDeque<f64>) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let recent: Vec<f64> = history.iter().rev().take(SPARK).rev().copied().collect();
+    let max = recent.iter().copied().fold(0.0, f64::max);
+    let mut out: String = std::iter::repeat_n(' ', SPARK - recent.len()).collect();
+    out.extend(recent.iter().map(|v| {
+        if max <= 0.0 {
+            BLOCKS[0]
+        } else {
+            BLOCKS[((v / max) * 7.0).round() as usize]
+        }
+    }));
+    out
+}
+
+impl Model {
+    /// Takes a new reading: rates against the previous one, names from Docker.
+    fn update(
+        &mut self,
+        now: Instant,
+        stats: Vec<EndpointStats>,
+        containers: &BTreeMap<String, (String, String)>,
+        networks: &BTreeMap<String, String>,
+    ) {
+        let stats: BTreeMap<String, EndpointStats> =
+            stats.into_iter().map(|s| (s.endpoint.clone(), s)).collect();
+        self.rows.retain(|ep, _| stats.contains_key(ep));
+        for (ep, s) in &stats {
+            let prev = self
+                .last
+                .as_ref()
+                .and_then(|(at, l)| Some((now.duration_since(*at).as_secs_f64(), l.get(ep)?)));
+            let rate = |f: fn(&EndpointStats) -> u64, scale: f64| match prev {
+                Some((secs, p)) if secs > 0.0 => f(s).saturating_sub(f(p)) as f64 * scale / secs,
+                _ => 0.0,
+            };
+            let drops = |x: &EndpointStats| x.transmit.dropped + x.receive.dropped + x.spoofed;
+            let row = self.rows.entry(ep.clone()).or_insert_with(|| Row {
+                container: String::new(),
+                network: String::new(),
+                address: String::new(),
+                tx: 0.0,
+                rx: 0.0,
+                drops: 0.0,
+                spoofed: 0,
+                tx_history: VecDeque::new(),
+                rx_history: VecDeque::new(),
+            });
+            row.container = containers
+                .get(ep)
+                .map_or_else(|| head(ep, 12).to_string(), |(_, n)| n.clone());
+            row.network = networks
+                .get(&s.network)
+                .cloned()
+                .unwrap_or_else(|| head(&s.network, 12).to_string());
+            row.address = s.address.addr().to_string();
+            row.tx = rate(|x| x.transmit.bytes, 8.0);
+            row.rx = rate(|x| x.receive.bytes, 8.0);
+            row.drops = rate(drops, 1.0);
+            row.spoofed = s.spoofed;
+            push(&mut row.tx_history, row.tx);
+            push(&mut row.rx_history, row.rx);
+        }
+        self.last = Some((now, stats));
+    }
+
+    /// The networks rows are on, sorted.
+    fn networks(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.rows.values().map(|r| &r.network).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// The rows shown: the network filter applied, sorted by the key, then by name.
+    fn visible(&self) -> Vec<&Row> {
+        let mut rows: Vec<&Row> = self
+            .rows
+            .values()
+            .filter(|r| self.network.as_ref().is_none_or(|n| &r.network == n))
+            .collect();
+        let key = |r: &Row| match self.sort {
+            SortKey::Tx => r.tx,
+            SortKey::Rx => r.rx,
+            SortKey::Drops => r.drops,
+        };
+        rows.sort_by(|a, b| {
+            key(b)
+                .total_cmp(&key(a))
+                .then_with(|| a.container.cmp(&b.container))
+        });
+        rows
+    }
+
+    /// Cycles the network filter: all, then each network in turn.
+    fn next_network(&mut self) {
+        let nets = self.networks();
+        self.network = match &self.network {
+            None => nets.first().cloned(),
+            Some(cur) => nets
+                .iter()
+                .position(|n| n == cur)
+                .and_then(|i| nets.get(i + 1))
+                .cloned(),
+        };
+    }
+
+    fn sort_name(&self) -> &'static str {
+        match self.sort {
+            SortKey::Tx => "tx",
+            SortKey::Rx => "rx",
+            SortKey::Drops => "drops",
+        }
+    }
+
+    /// The full screen, at most `height` lines of at most `width` characters.
+    fn screen(&self, width: usize, height: usize) -> Vec<String> {
+        let rows = self.visible();
+        let (tx, rx, drops) = rows.iter().fold((0.0, 0.0, 0.0), |(t, r, d), row| {
+            (t + row.tx, r + row.rx, d + row.drops)
+        });
+        let mut lines = vec![
+            format!(
+                "qingluan top - {} containers - sort: {} - network: {} - every {:?}",
+                rows.len(),
+                self.sort_name(),
+                self.network.as_deref().unwrap_or("all"),
+                self.interval
+            ),
+            format!(
+                "total  tx {}  rx {}  drops {:.0}/s    keys: t r d sort, n network, a all, q quit",
+                bits(tx),
+                bits(rx),
+                drops
+            ),
+            String::new(),
+            format!(
+                "{:<20} {:<16} {:<15} {:>12} {:<SPARK$} {:>12} {:<SPARK$} {:>8} {:>8}",
+                "CONTAINER", "NETWORK", "ADDRESS", "TX", "", "RX", "", "DROPS/S", "SPOOFED"
+            ),
+        ];
+        for r in rows {
+            lines.push(format!(
+                "{:<20} {:<16} {:<15} {:>12} {} {:>12} {} {:>8.0} {:>8}",
+                head(&r.container, 20),
+                head(&r.network, 16),
+                r.address,
+                bits(r.tx),
+                sparkline(&r.tx_history),
+                bits(r.rx),
+                sparkline(&r.rx_history),
+                r.drops,
+                r.spoofed
+            ));
+        }
+        lines.truncate(height);
+        for l in &mut lines {
+            if let Some((cut, _)) = l.char_indices().nth(width) {
+                l.truncate(cut);
+            }
+        }
+        lines
+    }
+
+    /// One line: the time and each shown container's rates.
+    fn plain(&self) -> String {
+        let now = qingluan_core::model::now();
+        let mut line = format!(
+            "{:02}:{:02}:{:02}",
+            now / 3600 % 24,
+            now / 60 % 60,
+            now % 60
+        );
+        for r in self.visible() {
+            line.push_str(&format!(
+                "  {} tx={} rx={} drops={:.0}/s",
+                r.container,
+                bits(r.tx),
+                bits(r.rx),
+                r.drops
+            ));
+        }
+        line
+    }
+
+    /// Applies a key; `false` means quit.
+    fn key(&mut self, k: KeyEvent) -> bool {
+        match k.code {
+            KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return false,
+            KeyCode::Char('q') | KeyCode::Esc => return false,
+            KeyCode::Char('t') => self.sort = SortKey::Tx,
+            KeyCode::Char('r') => self.sort = SortKey::Rx,
+            KeyCode::Char('d') => self.sort = SortKey::Drops,
+            KeyCode::Char('n') => self.next_network(),
+            KeyCode::Char('a') => self.network = None,
+            _ => {}
+        }
+        true
+    }
+}
+
+/// The terminal in full-screen mode; restored when dropped, whatever the way out.
+struct Screen;
+
+impl Screen {
+    fn enter() -> anyhow::Result<Screen> {
+        terminal::enable_raw_mode()?;
+        let screen = Screen;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
+        Ok(screen)
+    }
+
+    fn draw(&self, lines: &[String]) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        queue!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
+        for (i, l) in lines.iter().enumerate() {
+            queue!(out, cursor::MoveTo(0, i as u16))?;
+            if i == 3 {
+                queue!(
+                    out,
+                    SetAttribute(Attribute::Reverse),
+                    Print(l),
+                    SetAttribute(Attribute::Reset)
+                )?;
+            } else {
+                queue!(out, Print(l))?;
+            }
+        }
+        out.flush()
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = execute!(
+            std::io::stdout(),
+            cursor::Show,
+            terminal::LeaveAlternateScreen
+        );
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+/// The next terminal event; never, without a terminal.
+async fn next_event(keys: &mut Option<EventStream>) -> Option<std::io::Result<Event>> {
+    match keys {
+        Some(k) => k.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `qingluan top` until `q` (or `count` refreshes).
+pub async fn run(client: &Client, args: TopArgs) -> anyhow::Result<()> {
+    let mut model = Model {
+        rows: BTreeMap::new(),
+        last: None,
+        sort: args.sort,
+        network: None,
+        interval: args.interval,
+    };
+    let mut names = (BTreeMap::new(), BTreeMap::new());
+    let mut refreshes = 0u64;
+    let tty = std::io::stdout().is_terminal();
+    let screen = if tty { Some(Screen::enter()?) } else { None };
+    let mut keys = tty.then(EventStream::new);
+    let mut tick = tokio::time::interval(args.interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let stats = client.endpoint_stats().await?;
+                if stats.iter().any(|s| !names.0.contains_key(&s.endpoint)) || refreshes.is_multiple_of(10) {
+                    let nets: BTreeSet<&str> = stats.iter().map(|s| s.network.as_str()).collect();
+                    names = (docker_containers(&client.docker, &nets).await, docker_names(&client.docker).await);
+                }
+                if model.network.is_none() && refreshes == 0 {
+                    model.network = args.network.as_ref().map(|want| {
+                        names.1.iter().find(|(id, n)| *n == want || id.starts_with(want.as_str()))
+                            .map_or_else(|| want.clone(), |(_, n)| n.clone())
+                    });
+                }
+                model.update(Instant::now(), stats, &names.0, &names.1);
+                refreshes += 1;
+                if refreshes > 1 {
+                    match &screen {
+                        Some(s) => {
+                            let (w, h) = terminal::size()?;
+                            s.draw(&model.screen(w.into(), h.into()))?;
+                        }
+                        None => println!("{}", model.plain()),
+                    }
+                }
+                if args.count.is_some_and(|c| refreshes > c) {
+                    return Ok(());
+                }
+            }
+            ev = next_event(&mut keys) => match ev {
+                Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => {
+                    if !model.key(k) {
+                        return Ok(());
+                    }
+                    if let Some(s) = &screen {
+                        let (w, h) = terminal::size()?;
+                        s.draw(&model.screen(w.into(), h.into()))?;
+                    }
+                }
+                Some(Ok(Event::Resize(w, h))) => {
+                    if let Some(s) = &screen {
+                        s.draw(&model.screen(w.into(), h.into()))?;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qingluan_core::service::Counters;
+
+    fn stats(ep: &str, net: &str, tx: u64, rx: u64, spoofed: u64) -> EndpointStats {
+        EndpointStats {
+            endpoint: ep.into(),
+            network: net.into(),
+            mode: qingluan_core::model::Mode::Nat,
+            address: "10.1.0.2/24".parse().unwrap(),
+            port: format!("qlv{ep}"),
+            transmit: Counters {
+                bytes: tx,
+                ..Default::default()
+            },
+            receive: Counters {
+                bytes: rx,
+                ..Default::default()
+            },
+            spoofed,
+            started: 0,
+        }
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_interval("10ms").unwrap_err().contains("below 100ms"));
+        assert!(parse_interval("fast")
+            .unwrap_err()
+            .contains("invalid interval"));
+    }
+
+    #[test]
+    fn rates_sort_filter_and_sparklines() {
+        let mut m = Model {
+            rows: BTreeMap::new(),
+            last: None,
+            sort: SortKey::Tx,
+            network: None,
+            interval: Duration::from_secs(1),
+        };
+        let containers = BTreeMap::from([
+            ("e1".to_string(), ("c1".to_string(), "alpha".to_string())),
+            ("e2".to_string(), ("c2".to_string(), "beta".to_string())),
+        ]);
+        let networks = BTreeMap::from([
+            ("n1".to_string(), "web".to_string()),
+            ("n2".to_string(), "db".to_string()),
+        ]);
+        let t0 = Instant::now();
+        m.update(
+            t0,
+            vec![stats("e1", "n1", 0, 0, 0), stats("e2", "n2", 0, 0, 0)],
+            &containers,
+            &networks,
+        );
+        m.update(
+            t0 + Duration::from_secs(2),
+            vec![
+                stats("e1", "n1", 2_000_000, 1000, 0),
+                stats("e2", "n2", 1000, 4_000_000, 10),
+            ],
+            &containers,
+            &networks,
+        );
+        let names = |m: &Model| -> Vec<String> {
+            m.visible().iter().map(|r| r.container.clone()).collect()
+        };
+        assert_eq!(m.rows["e1"].tx, 8_000_000.0, "bits per second");
+        assert_eq!(m.rows["e2"].drops, 5.0);
+        assert_eq!(names(&m), ["alpha", "beta"]);
+        m.key(KeyEvent::from(KeyCode::Char('r')));
+        assert_eq!(names(&m), ["beta", "alpha"]);
+        m.key(KeyEvent::from(KeyCode::Char('d')));
+        assert_eq!(names(&m), ["beta", "alpha"]);
+        m.key(KeyEvent::from(KeyCode::Char('n')));
+        assert_eq!(m.network.as_deref(), Some("db"));
+        assert_eq!(names(&m), ["beta"]);
+        m.key(KeyEvent::from(KeyCode::Char('n')));
+        assert_eq!(m.network.as_deref(), Some("web"));
+        m.key(KeyEvent::from(KeyCode::Char('n')));
+        assert_eq!(m.network, None, "after the last network: all again");
+        assert!(!m.key(KeyEvent::from(KeyCode::Char('q'))));
+
+        let screen = m.screen(200, 50);
+        assert!(screen[0].contains("2 containers"), "{screen:?}");
+        assert!(screen[3].starts_with("CONTAINER"), "{screen:?}");
+        assert!(
+            screen[4].starts_with("beta") && screen[4].contains('█'),
+            "{screen:?}"
+        );
+        assert_eq!(m.screen(10, 2).len(), 2);
+        assert!(m.screen(10, 2).iter().all(|l| l.chars().count() <= 10));
+        assert!(m.plain().contains("alpha tx=8.0Mbit/s"), "{}", m.plain());
+
+        m.update(
+            t0 + Duration::from_secs(3),
+            vec![stats("e1", "n1", 2_000_000, 1000, 0)],
+            &containers,
+            &networks,
+        );
+        assert_eq!(names(&m), ["alpha"], "gone containers leave");
+    }
+
+    #[test]
+    fn sparklines_scale_to_their_peak() {
+        let h: VecDeque<f64> = [0.0, 1.0, 2.0, 4.0].into_iter().collect();
+        let s = sparkline(&h);
+        assert_eq!(s.chars().count(), SPARK);
+        assert!(s.ends_with("▁▃▅█"), "{s}");
+    }
+}
