@@ -769,6 +769,13 @@ mod tests {
             name: "b2".into(),
             datapath_type: "netdev".into(),
             fail_mode: Some("secure".into()),
+            flow_export: FlowExport {
+                sflow: Some(Collector {
+                    target: "127.0.0.1:6343".into(),
+                    sampling: 64,
+                }),
+                ipfix: None,
+            },
             ..Default::default()
         };
         let t = plan(
@@ -782,7 +789,8 @@ mod tests {
             [
                 r#"{"op":"insert","row":{"name":"b2","type":"internal"},"table":"Interface","uuid-name":"iface0"}"#,
                 r#"{"op":"insert","row":{"interfaces":["named-uuid","iface0"],"name":"b2"},"table":"Port","uuid-name":"port0"}"#,
-                r#"{"op":"insert","row":{"datapath_type":"netdev","external_ids":["map",[]],"fail_mode":"secure","name":"b2","other_config":["map",[]],"ports":["named-uuid","port0"],"protocols":["set",[]]},"table":"Bridge","uuid-name":"bridge0"}"#,
+                r#"{"op":"insert","row":{"header":128,"polling":10,"sampling":64,"targets":"127.0.0.1:6343"},"table":"sFlow","uuid-name":"sflow0"}"#,
+                r#"{"op":"insert","row":{"datapath_type":"netdev","external_ids":["map",[]],"fail_mode":"secure","ipfix":["set",[]],"name":"b2","other_config":["map",[]],"ports":["named-uuid","port0"],"protocols":["set",[]],"sflow":["named-uuid","sflow0"]},"table":"Bridge","uuid-name":"bridge0"}"#,
                 r#"{"mutations":[["bridges","insert",["set",[["named-uuid","bridge0"]]]]],"op":"mutate","table":"Open_vSwitch","where":[["_uuid","==",["uuid","root-u"]]]}"#,
                 r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"mac":["set",[]],"mtu_request":["set",[]],"name":"p2","options":["map",[]],"type":"internal"},"table":"Interface","uuid-name":"iface1"}"#,
                 r#"{"op":"insert","row":{"external_ids":["map",[["owner","t"]]],"interfaces":["named-uuid","iface1"],"name":"p2","tag":10},"table":"Port","uuid-name":"port1"}"#,
