@@ -1,7 +1,8 @@
 //! Prometheus metrics end to end: a real Prometheus (Debian's) scrapes the daemon while two
 //! containers move 50 MiB over TCP (python3 run in their network namespaces); PromQL through
 //! Prometheus' HTTP API sees the bytes under the containers' names. Spoofed frames appear
-//! as drops by reason. The listener's configuration errors stop the daemon with a clear
+//! as drops by reason. Counters survive restarts of the daemon and of ovs-vswitchd without
+//! going backwards. The listener's configuration errors stop the daemon with a clear
 //! message.
 
 mod common;
@@ -289,4 +290,79 @@ fn metrics_listener_refuses_bad_configuration() {
         assert!(!out.status.success(), "{section}: started");
         assert!(err.contains(want), "{section}: {err}");
     }
+}
+
+/// The value of `metric` for container `name` in a `/metrics` text.
+fn value_of(text: &str, metric: &str, name: &str) -> Option<f64> {
+    let label = format!("container_name=\"{name}\"");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Counters keep counting across a daemon restart (OVS kept them) and never go backwards
+/// across an ovs-vswitchd restart (OVS starts its port counters again at zero; the daemon
+/// adds what it had seen), and the start time stays the endpoint's.
+#[test]
+fn counters_survive_restarts() {
+    if !enabled("counters_survive_restarts") {
+        return;
+    }
+    let mut env = Env::new();
+    env.create_network("qlt-mrs", &["--opt", "model=nat", "--ipam-opt", "pool=nat"]);
+    start_sleepers("qlt-mrs", &["qlt-mr-a", "qlt-mr-b"]);
+    let b = ip_of("qlt-mr-b", "qlt-mrs");
+    let (ok, out) = exec("qlt-mr-a", &format!("ping -c 20 -i 0.05 -s 1000 {b}"));
+    assert!(ok, "{out}");
+    let read = |env: &Env| {
+        let text = scrape(env);
+        let sent = value_of(&text, "qingluan_endpoint_transmit_bytes_total", "qlt-mr-a");
+        let start = value_of(&text, "qingluan_endpoint_start_time_seconds", "qlt-mr-a");
+        (
+            sent.unwrap_or_else(|| panic!("no counter for qlt-mr-a:\n{text}")),
+            start.unwrap(),
+        )
+    };
+    let (before, started) = read(&env);
+    assert!(before >= 20.0 * 1042.0, "{before}");
+
+    env.stop();
+    env.start();
+    let (after, again) = read(&env);
+    assert!(
+        after >= before,
+        "the daemon restart reset the counter: {before} -> {after}"
+    );
+    assert!(
+        (again - started).abs() <= 1.0,
+        "start time moved: {started} -> {again}"
+    );
+
+    if std::env::var("QL_OWN_OVS").as_deref() != Ok("1") {
+        println!("SKIP: counters_survive_restarts (ovs-vswitchd part): OVS was not started by scripts/test.sh");
+        return;
+    }
+    restart_by_pidfile("/run/openvswitch/ovs-vswitchd.pid", || {
+        run("ovs-appctl", &["version"]).status.success()
+    });
+    assert!(
+        wait_for(Duration::from_secs(15), || exec(
+            "qlt-mr-a",
+            &format!("ping -c 1 -W 1 {b}")
+        )
+        .0),
+        "no connectivity after the ovs-vswitchd restart"
+    );
+    let (last, kept) = read(&env);
+    assert!(
+        last >= after,
+        "the counter went backwards: {after} -> {last}"
+    );
+    assert!(
+        (kept - started).abs() <= 1.0,
+        "start time moved: {started} -> {kept}"
+    );
 }

@@ -8,34 +8,7 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
-
-/// Restarts a daemon by its pidfile with the same command line; waits for `ready`.
-fn restart_by_pidfile(pidfile: &str, ready: impl Fn() -> bool) -> Instant {
-    let pid = std::fs::read_to_string(pidfile).unwrap().trim().to_string();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    ok("kill", &[&pid]);
-    assert!(wait_for(Duration::from_secs(30), || !std::path::Path::new(
-        &format!("/proc/{pid}")
-    )
-    .exists()));
-    let started = Instant::now();
-    // Detached through a shell so the daemon outlives this test process.
-    let mut detach = vec!["-c", "setsid \"$@\" >/dev/null 2>&1 < /dev/null &", "sh"];
-    detach.extend(args.iter().map(String::as_str));
-    ok("sh", &detach);
-    assert!(
-        wait_for(Duration::from_secs(60), ready),
-        "{} did not come back",
-        args[0]
-    );
-    started
-}
+use std::time::Duration;
 
 #[test]
 fn daemon_restart_loses_no_ping() {
