@@ -133,6 +133,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/stats", get(stats))
         .route("/v1/cluster/endpoints", get(cluster_endpoints))
+        .route("/v1/cluster/stats", get(cluster_stats))
         .route("/v1/cluster/networks", get(cluster_networks))
         .route(
             "/v1/cluster/networks/{name}",
@@ -301,6 +302,25 @@ async fn stats(State(api): State<Api>) -> Result<Json<Vec<EndpointStats>>, ApiEr
     Ok(Json(
         api.driver.state.endpoint_stats().await.map_err(internal)?,
     ))
+}
+
+/// Every host's published rows; this host's read now when it publishes none (the embedded
+/// store) or has not yet.
+async fn cluster_stats(
+    State(api): State<Api>,
+) -> Result<Json<Vec<crate::host_stats::HostStats>>, ApiError> {
+    let mut hosts = crate::host_stats::read(&*api.store)
+        .await
+        .map_err(internal)?;
+    if !hosts.iter().any(|h| h.host == api.driver.state.host) {
+        hosts.push(
+            crate::host_stats::local(&api.driver, &api.names)
+                .await
+                .map_err(internal)?,
+        );
+    }
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(Json(hosts))
 }
 
 async fn endpoints(State(api): State<Api>) -> Result<Json<Vec<Endpoint>>, ApiError> {

@@ -1,7 +1,7 @@
 //! The command-line client: talks to the daemon's management socket and prints tables or,
 //! with `--json`, the API's JSON.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,17 +10,20 @@ use qingluan_core::ipam::{PoolKind, PoolUsage};
 use qingluan_core::model::{head, Endpoint};
 use qingluan_core::service::EndpointStats;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::api::{ClusterNetworkView, NetworkView, NewPool, Status};
+use crate::docker::Names;
+use crate::host_stats::{self, HostStats, StatsRow};
 use crate::http::request;
 
 /// Where and how to talk to the daemon.
 pub struct Client {
     /// Management socket.
     pub socket: PathBuf,
-    /// Docker socket, to resolve network names.
+    /// Docker socket, to resolve network and container names.
     pub docker: PathBuf,
+    /// Our driver's name in Docker.
+    pub driver: String,
     /// Print JSON instead of tables.
     pub json: bool,
 }
@@ -299,57 +302,79 @@ impl Client {
         Ok(self.get("/v1/stats").await?.0)
     }
 
-    /// `qingluan stats`: each endpoint's counters and its rates over one second, in the
-    /// container's directions, optionally only on network `network` or of container
-    /// `container` (names or ID prefixes).
-    pub async fn stats(
-        &self,
-        network: Option<&str>,
-        container: Option<&str>,
-    ) -> anyhow::Result<()> {
+    /// Docker's names of our networks and containers, best-effort (empty when Docker is
+    /// unreachable).
+    pub async fn names(&self) -> Names {
+        crate::docker::networks(&self.docker, &self.driver)
+            .await
+            .map(|n| Names::of(&n))
+            .unwrap_or_default()
+    }
+
+    /// This host's rows, with rates over one second.
+    async fn local_rows(&self) -> anyhow::Result<Vec<StatsRow>> {
         let before = self.endpoint_stats().await?;
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = self.endpoint_stats().await?;
         let secs = start.elapsed().as_secs_f64();
-        let names = docker_names(&self.docker).await;
-        let nets: BTreeSet<&str> = now.iter().map(|s| s.network.as_str()).collect();
-        let owners = docker_containers(&self.docker, &nets).await;
+        Ok(host_stats::rows(&before, now, secs, &self.names().await))
+    }
+
+    /// The rows host `host` (or `all`) published in the cluster store.
+    pub async fn host_rows(&self, host: &str) -> anyhow::Result<Vec<StatsRow>> {
+        let (hosts, _): (Vec<HostStats>, _) = self.get("/v1/cluster/stats").await?;
+        if host != "all" && !hosts.iter().any(|h| h.host == host) {
+            let known: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+            bail!(
+                "host {host} has published no statistics in the last {} s (hosts: {})",
+                host_stats::STALE_AFTER.as_secs(),
+                known.join(", ")
+            );
+        }
+        Ok(hosts
+            .into_iter()
+            .filter(|h| host == "all" || h.host == host)
+            .flat_map(|h| h.rows)
+            .collect())
+    }
+
+    /// `qingluan stats`: each endpoint's counters and rates, in the container's directions,
+    /// optionally only on network `network` or of container `container` (names or ID
+    /// prefixes); this host's over one second, or with `host` the rows hosts published in
+    /// the cluster store.
+    pub async fn stats(
+        &self,
+        network: Option<&str>,
+        container: Option<&str>,
+        host: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let all = match host {
+            None => self.local_rows().await?,
+            Some(h) => self.host_rows(h).await?,
+        };
         let matches = |want: Option<&str>, id: &str, name: Option<&String>| match want {
             None => true,
             Some(w) => id.starts_with(w) || name.is_some_and(|n| n == w),
         };
-        let mut rows = Vec::new();
-        for s in now {
-            let owner = owners.get(&s.endpoint);
-            let net_name = names.get(&s.network);
-            if !matches(network, &s.network, net_name)
-                || !matches(
-                    container,
-                    owner.map_or("", |(id, _)| id.as_str()),
-                    owner.map(|(_, n)| n),
-                )
-            {
-                continue;
-            }
-            let rate = |f: fn(&EndpointStats) -> u64| {
-                let prev = before
-                    .iter()
-                    .find(|b| b.endpoint == s.endpoint)
-                    .map_or(f(&s), f);
-                f(&s).saturating_sub(prev) as f64 * 8.0 / secs
-            };
-            rows.push(StatsRow {
-                container: owner.map(|(_, n)| n.clone()),
-                network_name: net_name.cloned(),
-                transmit_bits_per_second: rate(|x| x.transmit.bytes),
-                receive_bits_per_second: rate(|x| x.receive.bytes),
-                stats: s,
-            });
-        }
+        let rows: Vec<StatsRow> = all
+            .into_iter()
+            .filter(|r| {
+                matches(network, &r.stats.network, r.network_name.as_ref())
+                    && matches(
+                        container,
+                        r.container_id.as_deref().unwrap_or(""),
+                        r.container.as_ref(),
+                    )
+            })
+            .collect();
         if self.json {
             self.print_json(&serde_json::to_value(&rows)?);
             return Ok(());
+        }
+        let hosts = host.is_some();
+        if hosts {
+            print!("{:<12} ", "HOST");
         }
         println!(
             "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7} {:>7}",
@@ -365,24 +390,44 @@ impl Client {
             "DROPS",
             "SPOOFED"
         );
-        for r in rows {
-            let s = &r.stats;
+        let line = |host: &str, who: &str, net: &str, addr: &str, t: &Totals| {
+            if hosts {
+                print!("{host:<12} ");
+            }
             println!(
                 "{:<20} {:<16} {:<18} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>7} {:>7}",
-                r.container
-                    .unwrap_or_else(|| head(&s.endpoint, 12).to_string()),
-                r.network_name
-                    .unwrap_or_else(|| head(&s.network, 12).to_string()),
-                s.address.to_string(),
-                bits(r.transmit_bits_per_second),
-                bits(r.receive_bits_per_second),
-                s.transmit.bytes,
-                s.receive.bytes,
-                s.transmit.packets,
-                s.receive.packets,
-                s.transmit.dropped + s.receive.dropped,
-                s.spoofed,
-            );
+                who,
+                net,
+                addr,
+                bits(t.tx_rate),
+                bits(t.rx_rate),
+                t.tx_bytes,
+                t.rx_bytes,
+                t.tx_packets,
+                t.rx_packets,
+                t.dropped,
+                t.spoofed,
+            )
+        };
+        let mut per_network: BTreeMap<(String, String), Totals> = BTreeMap::new();
+        let mut per_host: BTreeMap<String, Totals> = BTreeMap::new();
+        for r in &rows {
+            let h = r.host.clone().unwrap_or_default();
+            let t = Totals::of(r);
+            line(&h, &r.who(), &r.network(), &r.stats.address.to_string(), &t);
+            per_network
+                .entry((h.clone(), r.network()))
+                .or_default()
+                .add(&t);
+            per_host.entry(h).or_default().add(&t);
+        }
+        if rows.len() > 1 {
+            for ((h, net), t) in &per_network {
+                line(h, "TOTAL", net, "", t);
+            }
+            for (h, t) in per_host.iter().filter(|_| per_network.len() > 1) {
+                line(h, "TOTAL", "(host)", "", t);
+            }
         }
         Ok(())
     }
@@ -454,20 +499,44 @@ impl Client {
     }
 }
 
-/// One row of `qingluan stats`.
-#[derive(Serialize)]
-struct StatsRow {
-    /// The container's name, from the Engine API.
-    container: Option<String>,
-    /// The network's Docker name.
-    network_name: Option<String>,
-    /// What the container sent over the last second, in bit/s.
-    transmit_bits_per_second: f64,
-    /// What it received, in bit/s.
-    receive_bits_per_second: f64,
-    /// The counters.
-    #[serde(flatten)]
-    stats: EndpointStats,
+/// The numbers of one line of `qingluan stats`: a container's, or a sum.
+#[derive(Default)]
+struct Totals {
+    tx_rate: f64,
+    rx_rate: f64,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
+    dropped: u64,
+    spoofed: u64,
+}
+
+impl Totals {
+    fn of(r: &StatsRow) -> Totals {
+        let s = &r.stats;
+        Totals {
+            tx_rate: r.transmit_bits_per_second,
+            rx_rate: r.receive_bits_per_second,
+            tx_bytes: s.transmit.bytes,
+            rx_bytes: s.receive.bytes,
+            tx_packets: s.transmit.packets,
+            rx_packets: s.receive.packets,
+            dropped: s.transmit.dropped + s.receive.dropped,
+            spoofed: s.spoofed,
+        }
+    }
+
+    fn add(&mut self, o: &Totals) {
+        self.tx_rate += o.tx_rate;
+        self.rx_rate += o.rx_rate;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.rx_packets += o.rx_packets;
+        self.dropped += o.dropped;
+        self.spoofed += o.spoofed;
+    }
 }
 
 /// A rate in bit/s with a unit, e.g. `12.3Mbit/s`.
@@ -479,30 +548,8 @@ pub(crate) fn bits(bps: f64) -> String {
     }
 }
 
-/// The containers on `networks`, by endpoint ID: (container ID, name), best-effort.
-pub(crate) async fn docker_containers(
-    socket: &Path,
-    networks: &BTreeSet<&str>,
-) -> BTreeMap<String, (String, String)> {
-    let mut out = BTreeMap::new();
-    for id in networks {
-        let path = format!("/networks/{id}");
-        let Ok((200, body)) = request(socket, "GET", &path, None, Duration::from_secs(5)).await
-        else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        for (cid, c) in v["Containers"].as_object().into_iter().flatten() {
-            if let (Some(ep), Some(name)) = (c["EndpointID"].as_str(), c["Name"].as_str()) {
-                out.insert(ep.to_string(), (cid.clone(), name.to_string()));
-            }
-        }
-    }
-    out
-}
-
 /// Docker network names by ID, best-effort (empty when Docker is unreachable).
-pub(crate) async fn docker_names(socket: &Path) -> BTreeMap<String, String> {
+async fn docker_names(socket: &Path) -> BTreeMap<String, String> {
     let Ok((200, body)) = request(socket, "GET", "/networks", None, Duration::from_secs(5)).await
     else {
         return Default::default();

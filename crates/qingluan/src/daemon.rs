@@ -17,6 +17,9 @@
 //!   host's Docker match the cluster's networks (creating and removing them through the
 //!   Engine API).
 //!
+//! With etcd, this host's traffic rows are published to the cluster store every 5 s for
+//! `qingluan stats --host` and `top --host` on any host (`host_stats`).
+//!
 //! Prometheus metrics are served on `monitoring.listen` (bound before the plugin sockets, so
 //! a port in use stops the start with a clear error); see `metrics`.
 //!
@@ -269,6 +272,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     );
     spawn_flow_audit(&mut tasks, driver.clone());
+    let publishing = config.store.backend == "etcd";
+    if publishing {
+        tasks.spawn(crate::host_stats::publish(
+            driver.clone(),
+            store.clone(),
+            names.clone(),
+        ));
+    }
     spawn_cluster_agent(
         &mut tasks,
         driver.clone(),
@@ -310,6 +321,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.abort_all();
     }
     while tasks.join_next().await.is_some() {}
+    if publishing {
+        let withdraw = crate::host_stats::withdraw(&*store, &driver.state.host);
+        let _ = tokio::time::timeout(LEAVE, withdraw).await;
+    }
     let leave = qingluan_core::membership::leave(&*store, &driver.state.host);
     if let Ok(Err(e)) = tokio::time::timeout_at(deadline, leave).await {
         tracing::warn!(error = %e, "could not mark this host down; its lease will run out");

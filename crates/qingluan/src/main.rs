@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod daemon;
 mod docker;
+mod host_stats;
 mod http;
 mod metrics;
 mod top;
@@ -59,6 +60,10 @@ enum Command {
         /// Only this container (name or ID prefix).
         #[arg(long)]
         container: Option<String>,
+        /// The rows hosts publish in the cluster store (every 5 s, with etcd): this host
+        /// ID's, or `all`.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// A live view of this host's containers: rates with sparklines, drops; keys t, r, d
     /// sort, n cycles networks, a shows all, q quits. One line per refresh when stdout is
@@ -76,6 +81,9 @@ enum Command {
         /// Stop after this many refreshes.
         #[arg(short = 'n', long)]
         count: Option<u64>,
+        /// The rows hosts publish in the cluster store: this host ID's, or `all`.
+        #[arg(long)]
+        host: Option<String>,
     },
 }
 
@@ -154,6 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = cli::Client {
         socket: config.daemon.api_socket.clone(),
         docker: config.daemon.docker_socket.clone(),
+        driver: config.daemon.name.clone(),
         json: args.json,
     };
     match args.command {
@@ -185,14 +194,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             kind,
         }) => client.pool_create(&name, &subnet, prefix, &kind).await,
         Command::Pool(PoolCmd::Rm { name }) => client.pool_rm(&name).await,
-        Command::Stats { network, container } => {
-            client.stats(network.as_deref(), container.as_deref()).await
+        Command::Stats {
+            network,
+            container,
+            host,
+        } => {
+            client
+                .stats(network.as_deref(), container.as_deref(), host.as_deref())
+                .await
         }
         Command::Top {
             network,
             sort,
             interval,
             count,
+            host,
         } => {
             top::run(
                 &client,
@@ -201,6 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     sort,
                     interval,
                     count,
+                    host,
                 },
             )
             .await

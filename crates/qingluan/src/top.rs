@@ -18,7 +18,9 @@ use futures::StreamExt;
 use qingluan_core::model::head;
 use qingluan_core::service::EndpointStats;
 
-use crate::cli::{bits, docker_containers, docker_names, Client};
+use crate::cli::{bits, Client};
+use crate::docker::Names;
+use crate::host_stats::{rows, StatsRow};
 
 /// What the rows are sorted by (highest first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +43,8 @@ pub struct TopArgs {
     pub interval: Duration,
     /// Stop after this many refreshes.
     pub count: Option<u64>,
+    /// Show the rows hosts publish in the cluster store: one host's, or `all`.
+    pub host: Option<String>,
 }
 
 /// Parses `1s`, `500ms`, `2` (seconds) or `1.5s`; at least 100 ms.
@@ -84,7 +88,6 @@ struct Row {
 #[derive(Debug)]
 struct Model {
     rows: BTreeMap<String, Row>,
-    last: Option<(Instant, BTreeMap<String, EndpointStats>)>,
     sort: SortKey,
     network: Option<String>,
     interval: Duration,
@@ -114,28 +117,14 @@ fn sparkline(history: &VecDeque<f64>) -> String {
 }
 
 impl Model {
-    /// Takes a new reading: rates against the previous one, names from Docker.
-    fn update(
-        &mut self,
-        now: Instant,
-        stats: Vec<EndpointStats>,
-        containers: &BTreeMap<String, (String, String)>,
-        networks: &BTreeMap<String, String>,
-    ) {
-        let stats: BTreeMap<String, EndpointStats> =
-            stats.into_iter().map(|s| (s.endpoint.clone(), s)).collect();
-        self.rows.retain(|ep, _| stats.contains_key(ep));
-        for (ep, s) in &stats {
-            let prev = self
-                .last
-                .as_ref()
-                .and_then(|(at, l)| Some((now.duration_since(*at).as_secs_f64(), l.get(ep)?)));
-            let rate = |f: fn(&EndpointStats) -> u64, scale: f64| match prev {
-                Some((secs, p)) if secs > 0.0 => f(s).saturating_sub(f(p)) as f64 * scale / secs,
-                _ => 0.0,
-            };
-            let drops = |x: &EndpointStats| x.transmit.dropped + x.receive.dropped + x.spoofed;
-            let row = self.rows.entry(ep.clone()).or_insert_with(|| Row {
+    /// Takes a new reading (rows keyed by host and endpoint); containers that are gone leave.
+    fn update(&mut self, rows: Vec<StatsRow>) {
+        let key =
+            |r: &StatsRow| format!("{}/{}", r.host.as_deref().unwrap_or(""), r.stats.endpoint);
+        let keys: BTreeSet<String> = rows.iter().map(key).collect();
+        self.rows.retain(|k, _| keys.contains(k));
+        for r in rows {
+            let row = self.rows.entry(key(&r)).or_insert_with(|| Row {
                 container: String::new(),
                 network: String::new(),
                 address: String::new(),
@@ -146,22 +135,19 @@ impl Model {
                 tx_history: VecDeque::new(),
                 rx_history: VecDeque::new(),
             });
-            row.container = containers
-                .get(ep)
-                .map_or_else(|| head(ep, 12).to_string(), |(_, n)| n.clone());
-            row.network = networks
-                .get(&s.network)
-                .cloned()
-                .unwrap_or_else(|| head(&s.network, 12).to_string());
-            row.address = s.address.addr().to_string();
-            row.tx = rate(|x| x.transmit.bytes, 8.0);
-            row.rx = rate(|x| x.receive.bytes, 8.0);
-            row.drops = rate(drops, 1.0);
-            row.spoofed = s.spoofed;
+            row.container = match &r.host {
+                Some(h) => format!("{}@{h}", r.who()),
+                None => r.who(),
+            };
+            row.network = r.network();
+            row.address = r.stats.address.addr().to_string();
+            row.tx = r.transmit_bits_per_second;
+            row.rx = r.receive_bits_per_second;
+            row.drops = r.drops_per_second;
+            row.spoofed = r.stats.spoofed;
             push(&mut row.tx_history, row.tx);
             push(&mut row.rx_history, row.rx);
         }
-        self.last = Some((now, stats));
     }
 
     /// The networks rows are on, sorted.
@@ -351,16 +337,58 @@ async fn next_event(keys: &mut Option<EventStream>) -> Option<std::io::Result<Ev
     }
 }
 
+/// Where rows come from: this host's counters, rates against the previous reading; or the
+/// rows hosts publish in the cluster store (`--host`).
+struct Source<'a> {
+    client: &'a Client,
+    host: Option<String>,
+    last: Option<(Instant, Vec<EndpointStats>)>,
+    names: Names,
+    reads: u64,
+}
+
+impl Source<'_> {
+    /// The next rows; `None` while there is nothing to compare a first reading with.
+    async fn next(&mut self) -> anyhow::Result<Option<Vec<StatsRow>>> {
+        if let Some(h) = &self.host {
+            return Ok(Some(self.client.host_rows(h).await?));
+        }
+        let now = self.client.endpoint_stats().await?;
+        let at = Instant::now();
+        if self.reads.is_multiple_of(10)
+            || now
+                .iter()
+                .any(|s| !self.names.containers.contains_key(&s.endpoint))
+        {
+            self.names = self.client.names().await;
+        }
+        self.reads += 1;
+        Ok(self.last.replace((at, now.clone())).map(|(t, before)| {
+            rows(
+                &before,
+                now,
+                at.duration_since(t).as_secs_f64(),
+                &self.names,
+            )
+        }))
+    }
+}
+
 /// Runs `qingluan top` until `q` (or `count` refreshes).
 pub async fn run(client: &Client, args: TopArgs) -> anyhow::Result<()> {
     let mut model = Model {
         rows: BTreeMap::new(),
-        last: None,
         sort: args.sort,
         network: None,
         interval: args.interval,
     };
-    let mut names = (BTreeMap::new(), BTreeMap::new());
+    let mut source = Source {
+        client,
+        host: args.host.clone(),
+        last: None,
+        names: Names::default(),
+        reads: 0,
+    };
     let mut refreshes = 0u64;
     let tty = std::io::stdout().is_terminal();
     let screen = if tty { Some(Screen::enter()?) } else { None };
@@ -369,29 +397,24 @@ pub async fn run(client: &Client, args: TopArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let stats = client.endpoint_stats().await?;
-                if stats.iter().any(|s| !names.0.contains_key(&s.endpoint)) || refreshes.is_multiple_of(10) {
-                    let nets: BTreeSet<&str> = stats.iter().map(|s| s.network.as_str()).collect();
-                    names = (docker_containers(&client.docker, &nets).await, docker_names(&client.docker).await);
-                }
-                if model.network.is_none() && refreshes == 0 {
+                let Some(rows) = source.next().await? else { continue };
+                if refreshes == 0 {
                     model.network = args.network.as_ref().map(|want| {
-                        names.1.iter().find(|(id, n)| *n == want || id.starts_with(want.as_str()))
-                            .map_or_else(|| want.clone(), |(_, n)| n.clone())
+                        rows.iter()
+                            .find(|r| r.network_name.as_ref() == Some(want) || r.stats.network.starts_with(want.as_str()))
+                            .map_or_else(|| want.clone(), StatsRow::network)
                     });
                 }
-                model.update(Instant::now(), stats, &names.0, &names.1);
+                model.update(rows);
                 refreshes += 1;
-                if refreshes > 1 {
-                    match &screen {
-                        Some(s) => {
-                            let (w, h) = terminal::size()?;
-                            s.draw(&model.screen(w.into(), h.into()))?;
-                        }
-                        None => println!("{}", model.plain()),
+                match &screen {
+                    Some(s) => {
+                        let (w, h) = terminal::size()?;
+                        s.draw(&model.screen(w.into(), h.into()))?;
                     }
+                    None => println!("{}", model.plain()),
                 }
-                if args.count.is_some_and(|c| refreshes > c) {
+                if args.count.is_some_and(|c| refreshes >= c) {
                     return Ok(());
                 }
             }
@@ -459,48 +482,48 @@ mod tests {
     fn rates_sort_filter_and_sparklines() {
         let mut m = Model {
             rows: BTreeMap::new(),
-            last: None,
             sort: SortKey::Tx,
             network: None,
             interval: Duration::from_secs(1),
         };
-        let containers = BTreeMap::from([
-            ("e1".to_string(), ("c1".to_string(), "alpha".to_string())),
-            ("e2".to_string(), ("c2".to_string(), "beta".to_string())),
-        ]);
-        let networks = BTreeMap::from([
-            ("n1".to_string(), "web".to_string()),
-            ("n2".to_string(), "db".to_string()),
-        ]);
-        let t0 = Instant::now();
-        m.update(
-            t0,
-            vec![stats("e1", "n1", 0, 0, 0), stats("e2", "n2", 0, 0, 0)],
-            &containers,
-            &networks,
-        );
-        m.update(
-            t0 + Duration::from_secs(2),
+        let container = |id: &str, name: &str| crate::docker::Container {
+            id: id.into(),
+            name: name.into(),
+        };
+        let names = Names {
+            containers: BTreeMap::from([
+                ("e1".to_string(), container("c1", "alpha")),
+                ("e2".to_string(), container("c2", "beta")),
+            ]),
+            networks: BTreeMap::from([
+                ("n1".to_string(), "web".to_string()),
+                ("n2".to_string(), "db".to_string()),
+            ]),
+            read: None,
+        };
+        let before = [stats("e1", "n1", 0, 0, 0), stats("e2", "n2", 0, 0, 0)];
+        m.update(rows(
+            &before,
             vec![
                 stats("e1", "n1", 2_000_000, 1000, 0),
                 stats("e2", "n2", 1000, 4_000_000, 10),
             ],
-            &containers,
-            &networks,
-        );
-        let names = |m: &Model| -> Vec<String> {
+            2.0,
+            &names,
+        ));
+        let names_of = |m: &Model| -> Vec<String> {
             m.visible().iter().map(|r| r.container.clone()).collect()
         };
-        assert_eq!(m.rows["e1"].tx, 8_000_000.0, "bits per second");
-        assert_eq!(m.rows["e2"].drops, 5.0);
-        assert_eq!(names(&m), ["alpha", "beta"]);
+        assert_eq!(m.rows["/e1"].tx, 8_000_000.0, "bits per second");
+        assert_eq!(m.rows["/e2"].drops, 5.0);
+        assert_eq!(names_of(&m), ["alpha", "beta"]);
         m.key(KeyEvent::from(KeyCode::Char('r')));
-        assert_eq!(names(&m), ["beta", "alpha"]);
+        assert_eq!(names_of(&m), ["beta", "alpha"]);
         m.key(KeyEvent::from(KeyCode::Char('d')));
-        assert_eq!(names(&m), ["beta", "alpha"]);
+        assert_eq!(names_of(&m), ["beta", "alpha"]);
         m.key(KeyEvent::from(KeyCode::Char('n')));
         assert_eq!(m.network.as_deref(), Some("db"));
-        assert_eq!(names(&m), ["beta"]);
+        assert_eq!(names_of(&m), ["beta"]);
         m.key(KeyEvent::from(KeyCode::Char('n')));
         assert_eq!(m.network.as_deref(), Some("web"));
         m.key(KeyEvent::from(KeyCode::Char('n')));
@@ -518,13 +541,14 @@ mod tests {
         assert!(m.screen(10, 2).iter().all(|l| l.chars().count() <= 10));
         assert!(m.plain().contains("alpha tx=8.0Mbit/s"), "{}", m.plain());
 
-        m.update(
-            t0 + Duration::from_secs(3),
-            vec![stats("e1", "n1", 2_000_000, 1000, 0)],
-            &containers,
-            &networks,
+        let mut remote = rows(&[], vec![stats("e1", "n1", 5, 5, 0)], 0.0, &names);
+        remote[0].host = Some("h2".into());
+        m.update(remote);
+        assert_eq!(
+            names_of(&m),
+            ["alpha@h2"],
+            "gone containers leave; hosts are named"
         );
-        assert_eq!(names(&m), ["alpha"], "gone containers leave");
     }
 
     #[test]

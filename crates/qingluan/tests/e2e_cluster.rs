@@ -330,3 +330,55 @@ fn dead_host_addresses_are_reclaimed_without_duplicates() {
     assert!(!text(&ports).contains(&veth), "{}", text(&ports));
     assert_eq!(host_status(&bed, 1, "h3").map(|s| s.0), Some(true));
 }
+
+/// `qingluan stats --host` and `top --host` on any host show every host's containers, from
+/// the rows each daemon publishes in etcd every 5 s.
+#[test]
+fn stats_show_every_hosts_containers() {
+    if !enabled("stats_show_every_hosts_containers") {
+        return;
+    }
+    let bed = Bed::start(2, "");
+    bed.docker_ok(1, &strs(&create_args("ovst", &[])));
+    wait_until(20, "ovst replicated to h2", || bed.has_network(2, "ovst"));
+    bed.sleeper(1, "qlt-hs1", "ovst");
+    let a2 = bed.sleeper(2, "qlt-hs2", "ovst");
+    assert!(bed.ping(1, "qlt-hs1", &a2));
+    let rows_of = |h: usize, host: &str| -> Vec<(String, String)> {
+        bed.ql_json(h, &["stats", "--host", host])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["host"].as_str().unwrap_or_default().to_string(),
+                    r["container"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let both = [
+        ("h1".to_string(), "qlt-hs1".to_string()),
+        ("h2".to_string(), "qlt-hs2".to_string()),
+    ];
+    for h in [1, 2] {
+        wait_until(20, &format!("h{h} lists both hosts' containers"), || {
+            let rows = rows_of(h, "all");
+            both.iter().all(|want| rows.contains(want))
+        });
+    }
+    assert_eq!(rows_of(1, "h2"), [both[1].clone()], "only h2's");
+    let o = bed.ql(1, &["stats", "--host", "h9"]);
+    assert!(
+        !o.status.success() && text(&o).contains("host h9 has published no statistics"),
+        "{}",
+        text(&o)
+    );
+    let table = text(&bed.ql(2, &["stats", "--host", "all"]));
+    assert!(table.starts_with("HOST"), "{table}");
+    let top = text(&bed.ql(2, &["top", "--host", "all", "-n", "1"]));
+    assert!(
+        top.contains("qlt-hs1@h1") && top.contains("qlt-hs2@h2"),
+        "{top}"
+    );
+}

@@ -95,4 +95,10 @@ fn stats_count_each_containers_traffic_in_its_directions() {
         table.contains("qlt-st-a") && table.contains("qlt-st-b"),
         "{table}"
     );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("TOTAL") && l.contains("qlt-stats")),
+        "a total for the network: {table}"
+    );
 }
