@@ -5,6 +5,10 @@
 //! memory; a daemon restart reads OVS's counters as they are, which are unchanged unless
 //! OVS restarted too, and then `qingluan_endpoint_start_time_seconds` moves to the port's
 //! new start.
+//!
+//! IDs in labels (network, endpoint, container) are Docker's 12-character short IDs, as
+//! `docker ps` shows them: a third of the size of a scrape with full IDs, and unique in
+//! practice.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use qingluan_core::model::head;
 use qingluan_core::service::EndpointStats;
 
 use crate::api::Api;
@@ -127,11 +132,13 @@ pub async fn register(
         let container = names.containers.get(&s.endpoint);
         let labels = EndpointLabels {
             host: host.into(),
-            network: s.network.clone(),
+            network: head(&s.network, 12).to_string(),
             network_name: names.networks.get(&s.network).cloned().unwrap_or_default(),
             mode: s.mode.to_string(),
-            endpoint: s.endpoint.clone(),
-            container: container.map(|c| c.id.clone()).unwrap_or_default(),
+            endpoint: head(&s.endpoint, 12).to_string(),
+            container: container
+                .map(|c| head(&c.id, 12).to_string())
+                .unwrap_or_default(),
             container_name: container.map(|c| c.name.clone()).unwrap_or_default(),
         };
         let (v, started) = counters.advance(&s.endpoint, values(s), s.started);
@@ -184,7 +191,7 @@ pub async fn register(
         per_network
             .get_or_create(&NetworkLabels {
                 host: host.into(),
-                network: n.id.clone(),
+                network: head(&n.id, 12).to_string(),
                 network_name: names.networks.get(&n.id).cloned().unwrap_or_default(),
                 mode,
             })
