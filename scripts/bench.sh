@@ -3,7 +3,10 @@
 # bridge network and --net none, measured interleaved in one run, plus the plugin's own
 # handling time per call (p50/p99) from `qingluan status --json`; the CPU an idle daemon
 # and ovs-vswitchd use with 1, 10 and 100 networks (QL_BENCH_IDLE_SECS seconds each,
-# default 60; 0 skips it) and how many processes the host forked meanwhile; then, when etcd is
+# default 60; 0 skips it) and how many processes the host forked meanwhile; the monitoring
+# costs with QL_BENCH_ENDPOINTS endpoints (default 1000; scripts/lib/bench_monitoring.py:
+# /metrics size and scrape time, daemon CPU per scrape, throughput with sFlow, IPFIX and
+# scrapes on against off; QL_BENCH_MONITORING=0 skips it); then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
@@ -90,6 +93,10 @@ if [ "$IDLE_SECS" -gt 0 ]; then
         printf "  %3d networks: qingluan %6.2f %% (children %6.2f %%)  ovs-vswitchd %6.2f %%  forks %d\n",
           n, 100 * d / hz / s, 100 * c / hz / s, 100 * v / hz / s, f }'
   done
+fi
+if [ "${QL_BENCH_MONITORING:-1}" != 0 ]; then
+  echo
+  python3 scripts/lib/bench_monitoring.py "$BIN" "${QL_BENCH_ENDPOINTS:-1000}"
 fi
 if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo

@@ -12,7 +12,7 @@
 mod stats;
 mod wire;
 
-pub use stats::{CallHistograms, CallStats, MethodLabel, MethodStats};
+pub use stats::{CallStats, MethodStats};
 
 use std::sync::Arc;
 

@@ -321,11 +321,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.abort_all();
     }
     while tasks.join_next().await.is_some() {}
-    if publishing {
-        let withdraw = crate::host_stats::withdraw(&*store, &driver.state.host);
-        let _ = tokio::time::timeout(LEAVE, withdraw).await;
-    }
-    let leave = qingluan_core::membership::leave(&*store, &driver.state.host);
+    // Marking this host down and withdrawing its statistics share what is left of the
+    // deadline; both keys expire with their leases if this is cut short.
+    let leave = async {
+        let withdraw = async {
+            if publishing {
+                crate::host_stats::withdraw(&*store, &driver.state.host).await;
+            }
+        };
+        tokio::join!(
+            qingluan_core::membership::leave(&*store, &driver.state.host),
+            withdraw
+        )
+        .0
+    };
     if let Ok(Err(e)) = tokio::time::timeout_at(deadline, leave).await {
         tracing::warn!(error = %e, "could not mark this host down; its lease will run out");
     }

@@ -5,9 +5,11 @@
 //! Decision: hosts exchange statistics through the store, not through each other's APIs
 //! (the management socket is local and `/metrics` is loopback-only by default). A daemon
 //! whose cluster store is etcd puts its rows under `stats/<host>` every [`PUBLISH_EVERY`],
-//! with rates over that window, and deletes the key when it stops; readers skip entries
-//! older than [`STALE_AFTER`] (a host that died). One small write per host every 5 s is the
-//! whole cost; with the embedded store there is one host and nothing is published.
+//! with rates over that window, on a lease of [`STALE_AFTER`] kept alive by each write, and
+//! deletes the key when it stops: the key of a host that died expires with its lease, and no
+//! clock is compared. An entry that does not decode (a newer host's) is skipped. One small
+//! write per host every 5 s is the whole cost; with the embedded store there is one host and
+//! nothing is published.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +23,8 @@ use tokio::sync::RwLock;
 use crate::docker::Names;
 
 /// How often a host publishes its rows.
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
-/// How old a host's rows may be before readers skip them.
+const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+/// How long a host's rows outlive its last write (the lease).
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// Key prefix of published rows.
 const PREFIX: &str = "stats/";
@@ -120,6 +122,7 @@ fn now_ms() -> u64 {
 pub async fn publish(driver: Arc<Driver>, store: Arc<dyn Store>, names: Arc<RwLock<Names>>) {
     let key = format!("{PREFIX}{}", driver.state.host);
     let mut last: Option<(Instant, Vec<EndpointStats>)> = None;
+    let mut lease: Option<i64> = None;
     loop {
         match driver.state.endpoint_stats().await {
             Ok(now) => {
@@ -135,7 +138,8 @@ pub async fn publish(driver: Arc<Driver>, store: Arc<dyn Store>, names: Arc<RwLo
                     rows,
                 };
                 let value = serde_json::to_vec(&record).unwrap_or_default();
-                if let Err(e) = qingluan_store::put(&*store, &key, value).await {
+                if let Err(e) = put_leased(&*store, &mut lease, &key, value).await {
+                    lease = None;
                     tracing::debug!(error = %e, "cannot publish statistics");
                 }
             }
@@ -143,6 +147,30 @@ pub async fn publish(driver: Arc<Driver>, store: Arc<dyn Store>, names: Arc<RwLo
         }
         tokio::time::sleep(PUBLISH_EVERY).await;
     }
+}
+
+/// Writes `key` on `lease`, kept alive, or on a new one when it is gone.
+async fn put_leased(
+    store: &dyn Store,
+    lease: &mut Option<i64>,
+    key: &str,
+    value: Vec<u8>,
+) -> Result<(), qingluan_store::StoreError> {
+    let alive = match *lease {
+        Some(l) => store.keep_alive(l).await?,
+        None => false,
+    };
+    if !alive {
+        *lease = Some(store.grant(STALE_AFTER.as_secs() as i64).await?);
+    }
+    let l = lease.expect("granted above");
+    store
+        .txn(
+            vec![],
+            vec![qingluan_store::Op::PutLeased(key.into(), value, l)],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// This host's rows with rates over one second, read now.
@@ -168,14 +196,15 @@ pub async fn withdraw(store: &dyn Store, host: &str) {
     let _ = qingluan_store::delete(store, &format!("{PREFIX}{host}")).await;
 }
 
-/// Every host's rows published within [`STALE_AFTER`], by host.
+/// Every host's published rows; entries that do not decode are skipped.
 pub async fn read(store: &dyn Store) -> anyhow::Result<Vec<HostStats>> {
-    let fresh = now_ms().saturating_sub(STALE_AFTER.as_millis() as u64);
-    let mut out: Vec<HostStats> = qingluan_store::list_json(store, PREFIX)
-        .await?
-        .into_iter()
-        .filter(|h: &HostStats| h.at_ms >= fresh)
-        .collect();
+    let mut out: Vec<HostStats> = Vec::new();
+    for kv in store.list(PREFIX).await? {
+        match serde_json::from_slice(&kv.value) {
+            Ok(h) => out.push(h),
+            Err(e) => tracing::debug!(key = %kv.key, error = %e, "skipping statistics"),
+        }
+    }
     for h in &mut out {
         for r in &mut h.rows {
             r.host = Some(h.host.clone());

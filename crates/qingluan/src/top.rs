@@ -62,6 +62,9 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     if secs < 0.1 {
         return Err(format!("interval {s:?} is below 100ms"));
     }
+    if secs > 3600.0 {
+        return Err(format!("interval {s:?} is above 1h"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -91,6 +94,8 @@ struct Model {
     sort: SortKey,
     network: Option<String>,
     interval: Duration,
+    /// Why the last refresh failed, shown until one succeeds.
+    error: Option<String>,
 }
 
 fn push(history: &mut VecDeque<f64>, v: f64) {
@@ -210,7 +215,11 @@ impl Model {
                 self.sort_name(),
                 self.network.as_deref().unwrap_or("all"),
                 self.interval
-            ),
+            ) + &self
+                .error
+                .as_ref()
+                .map(|e| format!(" - refresh failed: {e}"))
+                .unwrap_or_default(),
             format!(
                 "total  tx {}  rx {}  drops {:.0}/s    keys: t r d sort, n network, a all, q quit",
                 bits(tx),
@@ -381,6 +390,7 @@ pub async fn run(client: &Client, args: TopArgs) -> anyhow::Result<()> {
         sort: args.sort,
         network: None,
         interval: args.interval,
+        error: None,
     };
     let mut source = Source {
         client,
@@ -394,10 +404,26 @@ pub async fn run(client: &Client, args: TopArgs) -> anyhow::Result<()> {
     let screen = if tty { Some(Screen::enter()?) } else { None };
     let mut keys = tty.then(EventStream::new);
     let mut tick = tokio::time::interval(args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let Some(rows) = source.next().await? else { continue };
+                // On a terminal a failed refresh (the daemon restarting) is shown and retried;
+                // a script gets the error.
+                let rows = match source.next().await {
+                    Ok(Some(rows)) => rows,
+                    Ok(None) => continue,
+                    Err(e) if screen.is_some() => {
+                        model.error = Some(format!("{e:#}"));
+                        let (w, h) = terminal::size()?;
+                        if let Some(s) = &screen {
+                            s.draw(&model.screen(w.into(), h.into()))?;
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                model.error = None;
                 if refreshes == 0 {
                     model.network = args.network.as_ref().map(|want| {
                         rows.iter()
@@ -473,6 +499,7 @@ mod tests {
         assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_interval("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_interval("10ms").unwrap_err().contains("below 100ms"));
+        assert!(parse_interval("1e20").unwrap_err().contains("above 1h"));
         assert!(parse_interval("fast")
             .unwrap_err()
             .contains("invalid interval"));
@@ -485,6 +512,7 @@ mod tests {
             sort: SortKey::Tx,
             network: None,
             interval: Duration::from_secs(1),
+            error: None,
         };
         let container = |id: &str, name: &str| crate::docker::Container {
             id: id.into(),

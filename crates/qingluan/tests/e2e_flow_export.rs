@@ -52,34 +52,19 @@ fn udp_port() -> u16 {
         .port()
 }
 
-/// The flow export columns of bridge `bridge`, and how many sFlow and IPFIX rows exist.
-fn export_of(bridge: &str) -> (String, usize, usize) {
-    let cols = ok(
-        "ovs-vsctl",
-        &[
-            "--columns=sflow,ipfix",
-            "--format=csv",
-            "--no-headings",
-            "list",
-            "Bridge",
-            bridge,
-        ],
-    );
-    let rows = |table: &str| {
-        ok(
-            "ovs-vsctl",
-            &[
-                "--columns=_uuid",
-                "--format=csv",
-                "--no-headings",
-                "list",
-                table,
-            ],
-        )
-        .lines()
-        .count()
+/// The sFlow and IPFIX rows bridge `bridge` references (uuids, `None` for none).
+fn export_of(bridge: &str) -> (Option<String>, Option<String>) {
+    let get = |column: &str| {
+        let v = ok("ovs-vsctl", &["get", "Bridge", bridge, column]);
+        let v = v.trim().trim_matches(|c| c == '[' || c == ']');
+        (!v.is_empty()).then(|| v.to_string())
     };
-    (cols.trim().to_string(), rows("sFlow"), rows("IPFIX"))
+    (get("sflow"), get("ipfix"))
+}
+
+/// Whether row `uuid` of `table` exists.
+fn row_exists(table: &str, uuid: &str) -> bool {
+    run("ovs-vsctl", &["list", table, uuid]).status.success()
 }
 
 #[test]
@@ -144,8 +129,9 @@ fn sflow_and_ipfix_reach_standard_collectors() {
         .as_str()
         .unwrap()
         .to_string();
-    let (cols, _, _) = export_of(&bridge);
-    assert!(!cols.contains("[]"), "{bridge} exports nothing: {cols}");
+    let (Some(sflow_row), Some(ipfix_row)) = export_of(&bridge) else {
+        panic!("{bridge} exports nothing: {:?}", export_of(&bridge));
+    };
     let (answered, out) = exec("qlt-fl-a", &format!("ping -c 50 -i 0.02 {b}"));
     assert!(answered, "{out}");
 
@@ -196,8 +182,12 @@ fn sflow_and_ipfix_reach_standard_collectors() {
     env.start();
     assert!(
         wait_for(Duration::from_secs(10), || export_of(&bridge)
-            == ("[],[]".to_string(), 0, 0)),
-        "flow export left behind: {:?}",
+            == (None, None)),
+        "flow export left on {bridge}: {:?}",
         export_of(&bridge)
+    );
+    assert!(
+        !row_exists("sFlow", &sflow_row) && !row_exists("IPFIX", &ipfix_row),
+        "the export rows outlived their bridge's reference"
     );
 }

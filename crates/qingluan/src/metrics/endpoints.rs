@@ -1,7 +1,9 @@
 //! The endpoints' traffic as Prometheus counters, labelled with what users query by, and
-//! kept monotonic: OVS starts a port's counters again at zero when ovs-vswitchd restarts
-//! (and the spoof-guard flow's when its flow is installed again), so a reading below the
-//! last one adds the last one to the endpoint's offset. The offsets live in the daemon's
+//! kept monotonic. A veth port's counters are the kernel's and survive ovs-vswitchd
+//! restarts, but counters OVS keeps itself start again at zero: the spoof-guard flow's when
+//! its flow is installed again (every ovs-vswitchd restart), an internal or tap port's when
+//! the port is re-created. A reading below the last one adds the last one to the endpoint's
+//! offset. An endpoint is forgotten only when its record is gone. The offsets live in the daemon's
 //! memory; a daemon restart reads OVS's counters as they are, which are unchanged unless
 //! OVS restarted too, and then `qingluan_endpoint_start_time_seconds` moves to the port's
 //! new start.
@@ -10,7 +12,7 @@
 //! `docker ps` shows them: a third of the size of a scrape with full IDs, and unique in
 //! practice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -107,10 +109,9 @@ impl Continuity {
         (out, t.started)
     }
 
-    /// Forgets endpoints that are gone.
-    fn retain(&mut self, live: &[EndpointStats]) {
-        self.tracks
-            .retain(|id, _| live.iter().any(|s| &s.endpoint == id));
+    /// Forgets endpoints whose records are gone.
+    fn retain(&mut self, live: &BTreeSet<&str>) {
+        self.tracks.retain(|id, _| live.contains(id.as_str()));
     }
 }
 
@@ -127,7 +128,9 @@ pub async fn register(
         COUNTERS.iter().map(|_| Family::default()).collect();
     let drops = Family::<DropLabels, Counter>::default();
     let start = Family::<EndpointLabels, Gauge>::default();
-    counters.retain(&stats);
+    if let Ok(records) = api.driver.state.endpoints().await {
+        counters.retain(&records.iter().map(|e| e.id.as_str()).collect());
+    }
     for s in &stats {
         let container = names.containers.get(&s.endpoint);
         let labels = EndpointLabels {
@@ -230,14 +233,29 @@ mod tests {
         raw[1] = 1000;
         assert_eq!(c.advance("e1", raw, 50), (raw, 50));
         raw[1] = 1500;
-        assert_eq!(c.advance("e1", raw, 60).0[1], 1500);
-        // ovs-vswitchd restarted: the port counts from zero again.
+        assert_eq!(c.advance("e1", raw, 51).0[1], 1500);
+        // The port was re-created: it counts from zero again.
         raw[1] = 200;
         let (v, started) = c.advance("e1", raw, 70);
-        assert_eq!((v[1], started), (1700, 50));
+        assert_eq!(
+            (v[1], started),
+            (1700, 50),
+            "counting began at the first reading"
+        );
         raw[1] = 300;
         assert_eq!(c.advance("e1", raw, 70).0[1], 1800);
-        c.retain(&[]);
-        assert_eq!(c.advance("e1", raw, 80), (raw, 80), "a new life");
+        // The spoof-guard flow was installed again.
+        raw[8] = 5;
+        assert_eq!(c.advance("e1", raw, 70).0[8], 5);
+        raw[8] = 2;
+        assert_eq!(c.advance("e1", raw, 70).0[8], 7);
+        c.retain(&BTreeSet::from(["e1"]));
+        assert_eq!(
+            c.advance("e1", raw, 70).0[1],
+            1800,
+            "kept while its record lives"
+        );
+        c.retain(&BTreeSet::new());
+        assert_eq!(c.advance("e1", raw, 99), (raw, 99), "a new life");
     }
 }

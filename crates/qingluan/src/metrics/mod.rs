@@ -145,13 +145,14 @@ impl Metrics {
         ovs.get_or_create(&ComponentLabel { component: "ovsdb" })
             .set(self.ovsdb_up.load(Ordering::Relaxed).into());
         let stats = api.driver.state.endpoint_stats().await;
+        let openflow_down = matches!(stats, Err(qingluan_core::service::ServiceError::Ovs(_)));
         ovs.get_or_create(&ComponentLabel {
             component: "openflow",
         })
-        .set(stats.is_ok().into());
+        .set((!openflow_down).into());
         registry.register(
             "ovs_up",
-            "Whether the daemon reaches OVS: ovsdb (the OVSDB connection), openflow (every bridge answered this scrape)",
+            "Whether the daemon reaches OVS: ovsdb (the OVSDB connection), openflow (no bridge failed to answer this scrape)",
             ovs,
         );
         if let Ok(hosts) = qingluan_core::membership::hosts(&*api.store).await {
@@ -198,17 +199,32 @@ impl Metrics {
         if !(missing && stale) {
             return current;
         }
-        match crate::docker::networks(&self.docker, &self.driver).await {
-            Ok(nets) => {
-                let fresh = crate::docker::Names::of(&nets);
-                *api.names.write().await = fresh.clone();
-                fresh
-            }
-            Err(e) => {
+        // A slow Docker must not hold the scrape past Prometheus' timeout; a failed read
+        // counts as a read, so it is not retried before 2 s either.
+        let read = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::docker::networks(&self.docker, &self.driver),
+        )
+        .await;
+        let fresh = match read {
+            Ok(Ok(nets)) => crate::docker::Names::of(&nets),
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "docker api");
-                current
+                crate::docker::Names {
+                    read: Some(Instant::now()),
+                    ..current
+                }
             }
-        }
+            Err(_) => {
+                tracing::debug!("docker api: no answer within 1 s");
+                crate::docker::Names {
+                    read: Some(Instant::now()),
+                    ..current
+                }
+            }
+        };
+        *api.names.write().await = fresh.clone();
+        fresh
     }
 }
 

@@ -91,6 +91,16 @@ pub fn start_sleepers(network: &str, names: &[&str]) {
     }
 }
 
+/// Kills and reaps a child process of the test when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `docker ARGS`, must succeed.
 pub fn docker(args: &[&str]) -> String {
     ok("docker", args)
