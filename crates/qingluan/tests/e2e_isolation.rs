@@ -25,25 +25,9 @@ fn networks_are_isolated_by_every_path() {
         "qlt-iso-c",
         &["--opt", "model=nonat", "--ipam-opt", "pool=nonat"],
     );
-    let run_admin = |name: &str, net: &str| {
-        docker(&[
-            "run",
-            "-d",
-            "--cap-add",
-            "NET_ADMIN",
-            "--name",
-            name,
-            "--net",
-            net,
-            IMAGE,
-            "sleep",
-            "600",
-        ]);
-    };
-    run_admin("qlt-a1", "qlt-iso-a");
-    run_admin("qlt-a2", "qlt-iso-a");
-    run_admin("qlt-b1", "qlt-iso-b");
-    run_admin("qlt-c1", "qlt-iso-c");
+    start_sleepers("qlt-iso-a", &["qlt-a1", "qlt-a2"]);
+    start_sleepers("qlt-iso-b", &["qlt-b1"]);
+    start_sleepers("qlt-iso-c", &["qlt-c1"]);
     let (gw_a, gw_b, gw_c) = (
         env.gateway_of("qlt-iso-a"),
         env.gateway_of("qlt-iso-b"),
@@ -122,19 +106,7 @@ fn dual_stack_networks_are_isolated_too() {
         ("qlt-6b", "qlt-v6b"),
         ("qlt-6c", "qlt-v6c"),
     ] {
-        docker(&[
-            "run",
-            "-d",
-            "--cap-add",
-            "NET_ADMIN",
-            "--name",
-            c,
-            "--net",
-            n,
-            IMAGE,
-            "sleep",
-            "600",
-        ]);
+        start_sleepers(n, &[c]);
     }
     let ping6 = |c: &str, ip: &str| {
         exec(
