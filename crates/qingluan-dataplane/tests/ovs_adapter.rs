@@ -14,7 +14,7 @@ use qingluan_dataplane::openflow::{
 };
 use qingluan_dataplane::ovsdb::{
     BridgeSpec, Collector, FlowExport, MonitorUpdate, Ovs, OvsEvent, OvsOp, OvsdbClient,
-    OvsdbError, OvsdbOvs, PortSpec, UpdateFormat,
+    OvsdbError, OvsdbOvs, PortQos, PortSpec, QueueSpec, UpdateFormat,
 };
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
@@ -54,6 +54,7 @@ fn port(bridge: &str, name: &str, kind: &str) -> PortSpec {
         mtu_request: None,
         options: BTreeMap::new(),
         mac: None,
+        qos: None,
     }
 }
 
@@ -239,6 +240,94 @@ async fn flow_export_round_trips_and_leaves_nothing() {
         a.snapshot().await.unwrap()[0].spec.flow_export,
         FlowExport::default()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_qos_round_trips_and_leaves_nothing() {
+    let Some(ovs) = PrivateOvs::start("port_qos_round_trips_and_leaves_nothing") else {
+        return;
+    };
+    let a = adapter(&ovs).await;
+    let shaped = |rate: u64, burst| PortQos {
+        max_rate: rate,
+        queues: vec![QueueSpec {
+            max_rate: rate,
+            burst,
+            ..Default::default()
+        }],
+    };
+    let mut p = port("qltbr8", "qltq1", "internal");
+    p.qos = Some(shaped(100_000_000, Some(800_000)));
+    let plain = port("qltbr8", "qltq2", "internal");
+    a.apply(&[
+        OvsOp::AddBridge(bridge("qltbr8")),
+        OvsOp::AddPort(p.clone()),
+        OvsOp::AddPort(plain),
+    ])
+    .await
+    .unwrap();
+    let read = |snap: Vec<qingluan_dataplane::ovsdb::BridgeState>| {
+        snap[0]
+            .ports
+            .iter()
+            .map(|p| p.spec.qos.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read(a.snapshot().await.unwrap()), vec![p.qos.clone(), None]);
+    let count = |table: &str| {
+        ovs.vsctl(&["--bare", "--columns=_uuid", "list", table])
+            .split_whitespace()
+            .count()
+    };
+    assert_eq!((count("QoS"), count("Queue")), (1, 1));
+    let qdisc = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ovs.netns(), "tc", "class", "show", "dev", "qltq1"])
+            .output()
+            .expect("tc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while !qdisc().contains("ceil 100Mbit") {
+        assert!(Instant::now() < end, "no htb class: {}", qdisc());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Unchanged: the rows stay; changed: replaced, the old ones deleted.
+    let before = ovs.vsctl(&["--bare", "--columns=_uuid", "list", "QoS"]);
+    let mut same = p.clone();
+    same.external_ids.insert("x".into(), "1".into());
+    a.apply(&[OvsOp::UpdatePort(same)]).await.unwrap();
+    assert_eq!(ovs.vsctl(&["--bare", "--columns=_uuid", "list", "QoS"]), before);
+    p.qos = Some(shaped(5_000_000, None));
+    a.apply(&[OvsOp::UpdatePort(p.clone())]).await.unwrap();
+    assert_eq!(read(a.snapshot().await.unwrap())[0], p.qos);
+    assert_eq!((count("QoS"), count("Queue")), (1, 1));
+    let end = Instant::now() + Duration::from_secs(5);
+    while !qdisc().contains("ceil 5Mbit") {
+        assert!(Instant::now() < end, "class not changed: {}", qdisc());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Removed with the limit, the port, or the bridge.
+    p.qos = None;
+    a.apply(&[OvsOp::UpdatePort(p.clone())]).await.unwrap();
+    assert_eq!((count("QoS"), count("Queue")), (0, 0));
+    p.qos = Some(shaped(1_000_000, None));
+    a.apply(&[OvsOp::UpdatePort(p.clone())]).await.unwrap();
+    a.apply(&[OvsOp::DeletePort {
+        bridge: "qltbr8".into(),
+        name: "qltq1".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!((count("QoS"), count("Queue")), (0, 0));
+    a.apply(&[OvsOp::AddPort(p)]).await.unwrap();
+    assert_eq!(count("QoS"), 1);
+    a.apply(&[OvsOp::DeleteBridge("qltbr8".into())])
+        .await
+        .unwrap();
+    assert_eq!((count("QoS"), count("Queue")), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,17 +788,30 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
         meters.contains("meter=7 kbps burst stats bands=\ntype=drop rate=20000 burst_size=1000"),
         "{meters}"
     );
-    let metered = vec![flow(
-        0,
-        6,
-        0,
-        vec![],
-        vec![Action::Meter(7), Action::Normal],
-    )];
+    assert_eq!(of.meters("qltbr1").await.unwrap(), vec![meter(20_000)]);
+    let metered = vec![
+        flow(
+            0,
+            6,
+            0,
+            vec![],
+            vec![Action::Meter(7), Action::Normal],
+        ),
+        flow(
+            0,
+            7,
+            0,
+            vec![Field::Ip],
+            vec![Action::Meter(7), Action::SetDscp(34), Action::Normal],
+        ),
+    ];
     of.replace_flows("qltbr1", &metered).await.unwrap();
     assert_eq!(
         table(&ovs, "qltbr1"),
-        set(vec!["cookie=0x0, priority=6 actions=meter:7,NORMAL".into()])
+        set(vec![
+            "cookie=0x0, priority=6 actions=meter:7,NORMAL".into(),
+            "cookie=0x0, priority=7,ip actions=meter:7,set_field:34->ip_dscp,NORMAL".into(),
+        ])
     );
     of.delete_meter("qltbr1", 7).await.unwrap();
     of.delete_meter("qltbr1", 7).await.unwrap();

@@ -413,6 +413,14 @@ impl Channel {
         }
     }
 
+    /// Every meter of the switch.
+    pub(crate) async fn meters(&mut self) -> Result<Vec<Meter>, Failure> {
+        let body = self
+            .multipart(multipart::METER_CONFIG, &codec::meter_config_request())
+            .await?;
+        codec::parse_meter_config(&body).map_err(Failure::Broken)
+    }
+
     /// Deletes meter `id`.
     pub(crate) async fn delete_meter(&mut self, id: u32) -> Result<(), Failure> {
         let xid = self.next_xid();

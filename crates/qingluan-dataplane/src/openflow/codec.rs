@@ -51,6 +51,8 @@ pub mod multipart {
     pub const AGGREGATE: u16 = 2;
     /// OFPMP_PORT_STATS.
     pub const PORT_STATS: u16 = 4;
+    /// OFPMP_METER_CONFIG.
+    pub const METER_CONFIG: u16 = 10;
     /// OFPMP_PORT_DESC.
     pub const PORT_DESC: u16 = 13;
     /// OFPMPF_REPLY_MORE: more replies follow.
@@ -312,6 +314,7 @@ pub fn encode_instructions(actions: &[Action], resolve: Resolve<'_>) -> Result<V
             Action::SetArpOp(v) => set_field(o, oxm(BASIC, 21, false, 2), &v.to_be_bytes()),
             Action::SetArpSha(m) => set_field(o, oxm(BASIC, 24, false, 6), m),
             Action::SetArpSpa(a) => set_field(o, oxm(BASIC, 22, false, 4), &a.octets()),
+            Action::SetDscp(d) => set_field(o, oxm(BASIC, 8, false, 1), &[*d & 0x3f]),
         }
     }
     let mut out = Vec::new();
@@ -571,6 +574,43 @@ pub fn meter_mod(xid: u32, command: u16, m: Meter) -> Vec<u8> {
         b.extend_from_slice(&[0; 4]);
     }
     message(kind::METER_MOD, xid, &b)
+}
+
+/// The body of an OFPMP_METER_CONFIG request for every meter.
+pub fn meter_config_request() -> Vec<u8> {
+    let mut b = ANY.to_be_bytes().to_vec();
+    b.extend_from_slice(&[0; 4]);
+    b
+}
+
+/// The meters of an OFPMP_METER_CONFIG reply body (the first drop band of each; a meter
+/// without one reads as rate and burst 0).
+pub fn parse_meter_config(mut b: &[u8]) -> Result<Vec<Meter>, String> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let len = if b.len() >= 8 { u16_at(b, 0) as usize } else { 0 };
+        if len < 8 || len > b.len() {
+            return Err(format!("meter config of length {len}"));
+        }
+        let mut m = Meter {
+            id: u32_at(b, 4),
+            rate_kbps: 0,
+            burst_kbits: 0,
+        };
+        let mut bands = &b[8..len];
+        while bands.len() >= 16 {
+            let blen = (u16_at(bands, 2) as usize).clamp(16, bands.len());
+            if u16_at(bands, 0) == 1 {
+                m.rate_kbps = u32_at(bands, 4);
+                m.burst_kbits = u32_at(bands, 8);
+                break;
+            }
+            bands = &bands[blen..];
+        }
+        out.push(m);
+        b = &b[len..];
+    }
+    Ok(out)
 }
 
 /// An OFPT_ERROR body as the names OpenFlow gives it, e.g. `OFPMMFC_INVALID_METER`.

@@ -110,4 +110,14 @@ impl FlowProgrammer for FakeFlows {
         }
         Ok(())
     }
+
+    async fn meters(&self, bridge: &str) -> Result<Vec<Meter>, FlowError> {
+        Ok(self
+            .meters
+            .lock()
+            .unwrap()
+            .get(bridge)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default())
+    }
 }

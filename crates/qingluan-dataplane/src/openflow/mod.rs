@@ -135,6 +135,8 @@ pub enum Action {
     SetArpSpa(Ipv4Addr),
     /// Pass through a meter (a rate limit) first.
     Meter(u32),
+    /// Set the DSCP bits of an IPv4 or IPv6 packet (the flow must match `ip` or `ipv6`).
+    SetDscp(u8),
 }
 
 /// One flow.
@@ -241,6 +243,7 @@ impl Flow {
                 Action::SetArpSha(m) => write!(s, "set_field:{}->arp_sha", Mac(m)),
                 Action::SetArpSpa(a) => write!(s, "set_field:{a}->arp_spa"),
                 Action::Meter(m) => write!(s, "meter:{m}"),
+                Action::SetDscp(d) => write!(s, "set_field:{d}->ip_dscp"),
             };
         }
         s
@@ -385,6 +388,8 @@ pub trait FlowProgrammer: Send + Sync {
     async fn set_meter(&self, bridge: &str, meter: Meter) -> Result<(), FlowError>;
     /// Deletes the meter (nothing if it does not exist).
     async fn delete_meter(&self, bridge: &str, id: u32) -> Result<(), FlowError>;
+    /// Every meter of the bridge, by ID.
+    async fn meters(&self, bridge: &str) -> Result<Vec<Meter>, FlowError>;
 }
 
 #[cfg(test)]

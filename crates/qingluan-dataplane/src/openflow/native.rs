@@ -39,6 +39,7 @@ enum Op<'a> {
     Count(u64, u64),
     SetMeter(Meter),
     DeleteMeter(u32),
+    Meters,
 }
 
 /// Its result.
@@ -47,6 +48,7 @@ enum Done {
     Stats(Vec<FlowStats>),
     Ports(Vec<PortStats>),
     Count(u64),
+    Meters(Vec<Meter>),
 }
 
 impl Op<'_> {
@@ -58,6 +60,7 @@ impl Op<'_> {
             Op::Count(..) => "flow-count",
             Op::SetMeter(_) => "set-meter",
             Op::DeleteMeter(_) => "delete-meter",
+            Op::Meters => "meters",
         }
     }
 
@@ -78,6 +81,7 @@ impl Op<'_> {
                 ch.delete_meter(*id).await?;
                 Done::Nothing
             }
+            Op::Meters => Done::Meters(ch.meters().await?),
         })
     }
 }
@@ -208,5 +212,12 @@ impl FlowProgrammer for NativeFlows {
 
     async fn delete_meter(&self, bridge: &str, id: u32) -> Result<(), FlowError> {
         self.run(bridge, Op::DeleteMeter(id)).await.map(|_| ())
+    }
+
+    async fn meters(&self, bridge: &str) -> Result<Vec<Meter>, FlowError> {
+        match self.run(bridge, Op::Meters).await? {
+            Done::Meters(m) => Ok(m),
+            _ => unreachable!("meters answers with meters"),
+        }
     }
 }

@@ -98,6 +98,33 @@ pub struct PortSpec {
     /// Interface `mac` (internal ports): the MAC the interface is given; `None` = OVS picks.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Shaping of what OVS sends out of this port, if any.
+    #[serde(default)]
+    pub qos: Option<PortQos>,
+}
+
+/// Shaping of what OVS sends out of a port: a `linux-htb` QoS row (OVS installs a kernel HTB
+/// qdisc on the port's device) with its queues. QoS and Queue are root tables, so the
+/// adapter deletes the rows it replaces; they carry the port's `external_ids`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortQos {
+    /// The port's total rate in bit/s (`other_config:max-rate`).
+    pub max_rate: u64,
+    /// The queues, numbered from 0 (queue 0 is where unclassified traffic goes).
+    pub queues: Vec<QueueSpec>,
+}
+
+/// One HTB class of a [`PortQos`]; rates in bit/s, burst in bits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QueueSpec {
+    /// Guaranteed rate (`min-rate`); `None`: OVS's default.
+    pub min_rate: Option<u64>,
+    /// Ceiling (`max-rate`).
+    pub max_rate: u64,
+    /// Bucket size (`burst`); `None`: OVS's default.
+    pub burst: Option<u64>,
+    /// HTB priority (`priority`, lower is served first); `None`: OVS's default.
+    pub priority: Option<u32>,
 }
 
 /// A port as read back.
@@ -126,14 +153,15 @@ pub enum OvsOp {
     /// Set a bridge's `fail_mode`, `external_ids`, `other_config`, `protocols` and flow
     /// export.
     UpdateBridge(BridgeSpec),
-    /// Remove a bridge; its ports and interfaces go with it. No-op if it does not exist.
+    /// Remove a bridge; its ports and interfaces go with it, and their QoS rows. No-op if
+    /// it does not exist.
     DeleteBridge(String),
     /// Create a port with its interface on an existing bridge.
     AddPort(PortSpec),
     /// Set a port's `tag` and `external_ids` and its interface's `type`, `external_ids`,
-    /// `mtu_request` and `options`.
+    /// `mtu_request` and `options`; its QoS rows are replaced when they differ.
     UpdatePort(PortSpec),
-    /// Remove a port from its bridge. No-op if it is not there.
+    /// Remove a port from its bridge, and its QoS rows. No-op if it is not there.
     DeletePort {
         /// The bridge.
         bridge: String,

@@ -1,6 +1,6 @@
 //! [`Ovs`] over the native OVSDB client.
 //!
-//! A monitor on the Bridge, Port, Interface, sFlow and IPFIX columns we read (and
+//! A monitor on the Bridge, Port, Interface, sFlow, IPFIX, QoS and Queue columns we read (and
 //! `Open_vSwitch.cur_cfg`)
 //! keeps a replica of those rows (`replica`): [`Ovs::snapshot`] and the planning of
 //! [`Ovs::apply`] read it, so a plugin call sends ONE transaction and no reads, and `apply`
@@ -17,11 +17,13 @@
 //!   add-br`. A bridge's sFlow and IPFIX rows are inserted before it (or before its
 //!   update) and referenced; the rows they replace are garbage-collected by OVSDB.
 //! - DeleteBridge: `mutate` Open_vSwitch `bridges` delete; OVSDB garbage-collects the
-//!   bridge's ports and interfaces.
-//! - AddPort: insert Interface and Port, then `mutate` the Bridge's `ports` insert.
-//! - DeletePort: `mutate` the Bridge's `ports` delete by uuid.
+//!   bridge's ports and interfaces. Their QoS and Queue rows (root tables, never collected)
+//!   are deleted, after the ports let go of them.
+//! - AddPort: insert Interface and Port (and its QoS and Queue rows), then `mutate` the
+//!   Bridge's `ports` insert.
+//! - DeletePort: `mutate` the Bridge's `ports` delete by uuid; its QoS rows are deleted.
 //! - UpdateBridge / UpdatePort: `update` of the mutable columns, by uuid (the interface by
-//!   its name, which is unique).
+//!   its name, which is unique). A port's QoS rows are replaced only when they differ.
 //! - Each existing row an op relies on is guarded by a `wait` (timeout 0) on its name, so if
 //!   it vanished since we read it the transaction fails as a whole; that failure is reported
 //!   as the matching "not found" error.
@@ -44,8 +46,8 @@ use super::datum::{
 use super::layout::Layout;
 use super::replica::{Replica, Rows};
 use super::{
-    BridgeSpec, BridgeState, Collector, FlowExport, Ovs, OvsEvent, OvsOp, OvsdbError, PortSpec,
-    PortState, SystemInfo,
+    BridgeSpec, BridgeState, Collector, FlowExport, Ovs, OvsEvent, OvsOp, OvsdbError, PortQos,
+    PortSpec, PortState, QueueSpec, SystemInfo,
 };
 
 const DB: &str = "Open_vSwitch";
@@ -66,7 +68,11 @@ const BRIDGE_COLUMNS: &[&str] = &[
 /// sFlow and IPFIX columns we read and watch.
 const EXPORT_COLUMNS: &[&str] = &["targets", "sampling"];
 /// Port columns we read and watch.
-const PORT_COLUMNS: &[&str] = &["name", "tag", "external_ids", "interfaces"];
+const PORT_COLUMNS: &[&str] = &["name", "tag", "external_ids", "interfaces", "qos"];
+/// QoS columns we read and watch.
+const QOS_COLUMNS: &[&str] = &["type", "other_config", "queues"];
+/// Queue columns we read and watch.
+const QUEUE_COLUMNS: &[&str] = &["other_config"];
 /// Interface columns we read and watch.
 const IFACE_COLUMNS: &[&str] = &[
     "name",
@@ -136,12 +142,8 @@ impl OvsdbOvs {
         let empty = BTreeMap::new();
         if let Some(ex) = self.replica.read(|rows: &Rows| {
             let root = rows.root()?.0.clone();
-            let bridges = rows.table("Bridge").unwrap_or(&empty);
-            Some(existing_of(
-                root,
-                bridges.iter(),
-                rows.table("Port").unwrap_or(&empty),
-            ))
+            let t = |name| rows.table(name).unwrap_or(&empty);
+            Some(existing_of(root, t("Bridge"), t("Port"), t("QoS"), t("Queue")))
         }) {
             return ex.ok_or(OvsdbError::NoRoot);
         }
@@ -152,7 +154,9 @@ impl OvsdbOvs {
                 vec![
                     select("Open_vSwitch", &[]),
                     select("Bridge", &["name", "ports"]),
-                    select("Port", &["name"]),
+                    select("Port", &["name", "qos"]),
+                    select("QoS", QOS_COLUMNS),
+                    select("Queue", QUEUE_COLUMNS),
                 ],
             )
             .await?;
@@ -160,8 +164,13 @@ impl OvsdbOvs {
             .first()
             .and_then(|row| uuid_of(&row["_uuid"]))
             .ok_or(OvsdbError::NoRoot)?;
-        let bridges = keyed(&r[1]);
-        Ok(existing_of(root, bridges.iter(), &keyed(&r[2])))
+        Ok(existing_of(
+            root,
+            &keyed(&r[1]),
+            &keyed(&r[2]),
+            &keyed(&r[3]),
+            &keyed(&r[4]),
+        ))
     }
 
     /// Waits until `cur_cfg` reaches `want`: on the replica while it is current, else by
@@ -218,6 +227,8 @@ async fn watch(
         ("Interface", IFACE_COLUMNS),
         ("sFlow", EXPORT_COLUMNS),
         ("IPFIX", EXPORT_COLUMNS),
+        ("QoS", QOS_COLUMNS),
+        ("Queue", QUEUE_COLUMNS),
         ("Open_vSwitch", &["cur_cfg"]),
     ];
     let mut updates: Option<tokio::sync::mpsc::UnboundedReceiver<MonitorUpdate>> = None;
@@ -287,12 +298,14 @@ fn keyed(result: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Names and uuids for planning, from the root's uuid, the bridge rows and the port rows by
-/// uuid.
-fn existing_of<'a>(
+/// Names and uuids for planning, from the root's uuid and the bridge, port, QoS and Queue
+/// rows by uuid.
+fn existing_of(
     root: String,
-    bridges: impl Iterator<Item = (&'a String, &'a Value)>,
+    bridges: &BTreeMap<String, Value>,
     ports: &BTreeMap<String, Value>,
+    qos: &BTreeMap<String, Value>,
+    queues: &BTreeMap<String, Value>,
 ) -> Existing {
     let mut ex = Existing {
         root,
@@ -304,12 +317,104 @@ fn existing_of<'a>(
         };
         ex.bridges.insert(name.to_string(), bu.clone());
         for pu in set_items(&b["ports"]).iter().filter_map(uuid_of) {
-            if let Some(pname) = ports.get(&pu).and_then(|p| p["name"].as_str()) {
-                ex.ports.insert(pname.to_string(), (name.to_string(), pu));
+            let Some(p) = ports.get(&pu) else { continue };
+            let Some(pname) = p["name"].as_str() else {
+                continue;
+            };
+            ex.ports.insert(pname.to_string(), (name.to_string(), pu));
+            let (spec, rows) = qos_of(p, qos, queues);
+            if !rows.is_empty() {
+                ex.qos.insert(pname.to_string(), (spec, rows));
             }
         }
     }
     ex
+}
+
+/// The shaping of port row `p`, and the QoS and Queue rows (table, uuid) that hold it.
+fn qos_of(
+    p: &Value,
+    qos: &BTreeMap<String, Value>,
+    queues: &BTreeMap<String, Value>,
+) -> (Option<PortQos>, Vec<(&'static str, String)>) {
+    let Some(qu) = set_items(&p["qos"]).first().and_then(uuid_of) else {
+        return (None, Vec::new());
+    };
+    let mut rows = vec![("QoS", qu.clone())];
+    let Some(q) = qos.get(&qu) else {
+        return (None, rows);
+    };
+    fn number<T: std::str::FromStr>(m: &BTreeMap<String, String>, k: &str) -> Option<T> {
+        m.get(k).and_then(|v| v.parse().ok())
+    }
+    let mut specs = BTreeMap::new();
+    let pairs = match q["queues"].as_array().map(Vec::as_slice) {
+        Some([t, pairs]) if t == "map" => pairs.as_array().cloned().unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for pair in &pairs {
+        let (Some(n), Some(u)) = (pair[0].as_u64(), uuid_of(&pair[1])) else {
+            continue;
+        };
+        let c = queues
+            .get(&u)
+            .map(|r| map_of(&r["other_config"]))
+            .unwrap_or_default();
+        rows.push(("Queue", u));
+        specs.insert(
+            n,
+            QueueSpec {
+                min_rate: number(&c, "min-rate"),
+                max_rate: number(&c, "max-rate").unwrap_or(0),
+                burst: number(&c, "burst"),
+                priority: number(&c, "priority"),
+            },
+        );
+    }
+    let c = map_of(&q["other_config"]);
+    let contiguous = specs.keys().copied().eq(0..specs.len() as u64);
+    let spec = (q["type"] == "linux-htb" && contiguous).then(|| PortQos {
+        max_rate: number(&c, "max-rate").unwrap_or(0),
+        queues: specs.into_values().collect(),
+    });
+    (spec, rows)
+}
+
+/// Inserts the QoS and Queue rows of `q` for port `p` (named after op `i`); returns the
+/// reference to the QoS row.
+fn insert_qos(t: &mut Plan, i: usize, p: &PortSpec, q: &PortQos) -> Value {
+    let mut queues = Vec::new();
+    for (n, spec) in q.queues.iter().enumerate() {
+        let name = format!("queue{i}x{n}");
+        let mut c = BTreeMap::from([("max-rate".to_string(), spec.max_rate.to_string())]);
+        for (k, v) in [
+            ("min-rate", spec.min_rate),
+            ("burst", spec.burst),
+            ("priority", spec.priority.map(u64::from)),
+        ] {
+            if let Some(v) = v {
+                c.insert(k.to_string(), v.to_string());
+            }
+        }
+        t.ops.push(json!({"op": "insert", "table": "Queue", "uuid-name": name,
+            "row": {"other_config": map(&c), "external_ids": map(&p.external_ids)}}));
+        queues.push(json!([n, named(&name)]));
+    }
+    let name = format!("qos{i}");
+    let c = BTreeMap::from([("max-rate".to_string(), q.max_rate.to_string())]);
+    t.ops.push(json!({"op": "insert", "table": "QoS", "uuid-name": name, "row": {
+        "type": "linux-htb", "other_config": map(&c), "queues": ["map", queues],
+        "external_ids": map(&p.external_ids)}}));
+    named(&name)
+}
+
+/// Deletes the QoS rows of port `name` (a port that keeps existing must let go of them in
+/// the same transaction: they are root rows, so a reference would fail the commit).
+fn delete_qos(t: &mut Plan, ex: &Existing, name: &str) {
+    for (table, u) in ex.qos.get(name).map(|(_, rows)| rows.as_slice()).unwrap_or(&[]) {
+        t.ops
+            .push(json!({"op": "delete", "table": table, "where": by_uuid(&uuid(u))}));
+    }
 }
 
 /// The rows of the tables a snapshot reads, by uuid.
@@ -319,6 +424,8 @@ struct Tables<'a> {
     ifaces: &'a BTreeMap<String, Value>,
     sflow: &'a BTreeMap<String, Value>,
     ipfix: &'a BTreeMap<String, Value>,
+    qos: &'a BTreeMap<String, Value>,
+    queues: &'a BTreeMap<String, Value>,
 }
 
 /// Every bridge with its ports, sorted by name.
@@ -399,6 +506,8 @@ struct Existing {
     bridges: BTreeMap<String, String>,
     /// Port name → (bridge name, uuid), LOCAL ports included.
     ports: BTreeMap<String, (String, String)>,
+    /// Port name → its shaping as read back and the QoS and Queue rows holding it.
+    qos: BTreeMap<String, (Option<PortQos>, Vec<(&'static str, String)>)>,
 }
 
 impl Existing {
@@ -529,6 +638,13 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
                         json!({"op": "mutate", "table": "Open_vSwitch", "where": root,
                         "mutations": [["bridges", "delete", refs(vec![r.json()])]]}),
                     );
+                    for (pname, (_, pr)) in ports.iter().filter(|(_, (b, _))| b == name) {
+                        if ex.qos.contains_key(pname) {
+                            t.ops.push(json!({"op": "update", "table": "Port",
+                                "where": by_uuid(&pr.json()), "row": {"qos": ["set", []]}}));
+                            delete_qos(&mut t, ex, pname);
+                        }
+                    }
                     ports.retain(|_, (b, _)| b != name);
                 }
             }
@@ -551,6 +667,9 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
                 let mut prow = port_columns(p);
                 prow["name"] = json!(p.name);
                 prow["interfaces"] = named(&iu);
+                if let Some(q) = &p.qos {
+                    prow["qos"] = insert_qos(&mut t, i, p, q);
+                }
                 t.ops
                     .push(json!({"op": "insert", "table": "Port", "uuid-name": pu, "row": prow}));
                 t.ops.push(
@@ -571,9 +690,18 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
                 if let Row::Existing(u) = &r {
                     t.guard("Port", u, &p.name, not_found());
                 }
+                let mut prow = port_columns(p);
+                let have = ex.qos.get(&p.name).and_then(|(q, _)| q.as_ref());
+                if have != p.qos.as_ref() {
+                    delete_qos(&mut t, ex, &p.name);
+                    prow["qos"] = match &p.qos {
+                        Some(q) => insert_qos(&mut t, i, p, q),
+                        None => json!(["set", []]),
+                    };
+                }
                 t.ops.push(
                     json!({"op": "update", "table": "Port", "where": by_uuid(&r.json()),
-                    "row": port_columns(p)}),
+                    "row": prow}),
                 );
                 t.ops.push(json!({"op": "update", "table": "Interface",
                     "where": [["name", "==", p.name]], "row": iface_columns(p)}));
@@ -585,6 +713,11 @@ fn plan(ex: &Existing, ops: &[OvsOp]) -> Result<Plan, OvsdbError> {
                         t.ops.push(json!({"op": "mutate", "table": "Bridge",
                             "where": by_uuid(&br.json()),
                             "mutations": [["ports", "delete", refs(vec![r.json()])]]}));
+                        if ex.qos.contains_key(name) {
+                            t.ops.push(json!({"op": "update", "table": "Port",
+                                "where": by_uuid(&r.json()), "row": {"qos": ["set", []]}}));
+                            delete_qos(&mut t, ex, name);
+                        }
                     }
                 }
             }
@@ -629,6 +762,7 @@ fn bridge_state(b: &Value, t: &Tables) -> BridgeState {
                 mtu_request: opt_i64(&iface["mtu_request"]).and_then(|m| u32::try_from(m).ok()),
                 options: map_of(&iface["options"]),
                 mac: opt_str(&iface["mac"]),
+                qos: qos_of(p, t.qos, t.queues).0,
             },
             ofport: opt_i64(&iface["ofport"]),
         });
@@ -663,6 +797,8 @@ impl Ovs for OvsdbOvs {
                 ifaces: t("Interface"),
                 sflow: t("sFlow"),
                 ipfix: t("IPFIX"),
+                qos: t("QoS"),
+                queues: t("Queue"),
             })
         }) {
             return Ok(s);
@@ -677,6 +813,8 @@ impl Ovs for OvsdbOvs {
                     select("Interface", IFACE_COLUMNS),
                     select("sFlow", EXPORT_COLUMNS),
                     select("IPFIX", EXPORT_COLUMNS),
+                    select("QoS", QOS_COLUMNS),
+                    select("Queue", QUEUE_COLUMNS),
                 ],
             )
             .await?;
@@ -687,6 +825,8 @@ impl Ovs for OvsdbOvs {
             ifaces: &rows[2],
             sflow: &rows[3],
             ipfix: &rows[4],
+            qos: &rows[5],
+            queues: &rows[6],
         }))
     }
 
@@ -749,6 +889,7 @@ mod tests {
                 ("p1".to_string(), ("b1".to_string(), "p1-u".to_string())),
             ]
             .into(),
+            qos: Default::default(),
         }
     }
 

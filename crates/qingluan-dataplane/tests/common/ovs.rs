@@ -237,6 +237,11 @@ impl PrivateOvs {
     }
 
     /// Runs a shell command inside the namespace; panics on failure.
+    /// The network namespace ovs-vswitchd runs in.
+    pub fn netns(&self) -> String {
+        self.ns.clone()
+    }
+
     pub fn in_ns(&self, script: &str) {
         self.must(Command::new("ip").args(["netns", "exec", &self.ns, "sh", "-c", script]));
     }
