@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use qingluan_dataplane::openflow::Flow;
+use qingluan_dataplane::openflow::{Flow, Meter};
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
 use crate::model::Mac;
@@ -88,6 +88,8 @@ pub struct Desired {
     pub ports: Vec<PortSpec>,
     /// The complete flow table of each bridge.
     pub flows: BTreeMap<String, Vec<Flow>>,
+    /// The meters of each bridge (the flows use them).
+    pub meters: BTreeMap<String, Vec<Meter>>,
     /// Cookie of each bridge's sentinel flow.
     pub sentinels: BTreeMap<String, u64>,
     /// Endpoint veths.

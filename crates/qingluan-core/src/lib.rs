@@ -23,6 +23,7 @@ pub mod modes;
 pub mod options;
 pub mod pipeline;
 pub mod policy;
+pub mod qos;
 pub mod reconcile;
 pub mod records;
 pub mod service;

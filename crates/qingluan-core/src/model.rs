@@ -94,6 +94,9 @@ pub struct Network {
     /// The physical interface of a flat or vlan network (its uplink bridge is `bridge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<String>,
+    /// `--opt qos.*`: the QoS of every endpoint on the network.
+    #[serde(default, skip_serializing_if = "crate::qos::QosSpec::is_empty")]
+    pub qos: crate::qos::QosSpec,
 }
 
 impl Network {
@@ -152,6 +155,23 @@ pub struct Endpoint {
     /// off the network so no address is ever on it twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<String>,
+    /// `--driver-opt qos.*` given when the endpoint was created.
+    #[serde(default, skip_serializing_if = "crate::qos::QosSpec::is_empty")]
+    pub qos: crate::qos::QosSpec,
+    /// The container the endpoint belongs to, once learnt from the Engine API (Docker does
+    /// not tell drivers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+}
+
+/// A container as the Engine API describes it, kept with its endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// Docker's 64-hex container ID.
+    pub id: String,
+    /// Its labels (fixed for a container's life).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Endpoint {

@@ -43,6 +43,9 @@ pub enum OptionError {
     /// A published port we cannot map.
     #[error("invalid port mapping: {0}")]
     InvalidPort(String),
+    /// A bad `qos.*` option.
+    #[error(transparent)]
+    Qos(#[from] crate::qos::QosError),
     /// A Join's SandboxKey that is not a namespace file's path.
     #[error("invalid SandboxKey {0:?}: must be the absolute path of a network namespace file, without '..'")]
     InvalidSandboxKey(String),
@@ -64,6 +67,8 @@ pub struct NetworkOptions {
     pub nat: bool,
     /// `parent=<nic>` (flat, vlan): the uplink interface.
     pub parent: Option<String>,
+    /// `qos.*`: the QoS of every endpoint on the network.
+    pub qos: crate::qos::QosSpec,
 }
 
 /// Keys every mode accepts.
@@ -88,7 +93,11 @@ pub fn network_options(
         Mode::Vlan => valid.extend(["vni", "parent"]),
         Mode::Flat => valid.push("parent"),
     }
-    if let Some(key) = generic.keys().find(|k| !valid.contains(&k.as_str())) {
+    let qos = crate::qos::spec(generic, "qos.")?;
+    if let Some(key) = generic
+        .keys()
+        .find(|k| !valid.contains(&k.as_str()) && !k.starts_with("qos."))
+    {
         return Err(OptionError::UnknownOption {
             key: key.clone(),
             mode,
@@ -132,6 +141,7 @@ pub fn network_options(
         vni,
         nat,
         parent,
+        qos,
     })
 }
 

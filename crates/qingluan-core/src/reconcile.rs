@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use qingluan_dataplane::netfilter::Firewall;
 use qingluan_dataplane::netlink::Links;
-use qingluan_dataplane::openflow::{Flow, FlowProgrammer};
+use qingluan_dataplane::openflow::{Flow, FlowProgrammer, Meter};
 use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -60,6 +60,9 @@ pub struct Report {
     pub firewall_changed: bool,
 }
 
+/// A bridge's flow table and meters.
+type Programmed = (Vec<Flow>, Vec<Meter>);
+
 /// Time spent per reconcile step, for the debug log.
 struct Lap(Vec<String>, std::time::Instant);
 
@@ -80,8 +83,8 @@ pub struct Reconciler {
     owner: String,
     /// Link name prefix of endpoint host veths.
     veth_prefix: String,
-    /// Flows this process last installed per bridge.
-    installed_flows: Mutex<BTreeMap<String, Vec<Flow>>>,
+    /// Flows and meters this process last installed per bridge.
+    installed_flows: Mutex<BTreeMap<String, Programmed>>,
     /// The sentinel cookie of each bridge whose flows are installed, for the flow audit.
     sentinels: std::sync::Mutex<BTreeMap<String, u64>>,
     /// Which bridge the flow audit asks next.
@@ -309,13 +312,15 @@ impl Pass<'_> {
             let mut installed = r.installed_flows.lock().await;
             installed.retain(|b, _| d.flows.contains_key(b));
             for (bridge, flows) in &d.flows {
-                if !full && installed.get(bridge) == Some(flows) {
+                let meters = d.meters.get(bridge).cloned().unwrap_or_default();
+                let want = (flows.clone(), meters);
+                if !full && installed.get(bridge) == Some(&want) {
                     continue;
                 }
-                match a.flows.replace_flows(bridge, flows).await {
+                match program(&*a.flows, bridge, &want.0, &want.1).await {
                     Ok(()) => {
                         replaced += 1;
-                        installed.insert(bridge.clone(), flows.clone());
+                        installed.insert(bridge.clone(), want);
                     }
                     Err(e) => {
                         installed.remove(bridge);
@@ -374,6 +379,25 @@ impl Pass<'_> {
             Err(ReconcileError(errs))
         }
     }
+}
+
+/// Programs a bridge: meters that are missing or differ first (flows may use them), then
+/// the flow table, then the meters nobody uses any more are deleted.
+async fn program(
+    of: &dyn FlowProgrammer,
+    bridge: &str,
+    flows: &[Flow],
+    meters: &[Meter],
+) -> Result<(), qingluan_dataplane::openflow::FlowError> {
+    let have = of.meters(bridge).await?;
+    for m in meters.iter().filter(|m| !have.contains(m)) {
+        of.set_meter(bridge, *m).await?;
+    }
+    of.replace_flows(bridge, flows).await?;
+    for m in have.iter().filter(|h| !meters.iter().any(|m| m.id == h.id)) {
+        of.delete_meter(bridge, m.id).await?;
+    }
+    Ok(())
 }
 
 /// The interfaces enslaved to uplink bridges of the userspace datapath. They are guarded

@@ -5,12 +5,14 @@
 //! |---|---|
 //! | [`Network`] | `networks/<network id>` |
 //! | [`Endpoint`] | `endpoints/<endpoint id>` |
+//! | [`QosOverride`] | `qos/<network id>/network`, `qos/<network id>/container/<id>`, `qos/<network id>/endpoint/<id>` |
 
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::model::{Endpoint, Network};
+use crate::qos::QosOverride;
 
 /// A record stored under `<PREFIX><id>`.
 pub trait Record: Serialize + DeserializeOwned {
@@ -29,6 +31,13 @@ impl Record for Network {
 
 impl Record for Endpoint {
     const PREFIX: &'static str = "endpoints/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for QosOverride {
+    const PREFIX: &'static str = "qos/";
     fn id(&self) -> &str {
         &self.id
     }

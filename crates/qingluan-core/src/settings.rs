@@ -38,6 +38,8 @@ pub struct Settings {
     /// sFlow and IPFIX export of every bridge that holds containers (not the uplink
     /// bridge, which would report each packet again as underlay traffic).
     pub flow_export: qingluan_dataplane::ovsdb::FlowExport,
+    /// Traffic scheduling: the DSCP mark of each priority class.
+    pub qos: crate::qos::QosSettings,
 }
 
 /// IPAM settings: default pools and the pool used when none is named.
@@ -77,6 +79,7 @@ impl Default for Settings {
             underlay_ip: None,
             uplink: None,
             flow_export: Default::default(),
+            qos: Default::default(),
         }
     }
 }

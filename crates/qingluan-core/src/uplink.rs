@@ -109,6 +109,7 @@ pub async fn plan(
         external_ids: port_ids,
         mtu_request: None,
         mac: None,
+        qos: None,
         options: Default::default(),
     };
     Ok((bridge, port))

@@ -11,6 +11,7 @@ use qingluan_core::desired::{ClusterView, HostFacts};
 use qingluan_core::model::{self, Endpoint, Mac, Mode, Network, PortMapping, Proto};
 use qingluan_core::modes;
 use qingluan_core::pipeline::RemoteEndpoint;
+use qingluan_core::qos::{Priority, QosSpec, Rate};
 use qingluan_core::settings::Settings;
 use qingluan_dataplane::netfilter::render_script;
 
@@ -53,6 +54,7 @@ fn net(id: &str, mode: Mode, subnet: &str) -> Network {
         cluster,
         gateway_port: None,
         uplink,
+        qos: Default::default(),
     }
 }
 
@@ -73,6 +75,8 @@ fn ep(id: &str, net: &Network, host: u8) -> Endpoint {
         sandbox: None,
         created: 0,
         conflict: None,
+        qos: Default::default(),
+        container: None,
     }
 }
 
@@ -95,7 +99,14 @@ fn table(n: Network) -> String {
             port: 53,
         },
     ];
-    let eps = [first, ep("c3", &n, 3)];
+    let mut limited = ep("c3", &n, 3);
+    limited.qos = QosSpec {
+        egress: Some(Rate(10_000_000)),
+        ingress: Some(Rate(20_000_000)),
+        priority: Some(Priority::High),
+        ..Default::default()
+    };
+    let eps = [first, limited];
     let mut view = ClusterView::new();
     if let Some(key) = n.cluster.clone().filter(|_| n.mode == Mode::Vxlan) {
         let ip = Ipv4Addr::from(u32::from(n.subnet.network()) + 9);
@@ -117,7 +128,7 @@ fn table(n: Network) -> String {
         datapath: "netdev".into(),
         userspace_tso: true,
     };
-    let d = modes::build(&settings, &facts, &[n], &eps, &view);
+    let d = modes::build(&settings, &facts, &[n], &eps, &view, &Default::default());
     let mut out = String::new();
     for (bridge, flows) in &d.flows {
         out.push_str(&format!("# {bridge}\n"));
@@ -125,6 +136,17 @@ fn table(n: Network) -> String {
             out.push_str(&f.render());
             out.push('\n');
         }
+    }
+    for (bridge, meters) in &d.meters {
+        for m in meters {
+            out.push_str(&format!(
+                "# {bridge} meter={} kbps rate={} burst_size={}\n",
+                m.id, m.rate_kbps, m.burst_kbits
+            ));
+        }
+    }
+    for p in d.ports.iter().filter(|p| p.qos.is_some()) {
+        out.push_str(&format!("# {} qos {:?}\n", p.name, p.qos.as_ref().unwrap()));
     }
     out.push_str("# netfilter\n");
     out.push_str(&render_script(&d.firewall.ruleset()).0);

@@ -31,6 +31,7 @@ fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
         cluster: None,
         gateway_port: None,
         uplink: None,
+        qos: Default::default(),
     }
 }
 
@@ -51,6 +52,8 @@ fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
         sandbox: None,
         created: 0,
         conflict: None,
+        qos: Default::default(),
+        container: None,
     }
 }
 
@@ -76,6 +79,7 @@ fn nat_network_plan() {
         &facts(),
         std::slice::from_ref(&n),
         std::slice::from_ref(&e),
+        &Default::default(),
         &Default::default(),
     );
     assert_eq!(d.bridges.len(), 1);
@@ -118,6 +122,7 @@ fn nonat_and_internal_have_no_way_out() {
         &facts(),
         &[a, b],
         &[],
+        &Default::default(),
         &Default::default(),
     );
     assert!(d.firewall.segments.iter().all(|s| !s.external));
@@ -164,6 +169,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             std::slice::from_ref(&n),
             &[e1.clone(), e2.clone()],
             &Default::default(),
+            &Default::default(),
         );
         let first = r.begin().await.unwrap().sync(&d, false).await.unwrap();
         assert_eq!(first.veths_created, 2);
@@ -183,6 +189,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             std::slice::from_ref(&n),
             std::slice::from_ref(&e1),
             &Default::default(),
+            &Default::default(),
         );
         let third = r.begin().await.unwrap().sync(&d2, false).await.unwrap();
         assert_eq!(third.veths_deleted, 1);
@@ -195,6 +202,7 @@ fn reconcile_converges_and_then_changes_nothing() {
             &facts(),
             &[],
             &[],
+            &Default::default(),
             &Default::default(),
         );
         r.begin().await.unwrap().sync(&empty, false).await.unwrap();
@@ -235,7 +243,14 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         underlay_ip: Some("10.213.0.1".parse().unwrap()),
         ..Settings::default()
     };
-    let d = modes::build(&settings, &facts(), &[a, b], &[ea, eb], &view);
+    let d = modes::build(
+        &settings,
+        &facts(),
+        &[a, b],
+        &[ea, eb],
+        &view,
+        &Default::default(),
+    );
 
     // One overlay bridge and one tunnel port, however many networks.
     assert_eq!(d.bridges.len(), 1);
@@ -271,7 +286,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         .find(|f| f.contains("reg0=1,tun_id=5002,dl_dst=01:00:00:00:00:00"))
         .unwrap();
     assert!(!bum5002.contains("tun_dst"), "{bum5002}");
-    assert!(has("in_port=qlovt,actions=goto_table:5"));
+    assert!(has("in_port=qlovt,actions=goto_table:10"));
     assert_eq!(d.sentinels.len(), 2, "the overlay and the uplink bridge");
 }
 
@@ -297,6 +312,7 @@ fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
         std::slice::from_ref(&n),
         &[e],
         &Default::default(),
+        &Default::default(),
     );
 
     // An internal port of the overlay bridge with a MAC derived from the gateway address,
@@ -321,7 +337,7 @@ fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
     // The gateway's frames are local-only (reg0 stays 0); ARP for it is answered here;
     // frames for its MAC come only from local containers.
     assert!(has(&format!(
-        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:5"
+        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:10"
     )));
     assert!(has("reg0=1,tun_id=5100,arp,arp_op=1,arp_tpa=10.51.0.1"));
     assert!(has(&format!(
@@ -361,6 +377,7 @@ fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
         &[flat.clone(), v10.clone(), v20],
         &eps,
         &Default::default(),
+        &Default::default(),
     );
 
     // One uplink bridge for the interface, no bridge of their own, nothing on the host side.
@@ -385,11 +402,11 @@ fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
     assert_eq!(tags, [Some(0), Some(10), Some(20)]);
     assert!(d.ports.iter().all(|p| p.bridge == "qlul"));
 
-    // Anti-spoofing, then NORMAL; the base flow switches everything else.
+    // Anti-spoofing, then QOS and NORMAL; the base flow switches everything else.
     let flows: Vec<String> = d.flows["qlul"].iter().map(|f| f.render()).collect();
     let port = eps[0].host_veth();
     assert!(flows.iter().any(|f| f.contains(&format!(
-        "in_port={port},dl_src=02:42:c0:a8:9f:82,ip,nw_src=192.168.159.130,actions=NORMAL"
+        "in_port={port},dl_src=02:42:c0:a8:9f:82,ip,nw_src=192.168.159.130,actions=goto_table:5"
     ))));
     assert!(flows.iter().any(|f| f.starts_with("table=0,priority=90,")
         && f.ends_with(&format!("in_port={port},actions=drop"))));

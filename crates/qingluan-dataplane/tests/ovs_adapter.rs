@@ -282,7 +282,16 @@ async fn port_qos_round_trips_and_leaves_nothing() {
     assert_eq!((count("QoS"), count("Queue")), (1, 1));
     let qdisc = || {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &ovs.netns(), "tc", "class", "show", "dev", "qltq1"])
+            .args([
+                "netns",
+                "exec",
+                &ovs.netns(),
+                "tc",
+                "class",
+                "show",
+                "dev",
+                "qltq1",
+            ])
             .output()
             .expect("tc");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -298,7 +307,10 @@ async fn port_qos_round_trips_and_leaves_nothing() {
     let mut same = p.clone();
     same.external_ids.insert("x".into(), "1".into());
     a.apply(&[OvsOp::UpdatePort(same)]).await.unwrap();
-    assert_eq!(ovs.vsctl(&["--bare", "--columns=_uuid", "list", "QoS"]), before);
+    assert_eq!(
+        ovs.vsctl(&["--bare", "--columns=_uuid", "list", "QoS"]),
+        before
+    );
     p.qos = Some(shaped(5_000_000, None));
     a.apply(&[OvsOp::UpdatePort(p.clone())]).await.unwrap();
     assert_eq!(read(a.snapshot().await.unwrap())[0], p.qos);
@@ -790,13 +802,7 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
     );
     assert_eq!(of.meters("qltbr1").await.unwrap(), vec![meter(20_000)]);
     let metered = vec![
-        flow(
-            0,
-            6,
-            0,
-            vec![],
-            vec![Action::Meter(7), Action::Normal],
-        ),
+        flow(0, 6, 0, vec![], vec![Action::Meter(7), Action::Normal]),
         flow(
             0,
             7,

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use qingluan_core::qos::QosSettings;
 use qingluan_core::settings::{IpamSettings, Settings};
 use qingluan_dataplane::ovsdb::{Collector, FlowExport};
 use serde::Deserialize;
@@ -25,6 +26,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[monitoring]`: the Prometheus endpoint and flow export.
     pub monitoring: MonitoringConfig,
+    /// `[qos]`: traffic scheduling.
+    pub qos: QosSettings,
 }
 
 /// `[monitoring]`.
@@ -299,6 +302,7 @@ impl Config {
         }
         self.monitoring.listen_addr()?;
         self.monitoring.flow_export()?;
+        self.qos.check().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -314,6 +318,7 @@ impl Config {
             underlay_ip: self.cluster.underlay_ip,
             uplink: self.network.uplink.clone(),
             flow_export: self.monitoring.flow_export().unwrap_or_default(),
+            qos: self.qos.clone(),
         }
     }
 }

@@ -15,13 +15,15 @@ pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
 
 use std::collections::BTreeMap;
 
+use qingluan_dataplane::openflow::Meter;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
 use crate::desired::{ClusterView, Desired, GatewayPort, HostFacts, Nic, UplinkWant, Veth};
 use crate::desired::{ENDPOINT, MODE, NETWORK, OWNER};
 use crate::model::{Endpoint, Mode, Network};
-use crate::pipeline;
+use crate::pipeline::{self, Action, Stage};
 use crate::policy::{Dnat, Policy, Segment};
+use crate::qos::{self, QosSpec, Shaping};
 use crate::settings::Settings;
 
 /// What Join returns for an endpoint.
@@ -142,13 +144,16 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             .to_vec(),
         flow_export: ctx.settings.flow_export.clone(),
     });
-    attach(ctx, net, &bridge, eps, None, ctx.facts.needs_tx_off(), out);
+    let then = [Action::Goto(Stage::L2Forward)];
+    attach(ctx, net, &bridge, eps, None, &then, out);
     let segment = pipeline::SegmentBridge {
         net,
         endpoints: eps,
     };
     out.flows
-        .insert(bridge.clone(), pipeline::collect(&[&segment]));
+        .entry(bridge.clone())
+        .or_default()
+        .extend(pipeline::collect(&[&segment]));
     out.sentinels.insert(bridge, segment.sentinel());
 }
 
@@ -166,15 +171,7 @@ pub(crate) fn on_uplink(ctx: &Ctx, net: &Network, eps: &[&Endpoint], tag: u16, o
         nic: Nic::Named(nic.clone()),
         datapath: ctx.facts.datapath.clone(),
     });
-    attach(
-        ctx,
-        net,
-        &bridge,
-        eps,
-        Some(tag),
-        ctx.facts.needs_tx_off(),
-        out,
-    );
+    attach(ctx, net, &bridge, eps, Some(tag), &[Action::Normal], out);
     out.flows
         .entry(bridge)
         .or_default()
@@ -194,17 +191,44 @@ pub(crate) fn physical_join(net: &Network, ep: &Endpoint) -> JoinInfo {
 }
 
 /// Each endpoint's veth pair, its host end as a port of `bridge` (an access port of VLAN
-/// `tag` when given), guarded against the veth bypass on the userspace datapath.
+/// `tag` when given), guarded against the veth bypass on the userspace datapath; and its
+/// QoS: the port's shaping (ingress), and its meter and mark (egress) in the `QOS` stage,
+/// after which its traffic goes on with `then`.
 pub(crate) fn attach(
     ctx: &Ctx,
     net: &Network,
     bridge: &str,
     eps: &[&Endpoint],
     tag: Option<u16>,
-    tx_off: bool,
+    then: &[Action],
     out: &mut Desired,
 ) {
+    // Checksum offload off where OVS cannot finish it: on the userspace datapath without
+    // TSO, and for tunnelled packets on it always.
+    let tx_off = match net.mode {
+        Mode::Vxlan => ctx.facts.datapath == "netdev",
+        _ => ctx.facts.needs_tx_off(),
+    };
+    let mut marked = Vec::new();
     for ep in eps {
+        let shaping = ctx.qos.get(&ep.id);
+        if let Some(s) = shaping.filter(|s| s.meter.is_some() || s.dscp.is_some()) {
+            if let Some((id, (rate_kbps, burst_kbits))) = s.meter_id.zip(s.meter) {
+                out.meters
+                    .entry(bridge.to_string())
+                    .or_default()
+                    .push(Meter {
+                        id,
+                        rate_kbps,
+                        burst_kbits,
+                    });
+            }
+            marked.push(pipeline::qos::Marked {
+                endpoint: ep,
+                meter: s.meter_id,
+                dscp: s.dscp,
+            });
+        }
         out.ports.push(PortSpec {
             bridge: bridge.to_string(),
             name: ep.host_veth(),
@@ -213,6 +237,7 @@ pub(crate) fn attach(
             external_ids: ctx.ids(net, Some(ep)),
             mtu_request: None,
             mac: None,
+            qos: shaping.and_then(|s| s.port.clone()),
             options: Default::default(),
         });
         out.veths.push(Veth {
@@ -227,16 +252,78 @@ pub(crate) fn attach(
             out.firewall.guards.push(ep.host_veth());
         }
     }
+    let qos = pipeline::EndpointQos {
+        endpoints: &marked,
+        then,
+    };
+    out.flows
+        .entry(bridge.to_string())
+        .or_default()
+        .extend(pipeline::collect(&[&qos]));
 }
 
-/// Computes the desired dataplane.
+/// An endpoint's QoS as the dataplane applies it, with its meter's ID on its bridge.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointShaping {
+    /// Meter, mark and port shaping.
+    pub shaping: Shaping,
+    /// The ID of its meter, when it has one.
+    pub meter_id: Option<u32>,
+}
+
+impl std::ops::Deref for EndpointShaping {
+    type Target = Shaping;
+    fn deref(&self) -> &Shaping {
+        &self.shaping
+    }
+}
+
+/// Every endpoint's shaping. Meter IDs are the first 8 hex digits of the endpoint ID,
+/// probed upwards past IDs another endpoint of the same bridge took (in endpoint ID order,
+/// so the choice is stable).
+fn shapings(
+    settings: &Settings,
+    networks: &[Network],
+    endpoints: &[Endpoint],
+    overrides: &BTreeMap<String, QosSpec>,
+) -> BTreeMap<String, EndpointShaping> {
+    let mut out = BTreeMap::new();
+    let mut taken: BTreeMap<String, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    let mut eps: Vec<&Endpoint> = endpoints.iter().collect();
+    eps.sort_by(|a, b| a.id.cmp(&b.id));
+    let nets: BTreeMap<&str, &Network> = networks.iter().map(|n| (n.id.as_str(), n)).collect();
+    for ep in eps {
+        let Some(net) = nets.get(ep.network_id.as_str()) else {
+            continue;
+        };
+        let shaping = qos::of_endpoint(net, ep, overrides).shaping(&settings.qos);
+        let meter_id = shaping.meter.map(|_| {
+            let used = taken.entry(net.bridge()).or_default();
+            let mut id = u32::from_str_radix(crate::model::head(&ep.id, 8), 16).unwrap_or(0);
+            id = id % MAX_METER + 1;
+            while !used.insert(id) {
+                id = id % MAX_METER + 1;
+            }
+            id
+        });
+        out.insert(ep.id.clone(), EndpointShaping { shaping, meter_id });
+    }
+    out
+}
+
+/// The largest meter ID OpenFlow allows.
+const MAX_METER: u32 = 0xffff_0000;
+
+/// Computes the desired dataplane; `overrides` are the `qingluan qos set` overrides by ID.
 pub fn build(
     settings: &Settings,
     facts: &HostFacts,
     networks: &[Network],
     endpoints: &[Endpoint],
     view: &ClusterView,
+    overrides: &BTreeMap<String, QosSpec>,
 ) -> Desired {
+    let qos = shapings(settings, networks, endpoints, overrides);
     let mut d = Desired {
         firewall: Policy {
             name: settings.name.clone(),
@@ -255,6 +342,7 @@ pub fn build(
                 settings,
                 facts,
                 view,
+                qos: &qos,
             },
             net,
             &eps,
@@ -288,6 +376,8 @@ pub struct Ctx<'a> {
     pub facts: &'a HostFacts,
     /// Other hosts' endpoints on overlay networks.
     pub view: &'a ClusterView,
+    /// Every endpoint's QoS, by endpoint ID.
+    pub qos: &'a BTreeMap<String, EndpointShaping>,
 }
 
 impl Ctx<'_> {

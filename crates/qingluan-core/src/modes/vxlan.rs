@@ -107,7 +107,7 @@ impl ModeDriver for Vxlan {
             &bridge,
             eps,
             None,
-            ctx.facts.datapath == "netdev",
+            &[pipeline::Action::Goto(pipeline::Stage::ArpRespond)],
             out,
         );
         let gw = net

@@ -7,8 +7,9 @@
 //! | stage          | table | what it does                                                 |
 //! |----------------|-------|--------------------------------------------------------------|
 //! | `CLASSIFY`     | 0     | admits frames by source port, MAC and address (the spoof guard) and tags overlay frames with their VNI |
-//! | `ARP_RESPOND`  | 5     | answers ARP requests of local overlay containers on the spot  |
-//! | `L2_FORWARD`   | 10    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
+//! | `QOS`          | 5     | an admitted container's egress meter and DSCP mark            |
+//! | `ARP_RESPOND`  | 10    | answers ARP requests of local overlay containers on the spot  |
+//! | `L2_FORWARD`   | 15    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
 //!
 //! Features, each a type implementing [`FlowFeature`] in its own file (it declares the
 //! stages it writes, produces its flows and the OVS ports it needs; [`collect`] holds it to
@@ -16,7 +17,7 @@
 //! [`PhysicalPorts`] (an uplink bridge and the containers on it), on the vxlan bridge
 //! [`OverlayBase`] (its own flows and tunnel port), [`OverlayForwarding`] (admission and
 //! forwarding by VNI and MAC), [`ArpResponder`] and [`OverlayGatewayPort`] (the `nat=true`
-//! gateway).
+//! gateway), and on every bridge [`EndpointQos`] (egress meters and DSCP marks).
 //! [`spoof_guard`] is the one definition of what an endpoint may send, used by all of them.
 //!
 //! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
@@ -30,6 +31,7 @@ pub mod arp_responder;
 pub mod overlay;
 pub mod overlay_gateway;
 pub mod physical;
+pub mod qos;
 pub mod segment;
 pub mod spoof_guard;
 
@@ -45,6 +47,7 @@ pub use arp_responder::ArpResponder;
 pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint};
 pub use overlay_gateway::{OverlayGateway, OverlayGatewayPort};
 pub use physical::{PhysicalPorts, UplinkSwitch};
+pub use qos::EndpointQos;
 pub use segment::SegmentBridge;
 
 /// A pipeline stage; its table number follows from its place in [`STAGES`].
@@ -52,6 +55,8 @@ pub use segment::SegmentBridge;
 pub enum Stage {
     /// Admission by source port, MAC and address.
     Classify,
+    /// Egress meters and DSCP marks of admitted containers.
+    Qos,
     /// Local answers to ARP requests (overlay bridge).
     ArpRespond,
     /// Switching.
@@ -59,7 +64,12 @@ pub enum Stage {
 }
 
 /// Every stage, in pipeline order.
-pub const STAGES: [Stage; 3] = [Stage::Classify, Stage::ArpRespond, Stage::L2Forward];
+pub const STAGES: [Stage; 4] = [
+    Stage::Classify,
+    Stage::Qos,
+    Stage::ArpRespond,
+    Stage::L2Forward,
+];
 
 /// Table numbers between consecutive stages, room for stages to come.
 const TABLE_STEP: u8 = 5;
@@ -78,6 +88,7 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Stage::Classify => "CLASSIFY",
+            Stage::Qos => "QOS",
             Stage::ArpRespond => "ARP_RESPOND",
             Stage::L2Forward => "L2_FORWARD",
         }
@@ -97,6 +108,8 @@ pub enum Feature {
     Overlay = 0x04,
     /// An uplink bridge's own flows.
     Uplink = 0x05,
+    /// An endpoint's meter and DSCP mark.
+    Qos = 0x06,
 }
 
 /// The cookie bits that hold the [`Feature`].
@@ -200,6 +213,10 @@ pub enum Action {
     SetTunDst(IpAddr),
     /// Set register 0.
     LoadReg0(u32),
+    /// Pass through a meter (a rate limit).
+    Meter(u32),
+    /// Set the DSCP bits (the flow matches IPv4 or IPv6).
+    SetDscp(u8),
     /// Turn an ARP request into the reply that `mac` has `ip` (the ARP responder).
     ArpReply {
         /// The MAC answered.
@@ -222,6 +239,8 @@ impl Action {
             Action::SetTunId(v) => out.push(A::SetTunId(*v)),
             Action::SetTunDst(ip) => out.push(A::SetTunDst(*ip)),
             Action::LoadReg0(v) => out.push(A::LoadReg0(*v)),
+            Action::Meter(m) => out.push(A::Meter(*m)),
+            Action::SetDscp(d) => out.push(A::SetDscp(*d)),
             Action::ArpReply { mac, ip } => out.extend([
                 A::Move(H::EthSrc, H::EthDst),
                 A::SetEthSrc(mac.0),
@@ -264,10 +283,10 @@ mod tests {
     #[test]
     fn tables_follow_the_stage_order() {
         let tables: Vec<u8> = STAGES.iter().map(|s| s.table()).collect();
-        assert_eq!(tables, [0, 5, 10]);
+        assert_eq!(tables, [0, 5, 10, 15]);
         assert_eq!(
             STAGES.map(Stage::name),
-            ["CLASSIFY", "ARP_RESPOND", "L2_FORWARD"]
+            ["CLASSIFY", "QOS", "ARP_RESPOND", "L2_FORWARD"]
         );
     }
 
@@ -320,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             f.render(),
-            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:10"
+            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:15"
         );
     }
 }

@@ -76,6 +76,13 @@ impl FlowFeature for OverlayBase<'_> {
                 &[Action::Goto(Stage::ArpRespond)],
             ),
             flow(
+                Stage::Qos,
+                0,
+                c,
+                Match::any(),
+                &[Action::Goto(Stage::ArpRespond)],
+            ),
+            flow(
                 Stage::ArpRespond,
                 0,
                 c,
@@ -87,7 +94,7 @@ impl FlowFeature for OverlayBase<'_> {
     }
 
     /// One flow-based VXLAN port (`remote_ip=flow`, `key=flow`, UDP 4789) for every VNI and
-    /// every other host.
+    /// every other host; `tos=inherit`, so the outer header carries the inner DSCP mark.
     fn ports(&self) -> Vec<PortSpec> {
         vec![PortSpec {
             bridge: self.bridge.into(),
@@ -97,9 +104,11 @@ impl FlowFeature for OverlayBase<'_> {
             external_ids: self.ids.clone(),
             mtu_request: None,
             mac: None,
+            qos: None,
             options: BTreeMap::from([
                 ("remote_ip".to_string(), "flow".to_string()),
                 ("key".to_string(), "flow".to_string()),
+                ("tos".to_string(), "inherit".to_string()),
             ]),
         }]
     }
@@ -138,7 +147,7 @@ impl FlowFeature for OverlayForwarding<'_> {
         let admit = [
             Action::SetTunId(vni),
             Action::LoadReg0(1),
-            Action::Goto(Stage::ArpRespond),
+            Action::Goto(Stage::Qos),
         ];
         let mut out = Vec::new();
         for ep in self.endpoints {

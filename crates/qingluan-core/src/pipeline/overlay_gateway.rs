@@ -84,6 +84,7 @@ impl FlowFeature for OverlayGatewayPort<'_> {
             mtu_request: None,
             options: Default::default(),
             mac: Some(self.gateway.mac.to_string()),
+            qos: None,
         }]
     }
 }

@@ -2,7 +2,7 @@
 //! whatever no other flow claims is switched (`NORMAL`), which respects each port's VLAN —
 //! the interface and the host's internal port are trunks, flat containers' ports access
 //! VLAN 0 (untagged), vlan containers' ports their VLAN ID. A container's port passes only
-//! what the spoof guard admits; anything else from it is dropped.
+//! what the spoof guard admits, through `QOS`; anything else from it is dropped.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -25,17 +25,15 @@ impl FlowFeature for UplinkSwitch {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Classify]
+        &[Stage::Classify, Stage::Qos]
     }
 
     fn flows(&self) -> Vec<Flow> {
-        vec![flow(
-            Stage::Classify,
-            0,
-            Cookie::bridge(Feature::Uplink),
-            Match::any(),
-            &[Action::Normal],
-        )]
+        let c = Cookie::bridge(Feature::Uplink);
+        vec![
+            flow(Stage::Classify, 0, c, Match::any(), &[Action::Normal]),
+            flow(Stage::Qos, 0, c, Match::any(), &[Action::Normal]),
+        ]
     }
 }
 
@@ -64,7 +62,13 @@ fn physical_flows(endpoints: &[&Endpoint]) -> Vec<Flow> {
     for ep in endpoints {
         let c = Cookie::of(Feature::Endpoint, &ep.id);
         for m in spoof_guard::admitted(ep) {
-            out.push(flow(Stage::Classify, 100, c, m, &[Action::Normal]));
+            out.push(flow(
+                Stage::Classify,
+                100,
+                c,
+                m,
+                &[Action::Goto(Stage::Qos)],
+            ));
         }
         out.push(spoof_guard::refusal(ep));
     }

@@ -1,5 +1,6 @@
 //! A nat or nonat network's own bridge: the gateway (LOCAL) port and each endpoint, as the
-//! spoof guard admits it, go on to a `NORMAL` switch; anything else is dropped.
+//! spoof guard admits it, go on to a `NORMAL` switch (endpoints through `QOS`); anything
+//! else is dropped.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -29,7 +30,7 @@ impl FlowFeature for SegmentBridge<'_> {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Classify, Stage::L2Forward]
+        &[Stage::Classify, Stage::Qos, Stage::L2Forward]
     }
 
     fn flows(&self) -> Vec<Flow> {
@@ -49,12 +50,19 @@ fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
             Match::any().and(Field::InPort(Port::Local)),
             &forward,
         ),
+        flow(Stage::Qos, 0, base, Match::any(), &forward),
         flow(Stage::L2Forward, 0, base, Match::any(), &[Action::Normal]),
     ];
     for ep in endpoints {
         let c = Cookie::of(Feature::Endpoint, &ep.id);
         for m in spoof_guard::admitted(ep) {
-            out.push(flow(Stage::Classify, 100, c, m, &forward));
+            out.push(flow(
+                Stage::Classify,
+                100,
+                c,
+                m,
+                &[Action::Goto(Stage::Qos)],
+            ));
         }
         out.push(spoof_guard::refusal(ep));
     }

@@ -11,7 +11,7 @@ use crate::cluster;
 use crate::ipam::IpamError;
 use crate::model::{self, Endpoint, Mac, Network};
 use crate::modes::{self, JoinInfo};
-use crate::options::{self, RawPort};
+use crate::options::{self, OptionError, RawPort};
 use crate::records;
 
 handle! {
@@ -23,11 +23,13 @@ impl Endpoints {
     /// CreateEndpoint; returns the MAC to report when Docker sent none.
     pub async fn create(&self, req: CreateEndpoint) -> Result<Option<Mac>, ServiceError> {
         let net = self.network(&req.network_id).await?;
-        if let Some(k) = req.driver_opts.keys().next() {
+        if let Some(k) = req.driver_opts.keys().find(|k| !k.starts_with("qos.")) {
             return Err(ServiceError::Invalid(format!(
-                "unknown endpoint option {k:?} (qingluan takes no --driver-opt yet)"
+                "unknown endpoint option {k:?} (--driver-opt takes {})",
+                crate::qos::KEYS.map(|k| format!("qos.{k}")).join(", ")
             )));
         }
+        let qos = crate::qos::spec(&req.driver_opts, "qos.").map_err(OptionError::from)?;
         let address: Ipv4Net = req.address.parse().map_err(|_| {
             ServiceError::Invalid(format!("missing or bad IPv4 address {:?}", req.address))
         })?;
@@ -74,6 +76,8 @@ impl Endpoints {
             sandbox: None,
             created: model::now(),
             conflict: None,
+            qos,
+            container: None,
         };
         let _g = self.lock.lock().await;
         let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));

@@ -8,8 +8,9 @@
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
-//! (`publishing.rs`, with the one rule for `-p`), [`Collector`] (`collector.rs`) and the
-//! [`ClusterAgent`] (`agent.rs`). [`Driver`] bundles them. `stats.rs` reads the endpoints'
+//! (`publishing.rs`, with the one rule for `-p`), [`Qos`] (`qos.rs`, `qingluan qos` and the
+//! containers of endpoints), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
+//! (`agent.rs`). [`Driver`] bundles them. `stats.rs` reads the endpoints'
 //! traffic counters.
 
 /// Declares a handle over the shared [`State`]: a cheap clone that reads the state through
@@ -42,6 +43,7 @@ mod collector;
 mod endpoints;
 mod networks;
 mod publishing;
+mod qos;
 mod stats;
 
 pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
@@ -49,6 +51,7 @@ pub use collector::Collector;
 pub use endpoints::Endpoints;
 pub use networks::Networks;
 pub use publishing::Publishing;
+pub use qos::{OverrideRow, Qos, QosList, QosRow};
 pub use stats::{Counters, EndpointStats};
 
 use std::collections::BTreeMap;
@@ -63,6 +66,7 @@ use crate::desired::{self, Desired, HostFacts};
 use crate::ipam::{Ipam, IpamError};
 use crate::model::{Endpoint, Network};
 use crate::options::{OptionError, RawPort};
+use crate::qos::{QosOverride, QosSpec};
 use crate::reconcile::{Pass, ReconcileError, Reconciler, Report};
 use crate::records;
 use crate::settings::Settings;
@@ -194,6 +198,8 @@ pub struct Driver {
     pub endpoints: Endpoints,
     /// ProgramExternalConnectivity, RevokeExternalConnectivity.
     pub publishing: Publishing,
+    /// QoS overrides and the containers of endpoints.
+    pub qos: Qos,
     /// Clean-up of what Docker forgot or a crash left.
     pub collector: Collector,
     /// The cluster agent.
@@ -215,6 +221,7 @@ impl Driver {
             networks: Networks::new(s.clone()),
             endpoints: Endpoints::new(s.clone()),
             publishing: Publishing::new(s.clone()),
+            qos: Qos::new(s.clone()),
             collector: Collector::new(s.clone()),
             agent: ClusterAgent::new(s.clone()),
             state: s,
@@ -345,6 +352,15 @@ impl State {
         Ok(records::list(&*self.store).await?)
     }
 
+    /// Every `qingluan qos set` override, by ID.
+    pub async fn qos_overrides(&self) -> Result<BTreeMap<String, QosSpec>, ServiceError> {
+        Ok(records::list::<QosOverride>(&*self.store)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o.spec))
+            .collect())
+    }
+
     pub(crate) async fn network(&self, id: &str) -> Result<Network, ServiceError> {
         records::get(&*self.store, id)
             .await?
@@ -365,6 +381,7 @@ impl State {
         let nets = self.networks().await?;
         let mut eps = self.endpoints().await?;
         eps.retain(|e| !e.joined || pass.has_veth(&e.veth));
+        let overrides = self.qos_overrides().await?;
         let view = self.view.read().await;
         Ok(crate::modes::build(
             &self.settings,
@@ -372,6 +389,7 @@ impl State {
             &nets,
             &eps,
             &view,
+            &overrides,
         ))
     }
 

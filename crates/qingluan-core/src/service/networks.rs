@@ -8,6 +8,7 @@ use super::{short, CreateNetwork, ServiceError, VXLAN_OVERHEAD};
 use crate::cluster::{self, ClusterNetwork};
 use crate::ipam::IpamError;
 use crate::model::{self, Endpoint, Mode, Network};
+use crate::qos::QosOverride;
 use crate::{modes, options, records};
 
 handle! {
@@ -95,6 +96,7 @@ impl Networks {
                 .nat
                 .then(|| model::bridge_name(&self.settings.prefix, &req.id)),
             uplink,
+            qos: opts.qos.clone(),
         };
         let _g = self.lock.lock().await;
         if let Some(have) = records::get::<Network>(&*self.store, &net.id).await? {
@@ -233,7 +235,7 @@ impl Networks {
         Ok(cluster::declare(&*self.cluster, &def, &self.host, &net.id).await?)
     }
 
-    /// DeleteNetwork: the network and any endpoint left on it.
+    /// DeleteNetwork: the network, any endpoint left on it and its QoS overrides.
     pub async fn delete(&self, id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
         let Some(net) = records::get::<Network>(&*self.store, id).await? else {
@@ -251,6 +253,15 @@ impl Networks {
         {
             ops.push(records::delete::<Endpoint>(&ep.id));
             undo.push(records::put(&ep));
+        }
+        let prefix = format!("{id}/");
+        for o in records::list::<QosOverride>(&*self.store)
+            .await?
+            .into_iter()
+            .filter(|o| o.id.starts_with(&prefix))
+        {
+            ops.push(records::delete::<QosOverride>(&o.id));
+            undo.push(records::put(&o));
         }
         self.commit(ops.clone(), undo.clone()).await?;
         if let Some(k) = &net.cluster {

@@ -588,7 +588,11 @@ pub fn meter_config_request() -> Vec<u8> {
 pub fn parse_meter_config(mut b: &[u8]) -> Result<Vec<Meter>, String> {
     let mut out = Vec::new();
     while !b.is_empty() {
-        let len = if b.len() >= 8 { u16_at(b, 0) as usize } else { 0 };
+        let len = if b.len() >= 8 {
+            u16_at(b, 0) as usize
+        } else {
+            0
+        };
         if len < 8 || len > b.len() {
             return Err(format!("meter config of length {len}"));
         }

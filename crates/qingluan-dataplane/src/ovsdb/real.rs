@@ -143,7 +143,13 @@ impl OvsdbOvs {
         if let Some(ex) = self.replica.read(|rows: &Rows| {
             let root = rows.root()?.0.clone();
             let t = |name| rows.table(name).unwrap_or(&empty);
-            Some(existing_of(root, t("Bridge"), t("Port"), t("QoS"), t("Queue")))
+            Some(existing_of(
+                root,
+                t("Bridge"),
+                t("Port"),
+                t("QoS"),
+                t("Queue"),
+            ))
         }) {
             return ex.ok_or(OvsdbError::NoRoot);
         }
@@ -331,12 +337,15 @@ fn existing_of(
     ex
 }
 
-/// The shaping of port row `p`, and the QoS and Queue rows (table, uuid) that hold it.
+/// The QoS and Queue rows (table, uuid) that hold a port's shaping.
+type QosRows = Vec<(&'static str, String)>;
+
+/// The shaping of port row `p`, and the rows that hold it.
 fn qos_of(
     p: &Value,
     qos: &BTreeMap<String, Value>,
     queues: &BTreeMap<String, Value>,
-) -> (Option<PortQos>, Vec<(&'static str, String)>) {
+) -> (Option<PortQos>, QosRows) {
     let Some(qu) = set_items(&p["qos"]).first().and_then(uuid_of) else {
         return (None, Vec::new());
     };
@@ -396,22 +405,30 @@ fn insert_qos(t: &mut Plan, i: usize, p: &PortSpec, q: &PortQos) -> Value {
                 c.insert(k.to_string(), v.to_string());
             }
         }
-        t.ops.push(json!({"op": "insert", "table": "Queue", "uuid-name": name,
+        t.ops
+            .push(json!({"op": "insert", "table": "Queue", "uuid-name": name,
             "row": {"other_config": map(&c), "external_ids": map(&p.external_ids)}}));
         queues.push(json!([n, named(&name)]));
     }
     let name = format!("qos{i}");
     let c = BTreeMap::from([("max-rate".to_string(), q.max_rate.to_string())]);
-    t.ops.push(json!({"op": "insert", "table": "QoS", "uuid-name": name, "row": {
+    t.ops.push(
+        json!({"op": "insert", "table": "QoS", "uuid-name": name, "row": {
         "type": "linux-htb", "other_config": map(&c), "queues": ["map", queues],
-        "external_ids": map(&p.external_ids)}}));
+        "external_ids": map(&p.external_ids)}}),
+    );
     named(&name)
 }
 
 /// Deletes the QoS rows of port `name` (a port that keeps existing must let go of them in
 /// the same transaction: they are root rows, so a reference would fail the commit).
 fn delete_qos(t: &mut Plan, ex: &Existing, name: &str) {
-    for (table, u) in ex.qos.get(name).map(|(_, rows)| rows.as_slice()).unwrap_or(&[]) {
+    for (table, u) in ex
+        .qos
+        .get(name)
+        .map(|(_, rows)| rows.as_slice())
+        .unwrap_or(&[])
+    {
         t.ops
             .push(json!({"op": "delete", "table": table, "where": by_uuid(&uuid(u))}));
     }
@@ -507,7 +524,7 @@ struct Existing {
     /// Port name → (bridge name, uuid), LOCAL ports included.
     ports: BTreeMap<String, (String, String)>,
     /// Port name → its shaping as read back and the QoS and Queue rows holding it.
-    qos: BTreeMap<String, (Option<PortQos>, Vec<(&'static str, String)>)>,
+    qos: BTreeMap<String, (Option<PortQos>, QosRows)>,
 }
 
 impl Existing {
