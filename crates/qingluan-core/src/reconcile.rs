@@ -493,6 +493,7 @@ pub fn ovs_ops(
                     || h.tag != want.tag
                     || h.kind != want.kind
                     || h.mac != want.mac
+                    || h.qos != want.qos
                 {
                     ops.push(OvsOp::UpdatePort(want.clone()));
                 }

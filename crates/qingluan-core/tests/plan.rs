@@ -1,11 +1,13 @@
 //! Mode planning and reconcile on the recording fakes: what a nat and a nonat network look
 //! like as plain data, and that a second pass over an unchanged state changes nothing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use qingluan_core::desired::{self, HostFacts};
-use qingluan_core::model::{Endpoint, Mac, Mode, Network, PortMapping, Proto};
+use qingluan_core::model::{ContainerRef, Endpoint, Mac, Mode, Network, PortMapping, Proto};
 use qingluan_core::modes;
+use qingluan_core::qos::{self, Priority, QosSpec, Rate, Target};
 use qingluan_core::reconcile::{Adapters, Reconciler};
 use qingluan_core::settings::Settings;
 use qingluan_dataplane::netfilter::FakeFirewall;
@@ -55,6 +57,24 @@ fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
         qos: Default::default(),
         container: None,
     }
+}
+
+/// A reconciler over fresh fakes, and the fakes.
+fn reconciler() -> (Reconciler, Arc<FakeOvs>, Arc<FakeFlows>, Arc<FakeFirewall>) {
+    let ovs = Arc::new(FakeOvs::default());
+    let flows = Arc::new(FakeFlows::default());
+    let fw = Arc::new(FakeFirewall::default());
+    let r = Reconciler::new(
+        Adapters {
+            ovs: ovs.clone(),
+            flows: flows.clone(),
+            links: Arc::new(FakeLinks::default()),
+            firewall: fw.clone(),
+        },
+        "qingluan",
+        "ql",
+    );
+    (r, ovs, flows, fw)
 }
 
 fn facts() -> HostFacts {
@@ -146,20 +166,7 @@ fn reconcile_converges_and_then_changes_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let ovs = Arc::new(FakeOvs::default());
-        let flows = Arc::new(FakeFlows::default());
-        let links = Arc::new(FakeLinks::default());
-        let fw = Arc::new(FakeFirewall::default());
-        let r = Reconciler::new(
-            Adapters {
-                ovs: ovs.clone(),
-                flows: flows.clone(),
-                links: links.clone(),
-                firewall: fw.clone(),
-            },
-            "qingluan",
-            "ql",
-        );
+        let (r, ovs, _, fw) = reconciler();
         let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
         let e1 = ep("b2", &n, 2, vec![]);
         let e2 = ep("c3", &n, 3, vec![]);
@@ -208,6 +215,106 @@ fn reconcile_converges_and_then_changes_nothing() {
         r.begin().await.unwrap().sync(&empty, false).await.unwrap();
         assert!(matches!(ovs.log().last(), Some(OvsOp::DeleteBridge(_))));
         assert!(fw.current().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn qos_follows_its_sources_and_leaves_no_meter_behind() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (r, ovs, flows, _) = reconciler();
+        let mut n = net("a1", Mode::Nat, "10.240.0.0/24", false);
+        n.qos.egress = Some(Rate(100_000_000));
+        // Two endpoints whose IDs start alike: their meter IDs must still differ.
+        let mut e1 = ep("b2", &n, 2, vec![]);
+        let mut e2 = ep("b2", &n, 3, vec![]);
+        e2.id = format!("{}ff", &e2.id[..62]);
+        (e2.veth, e2.peer) = qingluan_core::model::veth_names("ql", "b2b2b2b2b2ff");
+        e1.qos.priority = Some(Priority::Low);
+        e2.container = Some(ContainerRef {
+            id: "c".repeat(64),
+            labels: [(
+                "qingluan.qos.ingress.rate".to_string(),
+                "20mbit".to_string(),
+            )]
+            .into(),
+        });
+        fn build(
+            n: &Network,
+            eps: &[Endpoint],
+            overrides: &BTreeMap<String, QosSpec>,
+        ) -> desired::Desired {
+            modes::build(
+                &Settings::default(),
+                &facts(),
+                std::slice::from_ref(n),
+                eps,
+                &Default::default(),
+                overrides,
+            )
+        }
+        let d = build(&n, &[e1.clone(), e2.clone()], &Default::default());
+        let meters = &d.meters[&n.bridge];
+        assert_eq!(meters.len(), 2);
+        assert_ne!(meters[0].id, meters[1].id, "probed past the taken ID");
+        assert!(meters.iter().all(|m| m.rate_kbps == 100_000));
+        let port = |d: &desired::Desired, e: &Endpoint| {
+            d.ports
+                .iter()
+                .find(|p| p.name == e.veth)
+                .unwrap()
+                .qos
+                .clone()
+        };
+        assert_eq!(
+            port(&d, &e2).unwrap().max_rate,
+            20_000_000,
+            "from the label"
+        );
+        assert_eq!(port(&d, &e1), None);
+        let rendered: Vec<String> = d.flows[&n.bridge].iter().map(|f| f.render()).collect();
+        assert!(
+            rendered
+                .iter()
+                .any(|f| f.contains(&format!("in_port={},ip,", e1.veth))
+                    && f.contains("set_field:8->ip_dscp")),
+            "low is marked CS1: {rendered:#?}"
+        );
+        r.begin().await.unwrap().sync(&d, false).await.unwrap();
+        assert_eq!(flows.meters.lock().unwrap()[&n.bridge].len(), 2);
+
+        // An override wins over the label and the network; without limits nothing is left.
+        let overrides = BTreeMap::from([(
+            qos::override_id(&n.id, &Target::Container("c".repeat(64))),
+            QosSpec {
+                ingress: Some(Rate(5_000_000)),
+                egress: Some(Rate(1_000_000)),
+                ..Default::default()
+            },
+        )]);
+        let d = build(&n, &[e1.clone(), e2.clone()], &overrides);
+        assert_eq!(port(&d, &e2).unwrap().max_rate, 5_000_000);
+        let report = r.begin().await.unwrap().sync(&d, false).await.unwrap();
+        assert_eq!(report.ovs_ops, 1, "the port's shaping changed: {report:?}");
+        let rates: Vec<u32> = flows.meters.lock().unwrap()[&n.bridge]
+            .values()
+            .map(|m| m.rate_kbps)
+            .collect();
+        assert!(
+            rates.contains(&1_000) && rates.contains(&100_000),
+            "{rates:?}"
+        );
+        n.qos = Default::default();
+        e1.qos = Default::default();
+        e2.container = None;
+        let d = build(&n, &[e1.clone(), e2.clone()], &Default::default());
+        assert!(d.meters.is_empty());
+        r.begin().await.unwrap().sync(&d, false).await.unwrap();
+        assert!(flows.meters.lock().unwrap()[&n.bridge].is_empty());
+        assert!(matches!(ovs.log().last(), Some(OvsOp::UpdatePort(p)) if p.qos.is_none()));
     });
 }
 

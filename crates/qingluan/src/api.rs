@@ -34,6 +34,8 @@ pub struct Api {
     pub names: Arc<RwLock<crate::docker::Names>>,
     /// Daemon start time (seconds since the epoch).
     pub started: u64,
+    /// The Docker Engine API socket.
+    pub docker: std::path::PathBuf,
 }
 
 /// A network as the CLI shows it.
@@ -112,7 +114,8 @@ pub struct NewPool {
     pub kind: PoolKind,
 }
 
-struct ApiError(StatusCode, String);
+/// An error answer: its status and message.
+pub(crate) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -128,6 +131,12 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route(
+            "/v1/qos",
+            get(crate::qos::list)
+                .post(crate::qos::set)
+                .delete(crate::qos::remove),
+        )
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{id}", get(network))
         .route("/v1/endpoints", get(endpoints))

@@ -29,7 +29,7 @@ pub struct Client {
 }
 
 impl Client {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,
@@ -53,7 +53,10 @@ impl Client {
         Ok(body)
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, serde_json::Value)> {
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(T, serde_json::Value)> {
         let body = self.call("GET", path, None).await?;
         Ok((
             serde_json::from_slice(&body)?,
@@ -61,7 +64,7 @@ impl Client {
         ))
     }
 
-    fn print_json(&self, v: &serde_json::Value) {
+    pub(crate) fn print_json(&self, v: &serde_json::Value) {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
 

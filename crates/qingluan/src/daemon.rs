@@ -234,6 +234,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stats,
         names: names.clone(),
         started: qingluan_core::model::now(),
+        docker: d.docker_socket.clone(),
     };
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
@@ -272,6 +273,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     );
     spawn_flow_audit(&mut tasks, driver.clone());
+    tasks.spawn(crate::containers::learn(
+        driver.clone(),
+        d.docker_socket.clone(),
+    ));
     let publishing = config.store.backend == "etcd";
     if publishing {
         tasks.spawn(crate::host_stats::publish(

@@ -48,23 +48,31 @@ pub async fn networks(
             continue;
         }
         let id = n["Id"].as_str().unwrap_or_default().to_string();
-        let detail = get(socket, &format!("/networks/{id}")).await?;
-        let containers = detail["Containers"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(cid, c)| {
-                let container = Container {
-                    id: cid.clone(),
-                    name: c["Name"].as_str().unwrap_or_default().to_string(),
-                };
-                Some((c["EndpointID"].as_str()?.to_string(), container))
-            })
-            .collect();
+        let containers = network_containers(socket, &id).await?;
         let name = n["Name"].as_str().unwrap_or_default().to_string();
         out.insert(id, DockerNetwork { name, containers });
     }
     Ok(out)
+}
+
+/// The containers of network `id`, by endpoint ID.
+pub async fn network_containers(
+    socket: &Path,
+    id: &str,
+) -> anyhow::Result<BTreeMap<String, Container>> {
+    let detail = get(socket, &format!("/networks/{id}")).await?;
+    Ok(detail["Containers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(cid, c)| {
+            let container = Container {
+                id: cid.clone(),
+                name: c["Name"].as_str().unwrap_or_default().to_string(),
+            };
+            Some((c["EndpointID"].as_str()?.to_string(), container))
+        })
+        .collect())
 }
 
 /// Names Docker gives our objects, kept by the daemon for the API and the metrics.
@@ -93,6 +101,26 @@ impl Names {
             read: Some(std::time::Instant::now()),
         }
     }
+}
+
+/// A container's ID and labels.
+pub async fn container(
+    socket: &Path,
+    id: &str,
+) -> anyhow::Result<qingluan_core::model::ContainerRef> {
+    let c = get(socket, &format!("/containers/{id}/json")).await?;
+    Ok(qingluan_core::model::ContainerRef {
+        id: c["Id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("container {id} has no Id"))?
+            .to_string(),
+        labels: c["Config"]["Labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+    })
 }
 
 /// The subnets of every network whose IPAM driver is `ipam`, whatever its driver.

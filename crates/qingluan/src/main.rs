@@ -6,11 +6,13 @@
 mod api;
 mod cli;
 mod config;
+mod containers;
 mod daemon;
 mod docker;
 mod host_stats;
 mod http;
 mod metrics;
+mod qos;
 mod top;
 
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ enum Command {
     /// IPAM resource pools.
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Traffic scheduling: rate limits and priority classes, changed live.
+    #[command(subcommand)]
+    Qos(QosCmd),
     /// Traffic of this host's containers: counters and rates per endpoint, in the
     /// container's directions (transmit = what it sent).
     Stats {
@@ -115,6 +120,50 @@ enum EndpointCmd {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum QosCmd {
+    /// Override a container's (or endpoint's) QoS, or with only --network the network's
+    /// defaults; values not given stay as they were. Rates like 100mbit, sizes like 256kb.
+    Set {
+        #[command(flatten)]
+        at: QosTarget,
+        /// Rate limit of what the container sends.
+        #[arg(long)]
+        egress_rate: Option<String>,
+        /// Rate limit of what the container receives.
+        #[arg(long)]
+        ingress_rate: Option<String>,
+        /// Burst of both directions (needs a rate).
+        #[arg(long)]
+        burst: Option<String>,
+        /// Priority class: high, normal or low.
+        #[arg(long)]
+        priority: Option<String>,
+    },
+    /// Effective limits of every endpoint and where each came from.
+    Ls {
+        /// Only this network (Docker name or ID prefix).
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Remove a `qos set` override: the next source applies again.
+    Rm {
+        #[command(flatten)]
+        at: QosTarget,
+    },
+}
+
+/// What `qos set` and `qos rm` act on.
+#[derive(clap::Args)]
+struct QosTarget {
+    /// Container (name or ID prefix) or endpoint (ID prefix); none with --network: the
+    /// network's defaults.
+    target: Option<String>,
+    /// The network (Docker name or ID prefix); needed when the container is on several.
+    #[arg(long)]
+    network: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +243,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
             kind,
         }) => client.pool_create(&name, &subnet, prefix, &kind).await,
         Command::Pool(PoolCmd::Rm { name }) => client.pool_rm(&name).await,
+        Command::Qos(QosCmd::Set {
+            at,
+            egress_rate,
+            ingress_rate,
+            burst,
+            priority,
+        }) => {
+            client
+                .qos_set(&qos::QosRequest {
+                    target: at.target,
+                    network: at.network,
+                    egress_rate,
+                    ingress_rate,
+                    burst,
+                    priority,
+                })
+                .await
+        }
+        Command::Qos(QosCmd::Ls { network }) => client.qos_ls(network.as_deref()).await,
+        Command::Qos(QosCmd::Rm { at }) => {
+            client
+                .qos_rm(&qos::QosRequest {
+                    target: at.target,
+                    network: at.network,
+                    ..Default::default()
+                })
+                .await
+        }
         Command::Stats {
             network,
             container,

@@ -86,13 +86,6 @@ impl Drop for Prometheus {
     }
 }
 
-/// The PID of a container's first process (for `nsenter -n`).
-fn pid_of(container: &str) -> String {
-    docker(&["inspect", "-f", "{{.State.Pid}}", container])
-        .trim()
-        .to_string()
-}
-
 /// The daemon's own `/metrics` text.
 fn scrape(env: &Env) -> String {
     ok(

@@ -85,7 +85,7 @@ fn top_shows_sorts_and_quits_cleanly() {
     env.create_network("qlt-top", &["--opt", "model=nat", "--ipam-opt", "pool=nat"]);
     start_sleepers("qlt-top", &["qlt-tp-a", "qlt-tp-b"]);
     let b = ip_of("qlt-tp-b", "qlt-top");
-    let pid_a = docker(&["inspect", "-f", "{{.State.Pid}}", "qlt-tp-a"]);
+    let pid_a = pid_of("qlt-tp-a");
     // About 1 Mbit/s of UDP from a to b; b answers with (rate-limited) port unreachables.
     let _stream = Guard(
         Command::new("nsenter")

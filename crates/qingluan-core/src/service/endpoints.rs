@@ -132,6 +132,7 @@ impl Endpoints {
         ep.joined = true;
         ep.sandbox = Some(sandbox.to_string());
         self.store.txn(vec![], vec![records::put(&ep)]).await?;
+        self.joined.notify_one();
         Ok(modes::driver(net.mode).join(&net, &ep))
     }
 

@@ -251,6 +251,8 @@ pub struct State {
     pub(crate) view: RwLock<desired::ClusterView>,
     /// Serialises calls.
     pub(crate) lock: Mutex<()>,
+    /// Woken after each Join: the daemon then learns the endpoint's container.
+    pub joined: tokio::sync::Notify,
 }
 
 /// Bytes VXLAN over an IPv4 underlay adds to each frame (outer Ethernet 14, IPv4 20, UDP 8,
@@ -289,6 +291,7 @@ impl State {
             facts: RwLock::new(None),
             view: RwLock::new(Default::default()),
             lock: Mutex::new(()),
+            joined: tokio::sync::Notify::new(),
         }
     }
 

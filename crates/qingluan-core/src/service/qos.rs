@@ -6,7 +6,7 @@
 //! network (restarts, dockerd restarts). Every change is written, then applied, and undone
 //! when the dataplane refuses it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{short, ServiceError};
 use crate::model::{ContainerRef, Endpoint, Network};
@@ -20,7 +20,7 @@ handle! {
 }
 
 /// One endpoint's QoS as `qingluan qos ls` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QosRow {
     /// The endpoint.
     pub endpoint: String,
@@ -35,7 +35,7 @@ pub struct QosRow {
 }
 
 /// An override as `qingluan qos ls` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OverrideRow {
     /// Its network's ID.
     pub network: String,
@@ -46,7 +46,7 @@ pub struct OverrideRow {
 }
 
 /// What `qingluan qos ls` shows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QosList {
     /// Every endpoint.
     pub endpoints: Vec<QosRow>,
@@ -145,8 +145,8 @@ impl Qos {
     }
 
     /// Records the container of endpoint `endpoint_id` (learnt from the Engine API) and
-    /// applies what its labels and overrides ask for. Nothing happens when it is known
-    /// already, or the endpoint is gone.
+    /// applies what its labels and overrides ask for (no reconcile when that changes
+    /// nothing). Nothing happens when it is known already, or the endpoint is gone.
     pub async fn learn_container(
         &self,
         endpoint_id: &str,
@@ -165,6 +165,12 @@ impl Qos {
         }
         let mut learnt = ep.clone();
         learnt.container = Some(container);
+        let net = self.network(&ep.network_id).await?;
+        let overrides = self.qos_overrides().await?;
+        if qos::of_endpoint(&net, &ep, &overrides) == qos::of_endpoint(&net, &learnt, &overrides) {
+            self.store.txn(vec![], vec![records::put(&learnt)]).await?;
+            return Ok(());
+        }
         self.commit(vec![records::put(&learnt)], vec![records::put(&ep)])
             .await
     }

@@ -101,6 +101,13 @@ impl Drop for Guard {
     }
 }
 
+/// The PID of a container's first process (for `nsenter -n`).
+pub fn pid_of(container: &str) -> String {
+    docker(&["inspect", "-f", "{{.State.Pid}}", container])
+        .trim()
+        .to_string()
+}
+
 /// `docker ARGS`, must succeed.
 pub fn docker(args: &[&str]) -> String {
     ok("docker", args)
@@ -255,6 +262,14 @@ impl Env {
         let _ = c.kill();
         let _ = c.wait();
         (status, took)
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would stop it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Stops the daemon (SIGTERM, then SIGKILL).

