@@ -207,7 +207,12 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
             let driver_opts = opts
                 .iter()
                 .filter(|(k, _)| !k.starts_with("com.docker."))
-                .map(|(k, v)| (k.clone(), v.to_string()))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), String::from),
+                    )
+                })
                 .collect();
             let mac = d
                 .endpoints

@@ -202,3 +202,320 @@ fn limits_hold_in_both_directions_and_change_live() {
     assert!(!meters.contains("meter="), "{meters}");
     assert_eq!((rows("QoS"), rows("Queue")), (0, 0));
 }
+
+/// The TOS bytes of `count` ICMP packets `container` sends to the gateway, as tcpdump on
+/// the network's bridge (the way out of a nat network) prints them.
+fn tos_leaving(env: &Env, network: &str, container: &str) -> String {
+    let id = docker(&["network", "inspect", "-f", "{{.Id}}", network]);
+    let bridge = format!("{}b{}", env.prefix, &id[..8]);
+    let src = ip_of(container, network);
+    let dump = Command::new("timeout")
+        .args(["10", "tcpdump", "-l", "-nn", "-v", "-c", "2", "-i", &bridge])
+        .args(["icmp", "and", "src", &src])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let gw = env.gateway_of(network);
+    exec(container, &format!("ping -c 3 -W 1 {gw}"));
+    let out = dump.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_source_applies_with_its_precedence_and_marks_its_class() {
+    if !enabled("every_source_applies_with_its_precedence_and_marks_its_class") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network(
+        "qlt-qsrc",
+        &[
+            "--opt",
+            "model=nat",
+            "--opt",
+            "qos.egress.rate=100mbit",
+            "--opt",
+            "qos.burst=1mb",
+        ],
+    );
+    // A label (read through the Engine API) over the network's default.
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "qlt-qlab",
+        "--net",
+        "qlt-qsrc",
+        "--label",
+        "qingluan.qos.egress.rate=20mbit",
+        "--label",
+        "qingluan.qos.priority=high",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    // A driver-opt at connect time over a label.
+    docker(&[
+        "create",
+        "--name",
+        "qlt-qopt",
+        "--label",
+        "qingluan.qos.egress.rate=30mbit",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    docker(&[
+        "network",
+        "connect",
+        "--driver-opt",
+        "qos.egress.rate=10mbit",
+        "--driver-opt",
+        "qos.priority=low",
+        "qlt-qsrc",
+        "qlt-qopt",
+    ]);
+    docker(&["start", "qlt-qopt"]);
+    let lab = ip_of("qlt-qlab", "qlt-qsrc");
+    assert!(wait_for(Duration::from_secs(10), || effective(
+        &qos_row(&env, "qlt-qlab"),
+        "egress"
+    ) == "20mbit (label)"));
+    let row = qos_row(&env, "qlt-qlab");
+    assert_eq!(effective(&row, "priority"), "high (label)");
+    assert_eq!(effective(&row, "burst"), "1mb (network)");
+    let row = qos_row(&env, "qlt-qopt");
+    assert_eq!(effective(&row, "egress"), "10mbit (driver-opt)");
+    assert_eq!(effective(&row, "priority"), "low (driver-opt)");
+    assert_near(
+        mbits(
+            "qlt-qlab",
+            "qlt-qopt",
+            &ip_of("qlt-qopt", "qlt-qsrc"),
+            false,
+        ),
+        20.0,
+        "label",
+    );
+    assert_near(
+        mbits("qlt-qopt", "qlt-qlab", &lab, false),
+        10.0,
+        "driver-opt",
+    );
+
+    // qos set over the driver-opt; it outlives the container's restart (a new endpoint).
+    env.qingluan(&[
+        "qos",
+        "set",
+        "qlt-qopt",
+        "--egress-rate",
+        "40mbit",
+        "--priority",
+        "high",
+    ]);
+    docker(&["restart", "-t", "0", "qlt-qopt"]);
+    assert!(wait_for(Duration::from_secs(10), || effective(
+        &qos_row(&env, "qlt-qopt"),
+        "egress"
+    ) == "40mbit (set)"));
+    assert_near(mbits("qlt-qopt", "qlt-qlab", &lab, false), 40.0, "set");
+
+    // DSCP of each class as the packets leave: high = AF41 (tos 0x88), low = CS1 (0x20).
+    let high = tos_leaving(&env, "qlt-qsrc", "qlt-qlab");
+    assert!(high.contains("tos 0x88"), "high is AF41: {high}");
+    env.qingluan(&["qos", "set", "qlt-qopt", "--priority", "low"]);
+    let low = tos_leaving(&env, "qlt-qsrc", "qlt-qopt");
+    assert!(low.contains("tos 0x20"), "low is CS1: {low}");
+
+    // The network's defaults change live too.
+    env.qingluan(&[
+        "qos",
+        "set",
+        "--network",
+        "qlt-qsrc",
+        "--egress-rate",
+        "50mbit",
+    ]);
+    docker(&[
+        "run", "-d", "--name", "qlt-qnew", "--net", "qlt-qsrc", IMAGE, "sleep", "600",
+    ]);
+    assert_eq!(
+        effective(&qos_row(&env, "qlt-qnew"), "egress"),
+        "50mbit (network-set)"
+    );
+    let table = env.qingluan(&["qos", "ls"]);
+    assert!(
+        table.contains("qos set on qlt-qopt: egress 40mbit, priority low"),
+        "{table}"
+    );
+    assert!(
+        table.contains("network --opt egress 100mbit, burst 1mb"),
+        "{table}"
+    );
+}
+
+#[test]
+fn limits_hold_after_daemon_and_vswitchd_restarts() {
+    if !enabled("limits_hold_after_daemon_and_vswitchd_restarts") {
+        return;
+    }
+    let mut env = Env::new();
+    env.create_network(
+        "qlt-qrs",
+        &[
+            "--opt",
+            "model=nat",
+            "--opt",
+            "qos.egress.rate=30mbit",
+            "--opt",
+            "qos.ingress.rate=60mbit",
+        ],
+    );
+    start_sleepers("qlt-qrs", &["qlt-qra", "qlt-qrb"]);
+    let a = ip_of("qlt-qra", "qlt-qrs");
+    assert_near(mbits("qlt-qrb", "qlt-qra", &a, false), 30.0, "before");
+
+    env.kill();
+    assert_near(mbits("qlt-qrb", "qlt-qra", &a, false), 30.0, "daemon down");
+    env.start();
+    assert_near(mbits("qlt-qrb", "qlt-qra", &a, false), 30.0, "daemon back");
+
+    restart_by_pidfile("/run/openvswitch/ovs-vswitchd.pid", || {
+        run("ovs-appctl", &["version"]).status.success()
+    });
+    assert!(
+        wait_for(Duration::from_secs(15), || pings("qlt-qrb", &a)),
+        "no connectivity after the ovs-vswitchd restart"
+    );
+    assert_near(
+        mbits("qlt-qrb", "qlt-qra", &a, false),
+        30.0,
+        "egress after vswitchd",
+    );
+    env.qingluan(&["qos", "set", "qlt-qrb", "--egress-rate", "100mbit"]);
+    assert_near(
+        mbits("qlt-qrb", "qlt-qra", &a, false),
+        60.0,
+        "ingress after vswitchd",
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    if !enabled("bad_input_is_refused_and_changes_nothing") {
+        return;
+    }
+    let env = Env::new();
+    for (opt, want) in [
+        (
+            "qos.egres.rate=1mbit",
+            "unknown QoS option \"qos.egres.rate\"",
+        ),
+        (
+            "qos.egress.rate=10 mbps",
+            "invalid rate \"10 mbps\" for qos.egress.rate",
+        ),
+        ("qos.egress.rate=0mbit", "invalid rate \"0mbit\""),
+        ("qos.ingress.rate=-5mbit", "invalid rate \"-5mbit\""),
+        ("qos.burst=1mb", "qos.burst needs a rate in the same place"),
+        (
+            "qos.priority=urgent",
+            "unknown priority \"urgent\" (priorities: high, normal, low)",
+        ),
+    ] {
+        let err = env.create_network_fails("qlt-qbad", &["--opt", "model=nat", "--opt", opt]);
+        assert!(err.contains(want), "{opt}: {err}");
+    }
+    assert!(!docker(&["network", "ls"]).contains("qlt-qbad"));
+
+    env.create_network("qlt-qok", &["--opt", "model=nat"]);
+    env.create_network("qlt-qother", &["--opt", "model=nat"]);
+    // Connected while running, so the driver sees the options at connect time.
+    start_sleepers("qlt-qother", &["qlt-qc"]);
+    let err = fails(
+        "docker",
+        &[
+            "network",
+            "connect",
+            "--driver-opt",
+            "qos.egress.rate=fast",
+            "qlt-qok",
+            "qlt-qc",
+        ],
+    );
+    assert!(
+        err.contains("invalid rate \"fast\" for qos.egress.rate"),
+        "{err}"
+    );
+    let err = fails(
+        "docker",
+        &[
+            "network",
+            "connect",
+            "--driver-opt",
+            "qos.color=red",
+            "qlt-qok",
+            "qlt-qc",
+        ],
+    );
+    assert!(err.contains("unknown QoS option \"qos.color\""), "{err}");
+    docker(&["network", "connect", "qlt-qok", "qlt-qc"]);
+
+    let refused = |args: &[&str], want: &str| {
+        let o = env.cli(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    };
+    refused(
+        &["qos", "set", "qlt-qc", "--egress-rate", "10 mbps"],
+        "invalid rate \"10 mbps\" for --egress-rate",
+    );
+    refused(
+        &["qos", "set", "qlt-qc", "--egress-rate", "0bit"],
+        "invalid rate \"0bit\"",
+    );
+    refused(
+        &["qos", "set", "qlt-qc", "--egress-rate", "1mbit"],
+        "container qlt-qc is on several qingluan networks (qlt-qok, qlt-qother): give --network",
+    );
+    docker(&["network", "disconnect", "qlt-qother", "qlt-qc"]);
+    refused(
+        &["qos", "set", "qlt-qc", "--burst", "64kb"],
+        "--burst needs a rate",
+    );
+    refused(
+        &["qos", "set", "qlt-qc", "--priority", "urgent"],
+        "unknown priority \"urgent\"",
+    );
+    refused(
+        &[
+            "qos",
+            "set",
+            "qlt-qc",
+            "--network",
+            "qlt-qother",
+            "--egress-rate",
+            "1mbit",
+        ],
+        "container qlt-qc is not on network qlt-qother",
+    );
+    refused(
+        &["qos", "set", "qlt-nosuch", "--egress-rate", "1mbit"],
+        "no container or endpoint \"qlt-nosuch\"",
+    );
+    refused(&["qos", "set", "qlt-qc"], "nothing to set");
+    refused(
+        &["qos", "rm", "qlt-qc"],
+        "no qos set override for container",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["--json", "qos", "ls"])).unwrap();
+    assert_eq!(
+        v["overrides"],
+        serde_json::json!([]),
+        "nothing was recorded"
+    );
+    assert_eq!(effective(&qos_row(&env, "qlt-qc"), "egress"), "-");
+}
