@@ -6,7 +6,10 @@
 # default 60; 0 skips it) and how many processes the host forked meanwhile; the monitoring
 # costs with QL_BENCH_ENDPOINTS endpoints (default 1000; scripts/lib/bench_monitoring.py:
 # /metrics size and scrape time, daemon CPU per scrape, throughput with sFlow, IPFIX and
-# scrapes on against off; QL_BENCH_MONITORING=0 skips it); then, when etcd is
+# scrapes on against off; QL_BENCH_MONITORING=0 skips it); QoS (scripts/lib/bench_qos.py:
+# an unlimited container's throughput with QoS on its network off and on, the accuracy of
+# limits from 1 Mbit/s to 1 Gbit/s, the time until a changed limit holds; QL_BENCH_QOS=0
+# skips it); then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
@@ -97,6 +100,10 @@ fi
 if [ "${QL_BENCH_MONITORING:-1}" != 0 ]; then
   echo
   python3 scripts/lib/bench_monitoring.py "$BIN" "${QL_BENCH_ENDPOINTS:-1000}"
+fi
+if [ "${QL_BENCH_QOS:-1}" != 0 ]; then
+  echo
+  python3 scripts/lib/bench_qos.py "${CLI[@]}"
 fi
 if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo

@@ -493,6 +493,11 @@ impl QosSettings {
 /// TCP's bursts (with userspace TSO one packet is up to 64 KB) collapses TCP.
 const METER_BUCKET_SECS: f64 = 0.5;
 
+/// A full TCP segment's Ethernet frame and its payload, in bytes: the HTB class counts
+/// frames, the rate users give counts what applications send (what iperf3 reports).
+const FRAME: u64 = 1514;
+const PAYLOAD: u64 = 1448;
+
 /// What the dataplane does for one endpoint.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Shaping {
@@ -514,13 +519,16 @@ impl Effective {
             let bucket = burst_bits.unwrap_or(0).max(floor);
             (kbit(rate), kbit(bucket))
         });
-        let port = self.ingress.map(|r| PortQos {
-            max_rate: r.value.0,
-            queues: vec![QueueSpec {
-                max_rate: r.value.0,
-                burst: burst_bits,
-                ..Default::default()
-            }],
+        let port = self.ingress.map(|r| {
+            let rate = r.value.0 * FRAME / PAYLOAD;
+            PortQos {
+                max_rate: rate,
+                queues: vec![QueueSpec {
+                    max_rate: rate,
+                    burst: burst_bits,
+                    ..Default::default()
+                }],
+            }
         });
         Shaping {
             meter,
@@ -651,7 +659,10 @@ mod tests {
         assert_eq!(s.meter, Some((100_000, 50_000)));
         assert_eq!(s.dscp, Some(34));
         let q = s.port.unwrap();
-        assert_eq!(q.max_rate, 50_000_000);
+        assert_eq!(
+            q.max_rate, 52_279_005,
+            "50mbit of TCP payload in full frames"
+        );
         assert_eq!(q.queues[0].burst, Some(8 << 20));
         let big = effective(&[(
             Source::Set,

@@ -271,8 +271,8 @@ fn qos_follows_its_sources_and_leaves_no_meter_behind() {
         };
         assert_eq!(
             port(&d, &e2).unwrap().max_rate,
-            20_000_000,
-            "from the label"
+            20_911_602,
+            "from the label (in full frames)"
         );
         assert_eq!(port(&d, &e1), None);
         let rendered: Vec<String> = d.flows[&n.bridge].iter().map(|f| f.render()).collect();
@@ -296,7 +296,7 @@ fn qos_follows_its_sources_and_leaves_no_meter_behind() {
             },
         )]);
         let d = build(&n, &[e1.clone(), e2.clone()], &overrides);
-        assert_eq!(port(&d, &e2).unwrap().max_rate, 5_000_000);
+        assert_eq!(port(&d, &e2).unwrap().max_rate, 5_227_900);
         let report = r.begin().await.unwrap().sync(&d, false).await.unwrap();
         assert_eq!(report.ovs_ops, 1, "the port's shaping changed: {report:?}");
         let rates: Vec<u32> = flows.meters.lock().unwrap()[&n.bridge]
