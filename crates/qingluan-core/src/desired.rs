@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use qingluan_dataplane::netlink::IngressShaping;
 use qingluan_dataplane::openflow::{Flow, Meter};
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
@@ -96,6 +97,9 @@ pub struct Desired {
     pub veths: Vec<Veth>,
     /// Gateway interfaces.
     pub gateways: Vec<GatewayPort>,
+    /// Gateways whose received traffic (what leaves the network) is shaped: aggregate
+    /// limits.
+    pub shaped: Vec<IngressShaping>,
     /// Sysctls, path under `/proc/sys` with dots (`net.ipv4.ip_forward`) to value.
     pub sysctls: BTreeMap<String, String>,
     /// Netfilter.

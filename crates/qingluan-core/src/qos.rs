@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use qingluan_dataplane::netlink::{IngressShaping, ShapedClass};
 use qingluan_dataplane::ovsdb::{PortQos, QueueSpec};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,19 @@ pub enum QosError {
     /// Nothing to set.
     #[error("nothing to set: give at least one of {0}")]
     Empty(&'static str),
+    /// An aggregate limit given for one endpoint.
+    #[error(
+        "{0} limits a whole network: give it with docker network create --opt \
+         qos.aggregate.rate or qingluan qos set --network N --aggregate-rate"
+    )]
+    AggregateOfNetwork(String),
+    /// An aggregate limit on a network without a gateway on this host.
+    #[error(
+        "an aggregate limit needs the network's gateway on this host (nat, nonat, or vxlan \
+         with nat=true); a {0} network leaves through the uplink, which qingluan does not \
+         shape"
+    )]
+    AggregateWithoutGateway(crate::model::Mode),
 }
 
 /// A rate in bit/s, written like tc writes it: `100mbit`, `1gbit`, `512kbit`.
@@ -236,10 +250,20 @@ pub struct QosSpec {
     /// Priority class.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// A network's total of what leaves the host through its gateway, shared by the
+    /// priority classes (networks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Rate>,
 }
 
 /// The QoS option names, after their prefix.
-pub const KEYS: [&str; 4] = ["egress.rate", "ingress.rate", "burst", "priority"];
+pub const KEYS: [&str; 5] = [
+    "egress.rate",
+    "ingress.rate",
+    "burst",
+    "priority",
+    "aggregate.rate",
+];
 
 impl QosSpec {
     /// Whether this source sets nothing.
@@ -263,6 +287,15 @@ impl QosSpec {
             ingress: other.ingress.or(self.ingress),
             burst: other.burst.or(self.burst),
             priority: other.priority.or(self.priority),
+            aggregate: other.aggregate.or(self.aggregate),
+        }
+    }
+
+    /// Refuses an aggregate limit in a source that is not a network's; `what` names it.
+    pub fn no_aggregate(&self, what: &str) -> Result<(), QosError> {
+        match self.aggregate {
+            Some(_) => Err(QosError::AggregateOfNetwork(what.to_string())),
+            None => Ok(()),
         }
     }
 }
@@ -281,6 +314,7 @@ pub fn spec(opts: &BTreeMap<String, String>, prefix: &str) -> Result<QosSpec, Qo
             "ingress.rate" => s.ingress = Some(Rate::parse(key, value)?),
             "burst" => s.burst = Some(Bytes::parse(key, value)?),
             "priority" => s.priority = Some(value.parse()?),
+            "aggregate.rate" => s.aggregate = Some(Rate::parse(key, value)?),
             _ => {
                 return Err(QosError::UnknownOption {
                     key: key.clone(),
@@ -397,10 +431,20 @@ pub fn override_id(network_id: &str, target: &Target) -> String {
 /// The QoS the labels of `ep`'s container ask for (empty when it has none, or before its
 /// container is known).
 pub fn labels(ep: &Endpoint) -> Result<QosSpec, QosError> {
-    match &ep.container {
-        Some(c) => spec(&c.labels, LABEL_PREFIX),
-        None => Ok(QosSpec::default()),
-    }
+    let Some(c) = &ep.container else {
+        return Ok(QosSpec::default());
+    };
+    let s = spec(&c.labels, LABEL_PREFIX)?;
+    s.no_aggregate(&format!("{LABEL_PREFIX}aggregate.rate"))?;
+    Ok(s)
+}
+
+/// The aggregate limit of `net`: `qingluan qos set --network` over its `--opt`.
+pub fn aggregate_of(net: &Network, overrides: &BTreeMap<String, QosSpec>) -> Option<Rate> {
+    overrides
+        .get(&override_id(&net.id, &Target::Network))
+        .and_then(|s| s.aggregate)
+        .or(net.qos.aggregate)
 }
 
 /// The prefix of QoS container labels.
@@ -437,6 +481,8 @@ pub fn of_endpoint(
 pub struct QosSettings {
     /// DSCP value each priority class marks its packets with.
     pub dscp: ClassValues,
+    /// Share (percent) of an aggregate limit each priority class is guaranteed.
+    pub shares: ClassValues,
 }
 
 /// One value per priority class.
@@ -470,6 +516,11 @@ impl Default for QosSettings {
                 normal: 0,
                 low: 8,
             },
+            shares: ClassValues {
+                high: 60,
+                normal: 30,
+                low: 10,
+            },
         }
     }
 }
@@ -484,14 +535,57 @@ impl QosSettings {
                     self.dscp.of(p)
                 ));
             }
+            if self.shares.of(p) == 0 {
+                return Err(format!("qos.shares.{p} must be 1 (percent) or more"));
+            }
+        }
+        let (d, s) = (self.dscp, self.shares);
+        if d.high == d.normal || d.high == d.low || d.normal == d.low {
+            return Err("qos.dscp values must differ: the classes are told apart by them".into());
+        }
+        let total = u32::from(s.high) + u32::from(s.normal) + u32::from(s.low);
+        if total > 100 {
+            return Err(format!(
+                "qos.shares add up to {total} %: the guaranteed shares cannot exceed 100 %"
+            ));
         }
         Ok(())
+    }
+
+    /// What `net`'s aggregate limit `rate` (leaving through `iface`) is in the kernel.
+    pub fn aggregate(&self, prefix: &str, iface: &str, rate: Rate) -> IngressShaping {
+        let total = rate.0 * FRAME / PAYLOAD;
+        let class = |p: Priority, prio| ShapedClass {
+            min_rate: total * u64::from(self.shares.of(p)) / 100,
+            prio,
+            dscp: self.dscp.of(p),
+        };
+        IngressShaping {
+            iface: iface.to_string(),
+            ifb: ifb_of(prefix, iface),
+            rate: total,
+            classes: vec![
+                class(Priority::Normal, 1),
+                class(Priority::High, 0),
+                class(Priority::Low, 2),
+            ],
+        }
     }
 }
 
 /// The smallest meter bucket, in seconds of the rate: a policer whose bucket cannot hold
 /// TCP's bursts (with userspace TSO one packet is up to 64 KB) collapses TCP.
 const METER_BUCKET_SECS: f64 = 0.5;
+
+/// The IFB device of gateway `iface` (`<prefix>b<id>` → `<prefix>q<id>`).
+pub fn ifb_of(prefix: &str, iface: &str) -> String {
+    format!("{prefix}q{}", &iface[(prefix.len() + 1).min(iface.len())..])
+}
+
+/// The gateway of an IFB device (the inverse of [`ifb_of`]).
+pub fn gateway_of_ifb(prefix: &str, ifb: &str) -> String {
+    format!("{prefix}b{}", &ifb[(prefix.len() + 1).min(ifb.len())..])
+}
 
 /// A full TCP segment's Ethernet frame and its payload, in bytes: the HTB class counts
 /// frames, the rate users give counts what applications send (what iperf3 reports).
@@ -591,7 +685,7 @@ mod tests {
         assert_eq!(
             err(&[("qos.egres.rate", "1mbit")]),
             "unknown QoS option \"qos.egres.rate\" (valid: qos.egress.rate, qos.ingress.rate, \
-             qos.burst, qos.priority)"
+             qos.burst, qos.priority, qos.aggregate.rate)"
         );
         assert_eq!(
             err(&[("qos.burst", "1mb")]),
@@ -653,6 +747,7 @@ mod tests {
                 ingress: Some(Rate(50_000_000)),
                 burst: Some(Bytes(1 << 20)),
                 priority: Some(Priority::High),
+                aggregate: None,
             },
         )]);
         let s = e.shaping(&QosSettings::default());
@@ -680,5 +775,51 @@ mod tests {
             Effective::default().shaping(&QosSettings::default()),
             Shaping::default()
         );
+    }
+
+    #[test]
+    fn an_aggregate_is_shared_by_the_classes() {
+        let settings = QosSettings::default();
+        let s = settings.aggregate("ql", "qlb1234abcd", Rate(100_000_000));
+        assert_eq!(s.ifb, "qlq1234abcd");
+        assert_eq!(gateway_of_ifb("ql", &s.ifb), "qlb1234abcd");
+        let guaranteed: Vec<(u8, u64)> = s.classes.iter().map(|c| (c.dscp, c.min_rate)).collect();
+        let total = s.rate;
+        assert_eq!(
+            guaranteed,
+            [
+                (0, total * 30 / 100),
+                (34, total * 60 / 100),
+                (8, total * 10 / 100)
+            ],
+            "normal first (it takes the unmarked), then high and low"
+        );
+        let batch = s.batch();
+        assert!(
+            batch.contains("match ip tos 0x88 0xfc flowid 1:11"),
+            "{batch}"
+        );
+        assert!(
+            batch.contains("action mirred egress redirect dev qlq1234abcd"),
+            "{batch}"
+        );
+        let mut bad = QosSettings::default();
+        bad.shares.high = 80;
+        assert_eq!(
+            bad.check().unwrap_err(),
+            "qos.shares add up to 120 %: the guaranteed shares cannot exceed 100 %"
+        );
+        bad = QosSettings::default();
+        bad.dscp.low = 34;
+        assert!(bad.check().unwrap_err().contains("must differ"));
+        let opts = BTreeMap::from([("qos.aggregate.rate".to_string(), "1gbit".to_string())]);
+        assert_eq!(
+            spec(&opts, "qos.").unwrap().aggregate,
+            Some(Rate(1_000_000_000))
+        );
+        assert!(spec(&opts, "qos.")
+            .unwrap()
+            .no_aggregate("qos.aggregate.rate")
+            .is_err());
     }
 }

@@ -24,7 +24,9 @@ use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::desired::{Desired, OWNER};
+use crate::qos;
 use crate::uplink;
+use qingluan_dataplane::netlink::IngressShaping;
 use qingluan_dataplane::ovsdb::BridgeState;
 
 /// The system adapters the reconciler drives.
@@ -83,6 +85,11 @@ pub struct Reconciler {
     owner: String,
     /// Link name prefix of endpoint host veths.
     veth_prefix: String,
+    /// The instance's link prefix (IFB devices are `<prefix>q…`).
+    prefix: String,
+    /// The shaping this process last applied per gateway, with the gateway's ifindex (a
+    /// re-created interface lost its shaping).
+    installed_shaping: Mutex<BTreeMap<String, (IngressShaping, u32)>>,
     /// Flows and meters this process last installed per bridge.
     installed_flows: Mutex<BTreeMap<String, Programmed>>,
     /// The sentinel cookie of each bridge whose flows are installed, for the flow audit.
@@ -101,6 +108,8 @@ impl Reconciler {
             adapters,
             owner: owner.to_string(),
             veth_prefix: format!("{prefix}v"),
+            prefix: prefix.to_string(),
+            installed_shaping: Mutex::new(BTreeMap::new()),
             installed_flows: Mutex::new(BTreeMap::new()),
             sentinels: Default::default(),
             audit_turn: Default::default(),
@@ -186,6 +195,70 @@ pub struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Aggregate limits: what each shaped gateway receives goes through its IFB; IFBs of
+    /// this instance nobody wants are removed (looked for on full passes, and when one was
+    /// dropped). Returns the errors.
+    async fn shape(&self, d: &Desired, full: bool) -> Vec<String> {
+        let (r, mut errs) = (self.r, Vec::new());
+        let links = &r.adapters.links;
+        let mut installed = r.installed_shaping.lock().await;
+        for s in &d.shaped {
+            let index = match links.link(&s.iface).await {
+                Ok(Some(l)) => l.index,
+                Ok(None) => {
+                    errs.push(format!(
+                        "gateway {} of an aggregate limit not found",
+                        s.iface
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    errs.push(e.to_string());
+                    continue;
+                }
+            };
+            let want = (s.clone(), index);
+            if !full && installed.get(&s.iface) == Some(&want) {
+                continue;
+            }
+            match links.shape_ingress(s).await {
+                Ok(()) => {
+                    installed.insert(s.iface.clone(), want);
+                }
+                Err(e) => {
+                    installed.remove(&s.iface);
+                    errs.push(e.to_string());
+                }
+            }
+        }
+        let wanted: BTreeSet<&str> = d.shaped.iter().map(|s| s.ifb.as_str()).collect();
+        let dropped = installed
+            .keys()
+            .any(|g| !d.shaped.iter().any(|s| &s.iface == g));
+        if !full && !dropped {
+            return errs;
+        }
+        let ifb_prefix = format!("{}q", r.prefix);
+        match links.links_with_prefix(&ifb_prefix).await {
+            Ok(ifbs) => {
+                for l in ifbs.iter().filter(|l| {
+                    l.kind.as_deref() == Some("ifb") && !wanted.contains(l.name.as_str())
+                }) {
+                    let gateway = qos::gateway_of_ifb(&r.prefix, &l.name);
+                    match links.unshape_ingress(&gateway, &l.name).await {
+                        Ok(()) => {
+                            installed.remove(&gateway);
+                        }
+                        Err(e) => errs.push(e.to_string()),
+                    }
+                }
+                installed.retain(|g, _| d.shaped.iter().any(|s| &s.iface == g));
+            }
+            Err(e) => errs.push(e.to_string()),
+        }
+        errs
+    }
+
     /// Whether the host end `veth` existed when the pass began.
     pub fn has_veth(&self, veth: &str) -> bool {
         self.veths.contains(veth)
@@ -301,6 +374,8 @@ impl Pass<'_> {
                 errs.push(e.to_string());
             }
         }
+
+        errs.extend(self.shape(d, full).await);
 
         lap.mark("gateways");
         // 4. and 5., concurrently (independent processes): flows, only where they differ from

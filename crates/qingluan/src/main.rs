@@ -141,6 +141,10 @@ enum QosCmd {
         /// Priority class: high, normal or low.
         #[arg(long)]
         priority: Option<String>,
+        /// With only --network: the total of what the network sends out through its
+        /// gateway, shared by the priority classes.
+        #[arg(long)]
+        aggregate_rate: Option<String>,
     },
     /// Effective limits of every endpoint and where each came from.
     Ls {
@@ -249,6 +253,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ingress_rate,
             burst,
             priority,
+            aggregate_rate,
         }) => {
             client
                 .qos_set(&qos::QosRequest {
@@ -258,6 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     ingress_rate,
                     burst,
                     priority,
+                    aggregate_rate,
                 })
                 .await
         }

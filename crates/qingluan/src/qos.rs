@@ -34,6 +34,8 @@ pub struct QosRequest {
     pub burst: Option<String>,
     /// `--priority`.
     pub priority: Option<String>,
+    /// `--aggregate-rate`.
+    pub aggregate_rate: Option<String>,
 }
 
 /// `qos ls` with the names Docker gives networks and containers.
@@ -83,6 +85,9 @@ fn spec(r: &QosRequest) -> Result<QosSpec, ApiError> {
             .priority
             .as_deref()
             .map(str::parse::<Priority>)
+            .transpose()
+            .map_err(bad)?,
+        aggregate: rate("--aggregate-rate", &r.aggregate_rate)
             .transpose()
             .map_err(bad)?,
     })
@@ -367,6 +372,9 @@ fn describe(s: &QosSpec) -> String {
     }
     if let Some(p) = s.priority {
         parts.push(format!("priority {p}"));
+    }
+    if let Some(r) = s.aggregate {
+        parts.push(format!("aggregate {r}"));
     }
     parts.join(", ")
 }

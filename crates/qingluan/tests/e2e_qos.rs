@@ -519,3 +519,152 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     assert_eq!(effective(&qos_row(&env, "qlt-qc"), "egress"), "-");
 }
+
+/// Mbit/s each of `clients` (container, port) sends at once to iperf3 servers on those
+/// ports in namespace `ns` (at `ip`), 5 s after 2 s of warm-up.
+fn concurrent_to(ns: &str, ip: &str, clients: &[(&str, u16)]) -> Vec<f64> {
+    let servers: Vec<Guard> = clients
+        .iter()
+        .map(|(_, port)| {
+            Guard(
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-p"])
+                    .arg(port.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for (_, port) in clients {
+        assert!(wait_for(Duration::from_secs(5), || {
+            String::from_utf8_lossy(&run("ip", &["netns", "exec", ns, "ss", "-ltn"]).stdout)
+                .contains(&format!(":{port}"))
+        }));
+    }
+    let running: Vec<_> = clients
+        .iter()
+        .map(|(c, port)| {
+            Command::new("nsenter")
+                .args([
+                    "-t",
+                    &pid_of(c),
+                    "-n",
+                    "iperf3",
+                    "-c",
+                    ip,
+                    "-t",
+                    "5",
+                    "-O",
+                    "2",
+                    "-J",
+                ])
+                .args(["-p", &port.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let rates = running
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap()
+                / 1e6
+        })
+        .collect();
+    drop(servers);
+    rates
+}
+
+#[test]
+fn classes_keep_their_share_of_an_aggregate_limit() {
+    if !enabled("classes_keep_their_share_of_an_aggregate_limit") {
+        return;
+    }
+    let mut env = Env::new();
+    let (ns, _, outside) = env.outside();
+    env.create_network(
+        "qlt-qagg",
+        &["--opt", "model=nat", "--opt", "qos.aggregate.rate=100mbit"],
+    );
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "qlt-qhi",
+        "--net",
+        "qlt-qagg",
+        "--label",
+        "qingluan.qos.priority=high",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    start_sleepers("qlt-qagg", &["qlt-qlo"]);
+    env.qingluan(&["qos", "set", "qlt-qlo", "--priority", "low"]);
+    assert!(wait_for(Duration::from_secs(10), || effective(
+        &qos_row(&env, "qlt-qhi"),
+        "priority"
+    ) == "high (label)"));
+
+    // Alone, low borrows the whole limit.
+    let alone = concurrent_to(&ns, &outside, &[("qlt-qlo", 5301)]);
+    assert_near(alone[0], 100.0, "low alone");
+    // Together, high keeps at least its 60 % (and takes what low leaves first).
+    let both = concurrent_to(&ns, &outside, &[("qlt-qhi", 5302), ("qlt-qlo", 5303)]);
+    eprintln!(
+        "aggregate 100mbit: low alone {:.1}, high {:.1} + low {:.1} Mbit/s",
+        alone[0], both[0], both[1]
+    );
+    assert!(
+        both[0] >= 54.0 && both[0] + both[1] <= 110.0,
+        "high {:.1} and low {:.1} Mbit/s under 100mbit: high must keep 60 %",
+        both[0],
+        both[1]
+    );
+
+    // Live: the limit changes, and goes away with everything it made.
+    env.qingluan(&[
+        "qos",
+        "set",
+        "--network",
+        "qlt-qagg",
+        "--aggregate-rate",
+        "40mbit",
+    ]);
+    assert_near(
+        concurrent_to(&ns, &outside, &[("qlt-qlo", 5304)])[0],
+        40.0,
+        "40mbit",
+    );
+    docker(&["rm", "-f", "qlt-qhi", "qlt-qlo"]);
+    docker(&["network", "rm", "qlt-qagg"]);
+    let ifbs = ok("ip", &["-o", "link", "show", "type", "ifb"]);
+    assert!(!ifbs.contains(&format!("{}q", env.prefix)), "{ifbs}");
+
+    // Only where this host holds the gateway; never per container.
+    let err = env.create_network_fails(
+        "qlt-qbad",
+        &[
+            "--opt",
+            "model=vxlan",
+            "--opt",
+            "vni=4242",
+            "--ipam-opt",
+            "pool=vxlan",
+            "--ipam-opt",
+            "vni=4242",
+            "--opt",
+            "qos.aggregate.rate=1gbit",
+        ],
+    );
+    assert!(
+        err.contains("an aggregate limit needs the network's gateway on this host"),
+        "{err}"
+    );
+}

@@ -296,7 +296,15 @@ fn shapings(
         let Some(net) = nets.get(ep.network_id.as_str()) else {
             continue;
         };
-        let shaping = qos::of_endpoint(net, ep, overrides).shaping(&settings.qos);
+        let mut effective = qos::of_endpoint(net, ep, overrides);
+        if effective.priority.is_none() && qos::aggregate_of(net, overrides).is_some() {
+            // Behind an aggregate limit every packet is classed by its mark.
+            effective.priority = Some(qos::Sourced {
+                value: qos::Priority::Normal,
+                source: qos::Source::Network,
+            });
+        }
+        let shaping = effective.shaping(&settings.qos);
         let meter_id = shaping.meter.map(|_| {
             let used = taken.entry(net.bridge()).or_default();
             let mut id = u32::from_str_radix(crate::model::head(&ep.id, 8), 16).unwrap_or(0);
@@ -333,6 +341,10 @@ pub fn build(
         ..Default::default()
     };
     for net in networks {
+        if let (Some(rate), Some(iface)) = (qos::aggregate_of(net, overrides), net.host_gateway()) {
+            d.shaped
+                .push(settings.qos.aggregate(&settings.prefix, &iface, rate));
+        }
         let eps: Vec<&Endpoint> = endpoints
             .iter()
             .filter(|e| e.network_id == net.id && e.conflict.is_none())

@@ -30,6 +30,8 @@ impl Endpoints {
             )));
         }
         let qos = crate::qos::spec(&req.driver_opts, "qos.").map_err(OptionError::from)?;
+        qos.no_aggregate("qos.aggregate.rate")
+            .map_err(OptionError::from)?;
         let address: Ipv4Net = req.address.parse().map_err(|_| {
             ServiceError::Invalid(format!("missing or bad IPv4 address {:?}", req.address))
         })?;

@@ -65,13 +65,29 @@ impl Qos {
     ) -> Result<(), ServiceError> {
         if spec.is_empty() {
             return Err(OptionError::from(QosError::Empty(
-                "--egress-rate, --ingress-rate, --burst, --priority",
+                "--egress-rate, --ingress-rate, --burst, --priority, --aggregate-rate",
             ))
             .into());
         }
         let _g = self.lock.lock().await;
         let net = self.network(network_id).await?;
         self.check_target(&net, target).await?;
+        if spec.aggregate.is_some() {
+            match target {
+                Target::Network if net.host_gateway().is_none() => {
+                    return Err(
+                        OptionError::from(QosError::AggregateWithoutGateway(net.mode)).into(),
+                    )
+                }
+                Target::Network => {}
+                _ => {
+                    return Err(OptionError::from(QosError::AggregateOfNetwork(
+                        "--aggregate-rate".into(),
+                    ))
+                    .into())
+                }
+            }
+        }
         let id = qos::override_id(&net.id, target);
         let before = records::get::<QosOverride>(&*self.store, &id).await?;
         let merged = before

@@ -21,6 +21,8 @@ use super::{check_name, sysctl_path, LinkError, LinkInfo, Links, Route};
 pub struct FakeLinks {
     /// Sysctls written, by key as given.
     pub sysctls: Mutex<BTreeMap<String, String>>,
+    /// Shaped interfaces, by name.
+    pub shaped: Mutex<BTreeMap<String, super::IngressShaping>>,
     /// Mutating calls in order, failed ones included, as text: `create_veth qlv1 qlc1 1500`,
     /// `delete_link qlv1`, `set_up qlb1`, `set_mtu qlb1 1450`, `add_address qlb1 10.0.0.1/24`,
     /// `del_address qlb1 10.0.0.1/24`, `add_route qlul 0.0.0.0/0`, `tx_checksum_off qlc1`,
@@ -299,6 +301,29 @@ impl Links for FakeLinks {
             format!("turn tx checksum offload off on {name}"),
             |_| Ok(()),
         )
+    }
+
+    async fn shape_ingress(&self, s: &super::IngressShaping) -> Result<(), LinkError> {
+        self.record(format!("shape_ingress {} {}", s.iface, s.rate))
+            .map_err(|e| LinkError::Shaping {
+                iface: s.iface.clone(),
+                detail: e.to_string(),
+            })?;
+        self.shaped
+            .lock()
+            .unwrap()
+            .insert(s.iface.clone(), s.clone());
+        Ok(())
+    }
+
+    async fn unshape_ingress(&self, iface: &str, _ifb: &str) -> Result<(), LinkError> {
+        self.record(format!("unshape_ingress {iface}"))
+            .map_err(|e| LinkError::Shaping {
+                iface: iface.to_string(),
+                detail: e.to_string(),
+            })?;
+        self.shaped.lock().unwrap().remove(iface);
+        Ok(())
     }
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError> {

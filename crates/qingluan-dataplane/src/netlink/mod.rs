@@ -1,4 +1,5 @@
-//! Links adapter: veth pairs, addresses, MTU, link state, TX checksum offload and sysctls.
+//! Links adapter: veth pairs, addresses, MTU, link state, TX checksum offload, sysctls, and
+//! the shaping of what an interface receives.
 //!
 //! For every endpoint the daemon creates a veth pair in the host namespace: the host end is
 //! an OVS port, the peer is handed to Docker, which moves it into the container (the
@@ -7,7 +8,10 @@
 //!
 //! [`NetlinkLinks`] is the real implementation: rtnetlink for links and addresses, the
 //! `SIOCETHTOOL` ioctl for TX checksum offload (`ethtool -K dev tx off`, needed on the
-//! userspace datapath), and files under `/proc/sys` for sysctls. It acts on one network
+//! userspace datapath), files under `/proc/sys` for sysctls, and `tc` (iproute2) for
+//! shaping: the ingress of the interface is redirected to an IFB device whose HTB classes
+//! (one per DSCP value) share a rate (there is no other way to shape what the kernel
+//! receives, and rtnetlink crates do not speak HTB). It acts on one network
 //! namespace, the current one or another ([`NetlinkLinks::in_netns`], used by tests that
 //! model several hosts as namespaces). [`FakeLinks`] is an in-memory model that records the
 //! calls, for tests of the domain logic.
@@ -97,6 +101,14 @@ pub enum LinkError {
         value: String,
         /// Why the file could not be written.
         source: io::Error,
+    },
+    /// `tc` refused to shape an interface.
+    #[error("cannot shape what {iface} receives: {detail}")]
+    Shaping {
+        /// The shaped interface.
+        iface: String,
+        /// What `tc` said.
+        detail: String,
     },
     /// The network namespace could not be entered.
     #[error("cannot enter network namespace {}: {source}", path.display())]
@@ -214,4 +226,64 @@ pub trait Links: Send + Sync {
     /// left alone when it already holds `value` (writing `net.ipv4.ip_forward` has side
     /// effects even when unchanged).
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError>;
+    /// Shapes what `s.iface` receives, creating its IFB device; applying the same shaping
+    /// again changes nothing, a changed one is changed in place.
+    async fn shape_ingress(&self, s: &IngressShaping) -> Result<(), LinkError>;
+    /// Stops shaping what `iface` receives and deletes `ifb`; either missing is fine.
+    async fn unshape_ingress(&self, iface: &str, ifb: &str) -> Result<(), LinkError>;
+}
+
+/// An HTB on what an interface receives, through an IFB device: a total rate shared by
+/// classes, each with a guaranteed rate, a priority for what is left over, and the DSCP
+/// value that selects it. Rates in bit/s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressShaping {
+    /// The interface whose received traffic is shaped.
+    pub iface: String,
+    /// Its IFB device.
+    pub ifb: String,
+    /// The total.
+    pub rate: u64,
+    /// The classes; the first also takes what no DSCP value selects.
+    pub classes: Vec<ShapedClass>,
+}
+
+/// One class of an [`IngressShaping`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapedClass {
+    /// Guaranteed rate.
+    pub min_rate: u64,
+    /// Order in which classes borrow what others leave (0 first).
+    pub prio: u32,
+    /// The DSCP value of its IPv4 packets.
+    pub dscp: u8,
+}
+
+impl IngressShaping {
+    /// The `tc -batch` lines that (re)configure the classes, their filters and the
+    /// redirect; the IFB's root qdisc must exist (`tc qdisc add dev IFB root handle 1: htb
+    /// default 10`).
+    pub fn batch(&self) -> String {
+        let (ifb, rate) = (&self.ifb, self.rate);
+        let mut out = format!("class replace dev {ifb} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit quantum 15140\n");
+        for (i, c) in self.classes.iter().enumerate() {
+            let minor = 0x10 + i;
+            out.push_str(&format!(
+                "class replace dev {ifb} parent 1:1 classid 1:{minor:x} htb rate {}bit ceil {rate}bit quantum 15140 prio {}\n",
+                c.min_rate.max(1000),
+                c.prio
+            ));
+            out.push_str(&format!(
+                "filter replace dev {ifb} parent 1: protocol ip prio 1 handle 800::{:x} u32 match ip tos {:#04x} 0xfc flowid 1:{minor:x}\n",
+                i + 1,
+                c.dscp << 2
+            ));
+        }
+        out.push_str(&format!(
+            "qdisc replace dev {iface} handle ffff: ingress\n\
+             filter replace dev {iface} parent ffff: protocol all prio 1 handle 800::1 u32 match u32 0 0 action mirred egress redirect dev {ifb}\n",
+            iface = self.iface
+        ));
+        out
+    }
 }

@@ -27,7 +27,7 @@ use rtnetlink::sys::TokioSocket;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::Ipv4Addr;
 
-use super::{check_name, sysctl_path, LinkError, LinkInfo, Links, Route};
+use super::{check_name, sysctl_path, IngressShaping, LinkError, LinkInfo, Links, Route};
 
 /// Links of one network namespace, over one rtnetlink connection whose task runs on the
 /// tokio runtime that created it (so the value must not outlive that runtime).
@@ -272,6 +272,51 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), LinkError> {
     std::fs::write(&path, value).map_err(err)
 }
 
+/// Runs `cmd` (`tc` or `ip`) for the shaping of `iface`, in `netns` if given, with `input`
+/// on its stdin; returns its stdout.
+async fn tc(
+    netns: &Option<Arc<Netns>>,
+    iface: &str,
+    cmd: &[&str],
+    input: Option<String>,
+) -> Result<String, LinkError> {
+    let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+    let iface = iface.to_string();
+    blocking(netns.clone(), move || {
+        use std::io::Write;
+        let failed = |detail: String| LinkError::Shaping {
+            iface: iface.clone(),
+            detail,
+        };
+        let mut child = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(format!("{}: {e}", cmd[0])))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        if let Some(text) = input {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            return Err(failed(format!(
+                "{}: {}",
+                cmd.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await
+}
+
 /// Runs blocking `f` on tokio's blocking pool, inside `netns` if given.
 async fn blocking<T: Send + 'static>(
     netns: Option<Arc<Netns>>,
@@ -458,6 +503,69 @@ impl Links for NetlinkLinks {
             })
         })
         .await
+    }
+
+    async fn shape_ingress(&self, s: &IngressShaping) -> Result<(), LinkError> {
+        check_name(&s.ifb)?;
+        if self.link(&s.ifb).await?.is_none() {
+            tc(
+                &self.netns,
+                &s.iface,
+                &["ip", "link", "add", "name", &s.ifb, "type", "ifb"],
+                None,
+            )
+            .await?;
+        }
+        self.set_up(&s.ifb).await?;
+        let qdiscs = tc(
+            &self.netns,
+            &s.iface,
+            &["tc", "qdisc", "show", "dev", &s.ifb],
+            None,
+        )
+        .await?;
+        if !qdiscs.contains("qdisc htb 1:") {
+            tc(
+                &self.netns,
+                &s.iface,
+                &[
+                    "tc", "qdisc", "replace", "dev", &s.ifb, "root", "handle", "1:", "htb",
+                    "default", "10",
+                ],
+                None,
+            )
+            .await?;
+        }
+        tc(
+            &self.netns,
+            &s.iface,
+            &["tc", "-batch", "-"],
+            Some(s.batch()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn unshape_ingress(&self, iface: &str, ifb: &str) -> Result<(), LinkError> {
+        if self.link(iface).await?.is_some() {
+            let qdiscs = tc(
+                &self.netns,
+                iface,
+                &["tc", "qdisc", "show", "dev", iface],
+                None,
+            )
+            .await?;
+            if qdiscs.contains("qdisc ingress ffff:") {
+                tc(
+                    &self.netns,
+                    iface,
+                    &["tc", "qdisc", "del", "dev", iface, "ingress"],
+                    None,
+                )
+                .await?;
+            }
+        }
+        self.delete_link(ifb).await
     }
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError> {
