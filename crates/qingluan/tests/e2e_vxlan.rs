@@ -346,3 +346,68 @@ fn nat_gives_every_host_the_same_gateway_out() {
     assert!(text(&bed.exec(2, "ip -o -4 addr show")).contains("10.51.0.1/24"));
     assert!(bed.ping(2, "qlt-n2", &outside));
 }
+
+#[test]
+fn qos_limits_and_marks_hold_across_hosts() {
+    if !enabled("qos_limits_and_marks_hold_across_hosts") {
+        return;
+    }
+    let bed = Bed::start(2, "");
+    create(&bed, 1, "qv", 5301, &[]);
+    wait_until(20, "qv on h2", || bed.has_network(2, "qv"));
+    // A per-container limit and class from labels on h1; an ingress limit set on h2.
+    bed.docker_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "qlt-qv1",
+            "--net",
+            "qv",
+            "--label",
+            "qingluan.qos.egress.rate=50mbit",
+            "--label",
+            "qingluan.qos.priority=high",
+            IMAGE,
+            "sleep",
+            "600",
+        ],
+    );
+    let ip2 = bed.sleeper(2, "qlt-qv2", "qv");
+    wait_until(15, "h1 reaches h2", || bed.ping(1, "qlt-qv1", &ip2));
+    let mbits = |client: (usize, &str), server: (usize, &str), ip: &str| {
+        bed.in_container(server.0, server.1, "iperf3 -s -D -1 >/dev/null 2>&1");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let out =
+            text(&bed.in_container(client.0, client.1, &format!("iperf3 -c {ip} -t 5 -O 2 -J")));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("iperf3: {out}"))
+            / 1e6
+    };
+    wait_until(15, "h1 learnt the label", || {
+        bed.ql_json(1, &["qos", "ls"])["endpoints"][0]["effective"]["egress"]["value"] == "50mbit"
+    });
+    let egress = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
+    assert!(
+        (45.0..=55.0).contains(&egress),
+        "egress 50mbit across hosts: {egress:.1}"
+    );
+    let o = bed.ql(2, &["qos", "set", "qlt-qv2", "--ingress-rate", "30mbit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ingress = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
+    assert!(
+        (27.0..=33.0).contains(&ingress),
+        "ingress 30mbit on h2: {ingress:.1}"
+    );
+    // The outer header carries the inner mark (AF41, tos 0x88) on the underlay.
+    let marked = bed.capture("udp port 4789 and (ip[1] & 0xfc) = 0x88", || {
+        bed.docker_ok(1, &["exec", "qlt-qv1", "ping", "-c", "3", &ip2]);
+    });
+    assert!(
+        marked.lines().count() >= 3,
+        "no AF41 outer header: {marked:?}"
+    );
+}
