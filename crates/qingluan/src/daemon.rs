@@ -548,7 +548,7 @@ async fn collect_subnets(driver: &Driver, socket: &Path, name: &str, grace: u64)
 
 /// Refreshes network names and collects endpoints Docker forgot, from the Engine API,
 /// every `gc_secs` seconds; endpoints and subnets younger than that are never collected
-/// (Docker may not list them yet).
+/// (Docker may not list them yet). QoS overrides of containers Docker no longer has go too.
 fn spawn_docker_watch(
     tasks: &mut Tasks,
     driver: Arc<Driver>,
@@ -587,6 +587,15 @@ fn spawn_docker_watch(
                         Err(e) => tracing::warn!(error = %e, "address collection failed"),
                     }
                     collect_subnets(&driver, &socket, &name, gc_secs).await;
+                    if let Ok(ids) = crate::docker::container_ids(&socket).await {
+                        match driver.qos.collect(&ids).await {
+                            Ok(r) if !r.is_empty() => {
+                                tracing::info!(overrides = ?r, "removed qos overrides of containers that are gone")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "qos override collection failed"),
+                        }
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "docker api"),
             }

@@ -103,6 +103,17 @@ impl Names {
     }
 }
 
+/// The IDs of every container Docker has, running or not.
+pub async fn container_ids(socket: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let list = get(socket, "/containers/json?all=1").await?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["Id"].as_str().map(String::from))
+        .collect())
+}
+
 /// A container's ID and labels.
 pub async fn container(
     socket: &Path,

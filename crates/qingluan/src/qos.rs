@@ -150,15 +150,17 @@ async fn resolve(api: &Api, r: &QosRequest) -> Result<(String, Target), ApiError
     if let Some(cid) = containers.into_iter().next() {
         let here: Vec<&(String, String, String)> = found.iter().filter(|f| on(&f.0)).collect();
         let names = |v: &[&(String, String, String)]| {
-            v.iter()
+            let mut names: Vec<String> = v
+                .iter()
                 .map(|f| {
                     docker
                         .get(&f.0)
                         .map_or(head(&f.0, 12), |d| &d.name)
                         .to_string()
                 })
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect();
+            names.sort();
+            names.join(", ")
         };
         let (nid, ep, _) = match here.as_slice() {
             [one] => *one,

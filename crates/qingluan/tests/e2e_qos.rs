@@ -144,7 +144,8 @@ fn limits_hold_in_both_directions_and_change_live() {
     assert_eq!(effective(&row, "ingress"), "50mbit (set)");
     assert_eq!(effective(&row, "egress"), "100mbit (network)");
 
-    // Live: 20 Mbit/s set 3 s into a running transfer holds from 2 s later, same connection.
+    // Live: 20 Mbit/s set 4 s into a running transfer (steady from 2 s on) holds from 2 s
+    // later, on the same connection.
     let server = iperf_server("qlt-qa", 5201);
     let client = Command::new("nsenter")
         .args([
@@ -155,13 +156,13 @@ fn limits_hold_in_both_directions_and_change_live() {
             "-c",
             &a,
             "-t",
-            "10",
+            "12",
             "-J",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
     env.qingluan(&["qos", "set", "qlt-qb", "--egress-rate", "20mbit"]);
     let out = client.wait_with_output().unwrap();
     drop(server);
@@ -173,8 +174,8 @@ fn limits_hold_in_both_directions_and_change_live() {
         .iter()
         .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 1e6)
         .collect();
-    let before = intervals[1];
-    let after = intervals[5..].iter().sum::<f64>() / intervals[5..].len() as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (before, after) = (mean(&intervals[2..4]), mean(&intervals[6..]));
     assert_near(before, 100.0, "before the change");
     assert_near(after, 20.0, "2 s after the change");
 
@@ -228,7 +229,7 @@ fn every_source_applies_with_its_precedence_and_marks_its_class() {
     if !enabled("every_source_applies_with_its_precedence_and_marks_its_class") {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_daemon_config("gc_secs = 2");
     env.create_network(
         "qlt-qsrc",
         &[
@@ -354,6 +355,12 @@ fn every_source_applies_with_its_precedence_and_marks_its_class() {
         table.contains("network --opt egress 100mbit, burst 1mb"),
         "{table}"
     );
+    // A removed container's override goes with it (the Engine API pass, every gc_secs).
+    docker(&["rm", "-f", "qlt-qopt"]);
+    assert!(wait_for(Duration::from_secs(10), || {
+        let table = env.qingluan(&["qos", "ls"]);
+        !table.contains("qos set on container") && !table.contains("qos set on qlt-qopt")
+    }));
 }
 
 #[test]

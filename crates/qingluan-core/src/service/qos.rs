@@ -191,6 +191,40 @@ impl Qos {
             .await
     }
 
+    /// Deletes the overrides of containers Docker no longer has (`containers` are the IDs it
+    /// has) and of endpoints that are gone; returns their IDs.
+    pub async fn collect(
+        &self,
+        containers: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, ServiceError> {
+        let _g = self.lock.lock().await;
+        let endpoints: std::collections::BTreeSet<String> =
+            self.endpoints().await?.into_iter().map(|e| e.id).collect();
+        let gone: Vec<QosOverride> = records::list::<QosOverride>(&*self.store)
+            .await?
+            .into_iter()
+            .filter(|o| {
+                let target = o.id.split_once('/').map_or("", |(_, t)| t);
+                match target.split_once('/') {
+                    Some(("container", id)) => !containers.contains(id),
+                    Some(("endpoint", id)) => !endpoints.contains(id),
+                    _ => false,
+                }
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.commit(
+            gone.iter()
+                .map(|o| records::delete::<QosOverride>(&o.id))
+                .collect(),
+            gone.iter().map(records::put).collect(),
+        )
+        .await?;
+        Ok(gone.into_iter().map(|o| o.id).collect())
+    }
+
     /// Refuses a target that is not on `net`.
     async fn check_target(&self, net: &Network, target: &Target) -> Result<(), ServiceError> {
         let on_net = |ep: &Endpoint| match target {
