@@ -1,5 +1,6 @@
 //! vxlan overlay networks end to end on the multi-host test bed (tests/bed): tunnels between
-//! three hosts, each with its own OVS (userspace datapath), qingluan daemon and dockerd.
+//! three hosts, each with its own OVS (userspace datapath), qingluan daemon and dockerd; and
+//! QoS limits and DSCP marks on an overlay across two of them.
 
 mod bed;
 
