@@ -317,3 +317,91 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
         "{listed}"
     );
 }
+
+#[test]
+fn qos_limits_and_marks_hold_on_flat_and_vlan() {
+    if !enabled("qos_limits_and_marks_hold_on_flat_and_vlan") {
+        return;
+    }
+    let bed = Bed::start_local();
+    let mut flat = flat_args(&bed, "flat1");
+    let name = flat.pop().unwrap();
+    flat.extend([
+        "--opt".to_string(),
+        "qos.egress.rate=40mbit".to_string(),
+        name,
+    ]);
+    bed.docker_ok(1, &strs(&flat));
+    vlans_and_router(&bed);
+    bed.sleeper(1, "qlt-f1", "flat1");
+    bed.docker_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "qlt-v10q",
+            "--net",
+            "vlan10",
+            "--label",
+            "qingluan.qos.priority=high",
+            IMAGE,
+            "sleep",
+            "600",
+        ],
+    );
+    let outside = bed.outside_ip();
+    wait_until(20, "flat reaches the physical machine", || {
+        bed.ping(1, "qlt-f1", &outside)
+    });
+    // iperf3 against the physical machine (`ot`), 5 s after 2 s of warm-up.
+    let mbits = |container: &str, reverse: &str| {
+        bed.exec_in("ot", "iperf3 -s -D -1 >/dev/null 2>&1");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let out = text(&bed.in_container(
+            1,
+            container,
+            &format!("iperf3 -c {outside} -t 5 -O 2 -J {reverse}"),
+        ));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("iperf3: {out}"))
+            / 1e6
+    };
+    let egress = mbits("qlt-f1", "");
+    assert!(
+        (36.0..=44.0).contains(&egress),
+        "flat egress 40mbit: {egress:.1}"
+    );
+    let o = bed.ql(1, &["qos", "set", "qlt-f1", "--ingress-rate", "20mbit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ingress = mbits("qlt-f1", "-R");
+    assert!(
+        (18.0..=22.0).contains(&ingress),
+        "flat ingress 20mbit: {ingress:.1}"
+    );
+    // The vlan container's class leaves the trunk tagged 10 with AF41 (tos 0x88).
+    wait_until(15, "the label was learnt", || {
+        text(&bed.ql(1, &["qos", "ls"])).contains("high (label)")
+    });
+    let marked = bed.capture("vlan 10 and (ip[1] & 0xfc) = 0x88", || {
+        let _ = bed.docker(
+            1,
+            &[
+                "exec",
+                "qlt-v10q",
+                "ping",
+                "-c",
+                "3",
+                "-W",
+                "1",
+                "192.168.20.1",
+            ],
+        );
+    });
+    assert!(
+        marked.lines().count() >= 3,
+        "no AF41 on VLAN 10: {marked:?}"
+    );
+}
