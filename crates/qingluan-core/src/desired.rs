@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use qingluan_dataplane::netlink::IngressShaping;
+use qingluan_dataplane::netlink::{IngressShaping, ShapedGroup};
 use qingluan_dataplane::openflow::{Flow, Meter};
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
@@ -98,8 +98,11 @@ pub struct Desired {
     /// Gateway interfaces.
     pub gateways: Vec<GatewayPort>,
     /// Gateways whose received traffic (what leaves the network) is shaped: aggregate
-    /// limits.
+    /// limits of networks with a gateway on this host.
     pub shaped: Vec<IngressShaping>,
+    /// Aggregate limits on what leaves through an uplink bridge's interface (flat
+    /// networks, vxlan tunnels), by uplink bridge.
+    pub egress: BTreeMap<String, Vec<ShapedGroup>>,
     /// Sysctls, path under `/proc/sys` with dots (`net.ipv4.ip_forward`) to value.
     pub sysctls: BTreeMap<String, String>,
     /// Netfilter.

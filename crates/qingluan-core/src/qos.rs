@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use qingluan_dataplane::netlink::{IngressShaping, ShapedClass};
-use qingluan_dataplane::ovsdb::{PortQos, QueueSpec};
+use qingluan_dataplane::netlink::{IngressShaping, ShapedClass, ShapedGroup};
+use qingluan_dataplane::ovsdb::{PortQos, QosKind, QueueSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Endpoint, Network};
@@ -72,13 +72,13 @@ pub enum QosError {
          qos.aggregate.rate or qingluan qos set --network N --aggregate-rate"
     )]
     AggregateOfNetwork(String),
-    /// An aggregate limit on a network without a gateway on this host.
+    /// An aggregate limit where qingluan cannot tell the network's traffic apart.
     #[error(
-        "an aggregate limit needs the network's gateway on this host (nat, nonat, or vxlan \
-         with nat=true); a {0} network leaves through the uplink, which qingluan does not \
-         shape"
+        "an aggregate limit is not available on vlan networks: their frames leave the \
+         uplink tagged, and qingluan cannot yet tell them apart by network there (nat, \
+         nonat, flat and vxlan networks take one)"
     )]
-    AggregateWithoutGateway(crate::model::Mode),
+    AggregateOnVlan,
 }
 
 /// A rate in bit/s, written like tc writes it: `100mbit`, `1gbit`, `512kbit`.
@@ -553,23 +553,61 @@ impl QosSettings {
     }
 
     /// What `net`'s aggregate limit `rate` (leaving through `iface`) is in the kernel.
-    pub fn aggregate(&self, prefix: &str, iface: &str, rate: Rate) -> IngressShaping {
-        let total = rate.0 * FRAME / PAYLOAD;
+    /// What `net`'s aggregate limit `rate` is where it leaves through its gateway `iface`
+    /// (what the gateway receives: the network's own frames).
+    pub fn aggregate(
+        &self,
+        prefix: &str,
+        iface: &str,
+        net: &Network,
+        rate: Rate,
+    ) -> IngressShaping {
+        let (total, classes) = self.classes(rate, u64::from(net.mtu) + 14, net.mtu);
+        IngressShaping {
+            iface: iface.to_string(),
+            ifb: ifb_of(prefix, iface),
+            rate: total,
+            classes,
+        }
+    }
+
+    /// What `net`'s aggregate limit `rate` is on the uplink it leaves through: its packets
+    /// picked out by `select`; each frame carries `overhead` bytes more than the network's
+    /// own (the tunnel's headers).
+    pub fn uplink_group(
+        &self,
+        select: String,
+        net: &Network,
+        overhead: u32,
+        rate: Rate,
+    ) -> ShapedGroup {
+        let frame = u64::from(net.mtu + overhead) + 14;
+        let (total, classes) = self.classes(rate, frame, net.mtu);
+        ShapedGroup {
+            select,
+            rate: total,
+            classes,
+        }
+    }
+
+    /// The total in frames of `frame` bytes for `rate` of TCP payload in packets of `mtu`,
+    /// and the classes sharing it: normal first (it takes the unmarked), high, low.
+    fn classes(&self, rate: Rate, frame: u64, mtu: u32) -> (u64, Vec<ShapedClass>) {
+        let payload = u64::from(mtu.saturating_sub(TCP_IP_HEADERS)).max(1);
+        let total = rate.0.saturating_mul(frame) / payload;
         let class = |p: Priority, prio| ShapedClass {
             min_rate: total * u64::from(self.shares.of(p)) / 100,
             prio,
             dscp: self.dscp.of(p),
         };
-        IngressShaping {
-            iface: iface.to_string(),
-            ifb: ifb_of(prefix, iface),
-            rate: total,
-            classes: vec![
+        (
+            total,
+            vec![
                 class(Priority::Normal, 1),
                 class(Priority::High, 0),
                 class(Priority::Low, 2),
             ],
-        }
+        )
     }
 }
 
@@ -587,10 +625,9 @@ pub fn gateway_of_ifb(prefix: &str, ifb: &str) -> String {
     format!("{prefix}b{}", &ifb[(prefix.len() + 1).min(ifb.len())..])
 }
 
-/// A full TCP segment's Ethernet frame and its payload, in bytes: the HTB class counts
-/// frames, the rate users give counts what applications send (what iperf3 reports).
-const FRAME: u64 = 1514;
-const PAYLOAD: u64 = 1448;
+/// IPv4 and TCP headers with timestamps, in bytes: a frame of MTU `m` carries `m` − 52 of
+/// what applications send (what iperf3 reports and users mean by a rate).
+const TCP_IP_HEADERS: u32 = 52;
 
 /// What the dataplane does for one endpoint.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -605,17 +642,31 @@ pub struct Shaping {
 
 impl Effective {
     /// What the dataplane does to apply this, with `settings`.
-    pub fn shaping(&self, settings: &QosSettings) -> Shaping {
+    ///
+    /// Meters and HTB classes count frames, rates count TCP payload: the HTB class is set
+    /// a full frame (`mtu` + 14) per payload (`mtu` − 52) above the rate; so is the meter
+    /// when the endpoint sends frames of its MTU (`segments`: no TSO, as on vxlan), while
+    /// with TSO it sees 64 KB packets whose headers do not count.
+    pub fn shaping(&self, settings: &QosSettings, mtu: u32, segments: bool) -> Shaping {
+        let frames = |rate: u64| {
+            let payload = u64::from(mtu.saturating_sub(TCP_IP_HEADERS)).max(1);
+            rate.saturating_mul(u64::from(mtu) + 14) / payload
+        };
         let burst_bits = self.burst.map(|b| b.value.0.saturating_mul(8));
         let meter = self.egress.map(|r| {
-            let rate = r.value.0;
+            let rate = if segments {
+                frames(r.value.0)
+            } else {
+                r.value.0
+            };
             let floor = (rate as f64 * METER_BUCKET_SECS) as u64;
             let bucket = burst_bits.unwrap_or(0).max(floor);
             (kbit(rate), kbit(bucket))
         });
         let port = self.ingress.map(|r| {
-            let rate = r.value.0 * FRAME / PAYLOAD;
+            let rate = frames(r.value.0);
             PortQos {
+                kind: QosKind::Htb,
                 max_rate: rate,
                 queues: vec![QueueSpec {
                     max_rate: rate,
@@ -750,7 +801,7 @@ mod tests {
                 aggregate: None,
             },
         )]);
-        let s = e.shaping(&QosSettings::default());
+        let s = e.shaping(&QosSettings::default(), 1500, false);
         assert_eq!(s.meter, Some((100_000, 50_000)));
         assert_eq!(s.dscp, Some(34));
         let q = s.port.unwrap();
@@ -768,11 +819,11 @@ mod tests {
             },
         )]);
         assert_eq!(
-            big.shaping(&QosSettings::default()).meter,
+            big.shaping(&QosSettings::default(), 1500, false).meter,
             Some((1_000, 8_389))
         );
         assert_eq!(
-            Effective::default().shaping(&QosSettings::default()),
+            Effective::default().shaping(&QosSettings::default(), 1500, false),
             Shaping::default()
         );
     }
@@ -780,7 +831,39 @@ mod tests {
     #[test]
     fn an_aggregate_is_shared_by_the_classes() {
         let settings = QosSettings::default();
-        let s = settings.aggregate("ql", "qlb1234abcd", Rate(100_000_000));
+        let mut net = crate::model::Network {
+            id: "1234abcd".into(),
+            mode: crate::model::Mode::Nat,
+            bridge: "qlb1234abcd".into(),
+            internal: false,
+            mtu: 1500,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            ipv6: None,
+            options: Default::default(),
+            created: 0,
+            vni: None,
+            cluster: None,
+            gateway_port: None,
+            uplink: None,
+            qos: Default::default(),
+        };
+        let s = settings.aggregate("ql", "qlb1234abcd", &net, Rate(100_000_000));
+        assert_eq!(
+            s.rate, 104_558_011,
+            "in full frames of 1448 bytes of payload"
+        );
+        net.mtu = 1450;
+        let g = settings.uplink_group(
+            "match ip src 10.0.0.0/24".into(),
+            &net,
+            50,
+            Rate(100_000_000),
+        );
+        assert_eq!(
+            g.rate, 108_297_567,
+            "1398 bytes of payload in 1514 on the wire"
+        );
         assert_eq!(s.ifb, "qlq1234abcd");
         assert_eq!(gateway_of_ifb("ql", &s.ifb), "qlb1234abcd");
         let guaranteed: Vec<(u8, u64)> = s.classes.iter().map(|c| (c.dscp, c.min_rate)).collect();

@@ -26,8 +26,9 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::desired::{Desired, OWNER};
 use crate::qos;
 use crate::uplink;
-use qingluan_dataplane::netlink::IngressShaping;
+use qingluan_dataplane::netlink::{EgressShaping, IngressShaping};
 use qingluan_dataplane::ovsdb::BridgeState;
+use qingluan_dataplane::ovsdb::PortQos;
 
 /// The system adapters the reconciler drives.
 #[derive(Clone)]
@@ -90,6 +91,8 @@ pub struct Reconciler {
     /// The shaping this process last applied per gateway, with the gateway's ifindex (a
     /// re-created interface lost its shaping).
     installed_shaping: Mutex<BTreeMap<String, (IngressShaping, u32)>>,
+    /// The egress shaping this process last applied per uplink interface.
+    installed_egress: Mutex<BTreeMap<String, EgressShaping>>,
     /// Flows and meters this process last installed per bridge.
     installed_flows: Mutex<BTreeMap<String, Programmed>>,
     /// The sentinel cookie of each bridge whose flows are installed, for the flow audit.
@@ -110,6 +113,7 @@ impl Reconciler {
             veth_prefix: format!("{prefix}v"),
             prefix: prefix.to_string(),
             installed_shaping: Mutex::new(BTreeMap::new()),
+            installed_egress: Mutex::new(BTreeMap::new()),
             installed_flows: Mutex::new(BTreeMap::new()),
             sentinels: Default::default(),
             audit_turn: Default::default(),
@@ -195,6 +199,63 @@ pub struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Aggregate limits on uplinks: each uplink interface (`nics`, by bridge) with limited
+    /// networks gets its HTB, rebuilt when it changed (or went missing, on full passes);
+    /// one that no longer has any, or whose uplink bridge went, loses it (after a restart of
+    /// ours, OVS removes it when the port's `linux-noop` QoS goes). Returns the errors.
+    async fn shape_uplinks(
+        &self,
+        d: &Desired,
+        nics: &BTreeMap<String, String>,
+        full: bool,
+    ) -> Vec<String> {
+        let (r, mut errs) = (self.r, Vec::new());
+        let links = &r.adapters.links;
+        let mut installed = r.installed_egress.lock().await;
+        for (bridge, nic) in nics {
+            let result = match d.egress.get(bridge) {
+                Some(groups) => {
+                    let want = EgressShaping {
+                        iface: nic.clone(),
+                        groups: groups.clone(),
+                    };
+                    let current = installed.get(nic) == Some(&want)
+                        && (!full || links.egress_shaped(nic).await.unwrap_or(false));
+                    if current {
+                        continue;
+                    }
+                    installed.remove(nic);
+                    let done = links.shape_egress(&want).await;
+                    if done.is_ok() {
+                        installed.insert(nic.clone(), want);
+                    }
+                    done
+                }
+                None if installed.contains_key(nic) => {
+                    installed.remove(nic);
+                    links.unshape_egress(nic).await
+                }
+                None => continue,
+            };
+            if let Err(e) = result {
+                errs.push(e.to_string());
+            }
+        }
+        // Interfaces whose uplink bridge went: they are the host's again.
+        let gone: Vec<String> = installed
+            .keys()
+            .filter(|n| !nics.values().any(|v| v == *n))
+            .cloned()
+            .collect();
+        for nic in gone {
+            installed.remove(&nic);
+            if let Err(e) = links.unshape_egress(&nic).await {
+                errs.push(e.to_string());
+            }
+        }
+        errs
+    }
+
     /// Aggregate limits: what each shaped gateway receives goes through its IFB; IFBs of
     /// this instance nobody wants are removed (looked for on full passes, and when one was
     /// dropped). Returns the errors.
@@ -305,6 +366,7 @@ impl Pass<'_> {
         // 2. OVS bridges and ports, in one transaction; around it, the host's addresses
         //    move back from an uplink bridge about to go, and onto a new one.
         let mut nic_guards = Vec::new();
+        let mut uplink_nics = BTreeMap::new();
         match a.ovs.snapshot().await {
             Ok(snap) => {
                 let wanted: BTreeSet<&str> = d.uplinks.iter().map(|u| u.bridge.as_str()).collect();
@@ -322,7 +384,12 @@ impl Pass<'_> {
                 let mut unplanned = BTreeSet::new();
                 for u in &d.uplinks {
                     match uplink::plan(&*a.links, &r.owner, u, &snap).await {
-                        Ok((b, p)) => {
+                        Ok((b, mut p)) => {
+                            if d.egress.contains_key(&b.name) {
+                                // Our HTB on the interface; OVS must leave its qdisc alone.
+                                p.qos = Some(PortQos::noop());
+                            }
+                            uplink_nics.insert(b.name.clone(), p.name.clone());
                             with.bridges.push(b.clone());
                             with.ports.push(p.clone());
                             planned.push((b, p));
@@ -376,6 +443,7 @@ impl Pass<'_> {
         }
 
         errs.extend(self.shape(d, full).await);
+        errs.extend(self.shape_uplinks(d, &uplink_nics, full).await);
 
         lap.mark("gateways");
         // 4. and 5., concurrently (independent processes): flows, only where they differ from

@@ -249,6 +249,7 @@ async fn port_qos_round_trips_and_leaves_nothing() {
     };
     let a = adapter(&ovs).await;
     let shaped = |rate: u64, burst| PortQos {
+        kind: Default::default(),
         max_rate: rate,
         queues: vec![QueueSpec {
             max_rate: rate,
@@ -320,6 +321,12 @@ async fn port_qos_round_trips_and_leaves_nothing() {
         assert!(Instant::now() < end, "class not changed: {}", qdisc());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // `linux-noop`: OVS leaves the qdisc to us.
+    p.qos = Some(PortQos::noop());
+    a.apply(&[OvsOp::UpdatePort(p.clone())]).await.unwrap();
+    assert_eq!(read(a.snapshot().await.unwrap())[0], p.qos);
+    assert_eq!((count("QoS"), count("Queue")), (1, 0));
 
     // Removed with the limit, the port, or the bridge.
     p.qos = None;

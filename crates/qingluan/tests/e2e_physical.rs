@@ -405,3 +405,121 @@ fn qos_limits_and_marks_hold_on_flat_and_vlan() {
         "no AF41 on VLAN 10: {marked:?}"
     );
 }
+
+/// Mbit/s each of `clients` sends at once to iperf3 servers on their ports on the bed's
+/// physical machine (`ot`), 5 s after 2 s of warm-up.
+fn concurrent_to_outside(bed: &Bed, clients: &[(&str, u16)]) -> Vec<f64> {
+    let outside = bed.outside_ip();
+    for (_, port) in clients {
+        bed.exec_in("ot", &format!("iperf3 -s -D -1 -p {port} >/dev/null 2>&1"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let running: Vec<_> = clients
+        .iter()
+        .map(|(c, port)| {
+            let pid = bed.docker_ok(1, &["inspect", "-f", "{{.State.Pid}}", c]);
+            std::process::Command::new("nsenter")
+                .args([
+                    "-t",
+                    pid.trim(),
+                    "-n",
+                    "iperf3",
+                    "-c",
+                    &outside,
+                    "-t",
+                    "5",
+                    "-O",
+                    "2",
+                    "-J",
+                ])
+                .args(["-p", &port.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    running
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("iperf3: {}", String::from_utf8_lossy(&out.stdout)))
+                / 1e6
+        })
+        .collect()
+}
+
+#[test]
+fn a_flat_networks_classes_share_its_aggregate_on_the_uplink() {
+    if !enabled("a_flat_networks_classes_share_its_aggregate_on_the_uplink") {
+        return;
+    }
+    let bed = Bed::start_local();
+    let mut flat = flat_args(&bed, "flat1");
+    let name = flat.pop().unwrap();
+    flat.extend([
+        "--opt".to_string(),
+        "qos.aggregate.rate=50mbit".to_string(),
+        name,
+    ]);
+    bed.docker_ok(1, &strs(&flat));
+    for (c, class) in [("qlt-fhi", "high"), ("qlt-flo", "low")] {
+        bed.docker_ok(
+            1,
+            &[
+                "run",
+                "-d",
+                "--name",
+                c,
+                "--net",
+                "flat1",
+                "--label",
+                &format!("qingluan.qos.priority={class}"),
+                IMAGE,
+                "sleep",
+                "600",
+            ],
+        );
+    }
+    let outside = bed.outside_ip();
+    wait_until(20, "flat reaches the physical machine", || {
+        bed.ping(1, "qlt-fhi", &outside) && bed.ping(1, "qlt-flo", &outside)
+    });
+    wait_until(15, "the labels were learnt", || {
+        let t = text(&bed.ql(1, &["qos", "ls"]));
+        t.contains("high (label)") && t.contains("low (label)")
+    });
+    let alone = concurrent_to_outside(&bed, &[("qlt-flo", 5401)]);
+    assert!(
+        (45.0..=55.0).contains(&alone[0]),
+        "low alone under 50mbit: {:.1}",
+        alone[0]
+    );
+    let both = concurrent_to_outside(&bed, &[("qlt-fhi", 5402), ("qlt-flo", 5403)]);
+    eprintln!(
+        "flat aggregate 50mbit: low alone {:.1}, high {:.1} + low {:.1}",
+        alone[0], both[0], both[1]
+    );
+    assert!(
+        both[0] >= 27.0 && both[0] + both[1] <= 55.0,
+        "high {:.1} and low {:.1} under 50mbit: high must keep 60 %",
+        both[0],
+        both[1]
+    );
+    // Removing the network removes the interface's HTB and OVS's QoS row.
+    bed.docker_ok(1, &["rm", "-f", "qlt-fhi", "qlt-flo"]);
+    bed.docker_ok(1, &["network", "rm", "flat1"]);
+    let qdisc = text(&bed.exec(1, "tc qdisc show dev eth0"));
+    assert!(!qdisc.contains("htb 1: root"), "{qdisc}");
+    let rows = text(&bed.exec(1, "ovs-vsctl --bare --columns=_uuid list qos"));
+    assert!(rows.trim().is_empty(), "{rows}");
+    // vlan networks take none yet.
+    let args = vlan_args("vlan30", 30, &["--opt", "qos.aggregate.rate=1gbit"]);
+    bed.docker_refused(
+        1,
+        &args,
+        "an aggregate limit is not available on vlan networks",
+    );
+}

@@ -654,24 +654,13 @@ fn classes_keep_their_share_of_an_aggregate_limit() {
     let ifbs = ok("ip", &["-o", "link", "show", "type", "ifb"]);
     assert!(!ifbs.contains(&format!("{}q", env.prefix)), "{ifbs}");
 
-    // Only where this host holds the gateway; never per container.
-    let err = env.create_network_fails(
-        "qlt-qbad",
-        &[
-            "--opt",
-            "model=vxlan",
-            "--opt",
-            "vni=4242",
-            "--ipam-opt",
-            "pool=vxlan",
-            "--ipam-opt",
-            "vni=4242",
-            "--opt",
-            "qos.aggregate.rate=1gbit",
-        ],
-    );
+    // A whole network's, never one container's.
+    env.create_network("qlt-qagg2", &["--opt", "model=nat"]);
+    start_sleepers("qlt-qagg2", &["qlt-qx"]);
+    let o = env.cli(&["qos", "set", "qlt-qx", "--aggregate-rate", "1gbit"]);
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("an aggregate limit needs the network's gateway on this host"),
+        !o.status.success() && err.contains("--aggregate-rate limits a whole network"),
         "{err}"
     );
 }

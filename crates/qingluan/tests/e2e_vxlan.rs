@@ -411,4 +411,23 @@ fn qos_limits_and_marks_hold_across_hosts() {
         marked.lines().count() >= 3,
         "no AF41 outer header: {marked:?}"
     );
+    // An aggregate limit on h1 shapes what h1 sends into the tunnel for this VNI.
+    let o = bed.ql(
+        1,
+        &[
+            "qos",
+            "set",
+            "--network",
+            "qv",
+            "--aggregate-rate",
+            "20mbit",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let tunnel = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
+    eprintln!("vxlan: egress 50mbit {egress:.1}, ingress 30mbit {ingress:.1}, aggregate 20mbit {tunnel:.1}");
+    assert!(
+        (18.0..=22.0).contains(&tunnel),
+        "tunnel aggregate 20mbit: {tunnel:.1}"
+    );
 }

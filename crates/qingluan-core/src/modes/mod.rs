@@ -11,7 +11,7 @@ mod nonat;
 mod vlan;
 mod vxlan;
 
-pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge};
+pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge, VXLAN_OVERHEAD};
 
 use std::collections::BTreeMap;
 
@@ -203,12 +203,7 @@ pub(crate) fn attach(
     then: &[Action],
     out: &mut Desired,
 ) {
-    // Checksum offload off where OVS cannot finish it: on the userspace datapath without
-    // TSO, and for tunnelled packets on it always.
-    let tx_off = match net.mode {
-        Mode::Vxlan => ctx.facts.datapath == "netdev",
-        _ => ctx.facts.needs_tx_off(),
-    };
+    let tx_off = tx_off(ctx.facts, net);
     let mut marked = Vec::new();
     for ep in eps {
         let shaping = ctx.qos.get(&ep.id);
@@ -262,6 +257,16 @@ pub(crate) fn attach(
         .extend(pipeline::collect(&[&qos]));
 }
 
+/// Whether `net`'s containers get checksum offload off (so no TSO either): where OVS
+/// cannot finish it, on the userspace datapath without TSO, and for tunnelled packets on it
+/// always.
+fn tx_off(facts: &HostFacts, net: &Network) -> bool {
+    match net.mode {
+        Mode::Vxlan => facts.datapath == "netdev",
+        _ => facts.needs_tx_off(),
+    }
+}
+
 /// An endpoint's QoS as the dataplane applies it, with its meter's ID on its bridge.
 #[derive(Clone, Debug, Default)]
 pub struct EndpointShaping {
@@ -283,6 +288,7 @@ impl std::ops::Deref for EndpointShaping {
 /// so the choice is stable).
 fn shapings(
     settings: &Settings,
+    facts: &HostFacts,
     networks: &[Network],
     endpoints: &[Endpoint],
     overrides: &BTreeMap<String, QosSpec>,
@@ -304,7 +310,7 @@ fn shapings(
                 source: qos::Source::Network,
             });
         }
-        let shaping = effective.shaping(&settings.qos);
+        let shaping = effective.shaping(&settings.qos, net.mtu, tx_off(facts, net));
         let meter_id = shaping.meter.map(|_| {
             let used = taken.entry(net.bridge()).or_default();
             let mut id = u32::from_str_radix(crate::model::head(&ep.id, 8), 16).unwrap_or(0);
@@ -331,7 +337,7 @@ pub fn build(
     view: &ClusterView,
     overrides: &BTreeMap<String, QosSpec>,
 ) -> Desired {
-    let qos = shapings(settings, networks, endpoints, overrides);
+    let qos = shapings(settings, facts, networks, endpoints, overrides);
     let mut d = Desired {
         firewall: Policy {
             name: settings.name.clone(),
@@ -341,9 +347,8 @@ pub fn build(
         ..Default::default()
     };
     for net in networks {
-        if let (Some(rate), Some(iface)) = (qos::aggregate_of(net, overrides), net.host_gateway()) {
-            d.shaped
-                .push(settings.qos.aggregate(&settings.prefix, &iface, rate));
+        if let Some(rate) = qos::aggregate_of(net, overrides) {
+            aggregate(settings, facts, net, rate, &mut d);
         }
         let eps: Vec<&Endpoint> = endpoints
             .iter()
@@ -378,6 +383,39 @@ pub fn build(
     d.firewall.segments.sort_by(|a, b| a.bridge.cmp(&b.bridge));
     d.firewall.guards.sort();
     d
+}
+
+/// Where `net`'s aggregate limit `rate` applies: what leaves through its gateway on this
+/// host (nat, nonat, vxlan with `nat=true`), and what leaves through the uplink's
+/// interface: a flat network's packets by source subnet, a vxlan network's tunnel packets
+/// by VNI (the tunnel leaves through the uplink bridge on the userspace datapath).
+fn aggregate(
+    settings: &Settings,
+    facts: &HostFacts,
+    net: &Network,
+    rate: qos::Rate,
+    d: &mut Desired,
+) {
+    if let Some(iface) = net.host_gateway() {
+        d.shaped
+            .push(settings.qos.aggregate(&settings.prefix, &iface, net, rate));
+    }
+    let (bridge, select, overhead) = match (net.mode, net.vni) {
+        (Mode::Flat, _) => (net.bridge(), format!("match ip src {}", net.subnet), 0),
+        (Mode::Vxlan, Some(vni)) if facts.datapath == "netdev" && settings.underlay_ip.is_some() => (
+            uplink_bridge(&settings.prefix),
+            format!(
+                "match ip protocol 17 0xff match u16 4789 0xffff at 22 match u32 {:#010x} 0xffffff00 at 32",
+                vni << 8
+            ),
+            VXLAN_OVERHEAD,
+        ),
+        _ => return,
+    };
+    d.egress
+        .entry(bridge)
+        .or_default()
+        .push(settings.qos.uplink_group(select, net, overhead, rate));
 }
 
 /// What a mode needs besides the records when building.

@@ -30,6 +30,10 @@ use crate::pipeline::{self, FlowFeature};
 /// The vxlan mode.
 pub struct Vxlan;
 
+/// Bytes VXLAN over an IPv4 underlay adds to each frame (outer Ethernet 14, IPv4 20, UDP 8,
+/// VXLAN 8): the default container MTU of a vxlan network is `network.mtu` minus this.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
 /// The overlay bridge of an instance.
 pub fn overlay_bridge(prefix: &str) -> String {
     format!("{prefix}ov")

@@ -255,9 +255,7 @@ pub struct State {
     pub joined: tokio::sync::Notify,
 }
 
-/// Bytes VXLAN over an IPv4 underlay adds to each frame (outer Ethernet 14, IPv4 20, UDP 8,
-/// VXLAN 8): the default container MTU of a vxlan network is `network.mtu` minus this.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use crate::modes::VXLAN_OVERHEAD;
 
 /// Where a driver keeps its records.
 pub struct Stores {

@@ -99,8 +99,8 @@ impl Networks {
             uplink,
             qos: opts.qos.clone(),
         };
-        if net.qos.aggregate.is_some() && net.host_gateway().is_none() {
-            return Err(OptionError::from(QosError::AggregateWithoutGateway(net.mode)).into());
+        if net.qos.aggregate.is_some() && net.mode == Mode::Vlan {
+            return Err(OptionError::from(QosError::AggregateOnVlan).into());
         }
         let _g = self.lock.lock().await;
         if let Some(have) = records::get::<Network>(&*self.store, &net.id).await? {

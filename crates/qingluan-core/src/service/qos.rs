@@ -74,10 +74,8 @@ impl Qos {
         self.check_target(&net, target).await?;
         if spec.aggregate.is_some() {
             match target {
-                Target::Network if net.host_gateway().is_none() => {
-                    return Err(
-                        OptionError::from(QosError::AggregateWithoutGateway(net.mode)).into(),
-                    )
+                Target::Network if net.mode == crate::model::Mode::Vlan => {
+                    return Err(OptionError::from(QosError::AggregateOnVlan).into())
                 }
                 Target::Network => {}
                 _ => {

@@ -21,8 +21,10 @@ use super::{check_name, sysctl_path, LinkError, LinkInfo, Links, Route};
 pub struct FakeLinks {
     /// Sysctls written, by key as given.
     pub sysctls: Mutex<BTreeMap<String, String>>,
-    /// Shaped interfaces, by name.
+    /// Interfaces whose ingress is shaped, by name.
     pub shaped: Mutex<BTreeMap<String, super::IngressShaping>>,
+    /// Interfaces whose egress is shaped, by name.
+    pub shaped_egress: Mutex<BTreeMap<String, super::EgressShaping>>,
     /// Mutating calls in order, failed ones included, as text: `create_veth qlv1 qlc1 1500`,
     /// `delete_link qlv1`, `set_up qlb1`, `set_mtu qlb1 1450`, `add_address qlb1 10.0.0.1/24`,
     /// `del_address qlb1 10.0.0.1/24`, `add_route qlul 0.0.0.0/0`, `tx_checksum_off qlc1`,
@@ -323,6 +325,33 @@ impl Links for FakeLinks {
                 detail: e.to_string(),
             })?;
         self.shaped.lock().unwrap().remove(iface);
+        Ok(())
+    }
+
+    async fn shape_egress(&self, s: &super::EgressShaping) -> Result<(), LinkError> {
+        self.record(format!("shape_egress {}", s.iface))
+            .map_err(|e| LinkError::Shaping {
+                iface: s.iface.clone(),
+                detail: e.to_string(),
+            })?;
+        self.shaped_egress
+            .lock()
+            .unwrap()
+            .insert(s.iface.clone(), s.clone());
+        Ok(())
+    }
+
+    async fn egress_shaped(&self, iface: &str) -> Result<bool, LinkError> {
+        Ok(self.shaped_egress.lock().unwrap().contains_key(iface))
+    }
+
+    async fn unshape_egress(&self, iface: &str) -> Result<(), LinkError> {
+        self.record(format!("unshape_egress {iface}"))
+            .map_err(|e| LinkError::Shaping {
+                iface: iface.to_string(),
+                detail: e.to_string(),
+            })?;
+        self.shaped_egress.lock().unwrap().remove(iface);
         Ok(())
     }
 

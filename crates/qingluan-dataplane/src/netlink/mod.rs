@@ -231,6 +231,73 @@ pub trait Links: Send + Sync {
     async fn shape_ingress(&self, s: &IngressShaping) -> Result<(), LinkError>;
     /// Stops shaping what `iface` receives and deletes `ifb`; either missing is fine.
     async fn unshape_ingress(&self, iface: &str, ifb: &str) -> Result<(), LinkError>;
+    /// Shapes what `s.iface` sends: its root qdisc is rebuilt as `s` says.
+    async fn shape_egress(&self, s: &EgressShaping) -> Result<(), LinkError>;
+    /// Whether `iface` has a root HTB of ours (handle `1:`).
+    async fn egress_shaped(&self, iface: &str) -> Result<bool, LinkError>;
+    /// Removes the root HTB of `iface`; not shaped is fine.
+    async fn unshape_egress(&self, iface: &str) -> Result<(), LinkError>;
+}
+
+/// An HTB on what an interface sends (an uplink that OVS transmits on): groups of traffic,
+/// each with its total shared by DSCP classes (as [`IngressShaping`]'s); the rest is not
+/// limited. Rates in bit/s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressShaping {
+    /// The interface.
+    pub iface: String,
+    /// The groups.
+    pub groups: Vec<ShapedGroup>,
+}
+
+/// One group of an [`EgressShaping`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapedGroup {
+    /// What selects its IPv4 packets, as `tc` u32 matches (`match ip src 10.0.0.0/24`).
+    pub select: String,
+    /// Its total.
+    pub rate: u64,
+    /// Its classes; the first also takes what no DSCP value selects.
+    pub classes: Vec<ShapedClass>,
+}
+
+/// The ceiling of what an egress HTB does not limit.
+const UNLIMITED: &str = "100gbit";
+
+impl EgressShaping {
+    /// The `tc -batch` lines that build the HTB from scratch (after the old root qdisc is
+    /// deleted).
+    pub fn batch(&self) -> String {
+        let dev = &self.iface;
+        let mut out = format!(
+            "qdisc add dev {dev} root handle 1: htb default 2\n\
+             class add dev {dev} parent 1: classid 1:1 htb rate {UNLIMITED} ceil {UNLIMITED} quantum 60000\n\
+             class add dev {dev} parent 1:1 classid 1:2 htb rate {UNLIMITED} ceil {UNLIMITED} quantum 60000\n"
+        );
+        for (i, g) in self.groups.iter().enumerate() {
+            let (base, rate) = (0x100 * (i + 1), g.rate);
+            out.push_str(&format!(
+                "class add dev {dev} parent 1:1 classid 1:{base:x} htb rate {rate}bit ceil {rate}bit quantum 15140\n\
+                 filter add dev {dev} parent 1: protocol ip prio 10 u32 {} flowid 1:{base:x}\n",
+                g.select
+            ));
+            for (j, c) in g.classes.iter().enumerate() {
+                let leaf = base + 1 + j;
+                out.push_str(&format!(
+                    "class add dev {dev} parent 1:{base:x} classid 1:{leaf:x} htb rate {}bit ceil {rate}bit quantum 15140 prio {}\n\
+                     filter add dev {dev} parent 1:{base:x} protocol ip prio 1 u32 match ip tos {:#04x} 0xfc flowid 1:{leaf:x}\n",
+                    c.min_rate.max(1000),
+                    c.prio,
+                    c.dscp << 2
+                ));
+            }
+            out.push_str(&format!(
+                "filter add dev {dev} parent 1:{base:x} protocol ip prio 2 u32 match u32 0 0 flowid 1:{:x}\n",
+                base + 1
+            ));
+        }
+        out
+    }
 }
 
 /// An HTB on what an interface receives, through an IFB device: a total rate shared by

@@ -27,7 +27,9 @@ use rtnetlink::sys::TokioSocket;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::Ipv4Addr;
 
-use super::{check_name, sysctl_path, IngressShaping, LinkError, LinkInfo, Links, Route};
+use super::{
+    check_name, sysctl_path, EgressShaping, IngressShaping, LinkError, LinkInfo, Links, Route,
+};
 
 /// Links of one network namespace, over one rtnetlink connection whose task runs on the
 /// tokio runtime that created it (so the value must not outlive that runtime).
@@ -566,6 +568,42 @@ impl Links for NetlinkLinks {
             }
         }
         self.delete_link(ifb).await
+    }
+
+    async fn shape_egress(&self, s: &EgressShaping) -> Result<(), LinkError> {
+        self.unshape_egress(&s.iface).await?;
+        tc(
+            &self.netns,
+            &s.iface,
+            &["tc", "-batch", "-"],
+            Some(s.batch()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn egress_shaped(&self, iface: &str) -> Result<bool, LinkError> {
+        let qdiscs = tc(
+            &self.netns,
+            iface,
+            &["tc", "qdisc", "show", "dev", iface],
+            None,
+        )
+        .await?;
+        Ok(qdiscs.contains("qdisc htb 1: root"))
+    }
+
+    async fn unshape_egress(&self, iface: &str) -> Result<(), LinkError> {
+        if self.link(iface).await?.is_some() && self.egress_shaped(iface).await? {
+            tc(
+                &self.netns,
+                iface,
+                &["tc", "qdisc", "del", "dev", iface, "root"],
+                None,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError> {

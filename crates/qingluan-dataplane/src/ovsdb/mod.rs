@@ -108,10 +108,34 @@ pub struct PortSpec {
 /// adapter deletes the rows it replaces; they carry the port's `external_ids`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortQos {
+    /// `linux-htb`, or `linux-noop`: OVS leaves the device's qdisc to us.
+    #[serde(default)]
+    pub kind: QosKind,
     /// The port's total rate in bit/s (`other_config:max-rate`).
     pub max_rate: u64,
     /// The queues, numbered from 0 (queue 0 is where unclassified traffic goes).
     pub queues: Vec<QueueSpec>,
+}
+
+/// The QoS type of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QosKind {
+    /// OVS installs an HTB with the queues.
+    #[default]
+    Htb,
+    /// OVS does not touch the device's qdisc (no rate, no queues).
+    Noop,
+}
+
+impl PortQos {
+    /// A port whose qdisc OVS must leave alone (we shape it ourselves).
+    pub fn noop() -> PortQos {
+        PortQos {
+            kind: QosKind::Noop,
+            max_rate: 0,
+            queues: Vec::new(),
+        }
+    }
 }
 
 /// One HTB class of a [`PortQos`]; rates in bit/s, burst in bits.

@@ -47,7 +47,7 @@ use super::layout::Layout;
 use super::replica::{Replica, Rows};
 use super::{
     BridgeSpec, BridgeState, Collector, FlowExport, Ovs, OvsEvent, OvsOp, OvsdbError, PortQos,
-    PortSpec, PortState, QueueSpec, SystemInfo,
+    PortSpec, PortState, QosKind, QueueSpec, SystemInfo,
 };
 
 const DB: &str = "Open_vSwitch";
@@ -382,10 +382,15 @@ fn qos_of(
     }
     let c = map_of(&q["other_config"]);
     let contiguous = specs.keys().copied().eq(0..specs.len() as u64);
-    let spec = (q["type"] == "linux-htb" && contiguous).then(|| PortQos {
-        max_rate: number(&c, "max-rate").unwrap_or(0),
-        queues: specs.into_values().collect(),
-    });
+    let spec = match q["type"].as_str() {
+        Some("linux-htb") if contiguous => Some(PortQos {
+            kind: QosKind::Htb,
+            max_rate: number(&c, "max-rate").unwrap_or(0),
+            queues: specs.into_values().collect(),
+        }),
+        Some("linux-noop") => Some(PortQos::noop()),
+        _ => None,
+    };
     (spec, rows)
 }
 
@@ -411,12 +416,16 @@ fn insert_qos(t: &mut Plan, i: usize, p: &PortSpec, q: &PortQos) -> Value {
         queues.push(json!([n, named(&name)]));
     }
     let name = format!("qos{i}");
-    let c = BTreeMap::from([("max-rate".to_string(), q.max_rate.to_string())]);
-    t.ops.push(
-        json!({"op": "insert", "table": "QoS", "uuid-name": name, "row": {
-        "type": "linux-htb", "other_config": map(&c), "queues": ["map", queues],
-        "external_ids": map(&p.external_ids)}}),
-    );
+    let row = match q.kind {
+        QosKind::Htb => {
+            let c = BTreeMap::from([("max-rate".to_string(), q.max_rate.to_string())]);
+            json!({"type": "linux-htb", "other_config": map(&c), "queues": ["map", queues],
+                "external_ids": map(&p.external_ids)})
+        }
+        QosKind::Noop => json!({"type": "linux-noop", "external_ids": map(&p.external_ids)}),
+    };
+    t.ops
+        .push(json!({"op": "insert", "table": "QoS", "uuid-name": name, "row": row}));
     named(&name)
 }
 
