@@ -8,22 +8,22 @@ mod bed;
 
 use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
 
-/// Arguments of the flat network on the underlay's subnet, containers from .128/25.
-fn flat_args(bed: &Bed, name: &str) -> Vec<String> {
+/// Arguments of the flat network on the underlay's subnet, containers from .128/25, with
+/// `extra` options.
+fn flat_args(bed: &Bed, name: &str, extra: &[&str]) -> Vec<String> {
     let subnet = format!("{}.0/24", bed.router_ip().rsplit_once('.').unwrap().0);
     let range = format!("{}.128/25", bed.router_ip().rsplit_once('.').unwrap().0);
-    Bed::network_args(
-        "flat",
-        name,
-        &[
-            "--subnet",
-            &subnet,
-            "--gateway",
-            &bed.router_ip(),
-            "--ip-range",
-            &range,
-        ],
-    )
+    let router = bed.router_ip();
+    let mut all = vec![
+        "--subnet",
+        &subnet,
+        "--gateway",
+        &router,
+        "--ip-range",
+        &range,
+    ];
+    all.extend_from_slice(extra);
+    Bed::network_args("flat", name, &all)
 }
 
 fn vlan_args(name: &str, vlan: u16, extra: &[&str]) -> Vec<String> {
@@ -107,11 +107,8 @@ fn flat_and_vlan_networks_span_hosts_on_the_physical_network() {
         Bed::network_args("flat", "qlt-bad", &["--subnet", "192.168.159.0/24"]),
         "a flat network needs --gateway",
     );
-    let mut no_parent = flat_args(&bed, "qlt-bad");
-    no_parent.insert(2, "--opt".into());
-    no_parent.insert(3, "parent=nosuch0".into());
     refused(
-        no_parent,
+        flat_args(&bed, "qlt-bad", &["--opt", "parent=nosuch0"]),
         "parent interface \"nosuch0\" does not exist on this host",
     );
     let listed = bed.docker_ok(1, &["network", "ls", "--format", "{{.Name}}"]);
@@ -119,7 +116,7 @@ fn flat_and_vlan_networks_span_hosts_on_the_physical_network() {
 
     // flat on the underlay: created on host 1, replicated to host 2; the underlay moves onto
     // the uplink bridge on both and the hosts keep their connectivity.
-    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1")));
+    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1", &[])));
     wait_until(20, "flat1 on host 2", || bed.has_network(2, "flat1"));
     let v10 = vlans_and_router(&bed);
     wait_until(20, "the vlans on host 2", || {
@@ -270,7 +267,7 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
     let mut bed = Bed::start_local();
     // Containers follow the uplink's MTU.
     assert!(bed.exec(1, "ip link set eth0 mtu 1400").status.success());
-    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1")));
+    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1", &[])));
     vlans_and_router(&bed);
     bed.sleeper(1, "qlt-f1", "flat1");
     let mtu = bed.docker_ok(1, &["exec", "qlt-f1", "cat", "/sys/class/net/eth0/mtu"]);
@@ -324,14 +321,14 @@ fn qos_limits_and_marks_hold_on_flat_and_vlan() {
         return;
     }
     let bed = Bed::start_local();
-    let mut flat = flat_args(&bed, "flat1");
-    let name = flat.pop().unwrap();
-    flat.extend([
-        "--opt".to_string(),
-        "qos.egress.rate=40mbit".to_string(),
-        name,
-    ]);
-    bed.docker_ok(1, &strs(&flat));
+    bed.docker_ok(
+        1,
+        &strs(&flat_args(
+            &bed,
+            "flat1",
+            &["--opt", "qos.egress.rate=40mbit"],
+        )),
+    );
     vlans_and_router(&bed);
     bed.sleeper(1, "qlt-f1", "flat1");
     bed.docker_ok(
@@ -457,14 +454,14 @@ fn a_flat_networks_classes_share_its_aggregate_on_the_uplink() {
         return;
     }
     let bed = Bed::start_local();
-    let mut flat = flat_args(&bed, "flat1");
-    let name = flat.pop().unwrap();
-    flat.extend([
-        "--opt".to_string(),
-        "qos.aggregate.rate=50mbit".to_string(),
-        name,
-    ]);
-    bed.docker_ok(1, &strs(&flat));
+    bed.docker_ok(
+        1,
+        &strs(&flat_args(
+            &bed,
+            "flat1",
+            &["--opt", "qos.aggregate.rate=50mbit"],
+        )),
+    );
     for (c, class) in [("qlt-fhi", "high"), ("qlt-flo", "low")] {
         bed.docker_ok(
             1,

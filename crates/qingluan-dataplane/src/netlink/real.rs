@@ -128,6 +128,23 @@ impl NetlinkLinks {
     }
 
     /// Index of an existing link.
+    /// The qdiscs of `iface`, as `tc qdisc show` prints them.
+    async fn qdiscs(&self, iface: &str) -> Result<String, LinkError> {
+        tc(
+            &self.netns,
+            iface,
+            &["tc", "qdisc", "show", "dev", iface],
+            None,
+        )
+        .await
+    }
+
+    /// Runs `tc -batch` lines for the shaping of `iface`.
+    async fn batch(&self, iface: &str, lines: String) -> Result<(), LinkError> {
+        tc(&self.netns, iface, &["tc", "-batch", "-"], Some(lines)).await?;
+        Ok(())
+    }
+
     async fn index(&self, name: &str) -> Result<u32, LinkError> {
         self.link(name)
             .await?
@@ -519,13 +536,7 @@ impl Links for NetlinkLinks {
             .await?;
         }
         self.set_up(&s.ifb).await?;
-        let qdiscs = tc(
-            &self.netns,
-            &s.iface,
-            &["tc", "qdisc", "show", "dev", &s.ifb],
-            None,
-        )
-        .await?;
+        let qdiscs = self.qdiscs(&s.ifb).await?;
         if !qdiscs.contains("qdisc htb 1:") {
             tc(
                 &self.netns,
@@ -538,25 +549,12 @@ impl Links for NetlinkLinks {
             )
             .await?;
         }
-        tc(
-            &self.netns,
-            &s.iface,
-            &["tc", "-batch", "-"],
-            Some(s.batch()),
-        )
-        .await?;
-        Ok(())
+        self.batch(&s.iface, s.batch()).await
     }
 
     async fn unshape_ingress(&self, iface: &str, ifb: &str) -> Result<(), LinkError> {
         if self.link(iface).await?.is_some() {
-            let qdiscs = tc(
-                &self.netns,
-                iface,
-                &["tc", "qdisc", "show", "dev", iface],
-                None,
-            )
-            .await?;
+            let qdiscs = self.qdiscs(iface).await?;
             if qdiscs.contains("qdisc ingress ffff:") {
                 tc(
                     &self.netns,
@@ -572,24 +570,11 @@ impl Links for NetlinkLinks {
 
     async fn shape_egress(&self, s: &EgressShaping) -> Result<(), LinkError> {
         self.unshape_egress(&s.iface).await?;
-        tc(
-            &self.netns,
-            &s.iface,
-            &["tc", "-batch", "-"],
-            Some(s.batch()),
-        )
-        .await?;
-        Ok(())
+        self.batch(&s.iface, s.batch()).await
     }
 
     async fn egress_shaped(&self, iface: &str) -> Result<bool, LinkError> {
-        let qdiscs = tc(
-            &self.netns,
-            iface,
-            &["tc", "qdisc", "show", "dev", iface],
-            None,
-        )
-        .await?;
+        let qdiscs = self.qdiscs(iface).await?;
         Ok(qdiscs.contains("qdisc htb 1: root"))
     }
 
