@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use qingluan_dataplane::netlink::{IngressShaping, ShapedClass, ShapedGroup};
+use qingluan_dataplane::netlink::{IngressShaping, Select, ShapedClass, ShapedGroup};
 use qingluan_dataplane::ovsdb::{PortQos, QosKind, QueueSpec};
 use serde::{Deserialize, Serialize};
 
@@ -72,13 +72,6 @@ pub enum QosError {
          qos.aggregate.rate or qingluan qos set --network N --aggregate-rate"
     )]
     AggregateOfNetwork(String),
-    /// An aggregate limit where qingluan cannot tell the network's traffic apart.
-    #[error(
-        "an aggregate limit is not available on vlan networks: their frames leave the \
-         uplink tagged, and qingluan cannot yet tell them apart by network there (nat, \
-         nonat, flat and vxlan networks take one)"
-    )]
-    AggregateOnVlan,
 }
 
 /// A rate in bit/s, written like tc writes it: `100mbit`, `1gbit`, `512kbit`.
@@ -576,7 +569,7 @@ impl QosSettings {
     /// own (the tunnel's headers).
     pub fn uplink_group(
         &self,
-        select: String,
+        select: Select,
         net: &Network,
         overhead: u32,
         rate: Rate,
@@ -854,11 +847,19 @@ mod tests {
             "in full frames of 1448 bytes of payload"
         );
         net.mtu = 1450;
-        let g = settings.uplink_group(
-            "match ip src 10.0.0.0/24".into(),
-            &net,
-            50,
-            Rate(100_000_000),
+        let g = settings.uplink_group(Select::Vlan(10), &net, 50, Rate(100_000_000));
+        let egress = qingluan_dataplane::netlink::EgressShaping {
+            iface: "eth1".into(),
+            groups: vec![g.clone()],
+        };
+        let batch = egress.batch();
+        assert!(
+            batch.contains("bpf bytecode \"7,40 0 0 12,21 0 4 33024,40 0 0 14,84 0 0 4095,21 0 1 10,6 0 0 4294967295,6 0 0 0\" flowid 1:100"),
+            "tagged 10: {batch}"
+        );
+        assert!(
+            batch.contains("48 0 0 19,84 0 0 252,21 0 1 136,"),
+            "AF41 under the tag: {batch}"
         );
         assert_eq!(
             g.rate, 108_297_567,

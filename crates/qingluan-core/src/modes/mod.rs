@@ -25,6 +25,7 @@ use crate::pipeline::{self, Action, Stage};
 use crate::policy::{Dnat, Policy, Segment};
 use crate::qos::{self, QosSpec, Shaping};
 use crate::settings::Settings;
+use qingluan_dataplane::netlink::Select;
 
 /// What Join returns for an endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -387,8 +388,9 @@ pub fn build(
 
 /// Where `net`'s aggregate limit `rate` applies: what leaves through its gateway on this
 /// host (nat, nonat, vxlan with `nat=true`), and what leaves through the uplink's
-/// interface: a flat network's packets by source subnet, a vxlan network's tunnel packets
-/// by VNI (the tunnel leaves through the uplink bridge on the userspace datapath).
+/// interface: a flat network's packets by source subnet, a vlan network's frames by their
+/// tag, a vxlan network's tunnel packets by VNI (the tunnel leaves through the uplink bridge
+/// on the userspace datapath).
 fn aggregate(
     settings: &Settings,
     facts: &HostFacts,
@@ -401,13 +403,14 @@ fn aggregate(
             .push(settings.qos.aggregate(&settings.prefix, &iface, net, rate));
     }
     let (bridge, select, overhead) = match (net.mode, net.vni) {
-        (Mode::Flat, _) => (net.bridge(), format!("match ip src {}", net.subnet), 0),
+        (Mode::Flat, _) => (net.bridge(), Select::Ip(format!("match ip src {}", net.subnet)), 0),
+        (Mode::Vlan, Some(vid)) => (net.bridge(), Select::Vlan(vid as u16), 4),
         (Mode::Vxlan, Some(vni)) if facts.datapath == "netdev" && settings.underlay_ip.is_some() => (
             uplink_bridge(&settings.prefix),
-            format!(
+            Select::Ip(format!(
                 "match ip protocol 17 0xff match u16 4789 0xffff at 22 match u32 {:#010x} 0xffffff00 at 32",
                 vni << 8
-            ),
+            )),
             VXLAN_OVERHEAD,
         ),
         _ => return,

@@ -8,8 +8,7 @@ use super::{short, CreateNetwork, ServiceError, VXLAN_OVERHEAD};
 use crate::cluster::{self, ClusterNetwork};
 use crate::ipam::IpamError;
 use crate::model::{self, Endpoint, Mode, Network};
-use crate::options::OptionError;
-use crate::qos::{QosError, QosOverride};
+use crate::qos::QosOverride;
 use crate::{modes, options, records};
 
 handle! {
@@ -99,9 +98,6 @@ impl Networks {
             uplink,
             qos: opts.qos.clone(),
         };
-        if net.qos.aggregate.is_some() && net.mode == Mode::Vlan {
-            return Err(OptionError::from(QosError::AggregateOnVlan).into());
-        }
         let _g = self.lock.lock().await;
         if let Some(have) = records::get::<Network>(&*self.store, &net.id).await? {
             let same = Network {

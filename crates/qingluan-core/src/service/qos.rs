@@ -74,9 +74,6 @@ impl Qos {
         self.check_target(&net, target).await?;
         if spec.aggregate.is_some() {
             match target {
-                Target::Network if net.mode == crate::model::Mode::Vlan => {
-                    return Err(OptionError::from(QosError::AggregateOnVlan).into())
-                }
                 Target::Network => {}
                 _ => {
                     return Err(OptionError::from(QosError::AggregateOfNetwork(

@@ -253,12 +253,78 @@ pub struct EgressShaping {
 /// One group of an [`EgressShaping`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShapedGroup {
-    /// What selects its IPv4 packets, as `tc` u32 matches (`match ip src 10.0.0.0/24`).
-    pub select: String,
+    /// What picks its packets out.
+    pub select: Select,
     /// Its total.
     pub rate: u64,
     /// Its classes; the first also takes what no DSCP value selects.
     pub classes: Vec<ShapedClass>,
+}
+
+/// What picks a group's packets out on an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// IPv4 packets these `tc` u32 matches select (`match ip src 10.0.0.0/24`).
+    Ip(String),
+    /// Frames tagged with this 802.1Q VLAN ID (OVS pushes the tag in userspace, so it is in
+    /// the frame), picked by a classic BPF program: u32 cannot look before the IP header.
+    Vlan(u16),
+}
+
+impl Select {
+    /// The filter line that puts the group's packets into class `1:flowid` of `dev`.
+    fn filter(&self, dev: &str, flowid: usize) -> String {
+        match self {
+            Select::Ip(m) => format!(
+                "filter add dev {dev} parent 1: protocol ip prio 10 u32 {m} flowid 1:{flowid:x}\n"
+            ),
+            Select::Vlan(vid) => format!(
+                "filter add dev {dev} parent 1: protocol all prio 10 bpf bytecode \"{}\" flowid 1:{flowid:x}\n",
+                bpf(&[
+                    (0x28, 0, 0, 12),
+                    (0x15, 0, 4, 0x8100),
+                    (0x28, 0, 0, 14),
+                    (0x54, 0, 0, 0x0fff),
+                    (0x15, 0, 1, u32::from(*vid)),
+                    (0x06, 0, 0, u32::MAX),
+                    (0x06, 0, 0, 0),
+                ])
+            ),
+        }
+    }
+
+    /// The filter line under group class `1:parent` that puts packets with DSCP `dscp`
+    /// into class `1:flowid`.
+    fn dscp_filter(&self, dev: &str, parent: usize, dscp: u8, flowid: usize) -> String {
+        let tos = u32::from(dscp) << 2;
+        match self {
+            Select::Ip(_) => format!(
+                "filter add dev {dev} parent 1:{parent:x} protocol ip prio 1 u32 match ip tos {tos:#04x} 0xfc flowid 1:{flowid:x}\n"
+            ),
+            Select::Vlan(_) => format!(
+                "filter add dev {dev} parent 1:{parent:x} protocol all prio 1 bpf bytecode \"{}\" flowid 1:{flowid:x}\n",
+                bpf(&[
+                    (0x28, 0, 0, 16),
+                    (0x15, 0, 4, 0x0800),
+                    (0x30, 0, 0, 19),
+                    (0x54, 0, 0, 0xfc),
+                    (0x15, 0, 1, tos),
+                    (0x06, 0, 0, u32::MAX),
+                    (0x06, 0, 0, 0),
+                ])
+            ),
+        }
+    }
+}
+
+/// A classic BPF program as `tc ... bpf bytecode` reads it: the count, then `code jt jf k`
+/// per instruction. Returning -1 selects the filter's own class.
+fn bpf(program: &[(u16, u8, u8, u32)]) -> String {
+    let lines: Vec<String> = program
+        .iter()
+        .map(|(code, jt, jf, k)| format!("{code} {jt} {jf} {k}"))
+        .collect();
+    format!("{},{}", program.len(), lines.join(","))
 }
 
 /// The ceiling of what an egress HTB does not limit.
@@ -277,22 +343,20 @@ impl EgressShaping {
         for (i, g) in self.groups.iter().enumerate() {
             let (base, rate) = (0x100 * (i + 1), g.rate);
             out.push_str(&format!(
-                "class add dev {dev} parent 1:1 classid 1:{base:x} htb rate {rate}bit ceil {rate}bit quantum 15140\n\
-                 filter add dev {dev} parent 1: protocol ip prio 10 u32 {} flowid 1:{base:x}\n",
-                g.select
+                "class add dev {dev} parent 1:1 classid 1:{base:x} htb rate {rate}bit ceil {rate}bit quantum 15140\n"
             ));
+            out.push_str(&g.select.filter(dev, base));
             for (j, c) in g.classes.iter().enumerate() {
                 let leaf = base + 1 + j;
                 out.push_str(&format!(
-                    "class add dev {dev} parent 1:{base:x} classid 1:{leaf:x} htb rate {}bit ceil {rate}bit quantum 15140 prio {}\n\
-                     filter add dev {dev} parent 1:{base:x} protocol ip prio 1 u32 match ip tos {:#04x} 0xfc flowid 1:{leaf:x}\n",
+                    "class add dev {dev} parent 1:{base:x} classid 1:{leaf:x} htb rate {}bit ceil {rate}bit quantum 15140 prio {}\n",
                     c.min_rate.max(1000),
                     c.prio,
-                    c.dscp << 2
                 ));
+                out.push_str(&g.select.dscp_filter(dev, base, c.dscp, leaf));
             }
             out.push_str(&format!(
-                "filter add dev {dev} parent 1:{base:x} protocol ip prio 2 u32 match u32 0 0 flowid 1:{:x}\n",
+                "filter add dev {dev} parent 1:{base:x} protocol all prio 2 u32 match u32 0 0 flowid 1:{:x}\n",
                 base + 1
             ));
         }
