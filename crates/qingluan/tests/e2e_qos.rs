@@ -664,3 +664,51 @@ fn classes_keep_their_share_of_an_aggregate_limit() {
         "{err}"
     );
 }
+
+#[test]
+fn an_override_outlives_a_dockerd_restart() {
+    if !enabled("an_override_outlives_a_dockerd_restart") {
+        return;
+    }
+    if std::env::var("QL_OWN_DOCKERD").as_deref() != Ok("1") {
+        println!("SKIP: an_override_outlives_a_dockerd_restart: dockerd was not started by scripts/test.sh");
+        return;
+    }
+    let env = Env::new();
+    env.create_network("qlt-qdr", &["--opt", "model=nat"]);
+    for c in ["qlt-qda", "qlt-qdb"] {
+        docker(&[
+            "run",
+            "-d",
+            "--restart=always",
+            "--name",
+            c,
+            "--net",
+            "qlt-qdr",
+            IMAGE,
+            "sleep",
+            "100000",
+        ]);
+    }
+    env.qingluan(&["qos", "set", "qlt-qdb", "--egress-rate", "20mbit"]);
+    restart_by_pidfile("/run/docker.pid", || {
+        run("docker", &["version"]).status.success()
+    });
+    assert!(wait_for(Duration::from_secs(60), || {
+        ["qlt-qda", "qlt-qdb"]
+            .iter()
+            .all(|c| docker(&["inspect", "-f", "{{.State.Running}}", c]).trim() == "true")
+    }));
+    // The container came back with a new endpoint; its override applies to it.
+    assert!(wait_for(Duration::from_secs(15), || effective(
+        &qos_row(&env, "qlt-qdb"),
+        "egress"
+    ) == "20mbit (set)"));
+    let a = ip_of("qlt-qda", "qlt-qdr");
+    assert!(wait_for(Duration::from_secs(10), || pings("qlt-qdb", &a)));
+    assert_near(
+        mbits("qlt-qdb", "qlt-qda", &a, false),
+        20.0,
+        "after dockerd restart",
+    );
+}
