@@ -377,30 +377,47 @@ fn qos_limits_and_marks_hold_across_hosts() {
     );
     let ip2 = bed.sleeper(2, "qlt-qv2", "qv");
     wait_until(15, "h1 reaches h2", || bed.ping(1, "qlt-qv1", &ip2));
+    // The median of three 5 s measurements (after 2 s of warm-up each): the bed's two
+    // userspace datapaths busy-poll the same two cores, so one run can be starved.
     let mbits = |client: (usize, &str), server: (usize, &str), ip: &str| {
-        bed.in_container(server.0, server.1, "iperf3 -s -D -1 >/dev/null 2>&1");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let out =
-            text(&bed.in_container(client.0, client.1, &format!("iperf3 -c {ip} -t 5 -O 2 -J")));
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("iperf3: {out}"))
-            / 1e6
+        let mut runs: Vec<f64> = (0..3)
+            .map(|_| {
+                bed.in_container(server.0, server.1, "iperf3 -s -D -1 >/dev/null 2>&1");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let out = text(&bed.in_container(
+                    client.0,
+                    client.1,
+                    &format!("iperf3 -c {ip} -t 5 -O 2 -J"),
+                ));
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                v["end"]["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("iperf3: {out}"))
+                    / 1e6
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        runs[1]
     };
     wait_until(15, "h1 learnt the label", || {
         bed.ql_json(1, &["qos", "ls"])["endpoints"][0]["effective"]["egress"]["value"] == "50mbit"
     });
+    // Over the bed's overlay (two namespaced hosts on two cores, userspace datapaths, no
+    // TSO) single runs measured 50mbit egress 44.4–49.6 (a policer on MTU-sized packets
+    // loses some of the rate to TCP's loss recovery), 30mbit ingress 24.2–30.0, a 20mbit
+    // aggregate 15.3–20.0 (docs/qos.md). Medians are held to 75–110 % here, which still
+    // tells a limit from none (the overlay carries ~500 Mbit/s); one host's tests hold the
+    // accuracy to 90–110 %.
     let egress = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
     assert!(
-        (45.0..=55.0).contains(&egress),
+        (37.5..=55.0).contains(&egress),
         "egress 50mbit across hosts: {egress:.1}"
     );
     let o = bed.ql(2, &["qos", "set", "qlt-qv2", "--ingress-rate", "30mbit"]);
     assert!(o.status.success(), "{}", text(&o));
     let ingress = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
     assert!(
-        (27.0..=33.0).contains(&ingress),
+        (22.5..=33.0).contains(&ingress),
         "ingress 30mbit on h2: {ingress:.1}"
     );
     // The outer header carries the inner mark (AF41, tos 0x88) on the underlay.
@@ -427,7 +444,7 @@ fn qos_limits_and_marks_hold_across_hosts() {
     let tunnel = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
     eprintln!("vxlan: egress 50mbit {egress:.1}, ingress 30mbit {ingress:.1}, aggregate 20mbit {tunnel:.1}");
     assert!(
-        (18.0..=22.0).contains(&tunnel),
+        (15.0..=22.0).contains(&tunnel),
         "tunnel aggregate 20mbit: {tunnel:.1}"
     );
 }
