@@ -43,7 +43,7 @@ pub struct QosRequest {
 pub struct QosView {
     /// Endpoints and overrides.
     #[serde(flatten)]
-    pub list: serde_json::Value,
+    pub list: QosList,
     /// Network names by ID.
     pub network_names: BTreeMap<String, String>,
     /// Container names by ID.
@@ -243,8 +243,7 @@ pub async fn list(State(api): State<Api>) -> Result<Json<QosView>, ApiError> {
         .unwrap_or_default();
     let nets = api.driver.state.networks().await.map_err(service)?;
     Ok(Json(QosView {
-        list: serde_json::to_value(&list)
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        list,
         network_names: names
             .iter()
             .map(|(id, n)| (id.clone(), n.name.clone()))
@@ -292,7 +291,7 @@ impl Client {
             self.print_json(&raw);
             return Ok(());
         }
-        let list: QosList = serde_json::from_value(view.list.clone())?;
+        let list = &view.list;
         let net_name = |id: &str| {
             view.network_names
                 .get(id)
