@@ -17,7 +17,16 @@ use common::*;
 fn iperf_server(server: &str, port: u16) -> Guard {
     let g = Guard(
         Command::new("nsenter")
-            .args(["-t", &pid_of(server), "-n", "iperf3", "-s", "-1", "-p"])
+            .args([
+                "-t",
+                &pid_of(server),
+                "-n",
+                "iperf3",
+                "-s",
+                "-1",
+                "-J",
+                "-p",
+            ])
             .arg(port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -70,6 +79,7 @@ fn mbits(client: &str, server: &str, ip: &str, reverse: bool) -> f64 {
 }
 
 fn assert_near(got: f64, want: f64, what: &str) {
+    eprintln!("{what}: measured {got:.1} Mbit/s, want {want} ±10 %");
     assert!(
         (want * 0.9..=want * 1.1).contains(&got),
         "{what}: measured {got:.1} Mbit/s, want {want} ±10 %"
@@ -144,8 +154,9 @@ fn limits_hold_in_both_directions_and_change_live() {
     assert_eq!(effective(&row, "ingress"), "50mbit (set)");
     assert_eq!(effective(&row, "egress"), "100mbit (network)");
 
-    // Live: 20 Mbit/s set 4 s into a running transfer (steady from 2 s on) holds from 2 s
-    // later, on the same connection.
+    // Live: 20 Mbit/s set 7 s into a running transfer holds from 2 s later, on the same
+    // connection. Both rates are what the receiver counted over 5 s: the 5 s of steady state
+    // after 2 s of warm-up, and the last 5 s.
     let server = iperf_server("qlt-qa", 5201);
     let client = Command::new("nsenter")
         .args([
@@ -156,26 +167,27 @@ fn limits_hold_in_both_directions_and_change_live() {
             "-c",
             &a,
             "-t",
-            "12",
+            "14",
             "-J",
+            "--get-server-output",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(7));
     env.qingluan(&["qos", "set", "qlt-qb", "--egress-rate", "20mbit"]);
     let out = client.wait_with_output().unwrap();
     drop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].is_null(), "the connection broke: {}", v["error"]);
-    let intervals: Vec<f64> = v["intervals"]
+    let received: Vec<f64> = v["server_output_json"]["intervals"]
         .as_array()
-        .unwrap()
+        .expect("the server's intervals")
         .iter()
         .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 1e6)
         .collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (before, after) = (mean(&intervals[2..4]), mean(&intervals[6..]));
+    let (before, after) = (mean(&received[2..7]), mean(&received[9..14]));
     assert_near(before, 100.0, "before the change");
     assert_near(after, 20.0, "2 s after the change");
 
