@@ -870,3 +870,84 @@ async fn wait_for_port(ovs: &PrivateOvs, bridge: &str) {
 fn set(lines: Vec<String>) -> BTreeSet<String> {
     lines.into_iter().collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
+    let Some(ovs) = PrivateOvs::start("conntrack_and_masked_matches_reach_the_switch_as_written")
+    else {
+        return;
+    };
+    let a = adapter(&ovs).await;
+    a.apply(&[OvsOp::AddBridge(bridge("qltbr3"))])
+        .await
+        .unwrap();
+    let of = NativeFlows::new(Some(ovs.rundir()));
+    use qingluan_dataplane::openflow::ct;
+    let net = |s: &str| s.parse().unwrap();
+    let flows = vec![
+        flow(
+            0,
+            10,
+            0,
+            vec![Field::Ip],
+            vec![Action::Ct {
+                commit: false,
+                zone: 7,
+                table: Some(5),
+            }],
+        ),
+        flow(
+            5,
+            3000,
+            0,
+            vec![Field::CtState(
+                ct::TRK | ct::EST | ct::RPL,
+                ct::TRK | ct::EST | ct::RPL,
+            )],
+            vec![Action::Goto(10)],
+        ),
+        flow(
+            5,
+            200,
+            0,
+            vec![
+                Field::CtState(ct::TRK, ct::TRK | ct::RPL),
+                Field::Ip,
+                Field::IpSrcNet(net("10.1.0.0/24")),
+                Field::IpDstNet(net("10.2.0.5/32")),
+                Field::IpProto(6),
+                Field::TcpDst(0x1000, 0xf000),
+            ],
+            vec![
+                Action::Ct {
+                    commit: true,
+                    zone: 7,
+                    table: None,
+                },
+                Action::Goto(10),
+            ],
+        ),
+        flow(
+            5,
+            201,
+            0,
+            vec![Field::Ip, Field::IpProto(17), Field::UdpDst(53, 0xffff)],
+            vec![],
+        ),
+        flow(10, 0, 0, vec![], vec![Action::Normal]),
+    ];
+    of.replace_flows("qltbr3", &flows).await.unwrap();
+    assert_eq!(
+        table(&ovs, "qltbr3"),
+        set(vec![
+            "cookie=0x0, priority=10,ip actions=ct(table=5,zone=7)".into(),
+            "cookie=0x0, table=5, priority=3000,ct_state=+est+rpl+trk actions=goto_table:10".into(),
+            "cookie=0x0, table=5, priority=200,ct_state=-rpl+trk,tcp,nw_src=10.1.0.0/24,nw_dst=10.2.0.5,tp_dst=0x1000/0xf000 actions=ct(commit,zone=7),goto_table:10".into(),
+            "cookie=0x0, table=5, priority=201,udp,tp_dst=53 actions=drop".into(),
+            "cookie=0x0, table=10, priority=0 actions=NORMAL".into(),
+        ])
+    );
+    // The same flows again change nothing.
+    of.replace_flows("qltbr3", &flows).await.unwrap();
+    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 5);
+}

@@ -175,11 +175,12 @@ fn put_oxm(out: &mut Vec<u8>, header: u32, value: &[u8]) {
 fn rank(f: &Field) -> u8 {
     match f {
         Field::InPort(_) => 0,
-        Field::Reg0(_) => 1,
+        Field::Reg0(_) | Field::CtState(..) => 1,
         Field::TunId(_) => 2,
         Field::EthSrc(_) => 3,
         Field::EthDst(_) | Field::EthMulticast => 4,
         Field::Ip | Field::Ipv6 | Field::Arp => 5,
+        Field::TcpDst(..) | Field::UdpDst(..) => 7,
         _ => 6,
     }
 }
@@ -225,6 +226,12 @@ pub fn encode_match(fields: &[Field], resolve: Resolve<'_>) -> Result<Vec<u8>, S
             Field::ArpSpa(a) => put_oxm(o, oxm(BASIC, 22, false, 4), &a.octets()),
             Field::ArpTpa(a) => put_oxm(o, oxm(BASIC, 23, false, 4), &a.octets()),
             Field::ArpSha(m) => put_oxm(o, oxm(BASIC, 24, false, 6), m),
+            Field::CtState(v, m) => put_oxm(o, oxm(NXM1, 105, true, 8), &masked(*v, *m)),
+            Field::IpSrcNet(n) => put_net(o, 11, n),
+            Field::IpDstNet(n) => put_net(o, 12, n),
+            Field::IpProto(p) => put_oxm(o, oxm(BASIC, 10, false, 1), &[*p]),
+            Field::TcpDst(p, m) => put_port(o, 14, *p, *m),
+            Field::UdpDst(p, m) => put_port(o, 16, *p, *m),
         }
     }
     let mut m = Vec::with_capacity(8 + oxms.len());
@@ -233,6 +240,38 @@ pub fn encode_match(fields: &[Field], resolve: Resolve<'_>) -> Result<Vec<u8>, S
     m.extend_from_slice(&oxms);
     pad8(&mut m);
     Ok(m)
+}
+
+/// A 32-bit value and its mask.
+fn masked(v: u32, m: u32) -> [u8; 8] {
+    let mut b = [0; 8];
+    b[..4].copy_from_slice(&v.to_be_bytes());
+    b[4..].copy_from_slice(&m.to_be_bytes());
+    b
+}
+
+/// An IPv4 prefix of OXM `field` (the whole address when it is a /32).
+fn put_net(o: &mut Vec<u8>, field: u8, n: &ipnet::Ipv4Net) {
+    if n.prefix_len() == 32 {
+        return put_oxm(o, oxm(BASIC, field, false, 4), &n.addr().octets());
+    }
+    let v = u32::from(n.network());
+    put_oxm(
+        o,
+        oxm(BASIC, field, true, 8),
+        &masked(v, u32::from(n.netmask())),
+    );
+}
+
+/// A transport port of OXM `field` under a mask.
+fn put_port(o: &mut Vec<u8>, field: u8, p: u16, m: u16) {
+    if m == 0xffff {
+        return put_oxm(o, oxm(BASIC, field, false, 2), &p.to_be_bytes());
+    }
+    let mut b = [0; 4];
+    b[..2].copy_from_slice(&p.to_be_bytes());
+    b[2..].copy_from_slice(&m.to_be_bytes());
+    put_oxm(o, oxm(BASIC, field, true, 4), &b);
 }
 
 /// The NXM header of a whole field, for `reg_move`.
@@ -315,6 +354,24 @@ pub fn encode_instructions(actions: &[Action], resolve: Resolve<'_>) -> Result<V
             Action::SetArpSha(m) => set_field(o, oxm(BASIC, 24, false, 6), m),
             Action::SetArpSpa(a) => set_field(o, oxm(BASIC, 22, false, 4), &a.octets()),
             Action::SetDscp(d) => set_field(o, oxm(BASIC, 8, false, 1), &[*d & 0x3f]),
+            Action::Ct {
+                commit,
+                zone,
+                table,
+            } => {
+                // nx_action_conntrack: flags, zone_src (0: an immediate zone), zone,
+                // recirc_table (0xff: none), pad, alg; no nested actions.
+                o.extend_from_slice(&0xffffu16.to_be_bytes());
+                o.extend_from_slice(&24u16.to_be_bytes());
+                o.extend_from_slice(&NX_VENDOR.to_be_bytes());
+                o.extend_from_slice(&35u16.to_be_bytes());
+                o.extend_from_slice(&u16::from(*commit).to_be_bytes());
+                o.extend_from_slice(&0u32.to_be_bytes());
+                o.extend_from_slice(&zone.to_be_bytes());
+                o.push(table.unwrap_or(0xff));
+                o.extend_from_slice(&[0; 3]);
+                o.extend_from_slice(&0u16.to_be_bytes());
+            }
         }
     }
     let mut out = Vec::new();

@@ -37,6 +37,8 @@ pub use native::NativeFlows;
 
 use std::fmt::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -87,6 +89,43 @@ pub enum Field {
     ArpSha(MacAddr),
     /// ARP target address.
     ArpTpa(Ipv4Addr),
+    /// Connection tracking state: the bits in `.1` must equal those in `.0` (see [`ct`]).
+    CtState(u32, u32),
+    /// IPv4 source within a prefix.
+    IpSrcNet(Ipv4Net),
+    /// IPv4 destination within a prefix.
+    IpDstNet(Ipv4Net),
+    /// IP protocol (the flow matches `ip`).
+    IpProto(u8),
+    /// TCP destination port under a mask (the flow matches TCP).
+    TcpDst(u16, u16),
+    /// UDP destination port under a mask (the flow matches UDP).
+    UdpDst(u16, u16),
+}
+
+/// Connection tracking state bits, for [`Field::CtState`].
+pub mod ct {
+    /// The first packet of a connection.
+    pub const NEW: u32 = 0x01;
+    /// Part of an established connection.
+    pub const EST: u32 = 0x02;
+    /// Related to an established connection (an ICMP error).
+    pub const REL: u32 = 0x04;
+    /// In the reply direction.
+    pub const RPL: u32 = 0x08;
+    /// Invalid for the connection tracker.
+    pub const INV: u32 = 0x10;
+    /// Tracked (went through the connection tracker).
+    pub const TRK: u32 = 0x20;
+    /// The bits in rendering order with their names.
+    pub const NAMES: [(u32, &str); 6] = [
+        (NEW, "new"),
+        (EST, "est"),
+        (REL, "rel"),
+        (RPL, "rpl"),
+        (INV, "inv"),
+        (TRK, "trk"),
+    ];
 }
 
 /// A whole header field an [`Action::Move`] copies.
@@ -137,6 +176,16 @@ pub enum Action {
     Meter(u32),
     /// Set the DSCP bits of an IPv4 or IPv6 packet (the flow must match `ip` or `ipv6`).
     SetDscp(u8),
+    /// Through the connection tracker in `zone`: `commit` records the connection; with
+    /// `table`, the tracked packet goes on in that table (its state then known).
+    Ct {
+        /// Record the connection.
+        commit: bool,
+        /// The conntrack zone.
+        zone: u16,
+        /// Where the tracked packet goes on.
+        table: Option<u8>,
+    },
 }
 
 /// One flow.
@@ -214,6 +263,23 @@ impl Flow {
                 Field::ArpSpa(a) => write!(s, "arp_spa={a}"),
                 Field::ArpSha(m) => write!(s, "arp_sha={}", Mac(m)),
                 Field::ArpTpa(a) => write!(s, "arp_tpa={a}"),
+                Field::CtState(v, m) => {
+                    s.push_str("ct_state=");
+                    for (bit, name) in ct::NAMES {
+                        if m & bit != 0 {
+                            s.push(if v & bit != 0 { '+' } else { '-' });
+                            s.push_str(name);
+                        }
+                    }
+                    Ok(())
+                }
+                Field::IpSrcNet(n) => write!(s, "nw_src={n}"),
+                Field::IpDstNet(n) => write!(s, "nw_dst={n}"),
+                Field::IpProto(p) => write!(s, "nw_proto={p}"),
+                Field::TcpDst(p, 0xffff) => write!(s, "tcp_dst={p}"),
+                Field::TcpDst(p, m) => write!(s, "tcp_dst={p:#x}/{m:#x}"),
+                Field::UdpDst(p, 0xffff) => write!(s, "udp_dst={p}"),
+                Field::UdpDst(p, m) => write!(s, "udp_dst={p:#x}/{m:#x}"),
             };
         }
         s
@@ -244,6 +310,20 @@ impl Flow {
                 Action::SetArpSpa(a) => write!(s, "set_field:{a}->arp_spa"),
                 Action::Meter(m) => write!(s, "meter:{m}"),
                 Action::SetDscp(d) => write!(s, "set_field:{d}->ip_dscp"),
+                Action::Ct {
+                    commit,
+                    zone,
+                    table,
+                } => {
+                    s.push_str("ct(");
+                    if *commit {
+                        s.push_str("commit,");
+                    }
+                    if let Some(t) = table {
+                        let _ = write!(s, "table={t},");
+                    }
+                    write!(s, "zone={zone})")
+                }
             };
         }
         s
