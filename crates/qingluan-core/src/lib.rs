@@ -14,6 +14,7 @@ macro_rules! crash_point {
     };
 }
 
+pub mod acl;
 pub mod cluster;
 pub mod desired;
 pub mod ipam;

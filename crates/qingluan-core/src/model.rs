@@ -97,6 +97,18 @@ pub struct Network {
     /// `--opt qos.*`: the QoS of every endpoint on the network.
     #[serde(default, skip_serializing_if = "crate::qos::QosSpec::is_empty")]
     pub qos: crate::qos::QosSpec,
+    /// `--opt acl.default`: what traffic between the network's own containers gets when no
+    /// ACL rule decides.
+    #[serde(default, skip_serializing_if = "crate::acl::Verdict::is_allow")]
+    pub acl_default: crate::acl::Verdict,
+    /// Its conntrack zone, unique on the host, given at creation (0 on records from before
+    /// ACLs: see `acl::zones`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zone: u16,
+}
+
+fn is_zero(z: &u16) -> bool {
+    *z == 0
 }
 
 impl Network {
@@ -169,6 +181,9 @@ pub struct Endpoint {
 pub struct ContainerRef {
     /// Docker's 64-hex container ID.
     pub id: String,
+    /// Its name, without Docker's leading `/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// Its labels (fixed for a container's life).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,

@@ -46,6 +46,9 @@ pub enum OptionError {
     /// A bad `qos.*` option.
     #[error(transparent)]
     Qos(#[from] crate::qos::QosError),
+    /// A bad `acl.*` option.
+    #[error(transparent)]
+    Acl(#[from] crate::acl::AclError),
     /// A Join's SandboxKey that is not a namespace file's path.
     #[error("invalid SandboxKey {0:?}: must be the absolute path of a network namespace file, without '..'")]
     InvalidSandboxKey(String),
@@ -69,6 +72,8 @@ pub struct NetworkOptions {
     pub parent: Option<String>,
     /// `qos.*`: the QoS of every endpoint on the network.
     pub qos: crate::qos::QosSpec,
+    /// `acl.default` (nat, nonat): traffic between the network's containers without a rule.
+    pub acl_default: crate::acl::Verdict,
 }
 
 /// Keys every mode accepts.
@@ -88,7 +93,7 @@ pub fn network_options(
         .map_err(|_| OptionError::UnknownModel(model.to_string()))?;
     let mut valid = COMMON_KEYS.to_vec();
     match mode {
-        Mode::Nonat | Mode::Nat => {}
+        Mode::Nonat | Mode::Nat => valid.push(crate::acl::DEFAULT_KEY),
         Mode::Vxlan => valid.extend(["vni", "nat"]),
         Mode::Vlan => valid.extend(["vni", "parent"]),
         Mode::Flat => valid.push("parent"),
@@ -142,6 +147,7 @@ pub fn network_options(
         nat,
         parent,
         qos,
+        acl_default: crate::acl::default_of(generic)?,
     })
 }
 
@@ -330,11 +336,24 @@ mod tests {
         );
         assert_eq!(
             network_options(&opts(&[("nat", "true")]), "nat").unwrap_err().to_string(),
-            "unknown option \"nat\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu)"
+            "unknown option \"nat\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu, acl.default)"
         );
         assert_eq!(
+            network_options(&opts(&[("acl.default", "block")]), "nat")
+                .unwrap_err()
+                .to_string(),
+            "invalid acl.default \"block\": must be allow or deny"
+        );
+        assert!(matches!(
+            network_options(
+                &opts(&[("model", "vxlan"), ("vni", "1"), ("acl.default", "deny")]),
+                "nat"
+            ),
+            Err(OptionError::UnknownOption { .. })
+        ));
+        assert_eq!(
             network_options(&opts(&[("colour", "red")]), "nat").unwrap_err().to_string(),
-            "unknown option \"colour\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu)"
+            "unknown option \"colour\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu, acl.default)"
         );
         assert_eq!(
             network_options(&opts(&[("mtu", "abc")]), "nat")

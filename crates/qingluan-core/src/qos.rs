@@ -840,6 +840,8 @@ mod tests {
             gateway_port: None,
             uplink: None,
             qos: Default::default(),
+            acl_default: Default::default(),
+            zone: 0,
         };
         let s = settings.aggregate("ql", "qlb1234abcd", &net, Rate(100_000_000));
         assert_eq!(

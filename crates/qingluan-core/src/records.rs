@@ -6,11 +6,13 @@
 //! | [`Network`] | `networks/<network id>` |
 //! | [`Endpoint`] | `endpoints/<endpoint id>` |
 //! | [`QosOverride`] | `qos/<network id>/network`, `qos/<network id>/container/<id>`, `qos/<network id>/endpoint/<id>` |
+//! | [`AclRule`] | `acl/<rule id>` |
 
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::acl::AclRule;
 use crate::model::{Endpoint, Network};
 use crate::qos::QosOverride;
 
@@ -31,6 +33,13 @@ impl Record for Network {
 
 impl Record for Endpoint {
     const PREFIX: &'static str = "endpoints/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for AclRule {
+    const PREFIX: &'static str = "acl/";
     fn id(&self) -> &str {
         &self.id
     }

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use qingluan_core::acl::{self, AclRule, PortRange, RuleSpec, Selector, Verdict};
 use qingluan_core::desired::{ClusterView, HostFacts};
 use qingluan_core::model::{self, Endpoint, Mac, Mode, Network, PortMapping, Proto};
 use qingluan_core::modes;
@@ -55,6 +56,8 @@ fn net(id: &str, mode: Mode, subnet: &str) -> Network {
         gateway_port: None,
         uplink,
         qos: Default::default(),
+        acl_default: Default::default(),
+        zone: 0,
     }
 }
 
@@ -84,7 +87,18 @@ fn ep(id: &str, net: &Network, host: u8) -> Endpoint {
 /// ports) and, for vxlan, one endpoint on another host, as ovs-ofctl text; then the
 /// netfilter script.
 fn table(n: Network) -> String {
+    table_with(n, &modes::Intent::default())
+}
+
+/// [`table`] with what users asked for: the first endpoint is container `web1` with label
+/// `tier=frontend`.
+fn table_with(n: Network, intent: &modes::Intent) -> String {
     let mut first = ep("b2", &n, 2);
+    first.container = Some(model::ContainerRef {
+        id: "e5".repeat(32),
+        name: "web1".into(),
+        labels: [("tier".to_string(), "frontend".to_string())].into(),
+    });
     first.ports = vec![
         PortMapping {
             proto: Proto::Tcp,
@@ -128,7 +142,7 @@ fn table(n: Network) -> String {
         datapath: "netdev".into(),
         userspace_tso: true,
     };
-    let d = modes::build(&settings, &facts, &[n], &eps, &view, &Default::default());
+    let d = modes::build(&settings, &facts, &[n], &eps, &view, intent);
     let mut out = String::new();
     for (bridge, flows) in &d.flows {
         out.push_str(&format!("# {bridge}\n"));
@@ -175,6 +189,66 @@ fn check(name: &str, got: String) {
 #[test]
 fn nonat_flows() {
     check("nonat", table(net("a1", Mode::Nonat, "10.241.0.0/24")));
+}
+
+#[test]
+fn nat_acl_flows() {
+    let mut n = net("a1", Mode::Nat, "10.240.0.0/24");
+    n.acl_default = Verdict::Deny;
+    n.zone = 0xa1a1;
+    let rule = |from: Selector, to: Selector, proto, ports: Vec<PortRange>, verdict, priority| {
+        let spec = RuleSpec {
+            network: n.id.clone(),
+            from,
+            to,
+            proto,
+            ports,
+            verdict,
+            priority,
+        };
+        AclRule {
+            id: spec.id(),
+            spec,
+        }
+    };
+    let intent = modes::Intent {
+        acl: vec![
+            rule(
+                Selector::Label("tier".into(), "frontend".into()),
+                Selector::Network(n.id.clone()),
+                acl::Proto::Tcp,
+                vec![PortRange { lo: 5432, hi: 5432 }],
+                Verdict::Allow,
+                200,
+            ),
+            rule(
+                Selector::Container("web1".into()),
+                Selector::Cidr("0.0.0.0/0".parse().unwrap()),
+                acl::Proto::Any,
+                vec![],
+                Verdict::Deny,
+                100,
+            ),
+            rule(
+                Selector::Any,
+                Selector::Any,
+                acl::Proto::Udp,
+                vec![PortRange { lo: 8000, hi: 8010 }],
+                Verdict::Allow,
+                100,
+            ),
+            rule(
+                Selector::Container("gone".into()),
+                Selector::Any,
+                acl::Proto::Icmp,
+                vec![],
+                Verdict::Allow,
+                100,
+            ),
+        ],
+        ..Default::default()
+    };
+    check("nat-acl", table_with(n, &intent));
 }
 
 #[test]

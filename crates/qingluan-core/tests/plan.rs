@@ -34,6 +34,8 @@ fn net(id: &str, mode: Mode, subnet: &str, internal: bool) -> Network {
         gateway_port: None,
         uplink: None,
         qos: Default::default(),
+        acl_default: Default::default(),
+        zone: 0,
     }
 }
 
@@ -236,6 +238,7 @@ fn qos_follows_its_sources_and_leaves_no_meter_behind() {
         e1.qos.priority = Some(Priority::Low);
         e2.container = Some(ContainerRef {
             id: "c".repeat(64),
+            name: "c1".into(),
             labels: [(
                 "qingluan.qos.ingress.rate".to_string(),
                 "20mbit".to_string(),
@@ -253,7 +256,10 @@ fn qos_follows_its_sources_and_leaves_no_meter_behind() {
                 std::slice::from_ref(n),
                 eps,
                 &Default::default(),
-                overrides,
+                &modes::Intent {
+                    qos: overrides.clone(),
+                    ..Default::default()
+                },
             )
         }
         let d = build(&n, &[e1.clone(), e2.clone()], &Default::default());
@@ -396,7 +402,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         .find(|f| f.contains("reg0=1,tun_id=5002,dl_dst=01:00:00:00:00:00"))
         .unwrap();
     assert!(!bum5002.contains("tun_dst"), "{bum5002}");
-    assert!(has("in_port=qlovt,actions=goto_table:10"));
+    assert!(has("in_port=qlovt,actions=goto_table:20"));
     assert_eq!(d.sentinels.len(), 2, "the overlay and the uplink bridge");
 }
 
@@ -447,7 +453,7 @@ fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
     // The gateway's frames are local-only (reg0 stays 0); ARP for it is answered here;
     // frames for its MAC come only from local containers.
     assert!(has(&format!(
-        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:10"
+        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:20"
     )));
     assert!(has("reg0=1,tun_id=5100,arp,arp_op=1,arp_tpa=10.51.0.1"));
     assert!(has(&format!(

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use qingluan_core::cluster::{ClusterEndpoint, ClusterError, ClusterNetwork};
 use qingluan_core::ipam::{Ipam, Pool, PoolKind};
 use qingluan_core::model::{Endpoint, Network};
+use qingluan_core::service::ServiceError;
 use qingluan_core::service::{Driver, EndpointStats};
 use qingluan_plugin::CallStats;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,47 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 400 answer with `e` as its message.
+pub(crate) fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+/// The answer to a service error: 400 for what the user got wrong, 500 for the rest.
+pub(crate) fn service(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Option(_) | ServiceError::Invalid(_) | ServiceError::NetworkNotFound(_) => {
+            bad(e)
+        }
+        e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Whether `id` is named by `name`: the whole ID or a prefix of it.
+pub(crate) fn names_id(id: &str, name: &str) -> bool {
+    !name.is_empty() && id.starts_with(name)
+}
+
+/// The ID of the qingluan network `name` names: its Docker name or an ID prefix.
+pub(crate) async fn network_named(api: &Api, name: &str) -> Result<String, ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let nets = api.driver.state.networks().await.map_err(internal)?;
+    let docker = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
+        .await
+        .map_err(|e| bad(format!("cannot ask Docker for names: {e}")))?;
+    let found: Vec<&str> = nets
+        .iter()
+        .map(|x| x.id.as_str())
+        .filter(|id| docker.get(*id).is_some_and(|d| d.name == name) || names_id(id, name))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(bad(format!("network {name:?} is not a qingluan network"))),
+        _ => Err(bad(format!(
+            "network {name:?} is ambiguous: give more of its ID"
+        ))),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -137,6 +179,8 @@ pub fn router(api: Api) -> Router {
                 .post(crate::qos::set)
                 .delete(crate::qos::remove),
         )
+        .route("/v1/acl", get(crate::acl::list).post(crate::acl::add))
+        .route("/v1/acl/{id}", delete(crate::acl::remove))
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{id}", get(network))
         .route("/v1/endpoints", get(endpoints))

@@ -125,6 +125,11 @@ pub async fn container(
             .as_str()
             .ok_or_else(|| anyhow::anyhow!("container {id} has no Id"))?
             .to_string(),
+        name: c["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
         labels: c["Config"]["Labels"]
             .as_object()
             .into_iter()

@@ -3,6 +3,7 @@
 //! The binary is thin: it parses the command line and the config file, picks the backends
 //! once, and hands over to `daemon` or `cli`.
 
+mod acl;
 mod api;
 mod cli;
 mod config;
@@ -56,6 +57,9 @@ enum Command {
     /// Traffic scheduling: rate limits and priority classes, changed live.
     #[command(subcommand)]
     Qos(QosCmd),
+    /// ACL control: stateful allow and deny rules per network.
+    #[command(subcommand)]
+    Acl(AclCmd),
     /// Traffic of this host's containers: counters and rates per endpoint, in the
     /// container's directions (transmit = what it sent).
     Stats {
@@ -171,6 +175,23 @@ struct QosTarget {
 }
 
 #[derive(Subcommand)]
+enum AclCmd {
+    /// Add a rule, enforced on --network's bridge; prints its ID.
+    Add(acl::AclRequest),
+    /// Every rule with its hits and drops, and the spoof guard's drops.
+    Ls {
+        /// Only this network (Docker name or ID prefix).
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Remove a rule by ID (or a unique prefix of it).
+    Rm {
+        /// The rule's ID.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum PoolCmd {
     /// List pools with their subnets and address usage.
     Ls,
@@ -277,6 +298,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .await
         }
+        Command::Acl(AclCmd::Add(rule)) => client.acl_add(&rule).await,
+        Command::Acl(AclCmd::Ls { network }) => client.acl_ls(network.as_deref()).await,
+        Command::Acl(AclCmd::Rm { id }) => client.acl_rm(&id).await,
         Command::Stats {
             network,
             container,

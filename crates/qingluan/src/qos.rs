@@ -9,14 +9,13 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use qingluan_core::model::head;
 use qingluan_core::qos::{Bytes, Priority, QosSpec, Rate, Sourced, Target};
-use qingluan_core::service::{QosList, ServiceError};
+use qingluan_core::service::QosList;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Api, ApiError};
+use crate::api::{bad, service, Api, ApiError};
 use crate::cli::Client;
 
 /// A `qos set` or `qos rm` request, as typed.
@@ -52,19 +51,6 @@ pub struct QosView {
     pub network_defaults: BTreeMap<String, QosSpec>,
 }
 
-fn bad(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, e.to_string())
-}
-
-fn service(e: ServiceError) -> ApiError {
-    match e {
-        ServiceError::Option(_) | ServiceError::Invalid(_) | ServiceError::NetworkNotFound(_) => {
-            bad(e)
-        }
-        e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
 /// The request's values, checked.
 fn spec(r: &QosRequest) -> Result<QosSpec, ApiError> {
     let rate = |key: &str, v: &Option<String>| v.as_deref().map(|v| Rate::parse(key, v));
@@ -93,36 +79,17 @@ fn spec(r: &QosRequest) -> Result<QosSpec, ApiError> {
     })
 }
 
-/// Whether `id` is named by `name`: the whole ID or a prefix of it.
-fn names_id(id: &str, name: &str) -> bool {
-    !name.is_empty() && id.starts_with(name)
-}
+use crate::api::names_id;
 
 /// The network and target a request names.
 async fn resolve(api: &Api, r: &QosRequest) -> Result<(String, Target), ApiError> {
     let state = &api.driver.state;
-    let nets = state.networks().await.map_err(service)?;
     let docker = crate::docker::networks(&api.docker, &state.settings.name)
         .await
         .map_err(|e| bad(format!("cannot ask Docker for names: {e}")))?;
     let network = match &r.network {
         None => None,
-        Some(n) => {
-            let found: Vec<&str> = nets
-                .iter()
-                .map(|x| x.id.as_str())
-                .filter(|id| docker.get(*id).is_some_and(|d| d.name == *n) || names_id(id, n))
-                .collect();
-            match found.as_slice() {
-                [one] => Some(one.to_string()),
-                [] => return Err(bad(format!("network {n:?} is not a qingluan network"))),
-                _ => {
-                    return Err(bad(format!(
-                        "network {n:?} is ambiguous: give more of its ID"
-                    )))
-                }
-            }
-        }
+        Some(n) => Some(crate::api::network_named(api, n).await?),
     };
     let Some(t) = &r.target else {
         return match network {

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use qingluan_dataplane::openflow::Meter;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
+use crate::acl::{self, AclRule};
 use crate::desired::{ClusterView, Desired, GatewayPort, HostFacts, Nic, UplinkWant, Veth};
 use crate::desired::{ENDPOINT, MODE, NETWORK, OWNER};
 use crate::model::{Endpoint, Mode, Network};
@@ -131,7 +132,7 @@ pub(crate) fn publish(iface: &str, eps: &[&Endpoint], out: &mut Desired) {
 }
 
 /// The network's bridge with a guarded veth per endpoint and the pipeline's flows: an L2
-/// switch with anti-spoofing and nothing on the host side.
+/// switch with anti-spoofing and the network's ACL, and nothing on the host side.
 pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desired) {
     let bridge = net.bridge();
     out.bridges.push(BridgeSpec {
@@ -145,16 +146,22 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             .to_vec(),
         flow_export: ctx.settings.flow_export.clone(),
     });
-    let then = [Action::Goto(Stage::L2Forward)];
+    let then = [Action::Goto(Stage::Conntrack)];
     attach(ctx, net, &bridge, eps, None, &then, out);
     let segment = pipeline::SegmentBridge {
         net,
         endpoints: eps,
     };
+    let acl = pipeline::NetworkAcl {
+        net,
+        zone: ctx.zones.get(&net.id).copied().unwrap_or(net.zone),
+        rules: ctx.rules.get(&net.id).map_or(&[], Vec::as_slice),
+        then: Stage::L2Forward,
+    };
     out.flows
         .entry(bridge.clone())
         .or_default()
-        .extend(pipeline::collect(&[&segment]));
+        .extend(pipeline::collect(&[&segment, &acl]));
     out.sentinels.insert(bridge, segment.sentinel());
 }
 
@@ -329,16 +336,52 @@ fn shapings(
 /// The largest meter ID OpenFlow allows.
 const MAX_METER: u32 = 0xffff_0000;
 
-/// Computes the desired dataplane; `overrides` are the `qingluan qos set` overrides by ID.
+/// What users asked for besides networks and endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct Intent {
+    /// The `qingluan qos set` overrides, by ID.
+    pub qos: BTreeMap<String, QosSpec>,
+    /// The ACL rules.
+    pub acl: Vec<AclRule>,
+}
+
+/// Every network's rules with their selectors resolved, by network ID, in rule ID order.
+fn resolve_rules(
+    networks: &[Network],
+    endpoints: &[Endpoint],
+    rules: &[AclRule],
+) -> BTreeMap<String, Vec<pipeline::ResolvedRule>> {
+    let world = acl::World::new(networks, endpoints);
+    let mut out: BTreeMap<String, Vec<pipeline::ResolvedRule>> = BTreeMap::new();
+    for r in rules {
+        out.entry(r.spec.network.clone())
+            .or_default()
+            .push(pipeline::ResolvedRule {
+                id: r.id.clone(),
+                priority: r.spec.priority,
+                verdict: r.spec.verdict,
+                from: world.resolve(&r.spec.from),
+                to: world.resolve(&r.spec.to),
+                proto: r.spec.proto,
+                ports: r.spec.ports.clone(),
+            });
+    }
+    out
+}
+
+/// Computes the desired dataplane of `networks` and `endpoints` with what users asked for.
 pub fn build(
     settings: &Settings,
     facts: &HostFacts,
     networks: &[Network],
     endpoints: &[Endpoint],
     view: &ClusterView,
-    overrides: &BTreeMap<String, QosSpec>,
+    intent: &Intent,
 ) -> Desired {
+    let overrides = &intent.qos;
     let qos = shapings(settings, facts, networks, endpoints, overrides);
+    let zones = acl::zones(networks);
+    let rules = resolve_rules(networks, endpoints, &intent.acl);
     let mut d = Desired {
         firewall: Policy {
             name: settings.name.clone(),
@@ -361,6 +404,8 @@ pub fn build(
                 facts,
                 view,
                 qos: &qos,
+                zones: &zones,
+                rules: &rules,
             },
             net,
             &eps,
@@ -431,6 +476,10 @@ pub struct Ctx<'a> {
     pub view: &'a ClusterView,
     /// Every endpoint's QoS, by endpoint ID.
     pub qos: &'a BTreeMap<String, EndpointShaping>,
+    /// Every network's conntrack zone, by ID.
+    pub zones: &'a BTreeMap<String, u16>,
+    /// Every network's ACL rules, resolved, by ID.
+    pub rules: &'a BTreeMap<String, Vec<pipeline::ResolvedRule>>,
 }
 
 impl Ctx<'_> {

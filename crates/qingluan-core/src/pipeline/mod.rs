@@ -8,8 +8,10 @@
 //! |----------------|-------|--------------------------------------------------------------|
 //! | `CLASSIFY`     | 0     | admits frames by source port, MAC and address (the spoof guard) and tags overlay frames with their VNI |
 //! | `QOS`          | 5     | an admitted container's egress meter and DSCP mark            |
-//! | `ARP_RESPOND`  | 10    | answers ARP requests of local overlay containers on the spot  |
-//! | `L2_FORWARD`   | 15    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
+//! | `CONNTRACK`    | 10    | a network with ACLs: IPv4 through the connection tracker, in the network's zone |
+//! | `POLICY`       | 15    | the network's ACL rules and default, on tracked packets       |
+//! | `ARP_RESPOND`  | 20    | answers ARP requests of local overlay containers on the spot  |
+//! | `L2_FORWARD`   | 25    | switching: `NORMAL` on network bridges, by (VNI, MAC) on the overlay bridge |
 //!
 //! Features, each a type implementing [`FlowFeature`] in its own file (it declares the
 //! stages it writes, produces its flows and the OVS ports it needs; [`collect`] holds it to
@@ -17,7 +19,8 @@
 //! [`PhysicalPorts`] (an uplink bridge and the containers on it), on the vxlan bridge
 //! [`OverlayBase`] (its own flows and tunnel port), [`OverlayForwarding`] (admission and
 //! forwarding by VNI and MAC), [`ArpResponder`] and [`OverlayGatewayPort`] (the `nat=true`
-//! gateway), and on every bridge [`EndpointQos`] (egress meters and DSCP marks).
+//! gateway), on every bridge [`EndpointQos`] (egress meters and DSCP marks), and on
+//! network bridges [`NetworkAcl`] (conntrack and the ACL rules).
 //! [`spoof_guard`] is the one definition of what an endpoint may send, used by all of them.
 //!
 //! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
@@ -27,6 +30,7 @@
 //! Cookies are a typed [`Cookie`]: bits 56–63 the [`Feature`], bits 0–31 the owner (first 8
 //! hex digits of the network or endpoint ID). `docs/pipeline.md` shows example flows.
 
+pub mod acl;
 pub mod arp_responder;
 pub mod overlay;
 pub mod overlay_gateway;
@@ -43,6 +47,7 @@ use qingluan_dataplane::ovsdb::PortSpec;
 
 use crate::model::Mac;
 
+pub use acl::{NetworkAcl, ResolvedRule};
 pub use arp_responder::ArpResponder;
 pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint};
 pub use overlay_gateway::{OverlayGateway, OverlayGatewayPort};
@@ -57,6 +62,10 @@ pub enum Stage {
     Classify,
     /// Egress meters and DSCP marks of admitted containers.
     Qos,
+    /// The connection tracker (networks with ACLs).
+    Conntrack,
+    /// ACL rules and defaults.
+    Policy,
     /// Local answers to ARP requests (overlay bridge).
     ArpRespond,
     /// Switching.
@@ -64,9 +73,11 @@ pub enum Stage {
 }
 
 /// Every stage, in pipeline order.
-pub const STAGES: [Stage; 4] = [
+pub const STAGES: [Stage; 6] = [
     Stage::Classify,
     Stage::Qos,
+    Stage::Conntrack,
+    Stage::Policy,
     Stage::ArpRespond,
     Stage::L2Forward,
 ];
@@ -89,6 +100,8 @@ impl Stage {
         match self {
             Stage::Classify => "CLASSIFY",
             Stage::Qos => "QOS",
+            Stage::Conntrack => "CONNTRACK",
+            Stage::Policy => "POLICY",
             Stage::ArpRespond => "ARP_RESPOND",
             Stage::L2Forward => "L2_FORWARD",
         }
@@ -110,6 +123,10 @@ pub enum Feature {
     Uplink = 0x05,
     /// An endpoint's meter and DSCP mark.
     Qos = 0x06,
+    /// An ACL rule's flows (owner: the rule's ID).
+    Acl = 0x07,
+    /// A network's conntrack and ACL defaults.
+    AclBase = 0x08,
 }
 
 /// The cookie bits that hold the [`Feature`].
@@ -217,6 +234,15 @@ pub enum Action {
     Meter(u32),
     /// Set the DSCP bits (the flow matches IPv4 or IPv6).
     SetDscp(u8),
+    /// Through the connection tracker (see the adapter's `Action::Ct`).
+    Ct {
+        /// Record the connection.
+        commit: bool,
+        /// The zone.
+        zone: u16,
+        /// The stage the tracked packet goes on in.
+        table: Option<Stage>,
+    },
     /// Turn an ARP request into the reply that `mac` has `ip` (the ARP responder).
     ArpReply {
         /// The MAC answered.
@@ -241,6 +267,15 @@ impl Action {
             Action::LoadReg0(v) => out.push(A::LoadReg0(*v)),
             Action::Meter(m) => out.push(A::Meter(*m)),
             Action::SetDscp(d) => out.push(A::SetDscp(*d)),
+            Action::Ct {
+                commit,
+                zone,
+                table,
+            } => out.push(A::Ct {
+                commit: *commit,
+                zone: *zone,
+                table: table.map(Stage::table),
+            }),
             Action::ArpReply { mac, ip } => out.extend([
                 A::Move(H::EthSrc, H::EthDst),
                 A::SetEthSrc(mac.0),
@@ -283,10 +318,17 @@ mod tests {
     #[test]
     fn tables_follow_the_stage_order() {
         let tables: Vec<u8> = STAGES.iter().map(|s| s.table()).collect();
-        assert_eq!(tables, [0, 5, 10, 15]);
+        assert_eq!(tables, [0, 5, 10, 15, 20, 25]);
         assert_eq!(
             STAGES.map(Stage::name),
-            ["CLASSIFY", "QOS", "ARP_RESPOND", "L2_FORWARD"]
+            [
+                "CLASSIFY",
+                "QOS",
+                "CONNTRACK",
+                "POLICY",
+                "ARP_RESPOND",
+                "L2_FORWARD"
+            ]
         );
     }
 
@@ -339,7 +381,7 @@ mod tests {
         );
         assert_eq!(
             f.render(),
-            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:15"
+            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:25"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! A nat or nonat network's own bridge: the gateway (LOCAL) port and each endpoint, as the
-//! spoof guard admits it, go on to a `NORMAL` switch (endpoints through `QOS`); anything
-//! else is dropped.
+//! spoof guard admits it, go on through the ACL stages (`CONNTRACK`, endpoints through
+//! `QOS` first) to a `NORMAL` switch; anything else is dropped.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -40,7 +40,7 @@ impl FlowFeature for SegmentBridge<'_> {
 
 fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
     let base = Cookie::of(Feature::Base, &net.id);
-    let forward = [Action::Goto(Stage::L2Forward)];
+    let forward = [Action::Goto(Stage::Conntrack)];
     let mut out = vec![
         flow(Stage::Classify, 0, base, Match::any(), &[Action::Drop]),
         flow(

@@ -9,7 +9,7 @@
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
 //! (`publishing.rs`, with the one rule for `-p`), [`Qos`] (`qos.rs`, `qingluan qos` and the
-//! containers of endpoints), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
+//! containers of endpoints), [`Acl`] (`acl.rs`, `qingluan acl`), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
 //! (`agent.rs`). [`Driver`] bundles them. `stats.rs` reads the endpoints'
 //! traffic counters.
 
@@ -38,6 +38,7 @@ macro_rules! handle {
     };
 }
 
+mod acl;
 mod agent;
 mod collector;
 mod endpoints;
@@ -46,6 +47,7 @@ mod publishing;
 mod qos;
 mod stats;
 
+pub use acl::{Acl, AclRow};
 pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
 pub use endpoints::Endpoints;
@@ -61,6 +63,7 @@ use ipnet::{IpNet, Ipv4Net};
 use qingluan_store::{Op, Store, StoreError};
 use tokio::sync::{Mutex, RwLock};
 
+use crate::acl::AclRule;
 use crate::cluster::{ClusterEndpoint, ClusterError};
 use crate::desired::{self, Desired, HostFacts};
 use crate::ipam::{Ipam, IpamError};
@@ -200,6 +203,8 @@ pub struct Driver {
     pub publishing: Publishing,
     /// QoS overrides and the containers of endpoints.
     pub qos: Qos,
+    /// ACL rules.
+    pub acl: Acl,
     /// Clean-up of what Docker forgot or a crash left.
     pub collector: Collector,
     /// The cluster agent.
@@ -222,6 +227,7 @@ impl Driver {
             endpoints: Endpoints::new(s.clone()),
             publishing: Publishing::new(s.clone()),
             qos: Qos::new(s.clone()),
+            acl: Acl::new(s.clone()),
             collector: Collector::new(s.clone()),
             agent: ClusterAgent::new(s.clone()),
             state: s,
@@ -362,6 +368,11 @@ impl State {
             .collect())
     }
 
+    /// Every ACL rule.
+    pub async fn acl_rules(&self) -> Result<Vec<AclRule>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
     pub(crate) async fn network(&self, id: &str) -> Result<Network, ServiceError> {
         records::get(&*self.store, id)
             .await?
@@ -382,7 +393,10 @@ impl State {
         let nets = self.networks().await?;
         let mut eps = self.endpoints().await?;
         eps.retain(|e| !e.joined || pass.has_veth(&e.veth));
-        let overrides = self.qos_overrides().await?;
+        let intent = crate::modes::Intent {
+            qos: self.qos_overrides().await?,
+            acl: self.acl_rules().await?,
+        };
         let view = self.view.read().await;
         Ok(crate::modes::build(
             &self.settings,
@@ -390,7 +404,7 @@ impl State {
             &nets,
             &eps,
             &view,
-            &overrides,
+            &intent,
         ))
     }
 

@@ -97,11 +97,14 @@ impl Networks {
                 .then(|| model::bridge_name(&self.settings.prefix, &req.id)),
             uplink,
             qos: opts.qos.clone(),
+            acl_default: opts.acl_default,
+            zone: 0,
         };
         let _g = self.lock.lock().await;
         if let Some(have) = records::get::<Network>(&*self.store, &net.id).await? {
             let same = Network {
                 created: have.created,
+                zone: have.zone,
                 ..net.clone()
             };
             return if have == same {
@@ -111,6 +114,13 @@ impl Networks {
             };
         }
         self.check_routed(&net).await?;
+        let taken = crate::acl::zones(&self.networks().await?)
+            .into_values()
+            .collect();
+        let net = Network {
+            zone: crate::acl::free_zone(&taken, &net.id),
+            ..net
+        };
         let created = match &net.cluster {
             Some(k) => Some(self.declare(&net, k).await?),
             None => None,
@@ -262,6 +272,15 @@ impl Networks {
         {
             ops.push(records::delete::<QosOverride>(&o.id));
             undo.push(records::put(&o));
+        }
+        for r in self
+            .acl_rules()
+            .await?
+            .into_iter()
+            .filter(|r| r.spec.network == id)
+        {
+            ops.push(records::delete::<crate::acl::AclRule>(&r.id));
+            undo.push(records::put(&r));
         }
         self.commit(ops.clone(), undo.clone()).await?;
         if let Some(k) = &net.cluster {

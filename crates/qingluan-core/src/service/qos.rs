@@ -156,8 +156,8 @@ impl Qos {
     }
 
     /// Records the container of endpoint `endpoint_id` (learnt from the Engine API) and
-    /// applies what its labels and overrides ask for (no reconcile when that changes
-    /// nothing). Nothing happens when it is known already, or the endpoint is gone.
+    /// applies what its labels and overrides ask for, and the ACL rules that select it (no
+    /// reconcile when neither can change). Nothing happens when it is known already, or the endpoint is gone.
     pub async fn learn_container(
         &self,
         endpoint_id: &str,
@@ -178,7 +178,9 @@ impl Qos {
         learnt.container = Some(container);
         let net = self.network(&ep.network_id).await?;
         let overrides = self.qos_overrides().await?;
-        if qos::of_endpoint(&net, &ep, &overrides) == qos::of_endpoint(&net, &learnt, &overrides) {
+        if qos::of_endpoint(&net, &ep, &overrides) == qos::of_endpoint(&net, &learnt, &overrides)
+            && self.acl_rules().await?.is_empty()
+        {
             self.store.txn(vec![], vec![records::put(&learnt)]).await?;
             return Ok(());
         }

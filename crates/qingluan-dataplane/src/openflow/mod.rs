@@ -273,7 +273,9 @@ impl Flow {
                     }
                     Ok(())
                 }
+                Field::IpSrcNet(n) if n.prefix_len() == 32 => write!(s, "nw_src={}", n.addr()),
                 Field::IpSrcNet(n) => write!(s, "nw_src={n}"),
+                Field::IpDstNet(n) if n.prefix_len() == 32 => write!(s, "nw_dst={}", n.addr()),
                 Field::IpDstNet(n) => write!(s, "nw_dst={n}"),
                 Field::IpProto(p) => write!(s, "nw_proto={p}"),
                 Field::TcpDst(p, 0xffff) => write!(s, "tcp_dst={p}"),

@@ -1,0 +1,198 @@
+//! A network's ACL in the `CONNTRACK` and `POLICY` stages (see `acl.rs` for the rules).
+//!
+//! While the network has rules or denies traffic between its containers by default, its
+//! IPv4 packets go through the connection tracker in the network's own zone (`CONNTRACK`),
+//! then meet `POLICY`: invalid packets are dropped; replies of tracked connections and
+//! related packets pass; every other packet meets the rules (highest priority first, deny
+//! before allow at the same priority); below them the network's default: from the gateway
+//! and to it allowed, between the network's containers allowed or denied by
+//! `acl.default`, the rest allowed. What is allowed is committed to the tracker and goes
+//! on (`then`). A network without any of this skips both stages: no tracker, no cost.
+
+use qingluan_dataplane::openflow::{ct, Flow};
+
+use super::{flow, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage};
+use crate::acl::{Addresses, PortRange, Proto, Verdict};
+use crate::model::Network;
+
+/// A rule with its selectors resolved to addresses.
+#[derive(Clone, Debug)]
+pub struct ResolvedRule {
+    /// The rule's ID.
+    pub id: String,
+    /// 0–1000.
+    pub priority: u16,
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// Sources.
+    pub from: Addresses,
+    /// Destinations.
+    pub to: Addresses,
+    /// Protocol.
+    pub proto: Proto,
+    /// Destination ports.
+    pub ports: Vec<PortRange>,
+}
+
+impl ResolvedRule {
+    /// The flow priority of this rule: above the defaults, deny above allow at the same
+    /// rule priority.
+    pub fn flow_priority(&self) -> u16 {
+        RULE_BASE + 2 * self.priority + u16::from(self.verdict == Verdict::Deny)
+    }
+}
+
+/// The flow priority of rule priority 0.
+const RULE_BASE: u16 = 100;
+/// Replies and related packets, above every rule.
+const TRACKED: u16 = 3000;
+/// Invalid packets, above everything.
+const INVALID: u16 = 4000;
+
+/// The ACL of one network on its bridge.
+pub struct NetworkAcl<'a> {
+    /// The network.
+    pub net: &'a Network,
+    /// Its conntrack zone.
+    pub zone: u16,
+    /// Its rules.
+    pub rules: &'a [ResolvedRule],
+    /// Where allowed traffic goes on.
+    pub then: Stage,
+}
+
+impl NetworkAcl<'_> {
+    /// Whether the network's traffic is tracked and checked at all.
+    pub fn active(&self) -> bool {
+        !self.rules.is_empty() || self.net.acl_default == Verdict::Deny
+    }
+
+    fn allow(&self) -> [Action; 2] {
+        [
+            Action::Ct {
+                commit: true,
+                zone: self.zone,
+                table: None,
+            },
+            Action::Goto(self.then),
+        ]
+    }
+}
+
+impl FlowFeature for NetworkAcl<'_> {
+    fn name(&self) -> &'static str {
+        "acl"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::Conntrack, Stage::Policy]
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        let base = Cookie::of(Feature::AclBase, &self.net.id);
+        let on = [Action::Goto(self.then)];
+        let mut out = vec![flow(Stage::Conntrack, 0, base, Match::any(), &on)];
+        if !self.active() {
+            return out;
+        }
+        let ip = || Match::any().and(Field::Ip);
+        let state = |v: u32, m: u32| ip().and(Field::CtState(v | ct::TRK, m | ct::TRK));
+        out.extend([
+            flow(
+                Stage::Conntrack,
+                100,
+                base,
+                ip(),
+                &[Action::Ct {
+                    commit: false,
+                    zone: self.zone,
+                    table: Some(Stage::Policy),
+                }],
+            ),
+            flow(Stage::Policy, INVALID, base, state(ct::INV, ct::INV), &[]),
+            flow(
+                Stage::Policy,
+                TRACKED,
+                base,
+                state(ct::EST | ct::RPL, ct::EST | ct::RPL),
+                &on,
+            ),
+            flow(Stage::Policy, TRACKED, base, state(ct::REL, ct::REL), &on),
+            flow(
+                Stage::Policy,
+                3,
+                base,
+                ip().and(Field::InPort(Port::Local)),
+                &self.allow(),
+            ),
+            flow(
+                Stage::Policy,
+                2,
+                base,
+                ip().and(Field::IpDstNet(self.net.gateway.into())),
+                &self.allow(),
+            ),
+            flow(Stage::Policy, 0, base, ip(), &self.allow()),
+        ]);
+        if self.net.acl_default == Verdict::Deny {
+            let intra = ip().and(Field::IpDstNet(self.net.subnet));
+            out.push(flow(Stage::Policy, 1, base, intra, &[]));
+        }
+        let allow = self.allow();
+        for r in self.rules {
+            let c = Cookie::of(Feature::Acl, &r.id);
+            let actions: &[Action] = match r.verdict {
+                Verdict::Allow => &allow,
+                Verdict::Deny => &[],
+            };
+            for m in matches(r) {
+                let m = m.and(Field::CtState(ct::TRK, ct::TRK | ct::RPL));
+                out.push(flow(Stage::Policy, r.flow_priority(), c, m, actions));
+            }
+        }
+        out
+    }
+}
+
+/// Every match of a rule: sources × destinations × protocol and ports.
+fn matches(r: &ResolvedRule) -> Vec<Match> {
+    let side = |a: &Addresses| -> Vec<Option<ipnet::Ipv4Net>> {
+        match a {
+            Addresses::Any => vec![None],
+            // A /0 is every address: no match at all.
+            Addresses::Some(set) => set
+                .iter()
+                .map(|n| Some(*n).filter(|n| n.prefix_len() > 0))
+                .collect(),
+        }
+    };
+    let mut l4: Vec<Vec<Field>> = Vec::new();
+    match (r.proto.number(), r.ports.is_empty()) {
+        (None, _) => l4.push(vec![]),
+        (Some(p), true) => l4.push(vec![Field::IpProto(p)]),
+        (Some(p), false) => {
+            for range in &r.ports {
+                for (v, m) in range.masks() {
+                    let port = match r.proto {
+                        Proto::Udp => Field::UdpDst(v, m),
+                        _ => Field::TcpDst(v, m),
+                    };
+                    l4.push(vec![Field::IpProto(p), port]);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for src in side(&r.from) {
+        for dst in side(&r.to) {
+            for fields in &l4 {
+                let mut m = Match::any().and(Field::Ip);
+                m.0.extend(src.map(Field::IpSrcNet));
+                m.0.extend(dst.map(Field::IpDstNet));
+                m.0.extend(fields.iter().cloned());
+                out.push(m);
+            }
+        }
+    }
+    out
+}

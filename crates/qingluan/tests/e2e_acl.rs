@@ -1,0 +1,496 @@
+//! ACL control end to end on the real dockerd: a connectivity matrix (ping, and TCP against
+//! busybox httpd) with positive controls around every refusal. A network with
+//! `acl.default=deny` isolates its containers from each other; rules allow and deny by each
+//! selector kind (network, container, label, CIDR, any), statefully (replies pass, the
+//! reverse direction does not); a deny cuts an open connection within 1 s; a label rule
+//! covers a container started after it; rules hold across a daemon kill -9 and an
+//! ovs-vswitchd restart; hits, drops and the spoof guard's drops are counted; bad input is
+//! refused with a clear error and changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Starts `name` on `network` serving `hi` over HTTP on `port`, with `labels`.
+fn start_web(network: &str, name: &str, port: u16, labels: &[&str]) {
+    let mut args = vec![
+        "run",
+        "-d",
+        "--cap-add",
+        "NET_ADMIN",
+        "--name",
+        name,
+        "--net",
+        network,
+    ];
+    for l in labels {
+        args.extend(["--label", l]);
+    }
+    let script =
+        format!("mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p {port} -h /www");
+    args.extend([IMAGE, "sh", "-c", &script]);
+    docker(&args);
+}
+
+/// Whether `from` gets the page of `ip:port` (one try, 3 s).
+fn fetches(from: &str, ip: &str, port: u16) -> bool {
+    let (ok, out) = exec(from, &format!("timeout 3 wget -q -O - http://{ip}:{port}/"));
+    ok && out.contains("hi")
+}
+
+/// Whether `from` can ping `ip` (one try, 1 s): for refusals, where [`pings`] would wait twice.
+fn ping_once(from: &str, ip: &str) -> bool {
+    exec(from, &format!("ping -c 1 -W 1 {ip}")).0
+}
+
+/// `qingluan acl add ...`: the new rule's ID.
+fn add(env: &Env, args: &[&str]) -> String {
+    let mut all = vec!["acl", "add"];
+    all.extend_from_slice(args);
+    env.qingluan(&all).trim().to_string()
+}
+
+/// The `acl ls --json` row of rule `id`.
+fn row(env: &Env, id: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["--json", "acl", "ls"])).unwrap();
+    v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("rule {id} not in acl ls: {v}"))
+}
+
+#[test]
+fn rules_allow_and_deny_by_each_selector_statefully() {
+    if !enabled("rules_allow_and_deny_by_each_selector_statefully") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network(
+        "qlt-acl",
+        &["--opt", "model=nat", "--opt", "acl.default=deny"],
+    );
+    start_web("qlt-acl", "qlt-aw", 80, &["tier=frontend"]);
+    start_web("qlt-acl", "qlt-ad", 5432, &["tier=backend"]);
+    start_web("qlt-acl", "qlt-ax", 80, &[]);
+    let (w, d, x) = (
+        ip_of("qlt-aw", "qlt-acl"),
+        ip_of("qlt-ad", "qlt-acl"),
+        ip_of("qlt-ax", "qlt-acl"),
+    );
+    let gw = env.gateway_of("qlt-acl");
+
+    // Default deny between the network's containers; the gateway stays reachable.
+    assert!(pings("qlt-aw", &gw), "the gateway is reachable");
+    assert!(!ping_once("qlt-aw", &d), "default deny between containers");
+    assert!(
+        !fetches("qlt-aw", &d, 5432),
+        "default deny between containers"
+    );
+
+    // Labels: frontend → backend on 5432 only, one way.
+    let by_label = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "label:tier=frontend",
+            "--to",
+            "label:tier=backend",
+            "--proto",
+            "tcp",
+            "--port",
+            "5432",
+            "--allow",
+        ],
+    );
+    assert!(
+        fetches("qlt-aw", &d, 5432),
+        "label rule allows frontend → backend"
+    );
+    assert!(!fetches("qlt-ax", &d, 5432), "no label, no access");
+    assert!(!ping_once("qlt-aw", &d), "only tcp/5432 is allowed");
+    assert!(
+        !fetches("qlt-ad", &w, 80),
+        "the reverse direction stays closed"
+    );
+
+    // Containers: x may ping d, and the replies come back; d may not ping x.
+    add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "container:qlt-ax",
+            "--to",
+            "container:qlt-ad",
+            "--proto",
+            "icmp",
+            "--allow",
+        ],
+    );
+    assert!(
+        pings("qlt-ax", &d),
+        "container rule allows x → d (and replies)"
+    );
+    assert!(!ping_once("qlt-ad", &x), "and not d → x");
+
+    // The network itself: every container may ping every other, at a low priority.
+    let by_net = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "qlt-acl",
+            "--to",
+            "qlt-acl",
+            "--proto",
+            "icmp",
+            "--priority",
+            "10",
+            "--allow",
+        ],
+    );
+    assert!(pings("qlt-ad", &x), "network rule allows d → x");
+
+    // A CIDR deny at a higher priority beats both allows: w loses the gateway and d.
+    let by_cidr = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "container:qlt-aw",
+            "--to",
+            &format!("cidr:{gw}/32"),
+            "--deny",
+            "--priority",
+            "500",
+        ],
+    );
+    let w_out = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "container:qlt-aw",
+            "--to",
+            "any",
+            "--proto",
+            "tcp",
+            "--deny",
+            "--priority",
+            "500",
+        ],
+    );
+    assert!(!ping_once("qlt-aw", &gw), "cidr deny holds");
+    assert!(
+        !fetches("qlt-aw", &d, 5432),
+        "deny beats allow at a higher priority"
+    );
+    assert!(
+        pings("qlt-ad", &gw),
+        "positive control: d still reaches the gateway"
+    );
+    assert!(pings("qlt-aw", &x), "positive control: w may still ping x");
+
+    // Counted: hits of allows, drops of denies.
+    let r = row(&env, &by_label);
+    assert!(r["hits"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["drops"], 0, "{r}");
+    let r = row(&env, &by_cidr);
+    assert!(r["drops"].as_u64().unwrap() > 0, "{r}");
+    assert!(row(&env, &by_net)["hits"].as_u64().unwrap() > 0);
+    let table = env.qingluan(&["acl", "ls", "--network", "qlt-acl"]);
+    assert!(table.contains("label:tier=frontend"), "{table}");
+    assert!(table.contains("tcp/5432"), "{table}");
+    assert!(table.contains(&format!("cidr:{gw}/32")), "{table}");
+
+    // Survives a daemon kill -9 and an ovs-vswitchd restart, allows and denies alike.
+    let mut env = env;
+    env.kill();
+    env.start();
+    assert!(
+        !fetches("qlt-ax", &d, 5432),
+        "default deny after the daemon restart"
+    );
+    assert!(
+        !ping_once("qlt-aw", &gw),
+        "the deny after the daemon restart"
+    );
+    assert!(pings("qlt-ax", &d), "the allow after the daemon restart");
+    restart_by_pidfile("/run/openvswitch/ovs-vswitchd.pid", || {
+        run("ovs-appctl", &["version"]).status.success()
+    });
+    assert!(
+        wait_for(Duration::from_secs(15), || pings("qlt-ax", &d)),
+        "the container rule is back after the ovs-vswitchd restart"
+    );
+    assert!(!ping_once("qlt-aw", &gw), "the deny is back too");
+    assert!(!fetches("qlt-ax", &d, 5432), "and the default deny");
+
+    // Removing the denies gives w back what the allows say.
+    env.qingluan(&["acl", "rm", &by_cidr]);
+    env.qingluan(&["acl", "rm", &w_out]);
+    assert!(pings("qlt-aw", &gw));
+    assert!(fetches("qlt-aw", &d, 5432));
+
+    // Nothing is left when the network goes: no rule, no conntrack flow.
+    docker(&["rm", "-f", "qlt-aw", "qlt-ad", "qlt-ax"]);
+    docker(&["network", "rm", "qlt-acl"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["--json", "acl", "ls"])).unwrap();
+    assert_eq!(v["rules"].as_array().unwrap().len(), 0, "{v}");
+}
+
+#[test]
+fn a_deny_cuts_open_connections_and_labels_follow_new_containers() {
+    if !enabled("a_deny_cuts_open_connections_and_labels_follow_new_containers") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network("qlt-acl2", &["--opt", "model=nat"]);
+    start_sleepers("qlt-acl2", &["qlt-ca", "qlt-cb"]);
+    let b = ip_of("qlt-cb", "qlt-acl2");
+    assert!(pings("qlt-ca", &b), "default allow");
+
+    // A connection that sends 10 lines a second, open before the rule (busybox nc closes
+    // the connection when its stdin ends, so the listener's stdin is a pipe that stays open).
+    docker(&[
+        "exec",
+        "-d",
+        "qlt-cb",
+        "sh",
+        "-c",
+        "sleep 600 | nc -l -p 7000 > /tmp/got",
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || {
+        exec("qlt-cb", "netstat -ltn").1.contains(":7000")
+    }));
+    let sender = format!("while true; do echo x; sleep 0.1; done | nc {b} 7000");
+    docker(&["exec", "-d", "qlt-ca", "sh", "-c", &sender]);
+    let got = || {
+        exec("qlt-cb", "wc -c < /tmp/got")
+            .1
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || got() > 10),
+        "the connection carries data"
+    );
+    let deny = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl2",
+            "--from",
+            "container:qlt-ca",
+            "--to",
+            "container:qlt-cb",
+            "--proto",
+            "tcp",
+            "--port",
+            "7000",
+            "--deny",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let at_1s = got();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(got(), at_1s, "data still flows 1 s after the deny");
+    assert!(
+        pings("qlt-ca", &b),
+        "positive control: only tcp/7000 is denied"
+    );
+    assert!(row(&env, &deny)["drops"].as_u64().unwrap() > 0);
+
+    // A label rule made before its container exists covers it once it starts.
+    add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl2",
+            "--from",
+            "label:role=intruder",
+            "--to",
+            "any",
+            "--deny",
+        ],
+    );
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "qlt-cc",
+        "--net",
+        "qlt-acl2",
+        "--label",
+        "role=intruder",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(5), || !ping_once("qlt-cc", &b)),
+        "the label rule covers the new container"
+    );
+    assert!(
+        pings("qlt-ca", &b),
+        "positive control: others still reach b"
+    );
+
+    docker(&["rm", "-f", "qlt-ca", "qlt-cb", "qlt-cc"]);
+    docker(&["network", "rm", "qlt-acl2"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_spoofing_is_counted() {
+    if !enabled("bad_input_is_refused_and_spoofing_is_counted") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network("qlt-acl3", &["--opt", "model=nat"]);
+    start_sleepers("qlt-acl3", &["qlt-ba", "qlt-bb"]);
+    let first = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl3",
+            "--proto",
+            "tcp",
+            "--port",
+            "80",
+            "--allow",
+        ],
+    );
+    let before = env.qingluan(&["--json", "acl", "ls"]);
+    let refused = |args: &[&str], want: &str| {
+        let mut all = vec!["acl", "add"];
+        all.extend_from_slice(args);
+        let o = env.cli(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    refused(
+        &["--network", "nope", "--allow"],
+        "network \"nope\" is not a qingluan network",
+    );
+    refused(
+        &["--network", "qlt-acl3", "--from", "nope", "--allow"],
+        "--from: network \"nope\"",
+    );
+    refused(
+        &[
+            "--network",
+            "qlt-acl3",
+            "--to",
+            "container:qlt-none",
+            "--allow",
+        ],
+        "--to: no container \"qlt-none\"",
+    );
+    refused(
+        &[
+            "--network",
+            "qlt-acl3",
+            "--to",
+            "cidr:10.0.0.300/8",
+            "--allow",
+        ],
+        "invalid CIDR \"10.0.0.300/8\"",
+    );
+    for p in ["0", "70000"] {
+        refused(
+            &[
+                "--network",
+                "qlt-acl3",
+                "--proto",
+                "tcp",
+                "--port",
+                p,
+                "--allow",
+            ],
+            &format!("invalid port \"{p}\""),
+        );
+    }
+    refused(
+        &[
+            "--network",
+            "qlt-acl3",
+            "--proto",
+            "icmp",
+            "--port",
+            "80",
+            "--allow",
+        ],
+        "--port needs --proto tcp or udp (not icmp)",
+    );
+    refused(
+        &[
+            "--network",
+            "qlt-acl3",
+            "--proto",
+            "tcp",
+            "--port",
+            "80",
+            "--allow",
+        ],
+        &format!("the same rule exists already as {first}"),
+    );
+    refused(
+        &["--network", "qlt-acl3", "--priority", "1001", "--allow"],
+        "invalid priority",
+    );
+    refused(
+        &["--network", "qlt-acl3"],
+        "give exactly one of --allow and --deny",
+    );
+    refused(
+        &["--network", "qlt-acl3", "--proto", "sctp", "--allow"],
+        "invalid protocol",
+    );
+    let o = env.cli(&["acl", "rm", "ffffffff"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no ACL rule ffffffff"));
+    let err = env.create_network_fails(
+        "qlt-acl4",
+        &["--opt", "model=nat", "--opt", "acl.default=maybe"],
+    );
+    assert!(err.contains("invalid acl.default \"maybe\""), "{err}");
+    let strip = |s: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(s).unwrap();
+        v["spoofed"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(
+        strip(&env.qingluan(&["--json", "acl", "ls"])),
+        strip(&before),
+        "refused input changed nothing"
+    );
+
+    // The spoof guard's drops are a line of their own.
+    let b = ip_of("qlt-bb", "qlt-acl3");
+    let spoof = b.rsplit_once('.').map(|(n, _)| format!("{n}.200")).unwrap();
+    exec("qlt-ba", &format!("ip addr add {spoof}/24 dev eth0"));
+    assert!(!exec("qlt-ba", &format!("ping -c 2 -W 1 -I {spoof} {b}")).0);
+    let table = env.qingluan(&["acl", "ls"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("spoof guard:"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(!line.starts_with("spoof guard: 0 "), "{line}");
+
+    docker(&["rm", "-f", "qlt-ba", "qlt-bb"]);
+    docker(&["network", "rm", "qlt-acl3"]);
+}
