@@ -488,7 +488,14 @@ fn classes_share_an_aggregate_on_the_uplink() {
         let t = text(&bed.ql(1, &["qos", "ls"]));
         t.contains("high (label)") && t.contains("low (label)")
     });
-    let alone = concurrent_to_outside(&bed, &[("qlt-flo", 5401)]);
+    // The median of three runs: the bed's two userspace datapaths busy-poll the same two
+    // cores, so one run can be starved (CI once measured 44.2 for a 50mbit aggregate).
+    let mut runs: Vec<f64> = (0..3)
+        .map(|_| concurrent_to_outside(&bed, &[("qlt-flo", 5401)])[0])
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    let alone = [runs[1]];
+    eprintln!("flat aggregate 50mbit, low alone: runs {runs:?}");
     assert!(
         (45.0..=55.0).contains(&alone[0]),
         "low alone under 50mbit: {:.1}",
