@@ -9,7 +9,9 @@
 # scrapes on against off; QL_BENCH_MONITORING=0 skips it); QoS (scripts/lib/bench_qos.py:
 # an unlimited container's throughput with QoS on its network off and on, the accuracy of
 # limits from 1 Mbit/s to 1 Gbit/s, the time until a changed limit holds; QL_BENCH_QOS=0
-# skips it); then, when etcd is
+# skips it); ACLs (scripts/lib/bench_acl.py: throughput and connection rate between two
+# containers with 0, 100 and 1,000 rules on their network, the time `acl add` takes;
+# QL_BENCH_ACL=0 skips it); then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
@@ -104,6 +106,10 @@ fi
 if [ "${QL_BENCH_QOS:-1}" != 0 ]; then
   echo
   python3 scripts/lib/bench_qos.py "${CLI[@]}"
+fi
+if [ "${QL_BENCH_ACL:-1}" != 0 ]; then
+  echo
+  python3 scripts/lib/bench_acl.py "${CLI[@]}"
 fi
 if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo

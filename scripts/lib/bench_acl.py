@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""ACL benchmarks (issue 14), run by scripts/bench.sh against the qingluan daemon it uses.
+
+Two containers on a nat network, b serving HTTP (busybox httpd) and iperf3; with 0, 100 and
+1,000 rules on the network (allows of TCP/80 from unrelated /32s, so every packet meets the
+connection tracker and the whole rule table):
+- TCP throughput a -> b (iperf3 in the namespaces, 3 s after 1 s of warm-up, median of 3),
+  ratio to 0 rules (goal >= 0.9 at 1,000);
+- the connection rate: 200 HTTP fetches in a row from a (busybox wget, one TCP connection
+  each), connections per second, ratio to 0 rules;
+- the time `qingluan acl add` of a deny takes (it answers once the flows are installed),
+  checked right after by a refused ping.
+Everything created is removed at the end.
+
+Usage: bench_acl.py QINGLUAN_CLI...   (e.g. target/release/qingluan --config /tmp/x.toml)
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+CLI = sys.argv[1:]
+NET = "qlt-bench-acl"
+IMAGE = "qlbusybox:latest"
+FETCHES = 200
+
+
+def sh(*args, check=True):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise SystemExit(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def acl(*args):
+    return sh(*CLI, "acl", *args)
+
+
+def pid(c):
+    return sh("docker", "inspect", "-f", "{{.State.Pid}}", c)
+
+
+def ip(c):
+    return sh("docker", "inspect", "-f",
+              "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % NET, c)
+
+
+def mbits(client, server):
+    srv = subprocess.Popen(["nsenter", "-t", pid(server), "-n", "iperf3", "-s", "-1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if ":5201" in sh("nsenter", "-t", pid(server), "-n", "ss", "-ltn"):
+                break
+            time.sleep(0.1)
+        out = sh("nsenter", "-t", pid(client), "-n", "iperf3", "-c", ip(server), "-t", "3",
+                 "-O", "1", "-J")
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def connects(client, server):
+    loop = f"for i in $(seq {FETCHES}); do wget -q -O /dev/null http://{ip(server)}/; done"
+    t0 = time.time()
+    sh("docker", "exec", client, "sh", "-c", loop)
+    return FETCHES / (time.time() - t0)
+
+
+def add_rules(start, end):
+    for i in range(start, end):
+        acl("add", "--network", NET, "--from", f"cidr:10.199.{i // 250}.{i % 250 + 1}",
+            "--to", "any", "--proto", "tcp", "--port", "80", "--allow")
+
+
+def main():
+    sh("docker", "network", "create", "--driver", "qingluan", "--ipam-driver", "qingluanIpam",
+       "--opt", "model=nat", NET)
+    try:
+        sh("docker", "run", "-d", "--name", "qlt-ba-a", "--net", NET, IMAGE, "sleep", "3600")
+        sh("docker", "run", "-d", "--name", "qlt-ba-b", "--net", NET, IMAGE, "sh", "-c",
+           "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www")
+        bench()
+    finally:
+        sh("docker", "rm", "-f", "qlt-ba-a", "qlt-ba-b", check=False)
+        sh("docker", "network", "rm", NET, check=False)
+
+
+def bench():
+    print("acl: TCP throughput and connection rate between two containers by rules on their network")
+    print(f"  {'rules':>6} {'Mbit/s':>9} {'ratio':>6} {'conn/s':>8} {'ratio':>6} {'acl add':>9}")
+    base = None
+    have = 0
+    for n in (0, 100, 1000):
+        add_rules(have, n)
+        have = n
+        tput = statistics.median(mbits("qlt-ba-a", "qlt-ba-b") for _ in range(3))
+        rate = connects("qlt-ba-a", "qlt-ba-b")
+        t0 = time.time()
+        rule = acl("add", "--network", NET, "--from", "container:qlt-ba-a", "--to",
+                   "container:qlt-ba-b", "--proto", "icmp", "--deny")
+        took = time.time() - t0
+        held = subprocess.run(["docker", "exec", "qlt-ba-a", "ping", "-c", "1", "-W", "1",
+                               ip("qlt-ba-b")], capture_output=True).returncode != 0
+        acl("rm", rule)
+        if base is None:
+            base = (tput, rate)
+        print(f"  {n:>6} {tput:9.0f} {tput / base[0]:6.3f} {rate:8.1f} {rate / base[1]:6.3f}"
+              f" {took * 1000:7.0f} ms{'' if held else '  (the deny did NOT hold)'}")
+    print("  (goal: throughput and connection rate >= 0.9 of 0 rules at 1,000)")
+
+
+if __name__ == "__main__":
+    main()
