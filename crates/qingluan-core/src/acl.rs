@@ -331,16 +331,9 @@ impl RuleSpec {
         Ok(())
     }
 
-    /// Its ID: 8 hex digits of a digest of what it says (equal rules are refused, so IDs
-    /// are unique).
+    /// Its ID: a digest of what it says ([`crate::model::content_id`]).
     pub fn id(&self) -> String {
-        let text = serde_json::to_string(self).expect("a rule serializes");
-        let mut h: u32 = 0x811c_9dc5;
-        for b in text.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        format!("{h:08x}")
+        crate::model::content_id(self)
     }
 }
 

@@ -16,6 +16,7 @@ macro_rules! crash_point {
 
 pub mod acl;
 pub mod cluster;
+pub mod connect;
 pub mod desired;
 pub mod ipam;
 pub mod membership;

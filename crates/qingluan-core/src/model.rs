@@ -211,6 +211,19 @@ pub fn head(s: &str, n: usize) -> &str {
     s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
+/// The ID of a record that is named by what it says: 8 hex digits of the 32-bit FNV-1a
+/// digest of `v`'s JSON (ACL rules, group connections; equal ones are refused, so IDs are
+/// unique).
+pub fn content_id<T: Serialize>(v: &T) -> String {
+    let text = serde_json::to_string(v).expect("a record serializes");
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
 /// An ID Docker sent that is not one of its IDs.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} ID {shown:?}: Docker's IDs are 64 lowercase hexadecimal characters")]

@@ -15,6 +15,10 @@
 //!   internal one nothing on the host but its gateway (and IPv6 link-local/multicast, for
 //!   neighbour discovery).
 //!
+//! - **links** (`qingluan connect`, see `connect.rs`): what goes between two connected
+//!   segments (or two connected containers on them) is accepted before any isolation drop
+//!   and not masqueraded, so each side sees the other's real addresses.
+//!
 //! dockerd's FORWARD policy is DROP, so while any segment exists DOCKER-USER accepts the
 //! bridges' traffic; every decision above is taken before that, in our own chains.
 
@@ -56,6 +60,18 @@ pub struct Segment {
     pub dnat: Vec<Dnat>,
 }
 
+/// Two segments (by bridge) the host routes between: all their traffic, or only that
+/// between two addresses (a container pair), both ways.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Link {
+    /// One segment's bridge.
+    pub a: String,
+    /// The other's.
+    pub b: String,
+    /// Only between these addresses (on `a`, on `b`).
+    pub between: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
 /// Everything the host's netfilter must do for one instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -67,6 +83,8 @@ pub struct Policy {
     pub segments: Vec<Segment>,
     /// OVS-side veths to guard against the host kernel.
     pub guards: Vec<String>,
+    /// Connected segments.
+    pub links: Vec<Link>,
 }
 
 /// A single address as a prefix.
@@ -91,6 +109,39 @@ impl Policy {
             ..Ruleset::default()
         };
         let any_bridge = Iface::Matches(format!("{}*", self.bridge_prefix));
+        for link in &self.links {
+            let subnet = |bridge: &str| {
+                self.segments
+                    .iter()
+                    .find(|s| s.bridge == bridge)
+                    .map(|s| s.subnet)
+            };
+            let (Some(net_a), Some(net_b)) = (subnet(&link.a), subnet(&link.b)) else {
+                continue;
+            };
+            let sides = [
+                (&link.a, &link.b, net_a, link.between),
+                (&link.b, &link.a, net_b, link.between.map(|(x, y)| (y, x))),
+            ];
+            for (from, to, net, between) in sides {
+                let mut when = vec![
+                    Cond::Iif(Iface::Is(from.clone())),
+                    Cond::Oif(Iface::Is(to.clone())),
+                ];
+                let mut unmasked = vec![Cond::IpSaddr(net), Cond::Oif(Iface::Is(to.clone()))];
+                if let Some((src, dst)) = between {
+                    let src = Ipv4Net::from(src);
+                    when.extend([Cond::IpSaddr(src), Cond::IpDaddr(dst)]);
+                    unmasked = vec![
+                        Cond::IpSaddr(src),
+                        Cond::IpDaddr(dst),
+                        Cond::Oif(Iface::Is(to.clone())),
+                    ];
+                }
+                r.forward.push(rule(when, Verdict::Accept));
+                r.postrouting.push(rule(unmasked, Verdict::Accept));
+            }
+        }
         for seg in &self.segments {
             let is = || Iface::Is(seg.bridge.clone());
             let not = || Iface::IsNot(seg.bridge.clone());
@@ -209,8 +260,46 @@ mod tests {
             bridge_prefix: "qlb".into(),
             segments,
             guards: vec![],
+            links: vec![],
         }
         .ruleset()
+    }
+
+    #[test]
+    fn links_accept_before_isolation_and_keep_sources() {
+        let mut other = seg(true);
+        other.bridge = "qlb2".into();
+        other.subnet = "10.250.0.0/24".parse().unwrap();
+        let mut p = Policy {
+            name: "qingluan".into(),
+            bridge_prefix: "qlb".into(),
+            segments: vec![seg(true), other],
+            guards: vec![],
+            links: vec![Link {
+                a: "qlb1".into(),
+                b: "qlb2".into(),
+                between: None,
+            }],
+        };
+        let r = p.ruleset();
+        assert_eq!(r.forward[0].then, Verdict::Accept);
+        assert_eq!(r.forward[1].then, Verdict::Accept);
+        assert_eq!(
+            r.forward[1].when,
+            [
+                Cond::Iif(Iface::Is("qlb2".into())),
+                Cond::Oif(Iface::Is("qlb1".into()))
+            ]
+        );
+        assert_eq!(r.postrouting[0].then, Verdict::Accept);
+        p.links[0].between = Some(("10.240.0.2".parse().unwrap(), "10.250.0.3".parse().unwrap()));
+        let r = p.ruleset();
+        assert!(r.forward[1]
+            .when
+            .contains(&Cond::IpSaddr("10.250.0.3/32".parse().unwrap())));
+        assert!(r.forward[1]
+            .when
+            .contains(&Cond::IpDaddr("10.240.0.2".parse().unwrap())));
     }
 
     #[test]

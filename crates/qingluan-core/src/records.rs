@@ -7,12 +7,14 @@
 //! | [`Endpoint`] | `endpoints/<endpoint id>` |
 //! | [`QosOverride`] | `qos/<network id>/network`, `qos/<network id>/container/<id>`, `qos/<network id>/endpoint/<id>` |
 //! | [`AclRule`] | `acl/<rule id>` |
+//! | [`Connection`] | `connect/<connection id>` |
 
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::acl::AclRule;
+use crate::connect::Connection;
 use crate::model::{Endpoint, Network};
 use crate::qos::QosOverride;
 
@@ -40,6 +42,13 @@ impl Record for Endpoint {
 
 impl Record for AclRule {
     const PREFIX: &'static str = "acl/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for Connection {
+    const PREFIX: &'static str = "connect/";
     fn id(&self) -> &str {
         &self.id
     }

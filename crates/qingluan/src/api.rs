@@ -132,9 +132,10 @@ pub(crate) fn bad(e: impl std::fmt::Display) -> ApiError {
 /// The answer to a service error: 400 for what the user got wrong, 500 for the rest.
 pub(crate) fn service(e: ServiceError) -> ApiError {
     match e {
-        ServiceError::Option(_) | ServiceError::Invalid(_) | ServiceError::NetworkNotFound(_) => {
-            bad(e)
-        }
+        ServiceError::Option(_)
+        | ServiceError::Invalid(_)
+        | ServiceError::NetworkNotFound(_)
+        | ServiceError::Connect(_) => bad(e),
         e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -181,6 +182,12 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/acl", get(crate::acl::list).post(crate::acl::add))
         .route("/v1/acl/{id}", delete(crate::acl::remove))
+        .route(
+            "/v1/connect",
+            get(crate::connect::list)
+                .post(crate::connect::connect)
+                .delete(crate::connect::disconnect),
+        )
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{id}", get(network))
         .route("/v1/endpoints", get(endpoints))

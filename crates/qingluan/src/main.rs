@@ -7,6 +7,7 @@ mod acl;
 mod api;
 mod cli;
 mod config;
+mod connect;
 mod containers;
 mod daemon;
 mod docker;
@@ -60,6 +61,20 @@ enum Command {
     /// ACL control: stateful allow and deny rules per network.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// Let two networks (nat) or two containers talk: `connect A B`; `connect ls` lists.
+    Connect {
+        /// A network or container, or `ls`.
+        a: String,
+        /// The other network or container.
+        b: Option<String>,
+    },
+    /// Isolate two connected networks or containers again.
+    Disconnect {
+        /// A network or container.
+        a: String,
+        /// The other.
+        b: String,
+    },
     /// Traffic of this host's containers: counters and rates per endpoint, in the
     /// container's directions (transmit = what it sent).
     Stats {
@@ -299,6 +314,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
         }
         Command::Acl(AclCmd::Add(rule)) => client.acl_add(&rule).await,
+        Command::Connect { a, b: None } if a == "ls" => client.connect_ls().await,
+        Command::Connect { a, b: None } => {
+            anyhow::bail!("give two networks or two containers to connect {a} with")
+        }
+        Command::Connect { a, b: Some(b) } => client.connect(&a, &b, true).await,
+        Command::Disconnect { a, b } => client.connect(&a, &b, false).await,
         Command::Acl(AclCmd::Ls { network }) => client.acl_ls(network.as_deref()).await,
         Command::Acl(AclCmd::Rm { id }) => client.acl_rm(&id).await,
         Command::Stats {

@@ -494,3 +494,127 @@ fn bad_input_is_refused_and_spoofing_is_counted() {
     docker(&["rm", "-f", "qlt-ba", "qlt-bb"]);
     docker(&["network", "rm", "qlt-acl3"]);
 }
+
+#[test]
+fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
+    if !enabled("connect_lets_networks_and_container_pairs_talk_until_disconnect") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network("qlt-cn1", &["--opt", "model=nat"]);
+    env.create_network("qlt-cn2", &["--opt", "model=nat"]);
+    env.create_network(
+        "qlt-cn3",
+        &["--opt", "model=nat", "--opt", "acl.default=deny"],
+    );
+    env.create_network("qlt-cn4", &["--opt", "model=nonat"]);
+    start_web("qlt-cn1", "qlt-k1", 80, &[]);
+    start_sleepers("qlt-cn1", &["qlt-k3"]);
+    start_web("qlt-cn2", "qlt-k2", 80, &[]);
+    start_sleepers("qlt-cn3", &["qlt-k4", "qlt-k5"]);
+    let (k1, k2) = (ip_of("qlt-k1", "qlt-cn1"), ip_of("qlt-k2", "qlt-cn2"));
+    let k5 = ip_of("qlt-k5", "qlt-cn3");
+    assert!(
+        pings("qlt-k1", &env.gateway_of("qlt-cn1")),
+        "positive control"
+    );
+    assert!(!ping_once("qlt-k1", &k2), "networks start isolated");
+
+    // Two networks: routed between their gateways, both ways, with real source addresses.
+    env.qingluan(&["connect", "qlt-cn1", "qlt-cn2"]);
+    assert!(pings("qlt-k1", &k2), "cn1 → cn2 after connect");
+    assert!(pings("qlt-k3", &k2), "every container of cn1");
+    assert!(fetches("qlt-k2", &k1, 80), "cn2 → cn1 after connect");
+    add(
+        &env,
+        &[
+            "--network",
+            "qlt-cn2",
+            "--from",
+            "container:qlt-k3",
+            "--to",
+            "any",
+            "--deny",
+        ],
+    );
+    assert!(
+        !ping_once("qlt-k3", &k2),
+        "a rule on cn2 sees k3's own address (not masqueraded)"
+    );
+    assert!(
+        pings("qlt-k1", &k2),
+        "positive control: k1 still reaches k2"
+    );
+    let ls = env.qingluan(&["connect", "ls"]);
+    assert!(
+        ls.contains("networks") && ls.contains("qlt-cn1") && ls.contains("qlt-cn2"),
+        "{ls}"
+    );
+
+    // What connect refuses, with its reason.
+    let refused = |a: &str, b: &str, want: &str| {
+        let o = env.cli(&["connect", a, b]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(want),
+            "connect {a} {b}: {err}"
+        );
+    };
+    refused(
+        "qlt-cn1",
+        "qlt-cn2",
+        "qlt-cn1 and qlt-cn2 are connected already",
+    );
+    refused("qlt-cn1", "qlt-cn1", "cannot connect qlt-cn1 to itself");
+    refused(
+        "qlt-cn1",
+        "qlt-cn4",
+        "network qlt-cn4 has no gateway route (nonat)",
+    );
+    refused(
+        "qlt-cn1",
+        "qlt-k2",
+        "must be two qingluan networks or two containers",
+    );
+    refused(
+        "qlt-cn1",
+        "nope",
+        "must be two qingluan networks or two containers",
+    );
+
+    env.qingluan(&["disconnect", "qlt-cn1", "qlt-cn2"]);
+    assert!(!ping_once("qlt-k1", &k2), "isolated again after disconnect");
+    assert!(
+        pings("qlt-k1", &env.gateway_of("qlt-cn1")),
+        "positive control"
+    );
+
+    // A container pair across networks: only the pair.
+    env.qingluan(&["connect", "qlt-k1", "qlt-k2"]);
+    assert!(pings("qlt-k1", &k2), "the pair talks");
+    assert!(fetches("qlt-k2", &k1, 80), "both ways");
+    assert!(!ping_once("qlt-k3", &k2), "the rest of cn1 does not");
+    env.qingluan(&["disconnect", "qlt-k2", "qlt-k1"]);
+    assert!(!ping_once("qlt-k1", &k2), "the pair is isolated again");
+
+    // A pair on one network whose default is deny.
+    assert!(!ping_once("qlt-k4", &k5), "default deny");
+    env.qingluan(&["connect", "qlt-k4", "qlt-k5"]);
+    assert!(pings("qlt-k4", &k5), "the pair talks on its network");
+
+    // A network's connections go with it.
+    env.qingluan(&["connect", "qlt-cn1", "qlt-cn2"]);
+    docker(&["rm", "-f", "qlt-k1", "qlt-k2", "qlt-k3", "qlt-k4", "qlt-k5"]);
+    docker(&["network", "rm", "qlt-cn2"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["--json", "connect", "ls"])).unwrap();
+    assert!(
+        v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["pair"]["networks"].is_null()),
+        "{v}"
+    );
+    docker(&["network", "rm", "qlt-cn1", "qlt-cn3", "qlt-cn4"]);
+}

@@ -19,11 +19,12 @@ use qingluan_dataplane::openflow::Meter;
 use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 
 use crate::acl::{self, AclRule};
+use crate::connect::{self, Connection};
 use crate::desired::{ClusterView, Desired, GatewayPort, HostFacts, Nic, UplinkWant, Veth};
 use crate::desired::{ENDPOINT, MODE, NETWORK, OWNER};
 use crate::model::{Endpoint, Mode, Network};
 use crate::pipeline::{self, Action, Stage};
-use crate::policy::{Dnat, Policy, Segment};
+use crate::policy::{Dnat, Link, Policy, Segment};
 use crate::qos::{self, QosSpec, Shaping};
 use crate::settings::Settings;
 use qingluan_dataplane::netlink::Select;
@@ -343,15 +344,19 @@ pub struct Intent {
     pub qos: BTreeMap<String, QosSpec>,
     /// The ACL rules.
     pub acl: Vec<AclRule>,
+    /// The group connections.
+    pub connections: Vec<Connection>,
 }
 
-/// Every network's rules with their selectors resolved, by network ID, in rule ID order.
+/// Every network's rules with their selectors resolved, by network ID (user rules in rule
+/// ID order, then what connections add), and the links connections make.
 fn resolve_rules(
     networks: &[Network],
     endpoints: &[Endpoint],
-    rules: &[AclRule],
-) -> BTreeMap<String, Vec<pipeline::ResolvedRule>> {
+    intent: &Intent,
+) -> (BTreeMap<String, Vec<pipeline::ResolvedRule>>, Vec<Link>) {
     let world = acl::World::new(networks, endpoints);
+    let rules = &intent.acl;
     let mut out: BTreeMap<String, Vec<pipeline::ResolvedRule>> = BTreeMap::new();
     for r in rules {
         out.entry(r.spec.network.clone())
@@ -366,7 +371,11 @@ fn resolve_rules(
                 ports: r.spec.ports.clone(),
             });
     }
-    out
+    let effect = connect::effect(&world, &intent.connections);
+    for (net, rules) in effect.rules {
+        out.entry(net).or_default().extend(rules);
+    }
+    (out, effect.links)
 }
 
 /// Computes the desired dataplane of `networks` and `endpoints` with what users asked for.
@@ -381,7 +390,7 @@ pub fn build(
     let overrides = &intent.qos;
     let qos = shapings(settings, facts, networks, endpoints, overrides);
     let zones = acl::zones(networks);
-    let rules = resolve_rules(networks, endpoints, &intent.acl);
+    let (rules, links) = resolve_rules(networks, endpoints, intent);
     let mut d = Desired {
         firewall: Policy {
             name: settings.name.clone(),
@@ -427,6 +436,7 @@ pub fn build(
         pipeline::sort(flows);
     }
     d.firewall.segments.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+    d.firewall.links = links;
     d.firewall.guards.sort();
     d
 }

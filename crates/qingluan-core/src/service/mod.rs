@@ -9,7 +9,7 @@
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
 //! (`publishing.rs`, with the one rule for `-p`), [`Qos`] (`qos.rs`, `qingluan qos` and the
-//! containers of endpoints), [`Acl`] (`acl.rs`, `qingluan acl`), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
+//! containers of endpoints), [`Acl`] (`acl.rs`, `qingluan acl`), [`Connect`] (`connect.rs`, `qingluan connect`), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
 //! (`agent.rs`). [`Driver`] bundles them. `stats.rs` reads the endpoints'
 //! traffic counters.
 
@@ -41,6 +41,7 @@ macro_rules! handle {
 mod acl;
 mod agent;
 mod collector;
+mod connect;
 mod endpoints;
 mod networks;
 mod publishing;
@@ -50,6 +51,7 @@ mod stats;
 pub use acl::{Acl, AclRow};
 pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
+pub use connect::Connect;
 pub use endpoints::Endpoints;
 pub use networks::Networks;
 pub use publishing::Publishing;
@@ -65,6 +67,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::acl::AclRule;
 use crate::cluster::{ClusterEndpoint, ClusterError};
+use crate::connect::{ConnectError, Connection};
 use crate::desired::{self, Desired, HostFacts};
 use crate::ipam::{Ipam, IpamError};
 use crate::model::{Endpoint, Network};
@@ -148,6 +151,9 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `connect` or `disconnect` refused.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 /// One IPAM pool of a CreateNetwork request (strings as Docker sends them).
@@ -205,6 +211,8 @@ pub struct Driver {
     pub qos: Qos,
     /// ACL rules.
     pub acl: Acl,
+    /// Group connections.
+    pub connect: Connect,
     /// Clean-up of what Docker forgot or a crash left.
     pub collector: Collector,
     /// The cluster agent.
@@ -228,6 +236,7 @@ impl Driver {
             publishing: Publishing::new(s.clone()),
             qos: Qos::new(s.clone()),
             acl: Acl::new(s.clone()),
+            connect: Connect::new(s.clone()),
             collector: Collector::new(s.clone()),
             agent: ClusterAgent::new(s.clone()),
             state: s,
@@ -373,6 +382,11 @@ impl State {
         Ok(records::list(&*self.store).await?)
     }
 
+    /// Every group connection.
+    pub async fn connections(&self) -> Result<Vec<Connection>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
     pub(crate) async fn network(&self, id: &str) -> Result<Network, ServiceError> {
         records::get(&*self.store, id)
             .await?
@@ -396,6 +410,7 @@ impl State {
         let intent = crate::modes::Intent {
             qos: self.qos_overrides().await?,
             acl: self.acl_rules().await?,
+            connections: self.connections().await?,
         };
         let view = self.view.read().await;
         Ok(crate::modes::build(

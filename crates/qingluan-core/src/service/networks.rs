@@ -273,6 +273,12 @@ impl Networks {
             ops.push(records::delete::<QosOverride>(&o.id));
             undo.push(records::put(&o));
         }
+        for c in self.connections().await?.into_iter().filter(
+            |c| matches!(&c.pair, crate::connect::Pair::Networks(a, b) if a == id || b == id),
+        ) {
+            ops.push(records::delete::<crate::connect::Connection>(&c.id));
+            undo.push(records::put(&c));
+        }
         for r in self
             .acl_rules()
             .await?

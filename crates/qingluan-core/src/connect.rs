@@ -1,0 +1,336 @@
+//! Group connections (the DaoliNet model): `qingluan connect` lets two isolated networks,
+//! or just two containers, talk; `disconnect` isolates them again.
+//!
+//! Two nat networks of this host are connected by routing between their gateways: the
+//! host's netfilter accepts what goes from one bridge to the other (before the isolation
+//! drops) and does not masquerade it, so each side sees the other's real addresses and ACL
+//! rules naming the other network apply. A container pair is the same, narrowed to the two
+//! containers' addresses; on one network (where `acl.default=deny` may isolate them) it is
+//! an allow in each direction in the network's `POLICY` stage. Connections are records
+//! (`connect/<id>`) of this host; containers are kept as typed and resolved at every
+//! reconcile, like ACL selectors.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::acl::{Addresses, Proto, Verdict, World};
+use crate::model::{Mode, Network};
+use crate::pipeline::ResolvedRule;
+use crate::policy::Link;
+
+/// Errors of `connect` and `disconnect`; the text reaches the user.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConnectError {
+    /// Both sides are the same.
+    #[error("cannot connect {0} to itself")]
+    Itself(String),
+    /// A network on the physical network.
+    #[error(
+        "network {0} is {1}: its traffic between networks is routed by the physical router, \
+         not by qingluan"
+    )]
+    Physical(String, Mode),
+    /// A network whose containers have no route off their segment.
+    #[error(
+        "network {0} has no gateway route ({1}): its containers cannot reach another subnet; \
+         connect nat networks"
+    )]
+    NoRoute(String, &'static str),
+    /// A mode not connected yet.
+    #[error("connecting {1} networks is not supported yet (network {0})")]
+    NotYet(String, Mode),
+    /// Overlapping subnets cannot be routed between.
+    #[error("networks {0} and {1} have overlapping subnets {2} and {3}")]
+    Overlap(String, String, Ipv4Net, Ipv4Net),
+    /// Connected already.
+    #[error("{0} and {1} are connected already")]
+    Exists(String, String),
+    /// Not connected.
+    #[error("{0} and {1} are not connected")]
+    Missing(String, String),
+    /// Neither two networks nor two containers.
+    #[error("{0} and {1} must be two qingluan networks or two containers")]
+    Mixed(String, String),
+}
+
+/// What a connection joins.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pair {
+    /// Two networks, by ID, in order.
+    Networks(String, String),
+    /// Two containers, by name or ID as typed, in order.
+    Containers(String, String),
+}
+
+impl Pair {
+    /// The pair of networks `a` and `b`, in a stable order.
+    pub fn networks(a: &str, b: &str) -> Pair {
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        Pair::Networks(a.into(), b.into())
+    }
+
+    /// The pair of containers `a` and `b`, in a stable order.
+    pub fn containers(a: &str, b: &str) -> Pair {
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        Pair::Containers(a.into(), b.into())
+    }
+
+    /// Its ID: a digest of the pair ([`crate::model::content_id`]).
+    pub fn id(&self) -> String {
+        crate::model::content_id(self)
+    }
+}
+
+/// A connection, kept until `disconnect` or one of its networks goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// [`Pair::id`].
+    pub id: String,
+    /// What it joins.
+    pub pair: Pair,
+}
+
+impl Connection {
+    /// The connection of `pair`.
+    pub fn new(pair: Pair) -> Connection {
+        Connection {
+            id: pair.id(),
+            pair,
+        }
+    }
+}
+
+/// Refuses networks that cannot be connected: the same one, flat or vlan (routed by the
+/// physical router), vxlan (not yet), one without a gateway route (nonat, `--internal`), or
+/// overlapping subnets. `name` gives a network's name for messages.
+pub fn check_networks(
+    a: &Network,
+    b: &Network,
+    name: &dyn Fn(&Network) -> String,
+) -> Result<(), ConnectError> {
+    if a.id == b.id {
+        return Err(ConnectError::Itself(name(a)));
+    }
+    for n in [a, b] {
+        match n.mode {
+            Mode::Flat | Mode::Vlan => return Err(ConnectError::Physical(name(n), n.mode)),
+            Mode::Vxlan => return Err(ConnectError::NotYet(name(n), n.mode)),
+            Mode::Nonat => return Err(ConnectError::NoRoute(name(n), "nonat")),
+            Mode::Nat if n.internal => return Err(ConnectError::NoRoute(name(n), "--internal")),
+            Mode::Nat => {}
+        }
+    }
+    let (x, y) = (a.subnet, b.subnet);
+    if x.contains(&y.network()) || y.contains(&x.network()) {
+        return Err(ConnectError::Overlap(name(a), name(b), x, y));
+    }
+    Ok(())
+}
+
+/// What connections add to the dataplane: links between host bridges (netfilter), and
+/// allows between containers of one network (its `POLICY` stage), by network ID.
+#[derive(Debug, Default)]
+pub struct Effect {
+    /// Links through the host.
+    pub links: Vec<Link>,
+    /// Implicit rules, by network ID.
+    pub rules: BTreeMap<String, Vec<ResolvedRule>>,
+}
+
+/// The priority of a container pair's allows: above every user rule (0–1000).
+const PAIR_PRIORITY: u16 = 1001;
+
+/// What `connections` add, resolved in `world`.
+pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
+    let mut out = Effect::default();
+    for c in connections {
+        match &c.pair {
+            Pair::Networks(a, b) => {
+                if let (Some(a), Some(b)) = (
+                    world.networks.get(a.as_str()),
+                    world.networks.get(b.as_str()),
+                ) {
+                    out.links.push(Link {
+                        a: a.bridge(),
+                        b: b.bridge(),
+                        between: None,
+                    });
+                }
+            }
+            Pair::Containers(a, b) => {
+                let ends = |name: &str| {
+                    world
+                        .endpoints
+                        .iter()
+                        .filter(|e| {
+                            e.container
+                                .as_ref()
+                                .is_some_and(|c| c.name == name || c.id.starts_with(name))
+                        })
+                        .filter_map(|e| Some((*world.networks.get(e.network_id.as_str())?, e)))
+                        .collect::<Vec<_>>()
+                };
+                for (na, ea) in ends(a) {
+                    for (nb, eb) in ends(b) {
+                        let (ia, ib) = (ea.address.addr(), eb.address.addr());
+                        if na.id == nb.id {
+                            for (from, to) in [(ia, ib), (ib, ia)] {
+                                out.rules
+                                    .entry(na.id.clone())
+                                    .or_default()
+                                    .push(ResolvedRule {
+                                        id: c.id.clone(),
+                                        priority: PAIR_PRIORITY,
+                                        verdict: Verdict::Allow,
+                                        from: Addresses::Some([Ipv4Net::from(from)].into()),
+                                        to: Addresses::Some([Ipv4Net::from(to)].into()),
+                                        proto: Proto::Any,
+                                        ports: Vec::new(),
+                                    });
+                            }
+                        } else if na.host_gateway().is_some() && nb.host_gateway().is_some() {
+                            out.links.push(Link {
+                                a: na.bridge(),
+                                b: nb.bridge(),
+                                between: Some((ia, ib)),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerRef, Endpoint, Mac};
+
+    fn net(id: &str, mode: Mode, subnet: &str) -> Network {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        Network {
+            id: id.into(),
+            mode,
+            bridge: format!("qlb{id}"),
+            internal: false,
+            mtu: 1500,
+            subnet,
+            gateway: subnet.hosts().next().unwrap(),
+            ipv6: None,
+            options: Default::default(),
+            created: 0,
+            vni: None,
+            cluster: None,
+            gateway_port: None,
+            uplink: None,
+            qos: Default::default(),
+            acl_default: Default::default(),
+            zone: 0,
+        }
+    }
+
+    fn ep(id: &str, n: &Network, host: u32, container: &str) -> Endpoint {
+        let ip = std::net::Ipv4Addr::from(u32::from(n.subnet.network()) + host);
+        Endpoint {
+            id: id.into(),
+            network_id: n.id.clone(),
+            veth: format!("qlv{id}"),
+            peer: format!("qlc{id}"),
+            address: Ipv4Net::new(ip, n.subnet.prefix_len()).unwrap(),
+            address_v6: None,
+            mac: Mac::from_ipv4(ip),
+            ports: Vec::new(),
+            joined: true,
+            sandbox: None,
+            created: 0,
+            conflict: None,
+            qos: Default::default(),
+            container: Some(ContainerRef {
+                id: format!("{container}-id"),
+                name: container.into(),
+                labels: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_routable_distinct_networks_connect() {
+        let name = |n: &Network| n.id.clone();
+        let a = net("a", Mode::Nat, "10.1.0.0/24");
+        let b = net("b", Mode::Nat, "10.2.0.0/24");
+        assert_eq!(check_networks(&a, &b, &name), Ok(()));
+        assert_eq!(
+            check_networks(&a, &a, &name),
+            Err(ConnectError::Itself("a".into()))
+        );
+        let flat = net("f", Mode::Flat, "192.168.1.0/24");
+        assert_eq!(
+            check_networks(&a, &flat, &name),
+            Err(ConnectError::Physical("f".into(), Mode::Flat))
+        );
+        let vx = net("v", Mode::Vxlan, "10.3.0.0/24");
+        assert_eq!(
+            check_networks(&vx, &a, &name),
+            Err(ConnectError::NotYet("v".into(), Mode::Vxlan))
+        );
+        let mut internal = net("i", Mode::Nat, "10.4.0.0/24");
+        internal.internal = true;
+        assert_eq!(
+            check_networks(&a, &internal, &name),
+            Err(ConnectError::NoRoute("i".into(), "--internal"))
+        );
+        let nonat = net("n", Mode::Nonat, "10.5.0.0/24");
+        assert_eq!(
+            check_networks(&a, &nonat, &name),
+            Err(ConnectError::NoRoute("n".into(), "nonat"))
+        );
+        let wide = net("w", Mode::Nat, "10.0.0.0/8");
+        assert!(matches!(
+            check_networks(&a, &wide, &name),
+            Err(ConnectError::Overlap(..))
+        ));
+        assert_eq!(Pair::networks("b", "a"), Pair::networks("a", "b"));
+        assert_eq!(
+            Pair::containers("y", "x").id(),
+            Pair::containers("x", "y").id()
+        );
+    }
+
+    #[test]
+    fn pairs_are_allows_on_one_network_and_links_across() {
+        let a = net("a", Mode::Nat, "10.1.0.0/24");
+        let b = net("b", Mode::Nat, "10.2.0.0/24");
+        let nets = [a.clone(), b.clone()];
+        let eps = [
+            ep("e1", &a, 2, "c1"),
+            ep("e2", &a, 3, "c2"),
+            ep("e3", &b, 2, "c3"),
+        ];
+        let world = World::new(&nets, &eps);
+        let same = Connection::new(Pair::containers("c1", "c2"));
+        let across = Connection::new(Pair::containers("c1", "c3"));
+        let nets_link = Connection::new(Pair::networks("a", "b"));
+        let e = effect(&world, &[same, across, nets_link]);
+        assert_eq!(e.rules["a"].len(), 2, "one allow each way");
+        assert_eq!(
+            e.links,
+            [
+                Link {
+                    a: "qlba".into(),
+                    b: "qlbb".into(),
+                    between: Some(("10.1.0.2".parse().unwrap(), "10.2.0.2".parse().unwrap())),
+                },
+                Link {
+                    a: "qlba".into(),
+                    b: "qlbb".into(),
+                    between: None,
+                },
+            ]
+        );
+    }
+}
