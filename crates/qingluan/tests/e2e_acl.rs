@@ -594,6 +594,13 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
     assert!(pings("qlt-k1", &k2), "the pair talks");
     assert!(fetches("qlt-k2", &k1, 80), "both ways");
     assert!(!ping_once("qlt-k3", &k2), "the rest of cn1 does not");
+    // The pair follows a container through a restart (a new endpoint).
+    docker(&["restart", "-t", "0", "qlt-k2"]);
+    let k2 = ip_of("qlt-k2", "qlt-cn2");
+    assert!(
+        wait_for(Duration::from_secs(10), || ping_once("qlt-k1", &k2)),
+        "the pair talks again after k2 restarted"
+    );
     env.qingluan(&["disconnect", "qlt-k2", "qlt-k1"]);
     assert!(!ping_once("qlt-k1", &k2), "the pair is isolated again");
 

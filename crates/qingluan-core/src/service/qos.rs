@@ -156,8 +156,8 @@ impl Qos {
     }
 
     /// Records the container of endpoint `endpoint_id` (learnt from the Engine API) and
-    /// applies what its labels and overrides ask for, and the ACL rules that select it (no
-    /// reconcile when neither can change). Nothing happens when it is known already, or the endpoint is gone.
+    /// applies what its labels and overrides ask for, and the ACL rules and connections that
+    /// select it (no reconcile when none of them can change). Nothing happens when it is known already, or the endpoint is gone.
     pub async fn learn_container(
         &self,
         endpoint_id: &str,
@@ -180,6 +180,7 @@ impl Qos {
         let overrides = self.qos_overrides().await?;
         if qos::of_endpoint(&net, &ep, &overrides) == qos::of_endpoint(&net, &learnt, &overrides)
             && self.acl_rules().await?.is_empty()
+            && self.connections().await?.is_empty()
         {
             self.store.txn(vec![], vec![records::put(&learnt)]).await?;
             return Ok(());
