@@ -210,6 +210,26 @@ fn rules_allow_and_deny_by_each_selector_statefully() {
     let r = row(&env, &by_cidr);
     assert!(r["drops"].as_u64().unwrap() > 0, "{r}");
     assert!(row(&env, &by_net)["hits"].as_u64().unwrap() > 0);
+    let metrics = ok(
+        "curl",
+        &[
+            "-sf",
+            "--max-time",
+            "10",
+            &format!("http://{}/metrics", env.metrics),
+        ],
+    );
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("qingluan_acl_rule_packets_total{")
+                && l.contains(&format!("rule=\"{by_cidr}\""))
+        })
+        .unwrap_or_else(|| panic!("no counter of rule {by_cidr} in /metrics:\n{metrics}"));
+    assert!(
+        line.contains("verdict=\"deny\"") && !line.ends_with(" 0"),
+        "{line}"
+    );
     let table = env.qingluan(&["acl", "ls", "--network", "qlt-acl"]);
     assert!(table.contains("label:tier=frontend"), "{table}");
     assert!(table.contains("tcp/5432"), "{table}");

@@ -8,6 +8,7 @@
 //! instruments (plugin calls, reconciles, store operations, the OVSDB connection) are kept
 //! between scrapes. `docs/monitoring.md` lists every metric.
 
+mod acl;
 mod endpoints;
 mod store;
 
@@ -167,6 +168,7 @@ impl Metrics {
             let names = self.names(api, &stats).await;
             let mut counters = self.counters.lock().await;
             endpoints::register(&mut registry, &self.host, api, &names, &mut counters, stats).await;
+            acl::register(&mut registry, &self.host, api, &names).await;
         }
         let took = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         took.set(started.elapsed().as_secs_f64());
