@@ -402,6 +402,16 @@ impl<'a> World<'a> {
         }
     }
 
+    /// The endpoints of the container named `name` (its name or an ID prefix), with their
+    /// networks.
+    pub fn endpoints_of(&self, name: &str) -> Vec<(&'a Network, &'a Endpoint)> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.container.as_ref().is_some_and(|c| c.is_named(name)))
+            .filter_map(|e| Some((*self.networks.get(e.network_id.as_str())?, e)))
+            .collect()
+    }
+
     /// What `s` selects now.
     pub fn resolve(&self, s: &Selector) -> Addresses {
         let hosts = |keep: &dyn Fn(&crate::model::ContainerRef) -> bool| {
@@ -423,7 +433,7 @@ impl<'a> World<'a> {
                     .collect(),
             ),
             Selector::Cidr(n) => Addresses::Some(BTreeSet::from([*n])),
-            Selector::Container(name) => hosts(&|c| c.name == *name || c.id.starts_with(name)),
+            Selector::Container(name) => hosts(&|c| c.is_named(name)),
             Selector::Label(k, v) => hosts(&|c| c.labels.get(k) == Some(v)),
         }
     }

@@ -161,20 +161,8 @@ pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
                 }
             }
             Pair::Containers(a, b) => {
-                let ends = |name: &str| {
-                    world
-                        .endpoints
-                        .iter()
-                        .filter(|e| {
-                            e.container
-                                .as_ref()
-                                .is_some_and(|c| c.name == name || c.id.starts_with(name))
-                        })
-                        .filter_map(|e| Some((*world.networks.get(e.network_id.as_str())?, e)))
-                        .collect::<Vec<_>>()
-                };
-                for (na, ea) in ends(a) {
-                    for (nb, eb) in ends(b) {
+                for (na, ea) in world.endpoints_of(a) {
+                    for (nb, eb) in world.endpoints_of(b) {
                         let (ia, ib) = (ea.address.addr(), eb.address.addr());
                         if na.id == nb.id {
                             for (from, to) in [(ia, ib), (ib, ia)] {

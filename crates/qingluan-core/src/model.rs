@@ -189,6 +189,13 @@ pub struct ContainerRef {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+impl ContainerRef {
+    /// Whether `name` names this container: its name, or a prefix of its ID.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name == name || self.id.starts_with(name)
+    }
+}
+
 impl Endpoint {
     /// Host-side veth, attached to OVS.
     pub fn host_veth(&self) -> String {
