@@ -8,8 +8,9 @@
 //! later cuts connections it matches at once.
 //!
 //! Selectors: `any`, a network (its subnet), `container:<name|id>` and `label:<k>=<v>`
-//! (the addresses of matching containers on this host, resolved anew at every reconcile, so
-//! a container started later is covered), `cidr:<prefix>`. Priority 0–1000, higher wins; at
+//! (the addresses of matching containers on this host and, on cluster networks, those other
+//! hosts publish in the cluster store; resolved anew at every reconcile, so a container
+//! started later is covered), `cidr:<prefix>`. Priority 0–1000, higher wins; at
 //! the same priority deny beats allow. Below every rule the network's default applies: the
 //! gateway and traffic through it are allowed, and traffic between the network's own
 //! containers is allowed or denied by `--opt acl.default` (allow unless given).
@@ -57,7 +58,7 @@ pub enum AclError {
     #[error("invalid acl.default {0:?}: must be allow or deny")]
     BadDefault(String),
     /// A network whose bridge does not enforce rules yet.
-    #[error("ACL rules are enforced on nat and nonat networks only so far; network {0} is {1}")]
+    #[error("ACL rules are enforced on nat, nonat and vxlan networks so far; network {0} is {1}")]
     Mode(String, crate::model::Mode),
     /// A rule equal to one that exists.
     #[error("the same rule exists already as {0}")]
@@ -335,6 +336,32 @@ impl RuleSpec {
     pub fn id(&self) -> String {
         crate::model::content_id(self)
     }
+
+    /// Every network the rule names: its own, then its selectors'.
+    pub fn networks(&self) -> Vec<&str> {
+        let mut out = vec![self.network.as_str()];
+        for s in [&self.from, &self.to] {
+            if let Selector::Network(id) = s {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// This rule with every network it names renamed by `f` (network IDs to cluster keys
+    /// and back).
+    pub fn renamed(&self, f: impl Fn(&str) -> String) -> RuleSpec {
+        let sel = |s: &Selector| match s {
+            Selector::Network(id) => Selector::Network(f(id)),
+            other => other.clone(),
+        };
+        RuleSpec {
+            network: f(&self.network),
+            from: sel(&self.from),
+            to: sel(&self.to),
+            ..self.clone()
+        }
+    }
 }
 
 /// A rule, kept until `qingluan acl rm` or its network goes.
@@ -345,6 +372,27 @@ pub struct AclRule {
     /// What it says.
     #[serde(flatten)]
     pub spec: RuleSpec,
+}
+
+/// Where a rule is kept and enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// This host: rules of nat and nonat networks, and rules that name one.
+    #[default]
+    Host,
+    /// Every host with the network: rules of cluster networks that name only cluster
+    /// networks, kept in the cluster store by cluster key.
+    Cluster,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Host => "host",
+            Scope::Cluster => "cluster",
+        })
+    }
 }
 
 /// An address set a selector resolved to: everything, or these prefixes (none: nothing).
@@ -385,12 +433,15 @@ pub fn free_zone(taken: &BTreeSet<u16>, id: &str) -> u16 {
     }
 }
 
-/// What selectors resolve against: networks and endpoints of this host.
+/// What selectors resolve against: networks and endpoints of this host, and the containers
+/// other hosts have on cluster networks.
 pub struct World<'a> {
     /// Networks by ID.
     pub networks: BTreeMap<&'a str, &'a Network>,
     /// Every endpoint.
     pub endpoints: &'a [Endpoint],
+    /// Other hosts' containers on cluster networks, with their addresses.
+    pub remote: Vec<(&'a crate::model::ContainerRef, std::net::Ipv4Addr)>,
 }
 
 impl<'a> World<'a> {
@@ -399,7 +450,19 @@ impl<'a> World<'a> {
         World {
             networks: networks.iter().map(|n| (n.id.as_str(), n)).collect(),
             endpoints,
+            remote: Vec::new(),
         }
+    }
+
+    /// This world with the containers other hosts have on cluster networks, as the cluster
+    /// agent last saw them: selectors of containers and labels cover every host's.
+    pub fn with_remote(mut self, view: &'a crate::desired::ClusterView) -> World<'a> {
+        self.remote = view
+            .values()
+            .flatten()
+            .filter_map(|r| Some((r.container.as_ref()?, r.ip)))
+            .collect();
+        self
     }
 
     /// The endpoints of the container named `name` (its name or an ID prefix), with their
@@ -415,13 +478,17 @@ impl<'a> World<'a> {
     /// What `s` selects now.
     pub fn resolve(&self, s: &Selector) -> Addresses {
         let hosts = |keep: &dyn Fn(&crate::model::ContainerRef) -> bool| {
-            Addresses::Some(
-                self.endpoints
-                    .iter()
-                    .filter(|e| e.container.as_ref().is_some_and(keep))
-                    .map(|e| Ipv4Net::from(e.address.addr()))
-                    .collect(),
-            )
+            let local = self
+                .endpoints
+                .iter()
+                .filter(|e| e.container.as_ref().is_some_and(keep))
+                .map(|e| e.address.addr());
+            let remote = self
+                .remote
+                .iter()
+                .filter(|(c, _)| keep(c))
+                .map(|(_, ip)| *ip);
+            Addresses::Some(local.chain(remote).map(Ipv4Net::from).collect())
         };
         match s {
             Selector::Any => Addresses::Any,

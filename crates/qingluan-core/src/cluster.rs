@@ -12,6 +12,8 @@
 //!   networks are copied in the background, for `qingluan endpoint ls --all`.
 //! - `cluster/down/<host>`: when a host was first seen down; after the grace period its
 //!   addresses and endpoints are reclaimed.
+//! - `cluster/acl/<key>/<rule id>`: an ACL rule of a cluster network, which every host
+//!   enforces; it names networks by cluster key and goes with the network's definition.
 //!
 //! Replication to Docker is planned here as plain data ([`plan_replication`]) and carried
 //! out by the daemon through the Engine API, never inside a plugin call.
@@ -33,6 +35,8 @@ pub const MEMBERS: &str = "cluster/members/";
 pub const ENDPOINTS: &str = "cluster/endpoints/";
 /// Store key prefix of when a host was first seen down.
 pub const DOWN: &str = "cluster/down/";
+/// Store key prefix of the ACL rules of cluster networks.
+pub const ACL: &str = "cluster/acl/";
 
 /// Errors of cluster operations; the text reaches the user.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,14 @@ impl ClusterNetwork {
                 )
             })
             .or_else(|| diff("nat", self.nat().to_string(), other.nat().to_string()))
+            .or_else(|| {
+                let default = |d: &ClusterNetwork| {
+                    crate::acl::default_of(&d.options)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                diff(crate::acl::DEFAULT_KEY, default(self), default(other))
+            })
     }
 
     /// Whether it was created with `--opt nat=true` (options are validated before).
@@ -146,6 +158,9 @@ pub struct ClusterEndpoint {
     pub address: Ipv4Net,
     /// MAC.
     pub mac: Mac,
+    /// Its container once the host learnt it: other hosts resolve ACL selectors with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::model::ContainerRef>,
 }
 
 /// Store key of an endpoint.
@@ -236,6 +251,7 @@ pub async fn detach(store: &dyn Store, key: &str, host: &str) -> Result<bool, Cl
         vec![
             Op::Delete(format!("{NETWORKS}{key}")),
             Op::DeletePrefix(format!("{MEMBERS}{key}/")),
+            Op::DeletePrefix(format!("{ACL}{key}/")),
         ]
     } else {
         vec![Op::Put(mkey, to_json(&me))]
@@ -259,6 +275,16 @@ pub async fn members(store: &dyn Store, key: &str) -> Result<Vec<(String, Member
 /// Every cluster network definition.
 pub async fn networks(store: &dyn Store) -> Result<Vec<ClusterNetwork>, StoreError> {
     list_json(store, NETWORKS).await
+}
+
+/// Store key of an ACL rule of a cluster network (`rule.spec.network` is its key).
+pub fn acl_key(rule: &crate::acl::AclRule) -> String {
+    format!("{ACL}{}/{}", rule.spec.network, rule.id)
+}
+
+/// Every ACL rule of every cluster network.
+pub async fn acl_rules(store: &dyn Store) -> Result<Vec<crate::acl::AclRule>, StoreError> {
+    list_json(store, ACL).await
 }
 
 /// Every endpoint of every host.
@@ -442,6 +468,7 @@ mod tests {
             mode: Mode::Vxlan,
             address: "10.243.0.2/24".parse().unwrap(),
             mac: Mac([2, 0x42, 10, 243, 0, 2]),
+            container: None,
         };
         s.txn(
             vec![],

@@ -72,7 +72,7 @@ pub struct NetworkOptions {
     pub parent: Option<String>,
     /// `qos.*`: the QoS of every endpoint on the network.
     pub qos: crate::qos::QosSpec,
-    /// `acl.default` (nat, nonat): traffic between the network's containers without a rule.
+    /// `acl.default` (nat, nonat, vxlan): traffic between the network's containers without a rule.
     pub acl_default: crate::acl::Verdict,
 }
 
@@ -94,7 +94,7 @@ pub fn network_options(
     let mut valid = COMMON_KEYS.to_vec();
     match mode {
         Mode::Nonat | Mode::Nat => valid.push(crate::acl::DEFAULT_KEY),
-        Mode::Vxlan => valid.extend(["vni", "nat"]),
+        Mode::Vxlan => valid.extend(["vni", "nat", crate::acl::DEFAULT_KEY]),
         Mode::Vlan => valid.extend(["vni", "parent"]),
         Mode::Flat => valid.push("parent"),
     }
@@ -344,9 +344,18 @@ mod tests {
                 .to_string(),
             "invalid acl.default \"block\": must be allow or deny"
         );
-        assert!(matches!(
+        assert_eq!(
             network_options(
                 &opts(&[("model", "vxlan"), ("vni", "1"), ("acl.default", "deny")]),
+                "nat"
+            )
+            .unwrap()
+            .acl_default,
+            crate::acl::Verdict::Deny
+        );
+        assert!(matches!(
+            network_options(
+                &opts(&[("model", "vlan"), ("vni", "1"), ("acl.default", "deny")]),
                 "nat"
             ),
             Err(OptionError::UnknownOption { .. })

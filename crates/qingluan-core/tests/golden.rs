@@ -91,7 +91,7 @@ fn table(n: Network) -> String {
 }
 
 /// [`table`] with what users asked for: the first endpoint is container `web1` with label
-/// `tier=frontend`.
+/// `tier=frontend`; the other host's is `db9` with `tier=backend`.
 fn table_with(n: Network, intent: &modes::Intent) -> String {
     let mut first = ep("b2", &n, 2);
     first.container = Some(model::ContainerRef {
@@ -131,6 +131,11 @@ fn table_with(n: Network, intent: &modes::Intent) -> String {
                 mac: Mac::from_ipv4(ip),
                 ip,
                 vtep: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+                container: Some(model::ContainerRef {
+                    id: "f6".repeat(32),
+                    name: "db9".into(),
+                    labels: [("tier".to_string(), "backend".to_string())].into(),
+                }),
             }],
         );
     }
@@ -191,25 +196,38 @@ fn nonat_flows() {
     check("nonat", table(net("a1", Mode::Nonat, "10.241.0.0/24")));
 }
 
+/// A rule of network `network`.
+fn rule(
+    network: &str,
+    from: Selector,
+    to: Selector,
+    proto: acl::Proto,
+    ports: Vec<PortRange>,
+    verdict: Verdict,
+    priority: u16,
+) -> AclRule {
+    let spec = RuleSpec {
+        network: network.to_string(),
+        from,
+        to,
+        proto,
+        ports,
+        verdict,
+        priority,
+    };
+    AclRule {
+        id: spec.id(),
+        spec,
+    }
+}
+
 #[test]
 fn nat_acl_flows() {
     let mut n = net("a1", Mode::Nat, "10.240.0.0/24");
     n.acl_default = Verdict::Deny;
     n.zone = 0xa1a1;
-    let rule = |from: Selector, to: Selector, proto, ports: Vec<PortRange>, verdict, priority| {
-        let spec = RuleSpec {
-            network: n.id.clone(),
-            from,
-            to,
-            proto,
-            ports,
-            verdict,
-            priority,
-        };
-        AclRule {
-            id: spec.id(),
-            spec,
-        }
+    let rule = |from, to, proto, ports, verdict, priority| {
+        rule(&n.id, from, to, proto, ports, verdict, priority)
     };
     let intent = modes::Intent {
         acl: vec![
@@ -276,6 +294,38 @@ fn vxlan_nat_flows() {
     let mut n = net("a1", Mode::Vxlan, "10.243.0.0/24");
     n.gateway_port = Some(model::bridge_name("ql", &n.id));
     check("vxlan-nat", table(n));
+}
+
+#[test]
+fn vxlan_acl_flows() {
+    let mut n = net("a1", Mode::Vxlan, "10.243.0.0/24");
+    n.gateway_port = Some(model::bridge_name("ql", &n.id));
+    n.acl_default = Verdict::Deny;
+    n.zone = 0xa1a1;
+    let intent = modes::Intent {
+        acl: vec![
+            rule(
+                &n.id,
+                Selector::Label("tier".into(), "frontend".into()),
+                Selector::Label("tier".into(), "backend".into()),
+                acl::Proto::Tcp,
+                vec![PortRange { lo: 5432, hi: 5432 }],
+                Verdict::Allow,
+                200,
+            ),
+            rule(
+                &n.id,
+                Selector::Container("db9".into()),
+                Selector::Any,
+                acl::Proto::Icmp,
+                vec![],
+                Verdict::Deny,
+                100,
+            ),
+        ],
+        ..Default::default()
+    };
+    check("vxlan-acl", table_with(n, &intent));
 }
 
 #[test]

@@ -353,6 +353,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         mac: Mac::from_ipv4("10.50.0.3".parse().unwrap()),
         ip: "10.50.0.3".parse().unwrap(),
         vtep: "10.213.0.2".parse().unwrap(),
+        container: None,
     };
     let view = desired::ClusterView::from([("vxlan-5001".to_string(), vec![remote])]);
     let settings = Settings {
@@ -402,7 +403,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         .find(|f| f.contains("reg0=1,tun_id=5002,dl_dst=01:00:00:00:00:00"))
         .unwrap();
     assert!(!bum5002.contains("tun_dst"), "{bum5002}");
-    assert!(has("in_port=qlovt,actions=goto_table:20"));
+    assert!(has("in_port=qlovt,actions=goto_table:10"));
     assert_eq!(d.sentinels.len(), 2, "the overlay and the uplink bridge");
 }
 
@@ -453,7 +454,7 @@ fn vxlan_with_nat_has_the_same_gateway_on_every_host() {
     // The gateway's frames are local-only (reg0 stays 0); ARP for it is answered here;
     // frames for its MAC come only from local containers.
     assert!(has(&format!(
-        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:20"
+        "in_port={gw},dl_src=02:42:0a:33:00:01,actions=set_field:5100->tun_id,goto_table:10"
     )));
     assert!(has("reg0=1,tun_id=5100,arp,arp_op=1,arp_tpa=10.51.0.1"));
     assert!(has(&format!(

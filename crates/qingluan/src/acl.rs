@@ -2,16 +2,16 @@
 //!
 //! The daemon resolves what the user typed: `--network` and bare-name selectors are Docker
 //! network names or ID prefixes of qingluan networks; a `container:` selector must name a
-//! container Docker has (it is kept as typed and resolved again at every reconcile, so it
+//! container Docker has, or one another host has on a cluster network (it is kept as typed and resolved again at every reconcile, so it
 //! follows the container as it comes and goes).
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
-use qingluan_core::acl::{self, AclRule, PortRange, Proto, RuleSpec, Selector, Typed, Verdict};
+use qingluan_core::acl::{self, PortRange, Proto, RuleSpec, Selector, Typed, Verdict};
 use qingluan_core::model::head;
-use qingluan_core::service::AclRow;
+use qingluan_core::service::{AclRow, ScopedRule};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{bad, service, Api, ApiError};
@@ -68,9 +68,13 @@ async fn selector(api: &Api, what: &str, typed: &str) -> Result<Selector, ApiErr
                 .map_err(|e| bad(format!("{what}: {}", e.1)))?,
         )),
         Typed::Selector(Selector::Container(c)) => {
-            crate::docker::container(&api.docker, &c)
-                .await
-                .map_err(|_| bad(format!("{what}: no container {c:?}")))?;
+            if crate::docker::container(&api.docker, &c).await.is_err()
+                && !api.driver.state.remote_container(&c).await
+            {
+                return Err(bad(format!(
+                    "{what}: no container {c:?} on this host or on another host's cluster networks"
+                )));
+            }
             Ok(Selector::Container(c))
         }
         Typed::Selector(s) => Ok(s),
@@ -110,7 +114,7 @@ async fn spec(api: &Api, r: &AclRequest) -> Result<RuleSpec, ApiError> {
 pub async fn add(
     State(api): State<Api>,
     Json(r): Json<AclRequest>,
-) -> Result<Json<AclRule>, ApiError> {
+) -> Result<Json<ScopedRule>, ApiError> {
     let spec = spec(&api, &r).await?;
     Ok(Json(api.driver.acl.add(spec).await.map_err(service)?))
 }
@@ -119,7 +123,7 @@ pub async fn add(
 pub async fn remove(
     State(api): State<Api>,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Json<AclRule>, ApiError> {
+) -> Result<Json<ScopedRule>, ApiError> {
     Ok(Json(api.driver.acl.remove(&id).await.map_err(service)?))
 }
 
@@ -207,15 +211,16 @@ impl Client {
         };
         let wanted = |id: &str| network.is_none_or(|n| net_name(id) == n || id.starts_with(n));
         println!(
-            "{:<9} {:<16} {:<5} {:<24} {:<24} {:<16} {:<6} {:>10} {:>10}",
-            "ID", "NETWORK", "PRIO", "FROM", "TO", "TRAFFIC", "ACTION", "HITS", "DROPS"
+            "{:<9} {:<16} {:<8} {:<5} {:<24} {:<24} {:<16} {:<6} {:>10} {:>10}",
+            "ID", "NETWORK", "SCOPE", "PRIO", "FROM", "TO", "TRAFFIC", "ACTION", "HITS", "DROPS"
         );
         for row in view.rules.iter().filter(|r| wanted(&r.rule.spec.network)) {
             let s = &row.rule.spec;
             println!(
-                "{:<9} {:<16} {:<5} {:<24} {:<24} {:<16} {:<6} {:>10} {:>10}",
+                "{:<9} {:<16} {:<8} {:<5} {:<24} {:<24} {:<16} {:<6} {:>10} {:>10}",
                 row.rule.id,
                 net_name(&s.network),
+                row.scope,
                 s.priority,
                 shown(&s.from, names),
                 shown(&s.to, names),

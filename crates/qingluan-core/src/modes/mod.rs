@@ -158,6 +158,8 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
         zone: ctx.zones.get(&net.id).copied().unwrap_or(net.zone),
         rules: ctx.rules.get(&net.id).map_or(&[], Vec::as_slice),
         then: Stage::L2Forward,
+        vni: None,
+        host_port: Some(pipeline::Port::Local),
     };
     out.flows
         .entry(bridge.clone())
@@ -353,9 +355,10 @@ pub struct Intent {
 fn resolve_rules(
     networks: &[Network],
     endpoints: &[Endpoint],
+    view: &ClusterView,
     intent: &Intent,
 ) -> (BTreeMap<String, Vec<pipeline::ResolvedRule>>, Vec<Link>) {
-    let world = acl::World::new(networks, endpoints);
+    let world = acl::World::new(networks, endpoints).with_remote(view);
     let rules = &intent.acl;
     let mut out: BTreeMap<String, Vec<pipeline::ResolvedRule>> = BTreeMap::new();
     for r in rules {
@@ -390,7 +393,7 @@ pub fn build(
     let overrides = &intent.qos;
     let qos = shapings(settings, facts, networks, endpoints, overrides);
     let zones = acl::zones(networks);
-    let (rules, links) = resolve_rules(networks, endpoints, intent);
+    let (rules, links) = resolve_rules(networks, endpoints, view, intent);
     let mut d = Desired {
         firewall: Policy {
             name: settings.name.clone(),

@@ -3,8 +3,10 @@
 //! All vxlan networks of a host share one overlay bridge (`<prefix>ov`) with one flow-based
 //! VXLAN port (`<prefix>ovt`, `remote_ip=flow`, `key=flow`, UDP 4789): the number of OVS
 //! ports grows with neither networks nor hosts. The pipeline's overlay features
-//! (`pipeline/overlay.rs`, `arp_responder.rs`, `overlay_gateway.rs`) keep VNIs apart by `tun_id`, answers ARP locally and sends unicast straight to the host
-//! holding the MAC, from the locations in the cluster store. On the userspace datapath the
+//! (`pipeline/overlay.rs`, `arp_responder.rs`, `overlay_gateway.rs`) keep VNIs apart by
+//! `tun_id`, answer ARP locally and send unicast straight to the host holding the MAC, from
+//! the locations in the cluster store; a network's ACL (`pipeline/acl.rs`) holds on every
+//! host for the traffic of its containers there. On the userspace datapath the
 //! underlay address must sit on an OVS bridge for OVS to route tunnel packets, so the
 //! network also asks for the uplink bridge (`uplink.rs`). Container ports have TX checksum
 //! offload off: OVS cannot tunnel packets that still need offloads.
@@ -111,7 +113,7 @@ impl ModeDriver for Vxlan {
             &bridge,
             eps,
             None,
-            &[pipeline::Action::Goto(pipeline::Stage::ArpRespond)],
+            &[pipeline::Action::Goto(pipeline::Stage::Conntrack)],
             out,
         );
         let gw = net
@@ -154,7 +156,15 @@ impl ModeDriver for Vxlan {
             remote,
             gateway: gw.as_ref(),
         };
-        let mut features: Vec<&dyn FlowFeature> = vec![&forwarding, &arp];
+        let acl = pipeline::NetworkAcl {
+            net,
+            zone: ctx.zones.get(&net.id).copied().unwrap_or(net.zone),
+            rules: ctx.rules.get(&net.id).map_or(&[], Vec::as_slice),
+            then: pipeline::Stage::ArpRespond,
+            vni: Some(vni),
+            host_port: gw.as_ref().map(|g| pipeline::Port::Named(g.port.clone())),
+        };
+        let mut features: Vec<&dyn FlowFeature> = vec![&forwarding, &arp, &acl];
         if let Some(p) = &gw_port {
             features.push(p);
         }

@@ -8,6 +8,14 @@
 //! and to it allowed, between the network's containers allowed or denied by
 //! `acl.default`, the rest allowed. What is allowed is committed to the tracker and goes
 //! on (`then`). A network without any of this skips both stages: no tracker, no cost.
+//!
+//! On a network bridge the host side is its `LOCAL` port. On the overlay bridge, shared by
+//! every vxlan network, each flow also matches the network's VNI, the host side is the
+//! `nat=true` gateway's port, and the bridge's own flows (`overlay.rs`) send what no
+//! network tracks on. Frames from the tunnel pass the same stages as those of local
+//! containers: each host tracks both directions of its containers' connections and checks
+//! new ones against the same rules, so a reply is let through on both sides and a
+//! container is protected on its own host.
 
 use qingluan_dataplane::openflow::{ct, Flow};
 
@@ -59,12 +67,25 @@ pub struct NetworkAcl<'a> {
     pub rules: &'a [ResolvedRule],
     /// Where allowed traffic goes on.
     pub then: Stage,
+    /// The network's VNI on the overlay bridge; `None` on a bridge of its own.
+    pub vni: Option<u32>,
+    /// The port of the host's gateway, if it has one on this bridge.
+    pub host_port: Option<Port>,
 }
 
 impl NetworkAcl<'_> {
     /// Whether the network's traffic is tracked and checked at all.
     pub fn active(&self) -> bool {
         !self.rules.is_empty() || self.net.acl_default == Verdict::Deny
+    }
+
+    /// The network's IPv4 packets on its bridge.
+    fn ip(&self) -> Match {
+        let m = Match::any();
+        match self.vni {
+            Some(vni) => m.and(Field::TunId(vni)).and(Field::Ip),
+            None => m.and(Field::Ip),
+        }
     }
 
     fn allow(&self) -> [Action; 2] {
@@ -91,11 +112,14 @@ impl FlowFeature for NetworkAcl<'_> {
     fn flows(&self) -> Vec<Flow> {
         let base = Cookie::of(Feature::AclBase, &self.net.id);
         let on = [Action::Goto(self.then)];
-        let mut out = vec![flow(Stage::Conntrack, 0, base, Match::any(), &on)];
+        let mut out = Vec::new();
+        if self.vni.is_none() {
+            out.push(flow(Stage::Conntrack, 0, base, Match::any(), &on));
+        }
         if !self.active() {
             return out;
         }
-        let ip = || Match::any().and(Field::Ip);
+        let ip = || self.ip();
         let state = |v: u32, m: u32| ip().and(Field::CtState(v | ct::TRK, m | ct::TRK));
         out.extend([
             flow(
@@ -120,13 +144,6 @@ impl FlowFeature for NetworkAcl<'_> {
             flow(Stage::Policy, TRACKED, base, state(ct::REL, ct::REL), &on),
             flow(
                 Stage::Policy,
-                3,
-                base,
-                ip().and(Field::InPort(Port::Local)),
-                &self.allow(),
-            ),
-            flow(
-                Stage::Policy,
                 2,
                 base,
                 ip().and(Field::IpDstNet(self.net.gateway.into())),
@@ -134,6 +151,10 @@ impl FlowFeature for NetworkAcl<'_> {
             ),
             flow(Stage::Policy, 0, base, ip(), &self.allow()),
         ]);
+        if let Some(port) = &self.host_port {
+            let from_host = ip().and(Field::InPort(port.clone()));
+            out.push(flow(Stage::Policy, 3, base, from_host, &self.allow()));
+        }
         if self.net.acl_default == Verdict::Deny {
             let intra = ip().and(Field::IpDstNet(self.net.subnet));
             out.push(flow(Stage::Policy, 1, base, intra, &[]));
@@ -145,7 +166,7 @@ impl FlowFeature for NetworkAcl<'_> {
                 Verdict::Allow => &allow,
                 Verdict::Deny => &[],
             };
-            for m in matches(r) {
+            for m in matches(r, self.ip()) {
                 let m = m.and(Field::CtState(ct::TRK, ct::TRK | ct::RPL));
                 out.push(flow(Stage::Policy, r.flow_priority(), c, m, actions));
             }
@@ -154,8 +175,9 @@ impl FlowFeature for NetworkAcl<'_> {
     }
 }
 
-/// Every match of a rule: sources × destinations × protocol and ports.
-fn matches(r: &ResolvedRule) -> Vec<Match> {
+/// Every match of a rule within `ip` (the network's IPv4 packets): sources × destinations
+/// × protocol and ports.
+fn matches(r: &ResolvedRule, ip: Match) -> Vec<Match> {
     let side = |a: &Addresses| -> Vec<Option<ipnet::Ipv4Net>> {
         match a {
             Addresses::Any => vec![None],
@@ -186,7 +208,7 @@ fn matches(r: &ResolvedRule) -> Vec<Match> {
     for src in side(&r.from) {
         for dst in side(&r.to) {
             for fields in &l4 {
-                let mut m = Match::any().and(Field::Ip);
+                let mut m = ip.clone();
                 m.0.extend(src.map(Field::IpSrcNet));
                 m.0.extend(dst.map(Field::IpDstNet));
                 m.0.extend(fields.iter().cloned());

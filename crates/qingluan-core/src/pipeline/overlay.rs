@@ -6,7 +6,9 @@
 //!
 //! `CLASSIFY` admits local ports as the spoof guard allows, tags their frames with the
 //! network's VNI (`tun_id`) and marks them local (`reg0=1`), and admits the tunnel port (VNI
-//! from the packet); `L2_FORWARD` delivers by (VNI, MAC): to a local port, or through the
+//! from the packet); both go on through `QOS` (local only) and `CONNTRACK`, where a network
+//! with an ACL (`acl.rs`) takes its frames and the bridge's own flow sends the rest on to
+//! `ARP_RESPOND`; `L2_FORWARD` delivers by (VNI, MAC): to a local port, or through the
 //! tunnel to the host holding that MAC; broadcast and multicast of a local container go to
 //! its VNI's local ports and to each other host with endpoints in that VNI, those from the
 //! tunnel only to local ports; unknown unicast is dropped: every location comes from the
@@ -35,6 +37,8 @@ pub struct RemoteEndpoint {
     pub ip: Ipv4Addr,
     /// Underlay address of its host (the tunnel endpoint).
     pub vtep: IpAddr,
+    /// Its container, once its host learnt it (ACL selectors).
+    pub container: Option<crate::model::ContainerRef>,
 }
 
 /// The overlay bridge's own flows (default drops, the tunnel port's admission) and its
@@ -73,10 +77,17 @@ impl FlowFeature for OverlayBase<'_> {
                 100,
                 c,
                 Match::any().and(Field::InPort(Port::Named(self.tunnel.into()))),
-                &[Action::Goto(Stage::ArpRespond)],
+                &[Action::Goto(Stage::Conntrack)],
             ),
             flow(
                 Stage::Qos,
+                0,
+                c,
+                Match::any(),
+                &[Action::Goto(Stage::Conntrack)],
+            ),
+            flow(
+                Stage::Conntrack,
                 0,
                 c,
                 Match::any(),

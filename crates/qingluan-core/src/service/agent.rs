@@ -12,6 +12,8 @@
 //! 3. **Dead hosts.** A host whose liveness lease expired is recorded as down with the time;
 //!    once down for the grace period, its container addresses and endpoint entries are
 //!    deleted (compare-and-swap, so an entry the host rewrote meanwhile stays).
+//! 4. **What other hosts changed.** Where their overlay endpoints are, and the ACL rules of
+//!    cluster networks: the dataplane is re-programmed when either changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -54,6 +56,8 @@ pub struct ClusterReport {
     pub reclaimed: Vec<String>,
     /// Whether other hosts' overlay endpoints changed (the dataplane was re-programmed).
     pub view_changed: bool,
+    /// Whether the ACL rules of cluster networks changed (the dataplane was re-programmed).
+    pub acl_changed: bool,
 }
 
 impl ClusterReport {
@@ -77,11 +81,15 @@ impl ClusterAgent {
         self.sync_own_endpoints(&mut report).await?;
         self.reclaim_dead_hosts(grace_secs, &mut report).await?;
         report.view_changed = self.refresh_view().await?;
+        report.acl_changed = self.refresh_cluster_acl().await?;
+        if report.view_changed || report.acl_changed {
+            self.s.sync(false).await?;
+        }
         Ok(report)
     }
 
-    /// Re-reads where other live hosts' overlay endpoints are; re-programs the dataplane
-    /// when that changed (a container started or stopped elsewhere, a host came or went).
+    /// Re-reads where other live hosts' overlay endpoints are; whether that changed (a
+    /// container started or stopped elsewhere, a host came or went).
     async fn refresh_view(&self) -> Result<bool, ServiceError> {
         let vteps: BTreeMap<String, IpAddr> = membership::hosts(&*self.cluster)
             .await?
@@ -102,6 +110,7 @@ impl ClusterAgent {
                 mac: ep.mac,
                 ip: ep.address.addr(),
                 vtep: *vtep,
+                container: ep.container,
             });
         }
         for eps in view.values_mut() {
@@ -111,7 +120,6 @@ impl ClusterAgent {
             return Ok(false);
         }
         *self.view.write().await = view;
-        self.s.sync(false).await?;
         Ok(true)
     }
 

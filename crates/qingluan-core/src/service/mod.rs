@@ -48,7 +48,7 @@ mod publishing;
 mod qos;
 mod stats;
 
-pub use acl::{Acl, AclRow};
+pub use acl::{Acl, AclRow, ScopedRule};
 pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
 pub use connect::Connect;
@@ -65,8 +65,8 @@ use ipnet::{IpNet, Ipv4Net};
 use qingluan_store::{Op, Store, StoreError};
 use tokio::sync::{Mutex, RwLock};
 
-use crate::acl::AclRule;
-use crate::cluster::{ClusterEndpoint, ClusterError};
+use crate::acl::{AclRule, Scope};
+use crate::cluster::{self, ClusterEndpoint, ClusterError};
 use crate::connect::{ConnectError, Connection};
 use crate::desired::{self, Desired, HostFacts};
 use crate::ipam::{Ipam, IpamError};
@@ -264,6 +264,10 @@ pub struct State {
     /// Other hosts' overlay endpoints, refreshed by the cluster agent; kept as it was while
     /// the cluster store is unreachable, so existing tunnels keep working.
     pub(crate) view: RwLock<desired::ClusterView>,
+    /// The ACL rules of cluster networks, by cluster key: read from the cluster store on
+    /// first need, then kept current by the cluster agent and by `acl add|rm`; kept as they
+    /// were while the cluster store is unreachable.
+    pub(crate) cluster_acl: RwLock<Option<Vec<AclRule>>>,
     /// Serialises calls.
     pub(crate) lock: Mutex<()>,
     /// Woken after each Join: the daemon then learns the endpoint's container.
@@ -303,6 +307,7 @@ impl State {
             reconciler,
             facts: RwLock::new(None),
             view: RwLock::new(Default::default()),
+            cluster_acl: RwLock::new(None),
             lock: Mutex::new(()),
             joined: tokio::sync::Notify::new(),
         }
@@ -377,9 +382,72 @@ impl State {
             .collect())
     }
 
-    /// Every ACL rule.
+    /// Every ACL rule of this host's own (scope host).
     pub async fn acl_rules(&self) -> Result<Vec<AclRule>, ServiceError> {
         Ok(records::list(&*self.store).await?)
+    }
+
+    /// The ACL rules of cluster networks, by cluster key (empty while the cluster store
+    /// has never been read).
+    pub(crate) async fn cluster_acl(&self) -> Vec<AclRule> {
+        if let Some(rules) = self.cluster_acl.read().await.clone() {
+            return rules;
+        }
+        match self.refresh_cluster_acl().await {
+            Ok(_) => self.cluster_acl.read().await.clone().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster's ACL rules");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Re-reads the ACL rules of cluster networks; whether they changed.
+    pub(crate) async fn refresh_cluster_acl(&self) -> Result<bool, ServiceError> {
+        let rules = cluster::acl_rules(&*self.cluster).await?;
+        let mut cache = self.cluster_acl.write().await;
+        if cache.as_ref() == Some(&rules) {
+            return Ok(false);
+        }
+        *cache = Some(rules);
+        Ok(true)
+    }
+
+    /// Every rule this host enforces with its scope: its own, then those of the cluster
+    /// networks it has, named by this host's network IDs.
+    pub async fn enforced_rules(&self) -> Result<Vec<(AclRule, Scope)>, ServiceError> {
+        let mut out: Vec<(AclRule, Scope)> = self
+            .acl_rules()
+            .await?
+            .into_iter()
+            .map(|r| (r, Scope::Host))
+            .collect();
+        let nets = self.networks().await?;
+        let ids: BTreeMap<&str, &str> = nets
+            .iter()
+            .filter_map(|n| Some((n.cluster.as_deref()?, n.id.as_str())))
+            .collect();
+        for r in self.cluster_acl().await {
+            if !ids.contains_key(r.spec.network.as_str()) {
+                continue;
+            }
+            let spec = r
+                .spec
+                .renamed(|k| ids.get(k).map_or(k, |id| *id).to_string());
+            out.push((AclRule { id: r.id, spec }, Scope::Cluster));
+        }
+        Ok(out)
+    }
+
+    /// Whether another host has a container named `name` (or with an ID starting so) on a
+    /// cluster network, as the cluster agent last saw.
+    pub async fn remote_container(&self, name: &str) -> bool {
+        self.view
+            .read()
+            .await
+            .values()
+            .flatten()
+            .any(|r| r.container.as_ref().is_some_and(|c| c.is_named(name)))
     }
 
     /// Every group connection.
@@ -409,7 +477,12 @@ impl State {
         eps.retain(|e| !e.joined || pass.has_veth(&e.veth));
         let intent = crate::modes::Intent {
             qos: self.qos_overrides().await?,
-            acl: self.acl_rules().await?,
+            acl: self
+                .enforced_rules()
+                .await?
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect(),
             connections: self.connections().await?,
         };
         let view = self.view.read().await;
@@ -475,6 +548,7 @@ impl State {
             mode: net.mode,
             address: ep.address,
             mac: ep.mac,
+            container: ep.container.clone(),
         }
     }
 }

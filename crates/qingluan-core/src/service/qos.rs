@@ -177,9 +177,21 @@ impl Qos {
         let mut learnt = ep.clone();
         learnt.container = Some(container);
         let net = self.network(&ep.network_id).await?;
+        if net.cluster.is_some() && ep.conflict.is_none() {
+            let key = crate::cluster::endpoint_key(&self.host, &ep.id);
+            let rec = qingluan_store::to_json(&self.cluster_endpoint(&net, &learnt));
+            if let Err(e) = self
+                .cluster
+                .txn(vec![], vec![qingluan_store::Op::Put(key, rec)])
+                .await
+            {
+                tracing::warn!(endpoint = %short(endpoint_id), error = %e,
+                    "cannot publish the endpoint's container; the cluster agent retries");
+            }
+        }
         let overrides = self.qos_overrides().await?;
         if qos::of_endpoint(&net, &ep, &overrides) == qos::of_endpoint(&net, &learnt, &overrides)
-            && self.acl_rules().await?.is_empty()
+            && self.enforced_rules().await?.is_empty()
             && self.connections().await?.is_empty()
         {
             self.store.txn(vec![], vec![records::put(&learnt)]).await?;

@@ -1,0 +1,206 @@
+//! ACL rules of a vxlan network across two hosts of the multi-host test bed (tests/bed):
+//! a rule added on one host is kept in the cluster store and holds on both, with selectors
+//! that name containers of either host; connections stay stateful although each direction
+//! crosses two trackers; a host whose daemon was down applies the current rules when it
+//! returns. Prints how long a rule takes to hold on the other host.
+
+mod bed;
+
+use std::time::{Duration, Instant};
+
+use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
+
+/// Starts `name` on host `h`, network `net`, serving `hi` over HTTP on port 80, with `labels`.
+fn start_web(bed: &Bed, h: usize, name: &str, net: &str, labels: &[&str]) -> String {
+    let mut args = vec!["run", "-d", "--name", name, "--net", net];
+    for l in labels {
+        args.extend(["--label", l]);
+    }
+    let script = "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www";
+    args.extend([IMAGE, "sh", "-c", script]);
+    bed.docker_ok(h, &args);
+    bed.address(h, name)
+}
+
+/// Whether `from` on host `h` gets the page of `ip` (one try, 3 s).
+fn fetches(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
+    let script = format!("timeout 3 wget -q -O - http://{ip}/");
+    let o = bed.docker(h, &["exec", from, "sh", "-c", &script]);
+    o.status.success() && text(&o).contains("hi")
+}
+
+/// Whether one ping of `ip` from `from` on host `h` is answered within 1 s.
+fn ping_once(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
+    bed.docker(h, &["exec", from, "ping", "-c", "1", "-W", "1", ip])
+        .status
+        .success()
+}
+
+/// `qingluan acl add ARGS` on host `h`: the new rule's ID.
+fn add(bed: &Bed, h: usize, args: &[&str]) -> String {
+    let mut all = vec!["acl", "add"];
+    all.extend_from_slice(args);
+    let o = bed.ql(h, &all);
+    assert!(o.status.success(), "h{h}: acl add {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The rules host `h` enforces, as `acl ls --json` shows them.
+fn rules(bed: &Bed, h: usize) -> Vec<serde_json::Value> {
+    bed.ql_json(h, &["acl", "ls"])["rules"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Whether host `h` has the flows of rule `id` on its overlay bridge (cookie: the ACL
+/// feature and the rule's ID; the bits between are the reconciler's).
+fn has_flows(bed: &Bed, h: usize, id: &str) -> bool {
+    let cookie = format!("0x07000000{}/0xff000000ffffffff", &id[..8]);
+    let o = bed.exec(
+        h,
+        &format!("ovs-ofctl -O OpenFlow15 dump-flows qlov cookie={cookie}"),
+    );
+    text(&o).contains("priority=")
+}
+
+#[test]
+fn vxlan_rules_hold_on_every_host() {
+    if !enabled("vxlan_rules_hold_on_every_host") {
+        return;
+    }
+    let mut bed = Bed::start(2, "");
+    bed.docker_ok(
+        1,
+        &strs(&Bed::vxlan_args(
+            "web",
+            5301,
+            &["--opt", "acl.default=deny"],
+        )),
+    );
+    wait_until(20, "web on h2", || bed.has_network(2, "web"));
+    let c1 = start_web(&bed, 1, "qlt-c1", "web", &["tier=frontend"]);
+    let s2 = start_web(&bed, 2, "qlt-s2", "web", &["tier=backend"]);
+    let x2 = start_web(&bed, 2, "qlt-x2", "web", &[]);
+
+    // Default deny across hosts; the positive control is the rule below.
+    assert!(!ping_once(&bed, 1, "qlt-c1", &s2), "default deny");
+    assert!(!fetches(&bed, 1, "qlt-c1", &s2), "default deny");
+
+    // A label rule added on h1 names a container of h2: it holds on both hosts.
+    let allow = add(
+        &bed,
+        1,
+        &[
+            "--network",
+            "web",
+            "--from",
+            "label:tier=frontend",
+            "--to",
+            "label:tier=backend",
+            "--proto",
+            "tcp",
+            "--port",
+            "80",
+            "--allow",
+        ],
+    );
+    let t = Instant::now();
+    wait_until(5, "the rule's flows on h2", || has_flows(&bed, 2, &allow));
+    println!(
+        "rule holds on h2 {} ms after acl add returned on h1",
+        t.elapsed().as_millis()
+    );
+    let listed = rules(&bed, 2);
+    let row = listed
+        .iter()
+        .find(|r| r["id"] == allow.as_str())
+        .unwrap_or_else(|| panic!("h2 does not list {allow}: {listed:?}"));
+    assert_eq!(row["scope"], "cluster", "{row}");
+    assert!(
+        fetches(&bed, 1, "qlt-c1", &s2),
+        "frontend on h1 reaches backend on h2"
+    );
+    assert!(
+        !fetches(&bed, 1, "qlt-c1", &x2),
+        "a container without the label stays isolated"
+    );
+    assert!(!ping_once(&bed, 1, "qlt-c1", &s2), "only tcp/80 is allowed");
+    assert!(
+        !fetches(&bed, 2, "qlt-s2", &c1),
+        "the reverse direction is not allowed"
+    );
+    let hits = |h: usize| {
+        rules(&bed, h)
+            .iter()
+            .find(|r| r["id"] == allow.as_str())
+            .map(|r| r["hits"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert!(
+        hits(1) > 0 && hits(2) > 0,
+        "both hosts count the rule: {} {}",
+        hits(1),
+        hits(2)
+    );
+
+    // A container deny added on h2 for h1's container cuts it; removed on h1, it is gone.
+    let deny = add(
+        &bed,
+        2,
+        &[
+            "--network",
+            "web",
+            "--from",
+            "container:qlt-c1",
+            "--deny",
+            "--priority",
+            "300",
+        ],
+    );
+    wait_until(5, "the deny's flows on h1", || has_flows(&bed, 1, &deny));
+    assert!(!fetches(&bed, 1, "qlt-c1", &s2), "the deny holds");
+    let o = bed.ql(1, &["acl", "rm", &deny]);
+    assert!(o.status.success(), "acl rm on h1: {}", text(&o));
+    wait_until(5, "the deny gone from h2", || !has_flows(&bed, 2, &deny));
+    assert!(fetches(&bed, 1, "qlt-c1", &s2), "allowed again");
+
+    // A host whose daemon was down applies the rules it missed when it returns.
+    bed.stop_daemon(2);
+    let missed = add(
+        &bed,
+        1,
+        &[
+            "--network",
+            "web",
+            "--from",
+            "label:tier=frontend",
+            "--proto",
+            "icmp",
+            "--allow",
+        ],
+    );
+    bed.start_daemon(2);
+    wait_until(10, "h2 applies the rule it missed", || {
+        has_flows(&bed, 2, &missed)
+    });
+    assert!(
+        ping_once(&bed, 1, "qlt-c1", &s2),
+        "icmp allowed on both hosts"
+    );
+    assert!(fetches(&bed, 1, "qlt-c1", &s2), "earlier rules still hold");
+
+    // Rules go with the network's cluster definition: a network made again with the same
+    // VNI starts without them.
+    bed.docker_ok(1, &["rm", "-f", "qlt-c1"]);
+    bed.docker_ok(2, &["rm", "-f", "qlt-s2", "qlt-x2"]);
+    bed.docker_ok(2, &["network", "rm", "web"]);
+    bed.docker_ok(1, &["network", "rm", "web"]);
+    wait_until(20, "web gone from both hosts", || {
+        !bed.has_network(1, "web") && !bed.has_network(2, "web")
+    });
+    bed.docker_ok(1, &strs(&Bed::vxlan_args("web", 5301, &[])));
+    assert_eq!(rules(&bed, 1), Vec::<serde_json::Value>::new());
+    std::thread::sleep(Duration::from_secs(1));
+    bed.docker_ok(1, &["network", "rm", "web"]);
+}
