@@ -14,6 +14,8 @@
 //!   addresses and endpoints are reclaimed.
 //! - `cluster/acl/<key>/<rule id>`: an ACL rule of a cluster network, which every host
 //!   enforces; it names networks by cluster key and goes with the network's definition.
+//! - `cluster/connect/<id>`: a group connection of two vxlan networks, by cluster key,
+//!   which every host with both networks routes; it goes with either definition.
 //!
 //! Replication to Docker is planned here as plain data ([`plan_replication`]) and carried
 //! out by the daemon through the Engine API, never inside a plugin call.
@@ -37,6 +39,8 @@ pub const ENDPOINTS: &str = "cluster/endpoints/";
 pub const DOWN: &str = "cluster/down/";
 /// Store key prefix of the ACL rules of cluster networks.
 pub const ACL: &str = "cluster/acl/";
+/// Store key prefix of the group connections of cluster networks.
+pub const CONNECT: &str = "cluster/connect/";
 
 /// Errors of cluster operations; the text reaches the user.
 #[derive(Debug, thiserror::Error)]
@@ -248,11 +252,19 @@ pub async fn detach(store: &dyn Store, key: &str, host: &str) -> Result<bool, Cl
     let others = members(store, key).await?;
     let last = !others.iter().any(|(h, m)| h != host && m.attached);
     let ops = if last {
-        vec![
+        let mut ops = vec![
             Op::Delete(format!("{NETWORKS}{key}")),
             Op::DeletePrefix(format!("{MEMBERS}{key}/")),
             Op::DeletePrefix(format!("{ACL}{key}/")),
-        ]
+        ];
+        for c in connections(store).await? {
+            if let crate::connect::Pair::Networks(a, b) = &c.pair {
+                if a == key || b == key {
+                    ops.push(Op::Delete(connect_key(&c)));
+                }
+            }
+        }
+        ops
     } else {
         vec![Op::Put(mkey, to_json(&me))]
     };
@@ -285,6 +297,16 @@ pub fn acl_key(rule: &crate::acl::AclRule) -> String {
 /// Every ACL rule of every cluster network.
 pub async fn acl_rules(store: &dyn Store) -> Result<Vec<crate::acl::AclRule>, StoreError> {
     list_json(store, ACL).await
+}
+
+/// Store key of a group connection of cluster networks.
+pub fn connect_key(c: &crate::connect::Connection) -> String {
+    format!("{CONNECT}{}", c.id)
+}
+
+/// Every group connection of cluster networks.
+pub async fn connections(store: &dyn Store) -> Result<Vec<crate::connect::Connection>, StoreError> {
+    list_json(store, CONNECT).await
 }
 
 /// Every endpoint of every host.

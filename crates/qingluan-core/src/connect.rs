@@ -4,7 +4,12 @@
 //! Two nat networks of this host are connected by routing between their gateways: the
 //! host's netfilter accepts what goes from one bridge to the other (before the isolation
 //! drops) and does not masquerade it, so each side sees the other's real addresses and ACL
-//! rules naming the other network apply. A container pair is the same, narrowed to the two
+//! rules naming the other network apply. Two vxlan networks with `nat=true` are connected
+//! the same way on every host, between the gateway ports each host holds: a container's
+//! traffic is routed by its own host, into the other network's local ports or through the
+//! tunnel to the host of the destination, whose reply its own host routes back; no
+//! container hairpins through a third host. Such a connection is kept in the cluster store
+//! by the networks' cluster keys (`cluster.rs`). A container pair is the same, narrowed to the two
 //! containers' addresses; on one network (where `acl.default=deny` may isolate them) it is
 //! an allow in each direction in the network's `POLICY` stage. Connections are records
 //! (`connect/<id>`) of this host; containers are kept as typed and resolved at every
@@ -38,9 +43,12 @@ pub enum ConnectError {
          connect nat networks"
     )]
     NoRoute(String, &'static str),
-    /// A mode not connected yet.
-    #[error("connecting {1} networks is not supported yet (network {0})")]
-    NotYet(String, Mode),
+    /// A host-local network with a cluster network.
+    #[error(
+        "network {0} is local to this host and {1} spans the cluster: connect two nat \
+         networks or two vxlan networks"
+    )]
+    Scopes(String, String),
     /// Overlapping subnets cannot be routed between.
     #[error("networks {0} and {1} have overlapping subnets {2} and {3}")]
     Overlap(String, String, Ipv4Net, Ipv4Net),
@@ -104,8 +112,8 @@ impl Connection {
 }
 
 /// Refuses networks that cannot be connected: the same one, flat or vlan (routed by the
-/// physical router), vxlan (not yet), one without a gateway route (nonat, `--internal`), or
-/// overlapping subnets. `name` gives a network's name for messages.
+/// physical router), one without a gateway route (nonat, `--internal`, vxlan without
+/// `nat=true`), a nat network with a vxlan one, or overlapping subnets. `name` gives a network's name for messages.
 pub fn check_networks(
     a: &Network,
     b: &Network,
@@ -117,11 +125,17 @@ pub fn check_networks(
     for n in [a, b] {
         match n.mode {
             Mode::Flat | Mode::Vlan => return Err(ConnectError::Physical(name(n), n.mode)),
-            Mode::Vxlan => return Err(ConnectError::NotYet(name(n), n.mode)),
+            Mode::Vxlan if !n.external() => {
+                return Err(ConnectError::NoRoute(name(n), "vxlan without nat=true"))
+            }
             Mode::Nonat => return Err(ConnectError::NoRoute(name(n), "nonat")),
             Mode::Nat if n.internal => return Err(ConnectError::NoRoute(name(n), "--internal")),
-            Mode::Nat => {}
+            Mode::Nat | Mode::Vxlan => {}
         }
+    }
+    if a.mode != b.mode {
+        let (local, wide) = if a.mode == Mode::Nat { (a, b) } else { (b, a) };
+        return Err(ConnectError::Scopes(name(local), name(wide)));
     }
     let (x, y) = (a.subnet, b.subnet);
     if x.contains(&y.network()) || y.contains(&x.network()) {
@@ -149,13 +163,11 @@ pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
     for c in connections {
         match &c.pair {
             Pair::Networks(a, b) => {
-                if let (Some(a), Some(b)) = (
-                    world.networks.get(a.as_str()),
-                    world.networks.get(b.as_str()),
-                ) {
+                let gateway = |id: &str| world.networks.get(id)?.host_gateway();
+                if let (Some(a), Some(b)) = (gateway(a), gateway(b)) {
                     out.links.push(Link {
-                        a: a.bridge(),
-                        b: b.bridge(),
+                        a,
+                        b,
                         between: None,
                     });
                 }
@@ -179,10 +191,10 @@ pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
                                         ports: Vec::new(),
                                     });
                             }
-                        } else if na.host_gateway().is_some() && nb.host_gateway().is_some() {
+                        } else if let (Some(a), Some(b)) = (na.host_gateway(), nb.host_gateway()) {
                             out.links.push(Link {
-                                a: na.bridge(),
-                                b: nb.bridge(),
+                                a,
+                                b,
                                 between: Some((ia, ib)),
                             });
                         }
@@ -264,7 +276,16 @@ mod tests {
         let vx = net("v", Mode::Vxlan, "10.3.0.0/24");
         assert_eq!(
             check_networks(&vx, &a, &name),
-            Err(ConnectError::NotYet("v".into(), Mode::Vxlan))
+            Err(ConnectError::NoRoute("v".into(), "vxlan without nat=true"))
+        );
+        let mut v1 = vx.clone();
+        v1.gateway_port = Some("qlbv".into());
+        let mut v2 = net("w2", Mode::Vxlan, "10.6.0.0/24");
+        v2.gateway_port = Some("qlbw2".into());
+        assert_eq!(check_networks(&v1, &v2, &name), Ok(()));
+        assert_eq!(
+            check_networks(&v1, &a, &name),
+            Err(ConnectError::Scopes("a".into(), "v".into()))
         );
         let mut internal = net("i", Mode::Nat, "10.4.0.0/24");
         internal.internal = true;

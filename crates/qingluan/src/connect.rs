@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
-use qingluan_core::connect::{ConnectError, Connection, Pair};
+use qingluan_core::connect::{ConnectError, Pair};
 use qingluan_core::model::head;
+use qingluan_core::service::ConnectionRow;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{bad, service, Api, ApiError};
@@ -27,8 +28,8 @@ pub struct ConnectRequest {
 /// `connect ls` with the names Docker gives networks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConnectView {
-    /// Every connection.
-    pub connections: Vec<Connection>,
+    /// Every connection this host makes.
+    pub connections: Vec<ConnectionRow>,
     /// Network names by ID.
     pub network_names: BTreeMap<String, String>,
 }
@@ -60,7 +61,7 @@ async fn pair(
 pub async fn connect(
     State(api): State<Api>,
     Json(r): Json<ConnectRequest>,
-) -> Result<Json<Connection>, ApiError> {
+) -> Result<Json<ConnectionRow>, ApiError> {
     let (p, names) = pair(&api, &r, true).await?;
     Ok(Json(
         api.driver
@@ -75,7 +76,7 @@ pub async fn connect(
 pub async fn disconnect(
     State(api): State<Api>,
     Json(r): Json<ConnectRequest>,
-) -> Result<Json<Connection>, ApiError> {
+) -> Result<Json<ConnectionRow>, ApiError> {
     let (p, _) = pair(&api, &r, false).await?;
     Ok(Json(
         api.driver
@@ -88,7 +89,7 @@ pub async fn disconnect(
 
 /// `GET /v1/connect`: `connect ls`.
 pub async fn list(State(api): State<Api>) -> Result<Json<ConnectView>, ApiError> {
-    let connections = api.driver.state.connections().await.map_err(service)?;
+    let connections = api.driver.connect.list().await.map_err(service)?;
     let names = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
         .await
         .unwrap_or_default();
@@ -123,13 +124,20 @@ impl Client {
                 .cloned()
                 .unwrap_or_else(|| head(id, 12).to_string())
         };
-        println!("{:<9} {:<10} {:<24} {:<24}", "ID", "KIND", "A", "B");
-        for c in &view.connections {
+        println!(
+            "{:<9} {:<10} {:<8} {:<24} {:<24}",
+            "ID", "KIND", "SCOPE", "A", "B"
+        );
+        for row in &view.connections {
+            let c = &row.connection;
             let (kind, a, b) = match &c.pair {
                 Pair::Networks(a, b) => ("networks", name(a), name(b)),
                 Pair::Containers(a, b) => ("containers", a.clone(), b.clone()),
             };
-            println!("{:<9} {:<10} {:<24} {:<24}", c.id, kind, a, b);
+            println!(
+                "{:<9} {:<10} {:<8} {:<24} {:<24}",
+                c.id, kind, row.scope, a, b
+            );
         }
         Ok(())
     }

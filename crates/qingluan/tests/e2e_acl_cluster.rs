@@ -204,3 +204,107 @@ fn vxlan_rules_hold_on_every_host() {
     std::thread::sleep(Duration::from_secs(1));
     bed.docker_ok(1, &["network", "rm", "web"]);
 }
+
+/// `qingluan connect|disconnect A B` on host `h`.
+fn connect(bed: &Bed, h: usize, verb: &str, a: &str, b: &str) {
+    let o = bed.ql(h, &[verb, a, b]);
+    assert!(o.status.success(), "h{h}: {verb} {a} {b}: {}", text(&o));
+}
+
+/// The connections host `h` makes, as `connect ls --json` shows them.
+fn connections(bed: &Bed, h: usize) -> Vec<serde_json::Value> {
+    bed.ql_json(h, &["connect", "ls"])["connections"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn vxlan_networks_connect_across_hosts() {
+    if !enabled("vxlan_networks_connect_across_hosts") {
+        return;
+    }
+    let bed = Bed::start(2, "");
+    let nat = ["--opt", "nat=true"];
+    let deny = ["--opt", "nat=true", "--opt", "acl.default=deny"];
+    bed.docker_ok(1, &strs(&Bed::vxlan_args("va", 5311, &deny)));
+    bed.docker_ok(1, &strs(&Bed::vxlan_args("vb", 5312, &nat)));
+    wait_until(20, "va and vb on h2", || {
+        bed.has_network(2, "va") && bed.has_network(2, "vb")
+    });
+    let a1 = start_web(&bed, 1, "qlt-a1", "va", &[]);
+    let b1 = start_web(&bed, 1, "qlt-b1", "vb", &[]);
+    let a2 = start_web(&bed, 2, "qlt-a2", "va", &[]);
+    let b2 = start_web(&bed, 2, "qlt-b2", "vb", &[]);
+
+    // Isolated until connected; each network works within itself.
+    assert!(ping_once(&bed, 1, "qlt-b1", &b2), "vb spans the hosts");
+    assert!(!ping_once(&bed, 1, "qlt-a1", &b2), "networks are isolated");
+    assert!(!ping_once(&bed, 1, "qlt-a1", &b1), "networks are isolated");
+
+    connect(&bed, 1, "connect", "va", "vb");
+    let t = Instant::now();
+    wait_until(5, "h2 makes the connection", || {
+        connections(&bed, 2)
+            .iter()
+            .any(|c| c["scope"] == "cluster" && !c["pair"]["networks"].is_null())
+    });
+    println!(
+        "connection made on h2 {} ms after connect returned on h1",
+        t.elapsed().as_millis()
+    );
+    wait_until(5, "a1 reaches b2 across hosts", || {
+        ping_once(&bed, 1, "qlt-a1", &b2)
+    });
+    assert!(fetches(&bed, 1, "qlt-a1", &b2), "tcp across hosts");
+    assert!(fetches(&bed, 2, "qlt-b2", &a1), "and back, started on h2");
+    assert!(fetches(&bed, 1, "qlt-a1", &b1), "on one host");
+    assert!(fetches(&bed, 2, "qlt-a2", &b2), "on the other host");
+    assert!(
+        !ping_once(&bed, 1, "qlt-a1", &a2),
+        "va's default deny still holds within va"
+    );
+    let o = bed.ql(2, &["connect", "vb", "va"]);
+    assert!(
+        !o.status.success() && text(&o).contains("connected already"),
+        "a second connect is refused: {}",
+        text(&o)
+    );
+
+    // Not masqueraded: a deny on vb naming a1 holds on both hosts, a2 is still let in.
+    let cut = add(
+        &bed,
+        2,
+        &["--network", "vb", "--from", "container:qlt-a1", "--deny"],
+    );
+    wait_until(5, "the deny's flows on h1", || has_flows(&bed, 1, &cut));
+    assert!(!fetches(&bed, 1, "qlt-a1", &b2), "deny across hosts");
+    assert!(!fetches(&bed, 1, "qlt-a1", &b1), "deny on one host");
+    assert!(fetches(&bed, 2, "qlt-a2", &b2), "a2 is not denied");
+    let o = bed.ql(1, &["acl", "rm", &cut]);
+    assert!(o.status.success(), "acl rm: {}", text(&o));
+
+    // Disconnected from the other host: isolated again everywhere.
+    connect(&bed, 2, "disconnect", "va", "vb");
+    wait_until(5, "h1 drops the connection", || {
+        connections(&bed, 1).is_empty()
+    });
+    assert!(!ping_once(&bed, 1, "qlt-a1", &b2), "isolated again");
+    assert!(!ping_once(&bed, 2, "qlt-a2", &b2), "isolated again");
+    assert!(ping_once(&bed, 1, "qlt-b1", &b2), "vb itself still works");
+
+    // A connection goes with either network's cluster definition.
+    connect(&bed, 1, "connect", "va", "vb");
+    bed.docker_ok(1, &["rm", "-f", "qlt-a1", "qlt-b1"]);
+    bed.docker_ok(2, &["rm", "-f", "qlt-a2", "qlt-b2"]);
+    bed.docker_ok(2, &["network", "rm", "va"]);
+    bed.docker_ok(1, &["network", "rm", "va"]);
+    wait_until(20, "va gone from both hosts", || {
+        !bed.has_network(1, "va") && !bed.has_network(2, "va")
+    });
+    bed.docker_ok(1, &strs(&Bed::vxlan_args("va", 5311, &nat)));
+    assert_eq!(connections(&bed, 1), Vec::<serde_json::Value>::new());
+    std::thread::sleep(Duration::from_secs(1));
+    bed.docker_ok(1, &["network", "rm", "va"]);
+    bed.docker_ok(1, &["network", "rm", "vb"]);
+}

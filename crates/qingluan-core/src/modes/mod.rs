@@ -160,6 +160,7 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
         then: Stage::L2Forward,
         vni: None,
         host_port: Some(pipeline::Port::Local),
+        local: eps,
     };
     out.flows
         .entry(bridge.clone())

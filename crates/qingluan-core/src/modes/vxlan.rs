@@ -163,6 +163,7 @@ impl ModeDriver for Vxlan {
             then: pipeline::Stage::ArpRespond,
             vni: Some(vni),
             host_port: gw.as_ref().map(|g| pipeline::Port::Named(g.port.clone())),
+            local: eps,
         };
         let mut features: Vec<&dyn FlowFeature> = vec![&forwarding, &arp, &acl];
         if let Some(p) = &gw_port {

@@ -12,16 +12,17 @@
 //! On a network bridge the host side is its `LOCAL` port. On the overlay bridge, shared by
 //! every vxlan network, each flow also matches the network's VNI, the host side is the
 //! `nat=true` gateway's port, and the bridge's own flows (`overlay.rs`) send what no
-//! network tracks on. Frames from the tunnel pass the same stages as those of local
-//! containers: each host tracks both directions of its containers' connections and checks
-//! new ones against the same rules, so a reply is let through on both sides and a
-//! container is protected on its own host.
+//! network tracks on. A host tracks what its own containers send and what reaches them
+//! (from the tunnel or the gateway), nothing else: so it sees both directions of each
+//! connection of its containers, even one routed between two connected networks, where
+//! each direction is routed by its sender's host; new connections meet the same rules on
+//! both sides, and a container is protected on its own host.
 
 use qingluan_dataplane::openflow::{ct, Flow};
 
 use super::{flow, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage};
 use crate::acl::{Addresses, PortRange, Proto, Verdict};
-use crate::model::Network;
+use crate::model::{Endpoint, Network};
 
 /// A rule with its selectors resolved to addresses.
 #[derive(Clone, Debug)]
@@ -71,6 +72,9 @@ pub struct NetworkAcl<'a> {
     pub vni: Option<u32>,
     /// The port of the host's gateway, if it has one on this bridge.
     pub host_port: Option<Port>,
+    /// The network's containers on this host (on the overlay bridge, only their traffic is
+    /// tracked).
+    pub local: &'a [&'a Endpoint],
 }
 
 impl NetworkAcl<'_> {
@@ -121,18 +125,30 @@ impl FlowFeature for NetworkAcl<'_> {
         }
         let ip = || self.ip();
         let state = |v: u32, m: u32| ip().and(Field::CtState(v | ct::TRK, m | ct::TRK));
-        out.extend([
-            flow(
+        let track = [Action::Ct {
+            commit: false,
+            zone: self.zone,
+            table: Some(Stage::Policy),
+        }];
+        if self.vni.is_some() {
+            out.push(flow(
                 Stage::Conntrack,
                 100,
                 base,
-                ip(),
-                &[Action::Ct {
-                    commit: false,
-                    zone: self.zone,
-                    table: Some(Stage::Policy),
-                }],
-            ),
+                ip().and(Field::Reg0(1)),
+                &track,
+            ));
+            for ep in self.local {
+                let c = Cookie::of(Feature::Endpoint, &ep.id);
+                let to = ip()
+                    .and(Field::Reg0(0))
+                    .and(Field::IpDstNet(ep.address.addr().into()));
+                out.push(flow(Stage::Conntrack, 100, c, to, &track));
+            }
+        } else {
+            out.push(flow(Stage::Conntrack, 100, base, ip(), &track));
+        }
+        out.extend([
             flow(Stage::Policy, INVALID, base, state(ct::INV, ct::INV), &[]),
             flow(
                 Stage::Policy,
@@ -156,7 +172,9 @@ impl FlowFeature for NetworkAcl<'_> {
             out.push(flow(Stage::Policy, 3, base, from_host, &self.allow()));
         }
         if self.net.acl_default == Verdict::Deny {
-            let intra = ip().and(Field::IpDstNet(self.net.subnet));
+            let intra = ip()
+                .and(Field::IpSrcNet(self.net.subnet))
+                .and(Field::IpDstNet(self.net.subnet));
             out.push(flow(Stage::Policy, 1, base, intra, &[]));
         }
         let allow = self.allow();

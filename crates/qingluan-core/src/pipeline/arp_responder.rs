@@ -1,13 +1,14 @@
 //! The ARP responder of an overlay network: the overlay bridge answers a local container's
 //! ARP request for any known address of its VNI on the spot — its local neighbours, the
 //! endpoints other hosts have in it, and the gateway — so no ARP broadcast crosses the
-//! tunnel.
+//! tunnel; and the host's ARP requests (from the `nat=true` gateway) for other hosts'
+//! containers, which the host reaches when it routes from a connected network.
 
 use std::net::Ipv4Addr;
 
 use qingluan_dataplane::openflow::Flow;
 
-use super::overlay::in_vni;
+use super::overlay::{from_gateway, in_vni};
 use super::{
     flow, Action, Cookie, Feature, Field, FlowFeature, Match, OverlayGateway, RemoteEndpoint, Stage,
 };
@@ -62,6 +63,23 @@ impl FlowFeature for ArpResponder<'_> {
                 .iter()
                 .map(|r| answer(Cookie::of(Feature::Remote, &r.id), r.mac, r.ip)),
         );
+        if let Some(g) = self.gateway {
+            out.extend(self.remote.iter().map(|r| {
+                flow(
+                    Stage::ArpRespond,
+                    100,
+                    Cookie::of(Feature::Remote, &r.id),
+                    from_gateway(self.vni, g)
+                        .and(Field::Arp)
+                        .and(Field::ArpOp(1))
+                        .and(Field::ArpTpa(r.ip)),
+                    &[Action::ArpReply {
+                        mac: r.mac,
+                        ip: r.ip,
+                    }],
+                )
+            }));
+        }
         if let Some(g) = self.gateway {
             out.push(answer(Cookie::of(Feature::Base, &self.net.id), g.mac, g.ip));
         }

@@ -11,7 +11,8 @@
 //! `ARP_RESPOND`; `L2_FORWARD` delivers by (VNI, MAC): to a local port, or through the
 //! tunnel to the host holding that MAC; broadcast and multicast of a local container go to
 //! its VNI's local ports and to each other host with endpoints in that VNI, those from the
-//! tunnel only to local ports; unknown unicast is dropped: every location comes from the
+//! tunnel only to local ports; unicast of the `nat=true` gateway (what the host routes into
+//! the network from a connected network) also reaches other hosts' containers; unknown unicast is dropped: every location comes from the
 //! cluster store, nothing is learnt by flooding.
 
 use std::collections::BTreeMap;
@@ -177,13 +178,24 @@ impl FlowFeature for OverlayForwarding<'_> {
             ));
         }
         for r in self.remote {
+            let c = Cookie::of(Feature::Remote, &r.id);
+            let to_mac = |m: Match| m.and(Field::EthDst(r.mac.0));
             out.push(flow(
                 Stage::L2Forward,
                 100,
-                Cookie::of(Feature::Remote, &r.id),
-                in_vni(vni, true).and(Field::EthDst(r.mac.0)),
+                c,
+                to_mac(in_vni(vni, true)),
                 &to_vtep(r.vtep),
             ));
+            if let Some(g) = self.gateway {
+                out.push(flow(
+                    Stage::L2Forward,
+                    100,
+                    c,
+                    to_mac(from_gateway(vni, g)),
+                    &to_vtep(r.vtep),
+                ));
+            }
         }
         let local: Vec<Action> = self
             .endpoints
@@ -215,6 +227,13 @@ impl FlowFeature for OverlayForwarding<'_> {
         ));
         out
     }
+}
+
+/// Frames of VNI `vni` from this host's gateway `g` (what the host routes into the network).
+pub(super) fn from_gateway(vni: u32, g: &OverlayGateway) -> Match {
+    Match::any()
+        .and(Field::InPort(Port::Named(g.port.clone())))
+        .and(Field::TunId(vni))
 }
 
 /// Frames of VNI `vni`, from local containers (`local`) or not.

@@ -88,7 +88,7 @@ impl Acl {
             self.cluster
                 .txn(vec![], vec![Op::Put(k.clone(), to_json(&rule))])
                 .await?;
-            self.apply_cluster_acl(vec![Op::Delete(k)]).await?;
+            self.apply_cluster(vec![Op::Delete(k)]).await?;
             return Ok(ScopedRule {
                 rule,
                 scope: Scope::Cluster,
@@ -109,21 +109,6 @@ impl Acl {
         })
     }
 
-    /// Takes in the cluster's rules after this host changed them and applies them; on
-    /// failure writes `undo` to the cluster store and applies that.
-    async fn apply_cluster_acl(&self, undo: Vec<Op>) -> Result<(), ServiceError> {
-        self.refresh_cluster_acl().await?;
-        if let Err(e) = self.sync(false).await {
-            self.cluster.txn(vec![], undo).await?;
-            self.refresh_cluster_acl().await?;
-            if let Err(again) = self.sync(false).await {
-                tracing::warn!(error = %again, "reconcile after undo failed");
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-
     /// `qingluan acl rm`: removes the rule whose ID starts with `id`; returns it.
     pub async fn remove(&self, id: &str) -> Result<ScopedRule, ServiceError> {
         let _g = self.lock.lock().await;
@@ -133,8 +118,9 @@ impl Acl {
             .into_iter()
             .map(|r| (r, Scope::Host))
             .chain(
-                self.cluster_acl()
+                self.cluster_intent()
                     .await
+                    .acl
                     .into_iter()
                     .map(|r| (r, Scope::Cluster)),
             )
@@ -150,8 +136,7 @@ impl Acl {
             self.cluster
                 .txn(vec![], vec![Op::Delete(k.clone())])
                 .await?;
-            self.apply_cluster_acl(vec![Op::Put(k, to_json(&rule))])
-                .await?;
+            self.apply_cluster(vec![Op::Put(k, to_json(&rule))]).await?;
             return Ok(ScopedRule { rule, scope });
         }
         self.commit(

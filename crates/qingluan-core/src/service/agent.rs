@@ -12,8 +12,8 @@
 //! 3. **Dead hosts.** A host whose liveness lease expired is recorded as down with the time;
 //!    once down for the grace period, its container addresses and endpoint entries are
 //!    deleted (compare-and-swap, so an entry the host rewrote meanwhile stays).
-//! 4. **What other hosts changed.** Where their overlay endpoints are, and the ACL rules of
-//!    cluster networks: the dataplane is re-programmed when either changed.
+//! 4. **What other hosts changed.** Where their overlay endpoints are, and the ACL rules and
+//!    connections of cluster networks: the dataplane is re-programmed when they changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -56,8 +56,9 @@ pub struct ClusterReport {
     pub reclaimed: Vec<String>,
     /// Whether other hosts' overlay endpoints changed (the dataplane was re-programmed).
     pub view_changed: bool,
-    /// Whether the ACL rules of cluster networks changed (the dataplane was re-programmed).
-    pub acl_changed: bool,
+    /// Whether the ACL rules or connections of cluster networks changed (the dataplane was
+    /// re-programmed).
+    pub intent_changed: bool,
 }
 
 impl ClusterReport {
@@ -81,8 +82,8 @@ impl ClusterAgent {
         self.sync_own_endpoints(&mut report).await?;
         self.reclaim_dead_hosts(grace_secs, &mut report).await?;
         report.view_changed = self.refresh_view().await?;
-        report.acl_changed = self.refresh_cluster_acl().await?;
-        if report.view_changed || report.acl_changed {
+        report.intent_changed = self.refresh_cluster_intent().await?;
+        if report.view_changed || report.intent_changed {
             self.s.sync(false).await?;
         }
         Ok(report)

@@ -1,17 +1,37 @@
-//! `qingluan connect|disconnect`: group connections as records (`connect/<id>`), applied
-//! as links in the host's netfilter and allows in the networks' `POLICY` stage (see
-//! `connect.rs`). Every change is written, then applied, and undone when the dataplane
-//! refuses it; a network's connections go with it.
+//! `qingluan connect|disconnect`: group connections, applied as links in the host's
+//! netfilter and allows in the networks' `POLICY` stage (see `connect.rs`).
+//!
+//! A connection of two nat networks or two containers is this host's: a record
+//! `connect/<id>`. A connection of two vxlan networks is the cluster's: kept by cluster
+//! keys in the cluster store (`cluster.rs`) and made by every host with both networks.
+//! Every change is written, then applied, and undone when the dataplane refuses it; a
+//! network's connections go with it.
 
 use std::collections::BTreeMap;
 
+use qingluan_store::{to_json, Op};
+use serde::{Deserialize, Serialize};
+
 use super::ServiceError;
+use crate::acl::Scope;
+use crate::cluster;
 use crate::connect::{self, ConnectError, Connection, Pair};
+use crate::model::Network;
 use crate::records;
 
 handle! {
     /// Group connections.
     Connect
+}
+
+/// A connection and where it holds, as `connect`, `disconnect` and `connect ls` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnectionRow {
+    /// The connection, naming this host's networks.
+    #[serde(flatten)]
+    pub connection: Connection,
+    /// Where it is kept and made.
+    pub scope: Scope,
 }
 
 impl Connect {
@@ -23,36 +43,56 @@ impl Connect {
         pair: Pair,
         names: (&str, &str),
         network_names: &BTreeMap<String, String>,
-    ) -> Result<Connection, ServiceError> {
+    ) -> Result<ConnectionRow, ServiceError> {
         let _g = self.lock.lock().await;
+        let mut keys = None;
         if let Pair::Networks(a, b) = &pair {
             let (na, nb) = (self.network(a).await?, self.network(b).await?);
-            let name = |n: &crate::model::Network| {
+            let name = |n: &Network| {
                 network_names
                     .get(&n.id)
                     .cloned()
                     .unwrap_or_else(|| n.short_id().to_string())
             };
             connect::check_networks(&na, &nb, &name)?;
+            keys = na.cluster.clone().zip(nb.cluster.clone());
         }
         if let Pair::Containers(a, b) = &pair {
             if a == b {
                 return Err(ConnectError::Itself(names.0.to_string()).into());
             }
         }
-        let c = Connection::new(pair);
-        if records::get::<Connection>(&*self.store, &c.id)
+        let exists = ConnectError::Exists(names.0.into(), names.1.into());
+        if self
+            .enforced_connections()
             .await?
-            .is_some()
+            .iter()
+            .any(|(c, _)| c.pair == pair)
         {
-            return Err(ConnectError::Exists(names.0.into(), names.1.into()).into());
+            return Err(exists.into());
         }
+        if let Some((a, b)) = keys {
+            let c = Connection::new(Pair::networks(&a, &b));
+            let k = cluster::connect_key(&c);
+            self.cluster
+                .txn(vec![], vec![Op::Put(k.clone(), to_json(&c))])
+                .await?;
+            self.apply_cluster(vec![Op::Delete(k)]).await?;
+            return Ok(ConnectionRow {
+                connection: Connection { id: c.id, pair },
+                scope: Scope::Cluster,
+            });
+        }
+        let c = Connection::new(pair);
         self.commit(
             vec![records::put(&c)],
             vec![records::delete::<Connection>(&c.id)],
         )
         .await?;
-        Ok(c)
+        Ok(ConnectionRow {
+            connection: c,
+            scope: Scope::Host,
+        })
     }
 
     /// `qingluan disconnect`: removes the connection of `pair`.
@@ -60,17 +100,50 @@ impl Connect {
         &self,
         pair: Pair,
         names: (&str, &str),
-    ) -> Result<Connection, ServiceError> {
+    ) -> Result<ConnectionRow, ServiceError> {
         let _g = self.lock.lock().await;
-        let id = pair.id();
-        let Some(c) = records::get::<Connection>(&*self.store, &id).await? else {
+        let Some((c, scope)) = self
+            .enforced_connections()
+            .await?
+            .into_iter()
+            .find(|(c, _)| c.pair == pair)
+        else {
             return Err(ConnectError::Missing(names.0.into(), names.1.into()).into());
         };
-        self.commit(
-            vec![records::delete::<Connection>(&id)],
-            vec![records::put(&c)],
-        )
-        .await?;
-        Ok(c)
+        if scope == Scope::Cluster {
+            let stored = self
+                .cluster_intent()
+                .await
+                .connections
+                .into_iter()
+                .find(|s| s.id == c.id)
+                .ok_or_else(|| ConnectError::Missing(names.0.into(), names.1.into()))?;
+            let k = cluster::connect_key(&stored);
+            self.cluster
+                .txn(vec![], vec![Op::Delete(k.clone())])
+                .await?;
+            self.apply_cluster(vec![Op::Put(k, to_json(&stored))])
+                .await?;
+        } else {
+            self.commit(
+                vec![records::delete::<Connection>(&c.id)],
+                vec![records::put(&c)],
+            )
+            .await?;
+        }
+        Ok(ConnectionRow {
+            connection: c,
+            scope,
+        })
+    }
+
+    /// `qingluan connect ls`: every connection this host makes.
+    pub async fn list(&self) -> Result<Vec<ConnectionRow>, ServiceError> {
+        Ok(self
+            .enforced_connections()
+            .await?
+            .into_iter()
+            .map(|(connection, scope)| ConnectionRow { connection, scope })
+            .collect())
     }
 }

@@ -51,7 +51,7 @@ mod stats;
 pub use acl::{Acl, AclRow, ScopedRule};
 pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
-pub use connect::Connect;
+pub use connect::{Connect, ConnectionRow};
 pub use endpoints::Endpoints;
 pub use networks::Networks;
 pub use publishing::Publishing;
@@ -264,10 +264,10 @@ pub struct State {
     /// Other hosts' overlay endpoints, refreshed by the cluster agent; kept as it was while
     /// the cluster store is unreachable, so existing tunnels keep working.
     pub(crate) view: RwLock<desired::ClusterView>,
-    /// The ACL rules of cluster networks, by cluster key: read from the cluster store on
-    /// first need, then kept current by the cluster agent and by `acl add|rm`; kept as they
-    /// were while the cluster store is unreachable.
-    pub(crate) cluster_acl: RwLock<Option<Vec<AclRule>>>,
+    /// The ACL rules and connections of cluster networks: read from the cluster store on
+    /// first need, then kept current by the cluster agent and by this host's changes; kept
+    /// as they were while the cluster store is unreachable.
+    pub(crate) cluster_intent: RwLock<Option<ClusterIntent>>,
     /// Serialises calls.
     pub(crate) lock: Mutex<()>,
     /// Woken after each Join: the daemon then learns the endpoint's container.
@@ -275,6 +275,15 @@ pub struct State {
 }
 
 pub use crate::modes::VXLAN_OVERHEAD;
+
+/// What users asked for on cluster networks, naming them by cluster key (`cluster.rs`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct ClusterIntent {
+    /// ACL rules.
+    pub acl: Vec<AclRule>,
+    /// Group connections.
+    pub connections: Vec<Connection>,
+}
 
 /// Where a driver keeps its records.
 pub struct Stores {
@@ -307,7 +316,7 @@ impl State {
             reconciler,
             facts: RwLock::new(None),
             view: RwLock::new(Default::default()),
-            cluster_acl: RwLock::new(None),
+            cluster_intent: RwLock::new(None),
             lock: Mutex::new(()),
             joined: tokio::sync::Notify::new(),
         }
@@ -387,30 +396,58 @@ impl State {
         Ok(records::list(&*self.store).await?)
     }
 
-    /// The ACL rules of cluster networks, by cluster key (empty while the cluster store
-    /// has never been read).
-    pub(crate) async fn cluster_acl(&self) -> Vec<AclRule> {
-        if let Some(rules) = self.cluster_acl.read().await.clone() {
-            return rules;
+    /// What users asked for on cluster networks, by cluster key (nothing while the
+    /// cluster store has never been read).
+    pub(crate) async fn cluster_intent(&self) -> ClusterIntent {
+        if let Some(i) = self.cluster_intent.read().await.clone() {
+            return i;
         }
-        match self.refresh_cluster_acl().await {
-            Ok(_) => self.cluster_acl.read().await.clone().unwrap_or_default(),
+        match self.refresh_cluster_intent().await {
+            Ok(_) => self.cluster_intent.read().await.clone().unwrap_or_default(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the cluster's ACL rules");
-                Vec::new()
+                tracing::warn!(error = %e, "cannot read the cluster's ACL rules and connections");
+                ClusterIntent::default()
             }
         }
     }
 
-    /// Re-reads the ACL rules of cluster networks; whether they changed.
-    pub(crate) async fn refresh_cluster_acl(&self) -> Result<bool, ServiceError> {
-        let rules = cluster::acl_rules(&*self.cluster).await?;
-        let mut cache = self.cluster_acl.write().await;
-        if cache.as_ref() == Some(&rules) {
+    /// Re-reads what users asked for on cluster networks; whether it changed.
+    pub(crate) async fn refresh_cluster_intent(&self) -> Result<bool, ServiceError> {
+        let read = ClusterIntent {
+            acl: cluster::acl_rules(&*self.cluster).await?,
+            connections: cluster::connections(&*self.cluster).await?,
+        };
+        let mut cache = self.cluster_intent.write().await;
+        if cache.as_ref() == Some(&read) {
             return Ok(false);
         }
-        *cache = Some(rules);
+        *cache = Some(read);
         Ok(true)
+    }
+
+    /// Takes in what this host changed in the cluster store and applies it; on failure
+    /// writes `undo` to the cluster store and applies that.
+    pub(crate) async fn apply_cluster(&self, undo: Vec<Op>) -> Result<(), ServiceError> {
+        self.refresh_cluster_intent().await?;
+        if let Err(e) = self.sync(false).await {
+            self.cluster.txn(vec![], undo).await?;
+            self.refresh_cluster_intent().await?;
+            if let Err(again) = self.sync(false).await {
+                tracing::warn!(error = %again, "reconcile after undo failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// This host's network IDs by cluster key.
+    async fn ids_by_key(&self) -> Result<BTreeMap<String, String>, ServiceError> {
+        Ok(self
+            .networks()
+            .await?
+            .into_iter()
+            .filter_map(|n| Some((n.cluster?, n.id)))
+            .collect())
     }
 
     /// Every rule this host enforces with its scope: its own, then those of the cluster
@@ -422,19 +459,36 @@ impl State {
             .into_iter()
             .map(|r| (r, Scope::Host))
             .collect();
-        let nets = self.networks().await?;
-        let ids: BTreeMap<&str, &str> = nets
-            .iter()
-            .filter_map(|n| Some((n.cluster.as_deref()?, n.id.as_str())))
-            .collect();
-        for r in self.cluster_acl().await {
-            if !ids.contains_key(r.spec.network.as_str()) {
+        let ids = self.ids_by_key().await?;
+        for r in self.cluster_intent().await.acl {
+            if !ids.contains_key(&r.spec.network) {
                 continue;
             }
             let spec = r
                 .spec
-                .renamed(|k| ids.get(k).map_or(k, |id| *id).to_string());
+                .renamed(|k| ids.get(k).map_or(k, String::as_str).into());
             out.push((AclRule { id: r.id, spec }, Scope::Cluster));
+        }
+        Ok(out)
+    }
+
+    /// Every group connection this host makes with its scope: its own, then those of the
+    /// cluster whose networks it both has, named by this host's network IDs.
+    pub async fn enforced_connections(&self) -> Result<Vec<(Connection, Scope)>, ServiceError> {
+        let mut out: Vec<(Connection, Scope)> = self
+            .connections()
+            .await?
+            .into_iter()
+            .map(|c| (c, Scope::Host))
+            .collect();
+        let ids = self.ids_by_key().await?;
+        for c in self.cluster_intent().await.connections {
+            if let crate::connect::Pair::Networks(a, b) = &c.pair {
+                if let (Some(a), Some(b)) = (ids.get(a), ids.get(b)) {
+                    let pair = crate::connect::Pair::networks(a, b);
+                    out.push((Connection { id: c.id, pair }, Scope::Cluster));
+                }
+            }
         }
         Ok(out)
     }
@@ -483,7 +537,12 @@ impl State {
                 .into_iter()
                 .map(|(r, _)| r)
                 .collect(),
-            connections: self.connections().await?,
+            connections: self
+                .enforced_connections()
+                .await?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
         };
         let view = self.view.read().await;
         Ok(crate::modes::build(

@@ -192,7 +192,7 @@ impl Qos {
         let overrides = self.qos_overrides().await?;
         if qos::of_endpoint(&net, &ep, &overrides) == qos::of_endpoint(&net, &learnt, &overrides)
             && self.enforced_rules().await?.is_empty()
-            && self.connections().await?.is_empty()
+            && self.enforced_connections().await?.is_empty()
         {
             self.store.txn(vec![], vec![records::put(&learnt)]).await?;
             return Ok(());
