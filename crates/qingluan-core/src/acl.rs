@@ -57,9 +57,6 @@ pub enum AclError {
     /// `--opt acl.default=` other than allow or deny.
     #[error("invalid acl.default {0:?}: must be allow or deny")]
     BadDefault(String),
-    /// A network whose bridge does not enforce rules yet.
-    #[error("ACL rules are enforced on nat, nonat and vxlan networks so far; network {0} is {1}")]
-    Mode(String, crate::model::Mode),
     /// A rule equal to one that exists.
     #[error("the same rule exists already as {0}")]
     Duplicate(String),
@@ -457,11 +454,7 @@ impl<'a> World<'a> {
     /// This world with the containers other hosts have on cluster networks, as the cluster
     /// agent last saw them: selectors of containers and labels cover every host's.
     pub fn with_remote(mut self, view: &'a crate::desired::ClusterView) -> World<'a> {
-        self.remote = view
-            .values()
-            .flatten()
-            .filter_map(|r| Some((r.container.as_ref()?, r.ip)))
-            .collect();
+        self.remote = view.containers.iter().map(|(c, ip)| (c, *ip)).collect();
         self
     }
 

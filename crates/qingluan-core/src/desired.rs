@@ -112,9 +112,16 @@ pub struct Desired {
     pub uplinks: Vec<UplinkWant>,
 }
 
-/// What other hosts contribute to this host's dataplane: their endpoints on overlay
-/// networks, by cluster key, with the underlay address of their host. Only live hosts count.
-pub type ClusterView = BTreeMap<String, Vec<crate::pipeline::RemoteEndpoint>>;
+/// What other hosts contribute to this host's dataplane. Only live hosts count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Their endpoints on overlay networks, by cluster key, with the underlay address of
+    /// their host.
+    pub overlay: BTreeMap<String, Vec<crate::pipeline::RemoteEndpoint>>,
+    /// Their containers on cluster networks (flat, vlan, vxlan), with each address, as
+    /// they published them: what ACL selectors resolve to on other hosts.
+    pub containers: Vec<(crate::model::ContainerRef, std::net::Ipv4Addr)>,
+}
 
 /// An uplink a desired dataplane needs.
 #[derive(Clone, Debug, PartialEq)]

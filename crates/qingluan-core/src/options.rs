@@ -72,7 +72,7 @@ pub struct NetworkOptions {
     pub parent: Option<String>,
     /// `qos.*`: the QoS of every endpoint on the network.
     pub qos: crate::qos::QosSpec,
-    /// `acl.default` (nat, nonat, vxlan): traffic between the network's containers without a rule.
+    /// `acl.default` (every mode): traffic between the network's containers without a rule.
     pub acl_default: crate::acl::Verdict,
 }
 
@@ -95,8 +95,8 @@ pub fn network_options(
     match mode {
         Mode::Nonat | Mode::Nat => valid.push(crate::acl::DEFAULT_KEY),
         Mode::Vxlan => valid.extend(["vni", "nat", crate::acl::DEFAULT_KEY]),
-        Mode::Vlan => valid.extend(["vni", "parent"]),
-        Mode::Flat => valid.push("parent"),
+        Mode::Vlan => valid.extend(["vni", "parent", crate::acl::DEFAULT_KEY]),
+        Mode::Flat => valid.extend(["parent", crate::acl::DEFAULT_KEY]),
     }
     let qos = crate::qos::spec(generic, "qos.")?;
     if let Some(key) = generic
@@ -295,7 +295,7 @@ mod tests {
             network_options(&opts(&[("model", "flat"), ("vni", "10")]), "nat")
                 .unwrap_err()
                 .to_string(),
-            "unknown option \"vni\" for model flat (valid options: model, mtu, com.docker.network.driver.mtu, parent)"
+            "unknown option \"vni\" for model flat (valid options: model, mtu, com.docker.network.driver.mtu, parent, acl.default)"
         );
         assert_eq!(
             network_options(&opts(&[("model", "vxlan")]), "nat")
@@ -353,13 +353,15 @@ mod tests {
             .acl_default,
             crate::acl::Verdict::Deny
         );
-        assert!(matches!(
+        assert_eq!(
             network_options(
                 &opts(&[("model", "vlan"), ("vni", "1"), ("acl.default", "deny")]),
                 "nat"
-            ),
-            Err(OptionError::UnknownOption { .. })
-        ));
+            )
+            .unwrap()
+            .acl_default,
+            crate::acl::Verdict::Deny
+        );
         assert_eq!(
             network_options(&opts(&[("colour", "red")]), "nat").unwrap_err().to_string(),
             "unknown option \"colour\" for model nat (valid options: model, mtu, com.docker.network.driver.mtu, acl.default)"

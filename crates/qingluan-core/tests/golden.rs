@@ -121,23 +121,24 @@ fn table_with(n: Network, intent: &modes::Intent) -> String {
         ..Default::default()
     };
     let eps = [first, limited];
-    let mut view = ClusterView::new();
+    let mut view = ClusterView::default();
     if let Some(key) = n.cluster.clone().filter(|_| n.mode == Mode::Vxlan) {
         let ip = Ipv4Addr::from(u32::from(n.subnet.network()) + 9);
-        view.insert(
+        view.overlay.insert(
             key,
             vec![RemoteEndpoint {
                 id: "d4".repeat(32),
                 mac: Mac::from_ipv4(ip),
                 ip,
                 vtep: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
-                container: Some(model::ContainerRef {
-                    id: "f6".repeat(32),
-                    name: "db9".into(),
-                    labels: [("tier".to_string(), "backend".to_string())].into(),
-                }),
             }],
         );
+        let db9 = model::ContainerRef {
+            id: "f6".repeat(32),
+            name: "db9".into(),
+            labels: [("tier".to_string(), "backend".to_string())].into(),
+        };
+        view.containers.push((db9, ip));
     }
     let settings = Settings {
         underlay_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
@@ -326,6 +327,26 @@ fn vxlan_acl_flows() {
         ..Default::default()
     };
     check("vxlan-acl", table_with(n, &intent));
+}
+
+#[test]
+fn vlan_acl_flows() {
+    let mut n = net("a1", Mode::Vlan, "10.242.0.0/24");
+    n.acl_default = Verdict::Deny;
+    n.zone = 0xa1a1;
+    let intent = modes::Intent {
+        acl: vec![rule(
+            &n.id,
+            Selector::Label("tier".into(), "frontend".into()),
+            Selector::Cidr("192.0.2.0/24".parse().unwrap()),
+            acl::Proto::Tcp,
+            vec![PortRange { lo: 443, hi: 443 }],
+            Verdict::Allow,
+            200,
+        )],
+        ..Default::default()
+    };
+    check("vlan-acl", table_with(n, &intent));
 }
 
 #[test]

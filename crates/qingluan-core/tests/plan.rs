@@ -353,9 +353,11 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
         mac: Mac::from_ipv4("10.50.0.3".parse().unwrap()),
         ip: "10.50.0.3".parse().unwrap(),
         vtep: "10.213.0.2".parse().unwrap(),
-        container: None,
     };
-    let view = desired::ClusterView::from([("vxlan-5001".to_string(), vec![remote])]);
+    let view = desired::ClusterView {
+        overlay: [("vxlan-5001".to_string(), vec![remote])].into(),
+        containers: Vec::new(),
+    };
     let settings = Settings {
         underlay_ip: Some("10.213.0.1".parse().unwrap()),
         ..Settings::default()

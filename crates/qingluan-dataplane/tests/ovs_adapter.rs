@@ -934,6 +934,20 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
             vec![Field::Ip, Field::IpProto(17), Field::UdpDst(53, 0xffff)],
             vec![],
         ),
+        flow(
+            0,
+            20,
+            0,
+            vec![Field::Reg1(0xa1a1), Field::Ip],
+            vec![
+                Action::LoadReg1(0xb2b2),
+                Action::Ct {
+                    commit: false,
+                    zone: 7,
+                    table: Some(5),
+                },
+            ],
+        ),
         flow(10, 0, 0, vec![], vec![Action::Normal]),
     ];
     of.replace_flows("qltbr3", &flows).await.unwrap();
@@ -945,9 +959,10 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
             "cookie=0x0, table=5, priority=200,ct_state=-rpl+trk,tcp,nw_src=10.1.0.0/24,nw_dst=10.2.0.5,tp_dst=0x1000/0xf000 actions=ct(commit,zone=7),goto_table:10".into(),
             "cookie=0x0, table=5, priority=201,udp,tp_dst=53 actions=drop".into(),
             "cookie=0x0, table=10, priority=0 actions=NORMAL".into(),
+            "cookie=0x0, priority=20,ip,reg1=0xa1a1 actions=set_field:0xb2b2->reg1,ct(table=5,zone=7)".into(),
         ])
     );
     // The same flows again change nothing.
     of.replace_flows("qltbr3", &flows).await.unwrap();
-    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 5);
+    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 6);
 }

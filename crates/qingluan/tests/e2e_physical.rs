@@ -559,3 +559,119 @@ fn classes_share_an_aggregate_on_the_uplink() {
         "vlan aggregate 30mbit: {vlan:.1}"
     );
 }
+
+/// `qingluan acl add ARGS` on host `h`: the new rule's ID.
+fn acl_add(bed: &Bed, h: usize, args: &[&str]) -> String {
+    let mut all = vec!["acl", "add"];
+    all.extend_from_slice(args);
+    let o = bed.ql(h, &all);
+    assert!(o.status.success(), "h{h}: acl add {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Whether one ping of `ip` from `from` on host `h` is answered within 1 s.
+fn ping_once(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
+    bed.docker(h, &["exec", from, "ping", "-c", "1", "-W", "1", ip])
+        .status
+        .success()
+}
+
+#[test]
+fn acl_rules_hold_on_flat_and_vlan_networks() {
+    if !enabled("acl_rules_hold_on_flat_and_vlan_networks") {
+        return;
+    }
+    let mut bed = Bed::start(2, "");
+    let deny = ["--opt", "acl.default=deny"];
+    bed.docker_ok(1, &strs(&flat_args(&bed, "flat1", &deny)));
+    bed.docker_ok(1, &strs(&vlan_args("vlan10", 10, &deny)));
+    let v10 = bed.ql_json(1, &["network", "inspect", "vlan10"]);
+    let (subnet, gw) = (
+        v10["subnet"].as_str().unwrap().to_string(),
+        v10["gateway"].as_str().unwrap().to_string(),
+    );
+    let prefix = subnet.rsplit_once('/').unwrap().1;
+    bed.start_router(&[(10, &format!("{gw}/{prefix}"))]);
+    wait_until(20, "flat1 and vlan10 on h2", || {
+        bed.has_network(2, "flat1") && bed.has_network(2, "vlan10")
+    });
+    let f1 = bed.sleeper(1, "qlt-f1", "flat1");
+    let f2 = bed.sleeper(2, "qlt-f2", "flat1");
+    let v1 = bed.sleeper(1, "qlt-v1", "vlan10");
+    let v2 = bed.sleeper(2, "qlt-v2", "vlan10");
+
+    // The default: the gateway (the physical router) is reachable, the rest of the
+    // segment is not: other containers, and the physical machine on the flat subnet.
+    let (router, outside) = (bed.router_ip(), bed.outside_ip());
+    wait_until(20, "the physical gateways answer", || {
+        bed.ping(1, "qlt-f1", &router) && bed.ping(2, "qlt-v2", &gw)
+    });
+    assert!(!ping_once(&bed, 1, "qlt-f1", &f2), "flat default deny");
+    assert!(!ping_once(&bed, 1, "qlt-f1", &outside), "flat default deny");
+    assert!(!ping_once(&bed, 1, "qlt-v1", &v2), "vlan default deny");
+
+    // A container rule added on h1 naming h2's container holds on both hosts, one way.
+    let pair = acl_add(
+        &bed,
+        1,
+        &[
+            "--network",
+            "flat1",
+            "--from",
+            "container:qlt-f1",
+            "--to",
+            "container:qlt-f2",
+            "--proto",
+            "icmp",
+            "--allow",
+        ],
+    );
+    wait_until(5, "f1 reaches f2 across hosts", || {
+        ping_once(&bed, 1, "qlt-f1", &f2)
+    });
+    assert!(!ping_once(&bed, 2, "qlt-f2", &f1), "not the reverse");
+    assert!(
+        !ping_once(&bed, 1, "qlt-f1", &outside),
+        "only f2 is allowed"
+    );
+    let listed = bed.ql_json(2, &["acl", "ls"]);
+    assert!(
+        listed["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == pair.as_str() && r["scope"] == "cluster"),
+        "h2 lists the rule: {listed}"
+    );
+    // A network rule on vlan10 added on h2 opens the VLAN to itself.
+    acl_add(
+        &bed,
+        2,
+        &[
+            "--network",
+            "vlan10",
+            "--from",
+            "vlan10",
+            "--to",
+            "vlan10",
+            "--allow",
+        ],
+    );
+    wait_until(5, "v1 reaches v2 across hosts", || {
+        ping_once(&bed, 1, "qlt-v1", &v2)
+    });
+    assert!(ping_once(&bed, 2, "qlt-v2", &v1), "both ways");
+
+    // The rules hold after the daemon is killed and after ovs-vswitchd restarts.
+    bed.kill_daemon(1);
+    bed.start_daemon(1);
+    bed.restart_vswitchd(1);
+    wait_until(15, "paths back after the restarts", || {
+        ping_once(&bed, 1, "qlt-f1", &f2) && ping_once(&bed, 1, "qlt-v1", &v2)
+    });
+    assert!(!ping_once(&bed, 2, "qlt-f2", &f1), "still not the reverse");
+    assert!(
+        !ping_once(&bed, 1, "qlt-f1", &outside),
+        "still only f2 is allowed"
+    );
+}

@@ -153,15 +153,12 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
         net,
         endpoints: eps,
     };
-    let acl = pipeline::NetworkAcl {
+    let acl = ctx.acl(
         net,
-        zone: ctx.zones.get(&net.id).copied().unwrap_or(net.zone),
-        rules: ctx.rules.get(&net.id).map_or(&[], Vec::as_slice),
-        then: Stage::L2Forward,
-        vni: None,
-        host_port: Some(pipeline::Port::Local),
-        local: eps,
-    };
+        eps,
+        pipeline::AclBridge::Own,
+        Some(pipeline::Port::Local),
+    );
     out.flows
         .entry(bridge.clone())
         .or_default()
@@ -171,7 +168,8 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
 
 /// A network on the physical network (flat, vlan): its containers' ports on the uplink
 /// bridge of its interface as access ports of VLAN `tag` (0: untagged), with anti-spoofing
-/// flows; the bridge and the interface come from the uplink (`uplink.rs`). The gateway is
+/// flows and the network's ACL; the bridge and the interface come from the uplink
+/// (`uplink.rs`). The gateway is
 /// the physical router, so nothing is on the host side.
 pub(crate) fn on_uplink(ctx: &Ctx, net: &Network, eps: &[&Endpoint], tag: u16, out: &mut Desired) {
     let Some(nic) = &net.uplink else {
@@ -183,13 +181,21 @@ pub(crate) fn on_uplink(ctx: &Ctx, net: &Network, eps: &[&Endpoint], tag: u16, o
         nic: Nic::Named(nic.clone()),
         datapath: ctx.facts.datapath.clone(),
     });
-    attach(ctx, net, &bridge, eps, Some(tag), &[Action::Normal], out);
+    attach(
+        ctx,
+        net,
+        &bridge,
+        eps,
+        Some(tag),
+        &[Action::Goto(Stage::Conntrack)],
+        out,
+    );
+    let acl = ctx.acl(net, eps, pipeline::AclBridge::Uplink, None);
+    let ports = pipeline::PhysicalPorts { endpoints: eps };
     out.flows
         .entry(bridge)
         .or_default()
-        .extend(pipeline::collect(&[&pipeline::PhysicalPorts {
-            endpoints: eps,
-        }]));
+        .extend(pipeline::collect(&[&ports, &acl]));
 }
 
 /// Join of a network on the physical network: the physical router is the default gateway.
@@ -496,7 +502,32 @@ pub struct Ctx<'a> {
     pub rules: &'a BTreeMap<String, Vec<pipeline::ResolvedRule>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The ACL of `net`, whose containers here are `eps`, on a bridge of kind `on` whose
+    /// host side is `host_port`; what it allows goes on to `L2_FORWARD` (`ARP_RESPOND` on
+    /// the overlay bridge).
+    pub fn acl(
+        &self,
+        net: &'a Network,
+        eps: &'a [&'a Endpoint],
+        on: pipeline::AclBridge,
+        host_port: Option<pipeline::Port>,
+    ) -> pipeline::NetworkAcl<'a> {
+        let then = match on {
+            pipeline::AclBridge::Overlay(_) => Stage::ArpRespond,
+            _ => Stage::L2Forward,
+        };
+        pipeline::NetworkAcl {
+            net,
+            zone: self.zones.get(&net.id).copied().unwrap_or(net.zone),
+            rules: self.rules.get(&net.id).map_or(&[], Vec::as_slice),
+            then,
+            on,
+            host_port,
+            local: eps,
+        }
+    }
+
     /// `external_ids` of an object of `net` (and of `ep`, for ports).
     pub fn ids(&self, net: &Network, ep: Option<&Endpoint>) -> BTreeMap<String, String> {
         let mut ids = BTreeMap::from([

@@ -140,7 +140,12 @@ impl ModeDriver for Vxlan {
         let (Some(vni), Some(key)) = (net.vni, &net.cluster) else {
             return;
         };
-        let remote = ctx.view.get(key).map(Vec::as_slice).unwrap_or_default();
+        let remote = ctx
+            .view
+            .overlay
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let forwarding = pipeline::OverlayForwarding {
             net,
             vni,
@@ -156,15 +161,8 @@ impl ModeDriver for Vxlan {
             remote,
             gateway: gw.as_ref(),
         };
-        let acl = pipeline::NetworkAcl {
-            net,
-            zone: ctx.zones.get(&net.id).copied().unwrap_or(net.zone),
-            rules: ctx.rules.get(&net.id).map_or(&[], Vec::as_slice),
-            then: pipeline::Stage::ArpRespond,
-            vni: Some(vni),
-            host_port: gw.as_ref().map(|g| pipeline::Port::Named(g.port.clone())),
-            local: eps,
-        };
+        let host_port = gw.as_ref().map(|g| pipeline::Port::Named(g.port.clone()));
+        let acl = ctx.acl(net, eps, pipeline::AclBridge::Overlay(vni), host_port);
         let mut features: Vec<&dyn FlowFeature> = vec![&forwarding, &arp, &acl];
         if let Some(p) = &gw_port {
             features.push(p);

@@ -68,13 +68,26 @@ pub struct NetworkAcl<'a> {
     pub rules: &'a [ResolvedRule],
     /// Where allowed traffic goes on.
     pub then: Stage,
-    /// The network's VNI on the overlay bridge; `None` on a bridge of its own.
-    pub vni: Option<u32>,
+    /// The bridge the network is on.
+    pub on: AclBridge,
     /// The port of the host's gateway, if it has one on this bridge.
     pub host_port: Option<Port>,
-    /// The network's containers on this host (on the overlay bridge, only their traffic is
+    /// The network's containers on this host (on shared bridges, only their traffic is
     /// tracked).
     pub local: &'a [&'a Endpoint],
+}
+
+/// The kind of bridge a network's ACL is on, which says how its packets are told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclBridge {
+    /// A bridge of the network's own (nat, nonat): every IPv4 packet is the network's.
+    Own,
+    /// The overlay bridge: the network's packets carry its VNI (`tun_id`).
+    Overlay(u32),
+    /// An uplink bridge (flat, vlan): what a container of the network sends (by port) or
+    /// is sent (by its MAC and address, classified in `CLASSIFY`) is marked with the
+    /// network's zone in register 1.
+    Uplink,
 }
 
 impl NetworkAcl<'_> {
@@ -86,10 +99,63 @@ impl NetworkAcl<'_> {
     /// The network's IPv4 packets on its bridge.
     fn ip(&self) -> Match {
         let m = Match::any();
-        match self.vni {
-            Some(vni) => m.and(Field::TunId(vni)).and(Field::Ip),
-            None => m.and(Field::Ip),
+        match self.on {
+            AclBridge::Own => m.and(Field::Ip),
+            AclBridge::Overlay(vni) => m.and(Field::TunId(vni)).and(Field::Ip),
+            AclBridge::Uplink => m.and(Field::Reg1(self.zone.into())).and(Field::Ip),
         }
+    }
+
+    /// What the network's containers send and are sent, into the tracker (`CONNTRACK`,
+    /// and `CLASSIFY` on an uplink bridge).
+    fn tracked(&self, base: Cookie) -> Vec<Flow> {
+        let track = |mark: bool| {
+            let mut a = Vec::new();
+            if mark {
+                a.push(Action::LoadReg1(self.zone.into()));
+            }
+            a.push(Action::Ct {
+                commit: false,
+                zone: self.zone,
+                table: Some(Stage::Policy),
+            });
+            a
+        };
+        let ip = || self.ip();
+        let to = |ep: &Endpoint| Field::IpDstNet(ep.address.addr().into());
+        let mut out = Vec::new();
+        match self.on {
+            AclBridge::Own => out.push(flow(Stage::Conntrack, 100, base, ip(), &track(false))),
+            AclBridge::Overlay(_) => {
+                let sent = ip().and(Field::Reg0(1));
+                out.push(flow(Stage::Conntrack, 100, base, sent, &track(false)));
+                for ep in self.local {
+                    let c = Cookie::of(Feature::Endpoint, &ep.id);
+                    let m = ip().and(Field::Reg0(0)).and(to(ep));
+                    out.push(flow(Stage::Conntrack, 100, c, m, &track(false)));
+                }
+            }
+            AclBridge::Uplink => {
+                out.push(flow(Stage::Conntrack, 100, base, ip(), &track(false)));
+                for ep in self.local {
+                    let c = Cookie::of(Feature::Endpoint, &ep.id);
+                    let sent = Match::any()
+                        .and(Field::InPort(Port::Named(ep.host_veth())))
+                        .and(Field::Ip);
+                    out.push(flow(Stage::Conntrack, 90, c, sent, &track(true)));
+                    let sent_to = Match::any()
+                        .and(Field::EthDst(ep.mac.0))
+                        .and(Field::Ip)
+                        .and(to(ep));
+                    let mark = [
+                        Action::LoadReg1(self.zone.into()),
+                        Action::Goto(Stage::Conntrack),
+                    ];
+                    out.push(flow(Stage::Classify, 50, c, sent_to, &mark));
+                }
+            }
+        }
+        out
     }
 
     fn allow(&self) -> [Action; 2] {
@@ -110,14 +176,14 @@ impl FlowFeature for NetworkAcl<'_> {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Conntrack, Stage::Policy]
+        &[Stage::Classify, Stage::Conntrack, Stage::Policy]
     }
 
     fn flows(&self) -> Vec<Flow> {
         let base = Cookie::of(Feature::AclBase, &self.net.id);
         let on = [Action::Goto(self.then)];
         let mut out = Vec::new();
-        if self.vni.is_none() {
+        if self.on == AclBridge::Own {
             out.push(flow(Stage::Conntrack, 0, base, Match::any(), &on));
         }
         if !self.active() {
@@ -125,29 +191,7 @@ impl FlowFeature for NetworkAcl<'_> {
         }
         let ip = || self.ip();
         let state = |v: u32, m: u32| ip().and(Field::CtState(v | ct::TRK, m | ct::TRK));
-        let track = [Action::Ct {
-            commit: false,
-            zone: self.zone,
-            table: Some(Stage::Policy),
-        }];
-        if self.vni.is_some() {
-            out.push(flow(
-                Stage::Conntrack,
-                100,
-                base,
-                ip().and(Field::Reg0(1)),
-                &track,
-            ));
-            for ep in self.local {
-                let c = Cookie::of(Feature::Endpoint, &ep.id);
-                let to = ip()
-                    .and(Field::Reg0(0))
-                    .and(Field::IpDstNet(ep.address.addr().into()));
-                out.push(flow(Stage::Conntrack, 100, c, to, &track));
-            }
-        } else {
-            out.push(flow(Stage::Conntrack, 100, base, ip(), &track));
-        }
+        out.extend(self.tracked(base));
         out.extend([
             flow(Stage::Policy, INVALID, base, state(ct::INV, ct::INV), &[]),
             flow(

@@ -47,7 +47,7 @@ use qingluan_dataplane::ovsdb::PortSpec;
 
 use crate::model::Mac;
 
-pub use acl::{NetworkAcl, ResolvedRule};
+pub use acl::{AclBridge, NetworkAcl, ResolvedRule};
 pub use arp_responder::ArpResponder;
 pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint};
 pub use overlay_gateway::{OverlayGateway, OverlayGatewayPort};
@@ -230,6 +230,8 @@ pub enum Action {
     SetTunDst(IpAddr),
     /// Set register 0.
     LoadReg0(u32),
+    /// Set register 1 (an uplink bridge's ACL: the network's zone).
+    LoadReg1(u32),
     /// Pass through a meter (a rate limit).
     Meter(u32),
     /// Set the DSCP bits (the flow matches IPv4 or IPv6).
@@ -265,6 +267,7 @@ impl Action {
             Action::SetTunId(v) => out.push(A::SetTunId(*v)),
             Action::SetTunDst(ip) => out.push(A::SetTunDst(*ip)),
             Action::LoadReg0(v) => out.push(A::LoadReg0(*v)),
+            Action::LoadReg1(v) => out.push(A::LoadReg1(*v)),
             Action::Meter(m) => out.push(A::Meter(*m)),
             Action::SetDscp(d) => out.push(A::SetDscp(*d)),
             Action::Ct {

@@ -38,8 +38,6 @@ pub struct RemoteEndpoint {
     pub ip: Ipv4Addr,
     /// Underlay address of its host (the tunnel endpoint).
     pub vtep: IpAddr,
-    /// Its container, once its host learnt it (ACL selectors).
-    pub container: Option<crate::model::ContainerRef>,
 }
 
 /// The overlay bridge's own flows (default drops, the tunnel port's admission) and its

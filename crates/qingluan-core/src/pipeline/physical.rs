@@ -2,7 +2,8 @@
 //! whatever no other flow claims is switched (`NORMAL`), which respects each port's VLAN —
 //! the interface and the host's internal port are trunks, flat containers' ports access
 //! VLAN 0 (untagged), vlan containers' ports their VLAN ID. A container's port passes only
-//! what the spoof guard admits, through `QOS`; anything else from it is dropped.
+//! what the spoof guard admits, through `QOS` and `CONNTRACK` (where a network with an ACL
+//! takes it, `acl.rs`); anything else from it is dropped.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -25,14 +26,28 @@ impl FlowFeature for UplinkSwitch {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Classify, Stage::Qos]
+        &[
+            Stage::Classify,
+            Stage::Qos,
+            Stage::Conntrack,
+            Stage::L2Forward,
+        ]
     }
 
     fn flows(&self) -> Vec<Flow> {
         let c = Cookie::bridge(Feature::Uplink);
+        let on = |stage| flow(stage, 0, c, Match::any(), &[Action::Goto(Stage::Conntrack)]);
         vec![
             flow(Stage::Classify, 0, c, Match::any(), &[Action::Normal]),
-            flow(Stage::Qos, 0, c, Match::any(), &[Action::Normal]),
+            on(Stage::Qos),
+            flow(
+                Stage::Conntrack,
+                0,
+                c,
+                Match::any(),
+                &[Action::Goto(Stage::L2Forward)],
+            ),
+            flow(Stage::L2Forward, 0, c, Match::any(), &[Action::Normal]),
         ]
     }
 }

@@ -2,8 +2,8 @@
 //! and their counters read back from the switch.
 //!
 //! A rule of a nat or nonat network, or one that names such a network, is this host's: a
-//! record `acl/<id>`. A rule of a vxlan network that names only cluster networks is the
-//! cluster's: kept by cluster key in the cluster store (`cluster.rs`), enforced by every
+//! record `acl/<id>`. A rule of a cluster network (flat, vlan, vxlan) that names only
+//! cluster networks is the cluster's: kept by cluster key in the cluster store (`cluster.rs`), enforced by every
 //! host that has the network (the cluster agent brings other hosts' changes in).
 //!
 //! Every change is written, then applied, and undone when the dataplane refuses it. A
@@ -18,7 +18,7 @@ use qingluan_store::{to_json, Op};
 use super::ServiceError;
 use crate::acl::{AclError, AclRule, RuleSpec, Scope};
 use crate::cluster;
-use crate::model::{Mode, Network};
+use crate::model::Network;
 use crate::options::OptionError;
 use crate::pipeline::{Cookie, Feature, FEATURE_MASK};
 use crate::records;
@@ -64,10 +64,7 @@ impl Acl {
     pub async fn add(&self, spec: RuleSpec) -> Result<ScopedRule, ServiceError> {
         spec.check()?;
         let _g = self.lock.lock().await;
-        let net = self.network(&spec.network).await?;
-        if !matches!(net.mode, Mode::Nat | Mode::Nonat | Mode::Vxlan) {
-            return Err(AclError::Mode(net.short_id().to_string(), net.mode).into());
-        }
+        self.network(&spec.network).await?;
         if let Some((same, _)) = self
             .enforced_rules()
             .await?

@@ -89,34 +89,39 @@ impl ClusterAgent {
         Ok(report)
     }
 
-    /// Re-reads where other live hosts' overlay endpoints are; whether that changed (a
-    /// container started or stopped elsewhere, a host came or went).
+    /// Re-reads where other live hosts' overlay endpoints are and which containers they
+    /// have on cluster networks; whether that changed (a container started or stopped
+    /// elsewhere, a host came or went).
     async fn refresh_view(&self) -> Result<bool, ServiceError> {
-        let vteps: BTreeMap<String, IpAddr> = membership::hosts(&*self.cluster)
+        let live: BTreeMap<String, Option<IpAddr>> = membership::hosts(&*self.cluster)
             .await?
             .into_iter()
             .filter(|h| h.up && h.host.id != self.host)
-            .filter_map(|h| Some((h.host.id, h.host.underlay_ip?)))
+            .map(|h| (h.host.id, h.host.underlay_ip))
             .collect();
-        let mut view = ClusterView::new();
+        let mut view = ClusterView::default();
         for ep in cluster::endpoints(&*self.cluster).await? {
-            let (Some(key), Some(vtep)) = (ep.network_key, vteps.get(&ep.host)) else {
+            let (Some(key), Some(vtep)) = (ep.network_key, live.get(&ep.host)) else {
                 continue;
             };
-            if ep.mode != Mode::Vxlan {
-                continue;
+            if let Some(c) = ep.container {
+                view.containers.push((c, ep.address.addr()));
             }
-            view.entry(key).or_default().push(RemoteEndpoint {
+            let Some(vtep) = vtep.filter(|_| ep.mode == Mode::Vxlan) else {
+                continue;
+            };
+            view.overlay.entry(key).or_default().push(RemoteEndpoint {
                 id: ep.id,
                 mac: ep.mac,
                 ip: ep.address.addr(),
-                vtep: *vtep,
-                container: ep.container,
+                vtep,
             });
         }
-        for eps in view.values_mut() {
+        for eps in view.overlay.values_mut() {
             eps.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        view.containers
+            .sort_by(|a, b| (&a.0.id, a.1).cmp(&(&b.0.id, b.1)));
         if *self.view.read().await == view {
             return Ok(false);
         }
@@ -336,6 +341,7 @@ impl ClusterAgent {
         self.view
             .read()
             .await
+            .overlay
             .values()
             .flatten()
             .map(|r| r.vtep)

@@ -499,9 +499,9 @@ impl State {
         self.view
             .read()
             .await
-            .values()
-            .flatten()
-            .any(|r| r.container.as_ref().is_some_and(|c| c.is_named(name)))
+            .containers
+            .iter()
+            .any(|(c, _)| c.is_named(name))
     }
 
     /// Every group connection.

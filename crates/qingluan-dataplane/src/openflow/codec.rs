@@ -175,7 +175,7 @@ fn put_oxm(out: &mut Vec<u8>, header: u32, value: &[u8]) {
 fn rank(f: &Field) -> u8 {
     match f {
         Field::InPort(_) => 0,
-        Field::Reg0(_) | Field::CtState(..) => 1,
+        Field::Reg0(_) | Field::Reg1(_) | Field::CtState(..) => 1,
         Field::TunId(_) => 2,
         Field::EthSrc(_) => 3,
         Field::EthDst(_) | Field::EthMulticast => 4,
@@ -210,6 +210,7 @@ pub fn encode_match(fields: &[Field], resolve: Resolve<'_>) -> Result<Vec<u8>, S
                 &port_no(p, resolve)?.to_be_bytes(),
             ),
             Field::Reg0(v) => put_oxm(o, oxm(NXM1, 0, false, 4), &v.to_be_bytes()),
+            Field::Reg1(v) => put_oxm(o, oxm(NXM1, 1, false, 4), &v.to_be_bytes()),
             Field::TunId(v) => put_oxm(o, oxm(BASIC, 38, false, 8), &u64::from(*v).to_be_bytes()),
             Field::EthSrc(m) => put_oxm(o, oxm(BASIC, 4, false, 6), m),
             Field::EthDst(m) => put_oxm(o, oxm(BASIC, 3, false, 6), m),
@@ -340,6 +341,12 @@ pub fn encode_instructions(actions: &[Action], resolve: Resolve<'_>) -> Result<V
                 nx_header(o, 7);
                 o.extend_from_slice(&0u16.to_be_bytes());
                 o.extend_from_slice(&oxm(NXM1, 0, false, 4).to_be_bytes());
+                o.extend_from_slice(&u64::from(*v).to_be_bytes());
+            }
+            Action::LoadReg1(v) => {
+                nx_header(o, 7);
+                o.extend_from_slice(&31u16.to_be_bytes());
+                o.extend_from_slice(&oxm(NXM1, 1, false, 4).to_be_bytes());
                 o.extend_from_slice(&u64::from(*v).to_be_bytes());
             }
             Action::Move(from, to) => {

@@ -65,6 +65,8 @@ pub enum Field {
     InPort(Port),
     /// Register 0.
     Reg0(u32),
+    /// Register 1.
+    Reg1(u32),
     /// The tunnel ID (VNI).
     TunId(u32),
     /// Ethernet source.
@@ -162,6 +164,8 @@ pub enum Action {
     SetTunDst(IpAddr),
     /// Load a value (0 or 1) into bit 0 of register 0.
     LoadReg0(u32),
+    /// Set all of register 1.
+    LoadReg1(u32),
     /// Copy one header field into another.
     Move(Header, Header),
     /// Set the Ethernet source.
@@ -251,6 +255,7 @@ impl Flow {
             let _ = match f {
                 Field::InPort(p) => write!(s, "in_port={p}"),
                 Field::Reg0(v) => write!(s, "reg0={v}"),
+                Field::Reg1(v) => write!(s, "reg1={v:#x}"),
                 Field::TunId(v) => write!(s, "tun_id={v}"),
                 Field::EthSrc(m) => write!(s, "dl_src={}", Mac(m)),
                 Field::EthDst(m) => write!(s, "dl_dst={}", Mac(m)),
@@ -305,6 +310,7 @@ impl Flow {
                 Action::SetTunId(v) => write!(s, "set_field:{v}->tun_id"),
                 Action::SetTunDst(ip) => write!(s, "set_field:{ip}->tun_dst"),
                 Action::LoadReg0(v) => write!(s, "load:{v}->NXM_NX_REG0[0]"),
+                Action::LoadReg1(v) => write!(s, "set_field:{v:#x}->reg1"),
                 Action::Move(from, to) => write!(s, "move:{}[]->{}[]", from.name(), to.name()),
                 Action::SetEthSrc(m) => write!(s, "set_field:{}->eth_src", Mac(m)),
                 Action::SetArpOp(o) => write!(s, "set_field:{o}->arp_op"),
