@@ -411,23 +411,23 @@ fn concurrent_to_outside(bed: &Bed, clients: &[(&str, u16)]) -> Vec<f64> {
         bed.exec_in("ot", &format!("iperf3 -s -D -1 -p {port} >/dev/null 2>&1"));
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // Every container's PID first: a slow `docker inspect` between two starts would let the
+    // later client run alone for a while and take more than its share.
+    let pids: Vec<String> = clients
+        .iter()
+        .map(|(c, _)| {
+            bed.docker_ok(1, &["inspect", "-f", "{{.State.Pid}}", c])
+                .trim()
+                .to_string()
+        })
+        .collect();
     let running: Vec<_> = clients
         .iter()
-        .map(|(c, port)| {
-            let pid = bed.docker_ok(1, &["inspect", "-f", "{{.State.Pid}}", c]);
+        .zip(&pids)
+        .map(|((_, port), pid)| {
             std::process::Command::new("nsenter")
                 .args([
-                    "-t",
-                    pid.trim(),
-                    "-n",
-                    "iperf3",
-                    "-c",
-                    &outside,
-                    "-t",
-                    "5",
-                    "-O",
-                    "2",
-                    "-J",
+                    "-t", pid, "-n", "iperf3", "-c", &outside, "-t", "5", "-O", "2", "-J",
                 ])
                 .args(["-p", &port.to_string()])
                 .stdout(std::process::Stdio::piped())
