@@ -37,16 +37,16 @@ pub enum ConnectError {
          not by qingluan"
     )]
     Physical(String, Mode),
-    /// A network whose containers have no route off their segment.
+    /// A network without a gateway on the host.
     #[error(
-        "network {0} has no gateway route ({1}): its containers cannot reach another subnet; \
-         connect nat networks"
+        "network {0} has no gateway on the host ({1}): its containers cannot reach another \
+         subnet; connect nat or nonat networks, or vxlan networks with nat=true"
     )]
     NoRoute(String, &'static str),
     /// A host-local network with a cluster network.
     #[error(
-        "network {0} is local to this host and {1} spans the cluster: connect two nat \
-         networks or two vxlan networks"
+        "network {0} is local to this host and {1} spans the cluster: connect two nat or \
+         nonat networks, or two vxlan networks"
     )]
     Scopes(String, String),
     /// Overlapping subnets cannot be routed between.
@@ -112,8 +112,8 @@ impl Connection {
 }
 
 /// Refuses networks that cannot be connected: the same one, flat or vlan (routed by the
-/// physical router), one without a gateway route (nonat, `--internal`, vxlan without
-/// `nat=true`), a nat network with a vxlan one, or overlapping subnets. `name` gives a network's name for messages.
+/// physical router), one without a gateway (`--internal`, vxlan without `nat=true`), a
+/// host-local network (nat, nonat) with a vxlan one, or overlapping subnets. `name` gives a network's name for messages.
 pub fn check_networks(
     a: &Network,
     b: &Network,
@@ -128,13 +128,16 @@ pub fn check_networks(
             Mode::Vxlan if !n.external() => {
                 return Err(ConnectError::NoRoute(name(n), "vxlan without nat=true"))
             }
-            Mode::Nonat => return Err(ConnectError::NoRoute(name(n), "nonat")),
-            Mode::Nat if n.internal => return Err(ConnectError::NoRoute(name(n), "--internal")),
-            Mode::Nat | Mode::Vxlan => {}
+            _ if n.internal => return Err(ConnectError::NoRoute(name(n), "--internal")),
+            Mode::Nat | Mode::Nonat | Mode::Vxlan => {}
         }
     }
-    if a.mode != b.mode {
-        let (local, wide) = if a.mode == Mode::Nat { (a, b) } else { (b, a) };
+    if (a.mode == Mode::Vxlan) != (b.mode == Mode::Vxlan) {
+        let (local, wide) = if a.mode == Mode::Vxlan {
+            (b, a)
+        } else {
+            (a, b)
+        };
         return Err(ConnectError::Scopes(name(local), name(wide)));
     }
     let (x, y) = (a.subnet, b.subnet);
@@ -142,6 +145,31 @@ pub fn check_networks(
         return Err(ConnectError::Overlap(name(a), name(b), x, y));
     }
     Ok(())
+}
+
+/// The static routes a nonat container of `net` needs for `connections`: each network
+/// connected to `net` through `net`'s gateway (other modes route through their default
+/// gateway already).
+pub fn routes(
+    net: &Network,
+    networks: &[Network],
+    connections: &[Connection],
+) -> Vec<(Ipv4Net, std::net::Ipv4Addr)> {
+    if net.mode != Mode::Nonat {
+        return Vec::new();
+    }
+    let mut out: Vec<(Ipv4Net, std::net::Ipv4Addr)> = connections
+        .iter()
+        .filter_map(|c| match &c.pair {
+            Pair::Networks(a, b) if *a == net.id => Some(b),
+            Pair::Networks(a, b) if *b == net.id => Some(a),
+            _ => None,
+        })
+        .filter_map(|other| networks.iter().find(|n| &n.id == other))
+        .map(|n| (n.subnet, net.gateway))
+        .collect();
+    out.sort();
+    out
 }
 
 /// What connections add to the dataplane: links between host bridges (netfilter), and
@@ -294,9 +322,22 @@ mod tests {
             Err(ConnectError::NoRoute("i".into(), "--internal"))
         );
         let nonat = net("n", Mode::Nonat, "10.5.0.0/24");
+        assert_eq!(check_networks(&a, &nonat, &name), Ok(()));
         assert_eq!(
-            check_networks(&a, &nonat, &name),
-            Err(ConnectError::NoRoute("n".into(), "nonat"))
+            check_networks(&nonat, &v1, &name),
+            Err(ConnectError::Scopes("n".into(), "v".into()))
+        );
+        let c = [Connection::new(Pair::networks("a", "n"))];
+        let nets = [a.clone(), nonat.clone()];
+        assert_eq!(
+            routes(&nonat, &nets, &c),
+            [(a.subnet, nonat.gateway)],
+            "a nonat container routes to the connected network through its gateway"
+        );
+        assert_eq!(
+            routes(&a, &nets, &c),
+            [],
+            "a nat container has its default route"
         );
         let wide = net("w", Mode::Nat, "10.0.0.0/8");
         assert!(matches!(

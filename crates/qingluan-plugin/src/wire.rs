@@ -261,6 +261,16 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
             if let Some(gw) = info.gateway_v6 {
                 r["GatewayIPv6"] = json!(gw.to_string());
             }
+            if !info.routes.is_empty() {
+                let routes: Vec<Value> = info
+                    .routes
+                    .iter()
+                    .map(|(dst, via)| {
+                        json!({"Destination": dst.to_string(), "RouteType": 0, "NextHop": via.to_string()})
+                    })
+                    .collect();
+                r["StaticRoutes"] = json!(routes);
+            }
             r
         }
         "NetworkDriver.Leave" => {

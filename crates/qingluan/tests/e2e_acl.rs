@@ -527,7 +527,7 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
         "qlt-cn3",
         &["--opt", "model=nat", "--opt", "acl.default=deny"],
     );
-    env.create_network("qlt-cn4", &["--opt", "model=nonat"]);
+    env.create_network("qlt-cn4", &["--opt", "model=nat", "--internal"]);
     start_web("qlt-cn1", "qlt-k1", 80, &[]);
     start_sleepers("qlt-cn1", &["qlt-k3"]);
     start_web("qlt-cn2", "qlt-k2", 80, &[]);
@@ -589,7 +589,7 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
     refused(
         "qlt-cn1",
         "qlt-cn4",
-        "network qlt-cn4 has no gateway route (nonat)",
+        "network qlt-cn4 has no gateway on the host (--internal)",
     );
     refused(
         "qlt-cn1",
@@ -644,4 +644,75 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
         "{v}"
     );
     docker(&["network", "rm", "qlt-cn1", "qlt-cn3", "qlt-cn4"]);
+}
+
+/// The routes in `container`'s namespace, as `ip route` prints them.
+fn routes_of(container: &str) -> String {
+    exec(container, "ip route").1
+}
+
+#[test]
+fn nonat_networks_connect_through_routes_in_their_containers() {
+    if !enabled("nonat_networks_connect_through_routes_in_their_containers") {
+        return;
+    }
+    let env = Env::new();
+    env.create_network("qlt-nn1", &["--opt", "model=nonat"]);
+    env.create_network("qlt-nn2", &["--opt", "model=nonat"]);
+    env.create_network("qlt-nn3", &["--opt", "model=nat"]);
+    start_web("qlt-nn1", "qlt-m1", 80, &[]);
+    start_web("qlt-nn2", "qlt-m2", 80, &[]);
+    start_web("qlt-nn3", "qlt-m3", 80, &[]);
+    let (m1, m2, m3) = (
+        ip_of("qlt-m1", "qlt-nn1"),
+        ip_of("qlt-m2", "qlt-nn2"),
+        ip_of("qlt-m3", "qlt-nn3"),
+    );
+    let (gw1, gw2) = (env.gateway_of("qlt-nn1"), env.gateway_of("qlt-nn2"));
+    assert!(pings("qlt-m1", &gw1), "positive control: m1's gateway");
+    assert!(!fetches("qlt-m1", &m2, 80), "nonat networks start isolated");
+
+    // Running containers get a route to the other network through their own gateway.
+    env.qingluan(&["connect", "qlt-nn1", "qlt-nn2"]);
+    assert!(fetches("qlt-m1", &m2, 80), "nn1 → nn2 after connect");
+    assert!(fetches("qlt-m2", &m1, 80), "nn2 → nn1 after connect");
+    assert!(
+        routes_of("qlt-m1").contains(&format!("via {gw1}")),
+        "{}",
+        routes_of("qlt-m1")
+    );
+    assert!(
+        !fetches("qlt-m1", &m3, 80),
+        "still no way to a network that is not connected"
+    );
+    // A container started after the connection gets its route at Join.
+    start_web("qlt-nn1", "qlt-m4", 80, &[]);
+    assert!(fetches("qlt-m4", &m2, 80), "a later container of nn1 → nn2");
+    assert!(
+        fetches("qlt-m2", &ip_of("qlt-m4", "qlt-nn1"), 80),
+        "and back"
+    );
+
+    // A nonat network with a nat network: the nat side has its default route.
+    env.qingluan(&["connect", "qlt-nn1", "qlt-nn3"]);
+    assert!(fetches("qlt-m1", &m3, 80), "nn1 → nn3");
+    assert!(fetches("qlt-m3", &m1, 80), "nn3 → nn1");
+
+    // Disconnect takes the routes out of the running containers.
+    env.qingluan(&["disconnect", "qlt-nn1", "qlt-nn2"]);
+    assert!(!fetches("qlt-m1", &m2, 80), "isolated again");
+    let left = routes_of("qlt-m2");
+    assert!(!left.contains(&format!("via {gw2}")), "{left}");
+    assert!(fetches("qlt-m1", &m3, 80), "the other connection stays");
+
+    // A restarted container gets its routes back at Join.
+    docker(&["restart", "-t", "0", "qlt-m1"]);
+    let m1 = ip_of("qlt-m1", "qlt-nn1");
+    assert!(
+        wait_for(Duration::from_secs(10), || fetches("qlt-m3", &m1, 80)),
+        "nn3 reaches m1 after its restart"
+    );
+    assert!(fetches("qlt-m1", &m3, 80), "and m1 reaches nn3");
+    docker(&["rm", "-f", "qlt-m1", "qlt-m2", "qlt-m3", "qlt-m4"]);
+    docker(&["network", "rm", "qlt-nn1", "qlt-nn2", "qlt-nn3"]);
 }

@@ -40,6 +40,9 @@ pub struct JoinInfo {
     pub gateway_v6: Option<std::net::Ipv6Addr>,
     /// Tell Docker not to add `docker_gwbridge` (modes without a way out).
     pub disable_gateway_service: bool,
+    /// Static routes in the container: a subnet through a next hop (a nonat container's
+    /// ways to the networks its network is connected to).
+    pub routes: Vec<(ipnet::Ipv4Net, std::net::Ipv4Addr)>,
 }
 
 /// One network mode.
@@ -205,6 +208,7 @@ pub(crate) fn physical_join(net: &Network, ep: &Endpoint) -> JoinInfo {
         gateway: Some(net.gateway),
         gateway_v6: None,
         disable_gateway_service: true,
+        routes: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ impl ModeDriver for Nat {
             gateway: external.then_some(net.gateway),
             gateway_v6: net.ipv6.filter(|_| external).map(|(_, gw)| gw),
             disable_gateway_service: !external,
+            routes: Vec::new(),
         }
     }
 

@@ -4,6 +4,8 @@
 //! returns no default gateway and disables Docker's `docker_gwbridge`, the forward chain
 //! drops everything entering or leaving the segment through the host, and the input chain
 //! drops traffic to any host address but the segment's own gateway. Publishing is refused.
+//! Only `qingluan connect` opens a way to another network (`connect.rs`): a route to it
+//! through the gateway, at Join and in running containers.
 
 use super::Ctx;
 use super::{local_segment, JoinInfo, ModeDriver};
@@ -24,6 +26,7 @@ impl ModeDriver for Nonat {
             gateway: None,
             gateway_v6: None,
             disable_gateway_service: true,
+            routes: Vec::new(),
         }
     }
 

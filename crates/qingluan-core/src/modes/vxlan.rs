@@ -63,6 +63,7 @@ impl ModeDriver for Vxlan {
             gateway: external.then_some(net.gateway),
             gateway_v6: None,
             disable_gateway_service: !external,
+            routes: Vec::new(),
         }
     }
 

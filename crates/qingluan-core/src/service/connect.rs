@@ -5,10 +5,15 @@
 //! `connect/<id>`. A connection of two vxlan networks is the cluster's: kept by cluster
 //! keys in the cluster store (`cluster.rs`) and made by every host with both networks.
 //! Every change is written, then applied, and undone when the dataplane refuses it; a
-//! network's connections go with it.
+//! network's connections go with it. A nonat container has no default route: it gets one
+//! to each connected network through its gateway, at Join (static routes) and, when it
+//! runs already, in its namespace at `connect` (taken out again at `disconnect`).
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
+use qingluan_dataplane::netlink::Route;
 use qingluan_store::{to_json, Op};
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +94,7 @@ impl Connect {
             vec![records::delete::<Connection>(&c.id)],
         )
         .await?;
+        self.sandbox_routes(&c, true).await?;
         Ok(ConnectionRow {
             connection: c,
             scope: Scope::Host,
@@ -125,6 +131,7 @@ impl Connect {
             self.apply_cluster(vec![Op::Put(k, to_json(&stored))])
                 .await?;
         } else {
+            self.sandbox_routes(&c, false).await?;
             self.commit(
                 vec![records::delete::<Connection>(&c.id)],
                 vec![records::put(&c)],
@@ -145,5 +152,49 @@ impl Connect {
             .into_iter()
             .map(|(connection, scope)| ConnectionRow { connection, scope })
             .collect())
+    }
+}
+
+impl super::State {
+    /// Adds (`add`) or takes out the routes that the running containers of the nonat
+    /// networks of `c` need for it; a container whose namespace cannot be entered (it is
+    /// stopping) is only logged: it gets its routes at its next Join.
+    pub(crate) async fn sandbox_routes(
+        &self,
+        c: &Connection,
+        add: bool,
+    ) -> Result<(), ServiceError> {
+        let Pair::Networks(a, b) = &c.pair else {
+            return Ok(());
+        };
+        let nets = self.networks().await?;
+        let endpoints = self.endpoints().await?;
+        for (net, other) in [(a, b), (b, a)] {
+            let (Some(net), Some(other)) = (
+                nets.iter().find(|n| &n.id == net),
+                nets.iter().find(|n| &n.id == other),
+            ) else {
+                continue;
+            };
+            let pair = [Connection::new(Pair::networks(&net.id, &other.id))];
+            for (dst, via) in connect::routes(net, &nets, &pair) {
+                let route = Route {
+                    dst,
+                    gateway: Some(via),
+                    metric: None,
+                };
+                for ep in endpoints.iter().filter(|e| e.network_id == net.id) {
+                    let Some(sandbox) = ep.sandbox.as_deref() else {
+                        continue;
+                    };
+                    let links = &self.reconciler.adapters().links;
+                    if let Err(e) = links.sandbox_route(Path::new(sandbox), &route, add).await {
+                        tracing::warn!(endpoint = %ep.short_id(), error = %e,
+                            "cannot change the container's route for a connection");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -135,7 +135,17 @@ impl Endpoints {
         ep.sandbox = Some(sandbox.to_string());
         self.store.txn(vec![], vec![records::put(&ep)]).await?;
         self.joined.notify_one();
-        Ok(modes::driver(net.mode).join(&net, &ep))
+        let mut info = modes::driver(net.mode).join(&net, &ep);
+        if net.mode == crate::model::Mode::Nonat {
+            let connections: Vec<_> = self
+                .enforced_connections()
+                .await?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            info.routes = crate::connect::routes(&net, &self.networks().await?, &connections);
+        }
+        Ok(info)
     }
 
     /// Leave: the interface goes back to the host; the endpoint stays until deleted.

@@ -276,6 +276,7 @@ impl Networks {
         for c in self.connections().await?.into_iter().filter(
             |c| matches!(&c.pair, crate::connect::Pair::Networks(a, b) if a == id || b == id),
         ) {
+            self.sandbox_routes(&c, false).await?;
             ops.push(records::delete::<crate::connect::Connection>(&c.id));
             undo.push(records::put(&c));
         }

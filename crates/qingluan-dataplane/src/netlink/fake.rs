@@ -279,6 +279,21 @@ impl Links for FakeLinks {
             .ok_or_else(|| LinkError::NotFound(name.to_string()))
     }
 
+    async fn sandbox_route(
+        &self,
+        netns: &std::path::Path,
+        route: &Route,
+        add: bool,
+    ) -> Result<(), LinkError> {
+        let verb = if add { "add" } else { "del" };
+        let call = format!("sandbox_route {} {verb} {}", netns.display(), route.dst);
+        self.record(call).map_err(kernel(format!(
+            "{verb} route {} in {}",
+            route.dst,
+            netns.display()
+        )))
+    }
+
     async fn add_route(&self, name: &str, route: &Route) -> Result<(), LinkError> {
         let r = route.clone();
         self.configure(

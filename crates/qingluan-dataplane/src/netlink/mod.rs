@@ -219,6 +219,15 @@ pub trait Links: Send + Sync {
     async fn routes(&self, name: &str) -> Result<Vec<Route>, LinkError>;
     /// Adds (or replaces) an IPv4 route through a link.
     async fn add_route(&self, name: &str, route: &Route) -> Result<(), LinkError>;
+    /// In the network namespace at `netns` (a container's sandbox), adds or replaces `route`
+    /// (which has a gateway, reached through whichever interface has it on its subnet), or
+    /// with `add` false deletes it (one that is not there is fine).
+    async fn sandbox_route(
+        &self,
+        netns: &std::path::Path,
+        route: &Route,
+        add: bool,
+    ) -> Result<(), LinkError>;
     /// Turns TX checksum offload off, like `ethtool -K name tx off`; the kernel then also
     /// drops the segmentation offloads that depend on it (TSO, USO); GSO stays on.
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError>;

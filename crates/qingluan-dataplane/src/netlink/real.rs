@@ -508,6 +508,29 @@ impl Links for NetlinkLinks {
             .map_err(|e| kernel(format!("add route {} via {name}", route.dst), e))
     }
 
+    async fn sandbox_route(&self, netns: &Path, route: &Route, add: bool) -> Result<(), LinkError> {
+        let inside = NetlinkLinks::in_netns(netns)?;
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len());
+        if let Some(g) = route.gateway {
+            b = b.gateway(g);
+        }
+        let what = format!("route {} in {}", route.dst, netns.display());
+        let routes = inside.handle.route();
+        if add {
+            return routes
+                .add(b.build())
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| kernel(format!("add {what}"), e));
+        }
+        match routes.del(b.build()).execute().await {
+            Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+            r => r.map_err(|e| kernel(format!("delete {what}"), e)),
+        }
+    }
+
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError> {
         check_name(name)?;
         let sock = Arc::clone(&self.ioctl_sock);
