@@ -125,6 +125,12 @@ impl Networks {
             Some(k) => Some(self.declare(&net, k).await?),
             None => None,
         };
+        if created.is_some() {
+            // The network may have existed before under the same key, with rules and
+            // connections that went with it: apply what the cluster holds now, not what
+            // the cluster agent last read.
+            self.refresh_cluster_intent().await?;
+        }
         let done = self
             .commit(
                 vec![records::put(&net)],
@@ -304,6 +310,9 @@ impl Networks {
             if let Err(e) = detached.await {
                 self.commit(undo, ops).await?;
                 return Err(e);
+            }
+            if let Err(e) = self.refresh_cluster_intent().await {
+                tracing::warn!(error = %e, "cannot re-read the cluster's rules and connections");
             }
         }
         Ok(())
