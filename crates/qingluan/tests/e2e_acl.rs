@@ -45,6 +45,37 @@ fn ping_once(from: &str, ip: &str) -> bool {
     exec(from, &format!("ping -c 1 -W 1 {ip}")).0
 }
 
+/// Whether a datagram from `from` to `ip:port` is echoed back by a UDP echo server in the
+/// namespace of `to` (python3, since busybox nc has no `-u`). The client sends again every
+/// 0.2 s for 2 s, so the server's start needs no wait.
+fn udp_echoes(from: &str, to: &str, ip: &str, port: u16) -> bool {
+    let server = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0',{port}))\ns.settimeout(4)\n\
+         while True:\n d,a=s.recvfrom(100)\n s.sendto(d,a)\n"
+    );
+    let client = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.settimeout(0.2)\n\
+         for i in range(10):\n s.sendto(b'hi',('{ip}',{port}))\n try:\n  \
+         sys.exit(0 if s.recvfrom(100)[0]==b'hi' else 1)\n except socket.timeout:\n  pass\n\
+         sys.exit(1)\n"
+    );
+    let in_ns = |c: &str, code: &str| {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.args(["-t", &pid_of(c), "-n", "python3", "-c", code]);
+        cmd
+    };
+    let mut srv = in_ns(to, &server).spawn().expect("nsenter python3");
+    let ok = in_ns(from, &client)
+        .status()
+        .expect("nsenter python3")
+        .success();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    ok
+}
+
 /// `qingluan acl add ...`: the new rule's ID.
 fn add(env: &Env, args: &[&str]) -> String {
     let mut all = vec!["acl", "add"];
@@ -141,6 +172,30 @@ fn rules_allow_and_deny_by_each_selector_statefully() {
         "container rule allows x → d (and replies)"
     );
     assert!(!ping_once("qlt-ad", &x), "and not d → x");
+
+    // UDP: x may send to d's port 5353, and d's answers come back; no other port, not d → x.
+    add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "container:qlt-ax",
+            "--to",
+            "container:qlt-ad",
+            "--proto",
+            "udp",
+            "--port",
+            "5353",
+            "--allow",
+        ],
+    );
+    assert!(udp_echoes("qlt-ax", "qlt-ad", &d, 5353), "udp x → d:5353");
+    assert!(
+        !udp_echoes("qlt-ax", "qlt-ad", &d, 5354),
+        "not another port"
+    );
+    assert!(!udp_echoes("qlt-ad", "qlt-ax", &x, 5353), "not d → x");
 
     // The network itself: every container may ping every other, at a low priority.
     let by_net = add(
