@@ -227,6 +227,10 @@ fn nat_acl_flows() {
     let mut n = net("a1", Mode::Nat, "10.240.0.0/24");
     n.acl_default = Verdict::Deny;
     n.zone = 0xa1a1;
+    n.ipv6 = Some((
+        "fd48:a1::/64".parse().unwrap(),
+        "fd48:a1::1".parse().unwrap(),
+    ));
     let rule = |from, to, proto, ports, verdict, priority| {
         rule(&n.id, from, to, proto, ports, verdict, priority)
     };

@@ -948,6 +948,24 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
                 },
             ],
         ),
+        flow(
+            0,
+            30,
+            0,
+            vec![
+                Field::Ipv6,
+                Field::Ipv6SrcNet("fd48:a::/64".parse().unwrap()),
+                Field::Ipv6DstNet("fe80::/10".parse().unwrap()),
+            ],
+            vec![],
+        ),
+        flow(
+            0,
+            31,
+            0,
+            vec![Field::Ipv6, Field::IpProto(58), Field::Icmpv6Type(135)],
+            vec![Action::Goto(10)],
+        ),
         flow(10, 0, 0, vec![], vec![Action::Normal]),
     ];
     of.replace_flows("qltbr3", &flows).await.unwrap();
@@ -960,9 +978,11 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
             "cookie=0x0, table=5, priority=201,udp,tp_dst=53 actions=drop".into(),
             "cookie=0x0, table=10, priority=0 actions=NORMAL".into(),
             "cookie=0x0, priority=20,ip,reg1=0xa1a1 actions=set_field:0xb2b2->reg1,ct(table=5,zone=7)".into(),
+            "cookie=0x0, priority=30,ipv6,ipv6_src=fd48:a::/64,ipv6_dst=fe80::/10 actions=drop".into(),
+            "cookie=0x0, priority=31,icmp6,icmp_type=135 actions=goto_table:10".into(),
         ])
     );
     // The same flows again change nothing.
     of.replace_flows("qltbr3", &flows).await.unwrap();
-    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 6);
+    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 8);
 }

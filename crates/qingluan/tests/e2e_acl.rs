@@ -771,3 +771,64 @@ fn nonat_networks_connect_through_routes_in_their_containers() {
     docker(&["rm", "-f", "qlt-m1", "qlt-m2", "qlt-m3", "qlt-m4"]);
     docker(&["network", "rm", "qlt-nn1", "qlt-nn2", "qlt-nn3"]);
 }
+
+#[test]
+fn ipv6_between_containers_follows_the_default() {
+    if !enabled("ipv6_between_containers_follows_the_default") {
+        return;
+    }
+    let env = Env::new();
+    let dual = |name: &str, v4: &str, v6: &str, default: &str| {
+        env.create_network(
+            name,
+            &[
+                "--opt",
+                "model=nat",
+                "--opt",
+                &format!("acl.default={default}"),
+                "--ipv6",
+                "--subnet",
+                v4,
+                "--subnet",
+                v6,
+            ],
+        );
+    };
+    dual("qlt-d6a", "10.248.20.0/24", "fd48:20::/64", "deny");
+    dual("qlt-d6b", "10.248.21.0/24", "fd48:21::/64", "allow");
+    start_sleepers("qlt-d6a", &["qlt-6d1", "qlt-6d2"]);
+    start_sleepers("qlt-d6b", &["qlt-6e1", "qlt-6e2"]);
+    let addr = |c: &str, scope: &str| {
+        let out = exec(c, &format!("ip -6 -o addr show dev eth0 scope {scope}")).1;
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no {scope} IPv6 address on {c}: {out}"))
+            .to_string()
+    };
+    let ping6 = |from: &str, to: &str| {
+        exec(
+            from,
+            &format!("for i in 1 2 3; do ping -c 1 -W 1 {to} && exit 0; done; exit 1"),
+        )
+        .0
+    };
+    assert!(ping6("qlt-6d1", "fd48:20::1"), "the IPv6 gateway answers");
+    assert!(
+        !ping6("qlt-6d1", &addr("qlt-6d2", "global")),
+        "default deny holds for IPv6"
+    );
+    let link = format!("-I eth0 {}", addr("qlt-6d2", "link"));
+    assert!(!ping6("qlt-6d1", &link), "and for link-local addresses");
+    assert!(
+        ping6("qlt-6e1", &addr("qlt-6e2", "global")),
+        "positive control: IPv6 between containers under the default allow"
+    );
+    assert!(
+        ping6("qlt-6e1", &format!("-I eth0 {}", addr("qlt-6e2", "link"))),
+        "positive control: link-local"
+    );
+    docker(&["rm", "-f", "qlt-6d1", "qlt-6d2", "qlt-6e1", "qlt-6e2"]);
+    docker(&["network", "rm", "qlt-d6a", "qlt-d6b"]);
+}

@@ -18,6 +18,9 @@
 //! each direction is routed by its sender's host; new connections meet the same rules on
 //! both sides, and a container is protected on its own host.
 
+use std::net::Ipv6Addr;
+
+use ipnet::Ipv6Net;
 use qingluan_dataplane::openflow::{ct, Flow};
 
 use super::{flow, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage};
@@ -215,6 +218,11 @@ impl FlowFeature for NetworkAcl<'_> {
             let from_host = ip().and(Field::InPort(port.clone()));
             out.push(flow(Stage::Policy, 3, base, from_host, &self.allow()));
         }
+        if let (AclBridge::Own, Some((net6, gw6))) = (self.on, self.net.ipv6) {
+            if self.net.acl_default == Verdict::Deny {
+                out.extend(isolated_v6(base, net6, gw6, self.then));
+            }
+        }
         if self.net.acl_default == Verdict::Deny {
             let intra = ip()
                 .and(Field::IpSrcNet(self.net.subnet))
@@ -235,6 +243,43 @@ impl FlowFeature for NetworkAcl<'_> {
         }
         out
     }
+}
+
+/// `acl.default=deny` for IPv6 on a network's own bridge, in `CONNTRACK` (rules match
+/// IPv4 only): neighbour discovery and router messages (ICMPv6 133–137) pass, as does what
+/// comes from the host or goes to the gateway; between the network's addresses, and between
+/// link-local ones, the rest is dropped.
+fn isolated_v6(base: Cookie, net6: Ipv6Net, gw6: Ipv6Addr, then: Stage) -> Vec<Flow> {
+    let on = [Action::Goto(then)];
+    let v6 = || Match::any().and(Field::Ipv6);
+    let link_local: Ipv6Net = "fe80::/10".parse().expect("valid prefix");
+    let mut out: Vec<Flow> = (133..=137)
+        .map(|t| {
+            let nd = v6().and(Field::IpProto(58)).and(Field::Icmpv6Type(t));
+            flow(Stage::Conntrack, 60, base, nd, &on)
+        })
+        .collect();
+    out.extend([
+        flow(
+            Stage::Conntrack,
+            55,
+            base,
+            v6().and(Field::InPort(Port::Local)),
+            &on,
+        ),
+        flow(
+            Stage::Conntrack,
+            55,
+            base,
+            v6().and(Field::Ipv6DstNet(gw6.into())),
+            &on,
+        ),
+    ]);
+    for net in [net6, link_local] {
+        let between = v6().and(Field::Ipv6SrcNet(net)).and(Field::Ipv6DstNet(net));
+        out.push(flow(Stage::Conntrack, 50, base, between, &[]));
+    }
+    out
 }
 
 /// Every match of a rule within `ip` (the network's IPv4 packets): sources × destinations

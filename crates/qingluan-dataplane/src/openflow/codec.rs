@@ -180,7 +180,7 @@ fn rank(f: &Field) -> u8 {
         Field::EthSrc(_) => 3,
         Field::EthDst(_) | Field::EthMulticast => 4,
         Field::Ip | Field::Ipv6 | Field::Arp => 5,
-        Field::TcpDst(..) | Field::UdpDst(..) => 7,
+        Field::TcpDst(..) | Field::UdpDst(..) | Field::Icmpv6Type(_) => 7,
         _ => 6,
     }
 }
@@ -233,6 +233,9 @@ pub fn encode_match(fields: &[Field], resolve: Resolve<'_>) -> Result<Vec<u8>, S
             Field::IpProto(p) => put_oxm(o, oxm(BASIC, 10, false, 1), &[*p]),
             Field::TcpDst(p, m) => put_port(o, 14, *p, *m),
             Field::UdpDst(p, m) => put_port(o, 16, *p, *m),
+            Field::Ipv6SrcNet(n) => put_net6(o, 26, n),
+            Field::Ipv6DstNet(n) => put_net6(o, 27, n),
+            Field::Icmpv6Type(t) => put_oxm(o, oxm(BASIC, 29, false, 1), &[*t]),
         }
     }
     let mut m = Vec::with_capacity(8 + oxms.len());
@@ -262,6 +265,17 @@ fn put_net(o: &mut Vec<u8>, field: u8, n: &ipnet::Ipv4Net) {
         oxm(BASIC, field, true, 8),
         &masked(v, u32::from(n.netmask())),
     );
+}
+
+/// An IPv6 prefix of OXM `field` (the whole address when it is a /128).
+fn put_net6(o: &mut Vec<u8>, field: u8, n: &ipnet::Ipv6Net) {
+    if n.prefix_len() == 128 {
+        return put_oxm(o, oxm(BASIC, field, false, 16), &n.addr().octets());
+    }
+    let mut b = [0u8; 32];
+    b[..16].copy_from_slice(&n.network().octets());
+    b[16..].copy_from_slice(&n.netmask().octets());
+    put_oxm(o, oxm(BASIC, field, true, 32), &b);
 }
 
 /// A transport port of OXM `field` under a mask.

@@ -103,6 +103,12 @@ pub enum Field {
     TcpDst(u16, u16),
     /// UDP destination port under a mask (the flow matches UDP).
     UdpDst(u16, u16),
+    /// IPv6 source within a prefix (the flow matches `ipv6`).
+    Ipv6SrcNet(ipnet::Ipv6Net),
+    /// IPv6 destination within a prefix (the flow matches `ipv6`).
+    Ipv6DstNet(ipnet::Ipv6Net),
+    /// ICMPv6 type (the flow matches `ipv6` and IP protocol 58).
+    Icmpv6Type(u8),
 }
 
 /// Connection tracking state bits, for [`Field::CtState`].
@@ -283,6 +289,9 @@ impl Flow {
                 Field::IpDstNet(n) if n.prefix_len() == 32 => write!(s, "nw_dst={}", n.addr()),
                 Field::IpDstNet(n) => write!(s, "nw_dst={n}"),
                 Field::IpProto(p) => write!(s, "nw_proto={p}"),
+                Field::Ipv6SrcNet(n) => write!(s, "ipv6_src={n}"),
+                Field::Ipv6DstNet(n) => write!(s, "ipv6_dst={n}"),
+                Field::Icmpv6Type(t) => write!(s, "icmpv6_type={t}"),
                 Field::TcpDst(p, 0xffff) => write!(s, "tcp_dst={p}"),
                 Field::TcpDst(p, m) => write!(s, "tcp_dst={p:#x}/{m:#x}"),
                 Field::UdpDst(p, 0xffff) => write!(s, "udp_dst={p}"),
