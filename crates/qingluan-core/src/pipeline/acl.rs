@@ -1,9 +1,11 @@
-//! A network's ACL in the `CONNTRACK` and `POLICY` stages (see `acl.rs` for the rules).
+//! A network's ACL in the `CONNTRACK` and `POLICY` stages, and on an uplink bridge in
+//! `CLASSIFY` (see `acl.rs` for the rules).
 //!
 //! While the network has rules or denies traffic between its containers by default, its
-//! IPv4 packets go through the connection tracker in the network's own zone (`CONNTRACK`),
-//! then meet `POLICY`: invalid packets are dropped; replies of tracked connections and
-//! related packets pass; every other packet meets the rules (highest priority first, deny
+//! IPv4 packets go through the connection tracker in the network's own zone (`CONNTRACK`)
+//! (IPv6 follows the default alone, `isolated_v6`), then meet `POLICY`: invalid packets
+//! are dropped; replies of tracked connections and related packets pass; every other
+//! packet meets the rules (highest priority first, deny
 //! before allow at the same priority); below them the network's default: from the gateway
 //! and to it allowed, between the network's containers allowed or denied by
 //! `acl.default`, the rest allowed. What is allowed is committed to the tracker and goes
@@ -12,11 +14,14 @@
 //! On a network bridge the host side is its `LOCAL` port. On the overlay bridge, shared by
 //! every vxlan network, each flow also matches the network's VNI, the host side is the
 //! `nat=true` gateway's port, and the bridge's own flows (`overlay.rs`) send what no
-//! network tracks on. A host tracks what its own containers send and what reaches them
-//! (from the tunnel or the gateway), nothing else: so it sees both directions of each
-//! connection of its containers, even one routed between two connected networks, where
-//! each direction is routed by its sender's host; new connections meet the same rules on
-//! both sides, and a container is protected on its own host.
+//! network tracks on. On an uplink bridge (flat, vlan), shared with the physical network,
+//! the network's packets carry its zone in register 1, set where they enter (`CLASSIFY` for
+//! what is sent to a container, `CONNTRACK` for what one sends); the gateway is the
+//! physical router. On shared bridges a host tracks what its own containers send and what
+//! reaches them (from the tunnel, the gateway or the interface), nothing else: so it sees
+//! both directions of each connection of its containers, even one routed between two
+//! connected networks, where each direction is routed by its sender's host; new connections
+//! meet the same rules on both sides, and a container is protected on its own host.
 
 use std::net::Ipv6Addr;
 

@@ -20,7 +20,7 @@
 //! [`OverlayBase`] (its own flows and tunnel port), [`OverlayForwarding`] (admission and
 //! forwarding by VNI and MAC), [`ArpResponder`] and [`OverlayGatewayPort`] (the `nat=true`
 //! gateway), on every bridge [`EndpointQos`] (egress meters and DSCP marks), and on
-//! network bridges [`NetworkAcl`] (conntrack and the ACL rules).
+//! every bridge of a network [`NetworkAcl`] (conntrack and the ACL rules).
 //! [`spoof_guard`] is the one definition of what an endpoint may send, used by all of them.
 //!
 //! Bridges run with `fail_mode=secure`, so without these flows nothing passes: isolation never
