@@ -29,22 +29,6 @@ fn fetches(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
     o.status.success() && text(&o).contains("hi")
 }
 
-/// Whether one ping of `ip` from `from` on host `h` is answered within 1 s.
-fn ping_once(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
-    bed.docker(h, &["exec", from, "ping", "-c", "1", "-W", "1", ip])
-        .status
-        .success()
-}
-
-/// `qingluan acl add ARGS` on host `h`: the new rule's ID.
-fn add(bed: &Bed, h: usize, args: &[&str]) -> String {
-    let mut all = vec!["acl", "add"];
-    all.extend_from_slice(args);
-    let o = bed.ql(h, &all);
-    assert!(o.status.success(), "h{h}: acl add {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
 /// The rules host `h` enforces, as `acl ls --json` shows them.
 fn rules(bed: &Bed, h: usize) -> Vec<serde_json::Value> {
     bed.ql_json(h, &["acl", "ls"])["rules"]
@@ -86,12 +70,11 @@ fn vxlan_rules_hold_on_every_host() {
     let x2 = start_web(&bed, 2, "qlt-x2", "web", &[]);
 
     // Default deny across hosts; the positive control is the rule below.
-    assert!(!ping_once(&bed, 1, "qlt-c1", &s2), "default deny");
+    assert!(!bed.ping_once(1, "qlt-c1", &s2), "default deny");
     assert!(!fetches(&bed, 1, "qlt-c1", &s2), "default deny");
 
     // A label rule added on h1 names a container of h2: it holds on both hosts.
-    let allow = add(
-        &bed,
+    let allow = bed.acl_add(
         1,
         &[
             "--network",
@@ -134,7 +117,7 @@ fn vxlan_rules_hold_on_every_host() {
         !fetches(&bed, 1, "qlt-c1", &x2),
         "a container without the label stays isolated"
     );
-    assert!(!ping_once(&bed, 1, "qlt-c1", &s2), "only tcp/80 is allowed");
+    assert!(!bed.ping_once(1, "qlt-c1", &s2), "only tcp/80 is allowed");
     assert!(
         !fetches(&bed, 2, "qlt-s2", &c1),
         "the reverse direction is not allowed"
@@ -154,8 +137,7 @@ fn vxlan_rules_hold_on_every_host() {
     );
 
     // A container deny added on h2 for h1's container cuts it; removed on h1, it is gone.
-    let deny = add(
-        &bed,
+    let deny = bed.acl_add(
         2,
         &[
             "--network",
@@ -176,8 +158,7 @@ fn vxlan_rules_hold_on_every_host() {
 
     // A host whose daemon was down applies the rules it missed when it returns.
     bed.stop_daemon(2);
-    let missed = add(
-        &bed,
+    let missed = bed.acl_add(
         1,
         &[
             "--network",
@@ -194,7 +175,7 @@ fn vxlan_rules_hold_on_every_host() {
         has_flows(&bed, 2, &missed)
     });
     assert!(
-        ping_once(&bed, 1, "qlt-c1", &s2),
+        bed.ping_once(1, "qlt-c1", &s2),
         "icmp allowed on both hosts"
     );
     assert!(fetches(&bed, 1, "qlt-c1", &s2), "earlier rules still hold");
@@ -248,9 +229,9 @@ fn vxlan_networks_connect_across_hosts() {
     let b2 = start_web(&bed, 2, "qlt-b2", "vb", &[]);
 
     // Isolated until connected; each network works within itself.
-    assert!(ping_once(&bed, 1, "qlt-b1", &b2), "vb spans the hosts");
-    assert!(!ping_once(&bed, 1, "qlt-a1", &b2), "networks are isolated");
-    assert!(!ping_once(&bed, 1, "qlt-a1", &b1), "networks are isolated");
+    assert!(bed.ping_once(1, "qlt-b1", &b2), "vb spans the hosts");
+    assert!(!bed.ping_once(1, "qlt-a1", &b2), "networks are isolated");
+    assert!(!bed.ping_once(1, "qlt-a1", &b1), "networks are isolated");
 
     connect(&bed, 1, "connect", "va", "vb");
     let t = Instant::now();
@@ -264,14 +245,14 @@ fn vxlan_networks_connect_across_hosts() {
         t.elapsed().as_millis()
     );
     wait_until(5, "a1 reaches b2 across hosts", || {
-        ping_once(&bed, 1, "qlt-a1", &b2)
+        bed.ping_once(1, "qlt-a1", &b2)
     });
     assert!(fetches(&bed, 1, "qlt-a1", &b2), "tcp across hosts");
     assert!(fetches(&bed, 2, "qlt-b2", &a1), "and back, started on h2");
     assert!(fetches(&bed, 1, "qlt-a1", &b1), "on one host");
     assert!(fetches(&bed, 2, "qlt-a2", &b2), "on the other host");
     assert!(
-        !ping_once(&bed, 1, "qlt-a1", &a2),
+        !bed.ping_once(1, "qlt-a1", &a2),
         "va's default deny still holds within va"
     );
     let o = bed.ql(2, &["connect", "vb", "va"]);
@@ -282,8 +263,7 @@ fn vxlan_networks_connect_across_hosts() {
     );
 
     // Not masqueraded: a deny on vb naming a1 holds on both hosts, a2 is still let in.
-    let cut = add(
-        &bed,
+    let cut = bed.acl_add(
         2,
         &["--network", "vb", "--from", "container:qlt-a1", "--deny"],
     );
@@ -299,9 +279,9 @@ fn vxlan_networks_connect_across_hosts() {
     wait_until(5, "h1 drops the connection", || {
         connections(&bed, 1).is_empty()
     });
-    assert!(!ping_once(&bed, 1, "qlt-a1", &b2), "isolated again");
-    assert!(!ping_once(&bed, 2, "qlt-a2", &b2), "isolated again");
-    assert!(ping_once(&bed, 1, "qlt-b1", &b2), "vb itself still works");
+    assert!(!bed.ping_once(1, "qlt-a1", &b2), "isolated again");
+    assert!(!bed.ping_once(2, "qlt-a2", &b2), "isolated again");
+    assert!(bed.ping_once(1, "qlt-b1", &b2), "vb itself still works");
 
     // A connection goes with either network's cluster definition.
     connect(&bed, 1, "connect", "va", "vb");

@@ -560,22 +560,6 @@ fn classes_share_an_aggregate_on_the_uplink() {
     );
 }
 
-/// `qingluan acl add ARGS` on host `h`: the new rule's ID.
-fn acl_add(bed: &Bed, h: usize, args: &[&str]) -> String {
-    let mut all = vec!["acl", "add"];
-    all.extend_from_slice(args);
-    let o = bed.ql(h, &all);
-    assert!(o.status.success(), "h{h}: acl add {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Whether one ping of `ip` from `from` on host `h` is answered within 1 s.
-fn ping_once(bed: &Bed, h: usize, from: &str, ip: &str) -> bool {
-    bed.docker(h, &["exec", from, "ping", "-c", "1", "-W", "1", ip])
-        .status
-        .success()
-}
-
 #[test]
 fn acl_rules_hold_on_flat_and_vlan_networks() {
     if !enabled("acl_rules_hold_on_flat_and_vlan_networks") {
@@ -606,13 +590,12 @@ fn acl_rules_hold_on_flat_and_vlan_networks() {
     wait_until(20, "the physical gateways answer", || {
         bed.ping(1, "qlt-f1", &router) && bed.ping(2, "qlt-v2", &gw)
     });
-    assert!(!ping_once(&bed, 1, "qlt-f1", &f2), "flat default deny");
-    assert!(!ping_once(&bed, 1, "qlt-f1", &outside), "flat default deny");
-    assert!(!ping_once(&bed, 1, "qlt-v1", &v2), "vlan default deny");
+    assert!(!bed.ping_once(1, "qlt-f1", &f2), "flat default deny");
+    assert!(!bed.ping_once(1, "qlt-f1", &outside), "flat default deny");
+    assert!(!bed.ping_once(1, "qlt-v1", &v2), "vlan default deny");
 
     // A container rule added on h1 naming h2's container holds on both hosts, one way.
-    let pair = acl_add(
-        &bed,
+    let pair = bed.acl_add(
         1,
         &[
             "--network",
@@ -627,13 +610,10 @@ fn acl_rules_hold_on_flat_and_vlan_networks() {
         ],
     );
     wait_until(5, "f1 reaches f2 across hosts", || {
-        ping_once(&bed, 1, "qlt-f1", &f2)
+        bed.ping_once(1, "qlt-f1", &f2)
     });
-    assert!(!ping_once(&bed, 2, "qlt-f2", &f1), "not the reverse");
-    assert!(
-        !ping_once(&bed, 1, "qlt-f1", &outside),
-        "only f2 is allowed"
-    );
+    assert!(!bed.ping_once(2, "qlt-f2", &f1), "not the reverse");
+    assert!(!bed.ping_once(1, "qlt-f1", &outside), "only f2 is allowed");
     let listed = bed.ql_json(2, &["acl", "ls"]);
     assert!(
         listed["rules"]
@@ -644,8 +624,7 @@ fn acl_rules_hold_on_flat_and_vlan_networks() {
         "h2 lists the rule: {listed}"
     );
     // A network rule on vlan10 added on h2 opens the VLAN to itself.
-    acl_add(
-        &bed,
+    bed.acl_add(
         2,
         &[
             "--network",
@@ -658,20 +637,20 @@ fn acl_rules_hold_on_flat_and_vlan_networks() {
         ],
     );
     wait_until(5, "v1 reaches v2 across hosts", || {
-        ping_once(&bed, 1, "qlt-v1", &v2)
+        bed.ping_once(1, "qlt-v1", &v2)
     });
-    assert!(ping_once(&bed, 2, "qlt-v2", &v1), "both ways");
+    assert!(bed.ping_once(2, "qlt-v2", &v1), "both ways");
 
     // The rules hold after the daemon is killed and after ovs-vswitchd restarts.
     bed.kill_daemon(1);
     bed.start_daemon(1);
     bed.restart_vswitchd(1);
     wait_until(15, "paths back after the restarts", || {
-        ping_once(&bed, 1, "qlt-f1", &f2) && ping_once(&bed, 1, "qlt-v1", &v2)
+        bed.ping_once(1, "qlt-f1", &f2) && bed.ping_once(1, "qlt-v1", &v2)
     });
-    assert!(!ping_once(&bed, 2, "qlt-f2", &f1), "still not the reverse");
+    assert!(!bed.ping_once(2, "qlt-f2", &f1), "still not the reverse");
     assert!(
-        !ping_once(&bed, 1, "qlt-f1", &outside),
+        !bed.ping_once(1, "qlt-f1", &outside),
         "still only f2 is allowed"
     );
 }

@@ -615,6 +615,23 @@ impl Bed {
             .success()
     }
 
+    /// Whether one ping of `ip` from `from` on host `h` is answered within 1 s: for
+    /// refusals, where [`Bed::ping`] would wait twice as long.
+    pub fn ping_once(&self, h: usize, from: &str, ip: &str) -> bool {
+        self.docker(h, &["exec", from, "ping", "-c", "1", "-W", "1", ip])
+            .status
+            .success()
+    }
+
+    /// `qingluan acl add ARGS` on host `h`: the new rule's ID.
+    pub fn acl_add(&self, h: usize, args: &[&str]) -> String {
+        let mut all = vec!["acl", "add"];
+        all.extend_from_slice(args);
+        let o = self.ql(h, &all);
+        assert!(o.status.success(), "h{h}: acl add {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
     /// Asserts that `docker ARGS` on host `h` fails with a message containing `want`.
     pub fn docker_refused(&self, h: usize, args: &[String], want: &str) {
         let o = self.docker(h, &strs(args));
