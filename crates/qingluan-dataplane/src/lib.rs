@@ -9,3 +9,14 @@ pub mod netfilter;
 pub mod netlink;
 pub mod openflow;
 pub mod ovsdb;
+
+/// FNV-1a over `bytes`: a small hash that stays the same across runs and builds (flow
+/// fingerprints, netfilter names, ACL rule-set generations).
+pub fn fnv1a<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -892,6 +892,7 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
             vec![Field::Ip],
             vec![Action::Ct {
                 commit: false,
+                mark: None,
                 zone: 7,
                 table: Some(5),
             }],
@@ -921,11 +922,22 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
             vec![
                 Action::Ct {
                     commit: true,
+                    mark: Some(0x5eed),
                     zone: 7,
                     table: None,
                 },
                 Action::Goto(10),
             ],
+        ),
+        flow(
+            5,
+            3000,
+            0,
+            vec![
+                Field::CtState(ct::TRK | ct::EST, ct::TRK | ct::EST | ct::RPL),
+                Field::CtMark(0x5eed),
+            ],
+            vec![Action::Goto(10)],
         ),
         flow(
             5,
@@ -943,6 +955,7 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
                 Action::LoadReg1(0xb2b2),
                 Action::Ct {
                     commit: false,
+                    mark: None,
                     zone: 7,
                     table: Some(5),
                 },
@@ -974,7 +987,8 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
         set(vec![
             "cookie=0x0, priority=10,ip actions=ct(table=5,zone=7)".into(),
             "cookie=0x0, table=5, priority=3000,ct_state=+est+rpl+trk actions=goto_table:10".into(),
-            "cookie=0x0, table=5, priority=200,ct_state=-rpl+trk,tcp,nw_src=10.1.0.0/24,nw_dst=10.2.0.5,tp_dst=0x1000/0xf000 actions=ct(commit,zone=7),goto_table:10".into(),
+            "cookie=0x0, table=5, priority=200,ct_state=-rpl+trk,tcp,nw_src=10.1.0.0/24,nw_dst=10.2.0.5,tp_dst=0x1000/0xf000 actions=ct(commit,zone=7,exec(set_field:0x5eed->ct_mark)),goto_table:10".into(),
+            "cookie=0x0, table=5, priority=3000,ct_state=+est-rpl+trk,ct_mark=0x5eed actions=goto_table:10".into(),
             "cookie=0x0, table=5, priority=201,udp,tp_dst=53 actions=drop".into(),
             "cookie=0x0, table=10, priority=0 actions=NORMAL".into(),
             "cookie=0x0, priority=20,ip,reg1=0xa1a1 actions=set_field:0xb2b2->reg1,ct(table=5,zone=7)".into(),
@@ -984,5 +998,5 @@ async fn conntrack_and_masked_matches_reach_the_switch_as_written() {
     );
     // The same flows again change nothing.
     of.replace_flows("qltbr3", &flows).await.unwrap();
-    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 8);
+    assert_eq!(of.flow_count("qltbr3", 0, 0).await.unwrap(), 9);
 }

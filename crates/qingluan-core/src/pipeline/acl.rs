@@ -9,7 +9,13 @@
 //! before allow at the same priority); below them the network's default: from the gateway
 //! and to it allowed, between the network's containers allowed or denied by
 //! `acl.default`, the rest allowed. What is allowed is committed to the tracker and goes
-//! on (`then`). A network without any of this skips both stages: no tracker, no cost.
+//! on (`then`). A network without any of this skips these stages: no tracker, no cost.
+//!
+//! What `POLICY` allows is committed in `COMMIT`, which marks the connection with the
+//! generation of the network's `POLICY` flows (a hash of them), and the later packets of an established connection whose mark is the
+//! current generation pass at the top of `POLICY` without meeting the rules again. Any
+//! change of the rules or defaults changes the generation, so every open connection meets
+//! the new rules with its next packet (a new deny cuts it) and is marked anew if allowed.
 //!
 //! On a network bridge the host side is its `LOCAL` port. On the overlay bridge, shared by
 //! every vxlan network, each flow also matches the network's VNI, the host side is the
@@ -26,6 +32,7 @@
 use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
+use qingluan_dataplane::fnv1a;
 use qingluan_dataplane::openflow::{ct, Flow};
 
 use super::{flow, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage};
@@ -124,6 +131,7 @@ impl NetworkAcl<'_> {
             }
             a.push(Action::Ct {
                 commit: false,
+                mark: None,
                 zone: self.zone,
                 table: Some(Stage::Policy),
             });
@@ -166,15 +174,8 @@ impl NetworkAcl<'_> {
         out
     }
 
-    fn allow(&self) -> [Action; 2] {
-        [
-            Action::Ct {
-                commit: true,
-                zone: self.zone,
-                table: None,
-            },
-            Action::Goto(self.then),
-        ]
+    fn allow(&self) -> [Action; 1] {
+        [Action::Goto(Stage::Commit)]
     }
 }
 
@@ -184,7 +185,12 @@ impl FlowFeature for NetworkAcl<'_> {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Classify, Stage::Conntrack, Stage::Policy]
+        &[
+            Stage::Classify,
+            Stage::Conntrack,
+            Stage::Policy,
+            Stage::Commit,
+        ]
     }
 
     fn flows(&self) -> Vec<Flow> {
@@ -246,7 +252,52 @@ impl FlowFeature for NetworkAcl<'_> {
                 out.push(flow(Stage::Policy, r.flow_priority(), c, m, actions));
             }
         }
+        let stamped = self.stamp(base, &out);
+        out.extend(stamped);
         out
+    }
+}
+
+impl NetworkAcl<'_> {
+    /// The generation of the network's `POLICY` flows in `flows` (a hash of them, never
+    /// 0): the flows that commit allowed connections with it (`COMMIT`), and the one that
+    /// lets established connections with it pass at the top of `POLICY`.
+    fn stamp(&self, base: Cookie, flows: &[Flow]) -> [Flow; 2] {
+        let policy = Stage::Policy.table();
+        let mut lines: Vec<String> = flows
+            .iter()
+            .filter(|f| f.table == policy)
+            .map(Flow::render)
+            .collect();
+        lines.sort_unstable();
+        let h = fnv1a(lines.iter().flat_map(|l| l.as_bytes()));
+        let generation = ((h ^ (h >> 32)) as u32).max(1);
+        let commit = [
+            Action::Ct {
+                commit: true,
+                mark: Some(generation),
+                zone: self.zone,
+                table: None,
+            },
+            Action::Goto(self.then),
+        ];
+        let current = self
+            .ip()
+            .and(Field::CtState(
+                ct::TRK | ct::EST,
+                ct::TRK | ct::EST | ct::RPL,
+            ))
+            .and(Field::CtMark(generation));
+        [
+            flow(Stage::Commit, 0, base, self.ip(), &commit),
+            flow(
+                Stage::Policy,
+                TRACKED,
+                base,
+                current,
+                &[Action::Goto(self.then)],
+            ),
+        ]
     }
 }
 

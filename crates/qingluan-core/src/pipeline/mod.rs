@@ -66,6 +66,8 @@ pub enum Stage {
     Conntrack,
     /// ACL rules and defaults.
     Policy,
+    /// Allowed connections committed to the tracker, marked with the policy's generation.
+    Commit,
     /// Local answers to ARP requests (overlay bridge).
     ArpRespond,
     /// Switching.
@@ -73,11 +75,12 @@ pub enum Stage {
 }
 
 /// Every stage, in pipeline order.
-pub const STAGES: [Stage; 6] = [
+pub const STAGES: [Stage; 7] = [
     Stage::Classify,
     Stage::Qos,
     Stage::Conntrack,
     Stage::Policy,
+    Stage::Commit,
     Stage::ArpRespond,
     Stage::L2Forward,
 ];
@@ -102,6 +105,7 @@ impl Stage {
             Stage::Qos => "QOS",
             Stage::Conntrack => "CONNTRACK",
             Stage::Policy => "POLICY",
+            Stage::Commit => "COMMIT",
             Stage::ArpRespond => "ARP_RESPOND",
             Stage::L2Forward => "L2_FORWARD",
         }
@@ -240,6 +244,8 @@ pub enum Action {
     Ct {
         /// Record the connection.
         commit: bool,
+        /// The mark a commit sets.
+        mark: Option<u32>,
         /// The zone.
         zone: u16,
         /// The stage the tracked packet goes on in.
@@ -272,10 +278,12 @@ impl Action {
             Action::SetDscp(d) => out.push(A::SetDscp(*d)),
             Action::Ct {
                 commit,
+                mark,
                 zone,
                 table,
             } => out.push(A::Ct {
                 commit: *commit,
+                mark: *mark,
                 zone: *zone,
                 table: table.map(Stage::table),
             }),
@@ -321,7 +329,7 @@ mod tests {
     #[test]
     fn tables_follow_the_stage_order() {
         let tables: Vec<u8> = STAGES.iter().map(|s| s.table()).collect();
-        assert_eq!(tables, [0, 5, 10, 15, 20, 25]);
+        assert_eq!(tables, [0, 5, 10, 15, 20, 25, 30]);
         assert_eq!(
             STAGES.map(Stage::name),
             [
@@ -329,6 +337,7 @@ mod tests {
                 "QOS",
                 "CONNTRACK",
                 "POLICY",
+                "COMMIT",
                 "ARP_RESPOND",
                 "L2_FORWARD"
             ]
@@ -384,7 +393,7 @@ mod tests {
         );
         assert_eq!(
             f.render(),
-            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:25"
+            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:30"
         );
     }
 }

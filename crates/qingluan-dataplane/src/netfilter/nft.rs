@@ -31,12 +31,7 @@ impl NftFirewall {
 
 /// Stable 64-bit FNV-1a hash, hex.
 fn fnv(text: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::fnv1a(text.as_bytes()))
 }
 
 fn render_iface(s: &mut String, dir: &str, i: &Iface) {

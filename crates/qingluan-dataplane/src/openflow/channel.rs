@@ -46,11 +46,7 @@ pub(crate) struct Channel {
 /// The fingerprint of an encoded flow, placed in the adapter's cookie bits: FNV-1a folded
 /// to 24 bits.
 fn fingerprint(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::fnv1a(parts.iter().flat_map(|p| p.iter()));
     ((h ^ (h >> 24) ^ (h >> 48)) & 0x00ff_ffff) << 32
 }
 

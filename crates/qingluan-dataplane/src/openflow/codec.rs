@@ -175,7 +175,7 @@ fn put_oxm(out: &mut Vec<u8>, header: u32, value: &[u8]) {
 fn rank(f: &Field) -> u8 {
     match f {
         Field::InPort(_) => 0,
-        Field::Reg0(_) | Field::Reg1(_) | Field::CtState(..) => 1,
+        Field::Reg0(_) | Field::Reg1(_) | Field::CtState(..) | Field::CtMark(_) => 1,
         Field::TunId(_) => 2,
         Field::EthSrc(_) => 3,
         Field::EthDst(_) | Field::EthMulticast => 4,
@@ -228,6 +228,7 @@ pub fn encode_match(fields: &[Field], resolve: Resolve<'_>) -> Result<Vec<u8>, S
             Field::ArpTpa(a) => put_oxm(o, oxm(BASIC, 23, false, 4), &a.octets()),
             Field::ArpSha(m) => put_oxm(o, oxm(BASIC, 24, false, 6), m),
             Field::CtState(v, m) => put_oxm(o, oxm(NXM1, 105, true, 8), &masked(*v, *m)),
+            Field::CtMark(v) => put_oxm(o, oxm(NXM1, 107, false, 4), &v.to_be_bytes()),
             Field::IpSrcNet(n) => put_net(o, 11, n),
             Field::IpDstNet(n) => put_net(o, 12, n),
             Field::IpProto(p) => put_oxm(o, oxm(BASIC, 10, false, 1), &[*p]),
@@ -377,13 +378,19 @@ pub fn encode_instructions(actions: &[Action], resolve: Resolve<'_>) -> Result<V
             Action::SetDscp(d) => set_field(o, oxm(BASIC, 8, false, 1), &[*d & 0x3f]),
             Action::Ct {
                 commit,
+                mark,
                 zone,
                 table,
             } => {
                 // nx_action_conntrack: flags, zone_src (0: an immediate zone), zone,
-                // recirc_table (0xff: none), pad, alg; no nested actions.
+                // recirc_table (0xff: none), pad, alg; then the nested actions (a mark's
+                // set_field), counted in the length.
+                let mut nested = Vec::new();
+                if let Some(m) = mark {
+                    set_field(&mut nested, oxm(NXM1, 107, false, 4), &m.to_be_bytes());
+                }
                 o.extend_from_slice(&0xffffu16.to_be_bytes());
-                o.extend_from_slice(&24u16.to_be_bytes());
+                o.extend_from_slice(&((24 + nested.len()) as u16).to_be_bytes());
                 o.extend_from_slice(&NX_VENDOR.to_be_bytes());
                 o.extend_from_slice(&35u16.to_be_bytes());
                 o.extend_from_slice(&u16::from(*commit).to_be_bytes());
@@ -392,6 +399,7 @@ pub fn encode_instructions(actions: &[Action], resolve: Resolve<'_>) -> Result<V
                 o.push(table.unwrap_or(0xff));
                 o.extend_from_slice(&[0; 3]);
                 o.extend_from_slice(&0u16.to_be_bytes());
+                o.extend_from_slice(&nested);
             }
         }
     }

@@ -93,6 +93,8 @@ pub enum Field {
     ArpTpa(Ipv4Addr),
     /// Connection tracking state: the bits in `.1` must equal those in `.0` (see [`ct`]).
     CtState(u32, u32),
+    /// The tracked connection's mark (set when it was committed).
+    CtMark(u32),
     /// IPv4 source within a prefix.
     IpSrcNet(Ipv4Net),
     /// IPv4 destination within a prefix.
@@ -186,11 +188,14 @@ pub enum Action {
     Meter(u32),
     /// Set the DSCP bits of an IPv4 or IPv6 packet (the flow must match `ip` or `ipv6`).
     SetDscp(u8),
-    /// Through the connection tracker in `zone`: `commit` records the connection; with
-    /// `table`, the tracked packet goes on in that table (its state then known).
+    /// Through the connection tracker in `zone`: `commit` records the connection (and with
+    /// `mark` sets its mark); with `table`, the tracked packet goes on in that table (its
+    /// state then known).
     Ct {
         /// Record the connection.
         commit: bool,
+        /// The mark a commit sets.
+        mark: Option<u32>,
         /// The conntrack zone.
         zone: u16,
         /// Where the tracked packet goes on.
@@ -284,6 +289,7 @@ impl Flow {
                     }
                     Ok(())
                 }
+                Field::CtMark(v) => write!(s, "ct_mark={v:#x}"),
                 Field::IpSrcNet(n) if n.prefix_len() == 32 => write!(s, "nw_src={}", n.addr()),
                 Field::IpSrcNet(n) => write!(s, "nw_src={n}"),
                 Field::IpDstNet(n) if n.prefix_len() == 32 => write!(s, "nw_dst={}", n.addr()),
@@ -329,6 +335,7 @@ impl Flow {
                 Action::SetDscp(d) => write!(s, "set_field:{d}->ip_dscp"),
                 Action::Ct {
                     commit,
+                    mark,
                     zone,
                     table,
                 } => {
@@ -339,7 +346,12 @@ impl Flow {
                     if let Some(t) = table {
                         let _ = write!(s, "table={t},");
                     }
-                    write!(s, "zone={zone})")
+                    let _ = write!(s, "zone={zone}");
+                    if let Some(m) = mark {
+                        let _ = write!(s, ",exec(set_field:{m:#x}->ct_mark)");
+                    }
+                    s.push(')');
+                    Ok(())
                 }
             };
         }
