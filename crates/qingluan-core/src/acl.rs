@@ -437,8 +437,8 @@ pub struct World<'a> {
     pub networks: BTreeMap<&'a str, &'a Network>,
     /// Every endpoint.
     pub endpoints: &'a [Endpoint],
-    /// Other hosts' containers on cluster networks, with their addresses.
-    pub remote: Vec<(&'a crate::model::ContainerRef, std::net::Ipv4Addr)>,
+    /// Other hosts' containers on cluster networks.
+    pub remote: &'a [crate::desired::RemoteContainer],
 }
 
 impl<'a> World<'a> {
@@ -447,25 +447,41 @@ impl<'a> World<'a> {
         World {
             networks: networks.iter().map(|n| (n.id.as_str(), n)).collect(),
             endpoints,
-            remote: Vec::new(),
+            remote: &[],
         }
     }
 
     /// This world with the containers other hosts have on cluster networks, as the cluster
     /// agent last saw them: selectors of containers and labels cover every host's.
     pub fn with_remote(mut self, view: &'a crate::desired::ClusterView) -> World<'a> {
-        self.remote = view.containers.iter().map(|(c, ip)| (c, *ip)).collect();
+        self.remote = &view.containers;
         self
     }
 
-    /// The endpoints of the container named `name` (its name or an ID prefix), with their
-    /// networks.
-    pub fn endpoints_of(&self, name: &str) -> Vec<(&'a Network, &'a Endpoint)> {
-        self.endpoints
+    /// The addresses of the container named `name` (its name or an ID prefix), here or on
+    /// another host, with their networks (another host's container only on a network this
+    /// host has too).
+    pub fn addresses_of(&self, name: &str) -> Vec<(&'a Network, std::net::Ipv4Addr)> {
+        let local = self
+            .endpoints
             .iter()
             .filter(|e| e.container.as_ref().is_some_and(|c| c.is_named(name)))
-            .filter_map(|e| Some((*self.networks.get(e.network_id.as_str())?, e)))
-            .collect()
+            .filter_map(|e| {
+                let net = *self.networks.get(e.network_id.as_str())?;
+                Some((net, e.address.addr()))
+            });
+        let remote = self
+            .remote
+            .iter()
+            .filter(|r| r.container.is_named(name))
+            .filter_map(|r| {
+                let net = self
+                    .networks
+                    .values()
+                    .find(|n| n.cluster.as_deref() == Some(r.network.as_str()))?;
+                Some((*net, r.address))
+            });
+        local.chain(remote).collect()
     }
 
     /// What `s` selects now.
@@ -479,8 +495,8 @@ impl<'a> World<'a> {
             let remote = self
                 .remote
                 .iter()
-                .filter(|(c, _)| keep(c))
-                .map(|(_, ip)| *ip);
+                .filter(|r| keep(&r.container))
+                .map(|r| r.address);
             Addresses::Some(local.chain(remote).map(Ipv4Net::from).collect())
         };
         match s {

@@ -15,7 +15,8 @@
 //! - `cluster/acl/<key>/<rule id>`: an ACL rule of a cluster network, which every host
 //!   enforces; it names networks by cluster key and goes with the network's definition.
 //! - `cluster/connect/<id>`: a group connection of two vxlan networks, by cluster key,
-//!   which every host with both networks routes; it goes with either definition.
+//!   which every host with both networks routes; it goes with either definition. Or of two
+//!   containers (kept as typed) one of which is on another host; it goes at `disconnect`.
 //!
 //! Replication to Docker is planned here as plain data ([`plan_replication`]) and carried
 //! out by the daemon through the Engine API, never inside a plugin call.
@@ -299,12 +300,12 @@ pub async fn acl_rules(store: &dyn Store) -> Result<Vec<crate::acl::AclRule>, St
     list_json(store, ACL).await
 }
 
-/// Store key of a group connection of cluster networks.
+/// Store key of a group connection of the cluster.
 pub fn connect_key(c: &crate::connect::Connection) -> String {
     format!("{CONNECT}{}", c.id)
 }
 
-/// Every group connection of cluster networks.
+/// Every group connection of the cluster.
 pub async fn connections(store: &dyn Store) -> Result<Vec<crate::connect::Connection>, StoreError> {
     list_json(store, CONNECT).await
 }

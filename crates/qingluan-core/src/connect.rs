@@ -10,10 +10,13 @@
 //! tunnel to the host of the destination, whose reply its own host routes back; no
 //! container hairpins through a third host. Such a connection is kept in the cluster store
 //! by the networks' cluster keys (`cluster.rs`). A container pair is the same, narrowed to the two
-//! containers' addresses; on one network (where `acl.default=deny` may isolate them) it is
-//! an allow in each direction in the network's `POLICY` stage. Connections are records
-//! (`connect/<id>`) of this host; containers are kept as typed and resolved at every
-//! reconcile, like ACL selectors.
+//! containers' addresses (between a host-local and a vxlan network it makes nothing, as
+//! such networks are not connected); on one network (where `acl.default=deny` may isolate
+//! them) it is an allow in each direction in the network's `POLICY` stage. Containers are
+//! kept as typed and resolved at every reconcile, like ACL selectors, against this host's
+//! containers and those other hosts have on cluster networks. A pair is a record
+//! (`connect/<id>`) of this host, or the cluster's when one of its containers is on
+//! another host (every host then makes its part).
 
 use std::collections::BTreeMap;
 
@@ -201,9 +204,8 @@ pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
                 }
             }
             Pair::Containers(a, b) => {
-                for (na, ea) in world.endpoints_of(a) {
-                    for (nb, eb) in world.endpoints_of(b) {
-                        let (ia, ib) = (ea.address.addr(), eb.address.addr());
+                for (na, ia) in world.addresses_of(a) {
+                    for (nb, ib) in world.addresses_of(b) {
                         if na.id == nb.id {
                             for (from, to) in [(ia, ib), (ib, ia)] {
                                 out.rules
@@ -219,7 +221,12 @@ pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
                                         ports: Vec::new(),
                                     });
                             }
-                        } else if let (Some(a), Some(b)) = (na.host_gateway(), nb.host_gateway()) {
+                            continue;
+                        }
+                        if (na.mode == Mode::Vxlan) != (nb.mode == Mode::Vxlan) {
+                            continue;
+                        }
+                        if let (Some(a), Some(b)) = (na.host_gateway(), nb.host_gateway()) {
                             out.links.push(Link {
                                 a,
                                 b,
@@ -381,6 +388,51 @@ mod tests {
                     between: None,
                 },
             ]
+        );
+    }
+    #[test]
+    fn pairs_reach_containers_of_other_hosts_on_networks_here() {
+        let vxlan = |id: &str, subnet: &str, key: &str| Network {
+            cluster: Some(key.into()),
+            gateway_port: Some(format!("qlg{id}")),
+            ..net(id, Mode::Vxlan, subnet)
+        };
+        let x = vxlan("x", "10.3.0.0/24", "vxlan-1");
+        let y = vxlan("y", "10.4.0.0/24", "vxlan-2");
+        let n = net("n", Mode::Nat, "10.5.0.0/24");
+        let nets = [x.clone(), y.clone(), n.clone()];
+        let eps = [ep("e1", &x, 2, "c1"), ep("e2", &n, 2, "c2")];
+        let remote = |name: &str, ip: &str, key: &str| crate::desired::RemoteContainer {
+            container: ContainerRef {
+                id: format!("{name}-id"),
+                name: name.into(),
+                labels: Default::default(),
+            },
+            address: ip.parse().unwrap(),
+            network: key.into(),
+        };
+        let view = crate::desired::ClusterView {
+            overlay: Default::default(),
+            containers: vec![
+                remote("r1", "10.3.0.7", "vxlan-1"),
+                remote("r2", "10.4.0.8", "vxlan-2"),
+                remote("r3", "10.9.0.9", "vxlan-9"),
+            ],
+        };
+        let world = World::new(&nets, &eps).with_remote(&view);
+        let pairs = [("c1", "r1"), ("r2", "c1"), ("c2", "r2"), ("c1", "r3")]
+            .map(|(a, b)| Connection::new(Pair::containers(a, b)));
+        let e = effect(&world, &pairs);
+        assert_eq!(e.rules.len(), 1, "{:?}", e.rules);
+        assert_eq!(e.rules["x"].len(), 2, "one allow each way on x");
+        assert_eq!(
+            e.links,
+            [Link {
+                a: "qlgx".into(),
+                b: "qlgy".into(),
+                between: Some(("10.3.0.2".parse().unwrap(), "10.4.0.8".parse().unwrap())),
+            }],
+            "no link from a nat network to a vxlan one, none to a network not here"
         );
     }
 }

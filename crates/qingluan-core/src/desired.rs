@@ -118,9 +118,20 @@ pub struct ClusterView {
     /// Their endpoints on overlay networks, by cluster key, with the underlay address of
     /// their host.
     pub overlay: BTreeMap<String, Vec<crate::pipeline::RemoteEndpoint>>,
-    /// Their containers on cluster networks (flat, vlan, vxlan), with each address, as
-    /// they published them: what ACL selectors resolve to on other hosts.
-    pub containers: Vec<(crate::model::ContainerRef, std::net::Ipv4Addr)>,
+    /// Their containers on cluster networks (flat, vlan, vxlan), as they published them:
+    /// what ACL selectors and container pairs resolve to on other hosts.
+    pub containers: Vec<RemoteContainer>,
+}
+
+/// Another host's container on a cluster network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteContainer {
+    /// The container.
+    pub container: crate::model::ContainerRef,
+    /// Its address on the network.
+    pub address: std::net::Ipv4Addr,
+    /// The network's cluster key.
+    pub network: String,
 }
 
 /// An uplink a desired dataplane needs.

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use qingluan_core::acl::{self, AclRule, PortRange, RuleSpec, Selector, Verdict};
-use qingluan_core::desired::{ClusterView, HostFacts};
+use qingluan_core::desired::{ClusterView, HostFacts, RemoteContainer};
 use qingluan_core::model::{self, Endpoint, Mac, Mode, Network, PortMapping, Proto};
 use qingluan_core::modes;
 use qingluan_core::pipeline::RemoteEndpoint;
@@ -125,7 +125,7 @@ fn table_with(n: Network, intent: &modes::Intent) -> String {
     if let Some(key) = n.cluster.clone().filter(|_| n.mode == Mode::Vxlan) {
         let ip = Ipv4Addr::from(u32::from(n.subnet.network()) + 9);
         view.overlay.insert(
-            key,
+            key.clone(),
             vec![RemoteEndpoint {
                 id: "d4".repeat(32),
                 mac: Mac::from_ipv4(ip),
@@ -138,7 +138,11 @@ fn table_with(n: Network, intent: &modes::Intent) -> String {
             name: "db9".into(),
             labels: [("tier".to_string(), "backend".to_string())].into(),
         };
-        view.containers.push((db9, ip));
+        view.containers.push(RemoteContainer {
+            container: db9,
+            address: ip,
+            network: key,
+        });
     }
     let settings = Settings {
         underlay_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),

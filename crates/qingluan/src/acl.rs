@@ -68,9 +68,7 @@ async fn selector(api: &Api, what: &str, typed: &str) -> Result<Selector, ApiErr
                 .map_err(|e| bad(format!("{what}: {}", e.1)))?,
         )),
         Typed::Selector(Selector::Container(c)) => {
-            if crate::docker::container(&api.docker, &c).await.is_err()
-                && !api.driver.state.remote_container(&c).await
-            {
+            if !crate::api::container_known(api, &c).await {
                 return Err(bad(format!(
                     "{what}: no container {c:?} on this host or on another host's cluster networks"
                 )));

@@ -166,6 +166,13 @@ pub(crate) async fn network_named(api: &Api, name: &str) -> Result<String, ApiEr
     }
 }
 
+/// Whether `name` (a name or ID prefix) is a container Docker has here, or one another host
+/// has on a cluster network.
+pub(crate) async fn container_known(api: &Api, name: &str) -> bool {
+    crate::docker::container(&api.docker, name).await.is_ok()
+        || api.driver.state.remote_container(name).await
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }

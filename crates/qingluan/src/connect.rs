@@ -1,7 +1,8 @@
 //! `qingluan connect|disconnect`: the routes (`/v1/connect`) and the commands.
 //!
 //! The daemon resolves what the user typed: two qingluan networks (Docker names or ID
-//! prefixes), else two containers Docker has (kept as typed, resolved at every reconcile).
+//! prefixes), else two containers that Docker has or another host has on a cluster network
+//! (kept as typed, resolved at every reconcile).
 //! `disconnect` of two containers does not need them to exist any more.
 
 use std::collections::BTreeMap;
@@ -49,9 +50,8 @@ async fn pair(
         let pair = Pair::networks(&a, &b);
         return Ok((pair, BTreeMap::from([(a, r.a.clone()), (b, r.b.clone())])));
     }
-    let container =
-        |c: String| async move { crate::docker::container(&api.docker, &c).await.is_ok() };
-    if !existing || (container(r.a.clone()).await && container(r.b.clone()).await) {
+    let known = crate::api::container_known;
+    if !existing || (known(api, &r.a).await && known(api, &r.b).await) {
         return Ok((Pair::containers(&r.a, &r.b), BTreeMap::new()));
     }
     Err(bad(ConnectError::Mixed(r.a.clone(), r.b.clone())))

@@ -2,7 +2,8 @@
 //! a rule added on one host is kept in the cluster store and holds on both, with selectors
 //! that name containers of either host; connections stay stateful although each direction
 //! crosses two trackers; a host whose daemon was down applies the current rules when it
-//! returns. Prints how long a rule takes to hold on the other hosts (three in all).
+//! returns. Prints how long a rule takes to hold on the other hosts (three in all). Group
+//! connections of vxlan networks and of container pairs hold across hosts.
 
 mod bed;
 
@@ -282,6 +283,34 @@ fn vxlan_networks_connect_across_hosts() {
     assert!(!bed.ping_once(1, "qlt-a1", &b2), "isolated again");
     assert!(!bed.ping_once(2, "qlt-a2", &b2), "isolated again");
     assert!(bed.ping_once(1, "qlt-b1", &b2), "vb itself still works");
+
+    // Container pairs with a container on each host are the cluster's, made by both: one
+    // on va (whose default denies), one across va and vb.
+    connect(&bed, 1, "connect", "qlt-a1", "qlt-a2");
+    connect(&bed, 1, "connect", "qlt-b2", "qlt-a1");
+    wait_until(5, "h2 makes both pairs", || {
+        let pairs = connections(&bed, 2);
+        pairs.len() == 2
+            && pairs
+                .iter()
+                .all(|c| c["scope"] == "cluster" && !c["pair"]["containers"].is_null())
+    });
+    wait_until(5, "a1 reaches a2 across hosts", || {
+        bed.ping_once(1, "qlt-a1", &a2)
+    });
+    assert!(fetches(&bed, 2, "qlt-a2", &a1), "the pair on va, both ways");
+    assert!(fetches(&bed, 1, "qlt-a1", &b2), "the pair across networks");
+    assert!(fetches(&bed, 2, "qlt-b2", &a1), "both ways");
+    assert!(
+        !bed.ping_once(1, "qlt-a1", &b1),
+        "a1 reaches no other container"
+    );
+    assert!(!bed.ping_once(2, "qlt-a2", &b2), "a2 is in no pair with b2");
+    connect(&bed, 2, "disconnect", "qlt-a2", "qlt-a1");
+    connect(&bed, 2, "disconnect", "qlt-a1", "qlt-b2");
+    wait_until(5, "h1 drops both pairs", || connections(&bed, 1).is_empty());
+    assert!(!bed.ping_once(1, "qlt-a1", &a2), "isolated again");
+    assert!(!bed.ping_once(1, "qlt-a1", &b2), "isolated again");
 
     // A connection goes with either network's cluster definition.
     connect(&bed, 1, "connect", "va", "vb");

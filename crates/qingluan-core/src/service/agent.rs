@@ -23,7 +23,7 @@ use qingluan_store::{get_json, to_json, Compare, Op};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, ClusterEndpoint, Member, Replication, DOWN, ENDPOINTS, MEMBERS};
-use crate::desired::ClusterView;
+use crate::desired::{ClusterView, RemoteContainer};
 use crate::ipam::{self, Claim};
 use crate::membership;
 use crate::model::{self, Endpoint, Mode};
@@ -104,8 +104,12 @@ impl ClusterAgent {
             let (Some(key), Some(vtep)) = (ep.network_key, live.get(&ep.host)) else {
                 continue;
             };
-            if let Some(c) = ep.container {
-                view.containers.push((c, ep.address.addr()));
+            if let Some(container) = ep.container {
+                view.containers.push(RemoteContainer {
+                    container,
+                    address: ep.address.addr(),
+                    network: key.clone(),
+                });
             }
             let Some(vtep) = vtep.filter(|_| ep.mode == Mode::Vxlan) else {
                 continue;
@@ -120,8 +124,9 @@ impl ClusterAgent {
         for eps in view.overlay.values_mut() {
             eps.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        view.containers
-            .sort_by(|a, b| (&a.0.id, a.1).cmp(&(&b.0.id, b.1)));
+        view.containers.sort_by(|a, b| {
+            (&a.container.id, a.address, &a.network).cmp(&(&b.container.id, b.address, &b.network))
+        });
         if *self.view.read().await == view {
             return Ok(false);
         }

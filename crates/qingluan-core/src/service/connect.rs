@@ -1,9 +1,10 @@
 //! `qingluan connect|disconnect`: group connections, applied as links in the host's
 //! netfilter and allows in the networks' `POLICY` stage (see `connect.rs`).
 //!
-//! A connection of two nat networks or two containers is this host's: a record
-//! `connect/<id>`. A connection of two vxlan networks is the cluster's: kept by cluster
-//! keys in the cluster store (`cluster.rs`) and made by every host with both networks.
+//! A connection of two nat networks or two containers of this host is this host's: a
+//! record `connect/<id>`. A connection of two vxlan networks is the cluster's: kept by
+//! cluster keys in the cluster store (`cluster.rs`) and made by every host with both
+//! networks; so is a pair of containers one of which is on another host (kept as typed).
 //! Every change is written, then applied, and undone when the dataplane refuses it; a
 //! network's connections go with it. A nonat container has no default route: it gets one
 //! to each connected network through its gateway, at Join (static routes) and, when it
@@ -62,9 +63,19 @@ impl Connect {
             connect::check_networks(&na, &nb, &name)?;
             keys = na.cluster.clone().zip(nb.cluster.clone());
         }
+        let mut shared = None;
         if let Pair::Containers(a, b) = &pair {
             if a == b {
                 return Err(ConnectError::Itself(names.0.to_string()).into());
+            }
+            let endpoints = self.endpoints().await?;
+            let here = |n: &str| {
+                endpoints
+                    .iter()
+                    .any(|e| e.container.as_ref().is_some_and(|c| c.is_named(n)))
+            };
+            if !here(a) || !here(b) {
+                shared = Some(pair.clone());
             }
         }
         let exists = ConnectError::Exists(names.0.into(), names.1.into());
@@ -76,8 +87,8 @@ impl Connect {
         {
             return Err(exists.into());
         }
-        if let Some((a, b)) = keys {
-            let c = Connection::new(Pair::networks(&a, &b));
+        if let Some(stored) = keys.map(|(a, b)| Pair::networks(&a, &b)).or(shared) {
+            let c = Connection::new(stored);
             let k = cluster::connect_key(&c);
             self.cluster
                 .txn(vec![], vec![Op::Put(k.clone(), to_json(&c))])

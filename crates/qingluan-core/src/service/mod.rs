@@ -483,11 +483,14 @@ impl State {
             .collect();
         let ids = self.ids_by_key().await?;
         for c in self.cluster_intent().await.connections {
-            if let crate::connect::Pair::Networks(a, b) = &c.pair {
-                if let (Some(a), Some(b)) = (ids.get(a), ids.get(b)) {
-                    let pair = crate::connect::Pair::networks(a, b);
-                    out.push((Connection { id: c.id, pair }, Scope::Cluster));
+            match &c.pair {
+                crate::connect::Pair::Networks(a, b) => {
+                    if let (Some(a), Some(b)) = (ids.get(a), ids.get(b)) {
+                        let pair = crate::connect::Pair::networks(a, b);
+                        out.push((Connection { id: c.id, pair }, Scope::Cluster));
+                    }
                 }
+                crate::connect::Pair::Containers(..) => out.push((c, Scope::Cluster)),
             }
         }
         Ok(out)
@@ -501,7 +504,7 @@ impl State {
             .await
             .containers
             .iter()
-            .any(|(c, _)| c.is_named(name))
+            .any(|r| r.container.is_named(name))
     }
 
     /// Every group connection.
