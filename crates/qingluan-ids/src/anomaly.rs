@@ -247,3 +247,124 @@ fn anomaly(sid: u32, msg: &str, class: &str, packet: &Packet, now: SystemTime) -
         payload_printable: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_frames::*;
+    use crate::EveNames;
+
+    fn count(alerts: &[Alert], sid: u32) -> usize {
+        alerts.iter().filter(|a| a.sid == sid).count()
+    }
+
+    fn scan(ports: u16) -> Vec<Alert> {
+        let mut d = detector("");
+        (1..=ports)
+            .flat_map(|port| {
+                let syn = tcp(CLIENT, 40000, SERVER, port, 1, "S", b"");
+                d.inspect(&syn, at(f64::from(port) * 0.1))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn port_scan_alerts_at_fifty_ports() {
+        assert_eq!(count(&scan(49), SID_PORT_SCAN), 0);
+        let alerts = scan(50);
+        assert_eq!(sids(&alerts), vec![SID_PORT_SCAN]);
+        assert_eq!(alerts[0].src_ip, IpAddr::from(CLIENT));
+        assert_eq!(
+            (alerts[0].priority, alerts[0].category.as_str()),
+            (2, "Attempted Information Leak")
+        );
+        assert_eq!(count(&scan(120), SID_PORT_SCAN), 1);
+    }
+
+    #[test]
+    fn port_scan_window_and_udp() {
+        let mut d = detector("");
+        let mut alerts = Vec::new();
+        for port in 1..=49u16 {
+            alerts.extend(d.inspect(&udp(CLIENT, 5000, SERVER, port, b"?"), at(0.0)));
+        }
+        alerts.extend(d.inspect(&udp(CLIENT, 5000, SERVER, 50, b"?"), at(10.0)));
+        assert_eq!(count(&alerts, SID_PORT_SCAN), 0);
+        for port in 1..=49u16 {
+            alerts.extend(d.inspect(&udp(SERVER, port, CLIENT, 5000, b"!"), at(10.1)));
+        }
+        assert_eq!(count(&alerts, SID_PORT_SCAN), 0);
+    }
+
+    #[test]
+    fn syn_flood() {
+        let flood = |syns: u16| {
+            let mut d = detector("");
+            let alerts: Vec<Alert> = (0..syns)
+                .flat_map(|i| {
+                    let src = [10, 1, (i >> 8) as u8, i as u8];
+                    d.inspect(
+                        &tcp(src, 1024 + i, SERVER, 80, 1, "S", b""),
+                        at(f64::from(i) / 1000.0),
+                    )
+                })
+                .collect();
+            alerts
+        };
+        assert_eq!(count(&flood(499), SID_SYN_FLOOD), 0);
+        let alerts = flood(600);
+        assert_eq!(sids(&alerts), vec![SID_SYN_FLOOD]);
+        assert_eq!(alerts[0].dest_ip, IpAddr::from(SERVER));
+        assert_eq!(alerts[0].category, "Attempted Denial of Service");
+    }
+
+    #[test]
+    fn icmp_flood() {
+        let flood = |pings: u16| {
+            let mut d = detector("");
+            let alerts: Vec<Alert> = (0..pings)
+                .flat_map(|i| d.inspect(&ping(CLIENT, SERVER, i, b"x"), at(f64::from(i) / 250.0)))
+                .collect();
+            alerts
+        };
+        assert_eq!(count(&flood(199), SID_ICMP_FLOOD), 0);
+        assert_eq!(sids(&flood(230)), vec![SID_ICMP_FLOOD]);
+        assert_eq!(count(&flood(500), SID_ICMP_FLOOD), 2);
+    }
+
+    #[test]
+    fn arp_spoofing() {
+        let mut d = detector("");
+        let spoofer = [2, 0, 0, 0, 0, 66];
+        d.set_bindings(HashMap::from([(Ipv4Addr::from(CLIENT), CLIENT_MAC)]));
+        assert!(d
+            .inspect(&arp_reply(CLIENT_MAC, CLIENT, SERVER), at(0.0))
+            .is_empty());
+        assert!(d
+            .inspect(&arp_reply(spoofer, SERVER, CLIENT), at(0.0))
+            .is_empty());
+        let alerts = d.inspect(&arp_reply(spoofer, CLIENT, SERVER), at(1.0));
+        assert_eq!(sids(&alerts), vec![SID_ARP_SPOOF]);
+        assert!(d
+            .inspect(&arp_reply(spoofer, CLIENT, SERVER), at(2.0))
+            .is_empty());
+        assert_eq!(
+            d.inspect(&arp_reply(spoofer, CLIENT, SERVER), at(62.0))
+                .len(),
+            1
+        );
+
+        let names = EveNames {
+            network: Some("backend".to_string()),
+            ..EveNames::default()
+        };
+        assert_eq!(
+            alerts[0].eve_line(&names),
+            "{\"timestamp\":\"2026-12-04T12:00:01.000000+0000\",\"event_type\":\"alert\",\
+             \"src_ip\":\"10.0.0.1\",\"dest_ip\":\"10.0.0.2\",\"proto\":\"0\",\
+             \"ether\":{\"src_mac\":\"02:00:00:00:00:42\"},\"alert\":{\"action\":\"allowed\",\
+             \"gid\":1,\"signature_id\":9000004,\"rev\":1,\"signature\":\"QINGLUAN ARP spoofing\",\
+             \"category\":\"Potentially Bad Traffic\",\"severity\":2},\"qingluan\":{\"network\":\"backend\"}}"
+        );
+    }
+}

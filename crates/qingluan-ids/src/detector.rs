@@ -249,3 +249,288 @@ fn decode_arp(arp: &etherparse::ArpPacketSlice) -> Decoded<'static> {
         target_ip: target_ip.into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{Direction, EveNames};
+    use crate::rules::load;
+    use crate::test_frames::*;
+
+    fn run(detector: &mut Detector, frames: &[Vec<u8>], secs: f64) -> Vec<u32> {
+        frames
+            .iter()
+            .flat_map(|frame| sids(&detector.inspect(frame, at(secs))))
+            .collect()
+    }
+
+    #[test]
+    fn tcp_flow_flags_follow_the_handshake() {
+        let mut d = detector(
+            "alert tcp any any -> any 80 (flow:established,to_server; sid:1;)\n\
+             alert tcp any any -> any any (flow:not_established; sid:2;)\n\
+             alert tcp any any -> any any (flow:to_client,established; sid:3;)\n\
+             alert tcp any any -> any any (flow:stateless,to_client; sid:4;)",
+        );
+        let mut conn = Conn::new(40000);
+        let handshake = conn.handshake();
+        assert_eq!(run(&mut d, &handshake[..1], 0.0), vec![2]);
+        assert_eq!(run(&mut d, &handshake[1..2], 0.0), vec![2, 4]);
+        assert_eq!(run(&mut d, &handshake[2..], 0.0), Vec::<u32>::new());
+        assert_eq!(
+            run(&mut d, &[conn.client(b"GET / HTTP/1.0\r\n\r\n")], 0.1),
+            vec![1]
+        );
+        assert_eq!(
+            run(&mut d, &[conn.server(b"HTTP/1.0 200 OK\r\n")], 0.2),
+            vec![3]
+        );
+        assert_eq!(run(&mut d, &[conn.client(b"more")], 0.3), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn udp_flow_is_established_by_the_reply() {
+        let mut d = detector(
+            "alert udp any any -> any any (flow:established; sid:1;)\n\
+             alert udp any any -> any 53 (flow:to_server,not_established; sid:2;)",
+        );
+        assert_eq!(
+            run(&mut d, &[udp(CLIENT, 5000, SERVER, 53, b"q")], 0.0),
+            vec![2]
+        );
+        let reply = udp(SERVER, 53, CLIENT, 5000, b"r");
+        let alerts = d.inspect(&reply, at(0.1));
+        assert_eq!(sids(&alerts), vec![1]);
+        assert_eq!(alerts[0].direction, Some(Direction::ToClient));
+    }
+
+    #[test]
+    fn bidirectional_rules_match_both_ways() {
+        let mut d = detector("alert udp 10.0.0.1 any <> 10.0.0.2 53 (content:\"x\"; sid:1;)");
+        assert_eq!(
+            run(&mut d, &[udp(SERVER, 53, CLIENT, 9, b"x")], 0.0),
+            vec![1]
+        );
+        assert_eq!(
+            run(&mut d, &[udp(CLIENT, 9, SERVER, 53, b"x")], 0.0),
+            vec![1]
+        );
+        assert_eq!(
+            run(&mut d, &[udp([10, 0, 0, 3], 9, SERVER, 53, b"x")], 0.0),
+            Vec::<u32>::new()
+        );
+        let mut one_way = detector("alert udp 10.0.0.1 any -> 10.0.0.2 53 (content:\"x\"; sid:1;)");
+        assert_eq!(
+            run(&mut one_way, &[udp(SERVER, 53, CLIENT, 9, b"x")], 0.0),
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn content_spanning_segments_alerts_once() {
+        let rules = "alert tcp any any -> any 80 (content:\"EVILPATTERN\"; sid:1;)\n\
+                     alert tcp any any -> any 80 (content:\"PAT\"; content:\"EVIL\"; distance:-20; sid:2;)";
+        let mut d = detector(rules);
+        let mut conn = Conn::new(40000);
+        run(&mut d, &conn.handshake(), 0.0);
+        assert_eq!(
+            run(&mut d, &[conn.client(b"xxEVIL")], 0.1),
+            Vec::<u32>::new()
+        );
+        assert_eq!(run(&mut d, &[conn.client(b"PATTERNyy")], 0.2), vec![1, 2]);
+        assert_eq!(
+            run(&mut d, &[conn.client(b"EVILPATTERN")], 0.3),
+            Vec::<u32>::new()
+        );
+
+        let mut d = detector(rules);
+        let mut conn = Conn::new(40001);
+        run(&mut d, &conn.handshake(), 0.0);
+        let first = conn.client_at(0, b"xxEVIL");
+        let second = conn.client_at(6, b"PATTERNyy");
+        assert_eq!(
+            run(&mut d, std::slice::from_ref(&second), 0.1),
+            Vec::<u32>::new()
+        );
+        assert_eq!(run(&mut d, std::slice::from_ref(&first), 0.2), vec![1, 2]);
+        assert_eq!(run(&mut d, &[first, second], 0.3), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn retransmission_does_not_alert_again_or_shift_offsets() {
+        let mut d = detector(
+            "alert tcp any any -> any 80 (content:\"AB\"; sid:1;)\n\
+             alert tcp any any -> any 80 (content:\"CD\"; offset:2; depth:2; sid:2;)",
+        );
+        let mut conn = Conn::new(40000);
+        run(&mut d, &conn.handshake(), 0.0);
+        let ab = conn.client(b"AB");
+        assert_eq!(run(&mut d, &[ab.clone(), ab.clone()], 0.1), vec![1]);
+        assert_eq!(run(&mut d, &[ab, conn.client(b"CD")], 0.2), vec![2]);
+    }
+
+    #[test]
+    fn dsize_uses_the_packet_payload() {
+        let mut d = detector("alert udp any any -> any any (dsize:>3; content:\"a\"; sid:1;)");
+        assert_eq!(
+            run(&mut d, &[udp(CLIENT, 1, SERVER, 2, b"abc")], 0.0),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            run(&mut d, &[udp(CLIENT, 3, SERVER, 2, b"abcd")], 0.0),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn stream_depth_limits_inspection() {
+        let config = Config {
+            stream_depth: 8,
+            ..Config::default()
+        };
+        let mut d = detector_with(
+            "alert tcp any any -> any any (content:\"LATE\"; sid:1;)",
+            config,
+        );
+        let mut conn = Conn::new(40000);
+        run(&mut d, &conn.handshake(), 0.0);
+        assert_eq!(
+            run(&mut d, &[conn.client(b"123456"), conn.client(b"LATE")], 0.1),
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn ipv6_in_vlan_and_icmp() {
+        let mut d = detector(
+            "alert udp fd00::/8 any -> any 53 (content:\"v6\"; sid:1;)\n\
+             alert icmp any any -> any any (content:\"ping\"; sid:2;)",
+        );
+        let mut src = [0u8; 16];
+        src[0] = 0xfd;
+        src[15] = 1;
+        let frame = udp6_vlan(src, 1000, [0; 16], 53, b"v6!");
+        assert_eq!(run(&mut d, &[frame], 0.0), vec![1]);
+        let alerts = d.inspect(&ping(CLIENT, SERVER, 1, b"ping"), at(0.0));
+        assert_eq!(sids(&alerts), vec![2]);
+        assert_eq!((alerts[0].proto, alerts[0].src_port), (1, None));
+    }
+
+    #[test]
+    fn drop_rules_stats_and_rule_replacement() {
+        let mut d = detector("drop udp any any -> any any (content:\"x\"; sid:1;)");
+        d.inspect(&udp(CLIENT, 1, SERVER, 2, b"x"), at(0.0));
+        d.inspect(&[0u8; 5], at(0.0));
+        d.inspect(&arp_reply(CLIENT_MAC, CLIENT, SERVER), at(0.0));
+        let stats = d.stats();
+        assert_eq!(
+            (
+                stats.packets,
+                stats.alerts,
+                stats.dropped_by_rules,
+                stats.malformed,
+                stats.flows,
+                stats.rules
+            ),
+            (3, 1, 1, 1, 1, 1)
+        );
+        assert!(stats.bytes > 5);
+        let set = load(&[("n".to_string(), "alert udp any any -> any any (content:\"y\"; sid:2;)\nalert udp any any -> any any (content:\"z\"; sid:3;)".to_string())], &Vars::default()).unwrap();
+        d.replace_rules(set);
+        assert_eq!(
+            sids(&d.inspect(&udp(CLIENT, 1, SERVER, 2, b"y"), at(0.1))),
+            vec![2]
+        );
+        assert_eq!((d.stats().rules, d.stats().flows), (2, 1));
+    }
+
+    #[test]
+    fn eve_of_a_signature_alert() {
+        let mut d = detector(
+            "alert tcp any any -> $HOME_NET 80 (msg:\"ET WEB evil \\\"GET\\\"\"; content:\"GET /evil\"; \
+             classtype:web-application-attack; sid:2000001; rev:4;)",
+        );
+        let mut conn = Conn::new(40000);
+        run(&mut d, &conn.handshake(), 0.0);
+        let alerts = d.inspect(&conn.client(b"GET /evil\r\n"), at(1.5));
+        let names = EveNames {
+            in_iface: Some("ql-mirror0".to_string()),
+            src_container: Some("web".to_string()),
+            dest_container: Some("db".to_string()),
+            network: Some("backend".to_string()),
+            ips: false,
+        };
+        let eve = alerts[0].eve(&names);
+        let flow_id = eve["flow_id"].as_u64().unwrap();
+        assert!(flow_id > 0 && flow_id < 1 << 51);
+        assert_eq!(
+            eve,
+            serde_json::json!({
+                "timestamp": "2026-12-04T12:00:01.500000+0000",
+                "flow_id": flow_id,
+                "in_iface": "ql-mirror0",
+                "event_type": "alert",
+                "src_ip": "10.0.0.1",
+                "src_port": 40000,
+                "dest_ip": "10.0.0.2",
+                "dest_port": 80,
+                "proto": "TCP",
+                "alert": {
+                    "action": "allowed",
+                    "gid": 1,
+                    "signature_id": 2000001,
+                    "rev": 4,
+                    "signature": "ET WEB evil \"GET\"",
+                    "category": "Web Application Attack",
+                    "severity": 1
+                },
+                "direction": "to_server",
+                "payload_printable": "GET /evil..",
+                "qingluan": {"src_container": "web", "dest_container": "db", "network": "backend"}
+            })
+        );
+        assert!(alerts[0]
+            .eve_line(&names)
+            .starts_with("{\"timestamp\":\"2026-12-04T12:00:01.500000+0000\",\"flow_id\":"));
+    }
+
+    #[test]
+    fn garbage_frames_never_panic() {
+        let mut d = detector(
+            "alert ip any any -> any any (content:\"a\"; sid:1;)\n\
+             alert tcp any any -> any any (content:\"b\"; content:\"c\"; distance:-5; within:9; endswith; sid:2;)",
+        );
+        d.set_bindings(HashMap::from([(Ipv4Addr::new(10, 0, 0, 1), [9; 6])]));
+        let templates = [
+            tcp(CLIENT, 1, SERVER, 2, 7, "A", b"abcabc"),
+            udp(CLIENT, 1, SERVER, 2, b"abc"),
+            udp6_vlan([1; 16], 1, [2; 16], 2, b"abc"),
+            ping(CLIENT, SERVER, 1, b"abc"),
+            arp_reply(CLIENT_MAC, CLIENT, SERVER),
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000u32 {
+            let frame: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 120) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut frame = templates[(next() % 5) as usize].clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % frame.len();
+                    frame[at] = next() as u8;
+                }
+                frame.truncate(1 + (next() as usize) % frame.len());
+                frame
+            };
+            d.inspect(&frame, at(f64::from(i) / 100.0));
+        }
+        assert_eq!(d.stats().packets, 20_000);
+        assert!(d.stats().malformed > 0);
+    }
+}

@@ -392,4 +392,81 @@ mod tests {
             b"xcac"
         ));
     }
+
+    /// Sends one matching UDP datagram per new flow (distinct source ports) at each time in
+    /// `times`, from `src` to 10.0.0.2; returns at which of them an alert came out.
+    fn alerting(rule: &str, sends: &[(f64, [u8; 4])]) -> Vec<usize> {
+        use crate::test_frames::{at, detector, udp, SERVER};
+        let mut d = detector(rule);
+        let mut port = 1000;
+        let mut alerted = Vec::new();
+        for (i, &(secs, src)) in sends.iter().enumerate() {
+            port += 1;
+            if !d
+                .inspect(&udp(src, port, SERVER, 53, b"hit"), at(secs))
+                .is_empty()
+            {
+                alerted.push(i + 1);
+            }
+        }
+        alerted
+    }
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 3];
+
+    fn rule(threshold: &str) -> String {
+        format!("alert udp any any -> any any (content:\"hit\"; threshold:{threshold}; sid:1;)")
+    }
+
+    #[test]
+    fn threshold_limit() {
+        let sends = [
+            (0.0, A),
+            (1.0, A),
+            (2.0, A),
+            (3.0, B),
+            (9.0, A),
+            (10.5, A),
+            (11.0, A),
+        ];
+        let limit = rule("type limit, track by_src, count 2, seconds 10");
+        assert_eq!(alerting(&limit, &sends), vec![1, 2, 4, 6, 7]);
+        let by_dst = rule("track by_dst,type limit,seconds 10,count 2");
+        assert_eq!(alerting(&by_dst, &sends), vec![1, 2, 6, 7]);
+    }
+
+    #[test]
+    fn threshold_threshold() {
+        let sends = [
+            (0.0, A),
+            (1.0, A),
+            (2.0, A),
+            (3.0, A),
+            (4.0, A),
+            (10.5, A),
+            (11.0, A),
+        ];
+        let every_second = rule("type threshold, track by_src, count 2, seconds 10");
+        assert_eq!(alerting(&every_second, &sends), vec![2, 4, 7]);
+    }
+
+    #[test]
+    fn threshold_both() {
+        let sends = [(0.0, A), (1.0, A), (2.0, A), (3.0, A), (10.5, A), (11.0, A)];
+        let both = rule("type both, track by_src, count 2, seconds 10");
+        assert_eq!(alerting(&both, &sends), vec![2, 6]);
+    }
+
+    #[test]
+    fn alerts_once_per_flow_and_direction() {
+        use crate::test_frames::{at, detector, udp, CLIENT, SERVER};
+        let mut d = detector("alert udp any any -> any any (content:\"x\"; sid:1;)");
+        let query = udp(CLIENT, 1, SERVER, 2, b"x");
+        let reply = udp(SERVER, 2, CLIENT, 1, b"x");
+        assert_eq!(d.inspect(&query, at(0.0)).len(), 1);
+        assert_eq!(d.inspect(&query, at(0.1)).len(), 0);
+        assert_eq!(d.inspect(&reply, at(0.2)).len(), 1);
+        assert_eq!(d.inspect(&reply, at(0.3)).len(), 0);
+    }
 }

@@ -84,3 +84,5 @@ pub use addr::{AddrSet, PortSet, SetError, Vars};
 pub use alert::{Alert, Direction, EveNames};
 pub use detector::{Config, Detector, Stats};
 pub use rules::{load, Action, LoadError, RuleSet, Skipped};
+#[cfg(test)]
+mod test_frames;
