@@ -74,11 +74,16 @@ impl Engine {
         let prefilter = if patterns.is_empty() {
             None
         } else {
-            AhoCorasickBuilder::new()
+            let built = AhoCorasickBuilder::new()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
-                .build(&patterns)
-                .ok()
+                .build(&patterns);
+            if built.is_err() {
+                // Too large to build: verify every rule on every packet instead (slow but
+                // complete).
+                header_only = (0..rules.len()).collect();
+            }
+            built.ok()
         };
         Engine {
             rules,
