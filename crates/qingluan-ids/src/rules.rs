@@ -611,14 +611,20 @@ fn parse_option(options: &mut Options, name: &str, value: Option<&str>) -> Resul
         }
         "sid" => {
             let sid = parse_number::<u32>(name, needs_value()?)?;
-            if sid == 0 || options.sid.replace(sid).is_some() {
-                return Err(format!("`sid` must be given once and be > 0, got `{sid}`"));
+            if sid == 0 {
+                return Err("`sid` must be > 0".to_string());
+            }
+            if options.sid.replace(sid).is_some() {
+                return Err("`sid` given twice".to_string());
             }
         }
         "rev" => {
             let rev = parse_number::<u32>(name, needs_value()?)?;
-            if rev == 0 || options.rev.replace(rev).is_some() {
-                return Err(format!("`rev` must be given once and be > 0, got `{rev}`"));
+            if rev == 0 {
+                return Err("`rev` must be > 0".to_string());
+            }
+            if options.rev.replace(rev).is_some() {
+                return Err("`rev` given twice".to_string());
             }
         }
         "gid" => options.gid = Some(parse_number(name, needs_value()?)?),
@@ -1118,8 +1124,8 @@ mod tests {
         }
         let option_cases = [
             ("msg:\"x\";", "rule has no `sid`"),
-            ("sid:0;", "`sid` must be given once and be > 0, got `0`"),
-            ("sid:1; sid:2;", "`sid` must be given once and be > 0, got `2`"),
+            ("sid:0;", "`sid` must be > 0"),
+            ("sid:1; sid:2;", "`sid` given twice"),
             ("sid:abc;", "invalid number `abc` for `sid`"),
             ("msg:\"x\"; sid:1", "option `sid:1` is not terminated by `;`"),
             ("msg:\"x; sid:1;", "`msg` value must be enclosed in double quotes"),
