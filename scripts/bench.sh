@@ -37,7 +37,8 @@ trap cleanup EXIT
 
 . scripts/lib/env.sh
 build_test_image >/dev/null
-[ -x "$BIN" ] || cargo build --release -q
+# Always build: a release binary left from an older checkout would measure old code.
+[ -n "${QINGLUAN_BIN:-}" ] || cargo build --release -q --features etcd
 CLI=("$BIN")
 if ! "$BIN" status >/dev/null 2>&1; then
   cat > "$tmp/config.toml" <<CFG
