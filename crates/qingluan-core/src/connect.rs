@@ -244,54 +244,8 @@ pub fn effect(world: &World<'_>, connections: &[Connection]) -> Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ContainerRef, Endpoint, Mac};
-
-    fn net(id: &str, mode: Mode, subnet: &str) -> Network {
-        let subnet: Ipv4Net = subnet.parse().unwrap();
-        Network {
-            id: id.into(),
-            mode,
-            bridge: format!("qlb{id}"),
-            internal: false,
-            mtu: 1500,
-            subnet,
-            gateway: subnet.hosts().next().unwrap(),
-            ipv6: None,
-            options: Default::default(),
-            created: 0,
-            vni: None,
-            cluster: None,
-            gateway_port: None,
-            uplink: None,
-            qos: Default::default(),
-            acl_default: Default::default(),
-            zone: 0,
-        }
-    }
-
-    fn ep(id: &str, n: &Network, host: u32, container: &str) -> Endpoint {
-        let ip = std::net::Ipv4Addr::from(u32::from(n.subnet.network()) + host);
-        Endpoint {
-            id: id.into(),
-            network_id: n.id.clone(),
-            veth: format!("qlv{id}"),
-            peer: format!("qlc{id}"),
-            address: Ipv4Net::new(ip, n.subnet.prefix_len()).unwrap(),
-            address_v6: None,
-            mac: Mac::from_ipv4(ip),
-            ports: Vec::new(),
-            joined: true,
-            sandbox: None,
-            created: 0,
-            conflict: None,
-            qos: Default::default(),
-            container: Some(ContainerRef {
-                id: format!("{container}-id"),
-                name: container.into(),
-                labels: Default::default(),
-            }),
-        }
-    }
+    use crate::fixtures::{ep, net};
+    use crate::model::ContainerRef;
 
     #[test]
     fn only_routable_distinct_networks_connect() {

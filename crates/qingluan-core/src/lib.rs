@@ -18,8 +18,11 @@ pub mod acl;
 pub mod cluster;
 pub mod connect;
 pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod ipam;
 pub mod membership;
+pub mod mirror;
 pub mod model;
 pub mod modes;
 pub mod options;

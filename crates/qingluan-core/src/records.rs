@@ -54,6 +54,13 @@ impl Record for Connection {
     }
 }
 
+impl Record for crate::mirror::Mirror {
+    const PREFIX: &'static str = "mirror/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl Record for QosOverride {
     const PREFIX: &'static str = "qos/";
     fn id(&self) -> &str {

@@ -175,16 +175,7 @@ fn traffic(s: &RuleSpec) -> String {
 impl Client {
     /// `qingluan acl add`: prints the new rule's ID.
     pub async fn acl_add(&self, r: &AclRequest) -> anyhow::Result<()> {
-        let body = self
-            .call("POST", "/v1/acl", Some(serde_json::to_vec(r)?))
-            .await?;
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        if self.json {
-            self.print_json(&v);
-        } else {
-            println!("{}", v["id"].as_str().unwrap_or_default());
-        }
-        Ok(())
+        self.create("/v1/acl", r).await
     }
 
     /// `qingluan acl rm`.

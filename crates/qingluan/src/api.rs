@@ -135,7 +135,8 @@ pub(crate) fn service(e: ServiceError) -> ApiError {
         ServiceError::Option(_)
         | ServiceError::Invalid(_)
         | ServiceError::NetworkNotFound(_)
-        | ServiceError::Connect(_) => bad(e),
+        | ServiceError::Connect(_)
+        | ServiceError::Mirror(_) => bad(e),
         e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -189,6 +190,11 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/acl", get(crate::acl::list).post(crate::acl::add))
         .route("/v1/acl/{id}", delete(crate::acl::remove))
+        .route(
+            "/v1/mirror",
+            get(crate::mirror::list).post(crate::mirror::add),
+        )
+        .route("/v1/mirror/{id}", delete(crate::mirror::remove))
         .route(
             "/v1/connect",
             get(crate::connect::list)

@@ -10,6 +10,7 @@ use qingluan_core::ipam::{PoolKind, PoolUsage};
 use qingluan_core::model::{head, Endpoint};
 use qingluan_core::service::EndpointStats;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::api::{ClusterNetworkView, NetworkView, NewPool, Status};
 use crate::docker::Names;
@@ -66,6 +67,21 @@ impl Client {
 
     pub(crate) fn print_json(&self, v: &serde_json::Value) {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    /// POSTs `request` as JSON to `path` and prints the new object's `id` (all of it with
+    /// `--json`).
+    pub(crate) async fn create(&self, path: &str, request: &impl Serialize) -> anyhow::Result<()> {
+        let body = self
+            .call("POST", path, Some(serde_json::to_vec(request)?))
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        if self.json {
+            self.print_json(&v);
+        } else {
+            println!("{}", v["id"].as_str().unwrap_or_default());
+        }
+        Ok(())
     }
 
     /// `qingluan status`.

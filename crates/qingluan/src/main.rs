@@ -14,6 +14,7 @@ mod docker;
 mod host_stats;
 mod http;
 mod metrics;
+mod mirror;
 mod qos;
 mod top;
 
@@ -61,6 +62,9 @@ enum Command {
     /// ACL control: stateful allow and deny rules per network.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// Port mirrors: copies of a network's traffic to an analyzer container's port.
+    #[command(subcommand)]
+    Mirror(MirrorCmd),
     /// Let two networks (nat) or two containers talk: `connect A B`; `connect ls` lists.
     Connect {
         /// A network or container, or `ls`.
@@ -207,6 +211,19 @@ enum AclCmd {
 }
 
 #[derive(Subcommand)]
+enum MirrorCmd {
+    /// Copy what --network's containers here send and receive to --to; prints its ID.
+    Add(mirror::MirrorRequest),
+    /// Every mirror with its port and how many endpoints it copies.
+    Ls,
+    /// Remove a mirror by ID (or a unique prefix of it).
+    Rm {
+        /// The mirror's ID.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum PoolCmd {
     /// List pools with their subnets and address usage.
     Ls,
@@ -322,6 +339,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Disconnect { a, b } => client.connect(&a, &b, false).await,
         Command::Acl(AclCmd::Ls { network }) => client.acl_ls(network.as_deref()).await,
         Command::Acl(AclCmd::Rm { id }) => client.acl_rm(&id).await,
+        Command::Mirror(MirrorCmd::Add(r)) => client.mirror_add(&r).await,
+        Command::Mirror(MirrorCmd::Ls) => client.mirror_ls().await,
+        Command::Mirror(MirrorCmd::Rm { id }) => client.mirror_rm(&id).await,
         Command::Stats {
             network,
             container,

@@ -150,7 +150,7 @@ pub(crate) fn switch(ctx: &Ctx, net: &Network, eps: &[&Endpoint], out: &mut Desi
             .to_vec(),
         flow_export: ctx.settings.flow_export.clone(),
     });
-    let then = [Action::Goto(Stage::Conntrack)];
+    let then = [Action::Goto(Stage::Mirror)];
     attach(ctx, net, &bridge, eps, None, &then, out);
     let segment = pipeline::SegmentBridge {
         net,
@@ -190,7 +190,7 @@ pub(crate) fn on_uplink(ctx: &Ctx, net: &Network, eps: &[&Endpoint], tag: u16, o
         &bridge,
         eps,
         Some(tag),
-        &[Action::Goto(Stage::Conntrack)],
+        &[Action::Goto(Stage::Mirror)],
         out,
     );
     let acl = ctx.acl(net, eps, pipeline::AclBridge::Uplink, None);
@@ -359,6 +359,8 @@ pub struct Intent {
     pub acl: Vec<AclRule>,
     /// The group connections.
     pub connections: Vec<Connection>,
+    /// The mirrors.
+    pub mirrors: Vec<crate::mirror::Mirror>,
 }
 
 /// Every network's rules with their selectors resolved, by network ID (user rules in rule
@@ -445,6 +447,15 @@ pub fn build(
             .extend(pipeline::collect(&[&pipeline::UplinkSwitch]));
         d.sentinels
             .insert(u.bridge.clone(), pipeline::UplinkSwitch.sentinel());
+    }
+    let overlay = vxlan::overlay_bridge(&settings.prefix);
+    for (bridge, watched) in crate::mirror::watched(&intent.mirrors, networks, endpoints, &overlay)
+    {
+        let mirrors = pipeline::Mirrors { watched: &watched };
+        d.flows
+            .entry(bridge)
+            .or_default()
+            .extend(pipeline::collect(&[&mirrors]));
     }
     for flows in d.flows.values_mut() {
         pipeline::sort(flows);

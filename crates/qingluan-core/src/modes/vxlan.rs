@@ -114,7 +114,7 @@ impl ModeDriver for Vxlan {
             &bridge,
             eps,
             None,
-            &[pipeline::Action::Goto(pipeline::Stage::Conntrack)],
+            &[pipeline::Action::Goto(pipeline::Stage::Mirror)],
             out,
         );
         let gw = net

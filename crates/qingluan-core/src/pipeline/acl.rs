@@ -165,7 +165,7 @@ impl NetworkAcl<'_> {
                         .and(to(ep));
                     let mark = [
                         Action::LoadReg1(self.zone.into()),
-                        Action::Goto(Stage::Conntrack),
+                        Action::Goto(Stage::Mirror),
                     ];
                     out.push(flow(Stage::Classify, 50, c, sent_to, &mark));
                 }

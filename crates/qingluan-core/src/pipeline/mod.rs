@@ -32,6 +32,7 @@
 
 pub mod acl;
 pub mod arp_responder;
+pub mod mirror;
 pub mod overlay;
 pub mod overlay_gateway;
 pub mod physical;
@@ -49,6 +50,7 @@ use crate::model::Mac;
 
 pub use acl::{AclBridge, NetworkAcl, ResolvedRule};
 pub use arp_responder::ArpResponder;
+pub use mirror::{Mirrors, Watched};
 pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint};
 pub use overlay_gateway::{OverlayGateway, OverlayGatewayPort};
 pub use physical::{PhysicalPorts, UplinkSwitch};
@@ -62,6 +64,8 @@ pub enum Stage {
     Classify,
     /// Egress meters and DSCP marks of admitted containers.
     Qos,
+    /// Copies of watched containers' traffic to mirror ports.
+    Mirror,
     /// The connection tracker (networks with ACLs).
     Conntrack,
     /// ACL rules and defaults.
@@ -75,9 +79,10 @@ pub enum Stage {
 }
 
 /// Every stage, in pipeline order.
-pub const STAGES: [Stage; 7] = [
+pub const STAGES: [Stage; 8] = [
     Stage::Classify,
     Stage::Qos,
+    Stage::Mirror,
     Stage::Conntrack,
     Stage::Policy,
     Stage::Commit,
@@ -103,6 +108,7 @@ impl Stage {
         match self {
             Stage::Classify => "CLASSIFY",
             Stage::Qos => "QOS",
+            Stage::Mirror => "MIRROR",
             Stage::Conntrack => "CONNTRACK",
             Stage::Policy => "POLICY",
             Stage::Commit => "COMMIT",
@@ -131,6 +137,8 @@ pub enum Feature {
     Acl = 0x07,
     /// A network's conntrack and ACL defaults.
     AclBase = 0x08,
+    /// A watched endpoint's mirror flows.
+    Mirror = 0x09,
 }
 
 /// The cookie bits that hold the [`Feature`].
@@ -329,12 +337,13 @@ mod tests {
     #[test]
     fn tables_follow_the_stage_order() {
         let tables: Vec<u8> = STAGES.iter().map(|s| s.table()).collect();
-        assert_eq!(tables, [0, 5, 10, 15, 20, 25, 30]);
+        assert_eq!(tables, [0, 5, 10, 15, 20, 25, 30, 35]);
         assert_eq!(
             STAGES.map(Stage::name),
             [
                 "CLASSIFY",
                 "QOS",
+                "MIRROR",
                 "CONNTRACK",
                 "POLICY",
                 "COMMIT",
@@ -393,7 +402,7 @@ mod tests {
         );
         assert_eq!(
             f.render(),
-            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:30"
+            "table=0,priority=100,cookie=0x400000000000000,in_port=LOCAL,ip,actions=set_field:7->tun_id,goto_table:35"
         );
     }
 }

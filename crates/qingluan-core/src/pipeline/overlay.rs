@@ -76,10 +76,17 @@ impl FlowFeature for OverlayBase<'_> {
                 100,
                 c,
                 Match::any().and(Field::InPort(Port::Named(self.tunnel.into()))),
-                &[Action::Goto(Stage::Conntrack)],
+                &[Action::Goto(Stage::Mirror)],
             ),
             flow(
                 Stage::Qos,
+                0,
+                c,
+                Match::any(),
+                &[Action::Goto(Stage::Mirror)],
+            ),
+            flow(
+                Stage::Mirror,
                 0,
                 c,
                 Match::any(),

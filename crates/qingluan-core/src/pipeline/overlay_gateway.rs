@@ -61,7 +61,7 @@ impl FlowFeature for OverlayGatewayPort<'_> {
                 Match::any()
                     .and(Field::InPort(Port::Named(g.port.clone())))
                     .and(Field::EthSrc(g.mac.0)),
-                &[Action::SetTunId(vni), Action::Goto(Stage::Conntrack)],
+                &[Action::SetTunId(vni), Action::Goto(Stage::Mirror)],
             ),
             flow(
                 Stage::L2Forward,

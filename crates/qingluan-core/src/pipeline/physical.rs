@@ -29,6 +29,7 @@ impl FlowFeature for UplinkSwitch {
         &[
             Stage::Classify,
             Stage::Qos,
+            Stage::Mirror,
             Stage::Conntrack,
             Stage::L2Forward,
         ]
@@ -36,10 +37,17 @@ impl FlowFeature for UplinkSwitch {
 
     fn flows(&self) -> Vec<Flow> {
         let c = Cookie::bridge(Feature::Uplink);
-        let on = |stage| flow(stage, 0, c, Match::any(), &[Action::Goto(Stage::Conntrack)]);
+        let on = |stage| flow(stage, 0, c, Match::any(), &[Action::Goto(Stage::Mirror)]);
         vec![
             flow(Stage::Classify, 0, c, Match::any(), &[Action::Normal]),
             on(Stage::Qos),
+            flow(
+                Stage::Mirror,
+                0,
+                c,
+                Match::any(),
+                &[Action::Goto(Stage::Conntrack)],
+            ),
             flow(
                 Stage::Conntrack,
                 0,

@@ -30,7 +30,7 @@ impl FlowFeature for SegmentBridge<'_> {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Classify, Stage::Qos, Stage::L2Forward]
+        &[Stage::Classify, Stage::Qos, Stage::Mirror, Stage::L2Forward]
     }
 
     fn flows(&self) -> Vec<Flow> {
@@ -40,7 +40,7 @@ impl FlowFeature for SegmentBridge<'_> {
 
 fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
     let base = Cookie::of(Feature::Base, &net.id);
-    let forward = [Action::Goto(Stage::Conntrack)];
+    let forward = [Action::Goto(Stage::Mirror)];
     let mut out = vec![
         flow(Stage::Classify, 0, base, Match::any(), &[Action::Drop]),
         flow(
@@ -51,6 +51,13 @@ fn flows(net: &Network, endpoints: &[&Endpoint]) -> Vec<Flow> {
             &forward,
         ),
         flow(Stage::Qos, 0, base, Match::any(), &forward),
+        flow(
+            Stage::Mirror,
+            0,
+            base,
+            Match::any(),
+            &[Action::Goto(Stage::Conntrack)],
+        ),
         flow(Stage::L2Forward, 0, base, Match::any(), &[Action::Normal]),
     ];
     for ep in endpoints {

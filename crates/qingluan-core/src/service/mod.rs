@@ -43,6 +43,7 @@ mod agent;
 mod collector;
 mod connect;
 mod endpoints;
+mod mirror;
 mod networks;
 mod publishing;
 mod qos;
@@ -53,6 +54,7 @@ pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
 pub use connect::{Connect, ConnectionRow};
 pub use endpoints::Endpoints;
+pub use mirror::{MirrorRow, Mirrors};
 pub use networks::Networks;
 pub use publishing::Publishing;
 pub use qos::{OverrideRow, Qos, QosList, QosRow};
@@ -154,6 +156,9 @@ pub enum ServiceError {
     /// `connect` or `disconnect` refused.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// `mirror add` or `mirror rm` refused.
+    #[error(transparent)]
+    Mirror(crate::mirror::MirrorError),
 }
 
 /// One IPAM pool of a CreateNetwork request (strings as Docker sends them).
@@ -213,6 +218,8 @@ pub struct Driver {
     pub acl: Acl,
     /// Group connections.
     pub connect: Connect,
+    /// Port mirrors.
+    pub mirrors: Mirrors,
     /// Clean-up of what Docker forgot or a crash left.
     pub collector: Collector,
     /// The cluster agent.
@@ -237,6 +244,7 @@ impl Driver {
             qos: Qos::new(s.clone()),
             acl: Acl::new(s.clone()),
             connect: Connect::new(s.clone()),
+            mirrors: Mirrors::new(s.clone()),
             collector: Collector::new(s.clone()),
             agent: ClusterAgent::new(s.clone()),
             state: s,
@@ -507,6 +515,11 @@ impl State {
             .any(|r| r.container.is_named(name))
     }
 
+    /// Every port mirror.
+    pub async fn mirrors(&self) -> Result<Vec<crate::mirror::Mirror>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
     /// Every group connection.
     pub async fn connections(&self) -> Result<Vec<Connection>, ServiceError> {
         Ok(records::list(&*self.store).await?)
@@ -546,6 +559,7 @@ impl State {
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect(),
+            mirrors: self.mirrors().await?,
         };
         let view = self.view.read().await;
         Ok(crate::modes::build(

@@ -295,6 +295,15 @@ impl Networks {
             ops.push(records::delete::<crate::acl::AclRule>(&r.id));
             undo.push(records::put(&r));
         }
+        for m in self
+            .mirrors()
+            .await?
+            .into_iter()
+            .filter(|m| m.spec.network == id)
+        {
+            ops.push(records::delete::<crate::mirror::Mirror>(&m.id));
+            undo.push(records::put(&m));
+        }
         self.commit(ops.clone(), undo.clone()).await?;
         if let Some(k) = &net.cluster {
             let detached = async {

@@ -1,0 +1,251 @@
+//! Port mirroring (`qingluan mirror add|ls|rm`): a copy of what a network's containers on
+//! this host send and receive goes out of a target port on the bridge that holds them (the
+//! `MIRROR` stage, `pipeline/mirror.rs`), for an analyzer to read; the mirrored traffic's
+//! path and rate do not change.
+//!
+//! A mirror names its network and its target: `container:<name|id>`, a container on the
+//! same network on this host (its port is on that bridge: the network's own for nat and
+//! nonat, the uplink bridge for flat and vlan, the overlay bridge for vxlan). The target is
+//! never mirrored into itself. Mirrors are records (`mirror/<id>`) of this host, kept with
+//! the target as typed and resolved at every reconcile: while the target container is not
+//! running, its mirror copies nothing. A mirror goes with its network.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Endpoint, Mode, Network};
+use crate::pipeline::Watched;
+
+/// Errors of `mirror add` and `mirror rm`; the text reaches the user.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MirrorError {
+    /// The target is not `container:<name>`.
+    #[error("mirror target {0:?}: expected container:<name or id>")]
+    Target(String),
+    /// Interfaces are not targets yet.
+    #[error(
+        "mirror target {0:?}: interface targets are not supported yet; mirror to a \
+         container on the network"
+    )]
+    Interface(String),
+    /// The target container has no port on the network here.
+    #[error(
+        "container {container:?} is not on network {network} on this host: a mirror outputs \
+         to a port on the mirrored network's bridge"
+    )]
+    NotOnNetwork {
+        /// The container as typed.
+        container: String,
+        /// The network's name.
+        network: String,
+    },
+    /// The same mirror exists.
+    #[error("mirror {0} already copies this network to this target")]
+    Duplicate(String),
+    /// No mirror has this ID.
+    #[error("no mirror {0:?}")]
+    NotFound(String),
+    /// Several mirrors' IDs start so.
+    #[error("mirror ID {0:?} is ambiguous: give more of it")]
+    Ambiguous(String),
+}
+
+/// Where a mirror's copies go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A container on the mirrored network, by name or ID prefix as typed.
+    Container(String),
+}
+
+impl FromStr for Target {
+    type Err = MirrorError;
+
+    fn from_str(s: &str) -> Result<Target, MirrorError> {
+        match s.split_once(':') {
+            Some(("container", c)) if !c.is_empty() => Ok(Target::Container(c.into())),
+            Some(("interface", i)) if !i.is_empty() => Err(MirrorError::Interface(s.into())),
+            _ => Err(MirrorError::Target(s.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Container(c) => write!(f, "container:{c}"),
+        }
+    }
+}
+
+/// What a mirror copies where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorSpec {
+    /// The mirrored network's ID.
+    pub network: String,
+    /// The target.
+    pub to: Target,
+}
+
+/// A mirror, kept until `mirror rm` or its network goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mirror {
+    /// A digest of the spec ([`crate::model::content_id`]).
+    pub id: String,
+    /// What it copies where.
+    #[serde(flatten)]
+    pub spec: MirrorSpec,
+}
+
+impl Mirror {
+    /// The mirror of `spec`.
+    pub fn new(spec: MirrorSpec) -> Mirror {
+        Mirror {
+            id: crate::model::content_id(&spec),
+            spec,
+        }
+    }
+}
+
+/// The endpoint of `net` here that the target names, if its container runs.
+pub fn target_endpoint<'a>(
+    to: &Target,
+    net: &Network,
+    endpoints: &'a [Endpoint],
+) -> Option<&'a Endpoint> {
+    let Target::Container(name) = to;
+    endpoints.iter().find(|e| {
+        e.network_id == net.id
+            && e.conflict.is_none()
+            && e.container.as_ref().is_some_and(|c| c.is_named(name))
+    })
+}
+
+/// The bridge that holds `net`'s container ports.
+pub fn bridge_of(net: &Network, overlay: &str) -> String {
+    match net.mode {
+        Mode::Vxlan => overlay.to_string(),
+        _ => net.bridge(),
+    }
+}
+
+/// The watched endpoints of every bridge with mirrors whose targets run, each with its
+/// mirror ports; `endpoints` are those the dataplane has.
+pub fn watched<'a>(
+    mirrors: &[Mirror],
+    networks: &[Network],
+    endpoints: &'a [Endpoint],
+    overlay: &str,
+) -> BTreeMap<String, Vec<Watched<'a>>> {
+    let mut out: BTreeMap<String, BTreeMap<&str, Watched<'a>>> = BTreeMap::new();
+    for m in mirrors {
+        let Some(net) = networks.iter().find(|n| n.id == m.spec.network) else {
+            continue;
+        };
+        let Some(target) = target_endpoint(&m.spec.to, net, endpoints) else {
+            continue;
+        };
+        let bridge = out.entry(bridge_of(net, overlay)).or_default();
+        for ep in endpoints
+            .iter()
+            .filter(|e| e.network_id == net.id && e.id != target.id && e.conflict.is_none())
+        {
+            let w = bridge.entry(&ep.id).or_insert_with(|| Watched {
+                endpoint: ep,
+                vni: net.vni.filter(|_| net.mode == Mode::Vxlan),
+                to: Vec::new(),
+            });
+            if !w.to.contains(&target.host_veth()) {
+                w.to.push(target.host_veth());
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(bridge, eps)| (bridge, eps.into_values().collect()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{ep, net};
+
+    fn mirror(network: &str, to: &str) -> Mirror {
+        Mirror::new(MirrorSpec {
+            network: network.into(),
+            to: to.parse().unwrap(),
+        })
+    }
+
+    #[test]
+    fn targets_parse_with_clear_errors() {
+        assert_eq!(
+            "container:an".parse::<Target>(),
+            Ok(Target::Container("an".into()))
+        );
+        assert_eq!(Target::Container("an".into()).to_string(), "container:an");
+        assert!(matches!(
+            "interface:eth2".parse::<Target>(),
+            Err(MirrorError::Interface(_))
+        ));
+        for bad in ["an", "container:", "port:x"] {
+            assert_eq!(
+                bad.parse::<Target>(),
+                Err(MirrorError::Target(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mirror_watches_its_networks_endpoints_but_not_its_target() {
+        let (n, o) = (
+            net("n", Mode::Nat, "10.9.0.0/24"),
+            net("o", Mode::Nat, "10.8.0.0/24"),
+        );
+        let v = Network {
+            vni: Some(5001),
+            ..net("v", Mode::Vxlan, "10.7.0.0/24")
+        };
+        let nets = [n.clone(), o.clone(), v.clone()];
+        let eps = [
+            ep("a1", &n, 2, "a"),
+            ep("b1", &n, 3, "b"),
+            ep("t1", &n, 4, "an"),
+            ep("x1", &o, 2, "x"),
+            ep("c1", &v, 2, "c"),
+            ep("t2", &v, 3, "an2"),
+        ];
+        let mirrors = [
+            mirror("n", "container:an"),
+            mirror("n", "container:an"),
+            mirror("o", "container:an"),
+            mirror("v", "container:an2"),
+        ];
+        let w = watched(&mirrors, &nets, &eps, "qlov");
+        let on = |bridge: &str| -> Vec<(String, Option<u32>, Vec<String>)> {
+            w[bridge]
+                .iter()
+                .map(|x| (x.endpoint.id.clone(), x.vni, x.to.clone()))
+                .collect()
+        };
+        assert_eq!(
+            on("qlbn"),
+            [
+                ("a1".into(), None, vec!["qlvt1".into()]),
+                ("b1".into(), None, vec!["qlvt1".into()]),
+            ],
+            "the target is not watched, a repeated mirror copies once"
+        );
+        assert!(
+            !w.contains_key("qlbo"),
+            "a target not on the network copies nothing"
+        );
+        assert_eq!(
+            on("qlov"),
+            [("c1".into(), Some(5001), vec!["qlvt2".into()])]
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Mirroring in the `MIRROR` stage (`qingluan mirror`, see `mirror.rs`): a copy of every
+//! frame a watched container sends (by its port) or is sent (by its MAC, on the overlay
+//! bridge within its VNI) goes out of each of its mirror ports, and the frame itself goes on
+//! to `CONNTRACK` unchanged. The stage follows `QOS`, so the copy is what the container's
+//! meter let through. A frame between two watched containers is copied once (by its sender's
+//! port). A bridge without mirrors has only its base flow here.
+
+use qingluan_dataplane::openflow::Flow;
+
+use super::{flow, Action, Cookie, Feature, Field, FlowFeature, Match, Port, Stage};
+use crate::model::Endpoint;
+
+/// A watched endpoint and where its copies go.
+#[derive(Clone, Debug)]
+pub struct Watched<'a> {
+    /// The endpoint.
+    pub endpoint: &'a Endpoint,
+    /// Its network's VNI on the overlay bridge.
+    pub vni: Option<u32>,
+    /// The mirror ports (OVS port names on the same bridge).
+    pub to: Vec<String>,
+}
+
+/// The mirrors of one bridge.
+pub struct Mirrors<'a> {
+    /// The watched endpoints.
+    pub watched: &'a [Watched<'a>],
+}
+
+impl FlowFeature for Mirrors<'_> {
+    fn name(&self) -> &'static str {
+        "mirror"
+    }
+
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::Mirror]
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        let mut out = Vec::new();
+        for w in self.watched {
+            let ep = w.endpoint;
+            let c = Cookie::of(Feature::Mirror, &ep.id);
+            let mut actions: Vec<Action> = w.to.iter().cloned().map(Action::Output).collect();
+            actions.push(Action::Goto(Stage::Conntrack));
+            let sent = Match::any().and(Field::InPort(Port::Named(ep.host_veth())));
+            out.push(flow(Stage::Mirror, 100, c, sent, &actions));
+            let mut to = Match::any();
+            if let Some(vni) = w.vni {
+                to = to.and(Field::TunId(vni));
+            }
+            out.push(flow(
+                Stage::Mirror,
+                90,
+                c,
+                to.and(Field::EthDst(ep.mac.0)),
+                &actions,
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{ep, net};
+    use crate::model::Mode;
+
+    #[test]
+    fn copies_go_out_of_every_mirror_port_and_the_frame_goes_on() {
+        let ep = ep(
+            "a1b2c3d4e5f6",
+            &net("n", Mode::Vxlan, "10.9.0.0/24"),
+            2,
+            "a",
+        );
+        let watched = [Watched {
+            endpoint: &ep,
+            vni: Some(7),
+            to: vec!["qlvt1".into(), "qlvt2".into()],
+        }];
+        let flows: Vec<String> = Mirrors { watched: &watched }
+            .flows()
+            .iter()
+            .map(Flow::render)
+            .collect();
+        assert_eq!(
+            flows,
+            [
+                format!(
+                    "table=10,priority=100,cookie=0x9000000a1b2c3d4,in_port={},\
+                     actions=output:qlvt1,output:qlvt2,goto_table:15",
+                    ep.host_veth()
+                ),
+                "table=10,priority=90,cookie=0x9000000a1b2c3d4,tun_id=7,dl_dst=02:42:0a:09:00:02,\
+                 actions=output:qlvt1,output:qlvt2,goto_table:15"
+                    .to_string(),
+            ]
+        );
+    }
+}
