@@ -25,6 +25,8 @@ pub const NETWORK: &str = "qingluan-network";
 pub const ENDPOINT: &str = "qingluan-endpoint";
 /// `external_ids` key with the mode.
 pub const MODE: &str = "qingluan-mode";
+/// The mirror an interface port was added for.
+pub const MIRROR: &str = "qingluan-mirror";
 /// `external_ids` key marking the physical interface's port on an uplink bridge.
 pub const UPLINK_NIC: &str = "qingluan-uplink-nic";
 /// The `qingluan-mode` value of uplink bridges.

@@ -5,12 +5,14 @@
 //!
 //! A mirror names its network and its target: `container:<name|id>`, a container on the
 //! same network on this host (its port is on that bridge: the network's own for nat and
-//! nonat, the uplink bridge for flat and vlan, the overlay bridge for vxlan). The target is
-//! never mirrored into itself. Mirrors are records (`mirror/<id>`) of this host, kept with
-//! the target as typed and resolved at every reconcile: while the target container is not
-//! running, its mirror copies nothing. A mirror goes with its network.
+//! nonat, the uplink bridge for flat and vlan, the overlay bridge for vxlan), or
+//! `interface:<name>`, a host interface that qingluan adds to that bridge as a port for as
+//! long as the mirror exists. The target is never mirrored into itself. Mirrors are records
+//! (`mirror/<id>`) of this host, kept with the target as typed and resolved at every
+//! reconcile: while the target container is not running, or the interface does not exist,
+//! its mirror copies nothing. A mirror goes with its network.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -21,15 +23,15 @@ use crate::pipeline::Watched;
 /// Errors of `mirror add` and `mirror rm`; the text reaches the user.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MirrorError {
-    /// The target is not `container:<name>`.
-    #[error("mirror target {0:?}: expected container:<name or id>")]
+    /// The target is neither `container:<name>` nor `interface:<name>`.
+    #[error("mirror target {0:?}: expected container:<name or id> or interface:<name>")]
     Target(String),
-    /// Interfaces are not targets yet.
-    #[error(
-        "mirror target {0:?}: interface targets are not supported yet; mirror to a \
-         container on the network"
-    )]
-    Interface(String),
+    /// The interface does not exist.
+    #[error("no interface {0:?} on this host")]
+    NoInterface(String),
+    /// The interface is an OVS port already.
+    #[error("interface {0:?} is a port of OVS bridge {1} already")]
+    InUse(String, String),
     /// The target container has no port on the network here.
     #[error(
         "container {container:?} is not on network {network} on this host: a mirror outputs \
@@ -58,6 +60,8 @@ pub enum MirrorError {
 pub enum Target {
     /// A container on the mirrored network, by name or ID prefix as typed.
     Container(String),
+    /// A host interface, added to the network's bridge as a port.
+    Interface(String),
 }
 
 impl FromStr for Target {
@@ -66,7 +70,7 @@ impl FromStr for Target {
     fn from_str(s: &str) -> Result<Target, MirrorError> {
         match s.split_once(':') {
             Some(("container", c)) if !c.is_empty() => Ok(Target::Container(c.into())),
-            Some(("interface", i)) if !i.is_empty() => Err(MirrorError::Interface(s.into())),
+            Some(("interface", i)) if !i.is_empty() => Ok(Target::Interface(i.into())),
             _ => Err(MirrorError::Target(s.into())),
         }
     }
@@ -76,6 +80,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Container(c) => write!(f, "container:{c}"),
+            Target::Interface(i) => write!(f, "interface:{i}"),
         }
     }
 }
@@ -109,13 +114,15 @@ impl Mirror {
     }
 }
 
-/// The endpoint of `net` here that the target names, if its container runs.
+/// The endpoint of `net` here that a container target names, if its container runs.
 pub fn target_endpoint<'a>(
     to: &Target,
     net: &Network,
     endpoints: &'a [Endpoint],
 ) -> Option<&'a Endpoint> {
-    let Target::Container(name) = to;
+    let Target::Container(name) = to else {
+        return None;
+    };
     endpoints.iter().find(|e| {
         e.network_id == net.id
             && e.conflict.is_none()
@@ -131,34 +138,82 @@ pub fn bridge_of(net: &Network, overlay: &str) -> String {
     }
 }
 
-/// The watched endpoints of every bridge with mirrors whose targets run, each with its
-/// mirror ports; `endpoints` are those the dataplane has.
-pub fn watched<'a>(
-    mirrors: &[Mirror],
-    networks: &[Network],
+/// Where a mirror copies to now.
+pub struct Copying<'a> {
+    /// The mirror.
+    pub mirror: &'a Mirror,
+    /// Its network.
+    pub net: &'a Network,
+    /// The bridge that holds the network's containers.
+    pub bridge: String,
+    /// The port the copies go out of.
+    pub port: String,
+    /// A container target's endpoint (never watched).
+    pub target: Option<&'a Endpoint>,
+}
+
+/// Where the mirrors copy to now: those whose target container runs here (one of
+/// `endpoints`) or whose interface exists (one of `interfaces`).
+pub fn copying<'a>(
+    mirrors: &'a [Mirror],
+    networks: &'a [Network],
     endpoints: &'a [Endpoint],
+    interfaces: &BTreeSet<String>,
     overlay: &str,
+) -> Vec<Copying<'a>> {
+    let mut out = Vec::new();
+    for mirror in mirrors {
+        let Some(net) = networks.iter().find(|n| n.id == mirror.spec.network) else {
+            continue;
+        };
+        let (port, target) = match &mirror.spec.to {
+            Target::Container(_) => match target_endpoint(&mirror.spec.to, net, endpoints) {
+                Some(t) => (t.host_veth(), Some(t)),
+                None => continue,
+            },
+            Target::Interface(i) if interfaces.contains(i) => (i.clone(), None),
+            Target::Interface(_) => continue,
+        };
+        out.push(Copying {
+            mirror,
+            net,
+            bridge: bridge_of(net, overlay),
+            port,
+            target,
+        });
+    }
+    out
+}
+
+/// The endpoints `c` copies: its network's here, but its target.
+pub fn copied<'a>(c: &Copying<'_>, endpoints: &'a [Endpoint]) -> Vec<&'a Endpoint> {
+    endpoints
+        .iter()
+        .filter(|e| {
+            e.network_id == c.net.id
+                && e.conflict.is_none()
+                && c.target.is_none_or(|t| t.id != e.id)
+        })
+        .collect()
+}
+
+/// The watched endpoints of every bridge with mirrors that copy now, each with its mirror
+/// ports.
+pub fn watched<'a>(
+    copying: &[Copying<'_>],
+    endpoints: &'a [Endpoint],
 ) -> BTreeMap<String, Vec<Watched<'a>>> {
     let mut out: BTreeMap<String, BTreeMap<&str, Watched<'a>>> = BTreeMap::new();
-    for m in mirrors {
-        let Some(net) = networks.iter().find(|n| n.id == m.spec.network) else {
-            continue;
-        };
-        let Some(target) = target_endpoint(&m.spec.to, net, endpoints) else {
-            continue;
-        };
-        let bridge = out.entry(bridge_of(net, overlay)).or_default();
-        for ep in endpoints
-            .iter()
-            .filter(|e| e.network_id == net.id && e.id != target.id && e.conflict.is_none())
-        {
+    for c in copying {
+        let bridge = out.entry(c.bridge.clone()).or_default();
+        for ep in copied(c, endpoints) {
             let w = bridge.entry(&ep.id).or_insert_with(|| Watched {
                 endpoint: ep,
-                vni: net.vni.filter(|_| net.mode == Mode::Vxlan),
+                vni: c.net.vni.filter(|_| c.net.mode == Mode::Vxlan),
                 to: Vec::new(),
             });
-            if !w.to.contains(&target.host_veth()) {
-                w.to.push(target.host_veth());
+            if !w.to.contains(&c.port) {
+                w.to.push(c.port.clone());
             }
         }
     }
@@ -186,10 +241,10 @@ mod tests {
             Ok(Target::Container("an".into()))
         );
         assert_eq!(Target::Container("an".into()).to_string(), "container:an");
-        assert!(matches!(
+        assert_eq!(
             "interface:eth2".parse::<Target>(),
-            Err(MirrorError::Interface(_))
-        ));
+            Ok(Target::Interface("eth2".into()))
+        );
         for bad in ["an", "container:", "port:x"] {
             assert_eq!(
                 bad.parse::<Target>(),
@@ -223,8 +278,12 @@ mod tests {
             mirror("n", "container:an"),
             mirror("o", "container:an"),
             mirror("v", "container:an2"),
+            mirror("o", "interface:gone0"),
+            mirror("o", "interface:tap0"),
         ];
-        let w = watched(&mirrors, &nets, &eps, "qlov");
+        let interfaces = BTreeSet::from(["tap0".to_string()]);
+        let copying = copying(&mirrors, &nets, &eps, &interfaces, "qlov");
+        let w = watched(&copying, &eps);
         let on = |bridge: &str| -> Vec<(String, Option<u32>, Vec<String>)> {
             w[bridge]
                 .iter()
@@ -239,9 +298,10 @@ mod tests {
             ],
             "the target is not watched, a repeated mirror copies once"
         );
-        assert!(
-            !w.contains_key("qlbo"),
-            "a target not on the network copies nothing"
+        assert_eq!(
+            on("qlbo"),
+            [("x1".into(), None, vec!["tap0".into()])],
+            "a target not on the network or a missing interface copies nothing"
         );
         assert_eq!(
             on("qlov"),

@@ -2,7 +2,8 @@
 //!
 //! The daemon resolves what the user typed: `--network` is a Docker network name or ID
 //! prefix of a qingluan network; `--to container:<name|id>` must name a container on that
-//! network on this host (kept as typed, resolved again at every reconcile).
+//! network on this host, `--to interface:<name>` a host interface that is no OVS port yet
+//! (both kept as typed, resolved again at every reconcile).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +23,8 @@ pub struct MirrorRequest {
     /// The network whose containers' traffic is copied (Docker name or ID prefix).
     #[arg(long)]
     pub network: String,
-    /// Where the copies go: container:<name|id>, a container on the same network here.
+    /// Where the copies go: container:<name|id> (on the same network here) or
+    /// interface:<name> (a host interface, added to the network's bridge).
     #[arg(long)]
     pub to: String,
 }

@@ -1,7 +1,8 @@
 //! Port mirroring end to end on the real dockerd: `mirror add --network N --to
 //! container:A` copies what N's containers send and receive to A's port, as tcpdump in A's
 //! namespace sees, while the mirrored traffic still flows; before the mirror and after
-//! `mirror rm`, A sees none of it (the controls). Bad input is refused with a clear error
+//! `mirror rm`, A sees none of it (the controls). `--to interface:I` adds a host interface
+//! to the bridge for as long as the mirror exists, and the copies come out of it. Bad input is refused with a clear error
 //! and changes nothing; the mirror survives a daemon kill -9 and goes with its network.
 
 mod common;
@@ -11,14 +12,25 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// What tcpdump in `container`'s namespace prints for frames matching `filter` while
-/// `traffic` runs (it is started first and stops 2 s after `traffic` returns).
-fn captured(container: &str, filter: &str, traffic: impl FnOnce()) -> String {
-    let pid = pid_of(container);
-    let mut child = Command::new("nsenter")
-        .args([
-            "-t", &pid, "-n", "tcpdump", "-i", "eth0", "-n", "-l", filter,
-        ])
+/// The command that runs a program in `container`'s network namespace.
+fn in_container(container: &str) -> Vec<String> {
+    ["nsenter", "-t", &pid_of(container), "-n"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The command that runs a program in the network namespace `ns`.
+fn in_netns(ns: &str) -> Vec<String> {
+    ["ip", "netns", "exec", ns].map(String::from).to_vec()
+}
+
+/// What tcpdump on `eth0` of a namespace (entered with `enter`) prints for frames
+/// matching `filter` while `traffic` runs (it is started first and stops 2 s after
+/// `traffic` returns).
+fn captured(enter: &[String], filter: &str, traffic: impl FnOnce()) -> String {
+    let mut child = Command::new(&enter[0])
+        .args(&enter[1..])
+        .args(["tcpdump", "-i", "eth0", "-n", "-l", filter])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -73,7 +85,7 @@ fn a_mirror_copies_a_networks_traffic_to_an_analyzer() {
     let ping_b = || assert!(pings("qlt-ma", &b), "a reaches b");
 
     // The control: without a mirror the analyzer sees nothing of a and b.
-    let seen = captured("qlt-man", &filter, ping_b);
+    let seen = captured(&in_container("qlt-man"), &filter, ping_b);
     assert!(!seen.contains("ICMP"), "no mirror, no copies: {seen}");
 
     // Bad input is refused and changes nothing.
@@ -81,7 +93,7 @@ fn a_mirror_copies_a_networks_traffic_to_an_analyzer() {
         ("container:qlt-mo", "is not on network"),
         ("container:qlt-nosuch", "is not on network"),
         ("qlt-man", "expected container:"),
-        ("interface:eth9", "not supported yet"),
+        ("interface:qlt-nosuch0", "no interface"),
     ] {
         let (ok, text) = add(&env, "qlt-mir", to);
         assert!(!ok && text.contains(want), "{to}: {text}");
@@ -94,7 +106,7 @@ fn a_mirror_copies_a_networks_traffic_to_an_analyzer() {
     // traffic itself still flows.
     let (ok, id) = add(&env, "qlt-mir", "container:qlt-man");
     assert!(ok, "{id}");
-    let seen = captured("qlt-man", &filter, ping_b);
+    let seen = captured(&in_container("qlt-man"), &filter, ping_b);
     assert!(
         seen.contains(&format!("{a} > {b}: ICMP echo request"))
             && seen.contains(&format!("{b} > {a}: ICMP echo reply")),
@@ -116,7 +128,7 @@ fn a_mirror_copies_a_networks_traffic_to_an_analyzer() {
     // Kept across a daemon kill -9: the copies still come.
     env.kill();
     env.start();
-    let seen = captured("qlt-man", &filter, ping_b);
+    let seen = captured(&in_container("qlt-man"), &filter, ping_b);
     assert!(
         seen.contains("ICMP echo request"),
         "after a restart: {seen}"
@@ -124,8 +136,31 @@ fn a_mirror_copies_a_networks_traffic_to_an_analyzer() {
 
     // Removed: no more copies.
     env.qingluan(&["mirror", "rm", &id]);
-    let seen = captured("qlt-man", &filter, ping_b);
+    let seen = captured(&in_container("qlt-man"), &filter, ping_b);
     assert!(!seen.contains("ICMP"), "removed, no copies: {seen}");
+
+    // An interface target: the host end of a veth whose other end is in a namespace of the
+    // test. It joins the bridge while the mirror exists; the copies come out there.
+    let (ns, _, _) = env.outside();
+    let iface = ns.replace("qlt-out", "qlto");
+    let (ok, by_iface) = add(&env, "qlt-mir", &format!("interface:{iface}"));
+    assert!(ok, "{by_iface}");
+    let seen = captured(&in_netns(&ns), &filter, ping_b);
+    assert!(
+        seen.contains(&format!("{a} > {b}: ICMP echo request"))
+            && seen.contains(&format!("{b} > {a}: ICMP echo reply")),
+        "copies out of the interface: {seen}"
+    );
+    let (ok, text) = add(&env, "qlt-mir2", &format!("interface:{iface}"));
+    assert!(
+        !ok && text.contains("is a port of OVS bridge"),
+        "an interface on another bridge already is refused: {text}"
+    );
+    env.qingluan(&["mirror", "rm", &by_iface]);
+    assert!(
+        !run("ovs-vsctl", &["port-to-br", &iface]).status.success(),
+        "the interface left the bridge with its mirror"
+    );
 
     // A mirror goes with its network.
     assert!(add(&env, "qlt-mir", "container:qlt-man").0);

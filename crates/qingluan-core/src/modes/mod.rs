@@ -21,7 +21,7 @@ use qingluan_dataplane::ovsdb::{BridgeSpec, PortSpec};
 use crate::acl::{self, AclRule};
 use crate::connect::{self, Connection};
 use crate::desired::{ClusterView, Desired, GatewayPort, HostFacts, Nic, UplinkWant, Veth};
-use crate::desired::{ENDPOINT, MODE, NETWORK, OWNER};
+use crate::desired::{ENDPOINT, MIRROR, MODE, NETWORK, OWNER};
 use crate::model::{Endpoint, Mode, Network};
 use crate::pipeline::{self, Action, Stage};
 use crate::policy::{Dnat, Link, Policy, Segment};
@@ -361,6 +361,8 @@ pub struct Intent {
     pub connections: Vec<Connection>,
     /// The mirrors.
     pub mirrors: Vec<crate::mirror::Mirror>,
+    /// The mirrors' target interfaces that exist.
+    pub mirror_interfaces: std::collections::BTreeSet<String>,
 }
 
 /// Every network's rules with their selectors resolved, by network ID (user rules in rule
@@ -449,9 +451,39 @@ pub fn build(
             .insert(u.bridge.clone(), pipeline::UplinkSwitch.sentinel());
     }
     let overlay = vxlan::overlay_bridge(&settings.prefix);
-    for (bridge, watched) in crate::mirror::watched(&intent.mirrors, networks, endpoints, &overlay)
-    {
-        let mirrors = pipeline::Mirrors { watched: &watched };
+    let copying = crate::mirror::copying(
+        &intent.mirrors,
+        networks,
+        endpoints,
+        &intent.mirror_interfaces,
+        &overlay,
+    );
+    let interfaces: Vec<String> = copying
+        .iter()
+        .filter(|c| c.target.is_none())
+        .map(|c| c.port.clone())
+        .collect();
+    for c in copying.iter().filter(|c| c.target.is_none()) {
+        if d.ports.iter().any(|p| p.name == c.port) {
+            continue;
+        }
+        let external_ids = BTreeMap::from([
+            (OWNER.to_string(), settings.name.clone()),
+            (NETWORK.to_string(), c.net.id.clone()),
+            (MIRROR.to_string(), c.mirror.id.clone()),
+        ]);
+        d.ports.push(PortSpec {
+            bridge: c.bridge.clone(),
+            name: c.port.clone(),
+            external_ids,
+            ..Default::default()
+        });
+    }
+    for (bridge, watched) in crate::mirror::watched(&copying, endpoints) {
+        let mirrors = pipeline::Mirrors {
+            watched: &watched,
+            interfaces: &interfaces,
+        };
         d.flows
             .entry(bridge)
             .or_default()

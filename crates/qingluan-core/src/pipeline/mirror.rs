@@ -3,7 +3,8 @@
 //! bridge within its VNI) goes out of each of its mirror ports, and the frame itself goes on
 //! to `CONNTRACK` unchanged. The stage follows `QOS`, so the copy is what the container's
 //! meter let through. A frame between two watched containers is copied once (by its sender's
-//! port). A bridge without mirrors has only its base flow here.
+//! port). A bridge without mirrors has only its base flow here. What comes in on a mirror
+//! interface (a host interface added as a port) is dropped in `CLASSIFY`.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -25,6 +26,9 @@ pub struct Watched<'a> {
 pub struct Mirrors<'a> {
     /// The watched endpoints.
     pub watched: &'a [Watched<'a>],
+    /// Mirror ports that are host interfaces (on any bridge; only those named in
+    /// `watched` count here).
+    pub interfaces: &'a [String],
 }
 
 impl FlowFeature for Mirrors<'_> {
@@ -33,11 +37,23 @@ impl FlowFeature for Mirrors<'_> {
     }
 
     fn stages(&self) -> &'static [Stage] {
-        &[Stage::Mirror]
+        &[Stage::Classify, Stage::Mirror]
     }
 
     fn flows(&self) -> Vec<Flow> {
         let mut out = Vec::new();
+        let mut sinks: Vec<&String> = self
+            .interfaces
+            .iter()
+            .filter(|i| self.watched.iter().any(|w| w.to.contains(i)))
+            .collect();
+        sinks.sort();
+        sinks.dedup();
+        for i in sinks {
+            let c = Cookie::bridge(Feature::Mirror);
+            let from = Match::any().and(Field::InPort(Port::Named(i.clone())));
+            out.push(flow(Stage::Classify, 300, c, from, &[Action::Drop]));
+        }
         for w in self.watched {
             let ep = w.endpoint;
             let c = Cookie::of(Feature::Mirror, &ep.id);
@@ -80,14 +96,19 @@ mod tests {
             vni: Some(7),
             to: vec!["qlvt1".into(), "qlvt2".into()],
         }];
-        let flows: Vec<String> = Mirrors { watched: &watched }
-            .flows()
-            .iter()
-            .map(Flow::render)
-            .collect();
+        let flows: Vec<String> = Mirrors {
+            watched: &watched,
+            interfaces: &["qlvt2".into(), "other".into()],
+        }
+        .flows()
+        .iter()
+        .map(Flow::render)
+        .collect();
         assert_eq!(
             flows,
             [
+                "table=0,priority=300,cookie=0x900000000000000,in_port=qlvt2,actions=drop"
+                    .to_string(),
                 format!(
                     "table=10,priority=100,cookie=0x9000000a1b2c3d4,in_port={},\
                      actions=output:qlvt1,output:qlvt2,goto_table:15",

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::ServiceError;
-use crate::mirror::{self, Mirror, MirrorError, MirrorSpec};
+use crate::desired::MIRROR;
+use crate::mirror::{self, Mirror, MirrorError, MirrorSpec, Target};
+use crate::model::Network;
 use crate::records;
 
 handle! {
@@ -20,7 +22,8 @@ pub struct MirrorRow {
     /// The mirror.
     #[serde(flatten)]
     pub mirror: Mirror,
-    /// The port its copies go out of, while its target runs here.
+    /// The port its copies go out of, while its target container runs here or its
+    /// interface exists.
     pub port: Option<String>,
     /// How many of the network's endpoints here it copies.
     pub watched: usize,
@@ -32,14 +35,18 @@ impl Mirrors {
     pub async fn add(&self, spec: MirrorSpec, network_name: &str) -> Result<Mirror, ServiceError> {
         let _g = self.lock.lock().await;
         let net = self.network(&spec.network).await?;
-        let endpoints = self.endpoints().await?;
-        if mirror::target_endpoint(&spec.to, &net, &endpoints).is_none() {
-            let mirror::Target::Container(container) = spec.to.clone();
-            return Err(MirrorError::NotOnNetwork {
-                container,
-                network: network_name.to_string(),
+        match &spec.to {
+            Target::Container(container) => {
+                let endpoints = self.endpoints().await?;
+                if mirror::target_endpoint(&spec.to, &net, &endpoints).is_none() {
+                    return Err(MirrorError::NotOnNetwork {
+                        container: container.clone(),
+                        network: network_name.to_string(),
+                    }
+                    .into());
+                }
             }
-            .into());
+            Target::Interface(i) => self.check_interface(i, &net).await?,
         }
         let m = Mirror::new(spec);
         if self.mirrors().await?.iter().any(|x| x.id == m.id) {
@@ -79,25 +86,57 @@ impl Mirrors {
     pub async fn list(&self) -> Result<Vec<MirrorRow>, ServiceError> {
         let nets = self.networks().await?;
         let endpoints = self.endpoints().await?;
-        let mut rows = Vec::new();
-        for m in self.mirrors().await? {
-            let net = nets.iter().find(|n| n.id == m.spec.network);
-            let target = net.and_then(|n| mirror::target_endpoint(&m.spec.to, n, &endpoints));
-            let watched = match (net, target) {
-                (Some(n), Some(t)) => endpoints
-                    .iter()
-                    .filter(|e| e.network_id == n.id && e.id != t.id && e.conflict.is_none())
-                    .count(),
-                _ => 0,
-            };
-            rows.push(MirrorRow {
-                port: target.map(|t| t.host_veth()),
-                watched,
-                mirror: m,
-            });
-        }
-        Ok(rows)
+        let mirrors = self.mirrors().await?;
+        let interfaces = self.mirror_interfaces().await?;
+        let overlay = crate::modes::overlay_bridge(&self.settings.prefix);
+        let copying = mirror::copying(&mirrors, &nets, &endpoints, &interfaces, &overlay);
+        Ok(mirrors
+            .iter()
+            .map(|m| {
+                let c = copying.iter().find(|c| c.mirror.id == m.id);
+                MirrorRow {
+                    mirror: m.clone(),
+                    port: c.map(|c| c.port.clone()),
+                    watched: c.map_or(0, |c| mirror::copied(c, &endpoints).len()),
+                }
+            })
+            .collect())
     }
+
+    /// Refuses an interface that does not exist, or that is a port of OVS already (but for
+    /// another mirror's port on the bridge of `net`).
+    async fn check_interface(&self, iface: &str, net: &Network) -> Result<(), ServiceError> {
+        let a = self.reconciler.adapters();
+        let found = a.links.link(iface).await;
+        if found
+            .map_err(|e| dataplane(format!("interface {iface}: {e}")))?
+            .is_none()
+        {
+            return Err(MirrorError::NoInterface(iface.to_string()).into());
+        }
+        let overlay = crate::modes::overlay_bridge(&self.settings.prefix);
+        let bridge = mirror::bridge_of(net, &overlay);
+        let bridges = a
+            .ovs
+            .snapshot()
+            .await
+            .map_err(|e| dataplane(format!("OVS: {e}")))?;
+        for b in bridges {
+            let taken = b.ports.iter().find(|p| p.spec.name == iface);
+            if let Some(p) = taken {
+                let ours = b.spec.name == bridge && p.spec.external_ids.contains_key(MIRROR);
+                if !ours {
+                    return Err(MirrorError::InUse(iface.to_string(), b.spec.name).into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failure to read the dataplane.
+fn dataplane(e: String) -> ServiceError {
+    ServiceError::Dataplane(crate::reconcile::ReconcileError(vec![e]))
 }
 
 impl From<MirrorError> for ServiceError {

@@ -520,6 +520,26 @@ impl State {
         Ok(records::list(&*self.store).await?)
     }
 
+    /// The mirrors' target interfaces that exist on the host now.
+    pub(crate) async fn mirror_interfaces(
+        &self,
+    ) -> Result<std::collections::BTreeSet<String>, ServiceError> {
+        let mut out = std::collections::BTreeSet::new();
+        let links = &self.reconciler.adapters().links;
+        for m in self.mirrors().await? {
+            if let crate::mirror::Target::Interface(i) = &m.spec.to {
+                let found = links.link(i).await;
+                if found
+                    .map_err(|e| ReconcileError(vec![format!("interface {i}: {e}")]))?
+                    .is_some()
+                {
+                    out.insert(i.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every group connection.
     pub async fn connections(&self) -> Result<Vec<Connection>, ServiceError> {
         Ok(records::list(&*self.store).await?)
@@ -560,6 +580,7 @@ impl State {
                 .map(|(c, _)| c)
                 .collect(),
             mirrors: self.mirrors().await?,
+            mirror_interfaces: self.mirror_interfaces().await?,
         };
         let view = self.view.read().await;
         Ok(crate::modes::build(
