@@ -11,7 +11,9 @@
 # limits from 1 Mbit/s to 1 Gbit/s, the time until a changed limit holds; QL_BENCH_QOS=0
 # skips it); ACLs (scripts/lib/bench_acl.py: throughput and connection rate between two
 # containers with 0, 100 and 1,000 rules on their network, the time `acl add` takes;
-# QL_BENCH_ACL=0 skips it); then, when etcd is
+# QL_BENCH_ACL=0 skips it); mirrors (scripts/lib/bench_mirror.py: throughput of a mirrored
+# network against the same unmirrored; QL_BENCH_MIRROR=0 skips it); the intrusion
+# detector's throughput with 0, 100 and 10,000 rules (QL_BENCH_IDS=0 skips it); then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
@@ -111,6 +113,15 @@ fi
 if [ "${QL_BENCH_ACL:-1}" != 0 ]; then
   echo
   python3 scripts/lib/bench_acl.py "${CLI[@]}"
+fi
+if [ "${QL_BENCH_MIRROR:-1}" != 0 ]; then
+  echo
+  python3 scripts/lib/bench_mirror.py "${CLI[@]}"
+fi
+if [ "${QL_BENCH_IDS:-1}" != 0 ]; then
+  echo
+  echo "ids: the detector's throughput by rule count (crates/qingluan-ids/examples/ids_bench.rs)"
+  cargo run -q --release -p qingluan-ids --example ids_bench
 fi
 if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo
