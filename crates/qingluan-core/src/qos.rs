@@ -824,25 +824,7 @@ mod tests {
     #[test]
     fn an_aggregate_is_shared_by_the_classes() {
         let settings = QosSettings::default();
-        let mut net = crate::model::Network {
-            id: "1234abcd".into(),
-            mode: crate::model::Mode::Nat,
-            bridge: "qlb1234abcd".into(),
-            internal: false,
-            mtu: 1500,
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            gateway: "10.0.0.1".parse().unwrap(),
-            ipv6: None,
-            options: Default::default(),
-            created: 0,
-            vni: None,
-            cluster: None,
-            gateway_port: None,
-            uplink: None,
-            qos: Default::default(),
-            acl_default: Default::default(),
-            zone: 0,
-        };
+        let mut net = crate::fixtures::net("1234abcd", crate::model::Mode::Nat, "10.0.0.0/24");
         let s = settings.aggregate("ql", "qlb1234abcd", &net, Rate(100_000_000));
         assert_eq!(
             s.rate, 104_558_011,
