@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Removes everything the test suite may have left: containers and networks named qlt*,
 # namespaces and links named qlt*, and the test instance's OVS bridges, nftables tables and
-# DOCKER-USER rules (instance "qltest", and "qingluan" when no system daemon serves it).
+# DOCKER-USER rules, endpoint veths and detector capture ports (instance "qltest", and "qingluan" when no system daemon serves it).
 # Safe to run at any time; touches nothing else.
 set -u
 ids=$(docker ps -aq --filter name=^qlt 2>/dev/null)
@@ -29,7 +29,7 @@ done
 prefixes=qt
 case " $instances " in *" qingluan "*) prefixes="qt ql" ;; esac
 for p in $prefixes; do
- for l in $(ip -o link 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^$p[vc][0-9a-f]{11}$"); do
+ for l in $(ip -o link 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^$p([vc][0-9a-f]{11}|id[br][0-9a-f]{6})$"); do
   ovs-vsctl --timeout=5 --if-exists del-port "$l" 2>/dev/null
   ip link del "$l" 2>/dev/null
  done

@@ -316,8 +316,11 @@ pub struct RuleSpec {
     pub ports: Vec<PortRange>,
     /// Allow or deny.
     pub verdict: Verdict,
-    /// 0–1000, higher wins.
+    /// 0–1000, higher wins (a quarantine's allow of its gateway has 1001).
     pub priority: u16,
+    /// Who made it, when not a user: [`crate::ids::QUARANTINE`] for a quarantine's rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl RuleSpec {
@@ -587,6 +590,7 @@ mod tests {
             ports: vec![PortRange { lo: 1, hi: 1 }],
             verdict: Verdict::Allow,
             priority: 100,
+            note: None,
         };
         assert_eq!(r.check(), Err(AclError::PortWithoutTransport(Proto::Icmp)));
         r.proto = Proto::Tcp;

@@ -20,6 +20,7 @@ pub mod connect;
 pub mod desired;
 #[cfg(test)]
 mod fixtures;
+pub mod ids;
 pub mod ipam;
 pub mod membership;
 pub mod mirror;

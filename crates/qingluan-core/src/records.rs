@@ -8,6 +8,9 @@
 //! | [`QosOverride`] | `qos/<network id>/network`, `qos/<network id>/container/<id>`, `qos/<network id>/endpoint/<id>` |
 //! | [`AclRule`] | `acl/<rule id>` |
 //! | [`Connection`] | `connect/<connection id>` |
+//! | [`crate::mirror::Mirror`] | `mirror/<mirror id>` |
+//! | [`crate::ids::IdsWatch`] | `ids/watch/<network id>` |
+//! | [`crate::ids::IdsRules`] | `ids/rules/current` |
 
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use serde::de::DeserializeOwned;
@@ -56,6 +59,20 @@ impl Record for Connection {
 
 impl Record for crate::mirror::Mirror {
     const PREFIX: &'static str = "mirror/";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for crate::ids::IdsWatch {
+    const PREFIX: &'static str = "ids/watch/";
+    fn id(&self) -> &str {
+        &self.network
+    }
+}
+
+impl Record for crate::ids::IdsRules {
+    const PREFIX: &'static str = "ids/rules/";
     fn id(&self) -> &str {
         &self.id
     }

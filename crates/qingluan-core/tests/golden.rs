@@ -219,6 +219,7 @@ fn rule(
         ports,
         verdict,
         priority,
+        note: None,
     };
     AclRule {
         id: spec.id(),

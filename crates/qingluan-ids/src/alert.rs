@@ -216,7 +216,7 @@ pub(crate) fn format_mac(mac: [u8; 6]) -> String {
 }
 
 /// Formats `time` as `2026-12-04T12:00:00.123456+0000` (UTC; times before 1970 as 1970).
-pub(crate) fn format_timestamp(time: SystemTime) -> String {
+pub fn format_timestamp(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);

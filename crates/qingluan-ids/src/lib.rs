@@ -81,7 +81,7 @@ mod flow;
 pub mod rules;
 
 pub use addr::{AddrSet, PortSet, SetError, Vars};
-pub use alert::{Alert, Direction, EveNames};
+pub use alert::{format_timestamp, Alert, Direction, EveNames};
 pub use detector::{Config, Detector, Stats};
 pub use rules::{load, Action, LoadError, RuleSet, Skipped};
 #[cfg(test)]

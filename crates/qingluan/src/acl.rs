@@ -103,6 +103,7 @@ async fn spec(api: &Api, r: &AclRequest) -> Result<RuleSpec, ApiError> {
         ports,
         verdict,
         priority,
+        note: None,
     };
     spec.check().map_err(bad)?;
     Ok(spec)
@@ -218,6 +219,9 @@ impl Client {
                 row.hits,
                 row.drops
             );
+            if let Some(note) = &s.note {
+                println!("          ({note})");
+            }
         }
         let spoofed: u64 = view.spoofed.values().sum();
         println!(

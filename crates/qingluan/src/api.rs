@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use qingluan_core::cluster::{ClusterEndpoint, ClusterError, ClusterNetwork};
 use qingluan_core::ipam::{Ipam, Pool, PoolKind};
@@ -37,6 +37,8 @@ pub struct Api {
     pub started: u64,
     /// The Docker Engine API socket.
     pub docker: std::path::PathBuf,
+    /// The intrusion detector.
+    pub ids: Arc<crate::ids::runtime::Runtime>,
 }
 
 /// A network as the CLI shows it.
@@ -136,7 +138,8 @@ pub(crate) fn service(e: ServiceError) -> ApiError {
         | ServiceError::Invalid(_)
         | ServiceError::NetworkNotFound(_)
         | ServiceError::Connect(_)
-        | ServiceError::Mirror(_) => bad(e),
+        | ServiceError::Mirror(_)
+        | ServiceError::Ids(_) => bad(e),
         e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -195,6 +198,12 @@ pub fn router(api: Api) -> Router {
             get(crate::mirror::list).post(crate::mirror::add),
         )
         .route("/v1/mirror/{id}", delete(crate::mirror::remove))
+        .route("/v1/ids", get(crate::ids::status))
+        .route("/v1/ids/enable", post(crate::ids::enable))
+        .route("/v1/ids/disable", post(crate::ids::disable))
+        .route("/v1/ids/reload", post(crate::ids::reload))
+        .route("/v1/ids/release", post(crate::ids::release))
+        .route("/v1/ids/alerts", get(crate::ids::alerts))
         .route(
             "/v1/connect",
             get(crate::connect::list)

@@ -28,6 +28,47 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     /// `[qos]`: traffic scheduling.
     pub qos: QosSettings,
+    /// `[ids]`: the intrusion detector.
+    pub ids: IdsConfig,
+}
+
+/// `[ids]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdsConfig {
+    /// Where alerts are appended as EVE JSON lines.
+    pub eve_log: PathBuf,
+    /// The rule files loaded when `ids enable` names none and no rule set was ever loaded
+    /// (a path whose file name may hold one `*`).
+    pub default_rules: String,
+    /// Distinct destination ports from one source that make a port scan...
+    pub scan_ports: usize,
+    /// ...within this many seconds.
+    pub scan_window_secs: u64,
+    /// SYNs to one destination within one second that make a SYN flood.
+    pub syn_flood_per_sec: u32,
+    /// ICMP echo requests from one source within one second that make an ICMP flood.
+    pub icmp_flood_per_sec: u32,
+    /// In IPS mode, an alert of this priority or a more urgent one (a smaller number)
+    /// quarantines its source; a `drop` rule's alert always does. Scans and floods are 2.
+    pub quarantine_priority: u8,
+    /// `$HOME_NET` of the rules (a Suricata address list); default the private ranges.
+    pub home_net: Option<String>,
+}
+
+impl Default for IdsConfig {
+    fn default() -> Self {
+        IdsConfig {
+            eve_log: "/var/log/qingluan/eve.json".into(),
+            default_rules: "/etc/qingluan/rules/*.rules".into(),
+            scan_ports: 50,
+            scan_window_secs: 10,
+            syn_flood_per_sec: 500,
+            icmp_flood_per_sec: 200,
+            quarantine_priority: 2,
+            home_net: None,
+        }
+    }
 }
 
 /// `[monitoring]`.
@@ -303,6 +344,9 @@ impl Config {
         self.monitoring.listen_addr()?;
         self.monitoring.flow_export()?;
         self.qos.check().map_err(anyhow::Error::msg)?;
+        if self.ids.scan_ports == 0 || self.ids.scan_window_secs == 0 {
+            anyhow::bail!("ids.scan_ports and ids.scan_window_secs must be at least 1");
+        }
         Ok(())
     }
 

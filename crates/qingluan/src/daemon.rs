@@ -227,6 +227,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ipam_sock = d.plugin_dir.join(format!("{}.sock", settings.ipam_name()));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut servers = Tasks::new();
+    let ids = crate::ids::runtime::Runtime::new(
+        driver.clone(),
+        config.ids.clone(),
+        names.clone(),
+        d.docker_socket.clone(),
+    );
     let api = Api {
         store: store.clone(),
         driver: driver.clone(),
@@ -235,6 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         names: names.clone(),
         started: qingluan_core::model::now(),
         docker: d.docker_socket.clone(),
+        ids: ids.clone(),
     };
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
@@ -273,6 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     );
     spawn_flow_audit(&mut tasks, driver.clone());
+    tasks.spawn(ids.run());
     tasks.spawn(crate::containers::learn(
         driver.clone(),
         d.docker_socket.clone(),

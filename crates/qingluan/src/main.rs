@@ -13,6 +13,7 @@ mod daemon;
 mod docker;
 mod host_stats;
 mod http;
+mod ids;
 mod metrics;
 mod mirror;
 mod qos;
@@ -65,6 +66,9 @@ enum Command {
     /// Port mirrors: copies of a network's traffic to an analyzer container's port.
     #[command(subcommand)]
     Mirror(MirrorCmd),
+    /// Intrusion detection: watch networks, alerts, IPS quarantines.
+    #[command(subcommand)]
+    Ids(IdsCmd),
     /// Let two networks (nat) or two containers talk: `connect A B`; `connect ls` lists.
     Connect {
         /// A network or container, or `ls`.
@@ -211,6 +215,33 @@ enum AclCmd {
 }
 
 #[derive(Subcommand)]
+enum IdsCmd {
+    /// Watch --network with the detector (again: change its mode or, with --rules, the rules).
+    Enable(ids::EnableRequest),
+    /// Stop watching --network.
+    Disable(ids::DisableRequest),
+    /// Load the rule files again (or --rules instead); a file that does not parse keeps the
+    /// running rules.
+    Reload(ids::ReloadRequest),
+    /// What is watched, packets inspected and dropped, rules loaded, quarantines.
+    Status,
+    /// Alerts from the EVE log.
+    Alerts {
+        /// Keep printing new alerts.
+        #[arg(long)]
+        follow: bool,
+        /// Only alerts of the last 30s, 10m, 2h, 1d...
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Lift the quarantine of a container.
+    Release {
+        /// The container (name or ID prefix).
+        container: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum MirrorCmd {
     /// Copy what --network's containers here send and receive to --to; prints its ID.
     Add(mirror::MirrorRequest),
@@ -339,6 +370,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Disconnect { a, b } => client.connect(&a, &b, false).await,
         Command::Acl(AclCmd::Ls { network }) => client.acl_ls(network.as_deref()).await,
         Command::Acl(AclCmd::Rm { id }) => client.acl_rm(&id).await,
+        Command::Ids(IdsCmd::Enable(r)) => client.ids_enable(&r).await,
+        Command::Ids(IdsCmd::Disable(r)) => client.ids_disable(&r).await,
+        Command::Ids(IdsCmd::Reload(r)) => client.ids_reload(&r).await,
+        Command::Ids(IdsCmd::Status) => client.ids_status().await,
+        Command::Ids(IdsCmd::Alerts { follow, since }) => {
+            let since = since.as_deref().map(ids::parse_since).transpose()?;
+            client.ids_alerts(since, follow).await
+        }
+        Command::Ids(IdsCmd::Release { container }) => client.ids_release(&container).await,
         Command::Mirror(MirrorCmd::Add(r)) => client.mirror_add(&r).await,
         Command::Mirror(MirrorCmd::Ls) => client.mirror_ls().await,
         Command::Mirror(MirrorCmd::Rm { id }) => client.mirror_rm(&id).await,

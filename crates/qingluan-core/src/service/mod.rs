@@ -9,7 +9,8 @@
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
 //! (`publishing.rs`, with the one rule for `-p`), [`Qos`] (`qos.rs`, `qingluan qos` and the
-//! containers of endpoints), [`Acl`] (`acl.rs`, `qingluan acl`), [`Connect`] (`connect.rs`, `qingluan connect`), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
+//! containers of endpoints), [`Acl`] (`acl.rs`, `qingluan acl`), [`Connect`] (`connect.rs`, `qingluan connect`), [`Mirrors`]
+//! (`mirror.rs`), [`Ids`] (`ids.rs`, `qingluan ids`), [`Collector`] (`collector.rs`) and the [`ClusterAgent`]
 //! (`agent.rs`). [`Driver`] bundles them. `stats.rs` reads the endpoints'
 //! traffic counters.
 
@@ -43,6 +44,7 @@ mod agent;
 mod collector;
 mod connect;
 mod endpoints;
+mod ids;
 mod mirror;
 mod networks;
 mod publishing;
@@ -54,6 +56,7 @@ pub use agent::{ClusterAgent, ClusterReport, Down, ORPHAN_SECS};
 pub use collector::Collector;
 pub use connect::{Connect, ConnectionRow};
 pub use endpoints::Endpoints;
+pub use ids::{Ids, Quarantine};
 pub use mirror::{MirrorRow, Mirrors};
 pub use networks::Networks;
 pub use publishing::Publishing;
@@ -159,6 +162,9 @@ pub enum ServiceError {
     /// `mirror add` or `mirror rm` refused.
     #[error(transparent)]
     Mirror(crate::mirror::MirrorError),
+    /// An `ids` command refused.
+    #[error(transparent)]
+    Ids(#[from] crate::ids::IdsError),
 }
 
 /// One IPAM pool of a CreateNetwork request (strings as Docker sends them).
@@ -220,6 +226,8 @@ pub struct Driver {
     pub connect: Connect,
     /// Port mirrors.
     pub mirrors: Mirrors,
+    /// The detector's watches, rules and quarantines.
+    pub ids: Ids,
     /// Clean-up of what Docker forgot or a crash left.
     pub collector: Collector,
     /// The cluster agent.
@@ -245,6 +253,7 @@ impl Driver {
             acl: Acl::new(s.clone()),
             connect: Connect::new(s.clone()),
             mirrors: Mirrors::new(s.clone()),
+            ids: Ids::new(s.clone()),
             collector: Collector::new(s.clone()),
             agent: ClusterAgent::new(s.clone()),
             state: s,
@@ -520,13 +529,30 @@ impl State {
         Ok(records::list(&*self.store).await?)
     }
 
+    /// Every mirror the dataplane holds: the port mirrors, then those that copy the
+    /// detector's watched networks to their capture ports (`ids.rs`).
+    pub(crate) async fn all_mirrors(&self) -> Result<Vec<crate::mirror::Mirror>, ServiceError> {
+        let mut out = self.mirrors().await?;
+        let watches = self.ids_watches().await?;
+        if !watches.is_empty() {
+            let nets = self.networks().await?;
+            out.extend(crate::ids::mirrors(&watches, &nets, &self.settings.prefix));
+        }
+        Ok(out)
+    }
+
+    /// Every network the detector watches here.
+    pub async fn ids_watches(&self) -> Result<Vec<crate::ids::IdsWatch>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
     /// The mirrors' target interfaces that exist on the host now.
     pub(crate) async fn mirror_interfaces(
         &self,
     ) -> Result<std::collections::BTreeSet<String>, ServiceError> {
         let mut out = std::collections::BTreeSet::new();
         let links = &self.reconciler.adapters().links;
-        for m in self.mirrors().await? {
+        for m in self.all_mirrors().await? {
             if let crate::mirror::Target::Interface(i) = &m.spec.to {
                 let found = links.link(i).await;
                 if found
@@ -579,7 +605,7 @@ impl State {
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect(),
-            mirrors: self.mirrors().await?,
+            mirrors: self.all_mirrors().await?,
             mirror_interfaces: self.mirror_interfaces().await?,
         };
         let view = self.view.read().await;

@@ -304,7 +304,21 @@ impl Networks {
             ops.push(records::delete::<crate::mirror::Mirror>(&m.id));
             undo.push(records::put(&m));
         }
+        let watched = self
+            .ids_watches()
+            .await?
+            .into_iter()
+            .find(|w| w.network == id);
+        if let Some(w) = &watched {
+            ops.push(records::delete::<crate::ids::IdsWatch>(&w.network));
+            undo.push(records::put(w));
+        }
         self.commit(ops.clone(), undo.clone()).await?;
+        if watched.is_some() {
+            if let Err(e) = super::Ids::new(self.s.clone()).ensure_captures().await {
+                tracing::warn!(error = %e, "cannot remove the detector's capture port");
+            }
+        }
         if let Some(k) = &net.cluster {
             let detached = async {
                 if cluster::networks(&*self.cluster)

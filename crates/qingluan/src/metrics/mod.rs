@@ -10,6 +10,7 @@
 
 mod acl;
 mod endpoints;
+mod ids;
 mod store;
 
 pub use store::MeasuredStore;
@@ -169,6 +170,7 @@ impl Metrics {
             let mut counters = self.counters.lock().await;
             endpoints::register(&mut registry, &self.host, api, &names, &mut counters, stats).await;
             acl::register(&mut registry, &self.host, api, &names).await;
+            ids::register(&mut registry, &self.host, api, &names).await;
         }
         let took = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         took.set(started.elapsed().as_secs_f64());

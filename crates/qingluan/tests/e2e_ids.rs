@@ -1,0 +1,282 @@
+//! Intrusion detection end to end on the real dockerd: `ids enable` mirrors a network to
+//! the detector's capture port; an HTTP request carrying a signature string raises an EVE
+//! alert with the rule's sid, both addresses and both containers' names (a plain request
+//! raises none: the control); a busybox `nc` loop over 200 ports raises a port-scan alert,
+//! and in IPS mode quarantines the scanner (its pings fail, its peers' do not, it still
+//! reaches its gateway) until `ids release`. Rules and the quarantine survive a daemon
+//! kill -9; a rule file with a syntax error is refused naming file and line, and the old
+//! rules keep running; bad input changes nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SID: u64 = 1_000_001;
+
+/// Every alert in the EVE log (`ids alerts --json`).
+fn alerts(env: &Env) -> Vec<serde_json::Value> {
+    env.qingluan(&["--json", "ids", "alerts"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an EVE line"))
+        .collect()
+}
+
+/// The alerts with signature `sid`.
+fn with_sid(env: &Env, sid: u64) -> Vec<serde_json::Value> {
+    alerts(env)
+        .into_iter()
+        .filter(|a| a["alert"]["signature_id"] == sid)
+        .collect()
+}
+
+/// `ids status --json`.
+fn status(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&env.qingluan(&["--json", "ids", "status"])).unwrap()
+}
+
+/// Waits until a detector thread reads the watched network's capture port.
+fn wait_inspecting(env: &Env) {
+    assert!(
+        wait_for(Duration::from_secs(10), || status(env)["watches"][0]
+            ["inspecting"]
+            == true),
+        "the detector reads the capture port: {}",
+        status(env)
+    );
+}
+
+/// Runs `qingluan ARGS`: whether it succeeded, and what it printed.
+fn try_cli(env: &Env, args: &[&str]) -> (bool, String) {
+    let o = env.cli(args);
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), text.trim().to_string())
+}
+
+/// Waits until `n` alerts with `sid` are logged; the time it took.
+fn wait_alerts(env: &Env, sid: u64, n: usize, what: &str) -> Duration {
+    let start = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(10), || with_sid(env, sid).len() >= n),
+        "{what}: alerts {:?}\nstatus {}",
+        alerts(env),
+        status(env)
+    );
+    start.elapsed()
+}
+
+#[test]
+fn ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode() {
+    if !enabled("ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode") {
+        return;
+    }
+    let mut env = Env::new();
+    let dir = env.dir.path().to_path_buf();
+    env.stop();
+    let mut config = std::fs::read_to_string(env.config()).unwrap();
+    config.push_str(&format!(
+        "\n[ids]\neve_log = \"{}\"\ndefault_rules = \"{}/none/*.rules\"\n",
+        dir.join("eve.json").display(),
+        dir.display()
+    ));
+    std::fs::write(env.config(), config).unwrap();
+    env.start();
+    let rules = dir.join("web.rules");
+    std::fs::write(
+        &rules,
+        format!(
+            "# qingluan e2e\n\
+             alert tcp any any -> $HOME_NET 80 (msg:\"QLT attack marker\"; flow:to_server,established; content:\"qlt-attack-marker\"; nocase; classtype:web-application-attack; sid:{SID}; rev:1;)\n\
+             alert http any any -> any any (msg:\"QLT app layer\"; http.uri; content:\"/x\"; sid:1000002; rev:1;)\n"
+        ),
+    )
+    .unwrap();
+    let broken = dir.join("broken.rules");
+    std::fs::write(
+        &broken,
+        "alert tcp any any -> any 80 (msg:\"fine\"; sid:1000003;)\nalert tcp any any -> any 80 (msg:\"unterminated; sid:1000004;\n",
+    )
+    .unwrap();
+    let (rules, broken) = (rules.display().to_string(), broken.display().to_string());
+
+    env.create_network("qlt-ids", &["--opt", "model=nat"]);
+    start_sleepers("qlt-ids", &["qlt-ia", "qlt-ic"]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "qlt-ib",
+        "--net",
+        "qlt-ids",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let (a, b) = (ip_of("qlt-ia", "qlt-ids"), ip_of("qlt-ib", "qlt-ids"));
+    let gateway = env.gateway_of("qlt-ids");
+
+    // Bad input is refused and changes nothing.
+    let (ok, text) = try_cli(&env, &["ids", "enable", "--network", "qlt-nosuch"]);
+    assert!(!ok && text.contains("not a qingluan network"), "{text}");
+    let (ok, text) = try_cli(
+        &env,
+        &["ids", "enable", "--network", "qlt-ids", "--rules", &broken],
+    );
+    assert!(
+        !ok && text.contains(&format!("{broken}:2")),
+        "a syntax error names file and line: {text}"
+    );
+    let (ok, text) = try_cli(
+        &env,
+        &["ids", "enable", "--network", "qlt-ids", "--mode", "both"],
+    );
+    assert!(!ok && text.contains("give ids or ips"), "{text}");
+    let s = status(&env);
+    assert_eq!(s["watches"], serde_json::json!([]), "nothing watched: {s}");
+    assert_eq!(s["rules"]["count"], 0, "no rules: {s}");
+
+    // Watch the network; the unsupported rule is reported, not loaded.
+    let (ok, text) = try_cli(
+        &env,
+        &["ids", "enable", "--network", "qlt-ids", "--rules", &rules],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("rules: 1 loaded") && text.contains("sid 1000002 uses protocol http"),
+        "{text}"
+    );
+    wait_inspecting(&env);
+
+    // The control: a plain request raises nothing.
+    let fetch = |path: &str| {
+        let (ok, out) = exec(
+            "qlt-ia",
+            &format!("timeout 3 wget -q -O - http://{b}/{path}"),
+        );
+        assert!(ok || out.contains("404"), "the request goes through: {out}");
+    };
+    fetch("index.html");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(with_sid(&env, SID).is_empty(), "{:?}", alerts(&env));
+
+    // The signature: an alert with the sid, both addresses and both names.
+    fetch("?q=QLT-Attack-Marker");
+    let took = wait_alerts(&env, SID, 1, "signature");
+    eprintln!("signature alert logged within {took:?}");
+    let alert = &with_sid(&env, SID)[0];
+    assert_eq!(alert["event_type"], "alert");
+    assert_eq!(alert["src_ip"], a.as_str(), "{alert}");
+    assert_eq!(alert["dest_ip"], b.as_str(), "{alert}");
+    assert_eq!(alert["dest_port"], 80, "{alert}");
+    assert_eq!(alert["qingluan"]["src_container"], "qlt-ia", "{alert}");
+    assert_eq!(alert["qingluan"]["dest_container"], "qlt-ib", "{alert}");
+    assert_eq!(alert["qingluan"]["network"], "qlt-ids", "{alert}");
+    assert!(pings("qlt-ia", &b), "IDS mode quarantines nobody");
+
+    // IPS mode: a port scan raises a scan alert and quarantines the scanner.
+    let (ok, text) = try_cli(
+        &env,
+        &["ids", "enable", "--network", "qlt-ids", "--mode", "ips"],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        pings("qlt-ic", &a),
+        "before the scan the scanner reaches its peers"
+    );
+    docker(&[
+        "exec",
+        "-d",
+        "qlt-ic",
+        "sh",
+        "-c",
+        // The scanner stops once it is cut off, so that it does not scan again after
+        // its release.
+        &format!(
+            "for p in $(seq 1000 1199); do nc -w1 {a} $p </dev/null; \
+             ping -c 1 -W 1 {a} >/dev/null || break; done"
+        ),
+    ]);
+    wait_alerts(&env, 9_000_001, 1, "port scan");
+    let scan = &with_sid(&env, 9_000_001)[0];
+    assert_eq!(scan["qingluan"]["src_container"], "qlt-ic", "{scan}");
+    assert!(
+        wait_for(Duration::from_secs(10), || status(&env)["quarantined"]
+            .as_array()
+            .is_some_and(|q| q.iter().any(|q| q["container"] == "qlt-ic"))),
+        "the scanner is quarantined: {}",
+        status(&env)
+    );
+    let cut = |who: &str| {
+        assert!(!pings(who, &a), "{who} is cut off");
+        assert!(
+            exec(who, &format!("ping -c 1 -W 1 {gateway}")).0,
+            "{who} still reaches its gateway"
+        );
+        assert!(pings("qlt-ia", &b), "the peers are unaffected");
+    };
+    cut("qlt-ic");
+
+    // Rules and the quarantine survive a daemon kill -9.
+    env.kill();
+    env.start();
+    let s = status(&env);
+    assert_eq!(s["rules"]["count"], 1, "{s}");
+    cut("qlt-ic");
+
+    // Release lifts the quarantine; a second release is refused.
+    let (ok, text) = try_cli(&env, &["ids", "release", "qlt-ic"]);
+    assert!(ok && text.contains("released qlt-ic"), "{text}");
+    assert!(pings("qlt-ic", &a), "released");
+    let (ok, text) = try_cli(&env, &["ids", "release", "qlt-ic"]);
+    assert!(!ok && text.contains("is not quarantined"), "{text}");
+
+    // A broken rule file keeps the old rules running: the signature (priority 1) still
+    // alerts, and in IPS mode now quarantines its sender.
+    let (ok, text) = try_cli(&env, &["ids", "reload", "--rules", &broken]);
+    assert!(!ok && text.contains(&format!("{broken}:2")), "{text}");
+    assert_eq!(status(&env)["rules"]["files"][0], rules.as_str());
+    wait_inspecting(&env);
+    fetch("?q=qlt-attack-marker-again");
+    wait_alerts(&env, SID, 2, "the old rules still run");
+    assert!(
+        wait_for(Duration::from_secs(10), || !pings("qlt-ia", &b)),
+        "the sender of a priority 1 alert is quarantined: {}",
+        status(&env)
+    );
+    let (ok, text) = try_cli(&env, &["ids", "release", "qlt-ia"]);
+    assert!(ok, "{text}");
+    assert!(pings("qlt-ia", &b), "released");
+
+    // The metrics count the alerts.
+    let m = ok_metrics(&env);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("qingluan_ids_alerts_total")
+                && l.contains(&format!("sid=\"{SID}\""))),
+        "{m}"
+    );
+
+    // Disabling stops the mirror and removes the capture port.
+    let capture = status(&env)["watches"][0]["capture"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, text) = try_cli(&env, &["ids", "disable", "--network", "qlt-ids"]);
+    assert!(ok, "{text}");
+    assert!(
+        wait_for(Duration::from_secs(10), || !run(
+            "ip",
+            &["link", "show", &capture]
+        )
+        .status
+        .success()),
+        "the capture port goes"
+    );
+}
+
+/// The daemon's `/metrics`.
+fn ok_metrics(env: &Env) -> String {
+    ok("curl", &["-sf", &format!("http://{}/metrics", env.metrics)])
+}
