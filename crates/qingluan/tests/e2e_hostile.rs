@@ -42,6 +42,14 @@ fn hostile_requests_are_refused_and_change_nothing() {
     let net_b = docker(&["network", "inspect", "-f", "{{.Id}}", "qlt-hb"])
         .trim()
         .to_string();
+    // The daemon learns the endpoint's container after the Join: wait for it, so that the
+    // snapshot below holds nothing that was still on its way.
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || env
+            .qingluan(&["--json", "endpoint", "ls"])
+            .contains("qlt-h1")),
+        "the endpoint's container is learnt"
+    );
     let before = (
         env.qingluan(&["--json", "network", "ls"]),
         env.qingluan(&["--json", "endpoint", "ls"]),
