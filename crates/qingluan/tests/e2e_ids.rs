@@ -1,7 +1,8 @@
 //! Intrusion detection end to end on the real dockerd: `ids enable` mirrors a network to
 //! the detector's capture port; an HTTP request carrying a signature string raises an EVE
 //! alert with the rule's sid, both addresses and both containers' names (a plain request
-//! raises none: the control); a busybox `nc` loop over 200 ports raises a port-scan alert,
+//! raises none: the control); a forged ARP claim, dropped by the spoof guard, is reported;
+//! a busybox `nc` loop over 200 ports raises a port-scan alert,
 //! and in IPS mode quarantines the scanner (its pings fail, its peers' do not, it still
 //! reaches its gateway) until `ids release`. Rules and the quarantine survive a daemon
 //! kill -9; a rule file with a syntax error is refused naming file and line, and the old
@@ -174,6 +175,30 @@ fn ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode() {
     assert_eq!(alert["qingluan"]["dest_container"], "qlt-ib", "{alert}");
     assert_eq!(alert["qingluan"]["network"], "qlt-ids", "{alert}");
     assert!(pings("qlt-ia", &b), "IDS mode quarantines nobody");
+
+    // ARP spoofing: the spoof guard drops qlt-ia's claim to be qlt-b, and the detector
+    // reports it (the guard's drop flow copies what it drops to the capture port).
+    let spoof = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         mac = s.getsockname()[4]\n\
+         ip = socket.inet_aton('{b}')\n\
+         arp = bytes.fromhex('0001080006040002') + mac + ip + bytes(6) + ip\n\
+         for _ in range(3): s.send(b'\\xff' * 6 + mac + b'\\x08\\x06' + arp)\n"
+    );
+    common::ok(
+        "nsenter",
+        &["-t", &pid_of("qlt-ia"), "-n", "python3", "-c", &spoof],
+    );
+    wait_alerts(&env, 9_000_004, 1, "ARP spoofing");
+    let acl: serde_json::Value =
+        serde_json::from_str(&env.qingluan(&["--json", "acl", "ls"])).unwrap();
+    assert!(
+        acl["spoofed"].as_object().is_some_and(|m| !m.is_empty()),
+        "the spoof guard still counts what it drops: {acl}"
+    );
+    assert!(pings("qlt-ic", &b), "qlt-b's address is not taken over");
 
     // IPS mode: a port scan raises a scan alert and quarantines the scanner.
     let (ok, text) = try_cli(

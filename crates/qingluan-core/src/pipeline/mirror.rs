@@ -3,8 +3,10 @@
 //! bridge within its VNI) goes out of each of its mirror ports, and the frame itself goes on
 //! to `CONNTRACK` unchanged. The stage follows `QOS`, so the copy is what the container's
 //! meter let through. A frame between two watched containers is copied once (by its sender's
-//! port). A bridge without mirrors has only its base flow here. What comes in on a mirror
-//! interface (a host interface added as a port) is dropped in `CLASSIFY`.
+//! port). What the spoof guard refuses from a watched container is copied too, in
+//! `CLASSIFY`, before it is dropped (`spoof_guard::copied_refusal`). A bridge without
+//! mirrors has only its base flow here. What comes in on a mirror interface (a host
+//! interface added as a port) is dropped in `CLASSIFY`.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -59,6 +61,7 @@ impl FlowFeature for Mirrors<'_> {
             let c = Cookie::of(Feature::Mirror, &ep.id);
             let mut actions: Vec<Action> = w.to.iter().cloned().map(Action::Output).collect();
             actions.push(Action::Goto(Stage::Conntrack));
+            out.push(super::spoof_guard::copied_refusal(ep, &w.to));
             let sent = Match::any().and(Field::InPort(Port::Named(ep.host_veth())));
             out.push(flow(Stage::Mirror, 100, c, sent, &actions));
             let mut to = Match::any();
@@ -109,6 +112,11 @@ mod tests {
             [
                 "table=0,priority=300,cookie=0x900000000000000,in_port=qlvt2,actions=drop"
                     .to_string(),
+                format!(
+                    "table=0,priority=91,cookie=0x2000000a1b2c3d4,in_port={},\
+                     actions=output:qlvt1,output:qlvt2",
+                    ep.host_veth()
+                ),
                 format!(
                     "table=10,priority=100,cookie=0x9000000a1b2c3d4,in_port={},\
                      actions=output:qlvt1,output:qlvt2,goto_table:15",

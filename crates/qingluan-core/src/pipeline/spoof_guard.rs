@@ -2,7 +2,8 @@
 //! own MAC and, for IPv4 and ARP, its own address; IPv6 only with its MAC. These matches
 //! are the one definition every bridge kind admits endpoints with; everything else from the
 //! port meets the endpoint's own drop flow ([`refusal`]), whose counter is the endpoint's
-//! spoofed frames.
+//! spoofed frames; a mirrored endpoint's ([`copied_refusal`]) copies them to its mirror
+//! ports before dropping them.
 
 use qingluan_dataplane::openflow::Flow;
 
@@ -11,6 +12,10 @@ use crate::model::Endpoint;
 
 /// Priority of an endpoint's drop flow, below its admissions.
 pub const REFUSAL_PRIORITY: u16 = 90;
+
+/// Priority of a mirrored endpoint's drop flow that copies what it drops, above the plain
+/// one (`pipeline/mirror.rs`).
+pub const COPIED_REFUSAL_PRIORITY: u16 = REFUSAL_PRIORITY + 1;
 
 /// The endpoint's drop flow in `CLASSIFY`: whatever its port sends that no admission
 /// matched. Counted by cookie, it is the endpoint's spoofed frames.
@@ -21,6 +26,23 @@ pub fn refusal(ep: &Endpoint) -> Flow {
         Cookie::of(Feature::Endpoint, &ep.id),
         port(ep),
         &[Action::Drop],
+    )
+}
+
+/// The drop flow of a mirrored endpoint: what [`refusal`] drops, first copied out of
+/// `to` (so an analyzer, or the detector's ARP spoofing check, sees the attempts). Same
+/// cookie, so its counter is still the endpoint's spoofed frames.
+pub fn copied_refusal(ep: &Endpoint, to: &[String]) -> Flow {
+    let mut actions: Vec<Action> = to.iter().cloned().map(Action::Output).collect();
+    if actions.is_empty() {
+        actions.push(Action::Drop);
+    }
+    flow(
+        Stage::Classify,
+        COPIED_REFUSAL_PRIORITY,
+        Cookie::of(Feature::Endpoint, &ep.id),
+        port(ep),
+        &actions,
     )
 }
 

@@ -103,7 +103,8 @@ impl State {
                     .into_iter()
                     .filter(|f| {
                         f.table == Stage::Classify.table()
-                            && f.priority == spoof_guard::REFUSAL_PRIORITY
+                            && (f.priority == spoof_guard::REFUSAL_PRIORITY
+                                || f.priority == spoof_guard::COPIED_REFUSAL_PRIORITY)
                     })
                     .map(|f| (f.cookie, f.packets)),
             );
