@@ -14,6 +14,10 @@
 //!   addresses and endpoints are reclaimed.
 //! - `cluster/acl/<key>/<rule id>`: an ACL rule of a cluster network, which every host
 //!   enforces; it names networks by cluster key and goes with the network's definition.
+//! - `cluster/ids/<key>`: the detector's watch of a cluster network, which every host with
+//!   the network applies to its own containers; it goes with the network's definition.
+//! - `cluster/ids-rules`: the detector's rule set last loaded on any host (when it is small
+//!   enough for the store), which every host adopts.
 //! - `cluster/connect/<id>`: a group connection of two vxlan networks, by cluster key,
 //!   which every host with both networks routes; it goes with either definition. Or of two
 //!   containers (kept as typed) one of which is on another host; it goes at `disconnect`.
@@ -42,6 +46,10 @@ pub const DOWN: &str = "cluster/down/";
 pub const ACL: &str = "cluster/acl/";
 /// Store key prefix of the group connections of cluster networks.
 pub const CONNECT: &str = "cluster/connect/";
+/// Store key prefix of the detector's watches of cluster networks.
+pub const IDS: &str = "cluster/ids/";
+/// Store key of the detector's rule set of the cluster.
+pub const IDS_RULES: &str = "cluster/ids-rules";
 
 /// Errors of cluster operations; the text reaches the user.
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +265,7 @@ pub async fn detach(store: &dyn Store, key: &str, host: &str) -> Result<bool, Cl
             Op::Delete(format!("{NETWORKS}{key}")),
             Op::DeletePrefix(format!("{MEMBERS}{key}/")),
             Op::DeletePrefix(format!("{ACL}{key}/")),
+            Op::Delete(format!("{IDS}{key}")),
         ];
         for c in connections(store).await? {
             if let crate::connect::Pair::Networks(a, b) = &c.pair {
@@ -298,6 +307,21 @@ pub fn acl_key(rule: &crate::acl::AclRule) -> String {
 /// Every ACL rule of every cluster network.
 pub async fn acl_rules(store: &dyn Store) -> Result<Vec<crate::acl::AclRule>, StoreError> {
     list_json(store, ACL).await
+}
+
+/// Store key of the detector's watch of a cluster network (`w.network` is its key).
+pub fn ids_key(w: &crate::ids::IdsWatch) -> String {
+    format!("{IDS}{}", w.network)
+}
+
+/// Every watch of a cluster network.
+pub async fn ids_watches(store: &dyn Store) -> Result<Vec<crate::ids::IdsWatch>, StoreError> {
+    list_json(store, IDS).await
+}
+
+/// The rule set of the cluster, if one was published.
+pub async fn ids_rules(store: &dyn Store) -> Result<Option<crate::ids::IdsRules>, StoreError> {
+    get_json(store, IDS_RULES).await
 }
 
 /// Store key of a group connection of the cluster.

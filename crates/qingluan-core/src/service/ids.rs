@@ -1,11 +1,14 @@
-//! `qingluan ids`: the detector's watches (records `ids/watch/<network id>`), this host's
-//! rule set (`ids/rules/current`), the capture ports of the watched bridges, and IPS
-//! quarantines as ACL rules (`ids.rs`). The detector itself runs in the daemon; this is
-//! what it reads and writes.
+//! `qingluan ids`: the detector's watches (records `ids/watch/<network id>`; a cluster
+//! network's in the cluster store, `cluster/ids/<key>`), this host's rule set
+//! (`ids/rules/current`, published as `cluster/ids-rules` for the other hosts when small
+//! enough), the capture ports of the watched bridges, and IPS quarantines as ACL rules
+//! (`ids.rs`). The detector itself runs in the daemon; this is what it reads and writes.
 
+use qingluan_store::{get_json, to_json, Op};
 use serde::{Deserialize, Serialize};
 
 use super::{Acl, ServiceError};
+use crate::cluster;
 use crate::ids::{self, IdsError, IdsMode, IdsRules, IdsWatch};
 use crate::reconcile::ReconcileError;
 use crate::records;
@@ -27,7 +30,8 @@ pub struct Quarantine {
 impl Ids {
     /// `qingluan ids enable --network`: watches `network` in `mode` (again: changes the
     /// mode), with `rules` as the new rule set when given; creates the bridge's capture
-    /// port.
+    /// port. The watch of a cluster network is the cluster's: every host with the network
+    /// applies it.
     pub async fn enable(
         &self,
         network: &str,
@@ -36,36 +40,92 @@ impl Ids {
     ) -> Result<IdsWatch, ServiceError> {
         let _g = self.lock.lock().await;
         let net = self.network(network).await?;
+        let mut undo = Vec::new();
+        if let Some(r) = rules {
+            self.store_rules(r, &mut undo).await?;
+        }
         let watch = IdsWatch {
             network: net.id.clone(),
             mode,
         };
-        let mut ops = vec![records::put(&watch)];
-        let mut undo = vec![
+        if let Some(key) = &net.cluster {
+            let shared = IdsWatch {
+                network: key.clone(),
+                mode,
+            };
+            let k = cluster::ids_key(&shared);
+            let old: Option<IdsWatch> = get_json(&*self.cluster, &k).await?;
+            self.cluster
+                .txn(vec![], vec![Op::Put(k.clone(), to_json(&shared))])
+                .await?;
+            self.refresh_cluster_intent().await?;
+            if let Err(e) = self.ensure_captures().await {
+                self.undo_cluster(&k, old).await;
+                self.store.txn(vec![], undo).await?;
+                return Err(e);
+            }
+            let cluster_undo = vec![match old {
+                Some(o) => Op::Put(k, to_json(&o)),
+                None => Op::Delete(k),
+            }];
+            if let Err(e) = self.apply_cluster(cluster_undo).await {
+                self.store.txn(vec![], undo).await?;
+                return Err(e);
+            }
+            return Ok(watch);
+        }
+        undo.push(
             match records::get::<IdsWatch>(&*self.store, &net.id).await? {
                 Some(old) => records::put(&old),
                 None => records::delete::<IdsWatch>(&net.id),
             },
-        ];
-        if let Some(r) = rules {
-            ops.push(records::put(&r));
-            undo.push(match self.rules().await? {
-                Some(old) => records::put(&old),
-                None => records::delete::<IdsRules>(IdsRules::ID),
-            });
+        );
+        self.store.txn(vec![], vec![records::put(&watch)]).await?;
+        if let Err(e) = self.ensure_captures().await {
+            self.store.txn(vec![], undo).await?;
+            return Err(e);
         }
-        self.store.txn(vec![], ops).await?;
-        self.ensure_captures().await?;
         self.apply_or_undo(undo).await?;
         Ok(watch)
     }
 
-    /// `qingluan ids disable --network`: stops watching `network`.
+    /// Puts back a cluster watch as it was before a failed `enable`.
+    async fn undo_cluster(&self, key: &str, old: Option<IdsWatch>) {
+        let op = match old {
+            Some(o) => Op::Put(key.to_string(), to_json(&o)),
+            None => Op::Delete(key.to_string()),
+        };
+        if let Err(e) = self.cluster.txn(vec![], vec![op]).await {
+            tracing::warn!(error = %e, "cannot undo a watch in the cluster store");
+        }
+        if let Err(e) = self.refresh_cluster_intent().await {
+            tracing::warn!(error = %e, "cannot re-read the cluster's watches");
+        }
+    }
+
+    /// `qingluan ids disable --network`: stops watching `network` (on every host, for a
+    /// cluster network).
     pub async fn disable(&self, network: &str) -> Result<IdsWatch, ServiceError> {
         let _g = self.lock.lock().await;
         let net = self.network(network).await?;
+        let not_watched = || IdsError::NotWatched(net.short_id().to_string());
+        if let Some(key) = &net.cluster {
+            let k = format!("{}{key}", cluster::IDS);
+            let Some(old) = get_json::<IdsWatch>(&*self.cluster, &k).await? else {
+                return Err(not_watched().into());
+            };
+            self.cluster
+                .txn(vec![], vec![Op::Delete(k.clone())])
+                .await?;
+            self.apply_cluster(vec![Op::Put(k, to_json(&old))]).await?;
+            self.ensure_captures().await?;
+            return Ok(IdsWatch {
+                network: net.id.clone(),
+                mode: old.mode,
+            });
+        }
         let Some(watch) = records::get::<IdsWatch>(&*self.store, &net.id).await? else {
-            return Err(IdsError::NotWatched(net.short_id().to_string()).into());
+            return Err(not_watched().into());
         };
         self.commit(
             vec![records::delete::<IdsWatch>(&net.id)],
@@ -76,10 +136,43 @@ impl Ids {
         Ok(watch)
     }
 
-    /// `qingluan ids reload` (and `enable --rules`): stores a rule set the daemon loaded.
+    /// `qingluan ids reload` (and `enable --rules`): stores a rule set the daemon loaded,
+    /// and publishes it to the cluster when it fits.
     pub async fn set_rules(&self, rules: IdsRules) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
+        self.store_rules(rules, &mut Vec::new()).await
+    }
+
+    /// Adopts the cluster's rule set as this host's (without publishing it again).
+    pub async fn adopt_rules(&self, rules: IdsRules) -> Result<(), ServiceError> {
+        let _g = self.lock.lock().await;
         self.store.txn(vec![], vec![records::put(&rules)]).await?;
+        Ok(())
+    }
+
+    /// Stores `rules` as this host's (pushing the write that restores the old set to
+    /// `undo`) and, when no larger than [`SHARED_RULES_MAX`], as the cluster's.
+    async fn store_rules(&self, rules: IdsRules, undo: &mut Vec<Op>) -> Result<(), ServiceError> {
+        undo.push(match self.rules().await? {
+            Some(old) => records::put(&old),
+            None => records::delete::<IdsRules>(IdsRules::ID),
+        });
+        self.store.txn(vec![], vec![records::put(&rules)]).await?;
+        let size: usize = rules.files.iter().map(|f| f.text.len()).sum();
+        if size <= SHARED_RULES_MAX {
+            self.cluster
+                .txn(
+                    vec![],
+                    vec![Op::Put(cluster::IDS_RULES.into(), to_json(&rules))],
+                )
+                .await?;
+            self.refresh_cluster_intent().await?;
+        } else {
+            tracing::warn!(
+                bytes = size,
+                "ids: the rule set is too large for the cluster store; it runs on this host only"
+            );
+        }
         Ok(())
     }
 
@@ -208,6 +301,10 @@ impl Ids {
         Ok(out)
     }
 }
+
+/// The largest rule set (bytes of rule text) published to the cluster store, below etcd's
+/// default request limit of 1.5 MiB.
+pub const SHARED_RULES_MAX: usize = 1 << 20;
 
 /// The capture ports' MTU: the largest a veth takes, so that the userspace datapath's
 /// segmentation-offloaded frames reach the detector whole.

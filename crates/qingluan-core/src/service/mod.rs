@@ -300,6 +300,10 @@ pub(crate) struct ClusterIntent {
     pub acl: Vec<AclRule>,
     /// Group connections.
     pub connections: Vec<Connection>,
+    /// The detector's watches.
+    pub ids: Vec<crate::ids::IdsWatch>,
+    /// The detector's rule set.
+    pub ids_rules: Option<crate::ids::IdsRules>,
 }
 
 /// Where a driver keeps its records.
@@ -433,6 +437,8 @@ impl State {
         let read = ClusterIntent {
             acl: cluster::acl_rules(&*self.cluster).await?,
             connections: cluster::connections(&*self.cluster).await?,
+            ids: cluster::ids_watches(&*self.cluster).await?,
+            ids_rules: cluster::ids_rules(&*self.cluster).await?,
         };
         let mut cache = self.cluster_intent.write().await;
         if cache.as_ref() == Some(&read) {
@@ -524,6 +530,16 @@ impl State {
             .any(|r| r.container.is_named(name))
     }
 
+    /// Other hosts' containers on cluster networks, as the cluster agent last saw them.
+    pub async fn remote_containers(&self) -> Vec<desired::RemoteContainer> {
+        self.view.read().await.containers.clone()
+    }
+
+    /// This host's network IDs by cluster key (public for the detector's names).
+    pub async fn network_ids_by_key(&self) -> Result<BTreeMap<String, String>, ServiceError> {
+        self.ids_by_key().await
+    }
+
     /// Every port mirror.
     pub async fn mirrors(&self) -> Result<Vec<crate::mirror::Mirror>, ServiceError> {
         Ok(records::list(&*self.store).await?)
@@ -541,9 +557,26 @@ impl State {
         Ok(out)
     }
 
-    /// Every network the detector watches here.
+    /// Every network the detector watches here: this host's own watches, then those of
+    /// the cluster networks it has, named by this host's network IDs.
     pub async fn ids_watches(&self) -> Result<Vec<crate::ids::IdsWatch>, ServiceError> {
-        Ok(records::list(&*self.store).await?)
+        let mut out: Vec<crate::ids::IdsWatch> = records::list(&*self.store).await?;
+        let cluster = self.cluster_intent().await.ids;
+        if !cluster.is_empty() {
+            let ids = self.ids_by_key().await?;
+            out.extend(cluster.into_iter().filter_map(|w| {
+                Some(crate::ids::IdsWatch {
+                    network: ids.get(&w.network)?.clone(),
+                    mode: w.mode,
+                })
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The detector's rule set of the cluster, as the cluster agent last read it.
+    pub async fn cluster_ids_rules(&self) -> Option<crate::ids::IdsRules> {
+        self.cluster_intent().await.ids_rules
     }
 
     /// The mirrors' target interfaces that exist on the host now.

@@ -6,8 +6,9 @@
 //! A manager keeps the capture threads matching the watches (every 5 s, and before an
 //! `ids` command answers): it creates missing capture ports (then reconciles, so the
 //! mirrors to them appear), starts and stops threads, and hands the threads the current
-//! address → container map (also the ARP bindings of the spoof detector). The rule set is
-//! shared: a reload builds it once and each thread swaps it in before its next frame.
+//! address → container map (also the ARP bindings of the spoof detector), and adopts the
+//! cluster's rule set when another host loaded a newer one. The rule set is shared: a
+//! reload builds it once and each thread swaps it in before its next frame.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -24,13 +25,13 @@ use tokio::sync::mpsc;
 use super::capture::Capture;
 use crate::config::IdsConfig;
 
-/// A watched address: its container and network.
+/// A watched address: its container and network, and whether the container runs here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Host {
     container: Option<String>,
     network: String,
     network_name: Option<String>,
-    ips: bool,
+    local: bool,
 }
 
 /// What the capture threads read: the rule set and the watched addresses' MACs, each
@@ -95,6 +96,7 @@ pub struct Runtime {
     threads: tokio::sync::Mutex<BTreeMap<String, Thread>>,
     stats: std::sync::Mutex<BTreeMap<String, Arc<CaptureStats>>>,
     info: std::sync::Mutex<RulesInfo>,
+    current: std::sync::Mutex<Option<IdsRules>>,
     counts: std::sync::Mutex<BTreeMap<(u32, String), u64>>,
     found: mpsc::UnboundedSender<Found>,
     inbox: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Found>>>,
@@ -125,6 +127,7 @@ impl Runtime {
             threads: Default::default(),
             stats: Default::default(),
             info: Default::default(),
+            current: Default::default(),
             counts: Default::default(),
             found,
             inbox: std::sync::Mutex::new(Some(inbox)),
@@ -188,6 +191,7 @@ impl Runtime {
                 .map(|s| format!("{}:{}: sid {} uses {}", s.file, s.line, s.sid, s.keyword))
                 .collect(),
         };
+        *self.current.lock().expect("current rules") = Some(rules.clone());
         *self.shared.rules.write().expect("rules") = Arc::new(set);
         self.shared.rules_generation.fetch_add(1, Ordering::SeqCst);
     }
@@ -221,8 +225,8 @@ impl Runtime {
         }
     }
 
-    /// Loads the stored rule set (or, when none was ever loaded, the configured default
-    /// files, if any exist), then runs the manager and the alert sink until aborted.
+    /// Loads the stored rule set (or, when none was ever loaded here, the cluster's, or
+    /// else the configured default files, if any exist), then runs the manager and the alert sink until aborted.
     pub async fn run(self: Arc<Self>) {
         self.load_stored().await;
         let inbox = self.inbox.lock().expect("inbox").take();
@@ -249,11 +253,12 @@ impl Runtime {
                 Ok(set) => self.use_rules(&r, set),
                 Err(e) => tracing::warn!(error = %e, "ids: the stored rule set does not load"),
             },
+            Ok(None) if self.driver.state.cluster_ids_rules().await.is_some() => {}
             Ok(None) => {
                 let default = vec![self.config.default_rules.clone()];
                 if let Ok((r, set)) = self.read_rules(&default) {
                     self.use_rules(&r, set);
-                    if let Err(e) = self.driver.ids.set_rules(r).await {
+                    if let Err(e) = self.driver.ids.adopt_rules(r).await {
                         tracing::warn!(error = %e, "ids: cannot store the default rule set");
                     }
                 }
@@ -267,6 +272,7 @@ impl Runtime {
     async fn manage(&self) -> anyhow::Result<()> {
         let mut threads = self.threads.lock().await;
         let state = &self.driver.state;
+        self.adopt_cluster_rules().await;
         let watches = state.ids_watches().await?;
         if watches.is_empty() && threads.is_empty() {
             return Ok(());
@@ -314,6 +320,33 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs the cluster's rule set when another host loaded one later than this host's.
+    async fn adopt_cluster_rules(&self) {
+        let Some(shared) = self.driver.state.cluster_ids_rules().await else {
+            return;
+        };
+        let newer = self
+            .current
+            .lock()
+            .expect("current rules")
+            .as_ref()
+            .is_none_or(|c| shared.loaded > c.loaded);
+        if !newer {
+            return;
+        }
+        match self.parse(&shared.files) {
+            Ok(set) => {
+                if let Err(e) = self.driver.ids.adopt_rules(shared.clone()).await {
+                    tracing::warn!(error = %e, "ids: cannot store the cluster's rule set");
+                    return;
+                }
+                tracing::info!(rules = set.len(), "ids: running the cluster's rule set");
+                self.use_rules(&shared, set);
+            }
+            Err(e) => tracing::warn!(error = %e, "ids: the cluster's rule set does not load here"),
+        }
+    }
+
     /// The watched networks' container addresses here with their containers and networks,
     /// and their MACs.
     async fn read_hosts(
@@ -328,16 +361,14 @@ impl Runtime {
                 names.extend(nets.into_iter().map(|(id, n)| (id, n.name)));
             }
         }
-        let mode: HashMap<&str, IdsMode> = watches
-            .iter()
-            .map(|w| (w.network.as_str(), w.mode))
-            .collect();
+        let watched: std::collections::HashSet<&str> =
+            watches.iter().map(|w| w.network.as_str()).collect();
         let mut hosts = HashMap::new();
         let mut bindings = HashMap::new();
         for ep in state.endpoints().await? {
-            let Some(m) = mode.get(ep.network_id.as_str()) else {
+            if !watched.contains(ep.network_id.as_str()) {
                 continue;
-            };
+            }
             let addr = ep.address.addr();
             bindings.insert(addr, ep.mac.0);
             hosts.insert(
@@ -346,9 +377,26 @@ impl Runtime {
                     container: ep.container.as_ref().map(|c| c.name.clone()),
                     network: ep.network_id.clone(),
                     network_name: names.get(&ep.network_id).cloned(),
-                    ips: *m == IdsMode::Ips,
+                    local: true,
                 },
             );
+        }
+        // Other hosts' containers on watched cluster networks are named too; their own host
+        // quarantines them.
+        let by_key = state.network_ids_by_key().await?;
+        for r in state.remote_containers().await {
+            let Some(id) = by_key
+                .get(&r.network)
+                .filter(|id| watched.contains(id.as_str()))
+            else {
+                continue;
+            };
+            hosts.entry(IpAddr::V4(r.address)).or_insert_with(|| Host {
+                container: Some(r.container.name.clone()),
+                network: id.clone(),
+                network_name: names.get(id).cloned(),
+                local: false,
+            });
         }
         Ok((hosts, bindings))
     }
@@ -389,11 +437,13 @@ impl Runtime {
         let path = self.config.eve_log.clone();
         while let Some(f) = inbox.recv().await {
             let a = &f.alert;
+            // The modes as they are now: another host may have changed one since the
+            // manager last looked.
+            let watches = self.driver.state.ids_watches().await.unwrap_or_default();
             let (src, dst) = {
                 let mut hosts = self.hosts.lock().await;
                 let known = |ip: &IpAddr| hosts.get(ip).is_some_and(|h| h.container.is_some());
                 if !(known(&a.src_ip) && known(&a.dest_ip)) {
-                    let watches = self.driver.state.ids_watches().await.unwrap_or_default();
                     if let Ok((fresh, _)) = self.read_hosts(&watches).await {
                         *hosts = fresh;
                     }
@@ -404,12 +454,17 @@ impl Runtime {
                 )
             };
             let on = src.as_ref().or(dst.as_ref());
+            let ips = |h: &Host| {
+                watches
+                    .iter()
+                    .any(|w| w.network == h.network && w.mode == IdsMode::Ips)
+            };
             let names = EveNames {
                 in_iface: Some(f.reader.clone()),
                 src_container: src.as_ref().and_then(|h| h.container.clone()),
                 dest_container: dst.as_ref().and_then(|h| h.container.clone()),
                 network: on.map(|h| h.network_name.clone().unwrap_or_else(|| h.network.clone())),
-                ips: on.is_some_and(|h| h.ips),
+                ips: on.is_some_and(ips),
             };
             if let Err(e) = append(&path, &a.eve_line(&names)) {
                 tracing::warn!(error = %e, path = %path.display(), "ids: cannot write the EVE log");
@@ -422,7 +477,8 @@ impl Runtime {
                 .entry((a.sid, network.clone().unwrap_or_default()))
                 .or_default() += 1;
             let severe = a.action == Action::Drop || a.priority <= self.config.quarantine_priority;
-            let Some(h) = src.filter(|h| h.ips && severe) else {
+            // A container of another host is quarantined by the detector of its own host.
+            let Some(h) = src.filter(|h| h.local && ips(h) && severe) else {
                 continue;
             };
             let Some(container) = h.container else {

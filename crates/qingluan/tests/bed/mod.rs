@@ -434,6 +434,7 @@ impl Bed {
              api_socket = \"{ds}/api.sock\"\ndocker_socket = \"{ds}/docker.sock\"\n\
              log = \"info\"\n\n[ovs]\ndb = \"unix:{ds}/ovs/db.sock\"\nrundir = \"{ds}/ovs\"\n\n\
              [store]\n{store}path = \"{ds}/state.redb\"\n\n\
+             [ids]\neve_log = \"{ds}/eve.json\"\ndefault_rules = \"{ds}/rules/*.rules\"\n\n\
              [cluster]\nhost_id = \"h{h}\"\nunderlay_ip = \"{}\"\n{}\n",
             self.host_ip(h),
             self.cluster_toml
