@@ -1,7 +1,8 @@
 //! Intrusion detection (`qingluan ids`): which networks the detector watches, the rule set
 //! it runs, and the quarantines of IPS mode, as records and plain functions.
 //!
-//! A watched network is mirrored (`mirror.rs`, the `MIRROR` stage) to a capture port: one
+//! A watched network, or a watched container on the networks it is on here, is mirrored
+//! (`mirror.rs`, the `MIRROR` stage) to a capture port: one
 //! veth pair per watched bridge, named from the bridge ([`capture_ports`]), whose bridge
 //! end is added to the bridge as a mirror's interface target and whose other end the
 //! daemon's detector reads. These mirrors are derived from the watches ([`mirrors`]), never
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::{Proto, RuleSpec, Selector, Verdict};
 use crate::mirror::{Mirror, MirrorSpec, Target};
-use crate::model::Network;
+use crate::model::{Endpoint, Network};
 
 /// Errors of `ids` commands; the text reaches the user.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -31,6 +32,12 @@ pub enum IdsError {
     /// `ids release` of a container that is not quarantined.
     #[error("container {0:?} is not quarantined")]
     NotQuarantined(String),
+    /// `ids enable --container` of a container without an endpoint here.
+    #[error("container {0:?} is on no qingluan network on this host")]
+    NoContainer(String),
+    /// `ids disable --container` of a container that is not watched.
+    #[error("container {0:?} is not watched by the detector")]
+    ContainerNotWatched(String),
     /// `--mode` other than ids or ips.
     #[error("invalid mode {0:?}: give ids or ips")]
     BadMode(String),
@@ -78,6 +85,16 @@ pub struct IdsWatch {
     pub mode: IdsMode,
 }
 
+/// A container the detector watches on this host, on every network it is on here:
+/// record `ids/container/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerWatch {
+    /// The container's name.
+    pub container: String,
+    /// IDS or IPS.
+    pub mode: IdsMode,
+}
+
 /// One rule file as loaded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleFile {
@@ -120,20 +137,77 @@ pub fn capture_prefix(prefix: &str) -> String {
     format!("{prefix}id")
 }
 
-/// The mirrors that copy the watched networks to their bridges' capture ports.
-pub fn mirrors(watches: &[IdsWatch], nets: &[Network], prefix: &str) -> Vec<Mirror> {
+/// The mirrors that copy the watched networks, and the watched containers on networks not
+/// watched as a whole, to their bridges' capture ports.
+pub fn mirrors(
+    watches: &[IdsWatch],
+    containers: &[ContainerWatch],
+    nets: &[Network],
+    endpoints: &[Endpoint],
+    prefix: &str,
+) -> Vec<Mirror> {
     let overlay = crate::modes::overlay_bridge(prefix);
-    watches
+    let mirror = |net: &Network, container: Option<&str>| {
+        let bridge = crate::mirror::bridge_of(net, &overlay);
+        Mirror::new(MirrorSpec {
+            network: net.id.clone(),
+            to: Target::Interface(capture_ports(prefix, &bridge).0),
+            container: container.map(String::from),
+        })
+    };
+    let mut out: Vec<Mirror> = watches
         .iter()
         .filter_map(|w| nets.iter().find(|n| n.id == w.network))
-        .map(|net| {
-            let bridge = crate::mirror::bridge_of(net, &overlay);
-            Mirror::new(MirrorSpec {
+        .map(|net| mirror(net, None))
+        .collect();
+    for (c, net) in container_networks(containers, nets, endpoints) {
+        if !watches.iter().any(|w| w.network == net.id) {
+            out.push(mirror(net, Some(&c.container)));
+        }
+    }
+    out
+}
+
+/// Each watched container with each network it is on here.
+fn container_networks<'a>(
+    containers: &'a [ContainerWatch],
+    nets: &'a [Network],
+    endpoints: &[Endpoint],
+) -> Vec<(&'a ContainerWatch, &'a Network)> {
+    let mut out = Vec::new();
+    for c in containers {
+        for net in nets {
+            let on = endpoints.iter().any(|e| {
+                e.network_id == net.id
+                    && e.container.as_ref().is_some_and(|r| r.name == c.container)
+            });
+            if on {
+                out.push((c, net));
+            }
+        }
+    }
+    out
+}
+
+/// The networks the detector inspects, each with its mode: the watched networks, and the
+/// networks of the watched containers (in the container's mode) that are not watched as
+/// a whole.
+pub fn effective(
+    watches: &[IdsWatch],
+    containers: &[ContainerWatch],
+    nets: &[Network],
+    endpoints: &[Endpoint],
+) -> Vec<IdsWatch> {
+    let mut out = watches.to_vec();
+    for (c, net) in container_networks(containers, nets, endpoints) {
+        if !out.iter().any(|w| w.network == net.id) {
+            out.push(IdsWatch {
                 network: net.id.clone(),
-                to: Target::Interface(capture_ports(prefix, &bridge).0),
-            })
-        })
-        .collect()
+                mode: c.mode,
+            });
+        }
+    }
+    out
 }
 
 /// The bridges that hold the watched networks, each once.
@@ -197,18 +271,18 @@ mod tests {
         assert!(a.starts_with(&capture_prefix("ql")));
     }
 
+    fn watch(network: &str, mode: IdsMode) -> IdsWatch {
+        IdsWatch {
+            network: network.into(),
+            mode,
+        }
+    }
+
     #[test]
     fn mirrors_follow_watches_of_known_networks() {
         let n = net("n1", crate::model::Mode::Nat, "10.9.0.0/24");
-        let w = IdsWatch {
-            network: "n1".into(),
-            mode: IdsMode::Ips,
-        };
-        let gone = IdsWatch {
-            network: "gone".into(),
-            mode: IdsMode::Ids,
-        };
-        let m = mirrors(&[w.clone(), gone], std::slice::from_ref(&n), "ql");
+        let (w, gone) = (watch("n1", IdsMode::Ips), watch("gone", IdsMode::Ids));
+        let m = mirrors(&[w.clone(), gone], &[], std::slice::from_ref(&n), &[], "ql");
         assert_eq!(m.len(), 1);
         assert_eq!(
             m[0].spec.to,
@@ -218,6 +292,40 @@ mod tests {
             watched_bridges(&[w], std::slice::from_ref(&n), "ql"),
             vec![n.bridge()]
         );
+    }
+
+    #[test]
+    fn a_watched_container_is_mirrored_where_its_network_is_not_watched() {
+        let (n, o) = (
+            net("n1", crate::model::Mode::Nat, "10.9.0.0/24"),
+            net("o1", crate::model::Mode::Nat, "10.8.0.0/24"),
+        );
+        let eps = [
+            crate::fixtures::ep("a", &n, 2, "shop"),
+            crate::fixtures::ep("b", &o, 2, "shop"),
+            crate::fixtures::ep("c", &o, 3, "other"),
+        ];
+        let nets = [n.clone(), o.clone()];
+        let w = watch("n1", IdsMode::Ids);
+        let c = ContainerWatch {
+            container: "shop".into(),
+            mode: IdsMode::Ips,
+        };
+        let m = mirrors(
+            std::slice::from_ref(&w),
+            std::slice::from_ref(&c),
+            &nets,
+            &eps,
+            "ql",
+        );
+        let specs: Vec<(&str, Option<&str>)> = m
+            .iter()
+            .map(|m| (m.spec.network.as_str(), m.spec.container.as_deref()))
+            .collect();
+        assert_eq!(specs, [("n1", None), ("o1", Some("shop"))]);
+        let e = effective(&[w], &[c], &nets, &eps);
+        let modes: Vec<(&str, IdsMode)> = e.iter().map(|w| (w.network.as_str(), w.mode)).collect();
+        assert_eq!(modes, [("n1", IdsMode::Ids), ("o1", IdsMode::Ips)]);
     }
 
     #[test]

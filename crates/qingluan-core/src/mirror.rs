@@ -43,6 +43,14 @@ pub enum MirrorError {
         /// The network's name.
         network: String,
     },
+    /// `--container` names no container of the network here.
+    #[error("container {container:?} has no endpoint on network {network} on this host")]
+    NotWatchable {
+        /// The container as typed.
+        container: String,
+        /// The network's name.
+        network: String,
+    },
     /// The same mirror exists.
     #[error("mirror {0} already copies this network to this target")]
     Duplicate(String),
@@ -92,6 +100,10 @@ pub struct MirrorSpec {
     pub network: String,
     /// The target.
     pub to: Target,
+    /// Only this container's traffic (by name or ID prefix, as typed); none: every
+    /// container of the network here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A mirror, kept until `mirror rm` or its network goes.
@@ -185,7 +197,8 @@ pub fn copying<'a>(
     out
 }
 
-/// The endpoints `c` copies: its network's here, but its target.
+/// The endpoints `c` copies: its network's here (or only its container's), but its
+/// target.
 pub fn copied<'a>(c: &Copying<'_>, endpoints: &'a [Endpoint]) -> Vec<&'a Endpoint> {
     endpoints
         .iter()
@@ -193,6 +206,11 @@ pub fn copied<'a>(c: &Copying<'_>, endpoints: &'a [Endpoint]) -> Vec<&'a Endpoin
             e.network_id == c.net.id
                 && e.conflict.is_none()
                 && c.target.is_none_or(|t| t.id != e.id)
+                && c.mirror
+                    .spec
+                    .container
+                    .as_ref()
+                    .is_none_or(|only| e.container.as_ref().is_some_and(|ec| ec.is_named(only)))
         })
         .collect()
 }
@@ -231,6 +249,7 @@ mod tests {
         Mirror::new(MirrorSpec {
             network: network.into(),
             to: to.parse().unwrap(),
+            container: None,
         })
     }
 
@@ -307,5 +326,26 @@ mod tests {
             on("qlov"),
             [("c1".into(), Some(5001), vec!["qlvt2".into()])]
         );
+    }
+
+    #[test]
+    fn a_container_mirror_watches_that_container_only() {
+        let n = net("n", Mode::Nat, "10.9.0.0/24");
+        let eps = [
+            ep("a1", &n, 2, "a"),
+            ep("b1", &n, 3, "b"),
+            ep("t1", &n, 4, "an"),
+        ];
+        let only_b = Mirror::new(MirrorSpec {
+            container: Some("b-i".into()),
+            ..mirror("n", "container:an").spec
+        });
+        assert_ne!(only_b.id, mirror("n", "container:an").id);
+        let nets = [n];
+        let mirrors = [only_b];
+        let copying = copying(&mirrors, &nets, &eps, &BTreeSet::new(), "qlov");
+        let w = watched(&copying, &eps);
+        let ids: Vec<&str> = w["qlbn"].iter().map(|x| x.endpoint.id.as_str()).collect();
+        assert_eq!(ids, ["b1"], "by ID prefix of its container");
     }
 }

@@ -10,6 +10,7 @@
 //! | [`Connection`] | `connect/<connection id>` |
 //! | [`crate::mirror::Mirror`] | `mirror/<mirror id>` |
 //! | [`crate::ids::IdsWatch`] | `ids/watch/<network id>` |
+//! | [`crate::ids::ContainerWatch`] | `ids/container/<container name>` |
 //! | [`crate::ids::IdsRules`] | `ids/rules/current` |
 
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
@@ -68,6 +69,13 @@ impl Record for crate::ids::IdsWatch {
     const PREFIX: &'static str = "ids/watch/";
     fn id(&self) -> &str {
         &self.network
+    }
+}
+
+impl Record for crate::ids::ContainerWatch {
+    const PREFIX: &'static str = "ids/container/";
+    fn id(&self) -> &str {
+        &self.container
     }
 }
 

@@ -27,6 +27,9 @@ pub struct MirrorRequest {
     /// interface:<name> (a host interface, added to the network's bridge).
     #[arg(long)]
     pub to: String,
+    /// Only this container's traffic (a container of the network here, by name or ID).
+    #[arg(long)]
+    pub container: Option<String>,
 }
 
 /// `mirror ls` with the names Docker gives networks.
@@ -47,6 +50,7 @@ pub async fn add(
     let spec = MirrorSpec {
         network: crate::api::network_named(&api, &r.network).await?,
         to,
+        container: r.container.clone(),
     };
     Ok(Json(
         api.driver
@@ -103,11 +107,14 @@ impl Client {
         );
         for row in &view.mirrors {
             let m = &row.mirror;
-            let net = view
+            let mut net = view
                 .network_names
                 .get(&m.spec.network)
                 .cloned()
                 .unwrap_or_else(|| head(&m.spec.network, 12).to_string());
+            if let Some(c) = &m.spec.container {
+                net = format!("{net}:{c}");
+            }
             println!(
                 "{:<9} {:<16} {:<28} {:<16} {:>7}",
                 m.id,

@@ -37,6 +37,22 @@ fn status(env: &Env) -> serde_json::Value {
     serde_json::from_str(&env.qingluan(&["--json", "ids", "status"])).unwrap()
 }
 
+/// A daemon whose EVE log is in its own directory, with no default rules.
+fn ids_env() -> Env {
+    let mut env = Env::new();
+    let dir = env.dir.path().to_path_buf();
+    env.stop();
+    let mut config = std::fs::read_to_string(env.config()).unwrap();
+    config.push_str(&format!(
+        "\n[ids]\neve_log = \"{}\"\ndefault_rules = \"{}/none/*.rules\"\n",
+        dir.join("eve.json").display(),
+        dir.display()
+    ));
+    std::fs::write(env.config(), config).unwrap();
+    env.start();
+    env
+}
+
 /// Waits until a detector thread reads the watched network's capture port.
 fn wait_inspecting(env: &Env) {
     assert!(
@@ -72,17 +88,8 @@ fn ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode() {
     if !enabled("ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode") {
         return;
     }
-    let mut env = Env::new();
+    let mut env = ids_env();
     let dir = env.dir.path().to_path_buf();
-    env.stop();
-    let mut config = std::fs::read_to_string(env.config()).unwrap();
-    config.push_str(&format!(
-        "\n[ids]\neve_log = \"{}\"\ndefault_rules = \"{}/none/*.rules\"\n",
-        dir.join("eve.json").display(),
-        dir.display()
-    ));
-    std::fs::write(env.config(), config).unwrap();
-    env.start();
     let rules = dir.join("web.rules");
     std::fs::write(
         &rules,
@@ -304,4 +311,68 @@ fn ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode() {
 /// The daemon's `/metrics`.
 fn ok_metrics(env: &Env) -> String {
     ok("curl", &["-sf", &format!("http://{}/metrics", env.metrics)])
+}
+
+#[test]
+fn a_watched_container_is_inspected_alone() {
+    if !enabled("a_watched_container_is_inspected_alone") {
+        return;
+    }
+    let env = ids_env();
+    let rules = env.dir.path().join("ping.rules");
+    std::fs::write(
+        &rules,
+        "alert icmp $HOME_NET any -> $HOME_NET any (msg:\"QLT ping\"; sid:1000201; rev:1;)\n",
+    )
+    .unwrap();
+    let rules = rules.display().to_string();
+    env.create_network("qlt-idc", &["--opt", "model=nat"]);
+    start_sleepers("qlt-idc", &["qlt-ja", "qlt-jb", "qlt-jc"]);
+    let (b, c) = (ip_of("qlt-jb", "qlt-idc"), ip_of("qlt-jc", "qlt-idc"));
+
+    let (ok, text) = try_cli(&env, &["ids", "enable", "--container", "qlt-nosuch"]);
+    assert!(!ok && text.contains("is on no qingluan network"), "{text}");
+    let (ok, text) = try_cli(
+        &env,
+        &[
+            "mirror",
+            "add",
+            "--network",
+            "qlt-idc",
+            "--container",
+            "qlt-nosuch",
+            "--to",
+            "container:qlt-jc",
+        ],
+    );
+    assert!(!ok && text.contains("has no endpoint on network"), "{text}");
+
+    let (ok, text) = try_cli(
+        &env,
+        &["ids", "enable", "--container", "qlt-jb", "--rules", &rules],
+    );
+    assert!(ok && text.contains("watching container qlt-jb"), "{text}");
+    wait_inspecting(&env);
+    assert_eq!(status(&env)["watches"][0]["containers"][0], "qlt-jb");
+
+    // Traffic of the other containers is not inspected (the control), the container's is.
+    assert!(pings("qlt-ja", &c));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(with_sid(&env, 1_000_201).is_empty(), "{:?}", alerts(&env));
+    assert!(pings("qlt-ja", &b));
+    wait_alerts(&env, 1_000_201, 1, "the watched container's ping");
+    let a = &with_sid(&env, 1_000_201)[0];
+    assert_eq!(a["qingluan"]["dest_container"], "qlt-jb", "{a}");
+
+    let capture = status(&env)["watches"][0]["capture"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, text) = try_cli(&env, &["ids", "disable", "--container", "qlt-jb"]);
+    assert!(ok, "{text}");
+    assert_eq!(status(&env)["watches"], serde_json::json!([]));
+    assert!(
+        !run("ip", &["link", "show", &capture]).status.success(),
+        "the capture port goes"
+    );
 }

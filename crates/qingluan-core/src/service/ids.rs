@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Acl, ServiceError};
 use crate::cluster;
-use crate::ids::{self, IdsError, IdsMode, IdsRules, IdsWatch};
+use crate::ids::{self, ContainerWatch, IdsError, IdsMode, IdsRules, IdsWatch};
 use crate::reconcile::ReconcileError;
 use crate::records;
 
@@ -74,18 +74,85 @@ impl Ids {
             }
             return Ok(watch);
         }
-        undo.push(
-            match records::get::<IdsWatch>(&*self.store, &net.id).await? {
-                Some(old) => records::put(&old),
-                None => records::delete::<IdsWatch>(&net.id),
-            },
-        );
-        self.store.txn(vec![], vec![records::put(&watch)]).await?;
+        self.put_watch(&watch, undo).await?;
+        Ok(watch)
+    }
+
+    /// Stores a watch of this host, creates the capture ports and applies it; on failure
+    /// writes `undo` (plus the watch as it was) and applies that.
+    async fn put_watch<R: records::Record>(
+        &self,
+        watch: &R,
+        mut undo: Vec<Op>,
+    ) -> Result<(), ServiceError> {
+        undo.push(match records::get::<R>(&*self.store, watch.id()).await? {
+            Some(old) => records::put(&old),
+            None => records::delete::<R>(watch.id()),
+        });
+        self.store.txn(vec![], vec![records::put(watch)]).await?;
         if let Err(e) = self.ensure_captures().await {
             self.store.txn(vec![], undo).await?;
             return Err(e);
         }
-        self.apply_or_undo(undo).await?;
+        self.apply_or_undo(undo).await
+    }
+
+    /// `qingluan ids enable --container`: watches the container named `container` (or
+    /// whose ID starts so) on every network it is on here, in `mode`; returns the watch,
+    /// which holds its name.
+    pub async fn enable_container(
+        &self,
+        container: &str,
+        mode: IdsMode,
+        rules: Option<IdsRules>,
+    ) -> Result<ContainerWatch, ServiceError> {
+        let _g = self.lock.lock().await;
+        let endpoints = self.endpoints().await?;
+        let Some(c) = endpoints
+            .iter()
+            .filter_map(|e| e.container.as_ref())
+            .find(|c| c.is_named(container))
+        else {
+            return Err(IdsError::NoContainer(container.to_string()).into());
+        };
+        let watch = ContainerWatch {
+            container: c.name.clone(),
+            mode,
+        };
+        let mut undo = Vec::new();
+        if let Some(r) = rules {
+            self.store_rules(r, &mut undo).await?;
+        }
+        self.put_watch(&watch, undo).await?;
+        Ok(watch)
+    }
+
+    /// `qingluan ids disable --container`: stops watching the container (by name, or ID
+    /// prefix while it runs here).
+    pub async fn disable_container(&self, container: &str) -> Result<ContainerWatch, ServiceError> {
+        let _g = self.lock.lock().await;
+        let endpoints = self.endpoints().await?;
+        let named = |w: &ContainerWatch| {
+            w.container == container
+                || endpoints
+                    .iter()
+                    .filter_map(|e| e.container.as_ref())
+                    .any(|c| c.name == w.container && c.is_named(container))
+        };
+        let Some(watch) = self
+            .ids_container_watches()
+            .await?
+            .into_iter()
+            .find(|w| named(w))
+        else {
+            return Err(IdsError::ContainerNotWatched(container.to_string()).into());
+        };
+        self.commit(
+            vec![records::delete::<ContainerWatch>(&watch.container)],
+            vec![records::put(&watch)],
+        )
+        .await?;
+        self.ensure_captures().await?;
         Ok(watch)
     }
 

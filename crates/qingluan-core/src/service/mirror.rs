@@ -48,6 +48,19 @@ impl Mirrors {
             }
             Target::Interface(i) => self.check_interface(i, &net).await?,
         }
+        if let Some(c) = &spec.container {
+            let endpoints = self.endpoints().await?;
+            let on = endpoints.iter().any(|e| {
+                e.network_id == net.id && e.container.as_ref().is_some_and(|r| r.is_named(c))
+            });
+            if !on {
+                return Err(MirrorError::NotWatchable {
+                    container: c.clone(),
+                    network: network_name.to_string(),
+                }
+                .into());
+            }
+        }
         let m = Mirror::new(spec);
         if self.mirrors().await?.iter().any(|x| x.id == m.id) {
             return Err(MirrorError::Duplicate(m.id).into());

@@ -549,17 +549,45 @@ impl State {
     /// detector's watched networks to their capture ports (`ids.rs`).
     pub(crate) async fn all_mirrors(&self) -> Result<Vec<crate::mirror::Mirror>, ServiceError> {
         let mut out = self.mirrors().await?;
-        let watches = self.ids_watches().await?;
-        if !watches.is_empty() {
+        let watches = self.ids_network_watches().await?;
+        let containers = self.ids_container_watches().await?;
+        if !watches.is_empty() || !containers.is_empty() {
             let nets = self.networks().await?;
-            out.extend(crate::ids::mirrors(&watches, &nets, &self.settings.prefix));
+            let eps = self.endpoints().await?;
+            out.extend(crate::ids::mirrors(
+                &watches,
+                &containers,
+                &nets,
+                &eps,
+                &self.settings.prefix,
+            ));
         }
         Ok(out)
     }
 
-    /// Every network the detector watches here: this host's own watches, then those of
-    /// the cluster networks it has, named by this host's network IDs.
+    /// Every network the detector inspects here, with its mode: the watched networks,
+    /// then those of the watched containers (`ids::effective`).
     pub async fn ids_watches(&self) -> Result<Vec<crate::ids::IdsWatch>, ServiceError> {
+        let watches = self.ids_network_watches().await?;
+        let containers = self.ids_container_watches().await?;
+        if containers.is_empty() {
+            return Ok(watches);
+        }
+        let nets = self.networks().await?;
+        let eps = self.endpoints().await?;
+        Ok(crate::ids::effective(&watches, &containers, &nets, &eps))
+    }
+
+    /// Every container the detector watches here.
+    pub async fn ids_container_watches(
+        &self,
+    ) -> Result<Vec<crate::ids::ContainerWatch>, ServiceError> {
+        Ok(records::list(&*self.store).await?)
+    }
+
+    /// Every network the detector watches as a whole here: this host's own watches, then
+    /// those of the cluster networks it has, named by this host's network IDs.
+    pub async fn ids_network_watches(&self) -> Result<Vec<crate::ids::IdsWatch>, ServiceError> {
         let mut out: Vec<crate::ids::IdsWatch> = records::list(&*self.store).await?;
         let cluster = self.cluster_intent().await.ids;
         if !cluster.is_empty() {

@@ -304,11 +304,7 @@ impl Networks {
             ops.push(records::delete::<crate::mirror::Mirror>(&m.id));
             undo.push(records::put(&m));
         }
-        let watched = self
-            .ids_watches()
-            .await?
-            .into_iter()
-            .find(|w| w.network == id);
+        let watched = records::get::<crate::ids::IdsWatch>(&*self.store, id).await?;
         if let Some(w) = &watched {
             ops.push(records::delete::<crate::ids::IdsWatch>(&w.network));
             undo.push(records::put(w));

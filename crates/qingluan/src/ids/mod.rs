@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::{Query, State};
 use axum::Json;
-use qingluan_core::ids::{self, IdsMode, IdsWatch};
+use qingluan_core::ids::{self, ContainerWatch, IdsMode, IdsWatch};
 use qingluan_core::model::head;
 use qingluan_core::service::Quarantine;
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,15 @@ use runtime::RulesInfo;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, clap::Args)]
 pub struct EnableRequest {
     /// The network to watch (Docker name or ID prefix).
+    #[arg(
+        long,
+        required_unless_present = "container",
+        conflicts_with = "container"
+    )]
+    pub network: Option<String>,
+    /// Or one container, on every network it is on here (name or ID prefix).
     #[arg(long)]
-    pub network: String,
+    pub container: Option<String>,
     /// Rule files (a `*` in a file name matches); they replace the running rule set.
     #[arg(long, num_args = 1..)]
     pub rules: Vec<String>,
@@ -48,8 +55,15 @@ pub struct ReloadRequest {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, clap::Args)]
 pub struct DisableRequest {
     /// The network to stop watching.
+    #[arg(
+        long,
+        required_unless_present = "container",
+        conflicts_with = "container"
+    )]
+    pub network: Option<String>,
+    /// Or the container.
     #[arg(long)]
-    pub network: String,
+    pub container: Option<String>,
 }
 
 /// `ids release` as typed.
@@ -62,8 +76,10 @@ pub struct ReleaseRequest {
 /// What `ids enable` and `ids reload` answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Enabled {
-    /// The watch, for `enable`.
+    /// The watch, for `enable --network`.
     pub watch: Option<IdsWatch>,
+    /// The watch, for `enable --container`.
+    pub container: Option<ContainerWatch>,
     /// The rule set running now.
     pub rules: RulesInfo,
 }
@@ -77,6 +93,9 @@ pub struct WatchRow {
     pub network_name: Option<String>,
     /// ids or ips.
     pub mode: IdsMode,
+    /// The watched containers whose traffic on the network is inspected; empty: the
+    /// whole network is watched.
+    pub containers: Vec<String>,
     /// The capture port the detector reads.
     pub capture: String,
     /// Whether a detector thread reads it.
@@ -140,24 +159,32 @@ pub async fn enable(
     Json(r): Json<EnableRequest>,
 ) -> Result<Json<Enabled>, ApiError> {
     let mode: IdsMode = r.mode.parse().map_err(bad)?;
-    let network = crate::api::network_named(&api, &r.network).await?;
+    let network = match (&r.network, &r.container) {
+        (Some(n), None) => Some(crate::api::network_named(&api, n).await?),
+        (None, Some(_)) => None,
+        _ => return Err(bad("give one of --network and --container")),
+    };
     let loaded = if r.rules.is_empty() {
         None
     } else {
         Some(api.ids.read_rules(&r.rules).map_err(bad)?)
     };
-    let watch = api
-        .driver
-        .ids
-        .enable(&network, mode, loaded.as_ref().map(|(r, _)| r.clone()))
-        .await
-        .map_err(service)?;
+    let rules = loaded.as_ref().map(|(r, _)| r.clone());
+    let ids = &api.driver.ids;
+    let (watch, container) = match (network, &r.container) {
+        (Some(n), _) => (Some(ids.enable(&n, mode, rules).await), None),
+        (None, Some(c)) => (None, Some(ids.enable_container(c, mode, rules).await)),
+        (None, None) => (None, None),
+    };
+    let watch = watch.transpose().map_err(service)?;
+    let container = container.transpose().map_err(service)?;
     if let Some((rules, set)) = loaded {
         api.ids.use_rules(&rules, set);
     }
     api.ids.refresh().await;
     Ok(Json(Enabled {
-        watch: Some(watch),
+        watch,
+        container,
         rules: api.ids.rules_info(),
     }))
 }
@@ -166,11 +193,18 @@ pub async fn enable(
 pub async fn disable(
     State(api): State<Api>,
     Json(r): Json<DisableRequest>,
-) -> Result<Json<IdsWatch>, ApiError> {
-    let network = crate::api::network_named(&api, &r.network).await?;
-    let watch = api.driver.ids.disable(&network).await.map_err(service)?;
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids = &api.driver.ids;
+    let removed = match (&r.network, &r.container) {
+        (Some(n), None) => {
+            let network = crate::api::network_named(&api, n).await?;
+            serde_json::to_value(ids.disable(&network).await.map_err(service)?)
+        }
+        (None, Some(c)) => serde_json::to_value(ids.disable_container(c).await.map_err(service)?),
+        _ => return Err(bad("give one of --network and --container")),
+    };
     api.ids.refresh().await;
-    Ok(Json(watch))
+    Ok(Json(removed.unwrap_or_default()))
 }
 
 /// `POST /v1/ids/reload`.
@@ -189,6 +223,7 @@ pub async fn reload(
     };
     Ok(Json(Enabled {
         watch: None,
+        container: None,
         rules: load(&api, &paths).await?,
     }))
 }
@@ -211,6 +246,9 @@ pub async fn release(
 pub async fn status(State(api): State<Api>) -> Result<Json<IdsStatusView>, ApiError> {
     let state = &api.driver.state;
     let watches = state.ids_watches().await.map_err(service)?;
+    let whole = state.ids_network_watches().await.map_err(service)?;
+    let containers = state.ids_container_watches().await.map_err(service)?;
+    let endpoints = state.endpoints().await.map_err(service)?;
     let nets = state.networks().await.map_err(service)?;
     let names = api.names.read().await.networks.clone();
     let prefix = &state.settings.prefix;
@@ -227,7 +265,22 @@ pub async fn status(State(api): State<Api>) -> Result<Json<IdsStatusView>, ApiEr
                     .as_ref()
                     .map_or(0, |s| f(s).load(std::sync::atomic::Ordering::Relaxed))
             };
+            let only = if whole.iter().any(|x| x.network == w.network) {
+                Vec::new()
+            } else {
+                containers
+                    .iter()
+                    .filter(|c| {
+                        endpoints.iter().any(|e| {
+                            e.network_id == w.network
+                                && e.container.as_ref().is_some_and(|r| r.name == c.container)
+                        })
+                    })
+                    .map(|c| c.container.clone())
+                    .collect()
+            };
             Some(WatchRow {
+                containers: only,
                 network_name: names.get(&w.network).cloned(),
                 network: w.network,
                 mode: w.mode,
@@ -328,7 +381,11 @@ impl Client {
         }
         let e: Enabled = serde_json::from_value(v)?;
         if let Some(w) = &e.watch {
-            println!("watching {} ({})", r.network, w.mode);
+            let n = r.network.as_deref().unwrap_or_default();
+            println!("watching network {n} ({})", w.mode);
+        }
+        if let Some(c) = &e.container {
+            println!("watching container {} ({})", c.container, c.mode);
         }
         print_rules(&e.rules);
         Ok(())
@@ -385,10 +442,13 @@ impl Client {
             "NETWORK", "MODE", "CAPTURE", "PACKETS", "BYTES", "DROPPED", "ALERTS"
         );
         for w in &s.watches {
-            let name = w
+            let mut name = w
                 .network_name
                 .clone()
                 .unwrap_or_else(|| head(&w.network, 12).to_string());
+            if !w.containers.is_empty() {
+                name = format!("{name}:{}", w.containers.join(","));
+            }
             let capture = if w.inspecting {
                 w.capture.clone()
             } else {
