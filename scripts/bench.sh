@@ -13,7 +13,9 @@
 # containers with 0, 100 and 1,000 rules on their network, the time `acl add` takes;
 # QL_BENCH_ACL=0 skips it); mirrors (scripts/lib/bench_mirror.py: throughput of a mirrored
 # network against the same unmirrored; QL_BENCH_MIRROR=0 skips it); the intrusion
-# detector's throughput with 0, 100 and 10,000 rules (QL_BENCH_IDS=0 skips it); then, when etcd is
+# detector's throughput with 0, 100 and 10,000 rules, by itself and in the daemon on a
+# watched network (scripts/lib/bench_ids.py: the network's throughput watched against not,
+# what the detector inspected and dropped, alert latency; QL_BENCH_IDS=0 skips it); then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
@@ -48,6 +50,8 @@ if ! "$BIN" status >/dev/null 2>&1; then
 api_socket = "$tmp/api.sock"
 [store]
 path = "$tmp/state.redb"
+[ids]
+eve_log = "$tmp/eve.json"
 CFG
   "$BIN" --config "$tmp/config.toml" daemon >"$tmp/daemon.log" 2>&1 &
   daemon_pid=$!
@@ -122,6 +126,8 @@ if [ "${QL_BENCH_IDS:-1}" != 0 ]; then
   echo
   echo "ids: the detector's throughput by rule count (crates/qingluan-ids/examples/ids_bench.rs)"
   cargo run -q --release -p qingluan-ids --example ids_bench
+  echo
+  python3 scripts/lib/bench_ids.py "${CLI[@]}"
 fi
 if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo
