@@ -9,7 +9,8 @@ crates/qingluan-ids/examples/ids_bench.rs makes. For each: the network's own thr
 detector read from its capture port meanwhile (Mbit/s and frames/s inspected) against what
 the kernel dropped because it fell behind (`ids status`). Then the alert latency: the EVE
 timestamp of a signature's alert minus the time the request carrying it was sent (curl in
-a's namespace to busybox httpd in b), median and max of 20. Everything created is removed.
+a's namespace to busybox httpd in b), median and max of 20; and in IPS mode the time from a
+`drop` rule's alert until the sender is quarantined. Everything created is removed.
 
 Usage: bench_ids.py QINGLUAN_CLI...   (e.g. target/release/qingluan --config /tmp/x.toml)
 """
@@ -47,6 +48,8 @@ def rules(count, path):
                     f'flow:established,to_server; content:"{content}";{nocase} sid:{i + 1};)\n')
         f.write(f'alert tcp any any -> any 80 (msg:"bench marker"; flow:established,to_server; '
                 f'content:"qlt-bench-marker"; sid:{MARKER_SID};)\n')
+        f.write(f'drop tcp any any -> any 80 (msg:"bench drop"; flow:established,to_server; '
+                f'content:"qlt-bench-drop"; sid:{MARKER_SID + 1};)\n')
 
 
 def status():
@@ -99,6 +102,33 @@ def latency(path):
                     out.append((hit - sent) * 1000)
                     break
                 time.sleep(0.01)
+        return out
+    finally:
+        sh(*CLI, "ids", "disable", "--network", NET)
+
+
+def quarantine(path):
+    """In IPS mode, ms from a `drop` rule's alert (its EVE timestamp) until `ids status`
+    lists its sender as quarantined, 5 times (released in between)."""
+    sh(*CLI, "ids", "enable", "--network", NET, "--rules", path, "--mode", "ips")
+    try:
+        eve = status()["eve_log"]
+        b = benchlib.ip(B, NET)
+        out = []
+        for i in range(5):
+            marker = f"qlt-bench-drop-{os.getpid()}-{i}"
+            sh("nsenter", "-t", benchlib.pid(A), "-n", "curl", "-s", "-m", "3", "-o",
+               "/dev/null", f"http://{b}/?q={marker}", check=False)
+            held = None
+            for _ in range(500):
+                if any(q["container"] == A for q in status()["quarantined"]):
+                    held = time.time()
+                    break
+                time.sleep(0.002)
+            hit = alert_time(eve, marker)
+            if held and hit:
+                out.append((held - hit) * 1000)
+            sh(*CLI, "ids", "release", A, check=False)
         return out
     finally:
         sh(*CLI, "ids", "disable", "--network", NET)
@@ -158,6 +188,12 @@ def main():
                   f" max {max(lat):.1f} ms ({len(lat)} of 20 alerts)")
         else:
             print("  alert latency: no alert seen")
+        q = quarantine(files[100])
+        if q:
+            print(f"  quarantine after a drop rule's alert (until `ids status` lists it):"
+                  f" median {statistics.median(q):.1f} ms, max {max(q):.1f} ms ({len(q)} of 5)")
+        else:
+            print("  quarantine: none seen")
     finally:
         sh("docker", "rm", "-f", A, B, check=False)
         sh("docker", "network", "rm", NET, check=False)
