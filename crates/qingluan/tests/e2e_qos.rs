@@ -93,20 +93,40 @@ fn rows(table: &str) -> usize {
         .count()
 }
 
-/// The `qos ls --json` row of `container`.
+/// The `qos ls --json` row of `container`, once the daemon has learnt which endpoint is
+/// the container's (it asks the Engine API after the Join; a container just started may
+/// not be known yet).
 fn qos_row(env: &Env, container: &str) -> serde_json::Value {
+    let mut last = Err(serde_json::Value::Null);
+    wait_for(Duration::from_secs(10), || {
+        last = qos_row_now(env, container);
+        last.is_ok()
+    });
+    last.unwrap_or_else(|v| panic!("{container} not in qos ls: {v}"))
+}
+
+/// The `qos ls --json` row of `container`, or all of `qos ls` while the daemon has not
+/// learnt yet which endpoint is the container's (it does after the Join).
+fn qos_row_now(env: &Env, container: &str) -> Result<serde_json::Value, serde_json::Value> {
     let id = docker(&["inspect", "-f", "{{.Id}}", container])
         .trim()
         .to_string();
     let v: serde_json::Value =
         serde_json::from_str(&env.qingluan(&["--json", "qos", "ls"])).unwrap();
-    v["endpoints"]
+    let row = v["endpoints"]
         .as_array()
         .unwrap()
         .iter()
         .find(|r| r["container"] == id.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("{container} not in qos ls: {v}"))
+        .cloned();
+    row.ok_or(v)
+}
+
+/// Waits until `what` of `container`'s effective QoS reads `want`.
+fn wait_effective(env: &Env, container: &str, what: &str, want: &str, secs: u64) -> bool {
+    wait_for(Duration::from_secs(secs), || {
+        qos_row_now(env, container).is_ok_and(|r| effective(&r, what) == want)
+    })
 }
 
 /// `value (source)` of one effective value in `qos ls --json`.
@@ -292,10 +312,13 @@ fn every_source_applies_with_its_precedence_and_marks_its_class() {
     ]);
     docker(&["start", "qlt-qopt"]);
     let lab = ip_of("qlt-qlab", "qlt-qsrc");
-    assert!(wait_for(Duration::from_secs(10), || effective(
-        &qos_row(&env, "qlt-qlab"),
-        "egress"
-    ) == "20mbit (label)"));
+    assert!(wait_effective(
+        &env,
+        "qlt-qlab",
+        "egress",
+        "20mbit (label)",
+        10
+    ));
     let row = qos_row(&env, "qlt-qlab");
     assert_eq!(effective(&row, "priority"), "high (label)");
     assert_eq!(effective(&row, "burst"), "1mb (network)");
@@ -329,10 +352,13 @@ fn every_source_applies_with_its_precedence_and_marks_its_class() {
         "high",
     ]);
     docker(&["restart", "-t", "0", "qlt-qopt"]);
-    assert!(wait_for(Duration::from_secs(10), || effective(
-        &qos_row(&env, "qlt-qopt"),
-        "egress"
-    ) == "40mbit (set)"));
+    assert!(wait_effective(
+        &env,
+        "qlt-qopt",
+        "egress",
+        "40mbit (set)",
+        10
+    ));
     assert_near(mbits("qlt-qopt", "qlt-qlab", &lab, false), 40.0, "set");
 
     // DSCP of each class as the packets leave: high = AF41 (tos 0x88), low = CS1 (0x20).
@@ -626,10 +652,13 @@ fn classes_keep_their_share_of_an_aggregate_limit() {
     ]);
     start_sleepers("qlt-qagg", &["qlt-qlo"]);
     env.qingluan(&["qos", "set", "qlt-qlo", "--priority", "low"]);
-    assert!(wait_for(Duration::from_secs(10), || effective(
-        &qos_row(&env, "qlt-qhi"),
-        "priority"
-    ) == "high (label)"));
+    assert!(wait_effective(
+        &env,
+        "qlt-qhi",
+        "priority",
+        "high (label)",
+        10
+    ));
 
     // Alone, low borrows the whole limit.
     let alone = concurrent_to(&ns, &outside, &[("qlt-qlo", 5301)]);
@@ -712,10 +741,13 @@ fn an_override_outlives_a_dockerd_restart() {
             .all(|c| docker(&["inspect", "-f", "{{.State.Running}}", c]).trim() == "true")
     }));
     // The container came back with a new endpoint; its override applies to it.
-    assert!(wait_for(Duration::from_secs(15), || effective(
-        &qos_row(&env, "qlt-qdb"),
-        "egress"
-    ) == "20mbit (set)"));
+    assert!(wait_effective(
+        &env,
+        "qlt-qdb",
+        "egress",
+        "20mbit (set)",
+        15
+    ));
     let a = ip_of("qlt-qda", "qlt-qdr");
     assert!(wait_for(Duration::from_secs(10), || pings("qlt-qdb", &a)));
     assert_near(
