@@ -188,6 +188,9 @@ pub struct DaemonConfig {
     pub docker_socket: PathBuf,
     /// Log filter (`info`, `debug`, `qingluan=debug`, ...); `RUST_LOG` wins.
     pub log: String,
+    /// `text` (colours only on a terminal) or `json` (one object per line, for log
+    /// shippers); `qingluan daemon --log-format` wins.
+    pub log_format: String,
     /// Seconds between garbage collections against the Engine API, and the age an endpoint
     /// or subnet Docker does not know must reach before it is collected.
     pub gc_secs: u64,
@@ -202,6 +205,7 @@ impl Default for DaemonConfig {
             api_socket: "/run/qingluan/qingluan.sock".into(),
             docker_socket: "/var/run/docker.sock".into(),
             log: "info".into(),
+            log_format: "text".into(),
             gc_secs: 60,
         }
     }
@@ -287,6 +291,14 @@ impl Default for StoreConfig {
     }
 }
 
+/// Refuses a log format other than `text` and `json`.
+pub fn check_log_format(format: &str) -> anyhow::Result<()> {
+    if !["text", "json"].contains(&format) {
+        anyhow::bail!("log format {format:?} must be text or json");
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads the file; a missing file means all defaults.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -315,6 +327,7 @@ impl Config {
         if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             anyhow::bail!("daemon.name {n:?} must be letters, digits or '_'");
         }
+        check_log_format(&self.daemon.log_format)?;
         if !["auto", "netdev", "system"].contains(&self.ovs.datapath.as_str()) {
             anyhow::bail!(
                 "ovs.datapath {:?} must be auto, netdev or system",

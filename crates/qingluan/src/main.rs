@@ -45,7 +45,11 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Run the plugin daemon.
-    Daemon,
+    Daemon {
+        /// `text` or `json` log lines (default: `daemon.log_format`, `text`).
+        #[arg(long)]
+        log_format: Option<String>,
+    },
     /// Show the daemon's state.
     Status,
     /// Networks.
@@ -303,12 +307,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         json: args.json,
     };
     match args.command {
-        Command::Daemon => {
+        Command::Daemon { log_format } => {
+            let format = log_format.unwrap_or_else(|| config.daemon.log_format.clone());
+            config::check_log_format(&format)?;
             let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.daemon.log.clone());
-            tracing_subscriber::fmt()
+            let logs = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_writer(std::io::stderr)
-                .init();
+                .with_writer(std::io::stderr);
+            if format == "json" {
+                logs.json().init();
+            } else {
+                logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init();
+            }
             let _crash_points = fail::FailScenario::setup();
             std::panic::set_hook(Box::new(|info| {
                 let backtrace = std::backtrace::Backtrace::force_capture();
