@@ -25,13 +25,20 @@ use tokio::sync::mpsc;
 use super::capture::Capture;
 use crate::config::IdsConfig;
 
-/// A watched address: its container and network, and whether the container runs here.
+/// A watched address: its container and network, and the endpoint's MAC when the
+/// container runs here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Host {
     container: Option<String>,
     network: String,
     network_name: Option<String>,
-    local: bool,
+    mac: Option<[u8; 6]>,
+}
+
+impl Host {
+    fn local(&self) -> bool {
+        self.mac.is_some()
+    }
 }
 
 /// What the capture threads read: the rule set and the watched addresses' MACs, each
@@ -377,7 +384,7 @@ impl Runtime {
                     container: ep.container.as_ref().map(|c| c.name.clone()),
                     network: ep.network_id.clone(),
                     network_name: names.get(&ep.network_id).cloned(),
-                    local: true,
+                    mac: Some(ep.mac.0),
                 },
             );
         }
@@ -395,7 +402,7 @@ impl Runtime {
                 container: Some(r.container.name.clone()),
                 network: id.clone(),
                 network_name: names.get(id).cloned(),
-                local: false,
+                mac: None,
             });
         }
         Ok((hosts, bindings))
@@ -448,10 +455,16 @@ impl Runtime {
                         *hosts = fresh;
                     }
                 }
-                (
-                    hosts.get(&a.src_ip).cloned(),
-                    hosts.get(&a.dest_ip).cloned(),
-                )
+                // An ARP spoofing alert's source address is the one claimed: its sender
+                // is who owns the frame's source MAC.
+                let src = if a.sid == qingluan_ids::anomaly::SID_ARP_SPOOF {
+                    a.src_mac
+                        .and_then(|m| hosts.values().find(|h| h.mac == Some(m)))
+                        .cloned()
+                } else {
+                    hosts.get(&a.src_ip).cloned()
+                };
+                (src, hosts.get(&a.dest_ip).cloned())
             };
             let on = src.as_ref().or(dst.as_ref());
             let ips = |h: &Host| {
@@ -478,7 +491,7 @@ impl Runtime {
                 .or_default() += 1;
             let severe = a.action == Action::Drop || a.priority <= self.config.quarantine_priority;
             // A container of another host is quarantined by the detector of its own host.
-            let Some(h) = src.filter(|h| h.local && ips(h) && severe) else {
+            let Some(h) = src.filter(|h| h.local() && ips(h) && severe) else {
                 continue;
             };
             let Some(container) = h.container else {
