@@ -3,7 +3,8 @@
 //! returns. So after each Join the daemon asks, every 250 ms for at most 10 s, about the
 //! joined endpoints whose container it does not know yet, and records each container with
 //! its labels (a QoS source, see `qingluan_core::qos`). Once a minute it tries once more
-//! for any still unknown (the daemon restarted, dockerd was busy).
+//! for any still unknown (the daemon restarted, dockerd was busy). Commands that name a
+//! container (`mirror add`, `ids enable --container`) run a pass first.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,8 +33,9 @@ pub async fn learn(driver: Arc<Driver>, socket: PathBuf) {
     }
 }
 
-/// One pass; returns whether an endpoint's container is still unknown.
-async fn pass(driver: &Driver, socket: &std::path::Path) -> bool {
+/// One pass; returns whether an endpoint's container is still unknown. Also run before a
+/// command that names a container, so that one started a moment ago is known.
+pub(crate) async fn pass(driver: &Driver, socket: &std::path::Path) -> bool {
     let missing: Vec<_> = match driver.state.endpoints().await {
         Ok(eps) => eps
             .into_iter()

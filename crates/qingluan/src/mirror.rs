@@ -47,6 +47,7 @@ pub async fn add(
     Json(r): Json<MirrorRequest>,
 ) -> Result<Json<Mirror>, ApiError> {
     let to: Target = r.to.parse().map_err(bad)?;
+    crate::containers::pass(&api.driver, &api.docker).await;
     let spec = MirrorSpec {
         network: crate::api::network_named(&api, &r.network).await?,
         to,

@@ -215,10 +215,12 @@ fn ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode() {
     );
     assert!(pings("qlt-ic", &b), "qlt-b's address is not taken over");
 
-    // Floods: 400 echo requests and 300 SYNs to one port within a second each (python3
-    // in qlt-ia's namespace; the thresholds are 200 (the default) and 100 per second).
+    // Floods: 400 echo requests and 300 SYNs to one port, each at about 1,000 a second
+    // (python3 in qlt-ia's namespace; the thresholds are 200 (the default) and 100 per
+    // second). Paced, because the userspace datapath drops frames of a burst sent faster
+    // than it polls the container's port.
     let flood = format!(
-        "import socket, struct\n\
+        "import socket, struct, time\n\
          def csum(b):\n\
          \x20   s = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
          \x20   s = (s >> 16) + (s & 0xffff); s += s >> 16\n\
@@ -227,10 +229,11 @@ fn ids_alerts_on_signatures_and_scans_and_quarantines_in_ips_mode() {
          for i in range(400):\n\
          \x20   h = struct.pack('!BBHHH', 8, 0, 0, 7, i) + b'qlt'\n\
          \x20   h = h[:2] + struct.pack('!H', csum(h + b'\\0')) + h[4:]\n\
-         \x20   icmp.sendto(h, ('{b}', 0))\n\
+         \x20   icmp.sendto(h, ('{b}', 0)); time.sleep(0.001)\n\
          held = []\n\
          for i in range(300):\n\
-         \x20   s = socket.socket(); s.setblocking(False); s.connect_ex(('{b}', 81)); held.append(s)\n"
+         \x20   s = socket.socket(); s.setblocking(False); s.connect_ex(('{b}', 81)); held.append(s)\n\
+         \x20   time.sleep(0.001)\n"
     );
     common::ok(
         "nsenter",

@@ -35,19 +35,6 @@ impl Mirrors {
     pub async fn add(&self, spec: MirrorSpec, network_name: &str) -> Result<Mirror, ServiceError> {
         let _g = self.lock.lock().await;
         let net = self.network(&spec.network).await?;
-        match &spec.to {
-            Target::Container(container) => {
-                let endpoints = self.endpoints().await?;
-                if mirror::target_endpoint(&spec.to, &net, &endpoints).is_none() {
-                    return Err(MirrorError::NotOnNetwork {
-                        container: container.clone(),
-                        network: network_name.to_string(),
-                    }
-                    .into());
-                }
-            }
-            Target::Interface(i) => self.check_interface(i, &net).await?,
-        }
         if let Some(c) = &spec.container {
             let endpoints = self.endpoints().await?;
             let on = endpoints.iter().any(|e| {
@@ -60,6 +47,19 @@ impl Mirrors {
                 }
                 .into());
             }
+        }
+        match &spec.to {
+            Target::Container(container) => {
+                let endpoints = self.endpoints().await?;
+                if mirror::target_endpoint(&spec.to, &net, &endpoints).is_none() {
+                    return Err(MirrorError::NotOnNetwork {
+                        container: container.clone(),
+                        network: network_name.to_string(),
+                    }
+                    .into());
+                }
+            }
+            Target::Interface(i) => self.check_interface(i, &net).await?,
         }
         let m = Mirror::new(spec);
         if self.mirrors().await?.iter().any(|x| x.id == m.id) {

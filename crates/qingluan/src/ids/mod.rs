@@ -173,7 +173,10 @@ pub async fn enable(
     let ids = &api.driver.ids;
     let (watch, container) = match (network, &r.container) {
         (Some(n), _) => (Some(ids.enable(&n, mode, rules).await), None),
-        (None, Some(c)) => (None, Some(ids.enable_container(c, mode, rules).await)),
+        (None, Some(c)) => {
+            crate::containers::pass(&api.driver, &api.docker).await;
+            (None, Some(ids.enable_container(c, mode, rules).await))
+        }
         (None, None) => (None, None),
     };
     let watch = watch.transpose().map_err(service)?;
