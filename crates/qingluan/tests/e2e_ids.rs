@@ -409,7 +409,9 @@ fn a_watched_container_is_inspected_alone() {
     );
     assert!(ok && text.contains("watching container qlt-jb"), "{text}");
     wait_inspecting(&env);
-    assert_eq!(status(&env)["watches"][0]["containers"][0], "qlt-jb");
+    let s = status(&env);
+    assert_eq!(s["watches"][0]["containers"][0], "qlt-jb", "{s}");
+    assert_eq!(s["watches"][0]["network_name"], "qlt-idc", "{s}");
 
     // Traffic of the other containers is not inspected (the control), the container's is.
     assert!(pings("qlt-ja", &c));

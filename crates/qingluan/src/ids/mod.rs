@@ -253,7 +253,13 @@ pub async fn status(State(api): State<Api>) -> Result<Json<IdsStatusView>, ApiEr
     let containers = state.ids_container_watches().await.map_err(service)?;
     let endpoints = state.endpoints().await.map_err(service)?;
     let nets = state.networks().await.map_err(service)?;
-    let names = api.names.read().await.networks.clone();
+    let names: std::collections::BTreeMap<String, String> =
+        crate::docker::networks(&api.docker, &state.settings.name)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, n)| (id, n.name))
+            .collect();
     let prefix = &state.settings.prefix;
     let overlay = qingluan_core::modes::overlay_bridge(prefix);
     let rows = watches
