@@ -491,7 +491,7 @@ impl Client {
         };
         if !self.json {
             println!(
-                "{:<26} {:>8} {:<34} {:<22} {:<22} ACTION",
+                "{:<31} {:>8} {:<30} {:<30} {:<30} ACTION",
                 "TIME", "SID", "SIGNATURE", "SOURCE", "DESTINATION"
             );
         }
@@ -525,7 +525,7 @@ impl Client {
         };
         let q = &a["qingluan"];
         println!(
-            "{:<26} {:>8} {:<34} {:<22} {:<22} {}",
+            "{:<31} {:>8} {:<30} {:<30} {:<30} {}",
             a["timestamp"].as_str().unwrap_or_default(),
             a["alert"]["signature_id"],
             a["alert"]["signature"].as_str().unwrap_or_default(),
