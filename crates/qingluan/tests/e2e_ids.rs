@@ -417,7 +417,31 @@ fn a_watched_container_is_inspected_alone() {
     assert!(pings("qlt-ja", &c));
     std::thread::sleep(Duration::from_secs(1));
     assert!(with_sid(&env, 1_000_201).is_empty(), "{:?}", alerts(&env));
+    // `ids alerts --follow` prints the alert as it comes.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_qingluan"))
+        .args(["--config", env.config().to_str().unwrap()])
+        .args(["--json", "ids", "alerts", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ids alerts --follow");
+    let out = follow.stdout.take().expect("stdout");
+    let mut follow = Guard(follow);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
     assert!(pings("qlt-ja", &b));
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("--follow prints the new alert");
+    assert!(line.contains("\"signature_id\":1000201"), "{line}");
+    let _ = follow.0.kill();
+    let _ = follow.0.wait();
     wait_alerts(&env, 1_000_201, 1, "the watched container's ping");
     let a = &with_sid(&env, 1_000_201)[0];
     assert_eq!(a["qingluan"]["dest_container"], "qlt-jb", "{a}");
