@@ -54,21 +54,20 @@ impl Ids {
                 mode,
             };
             let k = cluster::ids_key(&shared);
-            let old: Option<IdsWatch> = get_json(&*self.cluster, &k).await?;
+            let restore = match get_json::<IdsWatch>(&*self.cluster, &k).await? {
+                Some(old) => Op::Put(k.clone(), to_json(&old)),
+                None => Op::Delete(k.clone()),
+            };
             self.cluster
-                .txn(vec![], vec![Op::Put(k.clone(), to_json(&shared))])
+                .txn(vec![], vec![Op::Put(k, to_json(&shared))])
                 .await?;
             self.refresh_cluster_intent().await?;
             if let Err(e) = self.ensure_captures().await {
-                self.undo_cluster(&k, old).await;
+                self.undo_cluster(restore).await;
                 self.store.txn(vec![], undo).await?;
                 return Err(e);
             }
-            let cluster_undo = vec![match old {
-                Some(o) => Op::Put(k, to_json(&o)),
-                None => Op::Delete(k),
-            }];
-            if let Err(e) = self.apply_cluster(cluster_undo).await {
+            if let Err(e) = self.apply_cluster(vec![restore]).await {
                 self.store.txn(vec![], undo).await?;
                 return Err(e);
             }
@@ -147,22 +146,23 @@ impl Ids {
         else {
             return Err(IdsError::ContainerNotWatched(container.to_string()).into());
         };
-        self.commit(
-            vec![records::delete::<ContainerWatch>(&watch.container)],
-            vec![records::put(&watch)],
-        )
-        .await?;
-        self.ensure_captures().await?;
+        self.delete_watch(&watch).await?;
         Ok(watch)
     }
 
-    /// Puts back a cluster watch as it was before a failed `enable`.
-    async fn undo_cluster(&self, key: &str, old: Option<IdsWatch>) {
-        let op = match old {
-            Some(o) => Op::Put(key.to_string(), to_json(&o)),
-            None => Op::Delete(key.to_string()),
-        };
-        if let Err(e) = self.cluster.txn(vec![], vec![op]).await {
+    /// Deletes a watch of this host, applies that and removes capture ports no watch needs.
+    async fn delete_watch<R: records::Record>(&self, watch: &R) -> Result<(), ServiceError> {
+        self.commit(
+            vec![records::delete::<R>(watch.id())],
+            vec![records::put(watch)],
+        )
+        .await?;
+        self.ensure_captures().await.map(|_| ())
+    }
+
+    /// Puts back a cluster watch as it was before a failed `enable` (`restore`).
+    async fn undo_cluster(&self, restore: Op) {
+        if let Err(e) = self.cluster.txn(vec![], vec![restore]).await {
             tracing::warn!(error = %e, "cannot undo a watch in the cluster store");
         }
         if let Err(e) = self.refresh_cluster_intent().await {
@@ -194,12 +194,7 @@ impl Ids {
         let Some(watch) = records::get::<IdsWatch>(&*self.store, &net.id).await? else {
             return Err(not_watched().into());
         };
-        self.commit(
-            vec![records::delete::<IdsWatch>(&net.id)],
-            vec![records::put(&watch)],
-        )
-        .await?;
-        self.ensure_captures().await?;
+        self.delete_watch(&watch).await?;
         Ok(watch)
     }
 
@@ -309,7 +304,10 @@ impl Ids {
         let acl = Acl::new(self.s.clone());
         for spec in ids::quarantine_rules(&net, container) {
             match acl.add(spec).await {
-                Ok(_) | Err(ServiceError::Option(crate::options::OptionError::Acl(_))) => {}
+                Ok(_)
+                | Err(ServiceError::Option(crate::options::OptionError::Acl(
+                    crate::acl::AclError::Duplicate(_),
+                ))) => {}
                 Err(e) => return Err(e),
             }
         }

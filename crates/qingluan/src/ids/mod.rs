@@ -22,10 +22,10 @@ use crate::api::{bad, service, Api, ApiError};
 use crate::cli::Client;
 use runtime::RulesInfo;
 
-/// `ids enable` as typed (also the command's arguments).
+/// What `ids enable` and `ids disable` name: one network or one container.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, clap::Args)]
-pub struct EnableRequest {
-    /// The network to watch (Docker name or ID prefix).
+pub struct WatchTarget {
+    /// The network (Docker name or ID prefix).
     #[arg(
         long,
         required_unless_present = "container",
@@ -35,6 +35,36 @@ pub struct EnableRequest {
     /// Or one container, on every network it is on here (name or ID prefix).
     #[arg(long)]
     pub container: Option<String>,
+}
+
+/// A [`WatchTarget`] resolved: a network's ID, or a container as typed.
+enum Named {
+    Network(String),
+    Container(String),
+}
+
+impl WatchTarget {
+    /// Resolves the network's name; for a container, first learns the containers of new
+    /// endpoints, so that one started a moment ago is known.
+    async fn resolve(&self, api: &Api) -> Result<Named, ApiError> {
+        match (&self.network, &self.container) {
+            (Some(n), None) => Ok(Named::Network(crate::api::network_named(api, n).await?)),
+            (None, Some(c)) => {
+                crate::containers::pass(&api.driver, &api.docker).await;
+                Ok(Named::Container(c.clone()))
+            }
+            _ => Err(bad("give one of --network and --container")),
+        }
+    }
+}
+
+/// `ids enable` as typed (also the command's arguments).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, clap::Args)]
+pub struct EnableRequest {
+    /// What to watch.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: WatchTarget,
     /// Rule files (a `*` in a file name matches); they replace the running rule set.
     #[arg(long, num_args = 1..)]
     pub rules: Vec<String>,
@@ -54,16 +84,10 @@ pub struct ReloadRequest {
 /// `ids disable` as typed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, clap::Args)]
 pub struct DisableRequest {
-    /// The network to stop watching.
-    #[arg(
-        long,
-        required_unless_present = "container",
-        conflicts_with = "container"
-    )]
-    pub network: Option<String>,
-    /// Or the container.
-    #[arg(long)]
-    pub container: Option<String>,
+    /// What to stop watching.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: WatchTarget,
 }
 
 /// `ids release` as typed.
@@ -159,11 +183,7 @@ pub async fn enable(
     Json(r): Json<EnableRequest>,
 ) -> Result<Json<Enabled>, ApiError> {
     let mode: IdsMode = r.mode.parse().map_err(bad)?;
-    let network = match (&r.network, &r.container) {
-        (Some(n), None) => Some(crate::api::network_named(&api, n).await?),
-        (None, Some(_)) => None,
-        _ => return Err(bad("give one of --network and --container")),
-    };
+    let named = r.target.resolve(&api).await?;
     let loaded = if r.rules.is_empty() {
         None
     } else {
@@ -171,13 +191,9 @@ pub async fn enable(
     };
     let rules = loaded.as_ref().map(|(r, _)| r.clone());
     let ids = &api.driver.ids;
-    let (watch, container) = match (network, &r.container) {
-        (Some(n), _) => (Some(ids.enable(&n, mode, rules).await), None),
-        (None, Some(c)) => {
-            crate::containers::pass(&api.driver, &api.docker).await;
-            (None, Some(ids.enable_container(c, mode, rules).await))
-        }
-        (None, None) => (None, None),
+    let (watch, container) = match named {
+        Named::Network(n) => (Some(ids.enable(&n, mode, rules).await), None),
+        Named::Container(c) => (None, Some(ids.enable_container(&c, mode, rules).await)),
     };
     let watch = watch.transpose().map_err(service)?;
     let container = container.transpose().map_err(service)?;
@@ -198,13 +214,11 @@ pub async fn disable(
     Json(r): Json<DisableRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ids = &api.driver.ids;
-    let removed = match (&r.network, &r.container) {
-        (Some(n), None) => {
-            let network = crate::api::network_named(&api, n).await?;
-            serde_json::to_value(ids.disable(&network).await.map_err(service)?)
+    let removed = match r.target.resolve(&api).await? {
+        Named::Network(n) => serde_json::to_value(ids.disable(&n).await.map_err(service)?),
+        Named::Container(c) => {
+            serde_json::to_value(ids.disable_container(&c).await.map_err(service)?)
         }
-        (None, Some(c)) => serde_json::to_value(ids.disable_container(c).await.map_err(service)?),
-        _ => return Err(bad("give one of --network and --container")),
     };
     api.ids.refresh().await;
     Ok(Json(removed.unwrap_or_default()))
@@ -390,7 +404,7 @@ impl Client {
         }
         let e: Enabled = serde_json::from_value(v)?;
         if let Some(w) = &e.watch {
-            let n = r.network.as_deref().unwrap_or_default();
+            let n = r.target.network.as_deref().unwrap_or_default();
             println!("watching network {n} ({})", w.mode);
         }
         if let Some(c) = &e.container {
