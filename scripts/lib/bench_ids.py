@@ -15,6 +15,7 @@ a's namespace to busybox httpd in b), median and max of 20; and in IPS mode the 
 Usage: bench_ids.py QINGLUAN_CLI...   (e.g. target/release/qingluan --config /tmp/x.toml)
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -61,41 +62,48 @@ def counters():
     return w["packets"], w["bytes"], w["dropped"]
 
 
-def watched(path):
-    """Throughput a -> b with the network watched by the rules at `path`, and the
-    detector's counters over it."""
-    sh(*CLI, "ids", "enable", "--network", NET, "--rules", path)
+@contextlib.contextmanager
+def watching(path, mode="ids"):
+    """The network watched with the rules at `path` in `mode`, once the detector reads
+    its capture port; the EVE log's path."""
+    sh(*CLI, "ids", "enable", "--network", NET, "--rules", path, "--mode", mode)
     try:
         for _ in range(100):
             if status()["watches"][0]["inspecting"]:
                 break
             time.sleep(0.1)
+        yield status()["eve_log"]
+    finally:
+        sh(*CLI, "ids", "disable", "--network", NET)
+
+
+def request(pid, b, marker):
+    """An HTTP request carrying `marker` to address `b` (curl in the namespace of `pid`)."""
+    sh("nsenter", "-t", pid, "-n", "curl", "-s", "-m", "3", "-o", "/dev/null",
+       f"http://{b}/?q={marker}", check=False)
+
+
+def watched(path):
+    """Throughput a -> b with the network watched by the rules at `path`, and the
+    detector's counters over it."""
+    with watching(path):
         p0, b0, d0 = counters()
         t0 = time.time()
         mbit = benchlib.mbits(A, B, NET)
         took = time.time() - t0
         p1, b1, d1 = counters()
         return mbit, (b1 - b0) * 8 / took / 1e6, (p1 - p0) / took, d1 - d0, p1 - p0
-    finally:
-        sh(*CLI, "ids", "disable", "--network", NET)
 
 
 def latency(path):
     """Alert latencies in ms of 20 requests carrying the marker."""
-    sh(*CLI, "ids", "enable", "--network", NET, "--rules", path)
-    try:
-        eve = status()["eve_log"]
-        for _ in range(100):
-            if status()["watches"][0]["inspecting"]:
-                break
-            time.sleep(0.1)
-        b = benchlib.ip(B, NET)
+    with watching(path) as eve:
+        pid, b = benchlib.pid(A), benchlib.ip(B, NET)
         out = []
         for i in range(20):
             marker = f"qlt-bench-marker-{os.getpid()}-{i}"
             sent = time.time()
-            sh("nsenter", "-t", benchlib.pid(A), "-n", "curl", "-s", "-m", "3", "-o",
-               "/dev/null", f"http://{b}/?q={marker}", check=False)
+            request(pid, b, marker)
             for _ in range(300):
                 hit = alert_time(eve, marker)
                 if hit:
@@ -103,22 +111,17 @@ def latency(path):
                     break
                 time.sleep(0.01)
         return out
-    finally:
-        sh(*CLI, "ids", "disable", "--network", NET)
 
 
 def quarantine(path):
     """In IPS mode, ms from a `drop` rule's alert (its EVE timestamp) until `ids status`
     lists its sender as quarantined, 5 times (released in between)."""
-    sh(*CLI, "ids", "enable", "--network", NET, "--rules", path, "--mode", "ips")
-    try:
-        eve = status()["eve_log"]
-        b = benchlib.ip(B, NET)
+    with watching(path, "ips") as eve:
+        pid, b = benchlib.pid(A), benchlib.ip(B, NET)
         out = []
         for i in range(5):
             marker = f"qlt-bench-drop-{os.getpid()}-{i}"
-            sh("nsenter", "-t", benchlib.pid(A), "-n", "curl", "-s", "-m", "3", "-o",
-               "/dev/null", f"http://{b}/?q={marker}", check=False)
+            request(pid, b, marker)
             held = None
             for _ in range(500):
                 if any(q["container"] == A for q in status()["quarantined"]):
@@ -130,8 +133,6 @@ def quarantine(path):
                 out.append((held - hit) * 1000)
             sh(*CLI, "ids", "release", A, check=False)
         return out
-    finally:
-        sh(*CLI, "ids", "disable", "--network", NET)
 
 
 def alert_time(eve, marker):
