@@ -81,11 +81,26 @@ impl Endpoints {
             qos,
             container: None,
         };
-        let _g = self.lock.lock().await;
+        let guard = self.lock.lock().await;
         let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
         self.ipam.bind(&pool, ip, &ep.id).await?;
         crash_point!("create-endpoint-bound");
-        if let Err(e) = self.record_endpoint(&net, &ep).await {
+        let ckey = match self.record_endpoint(&net, &ep).await {
+            Ok(ckey) => ckey,
+            Err(e) => {
+                self.ipam.unbind(&pool, ip, &ep.id).await?;
+                return Err(e);
+            }
+        };
+        drop(guard);
+        let applied = self
+            .apply_or_undo(vec![records::delete::<Endpoint>(&ep.id)])
+            .await;
+        if let Err(e) = applied {
+            let _g = self.lock.lock().await;
+            if let Some(ckey) = ckey {
+                self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+            }
             self.ipam.unbind(&pool, ip, &ep.id).await?;
             return Err(e);
         }
@@ -93,8 +108,13 @@ impl Endpoints {
         Ok(report.then_some(mac))
     }
 
-    /// Records a new endpoint (and its cluster entry) and applies it; undone on failure.
-    async fn record_endpoint(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
+    /// Records a new endpoint and its cluster entry (returns the entry's key); the entry
+    /// is removed again when the record cannot be written.
+    async fn record_endpoint(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> Result<Option<String>, ServiceError> {
         let ckey = net
             .cluster
             .as_ref()
@@ -105,16 +125,13 @@ impl Endpoints {
                 .txn(vec![], vec![Op::Put(ckey.clone(), rec)])
                 .await?;
         }
-        let done = self
-            .commit(
-                vec![records::put(ep)],
-                vec![records::delete::<Endpoint>(&ep.id)],
-            )
-            .await;
-        if let (Err(_), Some(ckey)) = (&done, ckey) {
-            self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+        if let Err(e) = self.store.txn(vec![], vec![records::put(ep)]).await {
+            if let Some(ckey) = ckey {
+                self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+            }
+            return Err(e.into());
         }
-        done
+        Ok(ckey)
     }
 
     /// Join: what Docker needs to plug the interface in.
@@ -160,9 +177,9 @@ impl Endpoints {
 
     /// DeleteEndpoint; unknown endpoints are fine. The endpoint's cluster entry goes first;
     /// if the dataplane then refuses, the record is restored and the cluster agent publishes
-    /// the entry again on its next pass.
+    /// the entry again on its next pass. The call lock is held only while writing.
     pub async fn delete(&self, endpoint_id: &str) -> Result<(), ServiceError> {
-        let _g = self.lock.lock().await;
+        let guard = self.lock.lock().await;
         let ckey = cluster::endpoint_key(&self.host, endpoint_id);
         if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
             tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
@@ -174,6 +191,7 @@ impl Endpoints {
             .txn(vec![], vec![records::delete::<Endpoint>(endpoint_id)])
             .await?;
         crash_point!("delete-endpoint-recorded");
+        drop(guard);
         self.apply_or_undo(vec![records::put(&ep)]).await
     }
 

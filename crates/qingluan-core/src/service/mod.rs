@@ -3,8 +3,10 @@
 //! A call is validated completely first (options, addresses, ports), then its record is
 //! written to the store (durable before we answer), then the dataplane is reconciled. When
 //! applying fails, the record is restored and the dataplane reconciled back, so a refused
-//! call changes nothing. Calls are serialised by one lock: the plugin protocol is cheap per
-//! call and correctness under Docker's concurrent start/stop storms matters more.
+//! call changes nothing. Calls that read and write records are serialised by one lock.
+//! CreateEndpoint and DeleteEndpoint hold it only while they write, so a Join never waits
+//! for another endpoint's pass; the passes that follow writes are shared: callers whose
+//! write came before a pass began take its outcome instead of running one each.
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
@@ -287,6 +289,10 @@ pub struct State {
     pub(crate) cluster_intent: RwLock<Option<ClusterIntent>>,
     /// Serialises calls.
     pub(crate) lock: Mutex<()>,
+    /// Writes whose pass was asked for (tickets of [`State::sync_after_write`]).
+    written: std::sync::atomic::AtomicU64,
+    /// The last ticket a successful shared pass covered.
+    covered: std::sync::atomic::AtomicU64,
     /// Woken after each Join: the daemon then learns the endpoint's container.
     pub joined: tokio::sync::Notify,
 }
@@ -339,6 +345,8 @@ impl State {
             view: RwLock::new(Default::default()),
             cluster_intent: RwLock::new(None),
             lock: Mutex::new(()),
+            written: Default::default(),
+            covered: Default::default(),
             joined: tokio::sync::Notify::new(),
         }
     }
@@ -687,6 +695,30 @@ impl State {
         Ok(pass.sync(&d, full).await?)
     }
 
+    /// A pass that begins after the caller's write, shared: a caller whose ticket a pass
+    /// already covered (it wrote before that pass read the records, and the pass succeeded)
+    /// returns at once. A failed pass covers nobody else, so each caller of it learns from
+    /// its own pass whether its change is what fails.
+    pub(crate) async fn sync_after_write(&self) -> Result<(), ServiceError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.written.fetch_add(1, SeqCst) + 1;
+        let pass = self.reconciler.begin().await?;
+        if self.covered.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        let upto = self.written.load(SeqCst);
+        let t = std::time::Instant::now();
+        let d = self.desired(&pass).await?;
+        tracing::debug!(
+            took_ms = t.elapsed().as_secs_f64() * 1e3,
+            writes = upto + 1 - ticket,
+            "desired state built"
+        );
+        pass.sync(&d, false).await?;
+        self.covered.fetch_max(upto, SeqCst);
+        Ok(())
+    }
+
     /// Re-programs bridges that lost their flows; returns their names. Cheap while nothing
     /// is lost (see `Reconciler::flows_lost`).
     pub async fn repair_flows(&self) -> Result<Vec<String>, ServiceError> {
@@ -712,7 +744,7 @@ impl State {
     /// Reconciles after a write; on failure writes `undo` and reconciles back, so a refused
     /// call changes nothing.
     pub(crate) async fn apply_or_undo(&self, undo: Vec<Op>) -> Result<(), ServiceError> {
-        if let Err(e) = self.sync(false).await {
+        if let Err(e) = self.sync_after_write().await {
             self.store.txn(vec![], undo).await?;
             if let Err(again) = self.sync(false).await {
                 tracing::warn!(error = %again, "reconcile after undo failed");
