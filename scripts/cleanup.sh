@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Removes everything the test suite may have left: containers and networks named qlt*,
 # namespaces and links named qlt*, and the test instance's OVS bridges, nftables tables and
-# DOCKER-USER rules, endpoint veths and detector capture ports (instance "qltest", and "qingluan" when no system daemon serves it).
+# DOCKER-USER rules, endpoint veths and detector capture ports (instances "qltest" and
+# "qlscale" of the scale bench, and "qingluan" when no system daemon serves it).
 # Safe to run at any time; touches nothing else.
 set -u
 ids=$(docker ps -aq --filter name=^qlt 2>/dev/null)
@@ -9,7 +10,7 @@ ids=$(docker ps -aq --filter name=^qlt 2>/dev/null)
 for n in $(docker network ls --format '{{.Name}}' 2>/dev/null | grep '^qlt'); do docker network rm "$n" >/dev/null 2>&1; done
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^qlt'); do ip netns del "$ns"; done
 for l in $(ip -o link 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^qlt'); do ip link del "$l" 2>/dev/null; done
-instances=qltest
+instances="qltest qlscale"
 if ! { [ -S /run/docker/plugins/qingluan.sock ] && qingluan status >/dev/null 2>&1; }; then
   instances="$instances qingluan"
 fi
@@ -24,10 +25,10 @@ for inst in $instances; do
     rule=$(iptables -w -S DOCKER-USER | grep -- "--comment $inst " | head -1 | sed 's/^-A /-D /')
     eval iptables -w $rule || break
   done
-  [ "$inst" = qingluan ] && rm -f /run/docker/plugins/qingluan.sock /run/docker/plugins/qingluanIpam.sock
+  [ "$inst" = qltest ] || rm -f "/run/docker/plugins/$inst.sock" "/run/docker/plugins/${inst}Ipam.sock"
 done
-prefixes=qt
-case " $instances " in *" qingluan "*) prefixes="qt ql" ;; esac
+prefixes="qt qs"
+case " $instances " in *" qingluan "*) prefixes="qt qs ql" ;; esac
 for p in $prefixes; do
  for l in $(ip -o link 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^$p([vc][0-9a-f]{11}|id[br][0-9a-f]{6})$"); do
   ovs-vsctl --timeout=5 --if-exists del-port "$l" 2>/dev/null

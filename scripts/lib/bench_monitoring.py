@@ -30,6 +30,8 @@ import tempfile
 import time
 import urllib.request
 
+from benchlib import full_reconciles
+
 BIN = sys.argv[1]
 ENDPOINTS = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 PER_NETWORK = 250
@@ -83,11 +85,7 @@ class Daemon:
         raise SystemExit("the private daemon did not come up; see its log")
 
     def reconciles(self):
-        try:
-            with open(f"{self.tmp}/daemon.log") as f:
-                return f.read().count("full reconcile done")
-        except FileNotFoundError:
-            return 0
+        return full_reconciles(f"{self.tmp}/daemon.log")
 
     def stop(self):
         if self.proc:

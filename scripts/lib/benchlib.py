@@ -41,3 +41,12 @@ def mbits(client, server, net, secs=5):
     finally:
         srv.kill()
         srv.wait()
+
+
+def full_reconciles(log):
+    """How many full reconciles a daemon's log file reports (0 before it exists)."""
+    try:
+        with open(log) as f:
+            return f.read().count("full reconcile done")
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Scale benchmarks (issue 16), run by scripts/bench.sh.
+
+A private qingluan daemon of its own name (`qlscale`, driver names `qlscale` and
+`qlscaleIpam`, link prefix `qs`), next to whatever daemon serves `qingluan`, driven by the
+real dockerd. For each level of endpoints already up (default 0 and 300, in networks of 10
+`sleep` containers; QL_BENCH_SCALE_LEVELS=0,300,1000 for more), it restarts the daemon (so the
+call timings are this level's only) and:
+- starts 100 containers, 10 at a time, on 10 new qingluan nat networks, and the same on 10
+  Docker bridge networks; wall time of each, and CreateEndpoint / Join p50 and p99 from
+  `status --json` (the plugin's own handling time);
+- stops the 100 qingluan containers in one `docker stop -t 0`, then the 100 bridge ones;
+  wall time of each and DeleteEndpoint p50 / p99;
+- at the top level also: the daemon's idle CPU over 30 s, its RSS, flows per bridge, and a
+  kill -9 with a ping (every 10 ms) between two containers running throughout: packets
+  lost, the time until the restarted daemon answers `status` and until its first full
+  reconcile is done.
+Everything created is removed at the end.
+
+Usage: bench_scale.py QINGLUAN_BIN
+"""
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchlib import full_reconciles, pid, sh
+
+BIN = sys.argv[1]
+NAME, PREFIX = "qlscale", "qs"
+IMAGE = "qlbusybox:latest"
+LEVELS = [int(n) for n in os.environ.get("QL_BENCH_SCALE_LEVELS", "0,300").split(",")]
+BATCH, PARALLEL, PER_NETWORK = 100, 10, 10
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+class Daemon:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.config = f"{tmp}/config.toml"
+        with open(self.config, "w") as f:
+            f.write(
+                f'[daemon]\nname = "{NAME}"\nprefix = "{PREFIX}"\n'
+                f'api_socket = "{tmp}/api.sock"\n[store]\npath = "{tmp}/state.redb"\n'
+                f'[ids]\neve_log = "{tmp}/eve.json"\n'
+            )
+        self.proc = None
+
+    def start(self):
+        """Starts the daemon; returns (seconds until status answers, until the first full
+        reconcile is done)."""
+        log = f"{self.tmp}/daemon.log"
+        done = self.reconciles()
+        t0 = time.monotonic()
+        with open(log, "a") as out:
+            self.proc = subprocess.Popen(
+                [BIN, "--config", self.config, "daemon"], stdout=out, stderr=out
+            )
+        answered = None
+        while time.monotonic() - t0 < 300:
+            if answered is None and subprocess.run(
+                [BIN, "--config", self.config, "status"], capture_output=True
+            ).returncode == 0:
+                answered = time.monotonic() - t0
+            if self.reconciles() > done:
+                return answered or time.monotonic() - t0, time.monotonic() - t0
+            time.sleep(0.02)
+        raise SystemExit(f"the private daemon did not come up; see {log}")
+
+    def reconciles(self):
+        return full_reconciles(f"{self.tmp}/daemon.log")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc:
+            self.proc.send_signal(sig)
+            self.proc.wait()
+            self.proc = None
+
+    def calls(self):
+        out = sh(BIN, "--config", self.config, "status", "--json")
+        return {c["method"]: c for c in json.loads(out)["calls"]}
+
+    def cpu(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in v[11:15]) / HZ
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)
+        return int(kb) / 1024
+
+
+def networks(prefix, count, driver):
+    names = [f"{prefix}{i}" for i in range(count)]
+    for n in names:
+        if driver == "bridge":
+            sh("docker", "network", "create", "--driver", "bridge", n)
+        else:
+            sh("docker", "network", "create", "--driver", NAME, "--ipam-driver",
+               NAME + "Ipam", "--opt", "model=nat", "--ipam-opt", "pool=nat", n)
+    return names
+
+
+def run_containers(nets, prefix, per_network):
+    """Starts per_network sleep containers on each of nets, PARALLEL at a time, round-robin
+    over the networks (dockerd serialises endpoint creation per network); wall seconds."""
+    jobs = [(f"{prefix}-{j}-{i}", n) for j in range(per_network) for i, n in enumerate(nets)]
+    t0 = time.monotonic()
+    procs = []
+    for name, net in jobs:
+        if len(procs) == PARALLEL:
+            procs.pop(0).wait()
+        procs.append(subprocess.Popen(
+            ["docker", "run", "-d", "--name", name, "--net", net, IMAGE, "sleep", "86400"],
+            stdout=subprocess.DEVNULL))
+    for p in procs:
+        p.wait()
+    took = time.monotonic() - t0
+    names = [n for n, _ in jobs]
+    running = sh("docker", "ps", "-q", "--filter", f"name=^{prefix}-").split()
+    if len(running) != len(names):
+        raise SystemExit(f"only {len(running)} of {len(names)} {prefix} containers run")
+    return took, names
+
+
+def stop(names):
+    t0 = time.monotonic()
+    sh("docker", "stop", "-t", "0", *names)
+    took = time.monotonic() - t0
+    sh("docker", "rm", *names)
+    return took
+
+
+def remove(prefix):
+    ids = sh("docker", "ps", "-aq", "--filter", f"name=^{prefix}").split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    nets = sh("docker", "network", "ls", "-q", "--filter", f"name=^{prefix}").split()
+    if nets:
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
+
+
+def pct(calls, method):
+    c = calls.get(method)
+    return f"p50 {c['p50_ms']:7.1f} ms  p99 {c['p99_ms']:7.1f} ms" if c else "(no calls)"
+
+
+def flows_per_bridge():
+    counts = []
+    for b in sh("ovs-vsctl", "list-br").split():
+        if b.startswith(PREFIX + "b"):
+            out = sh("ovs-ofctl", "-O", "OpenFlow14", "dump-aggregate", b)
+            counts.append(int(re.search(r"flow_count=(\d+)", out).group(1)))
+    return counts
+
+
+def kill_with_ping(daemon, a, b, net):
+    """kill -9 the daemon while a pings b every 10 ms; restarts it. Returns (sent, lost,
+    seconds until status answers, seconds until the full reconcile is done)."""
+    dst = sh("docker", "inspect", "-f",
+             "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % net, b)
+    ping = subprocess.Popen(["nsenter", "-t", pid(a), "-n", "ping", "-i", "0.01", dst],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    daemon.stop(signal.SIGKILL)
+    answered, reconciled = daemon.start()
+    time.sleep(2)
+    ping.send_signal(signal.SIGINT)
+    out = ping.communicate()[0]
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    sent, got = int(m.group(1)), int(m.group(2))
+    return sent, sent - got, answered, reconciled
+
+
+def level(daemon, up):
+    print(f"with {up} endpoints up ({up // PER_NETWORK} networks of {PER_NETWORK}):")
+    daemon.stop()
+    daemon.start()
+    qnets = networks("qlt-scq", BATCH // PER_NETWORK, NAME)
+    bnets = networks("qlt-scb", BATCH // PER_NETWORK, "bridge")
+    q_start, qnames = run_containers(qnets, "qlt-scq", PER_NETWORK)
+    b_start, bnames = run_containers(bnets, "qlt-scb", PER_NETWORK)
+    calls = daemon.calls()
+    q_stop = stop(qnames)
+    b_stop = stop(bnames)
+    deletes = daemon.calls()
+    print(f"  start {BATCH}, {PARALLEL} at a time: qingluan {q_start:6.1f} s  bridge "
+          f"{b_start:6.1f} s  ratio {q_start / b_start:5.2f}")
+    print(f"    CreateEndpoint {pct(calls, 'NetworkDriver.CreateEndpoint')}")
+    print(f"    Join           {pct(calls, 'NetworkDriver.Join')}")
+    print(f"  docker stop -t 0 of {BATCH}: qingluan {q_stop:6.1f} s  bridge {b_stop:6.1f} s  "
+          f"ratio {q_stop / b_stop:5.2f}")
+    print(f"    DeleteEndpoint {pct(deletes, 'NetworkDriver.DeleteEndpoint')}")
+    remove("qlt-scq")
+    remove("qlt-scb")
+
+
+def main():
+    if subprocess.run(["docker", "network", "ls", "-q", "--filter", "name=^qlt-sc"],
+                      capture_output=True, text=True).stdout.strip():
+        raise SystemExit("qlt-sc* networks exist: remove them first")
+    tmp = tempfile.mkdtemp(prefix="qlt-scale.")
+    daemon = Daemon(tmp)
+    daemon.start()
+    up = 0
+    try:
+        for target in LEVELS:
+            while up < target:
+                nets = networks(f"qlt-scu{up // PER_NETWORK}-", 1, NAME)
+                run_containers(nets, f"qlt-scu{up // PER_NETWORK}-c", PER_NETWORK)
+                up += PER_NETWORK
+            level(daemon, up)
+        time.sleep(5)
+        c0, t0 = daemon.cpu(), time.monotonic()
+        time.sleep(30)
+        idle = 100 * (daemon.cpu() - c0) / (time.monotonic() - t0)
+        flows = flows_per_bridge()
+        print(f"at {up} endpoints: idle CPU {idle:.2f} % of a core, RSS {daemon.rss_mib():.0f} MiB,"
+              f" flows per bridge median {statistics.median(flows) if flows else 0:.0f}"
+              f" max {max(flows, default=0)} over {len(flows)} bridges")
+        if up:
+            a, b = "qlt-scu0-c-0-0", "qlt-scu0-c-1-0"
+            sent, lost, answered, reconciled = kill_with_ping(daemon, a, b, "qlt-scu0-0")
+            print(f"  kill -9 with a ping every 10 ms: {lost} of {sent} lost; status answers "
+                  f"{answered * 1e3:.0f} ms after start, full reconcile done at "
+                  f"{reconciled * 1e3:.0f} ms")
+    finally:
+        remove("qlt-sc")
+        daemon.stop()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+if __name__ == "__main__":
+    main()
