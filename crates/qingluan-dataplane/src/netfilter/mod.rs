@@ -4,10 +4,12 @@
 //! [`Rule`]s per chain, decided by qingluan-core's `policy`; this adapter does not know what
 //! a network is) rendered into two nftables tables the instance owns — `inet <name>` (NAT,
 //! forward and input, for IPv4 and IPv6) and `netdev <name>_guard` (one ingress chain with policy drop per OVS-side veth,
-//! closing the userspace datapath's "veth bypass"). Applying replaces both tables in ONE
-//! `nft -f` transaction, so there is never a moment without rules, and is skipped entirely
-//! when the rendered text's hash (kept as the table comment) is already installed: a restart
-//! touches nothing that matches.
+//! closing the userspace datapath's "veth bypass"). Each apply is ONE `nft -f` transaction,
+//! so there is never a moment without rules. The `inet` table is replaced whole when its
+//! rendered text's hash (kept as the table comment) differs from what is installed. The
+//! guard table changes by the chains that differ (one endpoint's veth is one chain added or
+//! deleted: replacing the table would re-register every endpoint's hook); the chains
+//! installed are read back on full passes. A restart touches nothing that matches.
 //!
 //! dockerd's FORWARD policy is DROP (iptables-nft, table `ip filter`), and an accept in our own
 //! table cannot override a drop in another. So traffic of our bridges is also accepted in

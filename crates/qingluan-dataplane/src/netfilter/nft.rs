@@ -1,6 +1,7 @@
 //! The real netfilter adapter: renders the ruleset as an `nft -f` script and keeps dockerd's
 //! DOCKER-USER chain accepting our bridges through `iptables` (iptables-nft on Debian).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -13,11 +14,19 @@ use ipnet::Ipv6Net;
 
 use super::{Cond, Firewall, FirewallError, Iface, Rule, Ruleset, Verdict};
 
+/// What this process knows to be installed: the `inet` table's hash and the guard chains.
+#[derive(Clone, Debug, PartialEq)]
+struct Installed {
+    hash: Option<String>,
+    guards: BTreeSet<String>,
+}
+
 /// Applies rulesets with the `nft` and `iptables` commands.
 #[derive(Default)]
 pub struct NftFirewall {
-    /// Hash of the last ruleset this process installed, to skip unchanged applies.
-    last: Mutex<Option<String>>,
+    /// What the last apply of this process left, to change only what differs; `None` when
+    /// unknown (nothing applied yet, or the last apply failed).
+    last: Mutex<Option<Installed>>,
     /// Whether the last ruleset wanted DOCKER-USER to accept our bridges.
     accepting: std::sync::atomic::AtomicBool,
 }
@@ -148,33 +157,58 @@ pub fn render_ip(rules: &Ruleset) -> String {
     s
 }
 
+/// The hook of a guard chain: ingress of the OVS-side veth `dev` is dropped.
+fn guard_hook(dev: &str) -> String {
+    format!("{{ type filter hook ingress device \"{dev}\" priority 0; policy drop; }}")
+}
+
 /// The body of the `netdev` guard table.
 pub fn render_guard(rules: &Ruleset) -> String {
     let mut s = String::new();
     for dev in &rules.guards {
-        let _ = writeln!(
-            s,
-            "\tchain {dev} {{\n\t\ttype filter hook ingress device \"{dev}\" priority 0; policy drop;\n\t}}"
-        );
+        let _ = writeln!(s, "\tchain {dev} {}", guard_hook(dev));
     }
     s
 }
 
-/// The complete `nft -f` script that replaces both tables atomically (or removes them).
+/// The complete `nft -f` script that replaces both tables atomically (or removes them), and
+/// the `inet` table's hash.
 pub fn render_script(rules: &Ruleset) -> (String, String) {
     let ip = render_ip(rules);
-    let guard = render_guard(rules);
-    let hash = fnv(&format!("{ip}\n{guard}"));
+    let hash = fnv(&ip);
     let n = &rules.name;
     let mut s = format!("table inet {n} {{}}\ndelete table inet {n}\ntable netdev {n}_guard {{}}\ndelete table netdev {n}_guard\n");
     if !rules.is_empty() {
         let _ = write!(s, "table inet {n} {{\n\tcomment \"{hash}\"\n{ip}}}\n");
-        let _ = write!(
-            s,
-            "table netdev {n}_guard {{\n\tcomment \"{hash}\"\n{guard}}}\n"
-        );
+        let _ = write!(s, "table netdev {n}_guard {{\n{}}}\n", render_guard(rules));
     }
     (s, hash)
+}
+
+/// The `nft -f` script that turns `have` into `rules` (whose `inet` table renders as `ip`
+/// with hash `hash`) by what differs: the `inet` table replaced when its hash differs,
+/// guard chains added and deleted one by one.
+fn render_delta(rules: &Ruleset, ip: &str, hash: &str, have: &Installed) -> String {
+    if rules.is_empty() {
+        return render_script(rules).0;
+    }
+    let n = &rules.name;
+    let mut s = String::new();
+    if have.hash.as_deref() != Some(hash) {
+        let _ = write!(s, "table inet {n} {{}}\ndelete table inet {n}\ntable inet {n} {{\n\tcomment \"{hash}\"\n{ip}}}\n");
+    }
+    let want: BTreeSet<&str> = rules.guards.iter().map(String::as_str).collect();
+    for gone in have.guards.iter().filter(|g| !want.contains(g.as_str())) {
+        let _ = writeln!(s, "delete chain netdev {n}_guard {gone}");
+    }
+    let new: Vec<_> = want.iter().filter(|g| !have.guards.contains(**g)).collect();
+    if !new.is_empty() {
+        let _ = writeln!(s, "table netdev {n}_guard {{}}");
+    }
+    for dev in new {
+        let _ = writeln!(s, "add chain netdev {n}_guard {dev} {}", guard_hook(dev));
+    }
+    s
 }
 
 async fn run(
@@ -278,46 +312,80 @@ async fn docker_user(rules: &Ruleset) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// The guard chains installed in `table` (none when it does not exist).
+async fn installed_guards(table: &str) -> BTreeSet<String> {
+    let Ok((true, out, _)) = run("nft", &["list", "table", "netdev", table], None).await else {
+        return BTreeSet::new();
+    };
+    out.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("chain "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+impl NftFirewall {
+    /// Runs `script`; when it was a delta and fails (something changed the tables behind
+    /// our back), replaces both tables whole instead.
+    async fn install(&self, rules: &Ruleset, script: &str) -> Result<(), FirewallError> {
+        let (ok, _, err) = run("nft", &["-f", "-"], Some(script)).await?;
+        if ok {
+            return Ok(());
+        }
+        let (full, _) = render_script(rules);
+        if full != script {
+            tracing::warn!(table = %rules.name, error = %err, "nft delta refused, replacing the tables");
+            let (ok, _, again) = run("nft", &["-f", "-"], Some(&full)).await?;
+            if ok {
+                return Ok(());
+            }
+            return Err(FirewallError::Command {
+                cmd: format!("nft -f (tables {0}, {0}_guard)", rules.name),
+                stderr: again,
+            });
+        }
+        Err(FirewallError::Command {
+            cmd: format!("nft -f (tables {0}, {0}_guard)", rules.name),
+            stderr: err,
+        })
+    }
+}
+
 #[async_trait]
 impl Firewall for NftFirewall {
     async fn apply(&self, rules: &Ruleset, force: bool) -> Result<bool, FirewallError> {
-        let (script, hash) = render_script(rules);
-        let want = if rules.is_empty() {
-            None
-        } else {
-            Some(hash.clone())
-        };
-        let last = self.last.lock().unwrap().clone();
-        if !force && last.as_ref() == Some(&hash) {
-            return Ok(false);
-        }
+        let known = self.last.lock().unwrap().clone();
         // Without `force`, what this process installed last is what is there; only a full
         // pass (start-up, periodic) reads the installed tables back.
-        let changed = if force || last.is_none() {
-            let ip = installed_hash("inet", &rules.name).await;
-            let guard = installed_hash("netdev", &format!("{}_guard", rules.name)).await;
-            !(ip == want && guard == want)
-        } else {
-            true
+        let have = match (&known, force) {
+            (Some(k), false) => k.clone(),
+            _ => Installed {
+                hash: installed_hash("inet", &rules.name).await,
+                guards: installed_guards(&format!("{}_guard", rules.name)).await,
+            },
         };
+        let ip = render_ip(rules);
+        let hash = fnv(&ip);
+        let want = Installed {
+            hash: (!rules.is_empty()).then(|| hash.clone()),
+            guards: rules.guards.iter().cloned().collect(),
+        };
+        let changed = have != want;
         if changed {
-            let (ok, _, err) = run("nft", &["-f", "-"], Some(&script)).await?;
-            if !ok {
+            let script = render_delta(rules, &ip, &hash, &have);
+            if let Err(e) = self.install(rules, &script).await {
                 *self.last.lock().unwrap() = None;
-                return Err(FirewallError::Command {
-                    cmd: format!("nft -f (tables {0}, {0}_guard)", rules.name),
-                    stderr: err,
-                });
+                return Err(e);
             }
         }
         let accepted = self.accepting.swap(
             rules.docker_user_accept,
             std::sync::atomic::Ordering::SeqCst,
         );
-        if force || last.is_none() || accepted != rules.docker_user_accept {
+        if force || known.is_none() || accepted != rules.docker_user_accept {
             docker_user(rules).await?;
         }
-        *self.last.lock().unwrap() = Some(hash);
+        *self.last.lock().unwrap() = Some(want);
         Ok(changed)
     }
 }
@@ -380,6 +448,34 @@ mod tests {
         );
         assert!(script.contains(&format!("comment \"{hash}\"")));
         assert_eq!(render_script(&rules).1, hash);
+    }
+
+    #[test]
+    fn a_delta_changes_only_the_guards_that_differ() {
+        let rules = Ruleset {
+            name: "qingluan".into(),
+            gateways: vec!["10.240.0.1".parse().unwrap()],
+            guards: vec!["qlv1".into(), "qlv3".into()],
+            ..Default::default()
+        };
+        let ip = render_ip(&rules);
+        let hash = fnv(&ip);
+        let have = Installed {
+            hash: Some(hash.clone()),
+            guards: ["qlv1".to_string(), "qlv2".to_string()].into(),
+        };
+        assert_eq!(
+            render_delta(&rules, &ip, &hash, &have),
+            "delete chain netdev qingluan_guard qlv2\ntable netdev qingluan_guard {}\n\
+             add chain netdev qingluan_guard qlv3 { type filter hook ingress device \"qlv3\" priority 0; policy drop; }\n"
+        );
+        let stale = Installed {
+            hash: Some("0".into()),
+            guards: have.guards.clone(),
+        };
+        let script = render_delta(&rules, &ip, &hash, &stale);
+        assert!(script.starts_with("table inet qingluan {}\ndelete table inet qingluan\n"));
+        assert!(script.contains(&format!("comment \"{hash}\"")));
     }
 
     #[test]
