@@ -66,6 +66,9 @@ pub struct Report {
 /// A bridge's flow table and meters.
 type Programmed = (Vec<Flow>, Vec<Meter>);
 
+/// How many bridges' flows a full pass compares with the switch at most.
+const COMPARED_PER_PASS: usize = 32;
+
 /// Time spent per reconcile step, for the debug log.
 struct Lap(Vec<String>, std::time::Instant);
 
@@ -99,6 +102,8 @@ pub struct Reconciler {
     sentinels: std::sync::Mutex<BTreeMap<String, u64>>,
     /// Which bridge the flow audit asks next.
     audit_turn: std::sync::atomic::AtomicUsize,
+    /// Where the next full pass starts comparing bridges' flows with the switch.
+    compare_turn: std::sync::atomic::AtomicUsize,
     /// Serialises passes.
     pass: Mutex<()>,
 }
@@ -117,6 +122,7 @@ impl Reconciler {
             installed_flows: Mutex::new(BTreeMap::new()),
             sentinels: Default::default(),
             audit_turn: Default::default(),
+            compare_turn: Default::default(),
             pass: Mutex::new(()),
         }
     }
@@ -156,6 +162,29 @@ impl Reconciler {
             }
         }
         out
+    }
+
+    /// The bridges whose flows a full pass compares with the switch: all of them up to
+    /// [`COMPARED_PER_PASS`], beyond that that many in turn, so a periodic pass costs the
+    /// same at 1,000 networks as at 32 (each bridge is still compared every
+    /// `ceil(bridges / 32)` passes; a lost table is found by the audit within seconds).
+    fn compared<'d>(
+        &self,
+        bridges: impl ExactSizeIterator<Item = &'d String>,
+    ) -> BTreeSet<&'d str> {
+        let n = bridges.len();
+        if n <= COMPARED_PER_PASS {
+            return bridges.map(String::as_str).collect();
+        }
+        let start = self
+            .compare_turn
+            .fetch_add(COMPARED_PER_PASS, std::sync::atomic::Ordering::Relaxed)
+            % n;
+        bridges
+            .enumerate()
+            .filter(|(i, _)| (i + n - start) % n < COMPARED_PER_PASS)
+            .map(|(_, b)| b.as_str())
+            .collect()
     }
 
     /// Whether `bridge` has no flow with its sentinel `cookie` (an error counts as no).
@@ -455,10 +484,15 @@ impl Pass<'_> {
             let mut replaced = 0;
             let mut installed = r.installed_flows.lock().await;
             installed.retain(|b, _| d.flows.contains_key(b));
+            let compared = if full {
+                r.compared(d.flows.keys())
+            } else {
+                BTreeSet::new()
+            };
             for (bridge, flows) in &d.flows {
                 let meters = d.meters.get(bridge).cloned().unwrap_or_default();
                 let want = (flows.clone(), meters);
-                if !full && installed.get(bridge) == Some(&want) {
+                if !compared.contains(bridge.as_str()) && installed.get(bridge) == Some(&want) {
                     continue;
                 }
                 match program(&*a.flows, bridge, &want.0, &want.1).await {

@@ -221,6 +221,47 @@ fn reconcile_converges_and_then_changes_nothing() {
 }
 
 #[test]
+fn full_passes_compare_32_bridges_in_turn() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (r, _, flows, _) = reconciler();
+        let nets: Vec<Network> = (0..40)
+            .map(|i| {
+                net(
+                    &format!("n{i}"),
+                    Mode::Nat,
+                    &format!("10.240.{i}.0/24"),
+                    false,
+                )
+            })
+            .collect();
+        let d = modes::build(
+            &Settings::default(),
+            &facts(),
+            &nets,
+            &[],
+            &Default::default(),
+            &Default::default(),
+        );
+        let first = r.begin().await.unwrap().sync(&d, true).await.unwrap();
+        assert_eq!(
+            first.flows_replaced, 40,
+            "a bridge never programmed is programmed"
+        );
+        let emptied = nets[35].bridge();
+        flows.tables.lock().unwrap().insert(emptied.clone(), vec![]);
+        for _ in 0..2 {
+            let pass = r.begin().await.unwrap().sync(&d, true).await.unwrap();
+            assert_eq!(pass.flows_replaced, 32);
+        }
+        assert_eq!(flows.tables.lock().unwrap()[&emptied], d.flows[&emptied]);
+    });
+}
+
+#[test]
 fn qos_follows_its_sources_and_leaves_no_meter_behind() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
