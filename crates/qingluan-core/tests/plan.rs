@@ -148,7 +148,11 @@ fn nonat_and_internal_have_no_way_out() {
         &Default::default(),
     );
     assert!(d.firewall.segments.iter().all(|s| !s.external));
-    assert!(d.sysctls.is_empty());
+    assert!(
+        d.sysctls.keys().all(|k| k.ends_with(".disable_ipv6")),
+        "no forwarding or route_localnet: {:?}",
+        d.sysctls
+    );
     let tso = HostFacts {
         datapath: "netdev".into(),
         userspace_tso: true,

@@ -80,15 +80,21 @@ pub(crate) fn local_segment(
 }
 
 /// The network's gateway on host interface `iface`: its addresses, and its segment in the
-/// firewall (isolation, and masquerade when `external`).
+/// firewall (isolation, and masquerade when `external`). An IPv4-only network's gateway has
+/// IPv6 off: its link-local address and routes served nothing, and ovs-vswitchd re-reads
+/// every port's routes on each link change.
 pub(crate) fn gateway(net: &Network, iface: &str, external: bool, out: &mut Desired) {
     let mut addrs = vec![ipnet::IpNet::V4(
         ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("valid prefix"),
     )];
-    if let Some((v6, gw6)) = net.ipv6 {
-        addrs.push(ipnet::IpNet::V6(
+    match net.ipv6 {
+        Some((v6, gw6)) => addrs.push(ipnet::IpNet::V6(
             ipnet::Ipv6Net::new(gw6, v6.prefix_len()).expect("valid prefix"),
-        ));
+        )),
+        None => {
+            out.sysctls
+                .insert(format!("net.ipv6.conf.{iface}.disable_ipv6"), "1".into());
+        }
     }
     out.gateways.push(GatewayPort {
         iface: iface.to_string(),

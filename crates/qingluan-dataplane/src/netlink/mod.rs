@@ -189,9 +189,11 @@ pub fn sysctl_path(key: &str) -> Result<PathBuf, LinkError> {
 /// Links, addresses and sysctls of one network namespace.
 #[async_trait]
 pub trait Links: Send + Sync {
-    /// Creates a veth pair with both ends in this namespace, in one request: both ends with
-    /// `mtu`, the host end up, the peer down with `peer_mac` (random when `None`). Fails
-    /// with `EEXIST` when either name is taken.
+    /// Creates a veth pair with both ends in this namespace: both ends with `mtu`, the host
+    /// end up with IPv6 off (brought up only after: a link-local address and its routes on
+    /// every OVS port made each link change cost ovs-vswitchd ~5 times more at 1,000
+    /// ports), the peer down with `peer_mac` (random when `None`). Fails with `EEXIST` when
+    /// either name is taken.
     async fn create_veth(
         &self,
         host: &str,

@@ -374,7 +374,6 @@ impl Links for NetlinkLinks {
         }
         let msg = LinkVeth::new(host, peer)
             .mtu(mtu)
-            .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
         self.handle
@@ -383,6 +382,15 @@ impl Links for NetlinkLinks {
             .execute()
             .await
             .map_err(|e| kernel(format!("create veth {host}/{peer}"), e))?;
+        let ready = async {
+            self.sysctl(&format!("net.ipv6.conf.{host}.disable_ipv6"), "1")
+                .await?;
+            self.set_up(host).await
+        };
+        if let Err(e) = ready.await {
+            self.delete_link(host).await?;
+            return Err(e);
+        }
         tracing::debug!(host, peer, mtu, "veth created");
         Ok(())
     }
