@@ -144,7 +144,9 @@ def remove(prefix):
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
     nets = sh("docker", "network", "ls", "-q", "--filter", f"name=^{prefix}").split()
     if nets:
-        subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
+        r = subprocess.run(["docker", "network", "rm", *nets], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"  left behind: {r.stderr.strip()}")
 
 
 def pct(calls, method):

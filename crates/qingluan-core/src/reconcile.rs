@@ -543,13 +543,14 @@ impl Pass<'_> {
         //    veth cannot be undone (its peer may be a container's interface) and a failed
         //    pass is followed by one that undoes the call.
         let wanted: BTreeSet<&str> = d.veths.iter().map(|v| v.host.as_str()).collect();
-        let clean = errs.is_empty();
-        let stale = existing
-            .iter()
-            .filter(|n| clean && !wanted.contains(n.as_str()));
-        for name in stale {
-            match a.links.delete_link(name).await {
-                Ok(()) => report.veths_deleted += 1,
+        if errs.is_empty() {
+            let stale: Vec<String> = existing
+                .iter()
+                .filter(|n| !wanted.contains(n.as_str()))
+                .cloned()
+                .collect();
+            match a.links.delete_links(&stale).await {
+                Ok(()) => report.veths_deleted += stale.len(),
                 Err(e) => errs.push(e.to_string()),
             }
         }

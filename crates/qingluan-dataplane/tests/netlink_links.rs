@@ -109,6 +109,12 @@ async fn veth_is_created_configured_and_deleted() {
     let b = l.link("qltca").await.unwrap().unwrap();
     assert_eq!((a.mtu, b.mtu), (1400, 1400));
     assert!(a.up && !b.up, "host end up, peer down");
+    assert_eq!(
+        ns.exec(&["cat", "/proc/sys/net/ipv6/conf/qltva/disable_ipv6"])
+            .trim(),
+        "1",
+        "no IPv6 on the host end"
+    );
     assert_eq!(b.mac, Some(mac));
     assert_eq!(a.kind.as_deref(), Some("veth"));
     let ip = ns.ip_link("qltca");
@@ -143,6 +149,19 @@ async fn veth_is_created_configured_and_deleted() {
         ["qltva", "qltvb"]
     );
     assert_eq!(names(l.links_with_prefix("qlt").await.unwrap()).len(), 4);
+    for (v, c) in [("qltvx", "qltcx"), ("qltvy", "qltcy"), ("qltvz", "qltcz")] {
+        l.create_veth(v, c, 1500, None).await.unwrap();
+    }
+    let doomed = ["qltvx", "qltvy", "qltvgone"].map(String::from);
+    l.delete_links(&doomed).await.unwrap();
+    l.delete_links(&doomed).await.unwrap();
+    assert_eq!(
+        names(l.links_with_prefix("qltv").await.unwrap()),
+        ["qltva", "qltvb", "qltvz"],
+        "both named veths deleted with their peers, nothing else"
+    );
+    assert!(l.link("qltcx").await.unwrap().is_none());
+    l.delete_link("qltvz").await.unwrap();
 
     l.set_up("qltca").await.unwrap();
     l.set_up("qltca").await.unwrap();

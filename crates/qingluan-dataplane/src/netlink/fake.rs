@@ -190,6 +190,13 @@ impl Links for FakeLinks {
         Ok(())
     }
 
+    async fn delete_links(&self, names: &[String]) -> Result<(), LinkError> {
+        for name in names {
+            self.delete_link(name).await?;
+        }
+        Ok(())
+    }
+
     async fn link(&self, name: &str) -> Result<Option<LinkInfo>, LinkError> {
         check_name(name)?;
         Ok(self.model().links.get(name).map(|l| l.info.clone()))

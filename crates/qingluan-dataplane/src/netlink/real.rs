@@ -31,6 +31,10 @@ use super::{
     check_name, sysctl_path, EgressShaping, IngressShaping, LinkError, LinkInfo, Links, Route,
 };
 
+/// The link group links are moved to just before they are deleted together; no other
+/// software is known to use it, and a link found there is one we are deleting anyway.
+const DOOMED_GROUP: u32 = 0x716c_6467;
+
 /// Links of one network namespace, over one rtnetlink connection whose task runs on the
 /// tokio runtime that created it (so the value must not outlive that runtime).
 pub struct NetlinkLinks {
@@ -405,6 +409,38 @@ impl Links for NetlinkLinks {
             }
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
             Err(e) => Err(kernel(format!("delete link {name}"), e)),
+        }
+    }
+
+    async fn delete_links(&self, names: &[String]) -> Result<(), LinkError> {
+        if let [one] = names {
+            return self.delete_link(one).await;
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        // Into one link group, then the group deleted in one request: the kernel's batched
+        // unregister waits for in-flight packets once.
+        for name in names {
+            let mut msg = LinkUnspec::new_with_name(name).build();
+            msg.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
+            match self
+                .set(name, format!("move {name} to its deletion group"), msg)
+                .await
+            {
+                Ok(()) | Err(LinkError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => {
+                tracing::debug!(links = names.len(), "links deleted");
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(kernel(format!("delete links {}", names.join(", ")), e)),
         }
     }
 
