@@ -23,9 +23,10 @@ use qingluan_dataplane::openflow::{Flow, FlowProgrammer, Meter};
 use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::desired::{Desired, OWNER};
+use crate::desired::{Desired, GatewayPort, OWNER};
 use crate::qos;
 use crate::uplink;
+use futures::StreamExt;
 use qingluan_dataplane::netlink::{EgressShaping, IngressShaping};
 use qingluan_dataplane::ovsdb::BridgeState;
 use qingluan_dataplane::ovsdb::PortQos;
@@ -66,7 +67,37 @@ pub struct Report {
 /// A bridge's flow table and meters.
 type Programmed = (Vec<Flow>, Vec<Meter>);
 
-/// How many bridges' flows a full pass compares with the switch at most.
+/// Gateways (by interface) and sysctls (by key) as last set by this process.
+#[derive(Default)]
+struct Configured {
+    gateways: BTreeMap<String, GatewayPort>,
+    sysctls: BTreeMap<String, String>,
+}
+
+/// Which of `names` a full pass checks against the system: all of them up to
+/// [`COMPARED_PER_PASS`], beyond that that many in turn (`turn` says where the last pass
+/// stopped), so a periodic pass costs the same at 1,000 networks as at 32; each name is
+/// still checked every `ceil(names / 32)` passes.
+fn in_turn<'d>(
+    turn: &std::sync::atomic::AtomicUsize,
+    names: impl ExactSizeIterator<Item = &'d String>,
+) -> BTreeSet<&'d str> {
+    let n = names.len();
+    if n <= COMPARED_PER_PASS {
+        return names.map(String::as_str).collect();
+    }
+    let start = turn.fetch_add(COMPARED_PER_PASS, std::sync::atomic::Ordering::Relaxed) % n;
+    names
+        .enumerate()
+        .filter(|(i, _)| (i + n - start) % n < COMPARED_PER_PASS)
+        .map(|(_, b)| b.as_str())
+        .collect()
+}
+
+/// How many bridges are programmed at once.
+const BRIDGES_AT_ONCE: usize = 16;
+
+/// How many bridges' flows, gateways and sysctls a full pass checks at most (each).
 const COMPARED_PER_PASS: usize = 32;
 
 /// Time spent per reconcile step, for the debug log.
@@ -98,12 +129,18 @@ pub struct Reconciler {
     installed_egress: Mutex<BTreeMap<String, EgressShaping>>,
     /// Flows and meters this process last installed per bridge.
     installed_flows: Mutex<BTreeMap<String, Programmed>>,
+    /// The gateways and sysctls this process last set; a pass that is not full skips what
+    /// is unchanged (a call's pass would otherwise ask the kernel about every network).
+    configured: Mutex<Configured>,
     /// The sentinel cookie of each bridge whose flows are installed, for the flow audit.
     sentinels: std::sync::Mutex<BTreeMap<String, u64>>,
     /// Which bridge the flow audit asks next.
     audit_turn: std::sync::atomic::AtomicUsize,
-    /// Where the next full pass starts comparing bridges' flows with the switch.
+    /// Where the next full pass starts comparing bridges' flows with the switch, checking
+    /// gateways and writing sysctls (see [`in_turn`]).
     compare_turn: std::sync::atomic::AtomicUsize,
+    gateway_turn: std::sync::atomic::AtomicUsize,
+    sysctl_turn: std::sync::atomic::AtomicUsize,
     /// Serialises passes.
     pass: Mutex<()>,
 }
@@ -120,9 +157,12 @@ impl Reconciler {
             installed_shaping: Mutex::new(BTreeMap::new()),
             installed_egress: Mutex::new(BTreeMap::new()),
             installed_flows: Mutex::new(BTreeMap::new()),
+            configured: Mutex::default(),
             sentinels: Default::default(),
             audit_turn: Default::default(),
             compare_turn: Default::default(),
+            gateway_turn: Default::default(),
+            sysctl_turn: Default::default(),
             pass: Mutex::new(()),
         }
     }
@@ -162,29 +202,6 @@ impl Reconciler {
             }
         }
         out
-    }
-
-    /// The bridges whose flows a full pass compares with the switch: all of them up to
-    /// [`COMPARED_PER_PASS`], beyond that that many in turn, so a periodic pass costs the
-    /// same at 1,000 networks as at 32 (each bridge is still compared every
-    /// `ceil(bridges / 32)` passes; a lost table is found by the audit within seconds).
-    fn compared<'d>(
-        &self,
-        bridges: impl ExactSizeIterator<Item = &'d String>,
-    ) -> BTreeSet<&'d str> {
-        let n = bridges.len();
-        if n <= COMPARED_PER_PASS {
-            return bridges.map(String::as_str).collect();
-        }
-        let start = self
-            .compare_turn
-            .fetch_add(COMPARED_PER_PASS, std::sync::atomic::Ordering::Relaxed)
-            % n;
-        bridges
-            .enumerate()
-            .filter(|(i, _)| (i + n - start) % n < COMPARED_PER_PASS)
-            .map(|(_, b)| b.as_str())
-            .collect()
     }
 
     /// Whether `bridge` has no flow with its sentinel `cookie` (an error counts as no).
@@ -354,9 +371,12 @@ impl Pass<'_> {
         self.veths.contains(veth)
     }
 
-    /// Forgets what was installed on `bridge` so this pass re-programs its flows.
+    /// Forgets what was installed on `bridge` so this pass re-programs its flows, and what
+    /// gateways and sysctls were set (ovs-vswitchd re-creates its internal ports when it
+    /// restarts, without their addresses).
     pub async fn invalidate_flows(&self, bridge: &str) {
         self.r.installed_flows.lock().await.remove(bridge);
+        *self.r.configured.lock().await = Configured::default();
     }
 
     /// Applies `d`.
@@ -452,24 +472,52 @@ impl Pass<'_> {
         }
 
         lap.mark("ovs");
-        // 3. Gateway ports: MTU, addresses, up; then sysctls that name them.
+        // 3. Gateway ports: MTU, addresses, up; then sysctls that name them. Only what
+        //    changed since this process set it, and on full passes those in turn.
+        let mut configured = r.configured.lock().await;
+        if full {
+            let ifaces: Vec<&String> = d.gateways.iter().map(|g| &g.iface).collect();
+            for i in in_turn(&r.gateway_turn, ifaces.into_iter()) {
+                configured.gateways.remove(i);
+            }
+            for k in in_turn(&r.sysctl_turn, d.sysctls.keys()) {
+                configured.sysctls.remove(k);
+            }
+        }
+        configured
+            .gateways
+            .retain(|i, _| d.gateways.iter().any(|g| &g.iface == i));
         for g in &d.gateways {
-            let r = async {
+            if configured.gateways.get(&g.iface) == Some(g) {
+                continue;
+            }
+            let set = async {
                 a.links.set_mtu(&g.iface, g.mtu).await?;
                 for addr in &g.addrs {
                     a.links.add_address(&g.iface, *addr).await?;
                 }
                 a.links.set_up(&g.iface).await
             };
-            if let Err(e) = r.await {
-                errs.push(e.to_string());
+            match set.await {
+                Ok(()) => {
+                    configured.gateways.insert(g.iface.clone(), g.clone());
+                }
+                Err(e) => errs.push(e.to_string()),
             }
         }
+        configured.sysctls.retain(|k, _| d.sysctls.contains_key(k));
         for (k, v) in &d.sysctls {
-            if let Err(e) = a.links.sysctl(k, v).await {
-                errs.push(e.to_string());
+            if configured.sysctls.get(k) == Some(v) {
+                continue;
+            }
+            match a.links.sysctl(k, v).await {
+                Ok(()) => {
+                    configured.sysctls.insert(k.clone(), v.clone());
+                }
+                Err(e) => errs.push(e.to_string()),
             }
         }
+        drop(configured);
 
         errs.extend(self.shape(d, full).await);
         errs.extend(self.shape_uplinks(d, &uplink_nics, full).await);
@@ -485,17 +533,36 @@ impl Pass<'_> {
             let mut installed = r.installed_flows.lock().await;
             installed.retain(|b, _| d.flows.contains_key(b));
             let compared = if full {
-                r.compared(d.flows.keys())
+                in_turn(&r.compare_turn, d.flows.keys())
             } else {
                 BTreeSet::new()
             };
-            for (bridge, flows) in &d.flows {
-                let meters = d.meters.get(bridge).cloned().unwrap_or_default();
-                let want = (flows.clone(), meters);
-                if !compared.contains(bridge.as_str()) && installed.get(bridge) == Some(&want) {
-                    continue;
-                }
-                match program(&*a.flows, bridge, &want.0, &want.1).await {
+            let due: Vec<(&String, Programmed)> = d
+                .flows
+                .iter()
+                .map(|(bridge, flows)| {
+                    let meters = d.meters.get(bridge).cloned().unwrap_or_default();
+                    (bridge, (flows.clone(), meters))
+                })
+                .filter(|(bridge, want)| {
+                    compared.contains(bridge.as_str()) || installed.get(*bridge) != Some(want)
+                })
+                .collect();
+            // Bridges concurrently: each round trip waits for a turn of ovs-vswitchd's main
+            // loop (22-35 ms at 1,000 ports), which serves every connection at once.
+            let programs: Vec<_> = due
+                .into_iter()
+                .map(|(bridge, want)| async move {
+                    let done = program(&*a.flows, bridge, &want.0, &want.1).await;
+                    (bridge, want, done)
+                })
+                .collect();
+            let results: Vec<_> = futures::stream::iter(programs)
+                .buffer_unordered(BRIDGES_AT_ONCE)
+                .collect()
+                .await;
+            for (bridge, want, done) in results {
+                match done {
                     Ok(()) => {
                         replaced += 1;
                         installed.insert(bridge.clone(), want);

@@ -225,6 +225,64 @@ fn reconcile_converges_and_then_changes_nothing() {
 }
 
 #[test]
+fn gateways_and_sysctls_are_set_again_only_when_changed_or_full() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let links = Arc::new(FakeLinks::default());
+        let r = Reconciler::new(
+            Adapters {
+                ovs: Arc::new(FakeOvs::default()),
+                flows: Arc::new(FakeFlows::default()),
+                links: links.clone(),
+                firewall: Arc::new(FakeFirewall::default()),
+            },
+            "qingluan",
+            "ql",
+        );
+        let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
+        let build = |eps: &[Endpoint]| {
+            modes::build(
+                &Settings::default(),
+                &facts(),
+                std::slice::from_ref(&n),
+                eps,
+                &Default::default(),
+                &Default::default(),
+            )
+        };
+        let gateway_calls = || {
+            links
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.contains(&n.bridge()) || c.starts_with("sysctl"))
+                .count()
+        };
+        r.begin()
+            .await
+            .unwrap()
+            .sync(&build(&[]), false)
+            .await
+            .unwrap();
+        let first = gateway_calls();
+        assert!(first >= 4, "mtu, address, up and the sysctls");
+        let d = build(&[ep("b2", &n, 2, vec![])]);
+        r.begin().await.unwrap().sync(&d, false).await.unwrap();
+        assert_eq!(
+            gateway_calls(),
+            first,
+            "an endpoint's pass leaves the gateway alone"
+        );
+        r.begin().await.unwrap().sync(&d, true).await.unwrap();
+        assert_eq!(gateway_calls(), 2 * first, "a full pass sets it again");
+    });
+}
+
+#[test]
 fn full_passes_compare_32_bridges_in_turn() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
