@@ -281,7 +281,7 @@ async fn run(h: &Host, call: Call, p: &Prepared) -> Result<(), String> {
         (Call::CreateEndpoint, Prepared::Endpoint(req)) => {
             d.endpoints.create(req.clone()).await.map(|_| ())
         }
-        (Call::DeleteEndpoint, _) => d.endpoints.delete(EP).await,
+        (Call::DeleteEndpoint, _) => d.endpoints.delete(NET, EP).await,
         (Call::Program, _) => d.publishing.program(NET, EP, &web()).await,
         (Call::Revoke, _) => d.publishing.revoke(EP).await,
         _ => unreachable!("prepare gives each call what it needs"),

@@ -236,7 +236,8 @@ pub async fn network(p: &Plugin, method: &str, body: &[u8]) -> Result<Option<Val
             json!({"Value": d.endpoints.info(&i.endpoint_id).await.unwrap_or_else(|_| json!({}))})
         }
         "NetworkDriver.DeleteEndpoint" => {
-            d.endpoints.delete(&ids(body)?.endpoint_id).await?;
+            let i = ids(body)?;
+            d.endpoints.delete(&i.network_id, &i.endpoint_id).await?;
             json!({})
         }
         "NetworkDriver.Join" => {

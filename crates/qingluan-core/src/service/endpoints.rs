@@ -177,8 +177,14 @@ impl Endpoints {
 
     /// DeleteEndpoint; unknown endpoints are fine. The endpoint's cluster entry goes first;
     /// if the dataplane then refuses, the record is restored and the cluster agent publishes
-    /// the entry again on its next pass. The call lock is held only while writing.
-    pub async fn delete(&self, endpoint_id: &str) -> Result<(), ServiceError> {
+    /// the entry again on its next pass. The call lock is held only while writing, so
+    /// deletions on different networks share passes; one network's deletions answer one at
+    /// a time: answered together, dockerd 20.10's endpoint count of the network lost
+    /// decrements racing each other (moby/moby#42119), and `docker network rm` then refused
+    /// the emptied network ("has active endpoints") until dockerd restarted.
+    pub async fn delete(&self, network_id: &str, endpoint_id: &str) -> Result<(), ServiceError> {
+        let one_network = self.deletions.on(network_id);
+        let _n = one_network.lock().await;
         let guard = self.lock.lock().await;
         let ckey = cluster::endpoint_key(&self.host, endpoint_id);
         if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {

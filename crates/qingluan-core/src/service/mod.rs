@@ -6,7 +6,8 @@
 //! call changes nothing. Calls that read and write records are serialised by one lock.
 //! CreateEndpoint and DeleteEndpoint hold it only while they write, so a Join never waits
 //! for another endpoint's pass; the passes that follow writes are shared: callers whose
-//! write came before a pass began take its outcome instead of running one each.
+//! write came before a pass began take its outcome instead of running one each. One
+//! network's deletions still answer one at a time (see `endpoints.rs`).
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
@@ -289,6 +290,8 @@ pub struct State {
     pub(crate) cluster_intent: RwLock<Option<ClusterIntent>>,
     /// Serialises calls.
     pub(crate) lock: Mutex<()>,
+    /// One lock per network with deletions in flight.
+    pub(crate) deletions: Deletions,
     /// Writes whose pass was asked for (tickets of [`State::sync_after_write`]).
     written: std::sync::atomic::AtomicU64,
     /// The last ticket a successful shared pass covered.
@@ -298,6 +301,19 @@ pub struct State {
 }
 
 pub use crate::modes::VXLAN_OVERHEAD;
+
+/// Locks by network ID, each kept only while someone holds or waits for it.
+#[derive(Default)]
+pub(crate) struct Deletions(std::sync::Mutex<BTreeMap<String, Arc<Mutex<()>>>>);
+
+impl Deletions {
+    /// The lock of network `id` (drop the returned handle when done).
+    pub(crate) fn on(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.0.lock().expect("deletions lock");
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id.to_string()).or_default().clone()
+    }
+}
 
 /// What users asked for on cluster networks, naming them by cluster key (`cluster.rs`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -345,6 +361,7 @@ impl State {
             view: RwLock::new(Default::default()),
             cluster_intent: RwLock::new(None),
             lock: Mutex::new(()),
+            deletions: Deletions::default(),
             written: Default::default(),
             covered: Default::default(),
             joined: tokio::sync::Notify::new(),
