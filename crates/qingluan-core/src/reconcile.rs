@@ -374,7 +374,7 @@ impl Pass<'_> {
     /// Forgets what was installed on `bridge` so this pass re-programs its flows, and what
     /// gateways and sysctls were set (ovs-vswitchd re-creates its internal ports when it
     /// restarts, without their addresses).
-    pub async fn invalidate_flows(&self, bridge: &str) {
+    pub async fn invalidate_bridge(&self, bridge: &str) {
         self.r.installed_flows.lock().await.remove(bridge);
         *self.r.configured.lock().await = Configured::default();
     }

@@ -62,21 +62,28 @@ fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
 }
 
 /// A reconciler over fresh fakes, and the fakes.
-fn reconciler() -> (Reconciler, Arc<FakeOvs>, Arc<FakeFlows>, Arc<FakeFirewall>) {
+fn reconciler() -> (
+    Reconciler,
+    Arc<FakeOvs>,
+    Arc<FakeFlows>,
+    Arc<FakeLinks>,
+    Arc<FakeFirewall>,
+) {
     let ovs = Arc::new(FakeOvs::default());
     let flows = Arc::new(FakeFlows::default());
+    let links = Arc::new(FakeLinks::default());
     let fw = Arc::new(FakeFirewall::default());
     let r = Reconciler::new(
         Adapters {
             ovs: ovs.clone(),
             flows: flows.clone(),
-            links: Arc::new(FakeLinks::default()),
+            links: links.clone(),
             firewall: fw.clone(),
         },
         "qingluan",
         "ql",
     );
-    (r, ovs, flows, fw)
+    (r, ovs, flows, links, fw)
 }
 
 fn facts() -> HostFacts {
@@ -172,7 +179,7 @@ fn reconcile_converges_and_then_changes_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (r, ovs, _, fw) = reconciler();
+        let (r, ovs, _, _, fw) = reconciler();
         let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
         let e1 = ep("b2", &n, 2, vec![]);
         let e2 = ep("c3", &n, 3, vec![]);
@@ -231,17 +238,7 @@ fn gateways_and_sysctls_are_set_again_only_when_changed_or_full() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let links = Arc::new(FakeLinks::default());
-        let r = Reconciler::new(
-            Adapters {
-                ovs: Arc::new(FakeOvs::default()),
-                flows: Arc::new(FakeFlows::default()),
-                links: links.clone(),
-                firewall: Arc::new(FakeFirewall::default()),
-            },
-            "qingluan",
-            "ql",
-        );
+        let (r, _, _, links, _) = reconciler();
         let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
         let build = |eps: &[Endpoint]| {
             modes::build(
@@ -289,7 +286,7 @@ fn full_passes_compare_32_bridges_in_turn() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (r, _, flows, _) = reconciler();
+        let (r, _, flows, _, _) = reconciler();
         let nets: Vec<Network> = (0..40)
             .map(|i| {
                 net(
@@ -330,7 +327,7 @@ fn qos_follows_its_sources_and_leaves_no_meter_behind() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (r, ovs, flows, _) = reconciler();
+        let (r, ovs, flows, _, _) = reconciler();
         let mut n = net("a1", Mode::Nat, "10.240.0.0/24", false);
         n.qos.egress = Some(Rate(100_000_000));
         // Two endpoints whose IDs start alike: their meter IDs must still differ.

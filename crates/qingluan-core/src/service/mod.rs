@@ -746,7 +746,7 @@ impl State {
         let pass = self.reconciler.begin().await?;
         let d = self.desired(&pass).await?;
         for b in &lost {
-            pass.invalidate_flows(b).await;
+            pass.invalidate_bridge(b).await;
         }
         pass.sync(&d, false).await?;
         Ok(lost)
