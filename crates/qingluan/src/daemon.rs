@@ -101,8 +101,16 @@ fn serve<L>(
 
 /// The embedded store and the cluster store (the same one unless etcd is configured).
 async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Store>)> {
+    let embedded: Arc<dyn Store> = Arc::new(RedbStore::open(&config.store.path).await?);
+    match etcd_store(config)? {
+        Some(cluster) => Ok((embedded, cluster)),
+        None => Ok((embedded.clone(), embedded)),
+    }
+}
+
+/// The etcd cluster store when `store.backend = "etcd"` (connected lazily).
+pub(crate) fn etcd_store(config: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
     let c = &config.store;
-    let embedded: Arc<dyn Store> = Arc::new(RedbStore::open(&c.path).await?);
     #[cfg(feature = "etcd")]
     if c.backend == "etcd" {
         let tls = qingluan_store::etcd::Tls {
@@ -116,13 +124,17 @@ async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn
             secure.then_some(&tls),
             &c.namespace,
         )?;
-        return Ok((embedded, Arc::new(store)));
+        return Ok(Some(Arc::new(store)));
     }
-    Ok((embedded.clone(), embedded))
+    anyhow::ensure!(
+        c.backend != "etcd",
+        "store.backend = \"etcd\" needs a build with --features etcd"
+    );
+    Ok(None)
 }
 
 /// This host as it registers itself in the store.
-fn this_host(config: &Config) -> qingluan_core::membership::Host {
+pub(crate) fn this_host(config: &Config) -> qingluan_core::membership::Host {
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -141,7 +153,7 @@ fn this_host(config: &Config) -> qingluan_core::membership::Host {
 }
 
 /// The IPv4 address of the interface holding the default route.
-fn default_route_address() -> Option<std::net::IpAddr> {
+pub(crate) fn default_route_address() -> Option<std::net::IpAddr> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
     let iface = routes.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();

@@ -11,6 +11,7 @@ mod connect;
 mod containers;
 mod daemon;
 mod docker;
+mod doctor;
 mod host_stats;
 mod http;
 mod ids;
@@ -52,6 +53,9 @@ enum Command {
     },
     /// Show the daemon's state.
     Status,
+    /// Check what breaks deployments on this host and say how to fix each; exit code 0 only
+    /// when every check that applies passes. Works whether the daemon runs or not.
+    Doctor,
     /// Networks.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -328,6 +332,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             daemon::run(config).await
         }
         Command::Status => client.status().await,
+        Command::Doctor => doctor::run(&config, args.json).await,
         Command::Network(NetworkCmd::Ls { cluster: false }) => client.network_ls().await,
         Command::Network(NetworkCmd::Ls { cluster: true }) => client.cluster_network_ls().await,
         Command::Network(NetworkCmd::Rm { network }) => client.network_rm(&network).await,

@@ -491,14 +491,41 @@ impl Bed {
     /// Restarts host `h`'s ovs-vswitchd (SIGTERM, then a new one on the same database): its
     /// flows are gone until qingluan re-programs them.
     pub fn restart_vswitchd(&self, h: usize) {
+        self.stop_ovs_part(h, "ovs-vswitchd");
+        self.start_vswitchd(h);
+    }
+
+    /// Stops host `h`'s `ovs-vswitchd` or `ovsdb-server` (SIGTERM) and waits until it exited.
+    pub fn stop_ovs_part(&self, h: usize, which: &str) {
         let d = self.hosts[h - 1].dir.join("ovs");
-        let pid = std::fs::read_to_string(d.join("ovs-vswitchd.pid")).unwrap_or_default();
-        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("vswitchd pid"));
+        let pid = std::fs::read_to_string(d.join(format!("{which}.pid"))).unwrap_or_default();
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("pid"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        wait_until(10, "ovs-vswitchd to exit", || {
+        wait_until(10, &format!("{which} to exit"), || {
             nix::sys::signal::kill(pid, None).is_err()
         });
-        let ds = d.display();
+    }
+
+    /// Starts host `h`'s `ovsdb-server` again on its database (after [`Bed::stop_ovs_part`]).
+    pub fn start_ovsdb(&self, h: usize) {
+        let ds = self.hosts[h - 1].dir.join("ovs");
+        let ds = ds.display();
+        let o = self.exec(
+            h,
+            &format!(
+                "ovsdb-server {ds}/conf.db --remote=punix:{ds}/db.sock \
+                 --remote=db:Open_vSwitch,Open_vSwitch,manager_options \
+                 --pidfile={ds}/ovsdb-server.pid --log-file={ds}/ovsdb-server.log \
+                 -vconsole:off --no-chdir --detach"
+            ),
+        );
+        assert!(o.status.success(), "ovsdb-server of h{h}: {}", text(&o));
+    }
+
+    /// Starts host `h`'s `ovs-vswitchd` again (after [`Bed::stop_ovs_part`]).
+    pub fn start_vswitchd(&self, h: usize) {
+        let ds = self.hosts[h - 1].dir.join("ovs");
+        let ds = ds.display();
         let o = self.exec(
             h,
             &format!(
@@ -507,6 +534,22 @@ impl Bed {
             ),
         );
         assert!(o.status.success(), "ovs-vswitchd of h{h}: {}", text(&o));
+    }
+
+    /// `qingluan doctor --json` run in host `h`'s namespace: its exit status and report.
+    pub fn doctor(&self, h: usize) -> (bool, serde_json::Value) {
+        let cfg = self.hosts[h - 1].dir.join("config.toml");
+        let o = self.exec(
+            h,
+            &format!(
+                "{} --config {} doctor --json",
+                env!("CARGO_BIN_EXE_qingluan"),
+                cfg.display()
+            ),
+        );
+        let report = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("doctor printed no report ({e}): {}", text(&o)));
+        (o.status.success(), report)
     }
 
     /// Kills host `h`'s dockerd with SIGKILL (a crash) and starts it again. Its managed
