@@ -56,6 +56,17 @@ enum Command {
     /// Check what breaks deployments on this host and say how to fix each; exit code 0 only
     /// when every check that applies passes. Works whether the daemon runs or not.
     Doctor,
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (qingluan.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Networks.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -302,6 +313,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Writes `qingluan.1` and `qingluan-<sub>[-<sub>].1` for every visible subcommand.
+fn man_pages(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cmd = cmd.name(name.to_string());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_pages(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = config::Config::load(&args.config)?;
     let client = cli::Client {
@@ -333,6 +358,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Status => client.status().await,
         Command::Doctor => doctor::run(&config, args.json).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "qingluan", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(())
+        }
+        Command::ManPages { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            man_pages(<Args as clap::CommandFactory>::command(), "qingluan", &dir)
+        }
         Command::Network(NetworkCmd::Ls { cluster: false }) => client.network_ls().await,
         Command::Network(NetworkCmd::Ls { cluster: true }) => client.cluster_network_ls().await,
         Command::Network(NetworkCmd::Rm { network }) => client.network_rm(&network).await,
