@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Removes everything the test suite may have left: containers and networks named qlt*,
 # namespaces and links named qlt*, and the test instance's OVS bridges, nftables tables and
-# DOCKER-USER rules, endpoint veths and detector capture ports (instances "qltest" and
-# "qlscale" of the scale bench, and "qingluan" when no system daemon serves it).
+# DOCKER-USER rules, endpoint veths and detector capture ports (instances "qltest", "qltmp"
+# of the managed-plugin test, "qlscale" of the scale bench, and "qingluan" when no system
+# daemon serves it), and managed plugins named qlt*.
 # Safe to run at any time; touches nothing else.
 set -u
 ids=$(docker ps -aq --filter name=^qlt 2>/dev/null)
 [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
 for n in $(docker network ls --format '{{.Name}}' 2>/dev/null | grep '^qlt'); do docker network rm "$n" >/dev/null 2>&1; done
+for p in $(docker plugin ls --format '{{.Name}}' 2>/dev/null | grep '^qlt'); do docker plugin rm -f "$p" >/dev/null 2>&1; done
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^qlt'); do ip netns del "$ns"; done
 for l in $(ip -o link 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^qlt'); do ip link del "$l" 2>/dev/null; done
-instances="qltest qlscale"
+instances="qltest qltmp qlscale"
 if ! { [ -S /run/docker/plugins/qingluan.sock ] && qingluan status >/dev/null 2>&1; }; then
   instances="$instances qingluan"
 fi
@@ -27,8 +29,8 @@ for inst in $instances; do
   done
   [ "$inst" = qltest ] || rm -f "/run/docker/plugins/$inst.sock" "/run/docker/plugins/${inst}Ipam.sock"
 done
-prefixes="qt qs"
-case " $instances " in *" qingluan "*) prefixes="qt qs ql" ;; esac
+prefixes="qt qm qs"
+case " $instances " in *" qingluan "*) prefixes="qt qm qs ql" ;; esac
 for p in $prefixes; do
  for l in $(ip -o link 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^$p([vc][0-9a-f]{11}|id[br][0-9a-f]{6})$"); do
   ovs-vsctl --timeout=5 --if-exists del-port "$l" 2>/dev/null

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package target/debian/qingluan_<version>_<arch>.deb: the binary, the
 # systemd unit (before docker.service, after ovs-vswitchd), the default config as a conffile,
-# bash/zsh/fish completions and man pages generated from the CLI definition.
+# bash/zsh/fish completions and man pages generated from the CLI definition. Then the managed
+# plugin's directory target/plugin/ (packaging/plugin/config.json and a rootfs holding the
+# binary, nft, iptables and tc with the libraries they load), for
+# `docker plugin create qingluan ./target/plugin`.
 #
 # QL_PACKAGE_BINARY=path packages that binary instead of building a release one (the tests
 # package the binary they test).
@@ -67,3 +70,25 @@ deb="target/debian/qingluan_${version}_${arch}.deb"
 dpkg-deb --root-owner-group --build "$stage" "$deb" >/dev/null
 echo "$deb"
 
+# The managed plugin: each program with the shared libraries it loads, at their own paths.
+plugin=target/plugin
+rm -rf "$plugin"
+root="$plugin/rootfs"
+mkdir -p "$root/usr/bin" "$root/usr/sbin" "$root/tmp" "$root/run" "$root/var/lib" "$root/var/log"
+chmod 1777 "$root/tmp"
+ln -s ../run "$root/var/run"
+install -m 0755 "$stage/usr/bin/qingluan" "$root/usr/bin/qingluan"
+cp -L "$(command -v nft)" "$root/usr/sbin/nft"
+cp -L "$(command -v tc)" "$root/usr/sbin/tc"
+cp -L "$(command -v xtables-nft-multi)" "$root/usr/sbin/xtables-nft-multi"
+ln -s xtables-nft-multi "$root/usr/sbin/iptables"
+xt=$(dirname "$(find /usr/lib /lib -name libxt_comment.so -print -quit)")
+mkdir -p "$root$xt" && cp -a "$xt/." "$root$xt/"
+for prog in "$root"/usr/bin/qingluan "$root"/usr/sbin/nft "$root"/usr/sbin/tc \
+  "$root"/usr/sbin/xtables-nft-multi "$root$xt"/*.so; do
+  ldd "$prog" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+    [ -e "$root$lib" ] || { mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"; }
+  done
+done
+install -m 0644 packaging/plugin/config.json "$plugin/config.json"
+echo "$plugin"

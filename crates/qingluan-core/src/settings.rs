@@ -40,6 +40,10 @@ pub struct Settings {
     pub flow_export: qingluan_dataplane::ovsdb::FlowExport,
     /// Traffic scheduling: the DSCP mark of each priority class.
     pub qos: crate::qos::QosSettings,
+    /// When the daemon runs as a Docker managed plugin: the plugin's reference as Docker
+    /// shows it (`qingluan:latest`). Both drivers then go by that one name in Docker, served
+    /// on one socket.
+    pub managed: Option<String>,
 }
 
 /// IPAM settings: default pools and the pool used when none is named.
@@ -80,6 +84,7 @@ impl Default for Settings {
             uplink: None,
             flow_export: Default::default(),
             qos: Default::default(),
+            managed: None,
         }
     }
 }
@@ -108,5 +113,15 @@ impl Settings {
     /// Name of the IPAM driver served next to the network driver.
     pub fn ipam_name(&self) -> String {
         format!("{}Ipam", self.name)
+    }
+
+    /// The network driver's name in Docker: `<name>`, or the managed plugin's reference.
+    pub fn docker_driver(&self) -> String {
+        self.managed.clone().unwrap_or_else(|| self.name.clone())
+    }
+
+    /// The IPAM driver's name in Docker: `<name>Ipam`, or the managed plugin's reference.
+    pub fn docker_ipam(&self) -> String {
+        self.managed.clone().unwrap_or_else(|| self.ipam_name())
     }
 }

@@ -1,5 +1,6 @@
 //! The libnetwork remote-driver protocol: wire types and routes for the NetworkDriver and
-//! IpamDriver interfaces, each served on its own unix socket.
+//! IpamDriver interfaces, each served on its own unix socket, or both on one (a managed
+//! plugin has one socket).
 //!
 //! Rules (see `shared/docs/libnetwork-protocol.md`): Docker sends no Content-Type and empty
 //! bodies for argument-less calls, so bodies are parsed by hand and leniently; every reply
@@ -46,6 +47,8 @@ pub enum Interface {
     Network,
     /// `IpamDriver` on `<name>Ipam.sock`.
     Ipam,
+    /// Both on one socket (a managed plugin), told apart by the method's prefix.
+    Both,
 }
 
 /// The router of one socket.
@@ -111,6 +114,14 @@ async fn dispatch(
             json!({"Implements": ["NetworkDriver"]})
         }
         (Interface::Ipam, "Plugin.Activate") => json!({"Implements": ["IpamDriver"]}),
+        (Interface::Both, "Plugin.Activate") => {
+            (p.on_activate)();
+            json!({"Implements": ["NetworkDriver", "IpamDriver"]})
+        }
+        (Interface::Both, m) if m.starts_with("IpamDriver.") => {
+            return Box::pin(dispatch(p, Interface::Ipam, m, body)).await
+        }
+        (Interface::Both, m) => return Box::pin(dispatch(p, Interface::Network, m, body)).await,
         (Interface::Network, m) => match wire::network(p, m, body).await {
             Ok(v) => return Ok(v),
             Err(err) => return Err(e(&err)),

@@ -129,7 +129,7 @@ pub async fn remove(
 /// `GET /v1/acl`: `acl ls`.
 pub async fn list(State(api): State<Api>) -> Result<Json<AclView>, ApiError> {
     let rules = api.driver.acl.list().await.map_err(service)?;
-    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
+    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.docker_driver())
         .await
         .unwrap_or_default();
     let spoofed = api

@@ -153,7 +153,7 @@ pub(crate) fn names_id(id: &str, name: &str) -> bool {
 pub(crate) async fn network_named(api: &Api, name: &str) -> Result<String, ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let nets = api.driver.state.networks().await.map_err(internal)?;
-    let docker = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
+    let docker = crate::docker::networks(&api.docker, &api.driver.state.settings.docker_driver())
         .await
         .map_err(|e| bad(format!("cannot ask Docker for names: {e}")))?;
     let found: Vec<&str> = nets

@@ -194,6 +194,11 @@ pub struct DaemonConfig {
     /// Seconds between garbage collections against the Engine API, and the age an endpoint
     /// or subnet Docker does not know must reach before it is collected.
     pub gc_secs: u64,
+    /// Set when the daemon runs as a Docker managed plugin: the plugin's reference as Docker
+    /// shows it (`qingluan:latest`), which users type for both `--driver` and
+    /// `--ipam-driver`; the daemon then serves both drivers on `<plugin_dir>/qingluan.sock`.
+    /// The environment variable `QINGLUAN_MANAGED_PLUGIN` wins.
+    pub managed_plugin: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -207,6 +212,7 @@ impl Default for DaemonConfig {
             log: "info".into(),
             log_format: "text".into(),
             gc_secs: 60,
+            managed_plugin: None,
         }
     }
 }
@@ -304,13 +310,29 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut c = Config::default();
+                c.managed_from_env();
+                return Ok(c);
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let c: Config =
+        let mut c: Config =
             toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        c.managed_from_env();
         c.validate()?;
         Ok(c)
+    }
+
+    /// `QINGLUAN_MANAGED_PLUGIN` (set by the managed plugin's config.json) overrides
+    /// `daemon.managed_plugin`.
+    fn managed_from_env(&mut self) {
+        if let Some(v) = std::env::var("QINGLUAN_MANAGED_PLUGIN")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            self.daemon.managed_plugin = Some(v);
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -376,6 +398,7 @@ impl Config {
             uplink: self.network.uplink.clone(),
             flow_export: self.monitoring.flow_export().unwrap_or_default(),
             qos: self.qos.clone(),
+            managed: self.daemon.managed_plugin.clone(),
         }
     }
 }

@@ -90,7 +90,7 @@ pub async fn disconnect(
 /// `GET /v1/connect`: `connect ls`.
 pub async fn list(State(api): State<Api>) -> Result<Json<ConnectView>, ApiError> {
     let connections = api.driver.connect.list().await.map_err(service)?;
-    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
+    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.docker_driver())
         .await
         .unwrap_or_default();
     Ok(Json(ConnectView {

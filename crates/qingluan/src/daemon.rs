@@ -68,6 +68,9 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// The one socket of the managed plugin: `interface.socket` of packaging/plugin/config.json.
+const MANAGED_SOCKET: &str = "qingluan.sock";
+
 /// How long a shutdown may take, and the part of it kept for marking this host down.
 const SHUTDOWN: Duration = Duration::from_secs(2);
 const LEAVE: Duration = Duration::from_millis(500);
@@ -165,15 +168,39 @@ pub(crate) fn default_route_address() -> Option<std::net::IpAddr> {
     })
 }
 
+/// As a managed plugin the daemon runs in a container whose `/proc/sys` dockerd mounted
+/// read-only; its network namespace is the host's, so it makes that mount writable again to
+/// set the host's sysctls (it has CAP_SYS_ADMIN for this, see packaging/plugin/config.json).
+fn writable_proc_sys() -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let ro = nix::sys::statvfs::statvfs("/proc/sys")
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false);
+    if ro {
+        mount(
+            None::<&str>,
+            "/proc/sys",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("cannot make /proc/sys writable (the managed plugin needs CAP_SYS_ADMIN)")?;
+    }
+    Ok(())
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut settings = config.settings();
+    if settings.managed.is_some() {
+        writable_proc_sys()?;
+    }
     let (embedded, store) = open_stores(&config).await?;
     let host = this_host(&config);
     settings.underlay_ip = host.underlay_ip;
     let host_id = host.id.clone();
     let d = &config.daemon;
-    let metrics = Metrics::new(&host_id, d.docker_socket.clone(), &settings.name);
+    let metrics = Metrics::new(&host_id, d.docker_socket.clone(), &settings.docker_driver());
     let local = MeasuredStore::wrap(
         Arc::new(Scoped::new(embedded, &format!("local/{host_id}/"))),
         "local",
@@ -235,8 +262,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         stats: stats.clone(),
     };
-    let net_sock = d.plugin_dir.join(format!("{}.sock", settings.name));
-    let ipam_sock = d.plugin_dir.join(format!("{}.sock", settings.ipam_name()));
+    // A managed plugin has one socket for both drivers; else each has its own.
+    let sockets = if settings.managed.is_some() {
+        vec![(d.plugin_dir.join(MANAGED_SOCKET), Interface::Both)]
+    } else {
+        vec![
+            (
+                d.plugin_dir.join(format!("{}.sock", settings.name)),
+                Interface::Network,
+            ),
+            (
+                d.plugin_dir.join(format!("{}.sock", settings.ipam_name())),
+                Interface::Ipam,
+            ),
+        ]
+    };
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut servers = Tasks::new();
     let ids = crate::ids::runtime::Runtime::new(
@@ -270,19 +310,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api::router(api),
         stopping.clone(),
     );
-    serve(
-        &mut servers,
-        bind(&net_sock, 0o600)?,
-        qingluan_plugin::router(plugin.clone(), Interface::Network),
-        stopping.clone(),
-    );
-    serve(
-        &mut servers,
-        bind(&ipam_sock, 0o600)?,
-        qingluan_plugin::router(plugin, Interface::Ipam),
-        stopping,
-    );
-    tracing::info!(network = %net_sock.display(), ipam = %ipam_sock.display(), api = %d.api_socket.display(), ovsdb = %db, "serving");
+    for (path, iface) in &sockets {
+        serve(
+            &mut servers,
+            bind(path, 0o600)?,
+            qingluan_plugin::router(plugin.clone(), *iface),
+            stopping.clone(),
+        );
+    }
+    tracing::info!(plugin = ?sockets, api = %d.api_socket.display(), ovsdb = %db, "serving");
 
     spawn_converge(
         &mut tasks,
@@ -310,14 +346,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         driver.clone(),
         store.clone(),
         d.docker_socket.clone(),
-        settings.name.clone(),
         config.cluster.reclaim_after_secs,
     );
     spawn_docker_watch(
         &mut tasks,
         driver.clone(),
         d.docker_socket.clone(),
-        settings.name.clone(),
         names,
         activated_gc,
         d.gc_secs,
@@ -334,7 +368,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + SHUTDOWN;
     let _ = stop.send(true);
     tasks.abort_all();
-    for p in [&net_sock, &ipam_sock, &d.api_socket] {
+    for p in sockets.iter().map(|(p, _)| p).chain([&d.api_socket]) {
         let _ = std::fs::remove_file(p);
     }
     let calls = async { while servers.join_next().await.is_some() {} };
@@ -429,7 +463,6 @@ fn spawn_cluster_agent(
     driver: Arc<Driver>,
     store: Arc<dyn Store>,
     docker: std::path::PathBuf,
-    name: String,
     grace: u64,
 ) {
     let kick = Arc::new(Notify::new());
@@ -457,7 +490,7 @@ fn spawn_cluster_agent(
             match driver.agent.replication().await {
                 Ok(steps) => {
                     for step in steps {
-                        if let Err(e) = replicate(&driver, &docker, &name, &step).await {
+                        if let Err(e) = replicate(&driver, &docker, &step).await {
                             tracing::warn!(error = %e, ?step, "replication");
                         }
                     }
@@ -499,15 +532,12 @@ fn prime_tunnels(
     }
 }
 
-async fn replicate(
-    driver: &Driver,
-    docker: &Path,
-    name: &str,
-    step: &Replication,
-) -> anyhow::Result<()> {
+async fn replicate(driver: &Driver, docker: &Path, step: &Replication) -> anyhow::Result<()> {
     match step {
         Replication::Create(def) => {
-            crate::docker::create_network(docker, name, def).await?;
+            let s = &driver.state.settings;
+            crate::docker::create_network(docker, &s.docker_driver(), &s.docker_ipam(), def)
+                .await?;
             tracing::info!(network = ?def.name, key = %def.key, "created the cluster network in docker");
         }
         Replication::Remove(id) => {
@@ -552,8 +582,9 @@ fn spawn_flow_audit(tasks: &mut Tasks, driver: Arc<Driver>) {
 
 /// Releases subnets of failed network creations that Docker could not release, once older
 /// than `grace` seconds.
-async fn collect_subnets(driver: &Driver, socket: &Path, name: &str, grace: u64) {
-    let used = match crate::docker::ipam_subnets(socket, &format!("{name}Ipam")).await {
+async fn collect_subnets(driver: &Driver, socket: &Path, grace: u64) {
+    let used = match crate::docker::ipam_subnets(socket, &driver.state.settings.docker_ipam()).await
+    {
         Ok(used) => used,
         Err(e) => return tracing::debug!(error = %e, "docker api"),
     };
@@ -573,14 +604,13 @@ fn spawn_docker_watch(
     tasks: &mut Tasks,
     driver: Arc<Driver>,
     socket: std::path::PathBuf,
-    name: String,
     names: Arc<RwLock<crate::docker::Names>>,
     activated: Arc<Notify>,
     gc_secs: u64,
 ) {
     tasks.spawn(async move {
         loop {
-            match crate::docker::networks(&socket, &name).await {
+            match crate::docker::networks(&socket, &driver.state.settings.docker_driver()).await {
                 Ok(nets) => {
                     *names.write().await = crate::docker::Names::of(&nets);
                     let known: BTreeMap<String, BTreeSet<String>> = nets
@@ -606,7 +636,7 @@ fn spawn_docker_watch(
                         Ok(n) => tracing::warn!(count = n, "released addresses no endpoint got"),
                         Err(e) => tracing::warn!(error = %e, "address collection failed"),
                     }
-                    collect_subnets(&driver, &socket, &name, gc_secs).await;
+                    collect_subnets(&driver, &socket, gc_secs).await;
                     if let Ok(ids) = crate::docker::container_ids(&socket).await {
                         match driver.qos.collect(&ids).await {
                             Ok(r) if !r.is_empty() => {

@@ -178,6 +178,7 @@ pub async fn network_name(socket: &Path, id: &str) -> anyhow::Result<String> {
 pub async fn create_network(
     socket: &Path,
     driver: &str,
+    ipam: &str,
     def: &qingluan_core::cluster::ClusterNetwork,
 ) -> anyhow::Result<()> {
     let name = def
@@ -201,7 +202,7 @@ pub async fn create_network(
         "CheckDuplicate": true,
         "Driver": driver,
         "Internal": def.internal,
-        "IPAM": {"Driver": format!("{driver}Ipam"), "Config": [config], "Options": ipam_opts},
+        "IPAM": {"Driver": ipam, "Config": [config], "Options": ipam_opts},
         "Options": def.options,
     });
     let base = versioned(socket).await?;

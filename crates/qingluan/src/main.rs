@@ -332,7 +332,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = cli::Client {
         socket: config.daemon.api_socket.clone(),
         docker: config.daemon.docker_socket.clone(),
-        driver: config.daemon.name.clone(),
+        driver: config.settings().docker_driver(),
         json: args.json,
     };
     match args.command {

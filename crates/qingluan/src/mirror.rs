@@ -73,7 +73,7 @@ pub async fn remove(
 /// `GET /v1/mirror`: `mirror ls`.
 pub async fn list(State(api): State<Api>) -> Result<Json<MirrorView>, ApiError> {
     let mirrors = api.driver.mirrors.list().await.map_err(service)?;
-    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
+    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.docker_driver())
         .await
         .unwrap_or_default();
     Ok(Json(MirrorView {

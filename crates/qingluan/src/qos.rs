@@ -84,7 +84,7 @@ use crate::api::names_id;
 /// The network and target a request names.
 async fn resolve(api: &Api, r: &QosRequest) -> Result<(String, Target), ApiError> {
     let state = &api.driver.state;
-    let docker = crate::docker::networks(&api.docker, &state.settings.name)
+    let docker = crate::docker::networks(&api.docker, &state.settings.docker_driver())
         .await
         .map_err(|e| bad(format!("cannot ask Docker for names: {e}")))?;
     let network = match &r.network {
@@ -205,7 +205,7 @@ pub async fn remove(
 /// `GET /v1/qos`: `qos ls`.
 pub async fn list(State(api): State<Api>) -> Result<Json<QosView>, ApiError> {
     let list: QosList = api.driver.qos.list().await.map_err(service)?;
-    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.name)
+    let names = crate::docker::networks(&api.docker, &api.driver.state.settings.docker_driver())
         .await
         .unwrap_or_default();
     let nets = api.driver.state.networks().await.map_err(service)?;

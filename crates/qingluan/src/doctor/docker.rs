@@ -105,6 +105,9 @@ async fn sockets(config: &Config, daemon_up: bool) -> Check {
     if !daemon_up {
         return Check::skip(NAME, "the daemon is not running");
     }
+    if let Some(plugin) = &config.daemon.managed_plugin {
+        return managed(&config.daemon.docker_socket, plugin).await;
+    }
     let name = &config.daemon.name;
     let mut found = Vec::new();
     for (file, implements) in [
@@ -140,6 +143,32 @@ async fn sockets(config: &Config, daemon_up: bool) -> Check {
         found.push(format!("{} ({implements})", path.display()));
     }
     Check::pass(NAME, found.join(", "))
+}
+
+/// A managed plugin's socket lives in its own directory: dockerd says whether it is enabled.
+async fn managed(docker: &Path, plugin: &str) -> Check {
+    const NAME: &str = "plugin sockets";
+    let path = format!("/plugins/{plugin}/json");
+    let enabled = match request(docker, "GET", &path, None, PROBE).await {
+        Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["Enabled"].as_bool()),
+        _ => None,
+    };
+    match enabled {
+        Some(true) => Check::pass(NAME, format!("managed plugin {plugin} is enabled")),
+        Some(false) => Check::fail(
+            NAME,
+            format!("managed plugin {plugin} is disabled"),
+            format!("docker plugin enable {plugin}"),
+        ),
+        None => Check::fail(
+            NAME,
+            format!("dockerd has no plugin {plugin}"),
+            "docker plugin create it from target/plugin (scripts/package.sh), or unset \
+             daemon.managed_plugin",
+        ),
+    }
 }
 
 /// Routed networks need `ip_forward`, and under dockerd's FORWARD policy DROP our accepts in

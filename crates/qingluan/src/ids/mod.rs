@@ -268,7 +268,7 @@ pub async fn status(State(api): State<Api>) -> Result<Json<IdsStatusView>, ApiEr
     let endpoints = state.endpoints().await.map_err(service)?;
     let nets = state.networks().await.map_err(service)?;
     let names: std::collections::BTreeMap<String, String> =
-        crate::docker::networks(&api.docker, &state.settings.name)
+        crate::docker::networks(&api.docker, &state.settings.docker_driver())
             .await
             .unwrap_or_default()
             .into_iter()

@@ -363,7 +363,8 @@ impl Runtime {
         let state = &self.driver.state;
         let mut names = self.names.read().await.networks.clone();
         if watches.iter().any(|w| !names.contains_key(&w.network)) {
-            let read = crate::docker::networks(&self.docker, &state.settings.name);
+            let driver = state.settings.docker_driver();
+            let read = crate::docker::networks(&self.docker, &driver);
             if let Ok(Ok(nets)) = tokio::time::timeout(Duration::from_secs(1), read).await {
                 names.extend(nets.into_iter().map(|(id, n)| (id, n.name)));
             }
