@@ -39,6 +39,8 @@ pub struct Api {
     pub docker: std::path::PathBuf,
     /// The intrusion detector.
     pub ids: Arc<crate::ids::runtime::Runtime>,
+    /// ovs-vswitchd's control socket (packet traces).
+    pub vswitchd: qingluan_dataplane::vswitchd::Vswitchd,
 }
 
 /// A network as the CLI shows it.
@@ -210,6 +212,7 @@ pub fn router(api: Api) -> Router {
                 .post(crate::connect::connect)
                 .delete(crate::connect::disconnect),
         )
+        .route("/v1/trace", post(crate::trace::trace))
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{id}", get(network))
         .route("/v1/endpoints", get(endpoints))

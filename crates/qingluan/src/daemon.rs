@@ -157,11 +157,10 @@ pub(crate) fn this_host(config: &Config) -> qingluan_core::membership::Host {
 
 /// The IPv4 address of the interface holding the default route.
 pub(crate) fn default_route_address() -> Option<std::net::IpAddr> {
-    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
-    let iface = routes.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
-    })?;
+    let iface = crate::routes::host_routes()
+        .into_iter()
+        .find(|r| r.dest.prefix_len() == 0)?
+        .iface;
     nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
         let ip = a.address?.as_sockaddr_in()?.ip();
         (a.interface_name == iface).then_some(std::net::IpAddr::V4(ip))
@@ -230,7 +229,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .or_else(|| std::env::var_os("OVS_RUNDIR").map(Into::into));
     let adapters = Adapters {
         ovs: ovs.clone(),
-        flows: Arc::new(NativeFlows::new(rundir)),
+        flows: Arc::new(NativeFlows::new(rundir.clone())),
         links: Arc::new(NetlinkLinks::new().context("cannot open netlink")?),
         firewall: Arc::new(NftFirewall::new()),
     };
@@ -294,7 +293,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started: qingluan_core::model::now(),
         docker: d.docker_socket.clone(),
         ids: ids.clone(),
+        vswitchd: qingluan_dataplane::vswitchd::Vswitchd::new(rundir),
     };
+    let publishing = config.store.backend == "etcd";
+    if publishing {
+        tasks.spawn(crate::trace::remote::answer(api.clone()));
+    }
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
         serve(
@@ -333,7 +337,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         driver.clone(),
         d.docker_socket.clone(),
     ));
-    let publishing = config.store.backend == "etcd";
     if publishing {
         tasks.spawn(crate::host_stats::publish(
             driver.clone(),

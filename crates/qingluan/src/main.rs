@@ -18,7 +18,9 @@ mod ids;
 mod metrics;
 mod mirror;
 mod qos;
+mod routes;
 mod top;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -56,6 +58,9 @@ enum Command {
     /// Check what breaks deployments on this host and say how to fix each; exit code 0 only
     /// when every check that applies passes. Works whether the daemon runs or not.
     Doctor,
+    /// The path a packet takes from FROM to TO through the pipeline, netfilter and tunnels,
+    /// and whether it arrives: `verdict: allowed` or `verdict: dropped (<reason>)`.
+    Trace(trace::TraceRequest),
     /// Print the shell completion script for bash, zsh or fish.
     Completions {
         /// The shell.
@@ -358,6 +363,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Status => client.status().await,
         Command::Doctor => doctor::run(&config, args.json).await,
+        Command::Trace(r) => client.trace(&r).await,
         Command::Completions { shell } => {
             let mut cmd = <Args as clap::CommandFactory>::command();
             let mut script = Vec::new();

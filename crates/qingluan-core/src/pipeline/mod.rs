@@ -103,6 +103,11 @@ impl Stage {
         pos as u8 * TABLE_STEP
     }
 
+    /// The stage at OpenFlow table `table`, if any.
+    pub fn at_table(table: u8) -> Option<Stage> {
+        STAGES.iter().copied().find(|s| s.table() == table)
+    }
+
     /// The name used in docs and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -140,6 +145,44 @@ pub enum Feature {
     /// A watched endpoint's mirror flows.
     Mirror = 0x09,
 }
+
+impl Feature {
+    const ALL: [Feature; 9] = [
+        Feature::Base,
+        Feature::Endpoint,
+        Feature::Remote,
+        Feature::Overlay,
+        Feature::Uplink,
+        Feature::Qos,
+        Feature::Acl,
+        Feature::AclBase,
+        Feature::Mirror,
+    ];
+
+    /// The feature of a cookie as the switch shows it (fingerprint bits and all).
+    pub fn of_cookie(cookie: u64) -> Option<Feature> {
+        let byte = (cookie >> 56) as u8;
+        Feature::ALL.into_iter().find(|f| *f as u8 == byte)
+    }
+
+    /// What its flows are, in the words of docs/pipeline.md.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Feature::Base => "network base flows",
+            Feature::Endpoint => "endpoint admission (spoof guard)",
+            Feature::Remote => "another host's endpoint",
+            Feature::Overlay => "overlay bridge",
+            Feature::Uplink => "uplink bridge",
+            Feature::Qos => "endpoint QoS (meter and mark)",
+            Feature::Acl => "ACL rule",
+            Feature::AclBase => "ACL conntrack and default",
+            Feature::Mirror => "mirror",
+        }
+    }
+}
+
+/// The cookie bits that hold the owner: the first 8 hex digits of its network or endpoint ID.
+pub const OWNER_MASK: u64 = 0x0000_0000_ffff_ffff;
 
 /// The cookie bits that hold the [`Feature`].
 pub const FEATURE_MASK: u64 = 0xff00_0000_0000_0000;

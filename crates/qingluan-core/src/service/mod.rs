@@ -705,6 +705,13 @@ impl State {
         ))
     }
 
+    /// The netfilter rules the records call for now: what the last pass installed, or the
+    /// next one will.
+    pub async fn ruleset(&self) -> Result<qingluan_dataplane::netfilter::Ruleset, ServiceError> {
+        let pass = self.reconciler.begin().await?;
+        Ok(self.desired(&pass).await?.firewall.ruleset())
+    }
+
     /// One reconcile pass over everything.
     pub async fn sync(&self, full: bool) -> Result<Report, ServiceError> {
         let pass = self.reconciler.begin().await?;

@@ -16,9 +16,11 @@
 //! dockerd's `DOCKER-USER` chain by two rules tagged with the instance name; every isolation
 //! decision is taken earlier, in our forward chain (priority filter - 1), which only drops.
 
+mod eval;
 mod fake;
 mod nft;
 
+pub use eval::Packet;
 pub use fake::FakeFirewall;
 pub use nft::{render_script, NftFirewall};
 

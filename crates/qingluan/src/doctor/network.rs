@@ -2,13 +2,11 @@
 //! containers cannot reach what that route leads to), and the underlay MTU against the
 //! vxlan networks' MTU plus the 50 bytes of VXLAN encapsulation.
 
-use std::net::Ipv4Addr;
-
-use ipnet::Ipv4Net;
 use qingluan_core::model::{Mode, Network};
 
 use super::{Check, Records};
 use crate::config::Config;
+use crate::routes::Route;
 
 /// VXLAN over IPv4 adds this much to every frame.
 const VXLAN_OVERHEAD: u32 = 50;
@@ -27,35 +25,15 @@ pub fn checks(config: &Config, records: Option<&Records>) -> Vec<Check> {
         ];
     };
     vec![
-        subnets(&records.networks, &host_routes()),
+        subnets(
+            &records.networks,
+            &crate::routes::host_routes()
+                .into_iter()
+                .filter(|r| r.dest.prefix_len() > 0)
+                .collect::<Vec<_>>(),
+        ),
         underlay_mtu(config, &records.networks),
     ]
-}
-
-/// A route of the main table: interface and destination.
-struct Route {
-    iface: String,
-    dest: Ipv4Net,
-}
-
-/// The host's IPv4 routes except the default route, from `/proc/net/route`.
-fn host_routes() -> Vec<Route> {
-    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
-            let dest = Ipv4Addr::from(hex(f.get(1)?)?);
-            let mask = hex(f.get(7)?)?;
-            let prefix = mask.count_ones() as u8;
-            let dest = Ipv4Net::new(dest, prefix).ok()?.trunc();
-            (prefix > 0).then(|| Route {
-                iface: f[0].to_string(),
-                dest,
-            })
-        })
-        .collect()
 }
 
 fn subnets(networks: &[Network], routes: &[Route]) -> Check {
@@ -162,6 +140,8 @@ fn underlay_mtu(config: &Config, networks: &[Network]) -> Check {
 
 #[cfg(test)]
 mod tests {
+    use ipnet::Ipv4Net;
+
     use super::*;
 
     fn net(mode: Mode, subnet: &str, bridge: &str) -> Network {

@@ -1,57 +1,14 @@
 //! Doctor checks of Open vSwitch: OVSDB reachable, ovs-vswitchd running and its version, the
 //! datapath qingluan will use and userspace TSO, the kernel modules.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qingluan_core::service::choose_datapath;
 use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsdbOvs, SystemInfo};
+use qingluan_dataplane::vswitchd::Vswitchd;
 
 use super::{Check, PROBE};
 use crate::config::Config;
-
-/// Where OVS keeps its pidfiles and sockets.
-fn rundir(config: &Config) -> PathBuf {
-    config
-        .ovs
-        .rundir
-        .clone()
-        .or_else(|| std::env::var_os("OVS_RUNDIR").map(Into::into))
-        .unwrap_or_else(|| "/run/openvswitch".into())
-}
-
-/// The PID in `pidfile` when that process is alive.
-fn live_pid(pidfile: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-        .is_ok()
-        .then_some(pid)
-}
-
-/// Asks ovs-vswitchd its version on its control socket (unixctl: one JSON-RPC request),
-/// which also proves it answers.
-async fn vswitchd_version(rundir: &Path, pid: i32) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let path = rundir.join(format!("ovs-vswitchd.{pid}.ctl"));
-    let ask = async {
-        let mut s = tokio::net::UnixStream::connect(&path).await?;
-        s.write_all(br#"{"id":0,"method":"version","params":[]}"#)
-            .await?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "closed without an answer");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) {
-                let text = v["result"].as_str().unwrap_or_default();
-                return Ok(text.lines().next().unwrap_or_default().to_string());
-            }
-        }
-    };
-    tokio::time::timeout(PROBE, ask)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer on {} within {PROBE:?}", path.display()))?
-}
 
 /// Whether a kernel module is loaded, and whether this kernel has it at all.
 fn module(name: &str) -> (bool, bool) {
@@ -90,20 +47,22 @@ pub async fn checks(config: &Config) -> Vec<Check> {
              set ovs.db in the config if it listens elsewhere",
         ),
     }];
-    let rundir = rundir(config);
-    let pidfile = rundir.join("ovs-vswitchd.pid");
-    out.push(match live_pid(&pidfile) {
-        Some(pid) => match vswitchd_version(&rundir, pid).await {
+    let vswitchd = Vswitchd::new(config.ovs.rundir.clone());
+    out.push(match vswitchd.pid() {
+        Some(pid) => match vswitchd.version().await {
             Ok(v) => Check::pass("ovs-vswitchd", format!("running (pid {pid}): {v}")),
             Err(e) => Check::fail(
                 "ovs-vswitchd",
-                format!("pid {pid} runs but does not answer: {e:#}"),
+                format!("pid {pid} runs but does not answer: {e}"),
                 "restart it: systemctl restart ovs-vswitchd (or ovs-ctl restart)",
             ),
         },
         None => Check::fail(
             "ovs-vswitchd",
-            format!("not running: no live process in {}", pidfile.display()),
+            format!(
+                "not running: no live process in {}",
+                vswitchd.pidfile().display()
+            ),
             "start it: systemctl start ovs-vswitchd (or ovs-ctl --no-ovsdb-server start); \
              qingluan re-programs every bridge when it is back",
         ),
