@@ -91,7 +91,12 @@ async fn handle(
             json!({"Err": format!("unknown method {method}")}),
         ),
         Err(msg) => {
-            tracing::warn!(%method, error = %msg, "refused");
+            // Named by the IDs the call carries: Docker tells drivers no names.
+            let ids = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+            let id =
+                |k: &str| qingluan_core::model::head(ids[k].as_str().unwrap_or(""), 12).to_string();
+            tracing::warn!(%method, network = %id("NetworkID"), endpoint = %id("EndpointID"),
+                pool = %id("PoolID"), error = %msg, "refused");
             reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"Err": msg, "Error": msg}),

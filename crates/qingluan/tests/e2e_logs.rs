@@ -38,6 +38,24 @@ fn logs_are_plain_text_off_a_terminal_or_json_lines() {
         lines.iter().any(|l| l.contains("\"serving\"")),
         "the start is logged: {log}"
     );
+    // A refused call's warning names the network it was about.
+    env.create_network_fails(
+        "qlt-logs-bad",
+        &["--opt", "model=nat", "--opt", "mtu=70000"],
+    );
+    let log = env.log();
+    let refused: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "WARN" && v["fields"]["message"] == "refused")
+        .collect();
+    assert!(!refused.is_empty(), "no refused warning: {log}");
+    assert!(
+        refused.iter().any(|v| v["fields"]["network"]
+            .as_str()
+            .is_some_and(|n| n.len() == 12 && n.chars().all(|c| c.is_ascii_hexdigit()))),
+        "the warning names the network: {refused:?}"
+    );
     drop(env);
 
     let bad = run(

@@ -171,8 +171,8 @@ impl Qos {
             return Ok(());
         }
         if let Err(e) = qos::spec(&container.labels, qos::LABEL_PREFIX) {
-            tracing::warn!(endpoint = %short(endpoint_id), container = %short(&container.id),
-                error = %e, "container's qos labels ignored");
+            tracing::warn!(endpoint = %short(endpoint_id), container = %container.name,
+                container_id = %short(&container.id), error = %e, "container's qos labels ignored");
         }
         let mut learnt = ep.clone();
         learnt.container = Some(container);
