@@ -23,7 +23,7 @@ use tokio::sync::RwLock;
 use crate::docker::Names;
 
 /// How often a host publishes its rows.
-const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 /// How long a host's rows outlive its last write (the lease).
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// Key prefix of published rows.

@@ -14,7 +14,7 @@ use crate::config::Config;
 /// Skew tolerated before the check fails.
 const SKEW: Duration = Duration::from_secs(2);
 /// How often hosts write their rows.
-const REFRESH: Duration = Duration::from_secs(5);
+const REFRESH: Duration = crate::host_stats::PUBLISH_EVERY;
 
 /// Every cluster check.
 pub async fn checks(config: &Config) -> Vec<Check> {
@@ -65,10 +65,16 @@ pub async fn checks(config: &Config) -> Vec<Check> {
             hosts.len()
         ),
     );
-    vec![etcd, clocks(config, &*store).await]
+    let up: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.up)
+        .map(|h| h.host.id.clone())
+        .collect();
+    vec![etcd, clocks(config, &*store, &up).await]
 }
 
-async fn clocks(config: &Config, store: &dyn qingluan_store::Store) -> Check {
+/// The clocks of the hosts that are up (a dead host's last row lingers on its lease).
+async fn clocks(config: &Config, store: &dyn qingluan_store::Store, up: &[String]) -> Check {
     const NAME: &str = "clocks";
     let me = crate::daemon::this_host(config).id;
     let rows = match tokio::time::timeout(PROBE, crate::host_stats::read(store)).await {
@@ -78,7 +84,10 @@ async fn clocks(config: &Config, store: &dyn qingluan_store::Store) -> Check {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let others: Vec<_> = rows.iter().filter(|r| r.host != me).collect();
+    let others: Vec<_> = rows
+        .iter()
+        .filter(|r| r.host != me && up.contains(&r.host))
+        .collect();
     if others.is_empty() {
         return Check::skip(NAME, "no other host publishes its time");
     }

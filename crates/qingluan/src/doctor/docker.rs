@@ -12,7 +12,7 @@ use crate::http::request;
 pub async fn checks(config: &Config, daemon_up: bool, records: Option<&Records>) -> Vec<Check> {
     vec![
         dockerd(&config.daemon.docker_socket).await,
-        start_order().await,
+        start_order(config.daemon.managed_plugin.as_deref()).await,
         sockets(config, daemon_up).await,
         forwarding(&config.daemon.name, records).await,
     ]
@@ -55,8 +55,14 @@ async fn output(cmd: &str, args: &[&str]) -> Option<(bool, String)> {
 
 /// With systemd: qingluan.service is installed and ordered before docker.service, so dockerd
 /// finds the plugin sockets when it restores its networks.
-async fn start_order() -> Check {
+async fn start_order(managed: Option<&str>) -> Check {
     const NAME: &str = "start order";
+    if let Some(plugin) = managed {
+        return Check::skip(
+            NAME,
+            format!("dockerd starts the managed plugin {plugin} itself"),
+        );
+    }
     if !Path::new("/run/systemd/system").exists() {
         return Check::skip(
             NAME,
@@ -195,7 +201,17 @@ async fn forwarding(name: &str, records: Option<&Records>) -> Check {
         return Check::skip(NAME, "iptables cannot list FORWARD here");
     };
     if !policy.lines().any(|l| l == "-P FORWARD DROP") {
-        return Check::pass(NAME, "ip_forward on, FORWARD policy ACCEPT");
+        return Check::pass(
+            NAME,
+            format!(
+                "ip_forward {}, FORWARD policy ACCEPT",
+                if forward {
+                    "on"
+                } else {
+                    "off (no routed network needs it)"
+                }
+            ),
+        );
     }
     let Some((true, user)) = output("iptables", &["-w", "-S", "DOCKER-USER"]).await else {
         return Check::skip(

@@ -13,7 +13,7 @@ const VXLAN_OVERHEAD: u32 = 50;
 
 /// Whether a network is routed through a gateway on this host.
 pub(crate) fn routed(n: &Network) -> bool {
-    matches!(n.mode, Mode::Nat | Mode::Nonat) || n.gateway_port.is_some()
+    n.host_gateway().is_some()
 }
 
 /// Every addressing check.
