@@ -82,11 +82,13 @@ cp -L "$(command -v nft)" "$root/usr/sbin/nft"
 cp -L "$(command -v tc)" "$root/usr/sbin/tc"
 cp -L "$(command -v xtables-nft-multi)" "$root/usr/sbin/xtables-nft-multi"
 ln -s xtables-nft-multi "$root/usr/sbin/iptables"
-xt=$(dirname "$(find /usr/lib /lib -name libxt_comment.so -print -quit)")
+comment=$(find /usr/lib /lib -name libxt_comment.so -print -quit)
+[ -n "$comment" ] || { echo "package.sh: iptables' extensions (libxt_comment.so) not found" >&2; exit 1; }
+xt=$(dirname "$comment")
 mkdir -p "$root$xt" && cp -a "$xt/." "$root$xt/"
 for prog in "$root"/usr/bin/qingluan "$root"/usr/sbin/nft "$root"/usr/sbin/tc \
   "$root"/usr/sbin/xtables-nft-multi "$root$xt"/*.so; do
-  ldd "$prog" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+  { ldd "$prog" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
     [ -e "$root$lib" ] || { mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"; }
   done
 done

@@ -112,7 +112,11 @@ fn the_deb_installs_into_a_clean_root() {
     );
     let o = run("unshare", &["-m", "sh", "-c", &script]);
     assert!(o.status.success(), "systemd-analyze verify: {}", text(&o));
-    assert!(text(&o).trim().is_empty(), "verify warned: {}", text(&o));
+    assert!(
+        !text(&o).contains("qingluan.service"),
+        "verify warned about the unit: {}",
+        text(&o)
+    );
 
     // remove keeps the configuration and the data; purge removes both.
     std::fs::write(root.join("var/lib/qingluan/state.redb"), "records").unwrap();
@@ -149,8 +153,9 @@ fn the_managed_plugin_carries_a_network() {
     common::ensure_image();
     let (_, plugin_dir) = package();
     let reference = "qltmp:latest";
-    let _guard = PluginGuard(reference);
     let dir = tempfile::Builder::new().prefix("qlt-mp").tempdir().unwrap();
+    // Dropped before `dir`: the plugin goes before the directories it mounts.
+    let _guard = PluginGuard(reference);
     let d = dir.path();
     for sub in ["etc", "lib", "run", "log"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
@@ -244,6 +249,10 @@ fn the_managed_plugin_carries_a_network() {
         ls.contains("qltmpnet"),
         "the host CLI names the network: {ls}"
     );
+    let t = cli(&["--json", "trace", "qltmp1", "qltmp2"]);
+    let report: serde_json::Value = serde_json::from_slice(&t.stdout)
+        .unwrap_or_else(|e| panic!("trace in the managed plugin ({e}): {}", text(&t)));
+    assert_eq!(report["verdict"], "allowed", "{report:#}");
     let o = cli(&["doctor"]);
     assert!(
         o.status.success(),

@@ -151,6 +151,18 @@ fn trace_explains_what_happens_to_a_packet() {
     let r = trace(&env, &[&outside_ip, &host_ip, "--tcp", "18481"]);
     assert_eq!(r["verdict"], "dropped", "{r:#}");
 
+    // An address of the network that no container has.
+    let nobody = format!("{}.200", peer.rsplit_once('.').unwrap().0);
+    let r = trace(&env, &["qltr1", &nobody]);
+    assert_eq!(r["verdict"], "dropped", "{r:#}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no container has"),
+        "{r:#}"
+    );
+
     // Bad input.
     let o = env.cli(&["trace", "qltnobody", "qltr2"]);
     assert!(!o.status.success());
@@ -217,4 +229,17 @@ fn trace_follows_the_tunnel_to_the_other_host() {
     let r = bed.ql_json(1, &["trace", "tr1", "tr2"]);
     assert_eq!(r["reason"], format!("ACL rule {id}"), "{r:#}");
     assert!(!bed.ping_once(1, "tr1", &far), "the ACL let tr1 ping tr2");
+
+    // With h2's daemon killed (its lease still runs, so h1 still tunnels to it), nobody
+    // traces the arrival: the verdict is unknown, not allowed.
+    let mut bed = bed;
+    bed.kill_daemon(2);
+    let r = bed.ql_json(1, &["trace", "tr1", "tr2", "--tcp", "80"]);
+    assert_eq!(r["verdict"], "unknown", "{r:#}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("did not answer"),
+        "{r:#}"
+    );
+    // Back, so h2's dockerd can tear its containers down through it.
+    bed.start_daemon(2);
 }

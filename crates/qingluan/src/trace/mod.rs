@@ -76,7 +76,7 @@ pub struct TraceReport {
     pub packet: String,
     /// The path.
     pub hops: Vec<Hop>,
-    /// `allowed` or `dropped`.
+    /// `allowed`, `dropped`, or `unknown` (the host behind a tunnel did not answer).
     pub verdict: String,
     /// Why it was dropped, or where it ends when allowed.
     pub reason: String,
@@ -119,6 +119,10 @@ impl Party {
     }
 }
 
+const ALLOWED: &str = "allowed";
+const DROPPED: &str = "dropped";
+const UNKNOWN: &str = "unknown";
+
 /// What the trace works with.
 struct Context {
     networks: Vec<Network>,
@@ -126,7 +130,6 @@ struct Context {
     remotes: Vec<(ClusterEndpoint, String)>,
     ports: Vec<DatapathPort>,
     hosts: Vec<(String, Option<std::net::IpAddr>)>,
-    ruleset: Ruleset,
     proto: &'static str,
     dport: Option<u16>,
 }
@@ -173,17 +176,12 @@ impl Context {
         self.ports.iter().find(|p| p.name == name)
     }
 
-    /// The interface holding a network's gateway on this host.
-    fn gateway_iface(n: &Network) -> String {
-        n.gateway_port.clone().unwrap_or_else(|| n.bridge.clone())
-    }
-
-    /// The routed network of this host whose subnet holds `ip`.
-    fn routed_network(&self, ip: Ipv4Addr) -> Option<&Network> {
-        self.networks.iter().find(|n| {
-            n.subnet.contains(&ip)
-                && (matches!(n.mode, Mode::Nat | Mode::Nonat) || n.gateway_port.is_some())
-        })
+    /// The routed network of this host whose subnet holds `ip`, with its gateway interface.
+    fn routed_network(&self, ip: Ipv4Addr) -> Option<(&Network, String)> {
+        self.networks
+            .iter()
+            .filter(|n| n.subnet.contains(&ip))
+            .find_map(|n| n.host_gateway().map(|g| (n, g)))
     }
 
     /// The ofproto/trace flow of a packet entering `in_port`.
@@ -284,13 +282,7 @@ fn exit(
         };
         return Exit::Dropped(reason);
     }
-    if let Some(i) = actions.find("tnl_push(") {
-        let dst = actions[i..]
-            .split("ipv4(")
-            .nth(1)
-            .and_then(|h| h.split("dst=").nth(1))
-            .map(|r| r.split([',', ')']).next().unwrap_or_default().to_string())
-            .unwrap_or_default();
+    if let Some(dst) = tunnel_destination(actions) {
         return Exit::Tunnel(ctx.host_at(&dst), dst);
     }
     let outputs: Vec<String> = actions
@@ -312,6 +304,18 @@ fn exit(
         return Exit::Gateway;
     }
     Exit::Out(outputs)
+}
+
+/// The outer destination of a tunnelled packet: `tnl_push(...ipv4(src=...,dst=D,...)...)`
+/// on the userspace datapath, `set(tunnel(tun_id=...,dst=D,...))` on the kernel one.
+fn tunnel_destination(actions: &str) -> Option<String> {
+    let header = if let Some(i) = actions.find("tnl_push(") {
+        actions[i..].split("ipv4(").nth(1)?
+    } else {
+        &actions[actions.find("set(tunnel(")?..]
+    };
+    let dst = header.split("dst=").nth(1)?;
+    Some(dst.split([',', ')']).next().unwrap_or_default().to_string())
 }
 
 fn mac_of(iface: &str) -> String {
@@ -344,7 +348,7 @@ fn purpose(r: &Rule) -> &'static str {
         Verdict::Accept => "connected networks (qingluan connect)",
         Verdict::Drop if has(|c| matches!(c, Cond::Oif(Iface::Matches(_)))) => ISOLATION,
         Verdict::Drop if has(|c| matches!(c, Cond::Iif(Iface::IsNot(_)))) => {
-            "closed to the outside: only published ports and replies enter"
+            "closed to the outside (a nat network lets in only published ports and replies)"
         }
         Verdict::Drop => "a network without a way out (nonat or --internal)",
         Verdict::Masquerade | Verdict::Dnat(..) => "address translation",
@@ -355,9 +359,25 @@ fn purpose(r: &Rule) -> &'static str {
 struct Run<'a> {
     ctx: &'a Context,
     hops: Vec<Hop>,
+    /// qingluan's netfilter rules, read when the packet first reaches netfilter (reading
+    /// them builds the desired state under the reconcile lock).
+    rules: Option<Ruleset>,
 }
 
 impl Run<'_> {
+    async fn rules(&mut self, api: &Api) -> Result<Ruleset, String> {
+        if self.rules.is_none() {
+            self.rules = Some(
+                api.driver
+                    .state
+                    .ruleset()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(self.rules.clone().unwrap_or_default())
+    }
+
     fn netfilter(&mut self, chain: &str, rule: String, detail: String) {
         self.hops.push(Hop {
             at: "netfilter".into(),
@@ -370,7 +390,7 @@ impl Run<'_> {
     }
 
     /// A packet routed by the host: netfilter's forward (or input) decision, then the
-    /// destination network's bridge. Returns (allowed, reason).
+    /// destination network's bridge. Returns the verdict and its reason.
     async fn routed(
         &mut self,
         api: &Api,
@@ -379,8 +399,17 @@ impl Run<'_> {
         dst: Ipv4Addr,
         dnatted: bool,
         to: &Party,
-    ) -> (bool, String) {
+    ) -> (&'static str, String) {
         let ctx = self.ctx;
+        let rules = match self.rules(api).await {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    UNKNOWN,
+                    format!("cannot read qingluan's netfilter rules: {e}"),
+                )
+            }
+        };
         if local_address(dst) && !dnatted {
             let p = Packet {
                 iif: iif.into(),
@@ -390,7 +419,7 @@ impl Run<'_> {
                 dport: ctx.dport,
                 ..Packet::default()
             };
-            return match ctx.ruleset.first_match(&ctx.ruleset.input, &p) {
+            return match rules.first_match(&rules.input, &p) {
                 Some((i, r)) if r.then == Verdict::Drop => {
                     self.netfilter(
                         "input",
@@ -398,19 +427,20 @@ impl Run<'_> {
                         "dropped".into(),
                     );
                     (
-                        false,
+                        DROPPED,
                         format!("netfilter input: {iif} may reach only its own gateway"),
                     )
                 }
                 _ => {
                     self.netfilter("input", "-".into(), "accepted: to this host".into());
-                    (true, format!("delivered to this host ({dst})"))
+                    (ALLOWED, format!("delivered to this host ({dst})"))
                 }
             };
         }
         let dest = ctx.routed_network(dst);
         let oif = dest
-            .map(Context::gateway_iface)
+            .as_ref()
+            .map(|(_, g)| g.clone())
             .unwrap_or_else(|| route_iface(dst));
         let p = Packet {
             iif: iif.into(),
@@ -422,12 +452,11 @@ impl Run<'_> {
             dnatted,
             ..Packet::default()
         };
-        match ctx.ruleset.first_match(&ctx.ruleset.forward, &p) {
+        match rules.first_match(&rules.forward, &p) {
             Some((i, r)) if r.then == Verdict::Drop => {
                 // Between two of our bridges every drop is isolation, whichever network's
                 // rule comes first.
-                let ours =
-                    |i: &str| i.starts_with(ctx.ruleset.bridge_wildcard.trim_end_matches('+'));
+                let ours = |i: &str| i.starts_with(rules.bridge_wildcard.trim_end_matches('+'));
                 let why = if ours(iif) && ours(&oif) && iif != oif {
                     ISOLATION
                 } else {
@@ -439,8 +468,11 @@ impl Run<'_> {
                     format!("{iif} → {oif}: dropped"),
                 );
                 return match why {
-                    ISOLATION => (false, format!("isolation: {iif} may not forward to {oif}")),
-                    _ => (false, format!("{why} ({iif} → {oif})")),
+                    ISOLATION => (
+                        DROPPED,
+                        format!("isolation: {iif} may not forward to {oif}"),
+                    ),
+                    _ => (DROPPED, format!("{why} ({iif} → {oif})")),
                 };
             }
             Some((i, r)) => self.netfilter(
@@ -455,39 +487,40 @@ impl Run<'_> {
             ),
         }
         let mut src_seen = src;
-        if let Some((i, r)) = ctx.ruleset.first_match(&ctx.ruleset.postrouting, &p) {
+        if let Some((i, r)) = rules.first_match(&rules.postrouting, &p) {
             if r.then == Verdict::Masquerade {
                 self.netfilter(
                     "postrouting",
                     format!("rule {i}"),
                     format!("masqueraded to {oif}'s address"),
                 );
-                if let Some(n) = dest {
+                if let Some((n, _)) = &dest {
                     src_seen = n.gateway;
                 }
             }
         }
-        let (Some(net), Party::Local(e, name)) = (dest, to) else {
-            return (true, format!("leaves this host through {oif}"));
+        let (Some((net, gw)), Party::Local(e, name)) = (dest, to) else {
+            return (ALLOWED, format!("leaves this host through {oif}"));
         };
         if e.network_id != net.id {
-            return (true, format!("leaves this host through {oif}"));
+            return (ALLOWED, format!("leaves this host through {oif}"));
         }
-        let gw = Context::gateway_iface(net);
         let Some(port) = ctx.port(&gw) else {
-            return (false, format!("{gw} is not on any bridge"));
+            return (DROPPED, format!("{gw} is not on any bridge"));
         };
-        let flow = ctx.flow("LOCAL", &mac_of(&gw), &e.mac.to_string(), src_seen, dst);
+        // In at the gateway's own port: the bridge's LOCAL port, or the `nat=true` gateway
+        // port of a vxlan network on the overlay bridge.
+        let flow = ctx.flow(&gw, &mac_of(&gw), &e.mac.to_string(), src_seen, dst);
         let t = match api.vswitchd.trace(&port.bridge, &flow).await {
             Ok(t) => t,
-            Err(e) => return (false, e.to_string()),
+            Err(e) => return (DROPPED, e.to_string()),
         };
         self.hops.extend(ctx.flow_hops(&t));
         match exit(ctx, &t, &gw, to, name, src_seen, src_seen) {
-            Exit::Delivered(d) => (true, format!("delivered {d}")),
-            Exit::Dropped(r) => (false, r),
+            Exit::Delivered(d) => (ALLOWED, format!("delivered {d}")),
+            Exit::Dropped(r) => (DROPPED, r),
             _ => (
-                false,
+                DROPPED,
                 format!("{} did not deliver it to {name}", port.bridge),
             ),
         }
@@ -570,7 +603,6 @@ async fn context(api: &Api, proto: &'static str, dport: Option<u16>) -> Result<C
             .await
             .map_err(|e| internal(&e))?,
         hosts,
-        ruleset: state.ruleset().await.map_err(|e| internal(&e))?,
         proto,
         dport,
     })
@@ -605,8 +637,9 @@ pub async fn trace(
     let mut run = Run {
         ctx: &ctx,
         hops: Vec::new(),
+        rules: None,
     };
-    let (allowed, reason) = match &from {
+    let (verdict, reason) = match &from {
         Party::Remote(e, n) => {
             return Err(bad(format!("{n} runs on host {}: trace it there", e.host)))
         }
@@ -617,12 +650,24 @@ pub async fn trace(
             let port = ctx
                 .port(&e.veth)
                 .ok_or_else(|| bad(format!("{name}'s port {} is on no bridge", e.veth)))?;
-            let gw = Context::gateway_iface(net);
+            let gw = net.host_gateway();
+            let gw_mac = || gw.as_deref().map_or("ff:ff:ff:ff:ff:ff".into(), mac_of);
             let dst_mac = match &to {
-                _ if !net.subnet.contains(&dst) => mac_of(&gw),
+                _ if !net.subnet.contains(&dst) || dst == net.gateway => gw_mac(),
                 Party::Local(d, _) => d.mac.to_string(),
                 Party::Remote(d, _) => d.mac.to_string(),
-                Party::Address(_) => "ff:ff:ff:ff:ff:ff".into(),
+                // Flat and vlan subnets hold physical hosts too: the frame floods to them.
+                Party::Address(_) if matches!(net.mode, Mode::Flat | Mode::Vlan) => {
+                    "ff:ff:ff:ff:ff:ff".into()
+                }
+                Party::Address(_) => {
+                    return Ok(Json(TraceReport {
+                        packet,
+                        hops: Vec::new(),
+                        verdict: DROPPED.into(),
+                        reason: format!("no container has {dst} on {name}'s network"),
+                    }))
+                }
             };
             let flow = ctx.flow(&e.veth, &e.mac.to_string(), &dst_mac, src, dst);
             let t = api
@@ -631,9 +676,10 @@ pub async fn trace(
                 .await
                 .map_err(|e| internal(&e))?;
             run.hops.extend(ctx.flow_hops(&t));
+            let gw = gw.unwrap_or_default();
             match exit(&ctx, &t, &gw, &to, name, src, e.address.addr()) {
-                Exit::Dropped(r) => (false, r),
-                Exit::Delivered(d) => (true, format!("delivered {d}")),
+                Exit::Dropped(r) => (DROPPED, r),
+                Exit::Delivered(d) => (ALLOWED, format!("delivered {d}")),
                 Exit::Tunnel(host, ip) => {
                     run.hops.push(Hop {
                         at: "tunnel".into(),
@@ -646,48 +692,49 @@ pub async fn trace(
                             net.vni.unwrap_or_default()
                         ),
                     });
-                    let arrival = match &to {
-                        Party::Remote(d, _) => Some(remote::Arrival {
-                            id: format!("{:016x}", rand_id()),
-                            tun_src: api
-                                .driver
-                                .state
-                                .settings
-                                .underlay_ip
-                                .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                            vni: net.vni.unwrap_or_default(),
-                            src_mac: e.mac.to_string(),
-                            dst_mac: dst_mac.clone(),
-                            src,
-                            dst,
-                            proto: proto.into(),
-                            dport,
-                            endpoint: d.id.clone(),
-                            from_name: name.clone(),
-                        }),
-                        _ => None,
-                    };
-                    let answer = match (&to, &arrival) {
-                        (Party::Remote(d, _), Some(a)) => remote::ask(&api, &d.host, a).await,
-                        _ => None,
-                    };
-                    match answer {
-                        Some(a) => {
-                            run.hops.extend(a.hops);
-                            (a.allowed, a.reason)
-                        }
-                        None => (
-                            true,
-                            format!(
-                                "sent through the tunnel to host {host} ({ip}), which did not \
-                                 answer the trace within 5 s"
+                    let Party::Remote(d, _) = &to else {
+                        return Ok(Json(TraceReport {
+                            packet,
+                            hops: run.hops,
+                            verdict: UNKNOWN.into(),
+                            reason: format!(
+                                "sent through the tunnel to host {host} ({ip}); no container \
+                                 known there has {dst}, so that host was not asked"
                             ),
+                        }));
+                    };
+                    let arrival = remote::Arrival {
+                        id: format!("{:016x}", rand_id()),
+                        tun_src: api
+                            .driver
+                            .state
+                            .settings
+                            .underlay_ip
+                            .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                        vni: net.vni.unwrap_or_default(),
+                        src_mac: e.mac.to_string(),
+                        dst_mac: dst_mac.clone(),
+                        src,
+                        dst,
+                        proto: proto.into(),
+                        dport,
+                        endpoint: d.id.clone(),
+                        from_name: name.clone(),
+                    };
+                    match remote::ask(&api, &d.host, &arrival).await {
+                        Ok(a) => {
+                            run.hops.extend(a.hops);
+                            (if a.allowed { ALLOWED } else { DROPPED }, a.reason)
+                        }
+                        Err(why) => (
+                            UNKNOWN,
+                            format!("sent through the tunnel to host {host} ({ip}); {why}"),
                         ),
                     }
                 }
                 Exit::Gateway => run.routed(&api, &gw, src, dst, false, &to).await,
-                Exit::Out(o) if o.is_empty() => (false, "no port takes it".into()),
-                Exit::Out(o) => (true, format!("out of {}", o.join(", "))),
+                Exit::Out(o) if o.is_empty() => (DROPPED, "no port takes it".into()),
+                Exit::Out(o) => (ALLOWED, format!("out of {}", o.join(", "))),
             }
         }
         Party::Address(a) => {
@@ -705,7 +752,8 @@ pub async fn trace(
                     local_daddr: true,
                     ..Packet::default()
                 };
-                match ctx.ruleset.first_match(&ctx.ruleset.dnat, &p) {
+                let rules = run.rules(&api).await.map_err(|e| internal(&e))?;
+                match rules.first_match(&rules.dnat, &p) {
                     Some((i, rule)) => {
                         if let Verdict::Dnat(ip, port) = rule.then {
                             run.netfilter(
@@ -727,7 +775,7 @@ pub async fn trace(
                 }
             }
             if !dnatted && local_address(dst) {
-                (false, format!("no container publishes {proto}{l4} on {dst}; the host itself answers or refuses"))
+                (DROPPED, format!("no container publishes {proto}{l4} on {dst}; the host itself answers or refuses"))
             } else {
                 run.routed(&api, &iif, src, dst, dnatted, &to).await
             }
@@ -736,7 +784,7 @@ pub async fn trace(
     Ok(Json(TraceReport {
         packet,
         hops: run.hops,
-        verdict: if allowed { "allowed" } else { "dropped" }.into(),
+        verdict: verdict.into(),
         reason,
     }))
 }
@@ -765,6 +813,7 @@ impl Client {
         }
         match t.verdict.as_str() {
             "allowed" => println!("verdict: allowed ({})", t.reason),
+            "unknown" => println!("verdict: unknown ({})", t.reason),
             _ => println!("verdict: dropped ({})", t.reason),
         }
         Ok(())
@@ -799,6 +848,15 @@ mod tests {
         };
         r.first_match(&r.forward, &p)
             .map_or("none", |(_, rule)| purpose(rule))
+    }
+
+    #[test]
+    fn the_tunnel_destination_is_read_on_either_datapath() {
+        let userspace = "tnl_push(tnl_port(4),header(size=50,type=4,eth(dst=b2:07:d3:2c:6f:12,src=aa:bb:cc:dd:ee:ff,dl_type=0x0800),ipv4(src=10.213.7.1,dst=10.213.7.2,proto=17,tos=0,ttl=64,frag=0x4000),udp(src=0,dst=4789,csum=0x0),vxlan(flags=0x8000000,vni=0x1519)),out_port(2)),3";
+        assert_eq!(tunnel_destination(userspace).as_deref(), Some("10.213.7.2"));
+        let kernel = "set(tunnel(tun_id=0x1519,dst=10.0.0.2,ttl=64,tp_dst=4789,flags(df|key))),2";
+        assert_eq!(tunnel_destination(kernel).as_deref(), Some("10.0.0.2"));
+        assert_eq!(tunnel_destination("3,4"), None);
     }
 
     #[test]

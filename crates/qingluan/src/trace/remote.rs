@@ -60,22 +60,28 @@ pub struct Answer {
     pub reason: String,
 }
 
-/// Asks `host` to trace `a`'s arrival; `None` when it does not answer within [`WAIT`].
-pub async fn ask(api: &Api, host: &str, a: &Arrival) -> Option<Answer> {
+/// Asks `host` to trace `a`'s arrival; why not when it did not answer within [`WAIT`].
+pub async fn ask(api: &Api, host: &str, a: &Arrival) -> Result<Answer, String> {
     let store = &api.store;
     let request = format!("{REQUESTS}{host}/{}", a.id);
     let answer = format!("{ANSWERS}{}", a.id);
-    let lease = store.grant(LEASE_SECS).await.ok()?;
-    let body = serde_json::to_vec(a).ok()?;
+    let unreachable =
+        |e: qingluan_store::StoreError| format!("the cluster store cannot carry the request ({e})");
+    let lease = store.grant(LEASE_SECS).await.map_err(unreachable)?;
+    let body = serde_json::to_vec(a).map_err(|e| e.to_string())?;
     store
         .txn(vec![], vec![Op::PutLeased(request.clone(), body, lease)])
         .await
-        .ok()?;
+        .map_err(unreachable)?;
     let deadline = tokio::time::Instant::now() + WAIT;
-    let mut found = None;
+    let mut found = Err(format!(
+        "host {host} did not answer within {} s (its daemon down?)",
+        WAIT.as_secs()
+    ));
     while tokio::time::Instant::now() < deadline {
         if let Ok(Some(kv)) = store.get(&answer).await {
-            found = serde_json::from_slice(&kv.value).ok();
+            found = serde_json::from_slice(&kv.value)
+                .map_err(|e| format!("host {host} answered what this one cannot read ({e})"));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
