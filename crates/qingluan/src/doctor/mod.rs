@@ -20,6 +20,7 @@ mod stale;
 use std::time::Duration;
 
 use qingluan_core::model::{Endpoint, Network};
+use qingluan_dataplane::ovsdb::{default_db_target, OvsdbOvs};
 use serde::Serialize;
 
 use crate::api::{NetworkView, Status};
@@ -178,11 +179,18 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             stale::records_from_store(config).await
         }
     };
-    checks.extend(ovs::checks(config).await);
+    // One OVSDB connection serves the OVS checks and the stale-object check.
+    let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
+    let ovsdb = OvsdbOvs::connect(&db);
+    let ovs_checks = ovs::checks(config, &ovsdb, &db).await;
+    let reachable = ovs_checks
+        .first()
+        .is_some_and(|c| c.outcome == Outcome::Pass);
+    checks.extend(ovs_checks);
     checks.extend(docker::checks(config, status.is_ok(), records.as_ref().ok()).await);
     checks.extend(network::checks(config, records.as_ref().ok()));
     checks.extend(cluster::checks(config).await);
-    checks.push(stale::check(config, records).await);
+    checks.push(stale::check(config, records, reachable.then_some(&ovsdb)).await);
     let count = |o: Outcome| checks.iter().filter(|c| c.outcome == o).count();
     let report = Report {
         daemon: if status.is_ok() {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use qingluan_core::service::choose_datapath;
-use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsdbOvs, SystemInfo};
+use qingluan_dataplane::ovsdb::{Ovs, OvsdbOvs, SystemInfo};
 use qingluan_dataplane::vswitchd::Vswitchd;
 
 use super::{Check, PROBE};
@@ -29,10 +29,8 @@ fn module(name: &str) -> (bool, bool) {
     (false, available)
 }
 
-/// Every OVS check.
-pub async fn checks(config: &Config) -> Vec<Check> {
-    let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
-    let ovs = OvsdbOvs::connect(&db);
+/// Every OVS check, over the doctor's one OVSDB connection to `db`.
+pub async fn checks(config: &Config, ovs: &OvsdbOvs, db: &str) -> Vec<Check> {
     let sys = match tokio::time::timeout(PROBE, ovs.system()).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use qingluan_core::desired::{ENDPOINT, NETWORK, OWNER};
 use qingluan_core::model::{Endpoint, Network};
-use qingluan_dataplane::ovsdb::{default_db_target, Ovs, OvsdbOvs};
+use qingluan_dataplane::ovsdb::{Ovs, OvsdbOvs};
 use qingluan_store::redb::RedbStore;
 use qingluan_store::scoped::Scoped;
 
@@ -41,15 +41,22 @@ pub async fn records_from_store(config: &Config) -> anyhow::Result<Records> {
     })
 }
 
-/// Bridges and ports of this instance that no record explains.
-pub async fn check(config: &Config, records: anyhow::Result<Records>) -> Check {
+/// Bridges and ports of this instance that no record explains; `ovs` is `None` when OVSDB
+/// did not answer the OVS checks.
+pub async fn check(
+    config: &Config,
+    records: anyhow::Result<Records>,
+    ovs: Option<&OvsdbOvs>,
+) -> Check {
     const NAME: &str = "stale objects";
     let records = match records {
         Ok(r) => r,
         Err(e) => return Check::skip(NAME, format!("no records to compare with: {e:#}")),
     };
-    let db = config.ovs.db.clone().unwrap_or_else(default_db_target);
-    let snapshot = match tokio::time::timeout(PROBE, OvsdbOvs::connect(&db).snapshot()).await {
+    let Some(ovs) = ovs else {
+        return Check::skip(NAME, "OVSDB is unreachable");
+    };
+    let snapshot = match tokio::time::timeout(PROBE, ovs.snapshot()).await {
         Ok(Ok(s)) => s,
         _ => return Check::skip(NAME, "OVSDB is unreachable"),
     };
