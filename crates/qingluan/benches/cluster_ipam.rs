@@ -1,8 +1,10 @@
 //! Benchmark: address allocations on a cluster network through etcd, from one host and from
-//! three hosts at once, against the embedded store on the same machine, measured in one run.
+//! three hosts at once, one call at a time and 8 at a time (as dockerd calls while containers
+//! start in parallel), against the embedded store on the same machine, measured in one run.
 //!
-//! Each "host" is its own IPAM with its own etcd client, as three daemons would be. A private
-//! etcd is started on loopback and stopped at the end. Run with
+//! Each "host" is its own IPAM with its own etcd client, as three daemons would be; each
+//! allocates from its own address blocks. A private etcd is started on loopback and stopped
+//! at the end. Every address is checked unique. Run with
 //! `cargo bench -p qingluan --features etcd --bench cluster_ipam [-- ALLOCATIONS]`
 //! (scripts/bench.sh runs it too).
 
@@ -33,6 +35,7 @@ fn free_port() -> u16 {
 struct Run {
     latencies: Vec<Duration>,
     wall: Duration,
+    hosts: usize,
 }
 
 impl Run {
@@ -48,9 +51,10 @@ impl Run {
             })
             .unwrap_or_else(|| "1.00".into());
         println!(
-            "{label:<34} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>14}",
+            "{label:<42} {:>6} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>14}",
             l.len(),
             rate,
+            rate / self.hosts as f64,
             pct(0.5),
             pct(0.99),
             ratio
@@ -71,8 +75,9 @@ fn vni(v: u32) -> BTreeMap<String, String> {
     ])
 }
 
-/// `hosts` IPAMs allocate `each` addresses at once in one /16, then release them.
-async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32) -> Run {
+/// `hosts` IPAMs allocate `each` addresses at once in one /16, `inflight` calls at a time
+/// per host.
+async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32, inflight: usize) -> Run {
     let pool = hosts[0]
         .request_pool(&format!("10.{}.0.0/16", 100 + v), "", &vni(v), false)
         .await
@@ -83,16 +88,19 @@ async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32) -> Run {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for h in hosts {
-        let (h, id) = (h.clone(), pool.id.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for _ in 0..each {
-                let t = Instant::now();
-                let a = h.request_address(&id, "", false).await.unwrap();
-                out.push((a, t.elapsed()));
-            }
-            out
-        }));
+        for lane in 0..inflight {
+            let (h, id) = (h.clone(), pool.id.clone());
+            let calls = each / inflight + usize::from(lane < each % inflight);
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..calls {
+                    let t = Instant::now();
+                    let a = h.request_address(&id, "", false).await.unwrap();
+                    out.push((a, t.elapsed()));
+                }
+                out
+            }));
+        }
     }
     let mut latencies = Vec::new();
     let mut seen = BTreeSet::new();
@@ -103,7 +111,11 @@ async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32) -> Run {
         }
     }
     let wall = start.elapsed();
-    Run { latencies, wall }
+    Run {
+        latencies,
+        wall,
+        hosts: hosts.len(),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -158,17 +170,22 @@ async fn main() {
 
     println!("address allocations on a cluster (vxlan) network, {n} per host, in one run");
     println!(
-        "{:<34} {:>6} {:>10} {:>9} {:>9} {:>14}",
-        "store", "allocs", "allocs/s", "p50 ms", "p99 ms", "rate/embedded"
+        "{:<42} {:>6} {:>10} {:>10} {:>9} {:>9} {:>14}",
+        "store", "allocs", "allocs/s", "per host", "p50 ms", "p99 ms", "rate/embedded"
     );
-    let base = allocate(&[embedded], n, 1).await;
-    base.print("embedded redb, one host", None);
-    allocate(&etcd_hosts[..1], n, 2)
-        .await
-        .print("etcd, one host", Some(&base));
-    allocate(&etcd_hosts, n, 3)
-        .await
-        .print("etcd, three hosts at once (total)", Some(&base));
+    let base = allocate(&[embedded], n, 1, 1).await;
+    base.print("embedded redb, one host, 1 at a time", None);
+    let runs = [
+        ("etcd, one host, 1 at a time", 1, 1),
+        ("etcd, one host, 8 at a time", 1, 8),
+        ("etcd, three hosts at once, 1 at a time", 3, 1),
+        ("etcd, three hosts at once, 8 at a time", 3, 8),
+    ];
+    for (v, (label, hosts, inflight)) in (2..).zip(runs) {
+        allocate(&etcd_hosts[..hosts], n, v, inflight)
+            .await
+            .print(label, Some(&base));
+    }
     let _ = etcd.kill();
     let _ = etcd.wait();
 }

@@ -15,13 +15,18 @@
 //!   single host). A cluster domain holds exactly one subnet, shared by every host that has
 //!   the network; container addresses there name the host that holds them, so the addresses
 //!   of a dead host can be reclaimed.
+//! - A **block** is a run of 64 addresses of a cluster subnet that one host allocates from
+//!   without racing the others (`blocks.rs`).
 //!
 //! Rules: every allocation is one compare-and-swap transaction on the store (create-if-absent
 //! of the address key), so concurrent requests can never hand out the same address, and it is
-//! durable before the reply. This file holds the pure arithmetic; `service.rs` the store side.
+//! durable before the reply. This file holds the pure arithmetic, `blocks.rs` that of blocks, `service.rs` the
+//! store side.
 
+mod blocks;
 mod service;
 
+pub use blocks::{Block, BLOCKS};
 pub use service::{Claim, Ipam, PoolUsage};
 
 use std::collections::BTreeSet;
@@ -250,6 +255,15 @@ pub fn addrs_prefix(domain: &str, cidr: IpNet) -> String {
 
 fn cidr_key(cidr: IpNet) -> String {
     cidr.to_string().replace('/', "_")
+}
+
+/// The PoolID and address of an address key (`ipam/addrs/<domain>/<cidr>/<ip>`).
+pub fn parse_addr_key(key: &str) -> Option<(String, IpAddr)> {
+    let rest = key.strip_prefix(ADDRS)?;
+    let (domain, rest) = rest.split_once('/')?;
+    let (cidr, ip) = rest.split_once('/')?;
+    let cidr: IpNet = cidr.replace('_', "/").parse().ok()?;
+    Some((pool_id(domain, cidr), ip.parse().ok()?))
 }
 
 /// Whether an address may be handed out at all in a subnet (not network or broadcast).

@@ -2,8 +2,11 @@
 //!
 //! A local mutex serialises requests of this daemon so "lowest free address" is cheap and
 //! deterministic; the store transaction (create-if-absent of the address key) is what makes
-//! an allocation unique. On the cluster store other hosts allocate concurrently: a dynamic
-//! allocation that loses the race re-reads the taken addresses and tries the next one.
+//! an allocation unique. On the cluster store other hosts allocate concurrently, so dynamic
+//! addresses there come from this host's blocks (`blocks.rs`): no list of the subnet, no
+//! race with other hosts, and no wait behind this daemon's other calls, only the address's
+//! own create. When no block is left a host borrows: it re-reads the taken addresses and
+//! tries the next one until its create wins.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,6 +17,7 @@ use qingluan_store::{create, get_json, list_json, to_json, Compare, Op, Store};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::blocks::{block_key, blocks_prefix, unclaimed, Affinity};
 use super::*;
 use crate::settings::IpamSettings;
 
@@ -34,8 +38,12 @@ pub struct Ipam {
     cluster: Arc<dyn Store>,
     /// This host's ID, recorded on the container addresses it allocates in cluster domains.
     host: String,
-    /// Serialises this daemon's requests.
+    /// Serialises this daemon's requests, but for dynamic addresses from its blocks.
     lock: Mutex<()>,
+    /// This host's blocks of each cluster subnet, by PoolID (loaded at first use).
+    affinity: std::sync::Mutex<BTreeMap<String, Affinity>>,
+    /// Serialises loading and claiming blocks.
+    claiming: Mutex<()>,
     /// Source of the host's routes, skipped when carving.
     routes: fn() -> Vec<IpNet>,
     /// Pool used when a request names none.
@@ -96,6 +104,8 @@ impl Ipam {
             cluster,
             host: host.to_string(),
             lock: Mutex::new(()),
+            affinity: std::sync::Mutex::default(),
+            claiming: Mutex::new(()),
             routes,
             default_pool: settings.default_pool.clone(),
             configured,
@@ -434,10 +444,12 @@ impl Ipam {
                 guard,
                 vec![
                     Op::DeletePrefix(addrs_prefix(&domain, cidr)),
+                    Op::DeletePrefix(blocks_prefix(&domain, cidr)),
                     Op::Delete(subnet_key(&domain, cidr)),
                 ],
             )
             .await?;
+        self.cache().remove(id);
         Ok(())
     }
 
@@ -449,10 +461,13 @@ impl Ipam {
                 vec![],
                 vec![
                     Op::DeletePrefix(format!("{ADDRS}{domain}/")),
+                    Op::DeletePrefix(format!("{BLOCKS}{domain}/")),
                     Op::DeletePrefix(format!("{SUBNETS}{domain}/")),
                 ],
             )
             .await?;
+        let of_domain = format!("ql/{domain}/");
+        self.cache().retain(|id, _| !id.starts_with(&of_domain));
         Ok(())
     }
 
@@ -486,8 +501,13 @@ impl Ipam {
             since: crate::model::now(),
             endpoint: None,
         };
-        let _g = self.lock.lock().await;
         if address.is_empty() && !gateway {
+            if shared {
+                if let Some(ip) = self.allocate_in_blocks(&subnet).await? {
+                    return Ok(with_prefix(ip));
+                }
+            }
+            let _g = self.lock.lock().await;
             let scope = subnet.range.unwrap_or(cidr);
             let scope_name = || match subnet.range {
                 Some(r) => format!("ip-range {r} of {cidr}"),
@@ -509,6 +529,7 @@ impl Ipam {
                 let rec = record(ip, AddrKind::Dynamic);
                 if create(store, &format!("{prefix}{ip}"), to_json(&rec)).await? {
                     crash_point!("request-address-allocated");
+                    self.note(pool_id, ip, true);
                     return Ok(with_prefix(ip));
                 }
             }
@@ -552,8 +573,10 @@ impl Ipam {
             };
             (ip, kind)
         };
+        let _g = self.lock.lock().await;
         let key = format!("{prefix}{ip}");
         if create(store, &key, to_json(&record(ip, kind))).await? {
+            self.note(pool_id, ip, true);
             return Ok(with_prefix(ip));
         }
         if shared && kind == AddrKind::Gateway {
@@ -595,7 +618,9 @@ impl Ipam {
                 return Ok(());
             }
         }
-        delete_if_unchanged(store, &key, value).await?;
+        if delete_if_unchanged(store, &key, value).await? {
+            self.note(pool_id, ip, false);
+        }
         Ok(())
     }
 
@@ -666,6 +691,7 @@ impl Ipam {
             .txn(vec![compare], vec![Op::Put(key, to_json(&rec))])
             .await?;
         if done.succeeded {
+            self.note(pool_id, ip, true);
             Ok(())
         } else {
             Err(IpamError::AddressInUse {
@@ -718,8 +744,8 @@ impl Ipam {
             Some(e) => e == endpoint,
             None => held.since <= created && held.kind != AddrKind::Gateway,
         };
-        if mine {
-            delete_if_unchanged(store, &key, value).await?;
+        if mine && delete_if_unchanged(store, &key, value).await? {
+            self.note(pool_id, ip, false);
         }
         Ok(())
     }
@@ -731,15 +757,10 @@ impl Ipam {
         let (domain, cidr) = parse_pool_id(pool_id)?;
         let store = self.domain_store(&domain);
         let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
-        let rec = Addr {
-            ip,
-            kind: AddrKind::Dynamic,
-            host: Some(self.host.clone()),
-            since: crate::model::now(),
-            endpoint: None,
-        };
+        let rec = self.dynamic_here(ip);
         let _g = self.lock.lock().await;
         if create(store, &key, to_json(&rec)).await? {
+            self.note(pool_id, ip, true);
             return Ok(Claim::Taken);
         }
         let held: Option<Addr> = get_json(store, &key).await?;
@@ -766,7 +787,139 @@ impl Ipam {
 
     /// Deletes a cluster address if it still is exactly `value` (compare-and-swap).
     pub async fn forget_if_unchanged(&self, key: &str, value: Vec<u8>) -> Result<bool, IpamError> {
-        delete_if_unchanged(&*self.cluster, key, value).await
+        let gone = delete_if_unchanged(&*self.cluster, key, value).await?;
+        if let (true, Some((pool_id, ip))) = (gone, parse_addr_key(key)) {
+            self.note(&pool_id, ip, false);
+        }
+        Ok(gone)
+    }
+
+    /// Releases the blocks `host` holds in every cluster subnet (a dead host whose addresses
+    /// were reclaimed), so live hosts can claim them; returns how many.
+    pub async fn release_blocks_of(&self, host: &str) -> Result<usize, IpamError> {
+        let mut released = 0;
+        for kv in self.cluster.list(BLOCKS).await? {
+            let Ok(b) = serde_json::from_slice::<Block>(&kv.value) else {
+                continue;
+            };
+            if b.host == host && delete_if_unchanged(&*self.cluster, &kv.key, kv.value).await? {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// A new record of a dynamic address this host holds in a cluster subnet.
+    fn dynamic_here(&self, ip: IpAddr) -> Addr {
+        Addr {
+            ip,
+            kind: AddrKind::Dynamic,
+            host: Some(self.host.clone()),
+            since: crate::model::now(),
+            endpoint: None,
+        }
+    }
+
+    /// This host's block cache.
+    fn cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Affinity>> {
+        self.affinity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the block cache whether `ip` of `pool_id` is held in the store now.
+    fn note(&self, pool_id: &str, ip: IpAddr, held: bool) {
+        if let Some(a) = self.cache().get_mut(pool_id) {
+            a.note(ip, held);
+        }
+    }
+
+    /// A dynamic address from this host's blocks of a cluster subnet, claiming a block when
+    /// they are full; `None` when every block is another host's (the caller borrows).
+    async fn allocate_in_blocks(&self, subnet: &Subnet) -> Result<Option<IpAddr>, IpamError> {
+        let prefix = addrs_prefix(&subnet.domain, subnet.cidr);
+        for _ in 0..ALLOCATION_ATTEMPTS {
+            let reserved = self
+                .cache()
+                .get_mut(&subnet.id)
+                .and_then(|a| a.reserve(subnet.cidr));
+            let Some(ip) = reserved else {
+                if self.grow(subnet).await? {
+                    continue;
+                }
+                return Ok(None);
+            };
+            let rec = self.dynamic_here(ip);
+            let made = create(&*self.cluster, &format!("{prefix}{ip}"), to_json(&rec)).await;
+            // Created, or held by someone else (a static address in our block): taken either
+            // way. A failed write leaves it free here; the create decides next time.
+            self.note(&subnet.id, ip, made.is_ok());
+            if made? {
+                crash_point!("request-address-allocated");
+                return Ok(Some(ip));
+            }
+        }
+        Err(IpamError::Contended {
+            scope: subnet.cidr.to_string(),
+        })
+    }
+
+    /// Loads this host's blocks of `subnet` with the addresses taken in them from the store,
+    /// and claims a free block when they are full. False when no block is left to claim.
+    async fn grow(&self, subnet: &Subnet) -> Result<bool, IpamError> {
+        let _g = self.claiming.lock().await;
+        let (domain, cidr) = (&subnet.domain, subnet.cidr);
+        if self
+            .cache()
+            .get(&subnet.id)
+            .is_some_and(|a| a.has_room(cidr))
+        {
+            return Ok(true);
+        }
+        let held: Vec<Block> = list_json(&*self.cluster, &blocks_prefix(domain, cidr)).await?;
+        let prefix = addrs_prefix(domain, cidr);
+        let mut taken: BTreeSet<IpAddr> = self
+            .cluster
+            .list(&prefix)
+            .await?
+            .iter()
+            .filter_map(|kv| kv.key[prefix.len()..].parse().ok())
+            .collect();
+        let mut mine: Vec<IpNet> = held
+            .iter()
+            .filter(|b| b.host == self.host)
+            .map(|b| b.cidr)
+            .collect();
+        let mut seen: BTreeSet<IpNet> = held.iter().map(|b| b.cidr).collect();
+        let room = |b: &IpNet, taken: &BTreeSet<IpAddr>| lowest_free(cidr, *b, taken).is_some();
+        let pending = self
+            .cache()
+            .get(&subnet.id)
+            .map(|a| a.pending.clone())
+            .unwrap_or_default();
+        taken.extend(pending);
+        let mut grown = mine.iter().any(|b| room(b, &taken));
+        let scope = subnet.range.unwrap_or(cidr);
+        while !grown {
+            let Some(b) = unclaimed(cidr, scope, &seen, &taken, host_offset(&self.host)) else {
+                break;
+            };
+            let rec = Block {
+                cidr: b,
+                host: self.host.clone(),
+                since: crate::model::now(),
+            };
+            if create(&*self.cluster, &block_key(domain, cidr, b), to_json(&rec)).await? {
+                tracing::debug!(subnet = %cidr, block = %b, "claimed an address block");
+                mine.push(b);
+                grown = true;
+            }
+            seen.insert(b);
+        }
+        let mut cache = self.cache();
+        let a = cache.entry(subnet.id.clone()).or_default();
+        taken.extend(a.pending.iter().copied());
+        a.blocks = mine;
+        a.taken = taken;
+        Ok(grown)
     }
 }
 

@@ -294,7 +294,10 @@ proptest! {
 
 /// Two hosts: each its own local store, one shared cluster store.
 async fn two_hosts() -> (Ipam, Ipam) {
-    let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+    two_hosts_on(Arc::new(MemoryStore::new())).await
+}
+
+async fn two_hosts_on(cluster: Arc<dyn qingluan_store::Store>) -> (Ipam, Ipam) {
     let host = |id: &str| {
         Ipam::lazy(
             Arc::new(MemoryStore::new()),
@@ -440,4 +443,133 @@ fn host_offsets_wrap_within_the_scope() {
     assert_eq!(at(6).as_deref(), Some("10.9.0.1"));
     assert_eq!(at(8 + 3).as_deref(), Some("10.9.0.3"));
     assert_ne!(host_offset("h1"), host_offset("h2"));
+}
+
+/// Dynamic addresses of `n` requests.
+async fn allocate(ipam: &Ipam, id: &str, n: usize) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(ipam.request_address(id, "", false).await.unwrap().addr());
+    }
+    out
+}
+
+/// The blocks of the cluster store: block and host.
+async fn blocks(cluster: &dyn qingluan_store::Store) -> Vec<(IpNet, String)> {
+    qingluan_store::list_json::<Block>(cluster, BLOCKS)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.cidr, b.host))
+        .collect()
+}
+
+#[test]
+fn hosts_allocate_from_their_own_blocks() {
+    rt().block_on(async {
+        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+        let (a, b) = two_hosts_on(cluster.clone()).await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "11")]);
+        let s = a
+            .request_pool("10.50.0.0/24", "", &vx, false)
+            .await
+            .unwrap();
+        b.request_pool("", "", &vx, false).await.unwrap();
+        a.request_address(&s.id, "", true).await.unwrap();
+        let of_a = allocate(&a, &s.id, 3).await;
+        let of_b = allocate(&b, &s.id, 3).await;
+        let held = blocks(&*cluster).await;
+        assert_eq!(held.len(), 2, "{held:?}");
+        let block_of = |ip: &IpAddr| held.iter().find(|(c, _)| c.contains(ip)).unwrap();
+        assert!(of_a.iter().all(|ip| block_of(ip).1 == "h1"), "{of_a:?}");
+        assert!(of_b.iter().all(|ip| block_of(ip).1 == "h2"), "{of_b:?}");
+        // Within its block a host hands out the lowest free address, and a released one
+        // comes back first.
+        assert!(of_a.windows(2).all(|w| w[0] < w[1]));
+        a.release_address(&s.id, &of_a[0].to_string())
+            .await
+            .unwrap();
+        assert_eq!(allocate(&a, &s.id, 1).await, vec![of_a[0]]);
+        // A full block makes the host claim another.
+        let (mine, _) = held.iter().find(|(_, h)| h == "h1").unwrap();
+        let room = (0..64)
+            .filter_map(|n| nth_host(*mine, n))
+            .filter(|ip| usable(s.cidr, *ip))
+            .count();
+        let gateway_here = usize::from(mine.contains(&first_host(s.cidr).unwrap()));
+        allocate(&a, &s.id, room - gateway_here - 3).await;
+        let next = allocate(&a, &s.id, 1).await[0];
+        assert!(!mine.contains(&next));
+        let held = blocks(&*cluster).await;
+        assert_eq!(
+            held.iter().filter(|(_, h)| h == "h1").count(),
+            2,
+            "{held:?}"
+        );
+    });
+}
+
+#[test]
+fn a_claimed_out_subnet_is_borrowed_from_without_duplicates() {
+    rt().block_on(async {
+        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+        let (a, b) = two_hosts_on(cluster.clone()).await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "12")]);
+        let s = a
+            .request_pool("10.51.0.0/27", "", &vx, false)
+            .await
+            .unwrap();
+        b.request_pool("", "", &vx, false).await.unwrap();
+        let gw = a.request_address(&s.id, "", true).await.unwrap().addr();
+        // The /27 is one block; h1 claims it, h2 borrows from it.
+        let mut seen: BTreeSet<IpAddr> = allocate(&a, &s.id, 2).await.into_iter().collect();
+        // h2 takes the address h1 would hand out next, as a static one: h1 skips it.
+        let next = nth_host(s.cidr, 4).unwrap();
+        b.request_address(&s.id, &next.to_string(), false)
+            .await
+            .unwrap();
+        seen.insert(next);
+        let after = allocate(&a, &s.id, 1).await[0];
+        assert_ne!(after, next);
+        seen.insert(after);
+        for i in 0.. {
+            let ipam = if i % 2 == 0 { &b } else { &a };
+            match ipam.request_address(&s.id, "", false).await {
+                Ok(ip) => assert!(seen.insert(ip.addr()), "duplicate {ip}"),
+                Err(IpamError::NoFreeAddress { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!seen.contains(&gw));
+        assert_eq!(seen.len(), 29, "every usable address but the gateway");
+        assert_eq!(blocks(&*cluster).await, vec![(s.cidr, "h1".to_string())]);
+    });
+}
+
+#[test]
+fn blocks_stay_in_the_range_and_go_with_their_host_or_domain() {
+    rt().block_on(async {
+        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+        let (a, b) = two_hosts_on(cluster.clone()).await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "13")]);
+        let s = a
+            .request_pool("10.52.0.0/16", "10.52.7.0/25", &vx, false)
+            .await
+            .unwrap();
+        b.request_pool("", "10.52.7.0/25", &vx, false)
+            .await
+            .unwrap();
+        let range: IpNet = "10.52.7.0/25".parse().unwrap();
+        let got: Vec<IpAddr> =
+            [allocate(&a, &s.id, 5).await, allocate(&b, &s.id, 5).await].concat();
+        assert!(got.iter().all(|ip| range.contains(ip)), "{got:?}");
+        assert_eq!(blocks(&*cluster).await.len(), 2);
+        // A dead host's blocks are released; the live host can claim them.
+        assert_eq!(a.release_blocks_of("h2").await.unwrap(), 1);
+        assert_eq!(blocks(&*cluster).await.len(), 1);
+        allocate(&a, &s.id, 70).await;
+        assert_eq!(blocks(&*cluster).await.len(), 2);
+        a.drop_domain("vxlan-13").await.unwrap();
+        assert!(blocks(&*cluster).await.is_empty());
+    });
 }

@@ -10,8 +10,8 @@
 //! 2. **Leftover addresses.** Container addresses this host holds in cluster subnets that no
 //!    endpoint uses (a release lost during an outage) are freed after [`ORPHAN_SECS`].
 //! 3. **Dead hosts.** A host whose liveness lease expired is recorded as down with the time;
-//!    once down for the grace period, its container addresses and endpoint entries are
-//!    deleted (compare-and-swap, so an entry the host rewrote meanwhile stays).
+//!    once down for the grace period, its container addresses, address blocks and endpoint
+//!    entries are deleted (compare-and-swap, so an entry the host rewrote meanwhile stays).
 //! 4. **What other hosts changed.** Where their overlay endpoints are, and the ACL rules and
 //!    connections of cluster networks: the dataplane is re-programmed when they changed.
 
@@ -269,6 +269,7 @@ impl ClusterAgent {
                     report.freed += 1;
                 }
             }
+            self.ipam.release_blocks_of(&id).await?;
             for kv in self.cluster.list(&format!("{ENDPOINTS}{id}/")).await? {
                 self.cluster
                     .txn(
