@@ -115,7 +115,7 @@ pub struct Desired {
 }
 
 /// What other hosts contribute to this host's dataplane. Only live hosts count.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterView {
     /// Their endpoints on overlay networks, by cluster key, with the underlay address of
     /// their host.
@@ -126,7 +126,7 @@ pub struct ClusterView {
 }
 
 /// Another host's container on a cluster network.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteContainer {
     /// The container.
     pub container: crate::model::ContainerRef,

@@ -12,6 +12,9 @@
 //! | [`crate::ids::IdsWatch`] | `ids/watch/<network id>` |
 //! | [`crate::ids::ContainerWatch`] | `ids/container/<container name>` |
 //! | [`crate::ids::IdsRules`] | `ids/rules/current` |
+//!
+//! Besides the records, `cluster-cache/view` and `cluster-cache/intent` hold what the
+//! cluster store last said (`State::restore_cluster`).
 
 use qingluan_store::{get_json, list_json, to_json, Op, Store, StoreError};
 use serde::de::DeserializeOwned;

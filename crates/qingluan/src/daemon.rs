@@ -6,8 +6,9 @@
 //! GetCapabilities disables the driver until dockerd restarts. OVS is NOT needed to answer
 //! activation and capability calls; calls that need OVS fail with a clear error while it is
 //! down, and background tasks converge the dataplane once it is back:
-//! - a full reconcile at start, every 30 s, after every OVSDB reconnect and after every
-//!   `Plugin.Activate` (a new dockerd);
+//! - a full reconcile at start (from the cluster view and intent saved at the last run, so
+//!   a restart keeps the overlay and cluster ACLs while etcd is read again or down), every
+//!   30 s, after every OVSDB reconnect and after every `Plugin.Activate` (a new dockerd);
 //! - a flow audit every second, re-programming bridges whose sentinel flow is gone
 //!   (ovs-vswitchd restarted);
 //! - after an activation and every 60 s, endpoints Docker no longer knows are collected;
@@ -244,6 +245,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ipam.clone(),
         reconciler,
     ));
+    if let Err(e) = driver.state.restore_cluster().await {
+        tracing::warn!(error = %e, "cannot read the cluster's state saved at the last run");
+    }
     let stats = Arc::new(CallStats::default());
     let activated = Arc::new(Notify::new());
     let activated_gc = Arc::new(Notify::new());

@@ -197,6 +197,16 @@ fn etcd_outage_spares_local_networks() {
     assert!(run(&bed, "qlt-v1", "ov1").status.success());
     assert!(run(&bed, "qlt-v2", "ov1").status.success());
     let v2 = bed.address(1, "qlt-v2");
+    let w1 = bed.sleeper(2, "qlt-w1", "ov1");
+    bed.acl_add(
+        1,
+        &["--network", "ov1", "--from", "container:qlt-v2", "--deny"],
+    );
+    wait_until(
+        10,
+        "h1's containers reach h2's, but for the denied one",
+        || bed.ping_once(1, "qlt-v1", &w1) && !bed.ping_once(1, "qlt-v2", &w1),
+    );
 
     bed.stop_etcd();
     // Local networks work as usual: a new container, and traffic.
@@ -206,6 +216,20 @@ fn etcd_outage_spares_local_networks() {
     bed.docker_ok(1, &["exec", "qlt-n1", "ping", "-c", "2", "-W", "2", &n2]);
     // Existing cluster endpoints keep their traffic.
     bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &v2]);
+    // A daemon restarted during the outage starts from what etcd said last: its first
+    // reconcile keeps the tunnel to h2's container and the cluster network's rule.
+    let reconciles = |bed: &Bed| bed.daemon_log(1).matches("full reconcile done").count();
+    let before = reconciles(&bed);
+    bed.kill_daemon(1);
+    bed.start_daemon(1);
+    wait_until(10, "the restarted daemon's first full reconcile", || {
+        reconciles(&bed) > before
+    });
+    bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &w1]);
+    assert!(
+        !bed.ping_once(1, "qlt-v2", &w1),
+        "the deny holds after the restart"
+    );
     // A new cluster endpoint fails fast with the documented error.
     let t = Instant::now();
     let o = run(&bed, "qlt-v3", "ov1");
@@ -242,7 +266,7 @@ fn etcd_outage_spares_local_networks() {
     let v4 = bed.address(1, "qlt-v4");
     bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &v4]);
     let all = cluster_addresses(&bed, 2, "vxlan-5001");
-    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all.len(), 4, "{all:?}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ use super::{
 use crate::model::{Endpoint, Mac, Network};
 
 /// Where another host's endpoint of an overlay network is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteEndpoint {
     /// Its endpoint ID.
     pub id: String,

@@ -130,6 +130,7 @@ impl ClusterAgent {
         if *self.view.read().await == view {
             return Ok(false);
         }
+        self.save_cluster(super::CLUSTER_VIEW, &view).await;
         *self.view.write().await = view;
         Ok(true)
     }

@@ -282,11 +282,12 @@ pub struct State {
     /// Host facts, learnt from OVS on first need.
     pub(crate) facts: RwLock<Option<HostFacts>>,
     /// Other hosts' overlay endpoints, refreshed by the cluster agent; kept as it was while
-    /// the cluster store is unreachable, so existing tunnels keep working.
+    /// the cluster store is unreachable, so existing tunnels keep working, and saved in
+    /// this host's store so a restart starts from it ([`State::restore_cluster`]).
     pub(crate) view: RwLock<desired::ClusterView>,
     /// The ACL rules and connections of cluster networks: read from the cluster store on
     /// first need, then kept current by the cluster agent and by this host's changes; kept
-    /// as they were while the cluster store is unreachable.
+    /// as they were while the cluster store is unreachable, and saved like the view.
     pub(crate) cluster_intent: RwLock<Option<ClusterIntent>>,
     /// Serialises calls.
     pub(crate) lock: Mutex<()>,
@@ -315,8 +316,13 @@ impl Deletions {
     }
 }
 
+/// This host's store key of the last cluster view it applied.
+pub(crate) const CLUSTER_VIEW: &str = "cluster-cache/view";
+/// This host's store key of the last cluster intent it applied.
+const CLUSTER_INTENT: &str = "cluster-cache/intent";
+
 /// What users asked for on cluster networks, naming them by cluster key (`cluster.rs`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ClusterIntent {
     /// ACL rules.
     pub acl: Vec<AclRule>,
@@ -469,8 +475,33 @@ impl State {
         if cache.as_ref() == Some(&read) {
             return Ok(false);
         }
+        self.save_cluster(CLUSTER_INTENT, &read).await;
         *cache = Some(read);
         Ok(true)
+    }
+
+    /// Takes back the cluster view and intent this host last applied, from its own store:
+    /// the first reconcile after a restart then keeps the tunnels to other hosts' endpoints
+    /// and the cluster networks' ACL rules while the cluster store is read again (or down).
+    /// Without it that reconcile removed them until the cluster agent's first pass.
+    pub async fn restore_cluster(&self) -> Result<(), ServiceError> {
+        let store = &*self.store;
+        if let Some(view) = qingluan_store::get_json(store, CLUSTER_VIEW).await? {
+            *self.view.write().await = view;
+        }
+        if let Some(intent) = qingluan_store::get_json(store, CLUSTER_INTENT).await? {
+            *self.cluster_intent.write().await = Some(intent);
+        }
+        Ok(())
+    }
+
+    /// Saves what the cluster store said, for [`State::restore_cluster`]. A failed save
+    /// costs only that: it is written again at the next change.
+    pub(crate) async fn save_cluster<T: serde::Serialize>(&self, key: &str, value: &T) {
+        let put = Op::Put(key.to_string(), qingluan_store::to_json(value));
+        if let Err(e) = self.store.txn(vec![], vec![put]).await {
+            tracing::warn!(error = %e, key, "cannot save the cluster's state for the next start");
+        }
     }
 
     /// Takes in what this host changed in the cluster store and applies it; on failure

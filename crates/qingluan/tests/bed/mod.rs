@@ -791,6 +791,16 @@ impl Bed {
             .any(|l| l == name)
     }
 
+    /// PID of host `h`'s qingluan daemon while it runs.
+    pub fn daemon_pid(&self, h: usize) -> Option<u32> {
+        self.hosts[h - 1].daemon.as_ref().map(Child::id)
+    }
+
+    /// Host `h`'s whole daemon log.
+    pub fn daemon_log(&self, h: usize) -> String {
+        std::fs::read_to_string(self.hosts[h - 1].dir.join("qingluan.log")).unwrap_or_default()
+    }
+
     /// Tail of every host's daemon log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
