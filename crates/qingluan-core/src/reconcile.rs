@@ -58,8 +58,10 @@ pub struct Report {
     pub veths_created: usize,
     /// Veths deleted.
     pub veths_deleted: usize,
-    /// Bridges whose flows were replaced.
+    /// Bridges whose flow tables were programmed (compared with the switch, and made equal).
     pub flows_replaced: usize,
+    /// Flows added or deleted on them: identical flows are kept, with their counters.
+    pub flows_changed: usize,
     /// Whether netfilter changed.
     pub firewall_changed: bool,
 }
@@ -529,7 +531,7 @@ impl Pass<'_> {
         let flows = async {
             let t = std::time::Instant::now();
             let mut errs = Vec::new();
-            let mut replaced = 0;
+            let (mut replaced, mut changed) = (0, 0);
             let mut installed = r.installed_flows.lock().await;
             installed.retain(|b, _| d.flows.contains_key(b));
             let compared = if full {
@@ -563,8 +565,9 @@ impl Pass<'_> {
                 .await;
             for (bridge, want, done) in results {
                 match done {
-                    Ok(()) => {
+                    Ok(n) => {
                         replaced += 1;
+                        changed += n;
                         installed.insert(bridge.clone(), want);
                     }
                     Err(e) => {
@@ -579,7 +582,7 @@ impl Pass<'_> {
                 .filter(|(b, _)| installed.contains_key(*b))
                 .map(|(b, c)| (b.clone(), *c))
                 .collect();
-            (replaced, errs, t.elapsed())
+            ((replaced, changed), errs, t.elapsed())
         };
         let firewall = async {
             let t = std::time::Instant::now();
@@ -593,8 +596,10 @@ impl Pass<'_> {
             fw.guards.dedup();
             (a.firewall.apply(&fw.ruleset(), full).await, t.elapsed())
         };
-        let ((replaced, flow_errs, flows_took), (fw, fw_took)) = tokio::join!(flows, firewall);
+        let (((replaced, changed), flow_errs, flows_took), (fw, fw_took)) =
+            tokio::join!(flows, firewall);
         report.flows_replaced = replaced;
+        report.flows_changed = changed;
         errs.extend(flow_errs);
         match fw {
             Ok(changed) => report.firewall_changed = changed,
@@ -633,22 +638,23 @@ impl Pass<'_> {
 }
 
 /// Programs a bridge: meters that are missing or differ first (flows may use them), then
-/// the flow table, then the meters nobody uses any more are deleted.
+/// the flow table, then the meters nobody uses any more are deleted. Returns how many flows
+/// changed.
 async fn program(
     of: &dyn FlowProgrammer,
     bridge: &str,
     flows: &[Flow],
     meters: &[Meter],
-) -> Result<(), qingluan_dataplane::openflow::FlowError> {
+) -> Result<usize, qingluan_dataplane::openflow::FlowError> {
     let have = of.meters(bridge).await?;
     for m in meters.iter().filter(|m| !have.contains(m)) {
         of.set_meter(bridge, *m).await?;
     }
-    of.replace_flows(bridge, flows).await?;
+    let changed = of.replace_flows(bridge, flows).await?;
     for m in have.iter().filter(|h| !meters.iter().any(|m| m.id == h.id)) {
         of.delete_meter(bridge, m.id).await?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The interfaces enslaved to uplink bridges of the userspace datapath. They are guarded

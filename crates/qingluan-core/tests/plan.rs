@@ -73,7 +73,18 @@ fn reconciler() -> (
     let flows = Arc::new(FakeFlows::default());
     let links = Arc::new(FakeLinks::default());
     let fw = Arc::new(FakeFirewall::default());
-    let r = Reconciler::new(
+    let r = reconciler_on(&ovs, &flows, &links, &fw);
+    (r, ovs, flows, links, fw)
+}
+
+/// A reconciler over existing fakes (a restarted daemon's).
+fn reconciler_on(
+    ovs: &Arc<FakeOvs>,
+    flows: &Arc<FakeFlows>,
+    links: &Arc<FakeLinks>,
+    fw: &Arc<FakeFirewall>,
+) -> Reconciler {
+    Reconciler::new(
         Adapters {
             ovs: ovs.clone(),
             flows: flows.clone(),
@@ -82,8 +93,7 @@ fn reconciler() -> (
         },
         "qingluan",
         "ql",
-    );
-    (r, ovs, flows, links, fw)
+    )
 }
 
 fn facts() -> HostFacts {
@@ -179,7 +189,7 @@ fn reconcile_converges_and_then_changes_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (r, ovs, _, _, fw) = reconciler();
+        let (r, ovs, flows, links, fw) = reconciler();
         let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
         let e1 = ep("b2", &n, 2, vec![]);
         let e2 = ep("c3", &n, 3, vec![]);
@@ -201,6 +211,19 @@ fn reconcile_converges_and_then_changes_nothing() {
             Default::default(),
             "a second pass must touch nothing"
         );
+        // A restarted daemon's reconciler knows nothing it installed: its full pass compares
+        // every bridge with the switch and changes nothing.
+        let restarted = reconciler_on(&ovs, &flows, &links, &fw);
+        let after = restarted
+            .begin()
+            .await
+            .unwrap()
+            .sync(&d, true)
+            .await
+            .unwrap();
+        assert_eq!((after.flows_replaced, after.flows_changed), (1, 0));
+        assert_eq!(after.ovs_ops + after.veths_created + after.veths_deleted, 0);
+        assert!(!after.firewall_changed, "{after:?}");
 
         // Removing an endpoint removes its port and veth, nothing else.
         let d2 = modes::build(

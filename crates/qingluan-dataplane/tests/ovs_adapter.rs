@@ -704,7 +704,7 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
 
     // The same set again changes nothing: no flow is re-added (ages keep growing).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    of.replace_flows("qltbr1", &flows).await.unwrap();
+    assert_eq!(of.replace_flows("qltbr1", &flows).await.unwrap(), 0);
     let after = ages(&of, "qltbr1").await;
     assert_eq!(after.len(), 4);
     for (flow, age) in &after {
@@ -734,7 +734,7 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
         ),
         flow(10, 0, BASE, vec![], vec![]),
     ];
-    of.replace_flows("qltbr1", &changed).await.unwrap();
+    let touched = of.replace_flows("qltbr1", &changed).await.unwrap();
     let now = ages(&of, "qltbr1").await;
     assert_eq!(
         now.keys().map(|k| (k.0, k.1, k.2)).collect::<Vec<_>>(),
@@ -747,6 +747,7 @@ async fn replace_flows_is_exact_atomic_and_idempotent() {
     for k in [(0, 150, EP), (0, 200, BASE2), (10, 0, BASE)] {
         assert!(now[&k] < Duration::from_secs(1), "{k:?} replaced");
     }
+    assert_eq!(touched, 6, "three flows deleted, three added");
     assert!(table(&ovs, "qltbr1")
         .contains("cookie=0x100000000000001, table=10, priority=0 actions=drop"));
 

@@ -218,13 +218,18 @@ fn etcd_outage_spares_local_networks() {
     bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &v2]);
     // A daemon restarted during the outage starts from what etcd said last: its first
     // reconcile keeps the tunnel to h2's container and the cluster network's rule.
-    let reconciles = |bed: &Bed| bed.daemon_log(1).matches("full reconcile done").count();
-    let before = reconciles(&bed);
+    let before = bed.reconcile_reports(1).len();
     bed.kill_daemon(1);
     bed.start_daemon(1);
     wait_until(10, "the restarted daemon's first full reconcile", || {
-        reconciles(&bed) > before
+        bed.reconcile_reports(1).len() > before
     });
+    let first = &bed.reconcile_reports(1)[before];
+    assert!(
+        first.contains("ovs_ops: 0, veths_created: 0, veths_deleted: 0, ")
+            && first.contains("flows_changed: 0, firewall_changed: false"),
+        "the first pass after the restart changed the dataplane: {first}"
+    );
     bed.docker_ok(1, &["exec", "qlt-v1", "ping", "-c", "2", "-W", "2", &w1]);
     assert!(
         !bed.ping_once(1, "qlt-v2", &w1),

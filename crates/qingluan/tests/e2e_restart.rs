@@ -1,4 +1,5 @@
-//! Restarts: the daemon under traffic (no ping lost), ovs-vswitchd (connectivity back
+//! Restarts: the daemon under traffic (no ping lost, and its first pass changes nothing),
+//! ovs-vswitchd (connectivity back
 //! within 5 s), and dockerd with `--restart=always` containers (they come back, with their
 //! `--ip`, and nothing stale is left in qingluan).
 //!
@@ -9,6 +10,12 @@ mod common;
 
 use common::*;
 use std::time::Duration;
+
+/// Whether a full reconcile's report says it changed nothing.
+fn unchanged(report: &str) -> bool {
+    report.contains("ovs_ops: 0, veths_created: 0, veths_deleted: 0, ")
+        && report.contains("flows_changed: 0, firewall_changed: false")
+}
 
 #[test]
 fn daemon_restart_loses_no_ping() {
@@ -28,11 +35,19 @@ fn daemon_restart_loses_no_ping() {
     std::thread::sleep(Duration::from_secs(2));
     env.stop();
     std::thread::sleep(Duration::from_millis(500));
+    let before = env.reconcile_reports().len();
     env.start();
     let (_, out) = pinger.join().unwrap();
     assert!(
         out.contains("40 packets received") || out.contains(" 0% packet loss"),
         "{out}"
+    );
+    // The new daemon found the dataplane as its records describe it: its first full pass
+    // changed nothing.
+    let first = &env.reconcile_reports()[before];
+    assert!(
+        unchanged(first),
+        "the first pass after the restart changed the dataplane: {first}"
     );
     // A new container still works after the restart.
     docker(&[

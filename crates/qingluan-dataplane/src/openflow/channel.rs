@@ -192,7 +192,7 @@ impl Channel {
 
     /// Makes the switch's table exactly `flows`: deletes what is not wanted, adds what is
     /// missing, in one atomic bundle; nothing is sent when they are equal.
-    pub(crate) async fn replace(&mut self, flows: &[Flow]) -> Result<(), Failure> {
+    pub(crate) async fn replace(&mut self, flows: &[Flow]) -> Result<usize, Failure> {
         let ports: HashMap<String, u32> = self.ports().await?.into_iter().collect();
         let resolve = |name: &str| ports.get(name).copied();
         let mut wanted: HashMap<(u8, u16, u64), (Encoded, &Flow)> = HashMap::new();
@@ -254,10 +254,11 @@ impl Channel {
             msgs.push((xid, codec::flow_mod(xid, head, &e.matches, &e.instructions)));
             what.insert(xid, format!("adding {}", flow.render()));
         }
-        if msgs.is_empty() {
-            return Ok(());
+        let changed = msgs.len();
+        if changed > 0 {
+            self.bundle(id, msgs, &what).await?;
         }
-        self.bundle(id, msgs, &what).await
+        Ok(changed)
     }
 
     fn next_bundle(&mut self) -> u32 {

@@ -47,7 +47,7 @@ impl FakeFlows {
 
 #[async_trait]
 impl FlowProgrammer for FakeFlows {
-    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<(), FlowError> {
+    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<usize, FlowError> {
         {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
@@ -59,11 +59,15 @@ impl FlowProgrammer for FakeFlows {
                 });
             }
         }
-        self.tables
+        let old = self
+            .tables
             .lock()
             .unwrap()
-            .insert(bridge.into(), flows.to_vec());
-        Ok(())
+            .insert(bridge.into(), flows.to_vec())
+            .unwrap_or_default();
+        let gone = old.iter().filter(|f| !flows.contains(f)).count();
+        let new = flows.iter().filter(|f| !old.contains(f)).count();
+        Ok(gone + new)
     }
 
     async fn flow_stats(

@@ -478,8 +478,9 @@ pub enum FlowError {
 #[async_trait]
 pub trait FlowProgrammer: Send + Sync {
     /// Makes the bridge's flow table exactly `flows`, atomically, touching only flows that
-    /// differ (identical flows keep their counters).
-    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<(), FlowError>;
+    /// differ (identical flows keep their counters); returns how many flows it added or
+    /// deleted.
+    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<usize, FlowError>;
     /// Counters of the flows whose cookie equals `cookie` in the bits set in `mask` (`mask`
     /// 0 gives every flow).
     async fn flow_stats(

@@ -45,6 +45,7 @@ enum Op<'a> {
 /// Its result.
 enum Done {
     Nothing,
+    Changed(usize),
     Stats(Vec<FlowStats>),
     Ports(Vec<PortStats>),
     Count(u64),
@@ -66,10 +67,7 @@ impl Op<'_> {
 
     async fn run(&self, ch: &mut Channel) -> Result<Done, Failure> {
         Ok(match self {
-            Op::Replace(flows) => {
-                ch.replace(flows).await?;
-                Done::Nothing
-            }
+            Op::Replace(flows) => Done::Changed(ch.replace(flows).await?),
             Op::Stats(c, m) => Done::Stats(ch.stats(*c, *m).await?),
             Op::Ports => Done::Ports(ch.port_stats().await?),
             Op::Count(c, m) => Done::Count(ch.count(*c, *m).await?),
@@ -176,8 +174,11 @@ impl NativeFlows {
 
 #[async_trait]
 impl FlowProgrammer for NativeFlows {
-    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<(), FlowError> {
-        self.run(bridge, Op::Replace(flows)).await.map(|_| ())
+    async fn replace_flows(&self, bridge: &str, flows: &[Flow]) -> Result<usize, FlowError> {
+        match self.run(bridge, Op::Replace(flows)).await? {
+            Done::Changed(n) => Ok(n),
+            _ => unreachable!("replace-flows answers with the changes"),
+        }
     }
 
     async fn flow_stats(

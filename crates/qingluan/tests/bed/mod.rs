@@ -796,9 +796,15 @@ impl Bed {
         self.hosts[h - 1].daemon.as_ref().map(Child::id)
     }
 
-    /// Host `h`'s whole daemon log.
-    pub fn daemon_log(&self, h: usize) -> String {
-        std::fs::read_to_string(self.hosts[h - 1].dir.join("qingluan.log")).unwrap_or_default()
+    /// The reports of the full reconciles host `h`'s daemon logged, oldest first (its log
+    /// is appended to across restarts).
+    pub fn reconcile_reports(&self, h: usize) -> Vec<String> {
+        std::fs::read_to_string(self.hosts[h - 1].dir.join("qingluan.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("full reconcile done"))
+            .map(String::from)
+            .collect()
     }
 
     /// Tail of every host's daemon log.

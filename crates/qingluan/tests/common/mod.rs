@@ -203,6 +203,7 @@ impl Env {
     /// Starts the daemon with extra environment variables (e.g. `FAILPOINTS`) and waits for
     /// its sockets. It runs in the test's directory.
     pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
+        let before = self.reconciles();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -226,12 +227,24 @@ impl Env {
             self.log()
         );
         assert!(
-            wait_for(Duration::from_secs(20), || self
-                .log()
-                .contains("full reconcile done")),
+            wait_for(Duration::from_secs(20), || self.reconciles() > before),
             "daemon never reconciled: {}",
             self.log()
         );
+    }
+
+    /// The reports of the full reconciles the daemon logged, oldest first (across restarts:
+    /// the log is appended to).
+    pub fn reconcile_reports(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("full reconcile done"))
+            .map(String::from)
+            .collect()
+    }
+
+    fn reconciles(&self) -> usize {
+        self.reconcile_reports().len()
     }
 
     /// Waits for the daemon to exit by itself (a crash point); panics after 10 s.
