@@ -19,7 +19,8 @@
 # installed, address allocations on a cluster network through etcd from one and from three
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
-# QL_BENCH_CLUSTER=0 skips those two. Scale (scripts/lib/bench_scale.py, a private daemon of
+# QL_BENCH_CLUSTER=0 skips those two; with QL_BENCH_CLUSTER_SCALE=1 also one vxlan network
+# over three bed hosts with 300 endpoints each (benches/cluster_scale.rs, ~15 min). Scale (scripts/lib/bench_scale.py, a private daemon of
 # its own driver name): 100 containers started 10 at a time and stopped in one batch on
 # qingluan against Docker bridge networks, with 0 and 300 endpoints already up
 # (QL_BENCH_SCALE_LEVELS), CreateEndpoint/Join/DeleteEndpoint p50/p99, idle CPU, RSS, flows
@@ -144,5 +145,9 @@ if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   if command -v iperf3 >/dev/null; then
     echo
     QL_E2E=1 cargo bench -q -p qingluan --features etcd --bench overlay
+  fi
+  if [ "${QL_BENCH_CLUSTER_SCALE:-0}" != 0 ]; then
+    echo
+    QL_E2E=1 cargo bench -q -p qingluan --features etcd --bench cluster_scale
   fi
 fi
