@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,10 @@ pub const BLOCKS: &str = "ipam/blocks/";
 
 /// A block has 2^BLOCK_BITS addresses.
 const BLOCK_BITS: u8 = 6;
+
+/// How long after finding no block left to claim a host borrows at once, without looking
+/// for a free block again.
+const RETRY_CLAIM: Duration = Duration::from_secs(2);
 
 /// A claimed block of a cluster subnet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +90,11 @@ pub fn unclaimed(
 /// This host's blocks of one cluster subnet and the addresses taken in them.
 #[derive(Debug, Default)]
 pub struct Affinity {
+    /// When the subnet record it was loaded for was made, and its range: a subnet removed
+    /// and made again under the same PoolID gets a new entry.
+    pub subnet: (u64, Option<IpNet>),
+    /// When the last load found no block left to claim.
+    pub exhausted: Option<Instant>,
     /// Blocks this host holds, in the order it allocates from them.
     pub blocks: Vec<IpNet>,
     /// Addresses known to be taken (in the store, or reserved by a call in flight).
@@ -103,6 +113,11 @@ impl Affinity {
         self.taken.insert(ip);
         self.pending.insert(ip);
         Some(ip)
+    }
+
+    /// Whether no block was left to claim a moment ago: the caller borrows at once.
+    pub fn exhausted(&self) -> bool {
+        self.exhausted.is_some_and(|t| t.elapsed() < RETRY_CLAIM)
     }
 
     /// Whether a block of this host has a free address.

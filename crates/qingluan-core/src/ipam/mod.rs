@@ -15,13 +15,13 @@
 //!   single host). A cluster domain holds exactly one subnet, shared by every host that has
 //!   the network; container addresses there name the host that holds them, so the addresses
 //!   of a dead host can be reclaimed.
-//! - A **block** is a run of 64 addresses of a cluster subnet that one host allocates from
-//!   without racing the others (`blocks.rs`).
+//! - A **block** is a run of 64 addresses of a cluster subnet that one host allocates its
+//!   dynamic addresses from (`blocks.rs`).
 //!
 //! Rules: every allocation is one compare-and-swap transaction on the store (create-if-absent
 //! of the address key), so concurrent requests can never hand out the same address, and it is
-//! durable before the reply. This file holds the pure arithmetic, `blocks.rs` that of blocks, `service.rs` the
-//! store side.
+//! durable before the reply. This file holds the pure arithmetic, `blocks.rs` that of blocks,
+//! `service.rs` the store side.
 
 mod blocks;
 mod service;

@@ -4,9 +4,10 @@
 //! deterministic; the store transaction (create-if-absent of the address key) is what makes
 //! an allocation unique. On the cluster store other hosts allocate concurrently, so dynamic
 //! addresses there come from this host's blocks (`blocks.rs`): no list of the subnet, no
-//! race with other hosts, and no wait behind this daemon's other calls, only the address's
-//! own create. When no block is left a host borrows: it re-reads the taken addresses and
-//! tries the next one until its create wins.
+//! wait behind this daemon's other calls, only the address's own create, which races
+//! other hosts only for addresses they took inside our blocks (static or borrowed ones).
+//! When no block is left a host borrows: it re-reads the taken addresses and tries the
+//! next one until its create wins.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -439,7 +440,8 @@ impl Ipam {
         } else {
             vec![]
         };
-        self.domain_store(&domain)
+        let done = self
+            .domain_store(&domain)
             .txn(
                 guard,
                 vec![
@@ -449,6 +451,11 @@ impl Ipam {
                 ],
             )
             .await?;
+        if !done.succeeded {
+            // Other hosts keep the network: this host's blocks are theirs to claim now.
+            self.release_blocks_in(&blocks_prefix(&domain, cidr), &self.host)
+                .await?;
+        }
         self.cache().remove(id);
         Ok(())
     }
@@ -797,8 +804,13 @@ impl Ipam {
     /// Releases the blocks `host` holds in every cluster subnet (a dead host whose addresses
     /// were reclaimed), so live hosts can claim them; returns how many.
     pub async fn release_blocks_of(&self, host: &str) -> Result<usize, IpamError> {
+        self.release_blocks_in(BLOCKS, host).await
+    }
+
+    /// Releases the blocks under `prefix` that `host` holds; returns how many.
+    async fn release_blocks_in(&self, prefix: &str, host: &str) -> Result<usize, IpamError> {
         let mut released = 0;
-        for kv in self.cluster.list(BLOCKS).await? {
+        for kv in self.cluster.list(prefix).await? {
             let Ok(b) = serde_json::from_slice::<Block>(&kv.value) else {
                 continue;
             };
@@ -833,44 +845,78 @@ impl Ipam {
     }
 
     /// A dynamic address from this host's blocks of a cluster subnet, claiming a block when
-    /// they are full; `None` when every block is another host's (the caller borrows).
+    /// they are full; `None` when every block is another host's, or its blocks keep holding
+    /// addresses others took (the caller borrows).
     async fn allocate_in_blocks(&self, subnet: &Subnet) -> Result<Option<IpAddr>, IpamError> {
         let prefix = addrs_prefix(&subnet.domain, subnet.cidr);
+        let mut missed = 0;
         for _ in 0..ALLOCATION_ATTEMPTS {
-            let reserved = self
-                .cache()
-                .get_mut(&subnet.id)
-                .and_then(|a| a.reserve(subnet.cidr));
-            let Some(ip) = reserved else {
-                if self.grow(subnet).await? {
-                    continue;
+            let ip = match self.reserve(subnet) {
+                Reserved::Address(ip) => ip,
+                Reserved::Exhausted => return Ok(None),
+                Reserved::Full => {
+                    if self.grow(subnet, false).await? {
+                        continue;
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
+            };
+            let reservation = Reservation {
+                ipam: self,
+                pool_id: &subnet.id,
+                ip,
+                settled: false,
             };
             let rec = self.dynamic_here(ip);
             let made = create(&*self.cluster, &format!("{prefix}{ip}"), to_json(&rec)).await;
             // Created, or held by someone else (a static address in our block): taken either
             // way. A failed write leaves it free here; the create decides next time.
-            self.note(&subnet.id, ip, made.is_ok());
+            reservation.settle(made.is_ok());
             if made? {
                 crash_point!("request-address-allocated");
                 return Ok(Some(ip));
             }
+            // Others took addresses in our blocks: read them before trying more.
+            missed += 1;
+            if missed == STALE_MISSES {
+                missed = 0;
+                if !self.grow(subnet, true).await? {
+                    return Ok(None);
+                }
+            }
         }
-        Err(IpamError::Contended {
-            scope: subnet.cidr.to_string(),
-        })
+        Ok(None)
+    }
+
+    /// Reserves the lowest free address of this host's blocks of `subnet` in its cache.
+    fn reserve(&self, subnet: &Subnet) -> Reserved {
+        let mut cache = self.cache();
+        let Some(a) = cache.get_mut(&subnet.id) else {
+            return Reserved::Full;
+        };
+        if a.subnet != (subnet.created, subnet.range) {
+            cache.remove(&subnet.id);
+            return Reserved::Full;
+        }
+        match a.reserve(subnet.cidr) {
+            Some(ip) => Reserved::Address(ip),
+            None if a.exhausted() => Reserved::Exhausted,
+            None => Reserved::Full,
+        }
     }
 
     /// Loads this host's blocks of `subnet` with the addresses taken in them from the store,
     /// and claims a free block when they are full. False when no block is left to claim.
-    async fn grow(&self, subnet: &Subnet) -> Result<bool, IpamError> {
+    /// Without `reload`, a cache with room is taken as it is.
+    async fn grow(&self, subnet: &Subnet, reload: bool) -> Result<bool, IpamError> {
         let _g = self.claiming.lock().await;
         let (domain, cidr) = (&subnet.domain, subnet.cidr);
-        if self
-            .cache()
-            .get(&subnet.id)
-            .is_some_and(|a| a.has_room(cidr))
+        let scope = subnet.range.unwrap_or(cidr);
+        if !reload
+            && self
+                .cache()
+                .get(&subnet.id)
+                .is_some_and(|a| a.subnet == (subnet.created, subnet.range) && a.has_room(cidr))
         {
             return Ok(true);
         }
@@ -885,7 +931,7 @@ impl Ipam {
             .collect();
         let mut mine: Vec<IpNet> = held
             .iter()
-            .filter(|b| b.host == self.host)
+            .filter(|b| b.host == self.host && scope.contains(&b.cidr))
             .map(|b| b.cidr)
             .collect();
         let mut seen: BTreeSet<IpNet> = held.iter().map(|b| b.cidr).collect();
@@ -897,7 +943,6 @@ impl Ipam {
             .unwrap_or_default();
         taken.extend(pending);
         let mut grown = mine.iter().any(|b| room(b, &taken));
-        let scope = subnet.range.unwrap_or(cidr);
         while !grown {
             let Some(b) = unclaimed(cidr, scope, &seen, &taken, host_offset(&self.host)) else {
                 break;
@@ -917,6 +962,8 @@ impl Ipam {
         let mut cache = self.cache();
         let a = cache.entry(subnet.id.clone()).or_default();
         taken.extend(a.pending.iter().copied());
+        a.subnet = (subnet.created, subnet.range);
+        a.exhausted = (!grown).then(std::time::Instant::now);
         a.blocks = mine;
         a.taken = taken;
         Ok(grown)
@@ -952,6 +999,45 @@ pub enum Claim {
 
 /// Attempts of a dynamic allocation racing other hosts before giving up.
 const ALLOCATION_ATTEMPTS: usize = 64;
+
+/// Creates in a row that find the address held by another host before the block cache is
+/// read again.
+const STALE_MISSES: usize = 8;
+
+/// What [`Ipam::reserve`] found in the block cache.
+enum Reserved {
+    /// A free address, now reserved.
+    Address(IpAddr),
+    /// No room in this host's blocks (or none loaded yet).
+    Full,
+    /// No room, and no block was left to claim a moment ago.
+    Exhausted,
+}
+
+/// An address reserved in the block cache while its create is in flight. Settled with the
+/// create's outcome; dropped unsettled (the call was cancelled), the address is free again.
+struct Reservation<'a> {
+    ipam: &'a Ipam,
+    pool_id: &'a str,
+    ip: IpAddr,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// Records whether the address is held in the store now.
+    fn settle(mut self, held: bool) {
+        self.ipam.note(self.pool_id, self.ip, held);
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ipam.note(self.pool_id, self.ip, false);
+        }
+    }
+}
 
 /// A RequestPool in a cluster domain that already has its subnet: the same definition (or
 /// none) joins it, another is refused; `None` when the domain is still empty.

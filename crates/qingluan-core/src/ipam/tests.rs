@@ -573,3 +573,65 @@ fn blocks_stay_in_the_range_and_go_with_their_host_or_domain() {
         assert!(blocks(&*cluster).await.is_empty());
     });
 }
+
+#[test]
+fn addresses_others_took_in_a_block_are_skipped_and_read_back() {
+    rt().block_on(async {
+        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+        let (a, b) = two_hosts_on(cluster.clone()).await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "14")]);
+        let s = a
+            .request_pool("10.53.0.0/24", "", &vx, false)
+            .await
+            .unwrap();
+        b.request_pool("", "", &vx, false).await.unwrap();
+        let first = allocate(&a, &s.id, 1).await[0];
+        let after = |n: u32| match first {
+            IpAddr::V4(v) => IpAddr::V4((u32::from(v) + n).into()),
+            IpAddr::V6(_) => unreachable!("an IPv4 subnet"),
+        };
+        // h2 takes the next 20 addresses of h1's block as static ones; h1's cache does not
+        // know them, and skips them without failing.
+        for n in 1..=20 {
+            b.request_address(&s.id, &after(n).to_string(), false)
+                .await
+                .unwrap();
+        }
+        assert_eq!(allocate(&a, &s.id, 2).await, vec![after(21), after(22)]);
+    });
+}
+
+#[test]
+fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
+    rt().block_on(async {
+        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+        let (a, b) = two_hosts_on(cluster.clone()).await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "15")]);
+        let s = a
+            .request_pool("10.54.0.0/24", "", &vx, false)
+            .await
+            .unwrap();
+        b.request_pool("", "", &vx, false).await.unwrap();
+        allocate(&a, &s.id, 1).await;
+        allocate(&b, &s.id, 1).await;
+        let net = format!("{}vxlan-15", crate::cluster::NETWORKS);
+        qingluan_store::put(&*cluster, &net, b"{}".to_vec())
+            .await
+            .unwrap();
+        a.release_pool(&s.id).await.unwrap();
+        let held = blocks(&*cluster).await;
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].1, "h2");
+        // h1 joins again; the network is then removed and made again with a range at
+        // once: h1's cache of the old subnet is no guide.
+        allocate(&a, &s.id, 1).await;
+        b.drop_domain("vxlan-15").await.unwrap();
+        let s = b
+            .request_pool("10.54.0.0/24", "10.54.0.192/26", &vx, false)
+            .await
+            .unwrap();
+        let range: IpNet = "10.54.0.192/26".parse().unwrap();
+        let got = [allocate(&a, &s.id, 3).await, allocate(&b, &s.id, 3).await].concat();
+        assert!(got.iter().all(|ip| range.contains(ip)), "{got:?}");
+    });
+}

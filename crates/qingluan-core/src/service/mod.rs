@@ -448,8 +448,8 @@ impl State {
         Ok(records::list(&*self.store).await?)
     }
 
-    /// What users asked for on cluster networks, by cluster key (nothing while the
-    /// cluster store has never been read).
+    /// What users asked for on cluster networks, by cluster key: as restored at start or
+    /// last read (nothing while neither happened).
     pub(crate) async fn cluster_intent(&self) -> ClusterIntent {
         if let Some(i) = self.cluster_intent.read().await.clone() {
             return i;
@@ -475,15 +475,18 @@ impl State {
         if cache.as_ref() == Some(&read) {
             return Ok(false);
         }
+        *cache = Some(read.clone());
+        drop(cache);
         self.save_cluster(CLUSTER_INTENT, &read).await;
-        *cache = Some(read);
         Ok(true)
     }
 
     /// Takes back the cluster view and intent this host last applied, from its own store:
     /// the first reconcile after a restart then keeps the tunnels to other hosts' endpoints
     /// and the cluster networks' ACL rules while the cluster store is read again (or down).
-    /// Without it that reconcile removed them until the cluster agent's first pass.
+    /// Without it that reconcile removed them until the cluster agent's first pass. However
+    /// old, what was saved is the best this host knows, as for a running daemon while the
+    /// cluster store is unreachable; the agent's first pass with the store replaces it.
     pub async fn restore_cluster(&self) -> Result<(), ServiceError> {
         let store = &*self.store;
         if let Some(view) = qingluan_store::get_json(store, CLUSTER_VIEW).await? {
