@@ -20,8 +20,8 @@
 # hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
 # QL_BENCH_CLUSTER=0 skips those two; with QL_BENCH_CLUSTER_SCALE=1 also one vxlan network
-# over three bed hosts with 300 endpoints each (benches/cluster_scale.rs, ~15 min). Scale (scripts/lib/bench_scale.py, a private daemon of
-# its own driver name): 100 containers started 10 at a time and stopped in one batch on
+# over three bed hosts with 300 endpoints each (benches/cluster_scale.rs, ~8 min).
+# Scale (scripts/lib/bench_scale.py, a private daemon of its own driver name): 100 containers started 10 at a time and stopped in one batch on
 # qingluan against Docker bridge networks, with 0 and 300 endpoints already up
 # (QL_BENCH_SCALE_LEVELS), CreateEndpoint/Join/DeleteEndpoint p50/p99, idle CPU, RSS, flows
 # per bridge and a kill -9 under a ping; QL_BENCH_SCALE=0 skips it.

@@ -10,7 +10,7 @@
 //!   with them its underlay, are gone), then the daemon started: when it answers, has done
 //!   its full reconcile, and host 1's containers reach host 2's again.
 //!
-//! Needs root and etcd; 300 per host take about 15 minutes. Run with
+//! Needs root and etcd; 300 per host take about 8 minutes. Run with
 //! `QL_E2E=1 cargo bench -p qingluan --features etcd --bench cluster_scale`
 //! (`QL_BENCH_CLUSTER_SCALE=1 scripts/bench.sh` runs it too).
 
