@@ -18,6 +18,7 @@
 
 mod eval;
 mod fake;
+mod generation;
 mod nft;
 
 pub use eval::Packet;

@@ -27,6 +27,9 @@ pub struct NftFirewall {
     /// What the last apply of this process left, to change only what differs; `None` when
     /// unknown (nothing applied yet, or the last apply failed).
     last: Mutex<Option<Installed>>,
+    /// The ruleset generation at which a full pass last found the tables as `last` says
+    /// (`generation.rs`); `None` after any change of ours.
+    verified: Mutex<Option<u32>>,
     /// Whether the last ruleset wanted DOCKER-USER to accept our bridges.
     accepting: std::sync::atomic::AtomicBool,
 }
@@ -356,8 +359,17 @@ impl Firewall for NftFirewall {
     async fn apply(&self, rules: &Ruleset, force: bool) -> Result<bool, FirewallError> {
         let known = self.last.lock().unwrap().clone();
         // Without `force`, what this process installed last is what is there; only a full
-        // pass (start-up, periodic) reads the installed tables back.
-        let have = match (&known, force) {
+        // pass (start-up, periodic) reads the installed tables back, and only when the
+        // ruleset changed since one last found them so.
+        let generation = if force {
+            super::generation::current()
+        } else {
+            None
+        };
+        let unchanged =
+            known.is_some() && generation.is_some() && *self.verified.lock().unwrap() == generation;
+        let read_back = force && !unchanged;
+        let have = match (&known, read_back) {
             (Some(k), false) => k.clone(),
             _ => Installed {
                 hash: installed_hash("inet", &rules.name).await,
@@ -372,11 +384,14 @@ impl Firewall for NftFirewall {
         };
         let changed = have != want;
         if changed {
+            *self.verified.lock().unwrap() = None;
             let script = render_delta(rules, &ip, &hash, &have);
             if let Err(e) = self.install(rules, &script).await {
                 *self.last.lock().unwrap() = None;
                 return Err(e);
             }
+        } else if read_back {
+            *self.verified.lock().unwrap() = generation;
         }
         let accepted = self.accepting.swap(
             rules.docker_user_accept,
@@ -488,5 +503,43 @@ mod tests {
             script,
             "table inet qingluan {}\ndelete table inet qingluan\ntable netdev qingluan_guard {}\ndelete table netdev qingluan_guard\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_pass_puts_back_a_table_deleted_behind_its_back() {
+        let name = format!("qltfw{}", std::process::id());
+        let nft = |args: &[&str]| {
+            std::process::Command::new("nft")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !nft(&["list", "tables"]) {
+            println!("SKIP: nft does not run here (needs root)");
+            return;
+        }
+        let rules = Ruleset {
+            name: name.clone(),
+            bridge_wildcard: "qltfwb+".into(),
+            gateways: vec!["10.250.7.1".parse().unwrap()],
+            ..Default::default()
+        };
+        let fw = NftFirewall::new();
+        let passes = async {
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                out.push(fw.apply(&rules, true).await.unwrap());
+            }
+            assert!(nft(&["delete", "table", "inet", &name]));
+            out.push(fw.apply(&rules, true).await.unwrap());
+            out.push(nft(&["list", "table", "inet", &name]));
+            out
+        }
+        .await;
+        nft(&["delete", "table", "inet", &name]);
+        nft(&["delete", "table", "netdev", &format!("{name}_guard")]);
+        // Installed, found intact twice (the second time by the generation alone), put
+        // back after the deletion.
+        assert_eq!(passes, [true, false, false, true, true]);
     }
 }
