@@ -454,6 +454,21 @@ async fn allocate(ipam: &Ipam, id: &str, n: usize) -> Vec<IpAddr> {
     out
 }
 
+/// Two hosts on one cluster store, both with the subnet of vxlan VNI `vni` (`subnet` and
+/// `range` as `docker network create` gives them).
+async fn shared(
+    vni: u32,
+    subnet: &str,
+    range: &str,
+) -> (Arc<dyn qingluan_store::Store>, Ipam, Ipam, Subnet) {
+    let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
+    let (a, b) = two_hosts_on(cluster.clone()).await;
+    let vx = opts(&[("pool", "vxlan"), ("vni", &vni.to_string())]);
+    let s = a.request_pool(subnet, range, &vx, false).await.unwrap();
+    b.request_pool("", range, &vx, false).await.unwrap();
+    (cluster, a, b, s)
+}
+
 /// The blocks of the cluster store: block and host.
 async fn blocks(cluster: &dyn qingluan_store::Store) -> Vec<(IpNet, String)> {
     qingluan_store::list_json::<Block>(cluster, BLOCKS)
@@ -467,14 +482,7 @@ async fn blocks(cluster: &dyn qingluan_store::Store) -> Vec<(IpNet, String)> {
 #[test]
 fn hosts_allocate_from_their_own_blocks() {
     rt().block_on(async {
-        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
-        let (a, b) = two_hosts_on(cluster.clone()).await;
-        let vx = opts(&[("pool", "vxlan"), ("vni", "11")]);
-        let s = a
-            .request_pool("10.50.0.0/24", "", &vx, false)
-            .await
-            .unwrap();
-        b.request_pool("", "", &vx, false).await.unwrap();
+        let (cluster, a, b, s) = shared(11, "10.50.0.0/24", "").await;
         a.request_address(&s.id, "", true).await.unwrap();
         let of_a = allocate(&a, &s.id, 3).await;
         let of_b = allocate(&b, &s.id, 3).await;
@@ -512,14 +520,7 @@ fn hosts_allocate_from_their_own_blocks() {
 #[test]
 fn a_claimed_out_subnet_is_borrowed_from_without_duplicates() {
     rt().block_on(async {
-        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
-        let (a, b) = two_hosts_on(cluster.clone()).await;
-        let vx = opts(&[("pool", "vxlan"), ("vni", "12")]);
-        let s = a
-            .request_pool("10.51.0.0/27", "", &vx, false)
-            .await
-            .unwrap();
-        b.request_pool("", "", &vx, false).await.unwrap();
+        let (cluster, a, b, s) = shared(12, "10.51.0.0/27", "").await;
         let gw = a.request_address(&s.id, "", true).await.unwrap().addr();
         // The /27 is one block; h1 claims it, h2 borrows from it.
         let mut seen: BTreeSet<IpAddr> = allocate(&a, &s.id, 2).await.into_iter().collect();
@@ -549,16 +550,7 @@ fn a_claimed_out_subnet_is_borrowed_from_without_duplicates() {
 #[test]
 fn blocks_stay_in_the_range_and_go_with_their_host_or_domain() {
     rt().block_on(async {
-        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
-        let (a, b) = two_hosts_on(cluster.clone()).await;
-        let vx = opts(&[("pool", "vxlan"), ("vni", "13")]);
-        let s = a
-            .request_pool("10.52.0.0/16", "10.52.7.0/25", &vx, false)
-            .await
-            .unwrap();
-        b.request_pool("", "10.52.7.0/25", &vx, false)
-            .await
-            .unwrap();
+        let (cluster, a, b, s) = shared(13, "10.52.0.0/16", "10.52.7.0/25").await;
         let range: IpNet = "10.52.7.0/25".parse().unwrap();
         let got: Vec<IpAddr> =
             [allocate(&a, &s.id, 5).await, allocate(&b, &s.id, 5).await].concat();
@@ -577,14 +569,7 @@ fn blocks_stay_in_the_range_and_go_with_their_host_or_domain() {
 #[test]
 fn addresses_others_took_in_a_block_are_skipped_and_read_back() {
     rt().block_on(async {
-        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
-        let (a, b) = two_hosts_on(cluster.clone()).await;
-        let vx = opts(&[("pool", "vxlan"), ("vni", "14")]);
-        let s = a
-            .request_pool("10.53.0.0/24", "", &vx, false)
-            .await
-            .unwrap();
-        b.request_pool("", "", &vx, false).await.unwrap();
+        let (_, a, b, s) = shared(14, "10.53.0.0/24", "").await;
         let first = allocate(&a, &s.id, 1).await[0];
         let after = |n: u32| match first {
             IpAddr::V4(v) => IpAddr::V4((u32::from(v) + n).into()),
@@ -604,14 +589,7 @@ fn addresses_others_took_in_a_block_are_skipped_and_read_back() {
 #[test]
 fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
     rt().block_on(async {
-        let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
-        let (a, b) = two_hosts_on(cluster.clone()).await;
-        let vx = opts(&[("pool", "vxlan"), ("vni", "15")]);
-        let s = a
-            .request_pool("10.54.0.0/24", "", &vx, false)
-            .await
-            .unwrap();
-        b.request_pool("", "", &vx, false).await.unwrap();
+        let (cluster, a, b, s) = shared(15, "10.54.0.0/24", "").await;
         allocate(&a, &s.id, 1).await;
         allocate(&b, &s.id, 1).await;
         let net = format!("{}vxlan-15", crate::cluster::NETWORKS);
@@ -626,6 +604,7 @@ fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
         // once: h1's cache of the old subnet is no guide.
         allocate(&a, &s.id, 1).await;
         b.drop_domain("vxlan-15").await.unwrap();
+        let vx = opts(&[("pool", "vxlan"), ("vni", "15")]);
         let s = b
             .request_pool("10.54.0.0/24", "10.54.0.192/26", &vx, false)
             .await
