@@ -24,7 +24,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{Addresses, Proto, Verdict, World};
-use crate::model::{Mode, Network};
+use crate::model::{Endpoint, Mode, Network};
 use crate::pipeline::ResolvedRule;
 use crate::policy::Link;
 
@@ -150,28 +150,63 @@ pub fn check_networks(
     Ok(())
 }
 
-/// The static routes a nonat container of `net` needs for `connections`: each network
-/// connected to `net` through `net`'s gateway (other modes route through their default
-/// gateway already).
+/// The static routes the container of `ep`, on a nonat network, needs for `connections`
+/// resolved in `world`, through its network's gateway: to each network connected to its
+/// own, and to the network of each container it is paired with on another network (the
+/// whole subnet, so the route outlives the partner's restart at a new address; the host
+/// lets only the pair's addresses through). Other modes route through their default
+/// gateway already. A container not yet learnt from the Engine API (at Join) has no pairs.
 pub fn routes(
-    net: &Network,
-    networks: &[Network],
+    world: &World<'_>,
+    ep: &Endpoint,
     connections: &[Connection],
 ) -> Vec<(Ipv4Net, std::net::Ipv4Addr)> {
+    let Some(net) = world.networks.get(ep.network_id.as_str()) else {
+        return Vec::new();
+    };
     if net.mode != Mode::Nonat {
         return Vec::new();
     }
-    let mut out: Vec<(Ipv4Net, std::net::Ipv4Addr)> = connections
-        .iter()
-        .filter_map(|c| match &c.pair {
-            Pair::Networks(a, b) if *a == net.id => Some(b),
-            Pair::Networks(a, b) if *b == net.id => Some(a),
-            _ => None,
-        })
-        .filter_map(|other| networks.iter().find(|n| &n.id == other))
-        .map(|n| (n.subnet, net.gateway))
-        .collect();
+    let mut out = Vec::new();
+    for c in connections {
+        match &c.pair {
+            Pair::Networks(a, b) => {
+                let other = if *a == net.id {
+                    b
+                } else if *b == net.id {
+                    a
+                } else {
+                    continue;
+                };
+                if let Some(n) = world.networks.get(other.as_str()) {
+                    out.push((n.subnet, net.gateway));
+                }
+            }
+            Pair::Containers(a, b) => {
+                let Some(me) = &ep.container else {
+                    continue;
+                };
+                let other = if me.is_named(a) {
+                    b
+                } else if me.is_named(b) {
+                    a
+                } else {
+                    continue;
+                };
+                out.extend(
+                    world
+                        .addresses_of(other)
+                        .into_iter()
+                        .filter(|(n, _)| {
+                            n.id != net.id && n.mode != Mode::Vxlan && n.host_gateway().is_some()
+                        })
+                        .map(|(n, _)| (n.subnet, net.gateway)),
+                );
+            }
+        }
+    }
     out.sort();
+    out.dedup();
     out
 }
 
@@ -290,13 +325,15 @@ mod tests {
         );
         let c = [Connection::new(Pair::networks("a", "n"))];
         let nets = [a.clone(), nonat.clone()];
+        let eps = [ep("ea", &a, 2, "ca"), ep("en", &nonat, 2, "cn")];
+        let world = World::new(&nets, &eps);
         assert_eq!(
-            routes(&nonat, &nets, &c),
+            routes(&world, &eps[1], &c),
             [(a.subnet, nonat.gateway)],
             "a nonat container routes to the connected network through its gateway"
         );
         assert_eq!(
-            routes(&a, &nets, &c),
+            routes(&world, &eps[0], &c),
             [],
             "a nat container has its default route"
         );
@@ -344,6 +381,52 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_nonat_container_routes_to_its_partners_network() {
+        let n = net("n", Mode::Nonat, "10.5.0.0/24");
+        let a = net("a", Mode::Nat, "10.1.0.0/24");
+        let nets = [n.clone(), a.clone()];
+        let eps = [
+            ep("e1", &n, 2, "m1"),
+            ep("e2", &n, 3, "m2"),
+            ep("e3", &a, 2, "m3"),
+        ];
+        let world = World::new(&nets, &eps);
+        let pairs = [
+            Connection::new(Pair::containers("m3", "m1")),
+            Connection::new(Pair::containers("m1", "m2")),
+        ];
+        assert_eq!(
+            routes(&world, &eps[0], &pairs),
+            [(a.subnet, n.gateway)],
+            "the partner's network through the own gateway; none for one on the same network"
+        );
+        assert_eq!(
+            routes(&world, &eps[1], &pairs),
+            [],
+            "m2's partner is beside it"
+        );
+        assert_eq!(
+            routes(&world, &eps[2], &pairs),
+            [],
+            "a nat container has its default route"
+        );
+        let mut unlearnt = eps[0].clone();
+        unlearnt.container = None;
+        assert_eq!(
+            routes(&world, &unlearnt, &pairs),
+            [],
+            "at Join the container is not known yet"
+        );
+        let both = [pairs[0].clone(), Connection::new(Pair::networks("n", "a"))];
+        assert_eq!(
+            routes(&world, &eps[0], &both),
+            [(a.subnet, n.gateway)],
+            "a pair and a connection of the same network need one route"
+        );
+    }
+
     #[test]
     fn pairs_reach_containers_of_other_hosts_on_networks_here() {
         let vxlan = |id: &str, subnet: &str, key: &str| Network {

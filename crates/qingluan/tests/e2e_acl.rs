@@ -760,6 +760,29 @@ fn nonat_networks_connect_through_routes_in_their_containers() {
     assert!(!left.contains(&format!("via {gw2}")), "{left}");
     assert!(fetches("qlt-m1", &m3, 80), "the other connection stays");
 
+    // A pair of a nonat container with a container of another network: the nonat one gets
+    // a route to its partner's network, and only the pair talks.
+    env.qingluan(&["connect", "qlt-m2", "qlt-m3"]);
+    assert!(fetches("qlt-m2", &m3, 80), "m2 → m3 as a pair");
+    assert!(fetches("qlt-m3", &m2, 80), "m3 → m2 as a pair");
+    assert!(
+        !fetches("qlt-m4", &m2, 80),
+        "nn1 stays isolated from nn2: the pair is not the networks"
+    );
+    // Restarted, m2 gets the route once its container is learnt again.
+    docker(&["restart", "-t", "0", "qlt-m2"]);
+    let m2 = ip_of("qlt-m2", "qlt-nn2");
+    assert!(
+        wait_for(Duration::from_secs(10), || fetches("qlt-m2", &m3, 80)),
+        "m2 → m3 after m2's restart: {}",
+        routes_of("qlt-m2")
+    );
+    assert!(fetches("qlt-m3", &m2, 80), "m3 → m2 after m2's restart");
+    env.qingluan(&["disconnect", "qlt-m2", "qlt-m3"]);
+    assert!(!fetches("qlt-m2", &m3, 80), "the pair is isolated again");
+    let left = routes_of("qlt-m2");
+    assert!(!left.contains(&format!("via {gw2}")), "{left}");
+
     // A restarted container gets its routes back at Join.
     docker(&["restart", "-t", "0", "qlt-m1"]);
     let m1 = ip_of("qlt-m1", "qlt-nn1");

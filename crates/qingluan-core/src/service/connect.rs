@@ -8,18 +8,22 @@
 //! Every change is written, then applied, and undone when the dataplane refuses it; a
 //! network's connections go with it. A nonat container has no default route: it gets one
 //! to each connected network through its gateway, at Join (static routes) and, when it
-//! runs already, in its namespace at `connect` (taken out again at `disconnect`).
+//! runs already, in its namespace at `connect` (taken out again at `disconnect`); one to
+//! the network of each container it is paired with, in its namespace at `connect` and
+//! once its container is learnt from the Engine API.
 
-use std::collections::BTreeMap;
-
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
+
+use ipnet::Ipv4Net;
 
 use qingluan_dataplane::netlink::Route;
 use qingluan_store::{to_json, Op};
 use serde::{Deserialize, Serialize};
 
-use super::ServiceError;
-use crate::acl::Scope;
+use super::{short, ServiceError};
+use crate::acl::{Scope, World};
 use crate::cluster;
 use crate::connect::{self, ConnectError, Connection, Pair};
 use crate::model::Network;
@@ -100,12 +104,13 @@ impl Connect {
             });
         }
         let c = Connection::new(pair);
+        let before = self.sandbox_routes().await?;
         self.commit(
             vec![records::put(&c)],
             vec![records::delete::<Connection>(&c.id)],
         )
         .await?;
-        self.sandbox_routes(&c, true).await?;
+        self.update_sandbox_routes(before).await?;
         Ok(ConnectionRow {
             connection: c,
             scope: Scope::Host,
@@ -142,12 +147,13 @@ impl Connect {
             self.apply_cluster(vec![Op::Put(k, to_json(&stored))])
                 .await?;
         } else {
-            self.sandbox_routes(&c, false).await?;
+            let before = self.sandbox_routes().await?;
             self.commit(
                 vec![records::delete::<Connection>(&c.id)],
                 vec![records::put(&c)],
             )
             .await?;
+            self.update_sandbox_routes(before).await?;
         }
         Ok(ConnectionRow {
             connection: c,
@@ -166,43 +172,60 @@ impl Connect {
     }
 }
 
+/// The routes the running nonat containers of this host need: by endpoint ID, its
+/// sandbox and routes (`connect::routes`).
+pub(crate) type SandboxRoutes = BTreeMap<String, (String, BTreeSet<(Ipv4Net, Ipv4Addr)>)>;
+
 impl super::State {
-    /// Adds (`add`) or takes out the routes that the running containers of the nonat
-    /// networks of `c` need for it; a container whose namespace cannot be entered (it is
-    /// stopping) is only logged: it gets its routes at its next Join.
-    pub(crate) async fn sandbox_routes(
-        &self,
-        c: &Connection,
-        add: bool,
-    ) -> Result<(), ServiceError> {
-        let Pair::Networks(a, b) = &c.pair else {
-            return Ok(());
-        };
+    /// What the running nonat containers of this host need for the connections now, to
+    /// take before a change and hand to [`Self::update_sandbox_routes`] after it.
+    pub(crate) async fn sandbox_routes(&self) -> Result<SandboxRoutes, ServiceError> {
         let nets = self.networks().await?;
         let endpoints = self.endpoints().await?;
-        for (net, other) in [(a, b), (b, a)] {
-            let (Some(net), Some(other)) = (
-                nets.iter().find(|n| &n.id == net),
-                nets.iter().find(|n| &n.id == other),
-            ) else {
+        let connections = self.made_connections().await?;
+        let world = World::new(&nets, &endpoints);
+        Ok(endpoints
+            .iter()
+            .filter_map(|ep| {
+                let sandbox = ep.sandbox.clone()?;
+                let routes = connect::routes(&world, ep, &connections);
+                Some((ep.id.clone(), (sandbox, routes.into_iter().collect())))
+            })
+            .collect())
+    }
+
+    /// Brings the running nonat containers' routes from `before` (taken by
+    /// [`Self::sandbox_routes`] before a change) to what they need now: adds the new ones
+    /// and takes out those no connection needs any more. A container whose namespace
+    /// cannot be entered (it is stopping) is only logged: it gets its routes at its next
+    /// Join, and its pairs' once its container is learnt again.
+    pub(crate) async fn update_sandbox_routes(
+        &self,
+        before: SandboxRoutes,
+    ) -> Result<(), ServiceError> {
+        let after = self.sandbox_routes().await?;
+        let none = BTreeSet::new();
+        let ids: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        for id in ids {
+            let (old, new) = (before.get(id), after.get(id));
+            let Some(sandbox) = new.or(old).map(|(s, _)| s) else {
                 continue;
             };
-            let pair = [Connection::new(Pair::networks(&net.id, &other.id))];
-            for (dst, via) in connect::routes(net, &nets, &pair) {
+            let (old, new) = (old.map_or(&none, |(_, r)| r), new.map_or(&none, |(_, r)| r));
+            let changes = new
+                .difference(old)
+                .map(|r| (r, true))
+                .chain(old.difference(new).map(|r| (r, false)));
+            for (&(dst, via), add) in changes {
                 let route = Route {
                     dst,
                     gateway: Some(via),
                     metric: None,
                 };
-                for ep in endpoints.iter().filter(|e| e.network_id == net.id) {
-                    let Some(sandbox) = ep.sandbox.as_deref() else {
-                        continue;
-                    };
-                    let links = &self.reconciler.adapters().links;
-                    if let Err(e) = links.sandbox_route(Path::new(sandbox), &route, add).await {
-                        tracing::warn!(endpoint = %ep.short_id(), error = %e,
-                            "cannot change the container's route for a connection");
-                    }
+                let links = &self.reconciler.adapters().links;
+                if let Err(e) = links.sandbox_route(Path::new(sandbox), &route, add).await {
+                    tracing::warn!(endpoint = %short(id), error = %e,
+                        "cannot change the container's route for a connection");
                 }
             }
         }

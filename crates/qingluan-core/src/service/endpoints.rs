@@ -154,13 +154,10 @@ impl Endpoints {
         self.joined.notify_one();
         let mut info = modes::driver(net.mode).join(&net, &ep);
         if net.mode == crate::model::Mode::Nonat {
-            let connections: Vec<_> = self
-                .enforced_connections()
-                .await?
-                .into_iter()
-                .map(|(c, _)| c)
-                .collect();
-            info.routes = crate::connect::routes(&net, &self.networks().await?, &connections);
+            let connections = self.made_connections().await?;
+            let nets = self.networks().await?;
+            let world = crate::acl::World::new(&nets, std::slice::from_ref(&ep));
+            info.routes = crate::connect::routes(&world, &ep, &connections);
         }
         Ok(info)
     }

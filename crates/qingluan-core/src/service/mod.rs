@@ -554,6 +554,17 @@ impl State {
         Ok(out)
     }
 
+    /// Every group connection this host makes, as [`Self::enforced_connections`] without
+    /// the scopes.
+    pub async fn made_connections(&self) -> Result<Vec<Connection>, ServiceError> {
+        Ok(self
+            .enforced_connections()
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect())
+    }
+
     /// Every group connection this host makes with its scope: its own, then those of the
     /// cluster whose networks it both has, named by this host's network IDs.
     pub async fn enforced_connections(&self) -> Result<Vec<(Connection, Scope)>, ServiceError> {
@@ -719,12 +730,7 @@ impl State {
                 .into_iter()
                 .map(|(r, _)| r)
                 .collect(),
-            connections: self
-                .enforced_connections()
-                .await?
-                .into_iter()
-                .map(|(c, _)| c)
-                .collect(),
+            connections: self.made_connections().await?,
             mirrors: self.all_mirrors().await?,
             mirror_interfaces: self.mirror_interfaces().await?,
         };

@@ -279,10 +279,10 @@ impl Networks {
             ops.push(records::delete::<QosOverride>(&o.id));
             undo.push(records::put(&o));
         }
+        let routes = self.sandbox_routes().await?;
         for c in self.connections().await?.into_iter().filter(
             |c| matches!(&c.pair, crate::connect::Pair::Networks(a, b) if a == id || b == id),
         ) {
-            self.sandbox_routes(&c, false).await?;
             ops.push(records::delete::<crate::connect::Connection>(&c.id));
             undo.push(records::put(&c));
         }
@@ -310,6 +310,7 @@ impl Networks {
             undo.push(records::put(w));
         }
         self.commit(ops.clone(), undo.clone()).await?;
+        self.update_sandbox_routes(routes).await?;
         if watched.is_some() {
             if let Err(e) = super::Ids::new(self.s.clone()).ensure_captures().await {
                 tracing::warn!(error = %e, "cannot remove the detector's capture port");

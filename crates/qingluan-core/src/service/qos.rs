@@ -156,8 +156,10 @@ impl Qos {
     }
 
     /// Records the container of endpoint `endpoint_id` (learnt from the Engine API) and
-    /// applies what its labels and overrides ask for, and the ACL rules and connections that
-    /// select it (no reconcile when none of them can change). Nothing happens when it is known already, or the endpoint is gone.
+    /// applies what its labels and overrides ask for, the ACL rules and connections that
+    /// select it, and a nonat container's routes to its pairs' networks (no reconcile when
+    /// none of them can change). Nothing happens when it is known already, or the endpoint
+    /// is gone.
     pub async fn learn_container(
         &self,
         endpoint_id: &str,
@@ -197,8 +199,10 @@ impl Qos {
             self.store.txn(vec![], vec![records::put(&learnt)]).await?;
             return Ok(());
         }
+        let routes = self.sandbox_routes().await?;
         self.commit(vec![records::put(&learnt)], vec![records::put(&ep)])
-            .await
+            .await?;
+        self.update_sandbox_routes(routes).await
     }
 
     /// Deletes the overrides of containers Docker no longer has (`containers` are the IDs it
