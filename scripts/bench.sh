@@ -10,16 +10,18 @@
 # an unlimited container's throughput with QoS on its network off and on, the accuracy of
 # limits from 1 Mbit/s to 1 Gbit/s, the time until a changed limit holds; QL_BENCH_QOS=0
 # skips it); ACLs (scripts/lib/bench_acl.py: throughput and connection rate between two
-# containers with 0, 100 and 1,000 rules on their network, the time `acl add` takes;
+# containers with 0, 100 and 1,000 rules on their network, three networks measured in
+# interleaved rounds, the time `acl add` takes;
 # QL_BENCH_ACL=0 skips it); mirrors (scripts/lib/bench_mirror.py: throughput of a mirrored
 # network against the same unmirrored; QL_BENCH_MIRROR=0 skips it); the intrusion
 # detector's throughput with 0, 100 and 10,000 rules, by itself and in the daemon on a
 # watched network (scripts/lib/bench_ids.py: the network's throughput watched against not,
 # what the detector inspected and dropped, alert latency; QL_BENCH_IDS=0 skips it); then, when etcd is
 # installed, address allocations on a cluster network through etcd from one and from three
-# hosts at once against the embedded store (benches/cluster_ipam.rs), and with iperf3 the
+# hosts at once against the embedded store (benches/cluster_ipam.rs), how long an ACL rule
+# added on one of three bed hosts takes to hold on the others (benches/acl_cluster.rs), and with iperf3 the
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
-# QL_BENCH_CLUSTER=0 skips those two; with QL_BENCH_CLUSTER_SCALE=1 also one vxlan network
+# QL_BENCH_CLUSTER=0 skips those three; with QL_BENCH_CLUSTER_SCALE=1 also one vxlan network
 # over three bed hosts with 300 endpoints each (benches/cluster_scale.rs, ~8 min).
 # Scale (scripts/lib/bench_scale.py, a private daemon of its own driver name): 100 containers started 10 at a time and stopped in one batch on
 # qingluan against Docker bridge networks, with 0 and 300 endpoints already up
@@ -142,6 +144,8 @@ fi
 if [ "${QL_BENCH_CLUSTER:-1}" != 0 ] && command -v etcd >/dev/null; then
   echo
   cargo bench -q -p qingluan --features etcd --bench cluster_ipam -- "${QL_BENCH_ALLOCS:-300}"
+  echo
+  QL_E2E=1 cargo bench -q -p qingluan --features etcd --bench acl_cluster
   if command -v iperf3 >/dev/null; then
     echo
     QL_E2E=1 cargo bench -q -p qingluan --features etcd --bench overlay
