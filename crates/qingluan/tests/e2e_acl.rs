@@ -1,11 +1,13 @@
 //! ACL control end to end on the real dockerd: a connectivity matrix (ping, and TCP against
 //! busybox httpd) with positive controls around every refusal. A network with
 //! `acl.default=deny` isolates its containers from each other; rules allow and deny by each
-//! selector kind (network, container, label, CIDR, any), statefully (replies pass, the
-//! reverse direction does not); a deny cuts an open connection within 1 s; a label rule
-//! covers a container started after it; rules hold across a daemon kill -9 and an
-//! ovs-vswitchd restart; hits, drops and the spoof guard's drops are counted; bad input is
-//! refused with a clear error and changes nothing.
+//! selector kind (network, container by name or ID, label, CIDR, any), statefully
+//! (replies pass, the reverse direction does not), by priority (at the same one a deny
+//! wins), leaving no flow when removed; a deny cuts an open connection within 1 s; a label
+//! rule covers a container started after it; rules and connections hold across a daemon
+//! kill -9 and an ovs-vswitchd restart; hits, drops and the spoof guard's drops (forged
+//! addresses and MACs) are counted; bad input is refused with a clear error and changes
+//! nothing.
 
 mod common;
 
@@ -96,13 +98,27 @@ fn row(env: &Env, id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("rule {id} not in acl ls: {v}"))
 }
 
+/// How many flows of ACL rule `id` the bridge of network `net_id` has (cookie: the ACL
+/// feature and the rule's ID; the bits between are the reconciler's).
+fn rule_flows(env: &Env, net_id: &str, id: &str) -> usize {
+    let bridge = format!("{}b{}", env.prefix, &net_id[..8]);
+    let cookie = format!("cookie=0x07000000{}/0xff000000ffffffff", &id[..8]);
+    ok(
+        "ovs-ofctl",
+        &["-O", "OpenFlow15", "dump-flows", &bridge, &cookie],
+    )
+    .lines()
+    .filter(|l| l.contains("priority="))
+    .count()
+}
+
 #[test]
 fn rules_allow_and_deny_by_each_selector_statefully() {
     if !enabled("rules_allow_and_deny_by_each_selector_statefully") {
         return;
     }
     let env = Env::new();
-    env.create_network(
+    let net_id = env.create_network(
         "qlt-acl",
         &["--opt", "model=nat", "--opt", "acl.default=deny"],
     );
@@ -215,6 +231,98 @@ fn rules_allow_and_deny_by_each_selector_statefully() {
         ],
     );
     assert!(pings("qlt-ad", &x), "network rule allows d → x");
+
+    // A network deny above the network allow beats it, and the container allow above both
+    // still holds; `acl rm` gives the allow back and leaves no flow of the rule.
+    let net_deny = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "qlt-acl",
+            "--to",
+            "qlt-acl",
+            "--proto",
+            "icmp",
+            "--priority",
+            "20",
+            "--deny",
+        ],
+    );
+    assert!(rule_flows(&env, &net_id, &net_deny) > 0, "the rule's flows");
+    assert!(!ping_once("qlt-ad", &x), "the network deny beats the allow");
+    assert!(
+        pings("qlt-ax", &d),
+        "the container allow at 100 beats the deny"
+    );
+    env.qingluan(&["acl", "rm", &net_deny]);
+    assert!(pings("qlt-ad", &x), "the network allow holds again");
+    assert_eq!(rule_flows(&env, &net_id, &net_deny), 0, "no flow left");
+
+    // From any to a CIDR: x (no label) reaches d's 5432 until the rule goes.
+    let to_cidr = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "any",
+            "--to",
+            &format!("cidr:{d}/32"),
+            "--proto",
+            "tcp",
+            "--port",
+            "5432",
+            "--allow",
+        ],
+    );
+    assert!(fetches("qlt-ax", &d, 5432), "any → cidr allows x → d:5432");
+    env.qingluan(&["acl", "rm", &to_cidr]);
+    assert!(!fetches("qlt-ax", &d, 5432), "closed again after acl rm");
+
+    // A port list and a container by ID prefix; at the same priority a deny beats an allow.
+    let x_id = docker(&["inspect", "-f", "{{.Id}}", "qlt-ax"]);
+    let to_w = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            &format!("container:{}", &x_id.trim()[..12]),
+            "--to",
+            "container:qlt-aw",
+            "--proto",
+            "tcp",
+            "--port",
+            "8080,80",
+            "--allow",
+        ],
+    );
+    assert!(fetches("qlt-ax", &w, 80), "the port list allows x → w:80");
+    let same = add(
+        &env,
+        &[
+            "--network",
+            "qlt-acl",
+            "--from",
+            "container:qlt-ax",
+            "--to",
+            &format!("cidr:{w}/32"),
+            "--proto",
+            "tcp",
+            "--port",
+            "80",
+            "--deny",
+        ],
+    );
+    assert!(
+        !fetches("qlt-ax", &w, 80),
+        "a deny beats an allow at the same priority"
+    );
+    env.qingluan(&["acl", "rm", &same]);
+    assert!(fetches("qlt-ax", &w, 80), "the allow holds again");
+    env.qingluan(&["acl", "rm", &to_w]);
 
     // A CIDR deny at a higher priority beats both allows: w loses the gateway and d.
     let by_cidr = add(
@@ -566,6 +674,27 @@ fn bad_input_is_refused_and_spoofing_is_counted() {
         .unwrap_or_else(|| panic!("{table}"));
     assert!(!line.starts_with("spoof guard: 0 "), "{line}");
 
+    // A forged source MAC is dropped and counted too; the own MAC works again.
+    let spoofed = || -> u64 {
+        let table = env.qingluan(&["acl", "ls"]);
+        table
+            .lines()
+            .find_map(|l| l.strip_prefix("spoof guard: "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{table}"))
+    };
+    let before = spoofed();
+    let mac = exec("qlt-ba", "cat /sys/class/net/eth0/address").1;
+    exec("qlt-ba", &format!("ip addr del {spoof}/24 dev eth0"));
+    exec("qlt-ba", "ip link set eth0 address 02:00:00:00:aa:01");
+    assert!(!ping_once("qlt-ba", &b), "a forged MAC gets nowhere");
+    assert!(spoofed() > before, "and is counted");
+    exec(
+        "qlt-ba",
+        &format!("ip link set eth0 address {}", mac.trim()),
+    );
+    assert!(pings("qlt-ba", &b), "positive control: the own MAC");
+
     docker(&["rm", "-f", "qlt-ba", "qlt-bb"]);
     docker(&["network", "rm", "qlt-acl3"]);
 }
@@ -626,7 +755,8 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
         "{ls}"
     );
 
-    // What connect refuses, with its reason.
+    // What connect refuses, with its reason, keeping nothing.
+    let kept = env.qingluan(&["--json", "connect", "ls"]);
     let refused = |a: &str, b: &str, want: &str| {
         let o = env.cli(&["connect", a, b]);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -656,6 +786,7 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
         "nope",
         "must be two qingluan networks or two containers",
     );
+    assert_eq!(env.qingluan(&["--json", "connect", "ls"]), kept);
 
     env.qingluan(&["disconnect", "qlt-cn1", "qlt-cn2"]);
     assert!(!ping_once("qlt-k1", &k2), "isolated again after disconnect");
@@ -684,8 +815,32 @@ fn connect_lets_networks_and_container_pairs_talk_until_disconnect() {
     env.qingluan(&["connect", "qlt-k4", "qlt-k5"]);
     assert!(pings("qlt-k4", &k5), "the pair talks on its network");
 
-    // A network's connections go with it.
+    // Connections survive a daemon kill -9 and an ovs-vswitchd restart.
     env.qingluan(&["connect", "qlt-cn1", "qlt-cn2"]);
+    assert!(pings("qlt-k1", &k2), "connected again");
+    let mut env = env;
+    env.kill();
+    env.start();
+    assert!(
+        pings("qlt-k1", &k2),
+        "the networks after the daemon restart"
+    );
+    assert!(pings("qlt-k4", &k5), "the pair after the daemon restart");
+    assert!(!ping_once("qlt-k3", &k2), "and the deny on cn2");
+    restart_by_pidfile("/run/openvswitch/ovs-vswitchd.pid", || {
+        run("ovs-appctl", &["version"]).status.success()
+    });
+    assert!(
+        wait_for(Duration::from_secs(15), || ping_once("qlt-k1", &k2)),
+        "the networks after the ovs-vswitchd restart"
+    );
+    assert!(
+        pings("qlt-k4", &k5),
+        "the pair after the ovs-vswitchd restart"
+    );
+    assert!(!ping_once("qlt-k3", &k2), "and the deny on cn2");
+
+    // A network's connections go with it.
     docker(&["rm", "-f", "qlt-k1", "qlt-k2", "qlt-k3", "qlt-k4", "qlt-k5"]);
     docker(&["network", "rm", "qlt-cn2"]);
     let v: serde_json::Value =

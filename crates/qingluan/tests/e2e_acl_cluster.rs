@@ -157,8 +157,26 @@ fn vxlan_rules_hold_on_every_host() {
     wait_until(5, "the deny gone from h2", || !has_flows(&bed, 2, &deny));
     assert!(fetches(&bed, 1, "qlt-c1", &s2), "allowed again");
 
-    // A host whose daemon was down applies the rules it missed when it returns.
+    // A host whose daemon was down applies the rules it missed when it returns: one added
+    // and one removed meanwhile.
+    let gone = bed.acl_add(
+        1,
+        &[
+            "--network",
+            "web",
+            "--from",
+            "cidr:10.199.0.9/32",
+            "--proto",
+            "tcp",
+            "--port",
+            "81",
+            "--allow",
+        ],
+    );
+    wait_until(5, "the rule's flows on h2", || has_flows(&bed, 2, &gone));
     bed.stop_daemon(2);
+    let o = bed.ql(1, &["acl", "rm", &gone]);
+    assert!(o.status.success(), "acl rm on h1: {}", text(&o));
     let missed = bed.acl_add(
         1,
         &[
@@ -172,14 +190,34 @@ fn vxlan_rules_hold_on_every_host() {
         ],
     );
     bed.start_daemon(2);
-    wait_until(10, "h2 applies the rule it missed", || {
-        has_flows(&bed, 2, &missed)
+    wait_until(10, "h2 applies the rules it missed", || {
+        has_flows(&bed, 2, &missed) && !has_flows(&bed, 2, &gone)
     });
     assert!(
         bed.ping_once(1, "qlt-c1", &s2),
         "icmp allowed on both hosts"
     );
     assert!(fetches(&bed, 1, "qlt-c1", &s2), "earlier rules still hold");
+
+    // A rule of a nat network is its host's alone: listed there as such, not on the others.
+    bed.docker_ok(1, &strs(&Bed::network_args("nat", "qlt-loc", &[])));
+    let local = bed.acl_add(1, &["--network", "qlt-loc", "--proto", "icmp", "--deny"]);
+    let here = rules(&bed, 1);
+    let row = here.iter().find(|r| r["id"] == local.as_str());
+    assert_eq!(
+        row.map(|r| r["scope"].clone()),
+        Some("host".into()),
+        "{here:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for h in [2, 3] {
+        let there = rules(&bed, h);
+        assert!(
+            there.iter().all(|r| r["id"] != local.as_str()),
+            "h{h} lists h1's host rule: {there:?}"
+        );
+    }
+    bed.docker_ok(1, &["network", "rm", "qlt-loc"]);
 
     // Rules go with the network's cluster definition (removed on every host): a network
     // made again with the same VNI starts without them.
@@ -216,7 +254,7 @@ fn vxlan_networks_connect_across_hosts() {
     if !enabled("vxlan_networks_connect_across_hosts") {
         return;
     }
-    let bed = Bed::start(2, "");
+    let mut bed = Bed::start(2, "");
     let nat = ["--opt", "nat=true"];
     let deny = ["--opt", "nat=true", "--opt", "acl.default=deny"];
     bed.docker_ok(1, &strs(&Bed::vxlan_args("va", 5311, &deny)));
@@ -262,6 +300,25 @@ fn vxlan_networks_connect_across_hosts() {
         "a second connect is refused: {}",
         text(&o)
     );
+    // Overlapping subnets cannot be routed between, so `connect` would refuse them; they
+    // never get that far: two networks with their gateway on the host may not overlap, and
+    // the second is refused when created.
+    let va_subnet = bed.docker_ok(
+        1,
+        &[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            "va",
+        ],
+    );
+    let overlap = ["--opt", "nat=true", "--subnet", va_subnet.trim()];
+    bed.docker_refused(
+        1,
+        &Bed::vxlan_args("vo", 5313, &overlap),
+        "which this host already routes",
+    );
 
     // Not masqueraded: a deny on vb naming a1 holds on both hosts, a2 is still let in.
     let cut = bed.acl_add(
@@ -275,7 +332,27 @@ fn vxlan_networks_connect_across_hosts() {
     let o = bed.ql(1, &["acl", "rm", &cut]);
     assert!(o.status.success(), "acl rm: {}", text(&o));
 
+    // A host whose daemon was down when the connection went drops it when it returns.
+    bed.stop_daemon(2);
+    connect(&bed, 1, "disconnect", "va", "vb");
+    bed.start_daemon(2);
+    wait_until(10, "h2 drops the connection it missed", || {
+        connections(&bed, 2).is_empty()
+    });
+    wait_until(5, "a2 isolated from vb on h2", || {
+        !bed.ping_once(2, "qlt-a2", &b2)
+    });
+    assert!(
+        bed.ping_once(2, "qlt-b2", &b1),
+        "positive control: vb across hosts"
+    );
+
     // Disconnected from the other host: isolated again everywhere.
+    connect(&bed, 1, "connect", "va", "vb");
+    wait_until(5, "h2 makes the connection again", || {
+        !connections(&bed, 2).is_empty()
+    });
+    wait_until(5, "a2 reaches b2 again", || bed.ping_once(2, "qlt-a2", &b2));
     connect(&bed, 2, "disconnect", "va", "vb");
     wait_until(5, "h1 drops the connection", || {
         connections(&bed, 1).is_empty()

@@ -306,6 +306,25 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
     bed.sleeper(1, "qlt-f2", "flat2");
     let bridges = text(&bed.exec(1, "ovs-vsctl list-br"));
     assert_eq!(bridges.trim(), "qlul", "{bridges}");
+    // Flat and vlan networks are routed by the physical router: `connect` refuses them and
+    // keeps nothing.
+    for (a, b, want) in [
+        ("flat1", "flat2", "network flat1 is flat"),
+        ("vlan10", "vlan20", "network vlan10 is vlan"),
+    ] {
+        let o = bed.ql(1, &["connect", a, b]);
+        assert!(
+            !o.status.success() && text(&o).contains(want) && text(&o).contains("physical router"),
+            "connect {a} {b}: {}",
+            text(&o)
+        );
+    }
+    let kept = bed.ql_json(1, &["connect", "ls"]);
+    assert_eq!(
+        kept["connections"].as_array().map(Vec::len),
+        Some(0),
+        "{kept}"
+    );
     let listed = text(&bed.ql(1, &["network", "ls"]));
     assert!(
         ["flat1", "vlan10", "vlan20"]
