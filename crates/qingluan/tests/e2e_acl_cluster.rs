@@ -290,6 +290,23 @@ fn vxlan_networks_connect_across_hosts() {
     assert!(fetches(&bed, 2, "qlt-b2", &a1), "and back, started on h2");
     assert!(fetches(&bed, 1, "qlt-a1", &b1), "on one host");
     assert!(fetches(&bed, 2, "qlt-a2", &b2), "on the other host");
+    // Each host routes between its own segments: a1 and b1 (both on h1) talk without a
+    // datagram on the underlay, while a1 → b2 crosses it (the capture's positive control).
+    let seen = bed.capture("udp port 4789", || {
+        assert!(bed.ping_once(1, "qlt-a1", &b1), "ping on one host");
+        assert!(fetches(&bed, 1, "qlt-a1", &b1), "tcp on one host");
+        assert!(bed.ping_once(1, "qlt-a1", &b2), "ping across hosts");
+    });
+    let between = |x: &str, y: &str| {
+        let names = |l: &str, ip: &str| {
+            [" ", ".", ":", ","]
+                .iter()
+                .any(|e| l.contains(&format!("{ip}{e}")))
+        };
+        seen.lines().filter(|l| names(l, x) && names(l, y)).count()
+    };
+    assert!(between(&a1, &b2) > 0, "the capture sees the tunnel: {seen}");
+    assert_eq!(between(&a1, &b1), 0, "no hairpin through h2: {seen}");
     assert!(
         !bed.ping_once(1, "qlt-a1", &a2),
         "va's default deny still holds within va"
