@@ -306,11 +306,13 @@ fn flat_and_vlan_work_on_one_host_with_the_embedded_store() {
     bed.sleeper(1, "qlt-f2", "flat2");
     let bridges = text(&bed.exec(1, "ovs-vsctl list-br"));
     assert_eq!(bridges.trim(), "qlul", "{bridges}");
-    // Flat and vlan networks are routed by the physical router: `connect` refuses them and
-    // keeps nothing.
+    // Flat and vlan networks are routed by the physical router: `connect` refuses them,
+    // naming the first network at fault as typed, and keeps nothing.
     for (a, b, want) in [
         ("flat1", "flat2", "network flat1 is flat"),
+        ("flat2", "flat1", "network flat2 is flat"),
         ("vlan10", "vlan20", "network vlan10 is vlan"),
+        ("vlan20", "vlan10", "network vlan20 is vlan"),
     ] {
         let o = bed.ql(1, &["connect", a, b]);
         assert!(

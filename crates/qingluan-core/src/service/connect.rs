@@ -64,7 +64,14 @@ impl Connect {
                     .cloned()
                     .unwrap_or_else(|| n.short_id().to_string())
             };
-            connect::check_networks(&na, &nb, &name)?;
+            // Checked in the order typed, so a refusal names the first network at fault.
+            let typed = |n: &Network| name(n) == names.0;
+            let (first, second) = if typed(&nb) && !typed(&na) {
+                (&nb, &na)
+            } else {
+                (&na, &nb)
+            };
+            connect::check_networks(first, second, &name)?;
             keys = na.cluster.clone().zip(nb.cluster.clone());
         }
         let mut shared = None;
