@@ -65,8 +65,7 @@ impl Connect {
                     .unwrap_or_else(|| n.short_id().to_string())
             };
             // Checked in the order typed, so a refusal names the first network at fault.
-            let typed = |n: &Network| name(n) == names.0;
-            let (first, second) = if typed(&nb) && !typed(&na) {
+            let (first, second) = if name(&nb) == names.0 {
                 (&nb, &na)
             } else {
                 (&na, &nb)
