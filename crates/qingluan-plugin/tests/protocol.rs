@@ -281,6 +281,8 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
         let (s, r) = post(&h, Interface::Network, &format!("/NetworkDriver.{m}"), &ids).await;
         assert_eq!((s, r), (StatusCode::OK, json!({})), "{m}");
     }
+    // DeleteEndpoint answers once the record is gone; the veth goes with the pass after it.
+    h.plugin.driver.collector.sync(false).await.unwrap();
     assert!(
         h.links.link("qlvb2b2b2b2b2b").await.unwrap().is_none(),
         "veth removed"

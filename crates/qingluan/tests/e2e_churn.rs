@@ -91,17 +91,24 @@ fn containers_start_and_stop_at_once_without_failing() {
         }
     }
 
-    // Nothing is left: no endpoint, no veth, no port but the bridges' own.
+    // Nothing is left: no endpoint, and once the passes that follow the deletions' answers
+    // ran, no veth and no port but the bridges' own.
     for h in 1..=2 {
         let eps = bed.ql_json(h, &["endpoint", "ls"]);
         assert_eq!(eps.as_array().map(Vec::len), Some(0), "h{h}: {eps}");
-        let o = bed.exec(
-            h,
-            "ip -o link show type veth | grep -vc ' eth0@'; \
-             ovs-vsctl --bare --columns=external_ids list Port | grep -c qingluan-endpoint",
-        );
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        let counts: Vec<&str> = out.split_whitespace().collect();
-        assert_eq!(counts, ["0", "0"], "h{h}: veths and endpoint ports left");
+        let left = || {
+            let o = bed.exec(
+                h,
+                "ip -o link show type veth | grep -vc ' eth0@'; \
+                 ovs-vsctl --bare --columns=external_ids list Port | grep -c qingluan-endpoint",
+            );
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        bed::wait_until(10, &format!("h{h}: veths and endpoint ports gone"), || {
+            left() == ["0", "0"]
+        });
     }
 }

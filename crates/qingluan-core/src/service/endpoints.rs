@@ -14,6 +14,12 @@ use crate::modes::{self, JoinInfo};
 use crate::options::{self, OptionError, RawPort};
 use crate::records;
 
+/// How long a network's next deletion waits at most for dockerd to unmount the sandbox the
+/// previous one left.
+const SANDBOX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often that wait looks.
+const SANDBOX_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 handle! {
     /// CreateEndpoint, Join, Leave, DeleteEndpoint and EndpointOperInfo.
     Endpoints
@@ -166,36 +172,69 @@ impl Endpoints {
     pub async fn leave(&self, endpoint_id: &str) -> Result<(), ServiceError> {
         let _g = self.lock.lock().await;
         if let Some(mut ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? {
-            ep.sandbox = None;
+            if let Some(sandbox) = ep.sandbox.take() {
+                self.left
+                    .lock()
+                    .expect("left")
+                    .insert(endpoint_id.to_string(), sandbox);
+            }
             self.store.txn(vec![], vec![records::put(&ep)]).await?;
         }
         Ok(())
     }
 
-    /// DeleteEndpoint; unknown endpoints are fine. The endpoint's cluster entry goes first;
-    /// if the dataplane then refuses, the record is restored and the cluster agent publishes
-    /// the entry again on its next pass. The call lock is held only while writing, so
-    /// deletions on different networks share passes; one network's deletions answer one at
-    /// a time: answered together, dockerd 20.10's endpoint count of the network lost
-    /// decrements racing each other (moby/moby#42119), and `docker network rm` then refused
-    /// the emptied network ("has active endpoints") until dockerd restarted.
+    /// DeleteEndpoint; unknown endpoints are fine. Answers once the deletion is durable:
+    /// the endpoint's port, flows, veth and netfilter chain go in a shared pass after the
+    /// answer (a pass that fails leaves them to the next one: nothing of a deleted endpoint
+    /// is wanted any more). The endpoint's cluster entry goes first.
+    ///
+    /// One network's deletions answer one at a time, each once dockerd is done with the
+    /// previous one. After our answer dockerd releases the address and decrements the
+    /// network's endpoint count; two decrements of one network at once lose one
+    /// (moby/moby#42119: they share a cached object), and `docker network rm` then refuses
+    /// the emptied network ("has active endpoints") until dockerd restarts. dockerd
+    /// unmounts the container's sandbox right after the decrement, so the next deletion
+    /// waits for that, at most [`SANDBOX_WAIT`] (a `docker network disconnect` keeps the
+    /// sandbox).
     pub async fn delete(&self, network_id: &str, endpoint_id: &str) -> Result<(), ServiceError> {
-        let one_network = self.deletions.on(network_id);
-        let _n = one_network.lock().await;
+        let turn = self.deletions.on(network_id).lock_owned().await;
         let guard = self.lock.lock().await;
         let ckey = cluster::endpoint_key(&self.host, endpoint_id);
         if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
             tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
         }
-        let Some(ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? else {
+        let sandbox = self.left.lock().expect("left").remove(endpoint_id);
+        if records::get::<Endpoint>(&*self.store, endpoint_id)
+            .await?
+            .is_none()
+        {
             return Ok(());
-        };
+        }
         self.store
             .txn(vec![], vec![records::delete::<Endpoint>(endpoint_id)])
             .await?;
         crash_point!("delete-endpoint-recorded");
         drop(guard);
-        self.apply_or_undo(vec![records::put(&ep)]).await
+        if let Some(sandbox) = sandbox {
+            let state = self.s.clone();
+            tokio::spawn(async move {
+                let _turn = turn;
+                let links = state.reconciler.adapters().links.clone();
+                let until = tokio::time::Instant::now() + SANDBOX_WAIT;
+                let path = std::path::Path::new(&sandbox);
+                while links.netns_mounted(path).await && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(SANDBOX_POLL).await;
+                }
+            });
+        }
+        let state = self.s.clone();
+        let endpoint = short(endpoint_id);
+        tokio::spawn(async move {
+            if let Err(e) = state.sync_after_write().await {
+                tracing::warn!(error = %e, %endpoint, "the deleted endpoint's dataplane goes with the next pass");
+            }
+        });
+        Ok(())
     }
 
     /// EndpointOperInfo: what we know about an endpoint.

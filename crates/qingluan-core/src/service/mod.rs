@@ -3,11 +3,12 @@
 //! A call is validated completely first (options, addresses, ports), then its record is
 //! written to the store (durable before we answer), then the dataplane is reconciled. When
 //! applying fails, the record is restored and the dataplane reconciled back, so a refused
-//! call changes nothing. Calls that read and write records are serialised by one lock.
-//! CreateEndpoint and DeleteEndpoint hold it only while they write, so a Join never waits
-//! for another endpoint's pass; the passes that follow writes are shared: callers whose
-//! write came before a pass began take its outcome instead of running one each. One
-//! network's deletions still answer one at a time (see `endpoints.rs`).
+//! call changes nothing. DeleteEndpoint answers once its record is deleted and its pass
+//! follows (see `endpoints.rs`). Calls that read and write records are serialised by one
+//! lock. CreateEndpoint and DeleteEndpoint hold it only while they write, so a Join never
+//! waits for another endpoint's pass; the passes that follow writes are shared: callers
+//! whose write came before a pass began take its outcome instead of running one each. One
+//! network's deletions answer one at a time (see `endpoints.rs`).
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
@@ -299,6 +300,9 @@ pub struct State {
     covered: std::sync::atomic::AtomicU64,
     /// Woken after each Join: the daemon then learns the endpoint's container.
     pub joined: tokio::sync::Notify,
+    /// The sandbox each endpoint last left, kept in memory until the endpoint's deletion
+    /// (see `Endpoints::delete`).
+    pub(crate) left: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 pub use crate::modes::VXLAN_OVERHEAD;
@@ -371,6 +375,7 @@ impl State {
             written: Default::default(),
             covered: Default::default(),
             joined: tokio::sync::Notify::new(),
+            left: Default::default(),
         }
     }
 

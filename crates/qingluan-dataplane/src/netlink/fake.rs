@@ -286,6 +286,10 @@ impl Links for FakeLinks {
             .ok_or_else(|| LinkError::NotFound(name.to_string()))
     }
 
+    async fn netns_mounted(&self, _netns: &std::path::Path) -> bool {
+        false
+    }
+
     async fn sandbox_route(
         &self,
         netns: &std::path::Path,

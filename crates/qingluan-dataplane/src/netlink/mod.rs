@@ -233,6 +233,9 @@ pub trait Links: Send + Sync {
         route: &Route,
         add: bool,
     ) -> Result<(), LinkError>;
+    /// Whether a network namespace is still mounted at `netns` (a container's sandbox key):
+    /// dockerd unmounts it once it has torn the container's network down.
+    async fn netns_mounted(&self, netns: &std::path::Path) -> bool;
     /// Turns TX checksum offload off, like `ethtool -K name tx off`; the kernel then also
     /// drops the segmentation offloads that depend on it (TSO, USO); GSO stays on.
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError>;

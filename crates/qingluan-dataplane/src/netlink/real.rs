@@ -575,6 +575,11 @@ impl Links for NetlinkLinks {
         }
     }
 
+    async fn netns_mounted(&self, netns: &Path) -> bool {
+        nix::sys::statfs::statfs(netns)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    }
+
     async fn tx_checksum_off(&self, name: &str) -> Result<(), LinkError> {
         check_name(name)?;
         let sock = Arc::clone(&self.ioctl_sock);
