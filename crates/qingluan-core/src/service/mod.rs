@@ -301,7 +301,7 @@ pub struct State {
     /// Woken after each Join: the daemon then learns the endpoint's container.
     pub joined: tokio::sync::Notify,
     /// The sandbox each endpoint last left, kept in memory until the endpoint's deletion
-    /// (see `Endpoints::delete`).
+    /// or collection (see `Endpoints::delete`).
     pub(crate) left: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
