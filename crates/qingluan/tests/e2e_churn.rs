@@ -102,7 +102,7 @@ fn containers_start_and_stop_at_once_without_failing() {
                 "ip -o link show type veth | grep -vc ' eth0@'; \
                  ovs-vsctl --bare --columns=external_ids list Port | grep -c qingluan-endpoint",
             );
-            String::from_utf8_lossy(&o.stdout)
+            text(&o)
                 .split_whitespace()
                 .map(str::to_string)
                 .collect::<Vec<_>>()
