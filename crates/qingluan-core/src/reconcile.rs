@@ -8,8 +8,10 @@
 //! daemon restart does not drop a packet. Errors are collected, never stopping at the first.
 //!
 //! A pass is a [`Pass`]: it holds the pass lock from before the desired state is built until
-//! it is applied, so no pass ever applies a desired state older than one an earlier pass
-//! applied (a stale pass would delete the veth of an endpoint recorded meanwhile). It lists
+//! its OVSDB transaction is committed, then the programming lock until it is applied, so no
+//! pass ever applies a desired state older than one an earlier pass applied (a stale pass
+//! would delete the veth of an endpoint recorded meanwhile); while one pass waits for
+//! ovs-vswitchd and programs, the next builds and commits (see [`Pass::sync_noting`]). It lists
 //! the endpoint veths that exist first, so the desired state can leave out endpoints whose
 //! container is gone: an OVS port without a device has no OpenFlow port, and one flow naming
 //! it would make the whole bridge's flow table fail.
@@ -66,6 +68,12 @@ pub struct Report {
     pub firewall_changed: bool,
 }
 
+impl std::fmt::Display for Lap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(" "))
+    }
+}
+
 /// A bridge's flow table and meters.
 type Programmed = (Vec<Flow>, Vec<Meter>);
 
@@ -102,11 +110,17 @@ const BRIDGES_AT_ONCE: usize = 16;
 /// How many bridges' flows, gateways and sysctls a full pass checks at most (each).
 const COMPARED_PER_PASS: usize = 32;
 
-/// Time spent per reconcile step, for the debug log.
-struct Lap(Vec<String>, std::time::Instant);
+/// Time spent per step of a pass or a call, for the debug log.
+pub(crate) struct Lap(Vec<String>, std::time::Instant);
 
 impl Lap {
-    fn mark(&mut self, step: &str) {
+    /// Starts timing the first step.
+    pub(crate) fn start() -> Lap {
+        Lap(Vec::new(), std::time::Instant::now())
+    }
+
+    /// Ends `step`; the next starts now.
+    pub(crate) fn mark(&mut self, step: &str) {
         self.0.push(format!(
             "{step}={:.1}ms",
             self.1.elapsed().as_secs_f64() * 1e3
@@ -143,8 +157,11 @@ pub struct Reconciler {
     compare_turn: std::sync::atomic::AtomicUsize,
     gateway_turn: std::sync::atomic::AtomicUsize,
     sysctl_turn: std::sync::atomic::AtomicUsize,
-    /// Serialises passes.
+    /// Serialises passes up to their OVSDB transaction (see [`Pass::sync`]).
     pass: Mutex<()>,
+    /// Serialises passes from their wait for ovs-vswitchd on: programming flows and
+    /// netfilter, deleting stale veths.
+    programming: Mutex<()>,
 }
 
 impl Reconciler {
@@ -166,6 +183,7 @@ impl Reconciler {
             gateway_turn: Default::default(),
             sysctl_turn: Default::default(),
             pass: Mutex::new(()),
+            programming: Mutex::new(()),
         }
     }
 
@@ -233,17 +251,23 @@ impl Reconciler {
         Ok(Pass {
             r: self,
             veths,
-            _lock: lock,
+            lock: Some(lock),
         })
+    }
+
+    /// Waits until every pass that released the pass lock has finished programming.
+    pub async fn settled(&self) {
+        drop(self.programming.lock().await);
     }
 }
 
-/// A reconcile pass in progress; holds the pass lock until dropped.
+/// A reconcile pass in progress; holds the pass lock until dropped or until
+/// [`Pass::sync`] hands over to programming.
 pub struct Pass<'a> {
     r: &'a Reconciler,
     /// Endpoint veths (host ends) that existed when the pass began.
     veths: BTreeSet<String>,
-    _lock: MutexGuard<'a, ()>,
+    lock: Option<MutexGuard<'a, ()>>,
 }
 
 impl Pass<'_> {
@@ -382,12 +406,33 @@ impl Pass<'_> {
     }
 
     /// Applies `d`.
-    pub async fn sync(&self, d: &Desired, full: bool) -> Result<Report, ReconcileError> {
+    pub async fn sync(self, d: &Desired, full: bool) -> Result<Report, ReconcileError> {
+        self.sync_noting(d, full, |_| ()).await
+    }
+
+    /// Applies `d`, and calls `done` with whether it succeeded before the next pass may
+    /// program.
+    ///
+    /// A pass holds the pass lock while it creates veths and commits its OVSDB
+    /// transaction, then takes the programming lock and lets the pass lock go: the next
+    /// pass builds and commits while this one waits for ovs-vswitchd to apply its
+    /// transaction and then programs flows and netfilter. Programming keeps the passes'
+    /// order, so no bridge gets an older table after a newer one. Only a transaction that
+    /// adds or changes ports is waited for after the hand-over: one that deletes a port
+    /// or touches a bridge first waits for the passes before it to finish programming
+    /// (their flows may name the port) and is applied before the hand-over, as full passes
+    /// are.
+    pub async fn sync_noting(
+        mut self,
+        d: &Desired,
+        full: bool,
+        done: impl FnOnce(bool) + Send,
+    ) -> Result<Report, ReconcileError> {
         let r = self.r;
         let a = &r.adapters;
         let mut errs = Vec::new();
         let mut report = Report::default();
-        let mut lap = Lap(Vec::new(), std::time::Instant::now());
+        let mut lap = Lap::start();
 
         // 1. Links first: OVS system ports need their device.
         let existing = &self.veths;
@@ -416,6 +461,8 @@ impl Pass<'_> {
         lap.mark("links");
         // 2. OVS bridges and ports, in one transaction; around it, the host's addresses
         //    move back from an uplink bridge about to go, and onto a new one.
+        let mut turn = None;
+        let mut pending = None;
         let mut nic_guards = Vec::new();
         let mut uplink_nics = BTreeMap::new();
         match a.ovs.snapshot().await {
@@ -458,9 +505,19 @@ impl Pass<'_> {
                 };
                 nic_guards = userspace_nics(&with);
                 let ops = ovs_ops(&r.owner, &with, &snap);
+                let ports_only = !full
+                    && ops
+                        .iter()
+                        .all(|o| matches!(o, OvsOp::AddPort(_) | OvsOp::UpdatePort(_)));
                 if !ops.is_empty() {
                     report.ovs_ops = ops.len();
-                    if let Err(e) = a.ovs.apply(&ops).await {
+                    let applied = if ports_only {
+                        a.ovs.commit(&ops).await.map(|cfg| pending = cfg)
+                    } else {
+                        turn = Some(r.programming.lock().await);
+                        a.ovs.apply(&ops).await
+                    };
+                    if let Err(e) = applied {
                         errs.push(e.to_string());
                     }
                 }
@@ -525,6 +582,18 @@ impl Pass<'_> {
         errs.extend(self.shape_uplinks(d, &uplink_nics, full).await);
 
         lap.mark("gateways");
+        let _turn = match turn {
+            Some(t) => t,
+            None => r.programming.lock().await,
+        };
+        self.lock = None;
+        lap.mark("turn");
+        if let Some(cfg) = pending {
+            if let Err(e) = a.ovs.applied(cfg).await {
+                errs.push(e.to_string());
+            }
+        }
+        lap.mark("vswitchd");
         // 4. and 5., concurrently (independent processes): flows, only where they differ from
         //    what we installed (or always when full); netfilter, with guards only for devices
         //    that exist (a vanished veth must not block the whole ruleset).
@@ -539,7 +608,7 @@ impl Pass<'_> {
             } else {
                 BTreeSet::new()
             };
-            let due: Vec<(&String, Programmed)> = d
+            let due: Vec<(&String, Programmed, bool)> = d
                 .flows
                 .iter()
                 .map(|(bridge, flows)| {
@@ -549,13 +618,18 @@ impl Pass<'_> {
                 .filter(|(bridge, want)| {
                     compared.contains(bridge.as_str()) || installed.get(*bridge) != Some(want)
                 })
+                .map(|(bridge, want)| {
+                    let meters_known = !compared.contains(bridge.as_str())
+                        && installed.get(bridge).is_some_and(|(_, m)| *m == want.1);
+                    (bridge, want, meters_known)
+                })
                 .collect();
             // Bridges concurrently: each round trip waits for a turn of ovs-vswitchd's main
             // loop (22-35 ms at 1,000 ports), which serves every connection at once.
             let programs: Vec<_> = due
                 .into_iter()
-                .map(|(bridge, want)| async move {
-                    let done = program(&*a.flows, bridge, &want.0, &want.1).await;
+                .map(|(bridge, want, meters_known)| async move {
+                    let done = program(&*a.flows, bridge, &want.0, &want.1, meters_known).await;
                     (bridge, want, done)
                 })
                 .collect();
@@ -628,7 +702,8 @@ impl Pass<'_> {
         }
 
         lap.mark("stale veths");
-        tracing::debug!(full, steps = %lap.0.join(" "), "reconcile pass");
+        tracing::debug!(full, steps = %lap, "reconcile pass");
+        done(errs.is_empty());
         if errs.is_empty() {
             Ok(report)
         } else {
@@ -639,13 +714,19 @@ impl Pass<'_> {
 
 /// Programs a bridge: meters that are missing or differ first (flows may use them), then
 /// the flow table, then the meters nobody uses any more are deleted. Returns how many flows
-/// changed.
+/// changed. With `meters_known` (this process installed exactly `meters` there) only the
+/// flow table is programmed: asking the switch for its meters costs a round trip, which
+/// waits for a turn of ovs-vswitchd's main loop.
 async fn program(
     of: &dyn FlowProgrammer,
     bridge: &str,
     flows: &[Flow],
     meters: &[Meter],
+    meters_known: bool,
 ) -> Result<usize, qingluan_dataplane::openflow::FlowError> {
+    if meters_known {
+        return of.replace_flows(bridge, flows).await;
+    }
     let have = of.meters(bridge).await?;
     for m in meters.iter().filter(|m| !have.contains(m)) {
         of.set_meter(bridge, *m).await?;

@@ -96,6 +96,18 @@ fn reconciler_on(
     )
 }
 
+/// The desired state of network `n` alone, with `eps` and what users asked for.
+fn desired_of(n: &Network, eps: &[Endpoint], intent: &modes::Intent) -> desired::Desired {
+    modes::build(
+        &Settings::default(),
+        &facts(),
+        std::slice::from_ref(n),
+        eps,
+        &Default::default(),
+        intent,
+    )
+}
+
 fn facts() -> HostFacts {
     HostFacts {
         datapath: "netdev".into(),
@@ -263,16 +275,7 @@ fn gateways_and_sysctls_are_set_again_only_when_changed_or_full() {
     rt.block_on(async {
         let (r, _, _, links, _) = reconciler();
         let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
-        let build = |eps: &[Endpoint]| {
-            modes::build(
-                &Settings::default(),
-                &facts(),
-                std::slice::from_ref(&n),
-                eps,
-                &Default::default(),
-                &Default::default(),
-            )
-        };
+        let build = |eps: &[Endpoint]| desired_of(&n, eps, &Default::default());
         let gateway_calls = || {
             links
                 .calls
@@ -373,17 +376,11 @@ fn qos_follows_its_sources_and_leaves_no_meter_behind() {
             eps: &[Endpoint],
             overrides: &BTreeMap<String, QosSpec>,
         ) -> desired::Desired {
-            modes::build(
-                &Settings::default(),
-                &facts(),
-                std::slice::from_ref(n),
-                eps,
-                &Default::default(),
-                &modes::Intent {
-                    qos: overrides.clone(),
-                    ..Default::default()
-                },
-            )
+            let intent = modes::Intent {
+                qos: overrides.clone(),
+                ..Default::default()
+            };
+            desired_of(n, eps, &intent)
         }
         let d = build(&n, &[e1.clone(), e2.clone()], &Default::default());
         let meters = &d.meters[&n.bridge];
@@ -665,4 +662,52 @@ fn flat_and_vlan_networks_share_the_uplink_bridge_of_their_interface() {
     assert_eq!(driver.join(&flat, &eps[0]).gateway, Some(flat.gateway));
     assert!(!driver.allows_publishing(&flat));
     assert!(!qingluan_core::modes::driver(Mode::Vlan).allows_publishing(&v10));
+}
+
+/// While one pass waits for ovs-vswitchd, the next builds and commits; the bridge's flows
+/// are then programmed in the passes' order, so it ends with the newer table.
+#[tokio::test]
+async fn the_next_pass_commits_while_one_waits_for_vswitchd() {
+    let (r, ovs, flows, _, _) = reconciler();
+    let n = net("a1", Mode::Nat, "10.240.0.0/24", false);
+    let (e1, e2) = (ep("b2", &n, 2, vec![]), ep("c3", &n, 3, vec![]));
+    let build = |eps: &[Endpoint]| desired_of(&n, eps, &Default::default());
+    let bare = build(&[]);
+    r.begin().await.unwrap().sync(&bare, false).await.unwrap();
+    let (d1, d2) = (
+        build(std::slice::from_ref(&e1)),
+        build(&[e1.clone(), e2.clone()]),
+    );
+    let adds = |veth: &str| {
+        ovs.log()
+            .iter()
+            .filter(|o| matches!(o, OvsOp::AddPort(p) if p.name == veth))
+            .count()
+    };
+    let table = || flows.tables.lock().unwrap().get(&n.bridge).cloned();
+    let gate = ovs.hold().await;
+    let first = async { r.begin().await.unwrap().sync(&d1, false).await };
+    let second = async {
+        while adds(&e1.veth) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let pass = tokio::time::timeout(std::time::Duration::from_secs(5), r.begin())
+            .await
+            .expect("the pass lock is free while the first pass waits for ovs-vswitchd")
+            .unwrap();
+        assert_eq!(table(), Some(bare.flows[&n.bridge].clone()));
+        let synced = pass.sync(&d2, false);
+        tokio::pin!(synced);
+        while adds(&e2.veth) == 0 {
+            assert!(futures::poll!(synced.as_mut()).is_pending());
+            tokio::task::yield_now().await;
+        }
+        drop(gate);
+        synced.await
+    };
+    let (first, second) = tokio::join!(first, second);
+    first.unwrap();
+    second.unwrap();
+    assert_eq!((adds(&e1.veth), adds(&e2.veth)), (1, 1));
+    assert_eq!(table(), Some(d2.flows[&n.bridge].clone()));
 }

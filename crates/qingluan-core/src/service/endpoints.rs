@@ -87,9 +87,12 @@ impl Endpoints {
             qos,
             container: None,
         };
+        let mut lap = crate::reconcile::Lap::start();
         let guard = self.lock.lock().await;
+        lap.mark("lock");
         let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
         self.ipam.bind(&pool, ip, &ep.id).await?;
+        lap.mark("bind");
         crash_point!("create-endpoint-bound");
         let ckey = match self.record_endpoint(&net, &ep).await {
             Ok(ckey) => ckey,
@@ -99,9 +102,12 @@ impl Endpoints {
             }
         };
         drop(guard);
+        lap.mark("record");
         let applied = self
             .apply_or_undo(vec![records::delete::<Endpoint>(&ep.id)])
             .await;
+        lap.mark("pass");
+        tracing::debug!(endpoint = %short(&ep.id), steps = %lap, "create endpoint");
         if let Err(e) = applied {
             let _g = self.lock.lock().await;
             if let Some(ckey) = ckey {

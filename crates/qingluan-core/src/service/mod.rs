@@ -298,11 +298,13 @@ pub struct State {
     written: std::sync::atomic::AtomicU64,
     /// The last ticket a successful shared pass covered.
     covered: std::sync::atomic::AtomicU64,
-    /// Woken after each Join: the daemon then learns the endpoint's container.
-    pub joined: tokio::sync::Notify,
+    /// The last ticket a shared pass read, successful or not (it may still be programming).
+    read: std::sync::atomic::AtomicU64,
     /// The sandbox each endpoint last left, kept in memory until the endpoint's deletion
     /// or collection (see `Endpoints::delete`).
     pub(crate) left: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Woken after each Join: the daemon then learns the endpoint's container.
+    pub joined: tokio::sync::Notify,
 }
 
 pub use crate::modes::VXLAN_OVERHEAD;
@@ -374,8 +376,9 @@ impl State {
             deletions: Deletions::default(),
             written: Default::default(),
             covered: Default::default(),
-            joined: tokio::sync::Notify::new(),
+            read: Default::default(),
             left: Default::default(),
+            joined: tokio::sync::Notify::new(),
         }
     }
 
@@ -766,25 +769,38 @@ impl State {
 
     /// A pass that begins after the caller's write, shared: a caller whose ticket a pass
     /// already covered (it wrote before that pass read the records, and the pass succeeded)
-    /// returns at once. A failed pass covers nobody else, so each caller of it learns from
-    /// its own pass whether its change is what fails.
+    /// returns at once, and one whose ticket a pass still programming read waits for its
+    /// outcome. A failed pass covers nobody else, so each caller of it learns from its own
+    /// pass whether its change is what fails.
     pub(crate) async fn sync_after_write(&self) -> Result<(), ServiceError> {
         use std::sync::atomic::Ordering::SeqCst;
         let ticket = self.written.fetch_add(1, SeqCst) + 1;
-        let pass = self.reconciler.begin().await?;
+        let waited = std::time::Instant::now();
+        let mut pass = self.reconciler.begin().await?;
+        if self.covered.load(SeqCst) < ticket && self.read.load(SeqCst) >= ticket {
+            drop(pass);
+            self.reconciler.settled().await;
+            pass = self.reconciler.begin().await?;
+        }
         if self.covered.load(SeqCst) >= ticket {
             return Ok(());
         }
         let upto = self.written.load(SeqCst);
+        self.read.fetch_max(upto, SeqCst);
         let t = std::time::Instant::now();
         let d = self.desired(&pass).await?;
         tracing::debug!(
+            waited_ms = (t - waited).as_secs_f64() * 1e3,
             took_ms = t.elapsed().as_secs_f64() * 1e3,
             writes = upto + 1 - ticket,
             "desired state built"
         );
-        pass.sync(&d, false).await?;
-        self.covered.fetch_max(upto, SeqCst);
+        pass.sync_noting(&d, false, |ok| {
+            if ok {
+                self.covered.fetch_max(upto, SeqCst);
+            }
+        })
+        .await?;
         Ok(())
     }
 

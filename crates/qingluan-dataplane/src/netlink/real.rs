@@ -40,6 +40,9 @@ const DOOMED_GROUP: u32 = 0x716c_6467;
 pub struct NetlinkLinks {
     /// Request handle of the connection task.
     handle: Handle,
+    /// Held for each dump: the kernel runs one dump per netlink socket at a time and
+    /// refuses another meanwhile (`EBUSY`).
+    dumps: tokio::sync::Mutex<()>,
     /// `AF_INET` datagram socket of the namespace, for ethtool ioctls.
     ioctl_sock: Arc<OwnedFd>,
     /// The namespace entered for sysctls; `None` for the current one.
@@ -116,6 +119,7 @@ impl NetlinkLinks {
         tokio::spawn(connection);
         NetlinkLinks {
             handle,
+            dumps: tokio::sync::Mutex::new(()),
             ioctl_sock: Arc::new(ioctl),
             netns,
         }
@@ -159,6 +163,7 @@ impl NetlinkLinks {
     /// Address messages of a link.
     async fn address_messages(&self, name: &str) -> Result<Vec<AddressMessage>, LinkError> {
         let index = self.index(name).await?;
+        let _dump = self.dumps.lock().await;
         self.handle
             .address()
             .get()
@@ -455,6 +460,7 @@ impl Links for NetlinkLinks {
     }
 
     async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfo>, LinkError> {
+        let _dump = self.dumps.lock().await;
         let all: Vec<LinkMessage> = self
             .handle
             .link()
@@ -521,6 +527,7 @@ impl Links for NetlinkLinks {
 
     async fn routes(&self, name: &str) -> Result<Vec<Route>, LinkError> {
         let index = self.index(name).await?;
+        let _dump = self.dumps.lock().await;
         let all: Vec<RouteMessage> = self
             .handle
             .route()

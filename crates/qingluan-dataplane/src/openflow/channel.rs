@@ -169,31 +169,58 @@ impl Channel {
 
     /// A multipart request of `ty`; the bodies of all its replies, concatenated.
     async fn multipart(&mut self, ty: u16, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let xid = self.next_xid();
-        self.send(&codec::multipart_request(xid, ty, body)).await?;
+        let [out] = self.multiparts([(ty, body)]).await?;
+        Ok(out)
+    }
+
+    /// Multipart requests sent together, so they cost one round trip; the bodies of each
+    /// one's replies, concatenated, in the order of the requests.
+    async fn multiparts<const N: usize>(
+        &mut self,
+        requests: [(u16, &[u8]); N],
+    ) -> Result<[Vec<u8>; N], Failure> {
+        let mut xids = [0u32; N];
         let mut out = Vec::new();
-        loop {
+        for (i, (ty, body)) in requests.iter().enumerate() {
+            xids[i] = self.next_xid();
+            out.extend(codec::multipart_request(xids[i], *ty, body));
+        }
+        self.send(&out).await?;
+        let mut bodies: [Vec<u8>; N] = std::array::from_fn(|_| Vec::new());
+        let mut open = N;
+        while open > 0 {
             let (h, b) = self.recv().await?;
+            let Some(i) = xids.iter().position(|x| *x == h.xid) else {
+                continue;
+            };
             match h.kind {
-                kind::MULTIPART_REPLY if h.xid == xid => {
+                kind::MULTIPART_REPLY => {
                     let (_, flags, part) = codec::multipart_reply(&b).map_err(Failure::Broken)?;
-                    out.extend_from_slice(part);
+                    bodies[i].extend_from_slice(part);
                     if flags & multipart::REPLY_MORE == 0 {
-                        return Ok(out);
+                        open -= 1;
                     }
                 }
-                kind::ERROR if h.xid == xid => {
-                    return Err(Failure::Refused(codec::describe_error(&b)))
-                }
+                kind::ERROR => return Err(Failure::Refused(codec::describe_error(&b))),
                 _ => {}
             }
         }
+        Ok(bodies)
     }
 
     /// Makes the switch's table exactly `flows`: deletes what is not wanted, adds what is
     /// missing, in one atomic bundle; nothing is sent when they are equal.
     pub(crate) async fn replace(&mut self, flows: &[Flow]) -> Result<usize, Failure> {
-        let ports: HashMap<String, u32> = self.ports().await?.into_iter().collect();
+        let [ports, installed] = self
+            .multiparts([
+                (multipart::PORT_DESC, &[]),
+                (multipart::FLOW, &codec::flow_request(0, 0)),
+            ])
+            .await?;
+        let ports: HashMap<String, u32> = codec::parse_port_desc(&ports)
+            .map_err(Failure::Broken)?
+            .into_iter()
+            .collect();
         let resolve = |name: &str| ports.get(name).copied();
         let mut wanted: HashMap<(u8, u16, u64), (Encoded, &Flow)> = HashMap::new();
         for f in flows {
@@ -209,9 +236,6 @@ impl Channel {
                 wanted.insert(key, (e, f));
             }
         }
-        let installed = self
-            .multipart(multipart::FLOW, &codec::flow_request(0, 0))
-            .await?;
         let installed = codec::parse_flow_stats(&installed).map_err(Failure::Broken)?;
 
         let mut kept = HashSet::new();

@@ -7,7 +7,7 @@
 //! use it.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -35,6 +35,8 @@ pub struct FakeOvs {
     events: tokio::sync::broadcast::Sender<OvsEvent>,
     /// What `system()` returns.
     pub system: Mutex<SystemInfo>,
+    /// Held to keep ovs-vswitchd from "applying" (see [`FakeOvs::hold`]).
+    vswitchd: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Default for FakeOvs {
@@ -44,6 +46,7 @@ impl Default for FakeOvs {
             failures: Mutex::new(0),
             events: tokio::sync::broadcast::channel(64).0,
             system: Mutex::new(SystemInfo::default()),
+            vswitchd: Arc::default(),
         }
     }
 }
@@ -58,6 +61,11 @@ impl FakeOvs {
     /// changing nothing.
     pub fn fail_next(&self, n: usize) {
         *self.failures.lock().unwrap() = n;
+    }
+
+    /// Keeps `applied` waiting, as a busy ovs-vswitchd would, until the guard is dropped.
+    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.vswitchd.clone().lock_owned().await
     }
 
     /// Sends an event to subscribers, e.g. to play an OVSDB reconnect.
@@ -79,9 +87,9 @@ impl Ovs for FakeOvs {
             .collect())
     }
 
-    async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError> {
+    async fn commit(&self, ops: &[OvsOp]) -> Result<Option<i64>, OvsdbError> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         {
             let mut failures = self.failures.lock().unwrap();
@@ -150,8 +158,14 @@ impl Ovs for FakeOvs {
             }
         }
         st.log.extend(ops.iter().cloned());
+        let cfg = i64::try_from(st.log.len()).expect("log fits");
         drop(st);
         self.emit(OvsEvent::Changed);
+        Ok(Some(cfg))
+    }
+
+    async fn applied(&self, _cfg: i64) -> Result<(), OvsdbError> {
+        drop(self.vswitchd.lock().await);
         Ok(())
     }
 

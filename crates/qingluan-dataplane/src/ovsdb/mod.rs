@@ -228,7 +228,18 @@ pub trait Ovs: Send + Sync {
     async fn snapshot(&self) -> Result<Vec<BridgeState>, OvsdbError>;
     /// All `ops` in ONE transaction, then waits (at most 10 s) until ovs-vswitchd has
     /// applied it. Nothing happens for an empty slice.
-    async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError>;
+    async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError> {
+        match self.commit(ops).await? {
+            Some(cfg) => self.applied(cfg).await,
+            None => Ok(()),
+        }
+    }
+    /// All `ops` in ONE transaction, without waiting for ovs-vswitchd: returns the
+    /// configuration number to pass to [`Ovs::applied`] (`None` for an empty slice). Once it
+    /// returns, [`Ovs::snapshot`] shows the transaction's rows.
+    async fn commit(&self, ops: &[OvsOp]) -> Result<Option<i64>, OvsdbError>;
+    /// Waits (at most 10 s) until ovs-vswitchd has applied configuration `cfg`.
+    async fn applied(&self, cfg: i64) -> Result<(), OvsdbError>;
     /// Facts about the switch.
     async fn system(&self) -> Result<SystemInfo, OvsdbError>;
     /// Connection and change events.

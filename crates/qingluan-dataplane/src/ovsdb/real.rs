@@ -1,7 +1,7 @@
 //! [`Ovs`] over the native OVSDB client.
 //!
 //! A monitor on the Bridge, Port, Interface, sFlow, IPFIX, QoS and Queue columns we read (and
-//! `Open_vSwitch.cur_cfg`)
+//! `Open_vSwitch.cur_cfg` and `next_cfg`)
 //! keeps a replica of those rows (`replica`): [`Ovs::snapshot`] and the planning of
 //! [`Ovs::apply`] read it, so a plugin call sends ONE transaction and no reads, and `apply`
 //! learns from the same stream when ovs-vswitchd has caught up. While the replica is not
@@ -27,8 +27,9 @@
 //! - Each existing row an op relies on is guarded by a `wait` (timeout 0) on its name, so if
 //!   it vanished since we read it the transaction fails as a whole; that failure is reported
 //!   as the matching "not found" error.
-//! - Last, `next_cfg += 1` and a `select` of it; then we wait until the replica's `cur_cfg`
-//!   catches up (or poll it while the replica is not current).
+//! - Last, `next_cfg += 1` and a `select` of it. [`Ovs::commit`] returns once the
+//!   replica shows that `next_cfg`; [`Ovs::applied`] waits until the replica's `cur_cfg`
+//!   catches up (or polls it while the replica is not current).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -179,6 +180,26 @@ impl OvsdbOvs {
         ))
     }
 
+    /// Waits until the replica holds our transaction that set `next_cfg` to `want` (the
+    /// monitor's update of it may come after the transaction's reply), so a snapshot taken
+    /// next shows its rows. While the replica is not current, reads select anyway.
+    async fn wait_replica(&self, want: i64) -> Result<(), OvsdbError> {
+        let next_cfg = |rows: &Rows| rows.root().and_then(|(_, r)| r["next_cfg"].as_i64());
+        let seen = self
+            .replica
+            .wait_for(|rows| next_cfg(rows).filter(|c| *c >= want));
+        match tokio::time::timeout(APPLY_WAIT, seen).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(OvsdbError::Protocol {
+                method: "monitor".into(),
+                detail: format!(
+                    "no update with next_cfg {want} within {} s",
+                    APPLY_WAIT.as_secs()
+                ),
+            }),
+        }
+    }
+
     /// Waits until `cur_cfg` reaches `want`: on the replica while it is current, else by
     /// polling.
     async fn wait_applied(&self, want: i64) -> Result<(), OvsdbError> {
@@ -235,7 +256,7 @@ async fn watch(
         ("IPFIX", EXPORT_COLUMNS),
         ("QoS", QOS_COLUMNS),
         ("Queue", QUEUE_COLUMNS),
-        ("Open_vSwitch", &["cur_cfg"]),
+        ("Open_vSwitch", &["cur_cfg", "next_cfg"]),
     ];
     let mut updates: Option<tokio::sync::mpsc::UnboundedReceiver<MonitorUpdate>> = None;
     let mut retry = Instant::now();
@@ -856,9 +877,9 @@ impl Ovs for OvsdbOvs {
         }))
     }
 
-    async fn apply(&self, ops: &[OvsOp]) -> Result<(), OvsdbError> {
+    async fn commit(&self, ops: &[OvsOp]) -> Result<Option<i64>, OvsdbError> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let plan = plan(&self.existing().await?, ops)?;
         let results = match self.client.transact(DB, plan.ops).await {
@@ -875,7 +896,12 @@ impl Ovs for OvsdbOvs {
                 method: "transact".into(),
                 detail: "no next_cfg in the result".into(),
             })?;
-        self.wait_applied(want).await
+        self.wait_replica(want).await?;
+        Ok(Some(want))
+    }
+
+    async fn applied(&self, cfg: i64) -> Result<(), OvsdbError> {
+        self.wait_applied(cfg).await
     }
 
     async fn system(&self) -> Result<SystemInfo, OvsdbError> {
