@@ -43,6 +43,7 @@ pub fn ep(id: &str, n: &Network, host: u32, container: &str) -> Endpoint {
         ports: Vec::new(),
         joined: true,
         sandbox: None,
+        left: None,
         created: 0,
         conflict: None,
         qos: Default::default(),

@@ -160,6 +160,10 @@ pub struct Endpoint {
     pub joined: bool,
     /// The sandbox (network namespace path) given at Join.
     pub sandbox: Option<String>,
+    /// The sandbox it last left, until it is deleted: the network's next deletion waits
+    /// until dockerd unmounted it (see `service/endpoints.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<String>,
     /// Seconds since the epoch when the endpoint was created.
     pub created: u64,
     /// On a cluster network: the host that holds this endpoint's address now (it was

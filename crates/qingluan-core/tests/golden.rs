@@ -76,6 +76,7 @@ fn ep(id: &str, net: &Network, host: u8) -> Endpoint {
         ports: Vec::new(),
         joined: true,
         sandbox: None,
+        left: None,
         created: 0,
         conflict: None,
         qos: Default::default(),

@@ -54,6 +54,7 @@ fn ep(id: &str, net: &Network, host: u8, ports: Vec<PortMapping>) -> Endpoint {
         ports,
         joined: false,
         sandbox: None,
+        left: None,
         created: 0,
         conflict: None,
         qos: Default::default(),

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use qingluan_core::ipam::Ipam;
+use qingluan_core::model::Endpoint;
 use qingluan_core::reconcile::{Adapters, Reconciler};
 use qingluan_core::service::{Driver, Stores};
 use qingluan_core::settings::Settings;
@@ -280,6 +281,17 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
     for m in ["RevokeExternalConnectivity", "Leave", "DeleteEndpoint"] {
         let (s, r) = post(&h, Interface::Network, &format!("/NetworkDriver.{m}"), &ids).await;
         assert_eq!((s, r), (StatusCode::OK, json!({})), "{m}");
+        if m == "Leave" {
+            let left: Endpoint = qingluan_core::records::get(&*h.store, EP)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (left.sandbox, left.left.as_deref()),
+                (None, Some("/var/run/docker/netns/does-not-exist-yet")),
+                "the sandbox left is recorded: a restarted daemon's next deletion still waits for it"
+            );
+        }
     }
     // DeleteEndpoint answers once the record is gone; the veth goes with the pass after it.
     h.plugin.driver.collector.sync(false).await.unwrap();

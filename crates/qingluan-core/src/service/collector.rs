@@ -46,7 +46,6 @@ impl Collector {
             self.store
                 .txn(vec![], vec![records::delete::<Endpoint>(&ep.id)])
                 .await?;
-            self.left.lock().expect("left").remove(&ep.id);
             let ckey = cluster::endpoint_key(&self.host, &ep.id);
             if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
                 tracing::warn!(error = %e, "cluster record stays until the store is back");

@@ -82,6 +82,7 @@ impl Endpoints {
             ports: Vec::new(),
             joined: false,
             sandbox: None,
+            left: None,
             created: model::now(),
             conflict: None,
             qos,
@@ -179,10 +180,7 @@ impl Endpoints {
         let _g = self.lock.lock().await;
         if let Some(mut ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? {
             if let Some(sandbox) = ep.sandbox.take() {
-                self.left
-                    .lock()
-                    .expect("left")
-                    .insert(endpoint_id.to_string(), sandbox);
+                ep.left = Some(sandbox);
             }
             self.store.txn(vec![], vec![records::put(&ep)]).await?;
         }
@@ -209,19 +207,15 @@ impl Endpoints {
         if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
             tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
         }
-        let sandbox = self.left.lock().expect("left").remove(endpoint_id);
-        if records::get::<Endpoint>(&*self.store, endpoint_id)
-            .await?
-            .is_none()
-        {
+        let Some(ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? else {
             return Ok(());
-        }
+        };
         self.store
             .txn(vec![], vec![records::delete::<Endpoint>(endpoint_id)])
             .await?;
         crash_point!("delete-endpoint-recorded");
         drop(guard);
-        if let Some(sandbox) = sandbox {
+        if let Some(sandbox) = ep.left {
             let state = self.s.clone();
             tokio::spawn(async move {
                 let _turn = turn;

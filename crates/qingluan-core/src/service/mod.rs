@@ -300,9 +300,6 @@ pub struct State {
     covered: std::sync::atomic::AtomicU64,
     /// The last ticket a shared pass read, successful or not (it may still be programming).
     read: std::sync::atomic::AtomicU64,
-    /// The sandbox each endpoint last left, kept in memory until the endpoint's deletion
-    /// or collection (see `Endpoints::delete`).
-    pub(crate) left: std::sync::Mutex<BTreeMap<String, String>>,
     /// Woken after each Join: the daemon then learns the endpoint's container.
     pub joined: tokio::sync::Notify,
 }
@@ -377,7 +374,6 @@ impl State {
             written: Default::default(),
             covered: Default::default(),
             read: Default::default(),
-            left: Default::default(),
             joined: tokio::sync::Notify::new(),
         }
     }
