@@ -418,10 +418,11 @@ impl Pass<'_> {
     /// pass builds and commits while this one waits for ovs-vswitchd to apply its
     /// transaction and then programs flows and netfilter. Programming keeps the passes'
     /// order, so no bridge gets an older table after a newer one. Only a transaction that
-    /// adds or changes ports is waited for after the hand-over: one that deletes a port
-    /// or touches a bridge first waits for the passes before it to finish programming
-    /// (their flows may name the port) and is applied before the hand-over, as full passes
-    /// are.
+    /// adds or changes endpoints' ports is waited for after the hand-over: any other (one
+    /// that deletes a port, touches a bridge, or moves an uplink's interface, whose
+    /// addresses follow right after) first waits for the passes before it to finish
+    /// programming (their flows may name the port) and is applied before the hand-over,
+    /// as full passes are.
     pub async fn sync_noting(
         mut self,
         d: &Desired,
@@ -505,13 +506,16 @@ impl Pass<'_> {
                 };
                 nic_guards = userspace_nics(&with);
                 let ops = ovs_ops(&r.owner, &with, &snap);
-                let ports_only = !full
-                    && ops
-                        .iter()
-                        .all(|o| matches!(o, OvsOp::AddPort(_) | OvsOp::UpdatePort(_)));
+                let endpoint_ports_only = !full
+                    && ops.iter().all(|o| match o {
+                        OvsOp::AddPort(p) | OvsOp::UpdatePort(p) => {
+                            p.external_ids.contains_key(crate::desired::ENDPOINT)
+                        }
+                        _ => false,
+                    });
                 if !ops.is_empty() {
                     report.ovs_ops = ops.len();
-                    let applied = if ports_only {
+                    let applied = if endpoint_ports_only {
                         a.ovs.commit(&ops).await.map(|cfg| pending = cfg)
                     } else {
                         turn = Some(r.programming.lock().await);
