@@ -157,7 +157,7 @@ pub struct Reconciler {
     compare_turn: std::sync::atomic::AtomicUsize,
     gateway_turn: std::sync::atomic::AtomicUsize,
     sysctl_turn: std::sync::atomic::AtomicUsize,
-    /// Serialises passes up to their OVSDB transaction (see [`Pass::sync`]).
+    /// Serialises passes up to their OVSDB transaction (see [`Pass::sync_noting`]).
     pass: Mutex<()>,
     /// Serialises passes from their wait for ovs-vswitchd on: programming flows and
     /// netfilter, deleting stale veths.

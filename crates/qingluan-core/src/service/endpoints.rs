@@ -198,7 +198,7 @@ impl Endpoints {
     /// (moby/moby#42119: they share a cached object), and `docker network rm` then refuses
     /// the emptied network ("has active endpoints") until dockerd restarts. dockerd
     /// unmounts the container's sandbox right after the decrement, so the next deletion
-    /// waits for that, at most [`SANDBOX_WAIT`] (a `docker network disconnect` keeps the
+    /// waits for that, at most `SANDBOX_WAIT` (a `docker network disconnect` keeps the
     /// sandbox).
     pub async fn delete(&self, network_id: &str, endpoint_id: &str) -> Result<(), ServiceError> {
         let turn = self.deletions.on(network_id).lock_owned().await;
