@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use qingluan_dataplane::netlink::{LinkError, Links, NetlinkLinks};
+use qingluan_dataplane::netlink::{LinkError, Links, NetlinkLinks, Vxlan};
 use serde_json::Value;
 
 /// A network namespace of the test's own, deleted on drop.
@@ -451,4 +451,79 @@ async fn routes_are_listed_added_and_follow_addresses() {
         "{shown}"
     );
     assert_eq!(l.routes("qltrb").await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn vxlan_devices_keep_exactly_their_forwarding_entries() {
+    let Some(ns) = Netns::new("vxlan_devices_keep_exactly_their_forwarding_entries") else {
+        return;
+    };
+    ns.exec(&[
+        "ip", "link", "add", "qlt.u", "type", "veth", "peer", "qlt.w",
+    ]);
+    ns.exec(&["ip", "addr", "add", "10.9.0.1/24", "dev", "qlt.u"]);
+    ns.exec(&["ip", "link", "set", "qlt.u", "up"]);
+    let l = ns.links();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let mac = [2, 0x42, 10, 0, 0, 7];
+    let mut v = Vxlan {
+        name: "qlt.x1".into(),
+        vni: 5001,
+        local: ip("10.9.0.1"),
+        mtu: 1450,
+        fdb: [
+            ([0; 6], ip("10.9.0.2")),
+            ([0; 6], ip("10.9.0.3")),
+            (mac, ip("10.9.0.2")),
+        ]
+        .into(),
+    };
+    let fdb = |ns: &Netns| {
+        let mut lines: Vec<String> = ns
+            .exec(&["bridge", "fdb", "show", "dev", "qlt.x1"])
+            .lines()
+            .map(|l| l.split(" self").next().unwrap().to_string())
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(l.sync_vxlan(&v).await.unwrap(), 3);
+    let shown = ns.ip_link("qlt.x1");
+    assert_eq!(shown["mtu"], 1450);
+    assert!(shown["flags"].to_string().contains("UP"), "{shown}");
+    let data = &shown["linkinfo"]["info_data"];
+    assert_eq!(data["id"], 5001, "{data}");
+    assert_eq!(data["local"], "10.9.0.1", "{data}");
+    assert_eq!(data["port"], 4789, "{data}");
+    assert_eq!(data["learning"], false, "{data}");
+    assert_eq!(data["tos"], "0x1", "inherited: {data}");
+    assert_eq!(
+        fdb(&ns),
+        [
+            "00:00:00:00:00:00 dst 10.9.0.2",
+            "00:00:00:00:00:00 dst 10.9.0.3",
+            "02:42:0a:00:00:07 dst 10.9.0.2",
+        ]
+    );
+    assert_eq!(l.sync_vxlan(&v).await.unwrap(), 0, "nothing to change");
+
+    // A host leaves, a MAC moves to another host: only those entries change.
+    v.fdb = [([0; 6], ip("10.9.0.2")), (mac, ip("10.9.0.4"))].into();
+    v.mtu = 1400;
+    assert_eq!(l.sync_vxlan(&v).await.unwrap(), 3);
+    assert_eq!(
+        fdb(&ns),
+        [
+            "00:00:00:00:00:00 dst 10.9.0.2",
+            "02:42:0a:00:00:07 dst 10.9.0.4",
+        ]
+    );
+    assert_eq!(ns.ip_link("qlt.x1")["mtu"], 1400);
+
+    // Another VNI under the same name: the device is made again.
+    v.vni = 5002;
+    assert_eq!(l.sync_vxlan(&v).await.unwrap(), 2);
+    assert_eq!(ns.ip_link("qlt.x1")["linkinfo"]["info_data"]["id"], 5002);
+    l.delete_link("qlt.x1").await.unwrap();
+    assert!(l.link("qlt.x1").await.unwrap().is_none());
 }

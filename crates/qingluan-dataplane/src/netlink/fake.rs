@@ -25,10 +25,12 @@ pub struct FakeLinks {
     pub shaped: Mutex<BTreeMap<String, super::IngressShaping>>,
     /// Interfaces whose egress is shaped, by name.
     pub shaped_egress: Mutex<BTreeMap<String, super::EgressShaping>>,
+    /// VXLAN devices as last synced, by name (a deleted link's entry goes with it).
+    pub vxlans: Mutex<BTreeMap<String, super::Vxlan>>,
     /// Mutating calls in order, failed ones included, as text: `create_veth qlv1 qlc1 1500`,
     /// `delete_link qlv1`, `set_up qlb1`, `set_mtu qlb1 1450`, `add_address qlb1 10.0.0.1/24`,
     /// `del_address qlb1 10.0.0.1/24`, `add_route qlul 0.0.0.0/0`, `tx_checksum_off qlc1`,
-    /// `sysctl net.ipv4.ip_forward=1`.
+    /// `sysctl net.ipv4.ip_forward=1`, `sync_vxlan qlx1389 +2 -0`.
     pub calls: Mutex<Vec<String>>,
     /// The links.
     model: Mutex<Model>,
@@ -183,6 +185,7 @@ impl Links for FakeLinks {
         check_name(name)?;
         self.record(format!("delete_link {name}"))
             .map_err(kernel(format!("delete link {name}")))?;
+        self.vxlans.lock().unwrap().remove(name);
         let mut model = self.model();
         if let Some(peer) = model.links.remove(name).and_then(|l| l.peer) {
             model.links.remove(&peer);
@@ -394,5 +397,37 @@ impl Links for FakeLinks {
             .unwrap()
             .insert(key.to_string(), value.to_string());
         Ok(())
+    }
+
+    async fn sync_vxlan(&self, v: &super::Vxlan) -> Result<usize, LinkError> {
+        check_name(&v.name)?;
+        let mut vxlans = self.vxlans.lock().unwrap();
+        let have = {
+            let mut m = self.model();
+            let known = m.links.get(&v.name).is_some_and(|l| {
+                l.info.kind.as_deref() == Some("vxlan")
+                    && vxlans
+                        .get(&v.name)
+                        .is_some_and(|x| x.vni == v.vni && x.local == v.local)
+            });
+            if !known {
+                m.links.remove(&v.name);
+                m.insert(&v.name, Some("vxlan"));
+            }
+            let link = m.links.get_mut(&v.name).expect("present");
+            link.info.mtu = v.mtu;
+            link.info.up = true;
+            vxlans
+                .get(&v.name)
+                .filter(|_| known)
+                .map(|x| x.fdb.clone())
+                .unwrap_or_default()
+        };
+        let added = v.fdb.difference(&have).count();
+        let deleted = have.difference(&v.fdb).count();
+        self.record(format!("sync_vxlan {} +{added} -{deleted}", v.name))
+            .map_err(kernel(format!("sync vxlan {}", v.name)))?;
+        vxlans.insert(v.name.clone(), v.clone());
+        Ok(added + deleted)
     }
 }

@@ -1,12 +1,14 @@
-//! Links adapter: veth pairs, addresses, MTU, link state, TX checksum offload, sysctls, and
-//! the shaping of what an interface receives.
+//! Links adapter: veth pairs, kernel VXLAN devices with their forwarding entries,
+//! addresses, MTU, link state, TX checksum offload, sysctls, and the shaping of what an
+//! interface receives.
 //!
 //! For every endpoint the daemon creates a veth pair in the host namespace: the host end is
 //! an OVS port, the peer is handed to Docker, which moves it into the container (the
 //! container's namespace does not exist yet at Join, so we never enter it). Gateways are
 //! addresses on the bridges' internal ports.
 //!
-//! [`NetlinkLinks`] is the real implementation: rtnetlink for links and addresses, the
+//! [`NetlinkLinks`] is the real implementation: rtnetlink for links, addresses and
+//! forwarding entries (`AF_BRIDGE` neighbours, as `bridge fdb` writes them), the
 //! `SIOCETHTOOL` ioctl for TX checksum offload (`ethtool -K dev tx off`, needed on the
 //! userspace datapath), files under `/proc/sys` for sysctls, and `tc` (iproute2) for
 //! shaping: the ingress of the interface is redirected to an IFB device whose HTB classes
@@ -254,6 +256,28 @@ pub trait Links: Send + Sync {
     async fn egress_shaped(&self, iface: &str) -> Result<bool, LinkError>;
     /// Removes the root HTB of `iface`; not shaped is fine.
     async fn unshape_egress(&self, iface: &str) -> Result<(), LinkError>;
+    /// Makes the kernel VXLAN device `v` exist as described, up, with exactly its forwarding
+    /// entries; a link of that name with another VNI, local address or kind is made again.
+    /// Returns how many forwarding entries were added or deleted. Deleted like any link.
+    async fn sync_vxlan(&self, v: &Vxlan) -> Result<usize, LinkError>;
+}
+
+/// A kernel VXLAN device of one VNI, a port of the overlay bridge: UDP 4789, no learning,
+/// the outer header's TOS inherited from the inner packet. What it sends goes where its
+/// forwarding entries say, never flooded by guesswork.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vxlan {
+    /// Interface name.
+    pub name: String,
+    /// The VNI.
+    pub vni: u32,
+    /// This host's underlay address, the source of the outer header.
+    pub local: std::net::IpAddr,
+    /// MTU: the containers' (the device encapsulates each frame once).
+    pub mtu: u32,
+    /// Forwarding entries: a MAC and the underlay address of the host it is on. Entries
+    /// with the all-zero MAC, one per host, are where broadcast and multicast go.
+    pub fdb: std::collections::BTreeSet<([u8; 6], std::net::IpAddr)>,
 }
 
 /// An HTB on what an interface sends (an uplink that OVS transmits on): groups of traffic,

@@ -6,6 +6,7 @@
 //! that opens the file, so sysctls of another namespace are written from a short-lived
 //! thread that entered it (never from a pooled thread, which would stay there).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -13,22 +14,30 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
+use netlink_packet_route::{AddressFamily as NlFamily, RouteNetlinkMessage};
 use nix::sched::CloneFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+};
 use rtnetlink::sys::TokioSocket;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::Ipv4Addr;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::{
     check_name, sysctl_path, EgressShaping, IngressShaping, LinkError, LinkInfo, Links, Route,
+    Vxlan,
 };
 
 /// The link group links are moved to just before they are deleted together; no other
@@ -173,7 +182,153 @@ impl NetlinkLinks {
             .await
             .map_err(|e| kernel(format!("list addresses of {name}"), e))
     }
+
+    /// The link `name` as its message, if it exists.
+    async fn link_message(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+        let mut answers = self.handle.link().get().match_name(name).execute();
+        match answers.try_next().await {
+            Ok(m) => Ok(m),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(kernel(format!("look up link {name}"), e)),
+        }
+    }
+
+    /// Creates the VXLAN device `v`, IPv6 off (as on veths), then up.
+    async fn create_vxlan(&self, v: &Vxlan) -> Result<(), LinkError> {
+        let b = LinkVxlan::new(&v.name, v.vni)
+            .port(VXLAN_PORT)
+            .learning(false)
+            .tos(TOS_INHERIT)
+            .mtu(v.mtu);
+        let b = match v.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        };
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| kernel(format!("create vxlan {} (vni {})", v.name, v.vni), e))?;
+        let ready = async {
+            self.sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", v.name), "1")
+                .await?;
+            self.set_up(&v.name).await
+        };
+        if let Err(e) = ready.await {
+            self.delete_link(&v.name).await?;
+            return Err(e);
+        }
+        tracing::debug!(name = %v.name, vni = v.vni, local = %v.local, "vxlan created");
+        Ok(())
+    }
+
+    /// The forwarding entries of the link with index `index` that name a remote.
+    async fn fdb(&self, name: &str, index: u32) -> Result<BTreeSet<Fdb>, LinkError> {
+        let _dump = self.dumps.lock().await;
+        let all: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(NlFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel(format!("list forwarding entries of {name}"), e))?;
+        Ok(all
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| {
+                let mut mac = None;
+                let mut dst = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(l) => {
+                            mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                        }
+                        // In an `AF_BRIDGE` message the address comes as bytes.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                            dst = <[u8; 4]>::try_from(b.as_slice())
+                                .map(IpAddr::from)
+                                .or_else(|_| <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from))
+                                .ok()
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                            dst = Some(IpAddr::V4(*ip))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                            dst = Some(IpAddr::V6(*ip))
+                        }
+                        _ => {}
+                    }
+                }
+                Some((mac?, dst?))
+            })
+            .collect())
+    }
+
+    /// Adds (`add`) or deletes one forwarding entry of the VXLAN device with index `index`;
+    /// entries of one MAC with other remotes stay (`bridge fdb append` / `del ... dst`).
+    async fn set_fdb(
+        &self,
+        name: &str,
+        index: u32,
+        (mac, dst): Fdb,
+        add: bool,
+    ) -> Result<(), LinkError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = NlFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        let (msg, flags) = if add {
+            (
+                RouteNetlinkMessage::NewNeighbour(m),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+            )
+        } else {
+            (
+                RouteNetlinkMessage::DelNeighbour(m),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+        };
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = flags;
+        let action = || {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            let verb = if add { "add" } else { "delete" };
+            format!("{verb} forwarding entry {mac} dst {dst} of {name}")
+        };
+        let mut answers = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(|e| kernel(action(), e))?;
+        while let Some(a) = answers.next().await {
+            if let NetlinkPayload::Error(e) = a.payload {
+                if e.code.is_some() {
+                    return Err(kernel(action(), rtnetlink::Error::NetlinkError(e)));
+                }
+            }
+        }
+        Ok(())
+    }
 }
+
+/// A forwarding entry: a MAC and the underlay address it is behind.
+type Fdb = ([u8; 6], IpAddr);
+
+/// The UDP port of VXLAN (IANA).
+const VXLAN_PORT: u16 = 4789;
+/// `IFLA_VXLAN_TOS` 1: the outer TOS inherited from the inner packet (`tos inherit`).
+const TOS_INHERIT: u8 = 1;
 
 /// Creates the netlink and ioctl sockets, in the calling thread's namespace.
 fn open_sockets() -> Result<(OwnedFd, OwnedFd), LinkError> {
@@ -451,12 +606,7 @@ impl Links for NetlinkLinks {
 
     async fn link(&self, name: &str) -> Result<Option<LinkInfo>, LinkError> {
         check_name(name)?;
-        let mut answers = self.handle.link().get().match_name(name).execute();
-        match answers.try_next().await {
-            Ok(m) => Ok(m.as_ref().map(info)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(kernel(format!("look up link {name}"), e)),
-        }
+        Ok(self.link_message(name).await?.as_ref().map(info))
     }
 
     async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfo>, LinkError> {
@@ -668,6 +818,62 @@ impl Links for NetlinkLinks {
             .await?;
         }
         Ok(())
+    }
+
+    async fn sync_vxlan(&self, v: &Vxlan) -> Result<usize, LinkError> {
+        check_name(&v.name)?;
+        let found = self.link_message(&v.name).await?;
+        let same = found.as_ref().is_some_and(|m| {
+            let mut infos = m.attributes.iter().filter_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => Some(i),
+                _ => None,
+            });
+            infos.next().is_some_and(|i| {
+                i.iter().any(|x| {
+                    matches!(x, NlLinkInfo::Data(InfoData::Vxlan(d))
+                    if d.contains(&InfoVxlan::Id(v.vni))
+                        && d.iter().any(|y| match (y, v.local) {
+                            (InfoVxlan::Local(a), IpAddr::V4(b)) => *a == b,
+                            (InfoVxlan::Local6(a), IpAddr::V6(b)) => *a == b,
+                            _ => false,
+                        }))
+                })
+            })
+        });
+        let now = match found {
+            Some(m) if same => info(&m),
+            other => {
+                if other.is_some() {
+                    self.delete_link(&v.name).await?;
+                }
+                self.create_vxlan(v).await?;
+                self.index(&v.name).await.map(|index| LinkInfo {
+                    name: v.name.clone(),
+                    index,
+                    mtu: v.mtu,
+                    up: true,
+                    mac: None,
+                    kind: Some("vxlan".into()),
+                })?
+            }
+        };
+        if now.mtu != v.mtu {
+            self.set_mtu(&v.name, v.mtu).await?;
+        }
+        if !now.up {
+            self.set_up(&v.name).await?;
+        }
+        let have = self.fdb(&v.name, now.index).await?;
+        let mut changed = 0;
+        for e in have.difference(&v.fdb) {
+            self.set_fdb(&v.name, now.index, *e, false).await?;
+            changed += 1;
+        }
+        for e in v.fdb.difference(&have) {
+            self.set_fdb(&v.name, now.index, *e, true).await?;
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), LinkError> {
