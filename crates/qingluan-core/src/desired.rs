@@ -97,6 +97,8 @@ pub struct Desired {
     pub sentinels: BTreeMap<String, u64>,
     /// Endpoint veths.
     pub veths: Vec<Veth>,
+    /// Kernel VXLAN devices, one per VNI (`[cluster] overlay = "kernel"`).
+    pub vxlans: Vec<qingluan_dataplane::netlink::Vxlan>,
     /// Gateway interfaces.
     pub gateways: Vec<GatewayPort>,
     /// Gateways whose received traffic (what leaves the network) is shaped: aggregate

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use qingluan_dataplane::netfilter::Firewall;
-use qingluan_dataplane::netlink::Links;
+use qingluan_dataplane::netlink::{Links, Vxlan};
 use qingluan_dataplane::openflow::{Flow, FlowProgrammer, Meter};
 use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
 use tokio::sync::{Mutex, MutexGuard};
@@ -77,11 +77,13 @@ impl std::fmt::Display for Lap {
 /// A bridge's flow table and meters.
 type Programmed = (Vec<Flow>, Vec<Meter>);
 
-/// Gateways (by interface) and sysctls (by key) as last set by this process.
+/// Gateways (by interface), sysctls (by key) and VXLAN devices (by name) as last set by
+/// this process.
 #[derive(Default)]
 struct Configured {
     gateways: BTreeMap<String, GatewayPort>,
     sysctls: BTreeMap<String, String>,
+    vxlans: BTreeMap<String, Vxlan>,
 }
 
 /// Which of `names` a full pass checks against the system: all of them up to
@@ -239,18 +241,25 @@ impl Reconciler {
     /// Build the desired state only after this returns.
     pub async fn begin(&self) -> Result<Pass<'_>, ReconcileError> {
         let lock = self.pass.lock().await;
-        let veths = self
+        let ours = self
             .adapters
             .links
-            .links_with_prefix(&self.veth_prefix)
+            .links_with_prefix(&self.prefix)
             .await
-            .map_err(|e| ReconcileError(vec![e.to_string()]))?
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+            .map_err(|e| ReconcileError(vec![e.to_string()]))?;
+        let vxlan_prefix = crate::modes::vxlan_prefix(&self.prefix);
+        let (mut veths, mut vxlans) = (BTreeSet::new(), BTreeSet::new());
+        for l in ours {
+            if l.name.starts_with(&self.veth_prefix) {
+                veths.insert(l.name);
+            } else if l.name.starts_with(&vxlan_prefix) && l.kind.as_deref() == Some("vxlan") {
+                vxlans.insert(l.name);
+            }
+        }
         Ok(Pass {
             r: self,
             veths,
+            vxlans,
             lock: Some(lock),
         })
     }
@@ -267,6 +276,8 @@ pub struct Pass<'a> {
     r: &'a Reconciler,
     /// Endpoint veths (host ends) that existed when the pass began.
     veths: BTreeSet<String>,
+    /// Our kernel VXLAN devices that existed when the pass began.
+    vxlans: BTreeSet<String>,
     lock: Option<MutexGuard<'a, ()>>,
 }
 
@@ -459,6 +470,32 @@ impl Pass<'_> {
             }
         }
 
+        // VXLAN devices with their forwarding entries, before the flows that send into them:
+        // those that changed since this process synced them, and all on full passes.
+        let mut synced_vxlans = Vec::new();
+        {
+            let mut configured = r.configured.lock().await;
+            configured
+                .vxlans
+                .retain(|n, _| !full && d.vxlans.iter().any(|v| &v.name == n));
+            for v in &d.vxlans {
+                if configured.vxlans.get(&v.name) == Some(v) {
+                    synced_vxlans.push(v.name.clone());
+                    continue;
+                }
+                match a.links.sync_vxlan(v).await {
+                    Ok(_) => {
+                        synced_vxlans.push(v.name.clone());
+                        configured.vxlans.insert(v.name.clone(), v.clone());
+                    }
+                    Err(e) => {
+                        configured.vxlans.remove(&v.name);
+                        errs.push(e.to_string());
+                    }
+                }
+            }
+        }
+
         lap.mark("links");
         // 2. OVS bridges and ports, in one transaction; around it, the host's addresses
         //    move back from an uplink bridge about to go, and onto a new one.
@@ -583,6 +620,8 @@ impl Pass<'_> {
         drop(configured);
 
         errs.extend(self.shape(d, full).await);
+        // A kernel VXLAN device is shaped like an uplink's interface (by its own name).
+        uplink_nics.extend(synced_vxlans.iter().map(|v| (v.clone(), v.clone())));
         errs.extend(self.shape_uplinks(d, &uplink_nics, full).await);
 
         lap.mark("gateways");
@@ -670,6 +709,7 @@ impl Pass<'_> {
                 fw.guards.retain(|g| now.contains(g));
             }
             fw.guards.extend(nic_guards);
+            fw.guards.extend(synced_vxlans);
             fw.guards.sort();
             fw.guards.dedup();
             (a.firewall.apply(&fw.ruleset(), full).await, t.elapsed())
@@ -692,15 +732,23 @@ impl Pass<'_> {
         // 6. Veths nobody wants any more; only after a pass with no error, since deleting a
         //    veth cannot be undone (its peer may be a container's interface) and a failed
         //    pass is followed by one that undoes the call.
-        let wanted: BTreeSet<&str> = d.veths.iter().map(|v| v.host.as_str()).collect();
+        let wanted: BTreeSet<&str> = d
+            .veths
+            .iter()
+            .map(|v| v.host.as_str())
+            .chain(d.vxlans.iter().map(|v| v.name.as_str()))
+            .collect();
         if errs.is_empty() {
             let stale: Vec<String> = existing
                 .iter()
+                .chain(&self.vxlans)
                 .filter(|n| !wanted.contains(n.as_str()))
                 .cloned()
                 .collect();
             match a.links.delete_links(&stale).await {
-                Ok(()) => report.veths_deleted += stale.len(),
+                Ok(()) => {
+                    report.veths_deleted += stale.iter().filter(|n| existing.contains(*n)).count()
+                }
                 Err(e) => errs.push(e.to_string()),
             }
         }

@@ -32,6 +32,9 @@ pub struct Settings {
     /// the interface holding it becomes a port of the uplink bridge and the address moves to
     /// the bridge (`uplink.rs`).
     pub underlay_ip: Option<std::net::IpAddr>,
+    /// How vxlan networks reach other hosts on the userspace datapath (the kernel datapath
+    /// always uses OVS's tunnel port).
+    pub overlay: Overlay,
     /// The default interface of flat and vlan networks created without `--opt parent`;
     /// `None`: the interface holding `underlay_ip`.
     pub uplink: Option<String>,
@@ -44,6 +47,24 @@ pub struct Settings {
     /// shows it (`qingluan:latest`). Both drivers then go by that one name in Docker, served
     /// on one socket.
     pub managed: Option<String>,
+}
+
+/// The transport of vxlan networks between hosts on the userspace datapath
+/// (`[cluster] overlay`); the kernel datapath always uses OVS's tunnel port.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlay {
+    /// A kernel VXLAN device per VNI as a port of the overlay bridge, its forwarding entries
+    /// written from the cluster store; the underlay address stays where it is. The kernel
+    /// segments and encapsulates OVS's TSO frames, which OVS 3.1's userspace tunnel port
+    /// cannot: about 10 times the throughput (`docs/performance.md`, "The overlay"). Where
+    /// the underlay's interface also carries flat or vlan networks, OVS's tunnel port
+    /// serves instead (`modes::vxlan::kernel_overlay`).
+    #[default]
+    Kernel,
+    /// One flow-based OVS tunnel port for every VNI; the underlay address moves onto the
+    /// uplink bridge (OVS routes tunnel packets only from its own bridges).
+    Ovs,
 }
 
 /// IPAM settings: default pools and the pool used when none is named.
@@ -81,6 +102,7 @@ impl Default for Settings {
             default_model: "nat".into(),
             ipam: IpamSettings::default(),
             underlay_ip: None,
+            overlay: Overlay::Kernel,
             uplink: None,
             flow_export: Default::default(),
             qos: Default::default(),

@@ -457,17 +457,19 @@ fn datapath_is_chosen_by_the_kernel_module_unless_configured() {
     assert_eq!(choose_datapath("system", false), "system");
 }
 
+/// A vxlan network with VNI `vni` on 10.50.0.0/24, containers' MTU 1450.
+fn vxlan_net(id: &str, vni: u32) -> Network {
+    let mut n = net(id, Mode::Vxlan, "10.50.0.0/24", false);
+    n.bridge = "qlov".into();
+    n.vni = Some(vni);
+    n.cluster = Some(format!("vxlan-{vni}"));
+    n.mtu = 1450;
+    n
+}
+
 #[test]
 fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
-    let vx = |id: &str, vni: u32| {
-        let mut n = net(id, Mode::Vxlan, "10.50.0.0/24", false);
-        n.bridge = "qlov".into();
-        n.vni = Some(vni);
-        n.cluster = Some(format!("vxlan-{vni}"));
-        n.mtu = 1450;
-        n
-    };
-    let (a, b) = (vx("aa", 5001), vx("bb", 5002));
+    let (a, b) = (vxlan_net("aa", 5001), vxlan_net("bb", 5002));
     let (ea, eb) = (ep("e1", &a, 2, vec![]), ep("e2", &b, 2, vec![]));
     let remote = qingluan_core::pipeline::RemoteEndpoint {
         id: "f".repeat(64),
@@ -481,6 +483,7 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
     };
     let settings = Settings {
         underlay_ip: Some("10.213.0.1".parse().unwrap()),
+        overlay: qingluan_core::settings::Overlay::Ovs,
         ..Settings::default()
     };
     let d = modes::build(
@@ -528,6 +531,135 @@ fn vxlan_networks_share_one_overlay_bridge_and_tunnel() {
     assert!(!bum5002.contains("tun_dst"), "{bum5002}");
     assert!(has("in_port=qlovt,actions=goto_table:10"));
     assert_eq!(d.sentinels.len(), 2, "the overlay and the uplink bridge");
+}
+
+#[tokio::test]
+async fn the_kernel_overlay_has_a_device_per_vni_that_knows_the_hosts() {
+    let (a, b) = (vxlan_net("aa", 5001), vxlan_net("bb", 5002));
+    let (ea, eb) = (ep("e1", &a, 2, vec![]), ep("e2", &b, 2, vec![]));
+    let remote = |ip: &str, vtep: &str| qingluan_core::pipeline::RemoteEndpoint {
+        id: ip.replace('.', ""),
+        mac: Mac::from_ipv4(ip.parse().unwrap()),
+        ip: ip.parse().unwrap(),
+        vtep: vtep.parse().unwrap(),
+    };
+    let view = desired::ClusterView {
+        overlay: [(
+            "vxlan-5001".to_string(),
+            vec![
+                remote("10.50.0.3", "10.213.0.2"),
+                remote("10.50.0.4", "10.213.0.3"),
+            ],
+        )]
+        .into(),
+        containers: Vec::new(),
+    };
+    let settings = Settings {
+        underlay_ip: Some("10.213.0.1".parse().unwrap()),
+        ..Settings::default()
+    };
+    let tso = HostFacts {
+        userspace_tso: true,
+        ..facts()
+    };
+    let limit = QosSpec {
+        aggregate: Some(Rate(20_000_000)),
+        ..Default::default()
+    };
+    let intent = modes::Intent {
+        qos: [(qos::override_id(&b.id, &Target::Network), limit)].into(),
+        ..Default::default()
+    };
+    let build = |nets: &[Network], eps: &[Endpoint]| {
+        modes::build(&settings, &tso, nets, eps, &view, &intent)
+    };
+    let d = build(&[a.clone(), b.clone()], &[ea.clone(), eb.clone()]);
+
+    // No tunnel port and no uplink bridge: the underlay stays where it is. One device per
+    // VNI on the overlay bridge; containers keep their offloads.
+    assert!(d.ports.iter().all(|p| p.kind != "vxlan"));
+    assert!(d.uplinks.is_empty());
+    let names: Vec<&str> = d.vxlans.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["qlx1389", "qlx138a"]);
+    assert!(d
+        .ports
+        .iter()
+        .any(|p| p.name == "qlx1389" && p.bridge == "qlov"));
+    assert!(d.veths.iter().all(|v| !v.tx_off && v.mtu == 1450));
+    let dev = &d.vxlans[0];
+    assert_eq!((dev.vni, dev.mtu), (5001, 1450));
+    assert_eq!(dev.local.to_string(), "10.213.0.1");
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let fdb: Vec<([u8; 6], std::net::IpAddr)> = dev.fdb.iter().copied().collect();
+    assert_eq!(
+        fdb,
+        [
+            ([0; 6], ip("10.213.0.2")),
+            ([0; 6], ip("10.213.0.3")),
+            (
+                Mac::from_ipv4("10.50.0.3".parse().unwrap()).0,
+                ip("10.213.0.2")
+            ),
+            (
+                Mac::from_ipv4("10.50.0.4".parse().unwrap()).0,
+                ip("10.213.0.3")
+            ),
+        ]
+    );
+    assert!(d.vxlans[1].fdb.is_empty(), "no other host in VNI 5002");
+
+    let flows: Vec<String> = d.flows["qlov"].iter().map(|f| f.render()).collect();
+    let has = |needle: &str| flows.iter().any(|f| f.contains(needle));
+    // What the device brings in is its VNI's; unicast to a remote MAC goes into the device;
+    // one copy of a broadcast goes into it, the device copies it to each host.
+    assert!(has(
+        "in_port=qlx1389,actions=set_field:5001->tun_id,goto_table:10"
+    ));
+    assert!(has(
+        "reg0=1,tun_id=5001,dl_dst=02:42:0a:32:00:03,actions=output:qlx1389"
+    ));
+    assert!(!has("tun_dst") && !has("qlovt"));
+    let bum = flows
+        .iter()
+        .find(|f| f.contains("reg0=1,tun_id=5001,dl_dst=01:00:00:00:00:00"))
+        .unwrap();
+    assert_eq!(bum.matches("output:qlx1389").count(), 1, "{bum}");
+    assert!(has("reg0=1,tun_id=5001,arp,arp_op=1,arp_tpa=10.50.0.3"));
+    // An aggregate limit shapes what goes into the network's device, which OVS leaves alone.
+    assert_eq!(d.egress.keys().collect::<Vec<_>>(), ["qlx138a"]);
+    let port = d.ports.iter().find(|p| p.name == "qlx138a").unwrap();
+    assert_eq!(port.qos, Some(qingluan_dataplane::ovsdb::PortQos::noop()));
+
+    // A flat network on the underlay's interface moves the address onto the uplink bridge:
+    // OVS's tunnel port serves the overlay then.
+    let mut flat = net("ff", Mode::Flat, "192.168.9.0/24", false);
+    flat.bridge = "qlul".into();
+    let shared = build(&[a.clone(), flat], std::slice::from_ref(&ea));
+    assert!(shared.vxlans.is_empty());
+    assert!(shared.ports.iter().any(|p| p.name == "qlovt"));
+    assert!(shared.veths.iter().all(|v| v.tx_off));
+
+    // The reconciler makes the devices before the ports, guards them, and deletes the one
+    // whose network went.
+    let (r, _, _, links, fw) = reconciler();
+    r.begin().await.unwrap().sync(&d, false).await.unwrap();
+    assert_eq!(links.vxlans.lock().unwrap()["qlx1389"], d.vxlans[0]);
+    let guards = fw.current().unwrap().guards;
+    assert!(guards.contains(&"qlx1389".to_string()), "{guards:?}");
+    let fewer = build(std::slice::from_ref(&a), std::slice::from_ref(&ea));
+    r.begin().await.unwrap().sync(&fewer, false).await.unwrap();
+    let vxlans = links.vxlans.lock().unwrap().clone();
+    assert_eq!(vxlans.keys().collect::<Vec<_>>(), ["qlx1389"]);
+    assert!(!fw
+        .current()
+        .unwrap()
+        .guards
+        .contains(&"qlx138a".to_string()));
+    assert!(links
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"delete_link qlx138a".to_string()));
 }
 
 #[test]

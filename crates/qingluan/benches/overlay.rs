@@ -1,8 +1,12 @@
 //! Benchmark: vxlan overlay between two hosts of the multi-host test bed (tests/bed), in one
-//! run: TCP throughput (iperf3) container to container through the overlay against the two
-//! host namespaces over the underlay, before qingluan moved it onto OVS (kernel path) and
-//! after (through the uplink bridges the tunnel also crosses); and the time from
-//! `docker run -d` on host 1 until a container on host 2 can ping the new container.
+//! run, with each transport (`[cluster] overlay`): OVS's tunnel port, then kernel VXLAN
+//! devices. TCP throughput (iperf3) container to container through the overlay against the
+//! two host namespaces over the underlay, on the kernel path (where the kernel devices'
+//! packets go) and, with OVS's tunnel port, through the uplink bridges the tunnel also
+//! crosses; and the time from `docker run -d` on host 1 until a container on host 2 can ping
+//! the new container. For the kernel devices the benchmark raises `net.core.rmem_default`
+//! to 4 MiB as the daemon does on a real host (the bed's daemons run in network namespaces,
+//! which cannot write it) and puts the old value back.
 //! Needs root, etcd and iperf3; run with
 //! `QL_E2E=1 cargo bench -p qingluan --features etcd --bench overlay` (scripts/bench.sh
 //! runs it).
@@ -60,13 +64,37 @@ fn iperf(bed: &Bed, server: At, client: At, ip: &str) -> (f64, u64) {
     )
 }
 
-fn main() {
-    if !enabled("overlay benchmark") {
-        return;
-    }
-    let bed = Bed::start(2, "");
-    let underlay_kernel = iperf(&bed, At::Host(2), At::Host(1), &bed.host_ip(2));
+/// `net.core.rmem_default`, put back when dropped.
+struct SocketBuffers(String);
 
+const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
+
+impl SocketBuffers {
+    fn raise() -> SocketBuffers {
+        let old = std::fs::read_to_string(RMEM_DEFAULT).unwrap();
+        std::fs::write(RMEM_DEFAULT, (4u64 << 20).to_string()).unwrap();
+        SocketBuffers(old)
+    }
+}
+
+impl Drop for SocketBuffers {
+    fn drop(&mut self) {
+        let _ = std::fs::write(RMEM_DEFAULT, self.0.trim());
+    }
+}
+
+/// What one transport gave.
+struct Run {
+    underlay_kernel: (f64, u64),
+    underlay_ovs: Option<(f64, u64)>,
+    overlay: (f64, u64),
+    reach_ms: Vec<f64>,
+}
+
+/// Two bed hosts with `cluster_toml`, one vxlan network, the measurements.
+fn run(cluster_toml: &str) -> Run {
+    let bed = Bed::start(2, cluster_toml);
+    let underlay_kernel = iperf(&bed, At::Host(2), At::Host(1), &bed.host_ip(2));
     bed.docker_ok(1, &strs(&Bed::vxlan_args("ov1", 5001, &[])));
     let t = Instant::now();
     while !bed.has_network(2, "ov1") {
@@ -76,48 +104,90 @@ fn main() {
     bed.sleeper(1, "qlt-bench1", "ov1");
     let ip2 = bed.sleeper(2, "qlt-bench2", "ov1");
     reach(&bed, 1, "qlt-bench1", &ip2, Instant::now());
-    let underlay_ovs = iperf(&bed, At::Host(2), At::Host(1), &bed.host_ip(2));
+    let on_uplink = bed.exec(1, "ip link show dev qlul").status.success();
+    let underlay_ovs = on_uplink.then(|| iperf(&bed, At::Host(2), At::Host(1), &bed.host_ip(2)));
     let overlay = iperf(
         &bed,
         At::Container(2, "qlt-bench2"),
         At::Container(1, "qlt-bench1"),
         &ip2,
     );
-
-    let mut times = Vec::new();
+    let mut reach_ms = Vec::new();
     for i in 0..5 {
         let name = format!("qlt-reach{i}");
         let t = Instant::now();
         let ip = bed.sleeper(1, &name, "ov1");
         reach(&bed, 2, "qlt-bench2", &ip, t);
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        reach_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    reach_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Run {
+        underlay_kernel,
+        underlay_ovs,
+        overlay,
+        reach_ms,
+    }
+}
+
+fn main() {
+    if !enabled("overlay benchmark") {
+        return;
+    }
+    let ovs = run("");
+    let kernel = {
+        let _buffers = SocketBuffers::raise();
+        run("overlay = \"kernel\"")
+    };
+    let uplink = ovs
+        .underlay_ovs
+        .expect("OVS's tunnel port moves the underlay");
 
     println!("vxlan overlay between two bed hosts (userspace datapath, TSO on), one run");
-    for (label, (gbps, retr)) in [
-        (
-            "underlay, host to host, kernel path (before)",
-            underlay_kernel,
-        ),
-        (
-            "underlay, host to host, through the uplink bridges",
-            underlay_ovs,
-        ),
-        ("overlay, container to container", overlay),
-    ] {
-        println!("  {label:<52} {gbps:>8.2} Gbit/s  ({retr} retransmits)");
+    let line = |label: &str, (gbps, retr): (f64, u64)| {
+        println!("  {label:<58} {gbps:>8.2} Gbit/s  ({retr} retransmits)");
+    };
+    line(
+        "underlay, host to host, kernel path (before)",
+        ovs.underlay_kernel,
+    );
+    line("underlay, host to host, through the uplink bridges", uplink);
+    line(
+        "overlay through OVS's tunnel port (overlay = \"ovs\")",
+        ovs.overlay,
+    );
+    line(
+        "underlay, host to host, kernel path (second bed)",
+        kernel.underlay_kernel,
+    );
+    line(
+        "overlay through kernel VXLAN devices (overlay = \"kernel\")",
+        kernel.overlay,
+    );
+    println!(
+        "  ratio OVS tunnel port / underlay through OVS        {:>8.2}",
+        ovs.overlay.0 / uplink.0
+    );
+    println!(
+        "  ratio OVS tunnel port / underlay kernel path        {:>8.2}",
+        ovs.overlay.0 / ovs.underlay_kernel.0
+    );
+    println!(
+        "  ratio kernel devices / underlay through OVS         {:>8.2}",
+        kernel.overlay.0 / uplink.0
+    );
+    println!(
+        "  ratio kernel devices / underlay kernel path         {:>8.2}",
+        kernel.overlay.0 / kernel.underlay_kernel.0
+    );
+    println!(
+        "  ratio kernel devices / OVS tunnel port              {:>8.2}",
+        kernel.overlay.0 / ovs.overlay.0
+    );
+    for (label, r) in [("OVS tunnel port", &ovs), ("kernel devices", &kernel)] {
+        let t = &r.reach_ms;
+        println!(
+            "  docker run on host 1 until host 2 pings it, {label}: median {:.0} ms (min {:.0}, max {:.0}, n=5)",
+            t[2], t[0], t[4]
+        );
     }
-    println!(
-        "  ratio overlay / underlay through OVS     {:>8.2}",
-        overlay.0 / underlay_ovs.0
-    );
-    println!(
-        "  ratio overlay / underlay kernel path     {:>8.2}",
-        overlay.0 / underlay_kernel.0
-    );
-    println!(
-        "  docker run on host 1 until host 2 pings it: median {:.0} ms (min {:.0}, max {:.0}, n=5)",
-        times[2], times[0], times[4]
-    );
 }

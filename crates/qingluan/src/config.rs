@@ -160,6 +160,9 @@ pub struct ClusterConfig {
     pub underlay_ip: Option<std::net::IpAddr>,
     /// How long a host may be down before its addresses on cluster networks are reclaimed.
     pub reclaim_after_secs: u64,
+    /// The transport of vxlan networks on the userspace datapath: `kernel` (default) or
+    /// `ovs`.
+    pub overlay: qingluan_core::settings::Overlay,
 }
 
 impl Default for ClusterConfig {
@@ -168,6 +171,7 @@ impl Default for ClusterConfig {
             host_id: None,
             underlay_ip: None,
             reclaim_after_secs: 300,
+            overlay: Default::default(),
         }
     }
 }
@@ -395,6 +399,7 @@ impl Config {
             default_model: self.network.default_model.clone(),
             ipam: self.ipam.clone(),
             underlay_ip: self.cluster.underlay_ip,
+            overlay: self.cluster.overlay,
             uplink: self.network.uplink.clone(),
             flow_export: self.monitoring.flow_export().unwrap_or_default(),
             qos: self.qos.clone(),

@@ -190,6 +190,34 @@ fn writable_proc_sys() -> anyhow::Result<()> {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
+/// The default receive buffer of new sockets, at least [`SOCKET_BUFFER`] (never lowered).
+const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
+/// 4 MiB: about 60 of userspace TSO's 64 KB frames.
+const SOCKET_BUFFER: u64 = 4 << 20;
+
+/// Raises the default socket receive buffer for kernel VXLAN devices. ovs-vswitchd reads each
+/// port with an `AF_PACKET` socket of the default size (208 KiB, about three 64 KB frames);
+/// the device hands it whole segmentation-offloaded frames in bursts, and with the default
+/// 7 % of them were dropped there and TCP retransmitted (`docs/performance.md`, "The
+/// overlay"). Only sockets opened after this get it: ports ovs-vswitchd already reads keep
+/// theirs until it restarts. Failing is logged, not fatal: the overlay works, slower.
+fn socket_buffers() {
+    let now = std::fs::read_to_string(RMEM_DEFAULT)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if now.is_some_and(|n| n >= SOCKET_BUFFER) {
+        return;
+    }
+    match std::fs::write(RMEM_DEFAULT, SOCKET_BUFFER.to_string()) {
+        Ok(()) => {
+            tracing::info!(from = ?now, to = SOCKET_BUFFER, "raised net.core.rmem_default for the kernel overlay")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise net.core.rmem_default; the kernel overlay will drop frames under load")
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut settings = config.settings();
     if settings.managed.is_some() {
@@ -199,6 +227,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let host = this_host(&config);
     settings.underlay_ip = host.underlay_ip;
     let host_id = host.id.clone();
+    if settings.overlay == qingluan_core::settings::Overlay::Kernel {
+        socket_buffers();
+    }
     let d = &config.daemon;
     let metrics = Metrics::new(&host_id, d.docker_socket.clone(), &settings.docker_driver());
     let local = MeasuredStore::wrap(

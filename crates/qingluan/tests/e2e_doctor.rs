@@ -111,8 +111,8 @@ fn doctor_names_what_is_broken_on_a_cluster_host() {
     let (ok, report) = bed.doctor(1);
     assert!(ok, "{report:#}");
 
-    // OVS down: either half of it. The bed's underlay address sits on an OVS bridge (the
-    // userspace datapath moves it there for vxlan), so etcd is cut off too.
+    // OVS down: either half of it. Where the underlay address sits on an OVS bridge (OVS's
+    // tunnel port on the userspace datapath moves it there), etcd is cut off too.
     bed.stop_ovs_part(1, "ovs-vswitchd");
     let (ok, report) = bed.doctor(1);
     assert!(!ok);

@@ -1,12 +1,16 @@
-//! vxlan overlay networks end to end on the multi-host test bed (tests/bed): tunnels between
-//! three hosts, each with its own OVS (userspace datapath), qingluan daemon and dockerd; and
-//! QoS limits and DSCP marks on an overlay across two of them.
+//! vxlan overlay networks over OVS's tunnel port (`[cluster] overlay = "ovs"`) end to end on
+//! the multi-host test bed (tests/bed): tunnels between three hosts, each with its own OVS
+//! (userspace datapath), qingluan daemon and dockerd; and QoS limits and DSCP marks on an
+//! overlay across two of them.
 
 mod bed;
 
 use std::time::Instant;
 
-use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
+use bed::{enabled, overlay, strs, text, wait_until, Bed, IMAGE};
+
+/// These tests run on OVS's tunnel port; `e2e_overlay_kernel.rs` tests the kernel devices.
+const OVS_PORT: &str = "overlay = \"ovs\"";
 
 fn create(bed: &Bed, h: usize, name: &str, vni: u32, extra: &[&str]) {
     bed.docker_ok(h, &strs(&Bed::vxlan_args(name, vni, extra)));
@@ -17,7 +21,7 @@ fn overlay_connects_every_host() {
     if !enabled("overlay_connects_every_host") {
         return;
     }
-    let bed = Bed::start(3, "");
+    let bed = Bed::start(3, OVS_PORT);
     let mut c = Vec::new();
     // Every host primes the others' tunnel endpoints once the network is there (an empty
     // VXLAN datagram, which OVS drops); that draws no ICMP error on the underlay: the
@@ -85,76 +89,16 @@ fn vnis_are_isolated_arp_stays_local_and_mtu_fits() {
     if !enabled("vnis_are_isolated_arp_stays_local_and_mtu_fits") {
         return;
     }
-    let bed = Bed::start(2, "");
+    let bed = Bed::start(2, OVS_PORT);
     // Two VNIs with the same subnet, and the same address in both.
     create(&bed, 1, "ov1", 5001, &["--subnet", "10.60.0.0/24"]);
     create(&bed, 1, "ov2", 5002, &["--subnet", "10.60.0.0/24"]);
     wait_until(20, "both networks on h2", || {
         bed.has_network(2, "ov1") && bed.has_network(2, "ov2")
     });
-    let start = |h: usize, name: &str, net: &str, ip: &str| {
-        bed.docker_ok(
-            h,
-            &[
-                "run", "-d", "--name", name, "--net", net, "--ip", ip, IMAGE, "sleep", "600",
-            ],
-        );
-    };
-    start(1, "qlt-a1", "ov1", "10.60.0.11");
-    start(2, "qlt-a2", "ov1", "10.60.0.12");
-    start(1, "qlt-b1", "ov2", "10.60.0.21");
-    start(2, "qlt-b2", "ov2", "10.60.0.12");
-    let echoes = |h: usize, c: &str| -> u64 {
-        let snmp = bed.docker_ok(h, &["exec", c, "cat", "/proc/net/snmp"]);
-        let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
-        let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
-        let i = names
-            .split_whitespace()
-            .position(|n| n == "InEchos")
-            .unwrap();
-        values.split_whitespace().nth(i).unwrap().parse().unwrap()
-    };
-    wait_until(30, "a1 reaches a2", || bed.ping(1, "qlt-a1", "10.60.0.12"));
-    wait_until(30, "b1 reaches b2", || bed.ping(1, "qlt-b1", "10.60.0.12"));
-    let b2_before = echoes(2, "qlt-b2");
-    let a2_before = echoes(2, "qlt-a2");
-    bed.docker(1, &["exec", "qlt-a1", "ip", "neigh", "flush", "all"]);
-    let wire = bed.capture("udp port 4789", || {
-        assert!(bed.ping(1, "qlt-a1", "10.60.0.12"));
-        assert!(bed.ping(1, "qlt-b1", "10.60.0.12"));
-        assert!(!bed.ping(1, "qlt-a1", "10.60.0.21"), "ov1 cannot reach ov2");
-    });
-    assert!(echoes(2, "qlt-a2") > a2_before, "a1's pings reach a2");
-    assert_eq!(
-        echoes(2, "qlt-b2"),
-        b2_before + 1,
-        "only b1's ping reaches b2: no leak between VNIs"
-    );
-    let frames: Vec<&str> = wire.lines().filter(|l| l.contains("VXLAN")).collect();
-    assert!(frames.len() >= 4, "{wire}");
-    for f in &frames {
-        assert!(f.contains("vni 5001") || f.contains("vni 5002"), "{f}");
-    }
-    assert!(frames.iter().any(|f| f.contains("vni 5001")), "{wire}");
-    assert!(frames.iter().any(|f| f.contains("vni 5002")), "{wire}");
-    assert!(
-        !wire.contains("who-has 10.60.0.12"),
-        "ARP for a known address is answered on the host, never tunnelled: {wire}"
-    );
-    assert!(
-        wire.contains("who-has 10.60.0.21 tell 10.60.0.11"),
-        "an unknown address is asked for in the VNI only: {wire}"
-    );
-
-    // MTU: 1450 in containers; the largest DF ping fits the 1500 underlay, one more byte
-    // fails in the sender.
-    let mtu = bed.docker_ok(1, &["exec", "qlt-a1", "cat", "/sys/class/net/eth0/mtu"]);
-    assert_eq!(mtu.trim(), "1450");
-    let fits = bed.in_container(1, "qlt-a1", "ping -M do -s 1422 -c 1 -W 2 10.60.0.12");
-    assert!(fits.status.success(), "{}", text(&fits));
-    let over = bed.in_container(1, "qlt-a1", "ping -M do -s 1423 -c 1 -W 2 10.60.0.12");
-    assert!(!over.status.success());
-    assert!(text(&over).contains("message too long"), "{}", text(&over));
+    overlay::start_vni_pairs(&bed);
+    overlay::vnis_apart_and_arp_local(&bed);
+    overlay::mtu_fits(&bed);
 
     // Bad VNIs are refused with clear errors.
     for (vni, msg) in [
@@ -196,7 +140,7 @@ fn hosts_leaving_and_joining_update_the_tunnels() {
     if !enabled("hosts_leaving_and_joining_update_the_tunnels") {
         return;
     }
-    let mut bed = Bed::start(3, "");
+    let mut bed = Bed::start(3, OVS_PORT);
     create(&bed, 1, "ov1", 5001, &[]);
     wait_until(20, "ov1 on every host", || {
         bed.has_network(2, "ov1") && bed.has_network(3, "ov1")
@@ -254,7 +198,7 @@ fn nat_gives_every_host_the_same_gateway_out() {
     if !enabled("nat_gives_every_host_the_same_gateway_out") {
         return;
     }
-    let bed = Bed::start(2, "");
+    let bed = Bed::start(2, OVS_PORT);
     let refused = |args: Vec<String>, want: &str| bed.docker_refused(1, &args, want);
     refused(
         Bed::vxlan_args("qlt-bad", 5100, &["--opt", "nat=yes"]),
@@ -353,7 +297,7 @@ fn qos_limits_and_marks_hold_across_hosts() {
     if !enabled("qos_limits_and_marks_hold_across_hosts") {
         return;
     }
-    let bed = Bed::start(2, "");
+    let bed = Bed::start(2, OVS_PORT);
     create(&bed, 1, "qv", 5301, &[]);
     wait_until(20, "qv on h2", || bed.has_network(2, "qv"));
     // A per-container limit and class from labels on h1; an ingress limit set on h2.
@@ -377,28 +321,6 @@ fn qos_limits_and_marks_hold_across_hosts() {
     );
     let ip2 = bed.sleeper(2, "qlt-qv2", "qv");
     wait_until(15, "h1 reaches h2", || bed.ping(1, "qlt-qv1", &ip2));
-    // The median of three 5 s measurements (after 2 s of warm-up each): the bed's two
-    // userspace datapaths busy-poll the same two cores, so one run can be starved.
-    let mbits = |client: (usize, &str), server: (usize, &str), ip: &str| {
-        let mut runs: Vec<f64> = (0..3)
-            .map(|_| {
-                bed.in_container(server.0, server.1, "iperf3 -s -D -1 >/dev/null 2>&1");
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let out = text(&bed.in_container(
-                    client.0,
-                    client.1,
-                    &format!("iperf3 -c {ip} -t 5 -O 2 -J"),
-                ));
-                let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-                v["end"]["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .unwrap_or_else(|| panic!("iperf3: {out}"))
-                    / 1e6
-            })
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        runs[1]
-    };
     wait_until(15, "h1 learnt the label", || {
         bed.ql_json(1, &["qos", "ls"])["endpoints"][0]["effective"]["egress"]["value"] == "50mbit"
     });
@@ -408,14 +330,14 @@ fn qos_limits_and_marks_hold_across_hosts() {
     // aggregate 15.3–20.0 (docs/qos.md). Medians are held to 75–110 % here, which still
     // tells a limit from none (the overlay carries ~500 Mbit/s); one host's tests hold the
     // accuracy to 90–110 %.
-    let egress = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
+    let egress = overlay::mbits(&bed, (1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
     assert!(
         (37.5..=55.0).contains(&egress),
         "egress 50mbit across hosts: {egress:.1}"
     );
     let o = bed.ql(2, &["qos", "set", "qlt-qv2", "--ingress-rate", "30mbit"]);
     assert!(o.status.success(), "{}", text(&o));
-    let ingress = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
+    let ingress = overlay::mbits(&bed, (1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
     assert!(
         (22.5..=33.0).contains(&ingress),
         "ingress 30mbit on h2: {ingress:.1}"
@@ -429,19 +351,8 @@ fn qos_limits_and_marks_hold_across_hosts() {
         "no AF41 outer header: {marked:?}"
     );
     // An aggregate limit on h1 shapes what h1 sends into the tunnel for this VNI.
-    let o = bed.ql(
-        1,
-        &[
-            "qos",
-            "set",
-            "--network",
-            "qv",
-            "--aggregate-rate",
-            "20mbit",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let tunnel = mbits((1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
+    overlay::aggregate(&bed, 1, "qv", "20mbit");
+    let tunnel = overlay::mbits(&bed, (1, "qlt-qv1"), (2, "qlt-qv2"), &ip2);
     eprintln!("vxlan: egress 50mbit {egress:.1}, ingress 30mbit {ingress:.1}, aggregate 20mbit {tunnel:.1}");
     assert!(
         (15.0..=22.0).contains(&tunnel),

@@ -11,7 +11,9 @@ mod nonat;
 mod vlan;
 mod vxlan;
 
-pub use vxlan::{overlay_bridge, tunnel_port, uplink_bridge, VXLAN_OVERHEAD};
+pub use vxlan::{
+    overlay_bridge, tunnel_port, uplink_bridge, vxlan_device, vxlan_prefix, VXLAN_OVERHEAD,
+};
 
 use std::collections::BTreeMap;
 
@@ -231,7 +233,7 @@ pub(crate) fn attach(
     then: &[Action],
     out: &mut Desired,
 ) {
-    let tx_off = tx_off(ctx.facts, net);
+    let tx_off = tx_off(ctx.facts, net, ctx.kernel_overlay);
     let mut marked = Vec::new();
     for ep in eps {
         let shaping = ctx.qos.get(&ep.id);
@@ -286,11 +288,11 @@ pub(crate) fn attach(
 }
 
 /// Whether `net`'s containers get checksum offload off (so no TSO either): where OVS
-/// cannot finish it, on the userspace datapath without TSO, and for tunnelled packets on it
-/// always.
-fn tx_off(facts: &HostFacts, net: &Network) -> bool {
+/// cannot finish it, on the userspace datapath without TSO, and for packets OVS tunnels
+/// itself on it always (a kernel VXLAN device takes them with their offloads).
+fn tx_off(facts: &HostFacts, net: &Network, kernel_overlay: bool) -> bool {
     match net.mode {
-        Mode::Vxlan => facts.datapath == "netdev",
+        Mode::Vxlan if !kernel_overlay => facts.datapath == "netdev",
         _ => facts.needs_tx_off(),
     }
 }
@@ -317,6 +319,7 @@ impl std::ops::Deref for EndpointShaping {
 fn shapings(
     settings: &Settings,
     facts: &HostFacts,
+    kernel_overlay: bool,
     networks: &[Network],
     endpoints: &[Endpoint],
     overrides: &BTreeMap<String, QosSpec>,
@@ -338,7 +341,7 @@ fn shapings(
                 source: qos::Source::Network,
             });
         }
-        let shaping = effective.shaping(&settings.qos, net.mtu, tx_off(facts, net));
+        let shaping = effective.shaping(&settings.qos, net.mtu, tx_off(facts, net, kernel_overlay));
         let meter_id = shaping.meter.map(|_| {
             let used = taken.entry(net.bridge()).or_default();
             let mut id = u32::from_str_radix(crate::model::head(&ep.id, 8), 16).unwrap_or(0);
@@ -412,7 +415,15 @@ pub fn build(
     intent: &Intent,
 ) -> Desired {
     let overrides = &intent.qos;
-    let qos = shapings(settings, facts, networks, endpoints, overrides);
+    let kernel_overlay = vxlan::kernel_overlay(settings, facts, networks);
+    let qos = shapings(
+        settings,
+        facts,
+        kernel_overlay,
+        networks,
+        endpoints,
+        overrides,
+    );
     let zones = acl::zones(networks);
     let (rules, links) = resolve_rules(networks, endpoints, view, intent);
     let mut d = Desired {
@@ -425,7 +436,7 @@ pub fn build(
     };
     for net in networks {
         if let Some(rate) = qos::aggregate_of(net, overrides) {
-            aggregate(settings, facts, net, rate, &mut d);
+            aggregate(settings, facts, kernel_overlay, net, rate, &mut d);
         }
         let eps: Vec<&Endpoint> = endpoints
             .iter()
@@ -435,6 +446,7 @@ pub fn build(
             &Ctx {
                 settings,
                 facts,
+                kernel_overlay,
                 view,
                 qos: &qos,
                 zones: &zones,
@@ -507,11 +519,12 @@ pub fn build(
 /// Where `net`'s aggregate limit `rate` applies: what leaves through its gateway on this
 /// host (nat, nonat, vxlan with `nat=true`), and what leaves through the uplink's
 /// interface: a flat network's packets by source subnet, a vlan network's frames by their
-/// tag, a vxlan network's tunnel packets by VNI (the tunnel leaves through the uplink bridge
-/// on the userspace datapath).
+/// tag, a vxlan network's tunnel packets by VNI (OVS's tunnel leaves through the uplink
+/// bridge on the userspace datapath), or what OVS sends into the VNI's kernel VXLAN device.
 fn aggregate(
     settings: &Settings,
     facts: &HostFacts,
+    kernel_overlay: bool,
     net: &Network,
     rate: qos::Rate,
     d: &mut Desired,
@@ -523,6 +536,12 @@ fn aggregate(
     let (bridge, select, overhead) = match (net.mode, net.vni) {
         (Mode::Flat, _) => (net.bridge(), Select::Ip(format!("match ip src {}", net.subnet)), 0),
         (Mode::Vlan, Some(vid)) => (net.bridge(), Select::Vlan(vid as u16), 4),
+        // What OVS sends into the VNI's kernel device: the inner frames, all of them.
+        (Mode::Vxlan, Some(vni)) if kernel_overlay => (
+            vxlan::vxlan_device(&settings.prefix, vni),
+            Select::Ip("match u32 0 0".into()),
+            0,
+        ),
         (Mode::Vxlan, Some(vni)) if facts.datapath == "netdev" && settings.underlay_ip.is_some() => (
             uplink_bridge(&settings.prefix),
             Select::Ip(format!(
@@ -545,6 +564,9 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     /// Host facts.
     pub facts: &'a HostFacts,
+    /// Whether vxlan networks go through kernel VXLAN devices here
+    /// (`vxlan::kernel_overlay`).
+    pub kernel_overlay: bool,
     /// Other hosts' endpoints on overlay networks.
     pub view: &'a ClusterView,
     /// Every endpoint's QoS, by endpoint ID.

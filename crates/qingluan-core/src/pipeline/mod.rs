@@ -51,7 +51,7 @@ use crate::model::Mac;
 pub use acl::{AclBridge, NetworkAcl, ResolvedRule};
 pub use arp_responder::ArpResponder;
 pub use mirror::{Mirrors, Watched};
-pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint};
+pub use overlay::{OverlayBase, OverlayForwarding, RemoteEndpoint, Tunnel};
 pub use overlay_gateway::{OverlayGateway, OverlayGatewayPort};
 pub use physical::{PhysicalPorts, UplinkSwitch};
 pub use qos::EndpointQos;

@@ -9,7 +9,8 @@
 //! from the packet); both go on through `QOS` (local only) and `CONNTRACK`, where a network
 //! with an ACL (`acl.rs`) takes its frames and the bridge's own flow sends the rest on to
 //! `ARP_RESPOND`; `L2_FORWARD` delivers by (VNI, MAC): to a local port, or through the
-//! tunnel to the host holding that MAC; broadcast and multicast of a local container go to
+//! tunnel to the host holding that MAC (or into the network's kernel VXLAN device, whose
+//! forwarding entries know that host, see [`Tunnel`]); broadcast and multicast of a local container go to
 //! its VNI's local ports and to each other host with endpoints in that VNI, those from the
 //! tunnel only to local ports; unicast of the `nat=true` gateway (what the host routes into
 //! the network from a connected network) also reaches other hosts' containers; unknown unicast is dropped: every location comes from the
@@ -45,8 +46,8 @@ pub struct RemoteEndpoint {
 pub struct OverlayBase<'a> {
     /// The overlay bridge.
     pub bridge: &'a str,
-    /// The tunnel port.
-    pub tunnel: &'a str,
+    /// The tunnel port; `None` when kernel VXLAN devices carry the overlay.
+    pub tunnel: Option<&'a str>,
     /// `external_ids` of the tunnel port.
     pub ids: &'a BTreeMap<String, String>,
 }
@@ -69,15 +70,17 @@ impl FlowFeature for OverlayBase<'_> {
 
     fn flows(&self) -> Vec<Flow> {
         let c = Cookie::bridge(Feature::Overlay);
-        vec![
-            flow(Stage::Classify, 0, c, Match::any(), &[Action::Drop]),
+        let mut out = vec![flow(Stage::Classify, 0, c, Match::any(), &[Action::Drop])];
+        out.extend(self.tunnel.map(|t| {
             flow(
                 Stage::Classify,
                 100,
                 c,
-                Match::any().and(Field::InPort(Port::Named(self.tunnel.into()))),
+                Match::any().and(Field::InPort(Port::Named(t.into()))),
                 &[Action::Goto(Stage::Mirror)],
-            ),
+            )
+        }));
+        out.extend([
             flow(
                 Stage::Qos,
                 0,
@@ -107,15 +110,19 @@ impl FlowFeature for OverlayBase<'_> {
                 &[Action::Goto(Stage::L2Forward)],
             ),
             flow(Stage::L2Forward, 0, c, Match::any(), &[Action::Drop]),
-        ]
+        ]);
+        out
     }
 
     /// One flow-based VXLAN port (`remote_ip=flow`, `key=flow`, UDP 4789) for every VNI and
     /// every other host; `tos=inherit`, so the outer header carries the inner DSCP mark.
     fn ports(&self) -> Vec<PortSpec> {
+        let Some(tunnel) = self.tunnel else {
+            return Vec::new();
+        };
         vec![PortSpec {
             bridge: self.bridge.into(),
-            name: self.tunnel.into(),
+            name: tunnel.into(),
             kind: "vxlan".into(),
             tag: None,
             external_ids: self.ids.clone(),
@@ -131,6 +138,18 @@ impl FlowFeature for OverlayBase<'_> {
     }
 }
 
+/// How frames reach other hosts.
+#[derive(Clone, Copy, Debug)]
+pub enum Tunnel<'a> {
+    /// The bridge's flow-based tunnel port: each frame is sent with its VNI and the other
+    /// host's address.
+    Port(&'a str),
+    /// The network's kernel VXLAN device, whose forwarding entries know the hosts: what comes
+    /// in on it is the network's, what goes out needs no tunnel metadata, and one copy of a
+    /// broadcast reaches every host.
+    Device(&'a str),
+}
+
 /// One overlay network's admission and forwarding: its local endpoints, the endpoints other
 /// hosts have in it, and (for flooding) this host's gateway.
 pub struct OverlayForwarding<'a> {
@@ -142,8 +161,8 @@ pub struct OverlayForwarding<'a> {
     pub endpoints: &'a [&'a Endpoint],
     /// Its endpoints on other hosts.
     pub remote: &'a [RemoteEndpoint],
-    /// The tunnel port.
-    pub tunnel: &'a str,
+    /// Where frames for other hosts go.
+    pub tunnel: Tunnel<'a>,
     /// This host's gateway (`nat=true`), which floods reach too.
     pub gateway: Option<&'a OverlayGateway>,
 }
@@ -158,15 +177,27 @@ impl FlowFeature for OverlayForwarding<'_> {
     }
 
     fn flows(&self) -> Vec<Flow> {
-        let (vni, tunnel) = (self.vni, self.tunnel);
+        let vni = self.vni;
         let base = Cookie::of(Feature::Base, &self.net.id);
-        let to_vtep = |vtep: IpAddr| [Action::SetTunDst(vtep), Action::Output(tunnel.into())];
+        let to_vtep = |vtep: IpAddr| match self.tunnel {
+            Tunnel::Port(t) => vec![Action::SetTunDst(vtep), Action::Output(t.into())],
+            Tunnel::Device(d) => vec![Action::Output(d.into())],
+        };
         let admit = [
             Action::SetTunId(vni),
             Action::LoadReg0(1),
             Action::Goto(Stage::Qos),
         ];
         let mut out = Vec::new();
+        if let Tunnel::Device(d) = self.tunnel {
+            out.push(flow(
+                Stage::Classify,
+                100,
+                base,
+                Match::any().and(Field::InPort(Port::Named(d.into()))),
+                &[Action::SetTunId(vni), Action::Goto(Stage::Mirror)],
+            ));
+        }
         for ep in self.endpoints {
             let c = Cookie::of(Feature::Endpoint, &ep.id);
             out.push(flow(Stage::Classify, 100, c, spoof_guard::ipv4(ep), &admit));
@@ -210,6 +241,10 @@ impl FlowFeature for OverlayForwarding<'_> {
         let mut vteps: Vec<IpAddr> = self.remote.iter().map(|r| r.vtep).collect();
         vteps.sort();
         vteps.dedup();
+        if let Tunnel::Device(_) = self.tunnel {
+            // The device copies a broadcast to every host itself.
+            vteps.truncate(1);
+        }
         let mut everywhere = local.clone();
         if let Some(g) = self.gateway {
             everywhere.push(Action::Output(g.port.clone()));

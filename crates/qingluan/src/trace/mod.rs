@@ -130,6 +130,8 @@ struct Context {
     remotes: Vec<(ClusterEndpoint, String)>,
     ports: Vec<DatapathPort>,
     hosts: Vec<(String, Option<std::net::IpAddr>)>,
+    /// The start of our kernel VXLAN devices' names (`[cluster] overlay = "kernel"`).
+    vxlan_prefix: String,
     proto: &'static str,
     dport: Option<u16>,
 }
@@ -295,10 +297,22 @@ fn exit(
                 .map(|p| p.name.clone())
         })
         .collect();
-    if let Party::Local(e, n) = to {
-        if outputs.contains(&e.veth) {
+    match to {
+        Party::Local(e, n) if outputs.contains(&e.veth) => {
             return Exit::Delivered(format!("to {n} on {}", e.veth));
         }
+        // Into a kernel VXLAN device, whose forwarding entries send it to the MAC's host.
+        Party::Remote(e, _) if outputs.iter().any(|o| o.starts_with(&ctx.vxlan_prefix)) => {
+            let ip = ctx
+                .hosts
+                .iter()
+                .find(|(h, _)| *h == e.host)
+                .and_then(|(_, u)| *u)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            return Exit::Tunnel(e.host.clone(), ip);
+        }
+        _ => {}
     }
     if outputs.iter().any(|o| o == gateway) {
         return Exit::Gateway;
@@ -603,6 +617,7 @@ async fn context(api: &Api, proto: &'static str, dport: Option<u16>) -> Result<C
             .await
             .map_err(|e| internal(&e))?,
         hosts,
+        vxlan_prefix: qingluan_core::modes::vxlan_prefix(&state.settings.prefix),
         proto,
         dport,
     })

@@ -1,5 +1,6 @@
 //! A trace that crosses to another host: the packet leaves this host's overlay bridge through
-//! the tunnel, so the host behind the tunnel traces its arrival on its own overlay bridge.
+//! the tunnel (OVS's tunnel port or the VNI's kernel VXLAN device), so the host behind the
+//! tunnel traces its arrival on its own overlay bridge, through the same kind of port.
 //! Request and answer travel through the cluster store (etcd), the one channel hosts
 //! share: the tracing host puts `trace/requests/<host>/<id>` and waits up to 5 s for
 //! `trace/answers/<id>`; every host's daemon watches its own requests ([`answer`]). Both keys
@@ -8,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use qingluan_core::modes::tunnel_port;
+use qingluan_core::modes::{tunnel_port, vxlan_device};
 use qingluan_store::{Op, WatchEvent};
 use serde::{Deserialize, Serialize};
 
@@ -145,18 +146,24 @@ async fn arrive(api: &Api, a: &Arrival) -> Answer {
         .underlay_ip
         .map(|i| i.to_string())
         .unwrap_or_default();
-    let flow = format!(
-        "tun_id={},tun_src={},tun_dst={me},{}",
-        a.vni,
-        a.tun_src,
-        ctx.flow(
-            &tunnel_port(&settings.prefix),
-            &a.src_mac,
-            &a.dst_mac,
-            a.src,
-            a.dst
+    // Through the VNI's kernel VXLAN device when there is one, else OVS's tunnel port.
+    let device = vxlan_device(&settings.prefix, a.vni);
+    let flow = if ctx.port(&device).is_some() {
+        ctx.flow(&device, &a.src_mac, &a.dst_mac, a.src, a.dst)
+    } else {
+        format!(
+            "tun_id={},tun_src={},tun_dst={me},{}",
+            a.vni,
+            a.tun_src,
+            ctx.flow(
+                &tunnel_port(&settings.prefix),
+                &a.src_mac,
+                &a.dst_mac,
+                a.src,
+                a.dst
+            )
         )
-    );
+    };
     let t = match api.vswitchd.trace(&port.bridge, &flow).await {
         Ok(t) => t,
         Err(e) => return refused(format!("host {host}: {e}")),
