@@ -133,7 +133,7 @@ fn main() {
     if !enabled("overlay benchmark") {
         return;
     }
-    let ovs = run("");
+    let ovs = run("overlay = \"ovs\"");
     let kernel = {
         let _buffers = SocketBuffers::raise();
         run("overlay = \"kernel\"")
