@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 QL_STARTED_OVS=0 QL_STARTED_DOCKERD=0
 had_docker0=0
 ip link show docker0 >/dev/null 2>&1 && had_docker0=1
+# The tests' daemons raise the host's default socket receive buffer (the userspace
+# datapath needs it, docs/configuration.md); put back what the machine had.
+rmem_default=$(cat /proc/sys/net/core/rmem_default)
 
 cleanup() {
   bash scripts/cleanup.sh >/dev/null 2>&1 || true
@@ -19,6 +22,7 @@ cleanup() {
     [ "$had_docker0" = 1 ] || ip link del docker0 2>/dev/null
   fi
   [ "$QL_STARTED_OVS" = 1 ] && ql_stop_ovs
+  echo "$rmem_default" >/proc/sys/net/core/rmem_default
   true
 }
 trap cleanup EXIT

@@ -347,6 +347,9 @@ pub struct Stores {
     pub host: String,
 }
 
+/// Where the kernel shows the openvswitch module when it is loaded.
+pub const OVS_MODULE: &str = "/sys/module/openvswitch";
+
 /// The datapath type to use given the setting and whether the kernel module is loaded.
 pub fn choose_datapath(setting: &str, kernel_module: bool) -> String {
     match setting {
@@ -405,7 +408,7 @@ impl State {
             .system()
             .await
             .map_err(|e| ServiceError::Ovs(e.to_string()))?;
-        let module = std::path::Path::new("/sys/module/openvswitch").exists();
+        let module = std::path::Path::new(OVS_MODULE).exists();
         let f = HostFacts {
             datapath: choose_datapath(&self.settings.datapath, module),
             userspace_tso: sys
