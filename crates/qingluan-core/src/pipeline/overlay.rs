@@ -10,8 +10,8 @@
 //! with an ACL (`acl.rs`) takes its frames and the bridge's own flow sends the rest on to
 //! `ARP_RESPOND`; `L2_FORWARD` delivers by (VNI, MAC): to a local port, or through the
 //! tunnel to the host holding that MAC (or into the network's kernel VXLAN device, whose
-//! forwarding entries know that host, see [`Tunnel`]); broadcast and multicast of a local container go to
-//! its VNI's local ports and to each other host with endpoints in that VNI, those from the
+//! forwarding entries know that host, see [`Tunnel`]); broadcast and multicast of a local
+//! container go to its VNI's local ports and to each other host with endpoints in that VNI, those from the
 //! tunnel only to local ports; unicast of the `nat=true` gateway (what the host routes into
 //! the network from a connected network) also reaches other hosts' containers; unknown unicast is dropped: every location comes from the
 //! cluster store, nothing is learnt by flooding.

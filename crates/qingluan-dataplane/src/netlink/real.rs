@@ -366,6 +366,22 @@ fn kernel(action: String, e: rtnetlink::Error) -> LinkError {
     LinkError::Kernel { action, source }
 }
 
+/// Whether a link message is a VXLAN device with `v`'s VNI and local address.
+fn is_vxlan_as(msg: &LinkMessage, v: &Vxlan) -> bool {
+    let local = |x: &InfoVxlan| match (x, v.local) {
+        (InfoVxlan::Local(a), IpAddr::V4(b)) => *a == b,
+        (InfoVxlan::Local6(a), IpAddr::V6(b)) => *a == b,
+        _ => false,
+    };
+    msg.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
+            matches!(i, NlLinkInfo::Data(InfoData::Vxlan(d))
+                if d.contains(&InfoVxlan::Id(v.vni)) && d.iter().any(local))
+        }),
+        _ => false,
+    })
+}
+
 /// Our view of a link message.
 fn info(msg: &LinkMessage) -> LinkInfo {
     let mut l = LinkInfo {
@@ -822,39 +838,16 @@ impl Links for NetlinkLinks {
 
     async fn sync_vxlan(&self, v: &Vxlan) -> Result<usize, LinkError> {
         check_name(&v.name)?;
-        let found = self.link_message(&v.name).await?;
-        let same = found.as_ref().is_some_and(|m| {
-            let mut infos = m.attributes.iter().filter_map(|a| match a {
-                LinkAttribute::LinkInfo(i) => Some(i),
-                _ => None,
-            });
-            infos.next().is_some_and(|i| {
-                i.iter().any(|x| {
-                    matches!(x, NlLinkInfo::Data(InfoData::Vxlan(d))
-                    if d.contains(&InfoVxlan::Id(v.vni))
-                        && d.iter().any(|y| match (y, v.local) {
-                            (InfoVxlan::Local(a), IpAddr::V4(b)) => *a == b,
-                            (InfoVxlan::Local6(a), IpAddr::V6(b)) => *a == b,
-                            _ => false,
-                        }))
-                })
-            })
-        });
-        let now = match found {
-            Some(m) if same => info(&m),
+        let now = match self.link_message(&v.name).await? {
+            Some(m) if is_vxlan_as(&m, v) => info(&m),
             other => {
                 if other.is_some() {
                     self.delete_link(&v.name).await?;
                 }
                 self.create_vxlan(v).await?;
-                self.index(&v.name).await.map(|index| LinkInfo {
-                    name: v.name.clone(),
-                    index,
-                    mtu: v.mtu,
-                    up: true,
-                    mac: None,
-                    kind: Some("vxlan".into()),
-                })?
+                self.link(&v.name)
+                    .await?
+                    .ok_or_else(|| LinkError::NotFound(v.name.clone()))?
             }
         };
         if now.mtu != v.mtu {
