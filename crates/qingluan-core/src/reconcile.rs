@@ -20,12 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use qingluan_dataplane::netfilter::Firewall;
-use qingluan_dataplane::netlink::{Links, Vxlan};
+use qingluan_dataplane::netlink::{LinkError, Links, Vxlan};
 use qingluan_dataplane::openflow::{Flow, FlowProgrammer, Meter};
 use qingluan_dataplane::ovsdb::{Ovs, OvsOp};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::desired::{Desired, GatewayPort, OWNER};
+use crate::desired::{Desired, GatewayPort, Veth, OWNER};
 use crate::qos;
 use crate::uplink;
 use futures::StreamExt;
@@ -164,6 +164,10 @@ pub struct Reconciler {
     /// Serialises passes from their wait for ovs-vswitchd on: programming flows and
     /// netfilter, deleting stale veths.
     programming: Mutex<()>,
+    /// Held while a veth pair is made and while a pass lists the veths, so no pass takes a
+    /// half-made pair for one to add to OVS: ovs-vswitchd sets a new port's flags by reading
+    /// and writing them back, which can undo the `up` still on its way.
+    creating: Mutex<()>,
 }
 
 impl Reconciler {
@@ -186,6 +190,7 @@ impl Reconciler {
             sysctl_turn: Default::default(),
             pass: Mutex::new(()),
             programming: Mutex::new(()),
+            creating: Mutex::new(()),
         }
     }
 
@@ -241,12 +246,14 @@ impl Reconciler {
     /// Build the desired state only after this returns.
     pub async fn begin(&self) -> Result<Pass<'_>, ReconcileError> {
         let lock = self.pass.lock().await;
+        let creating = self.creating.lock().await;
         let ours = self
             .adapters
             .links
             .links_with_prefix(&self.prefix)
             .await
             .map_err(|e| ReconcileError(vec![e.to_string()]))?;
+        drop(creating);
         let vxlan_prefix = crate::modes::vxlan_prefix(&self.prefix);
         let (mut veths, mut vxlans) = (BTreeSet::new(), BTreeSet::new());
         for l in ours {
@@ -262,6 +269,28 @@ impl Reconciler {
             vxlans,
             lock: Some(lock),
         })
+    }
+
+    /// Creates an endpoint's veth pair, its peer's checksum offload off when `v` asks;
+    /// whether it did. A pair that appeared meanwhile was made whole by whoever made it:
+    /// CreateEndpoint makes its endpoint's pair before the pass, which may have listed the
+    /// links before that and then read the endpoint's record.
+    pub async fn create_veth(&self, v: &Veth) -> Result<bool, LinkError> {
+        let _creating = self.creating.lock().await;
+        let links = &self.adapters.links;
+        if let Err(e) = links
+            .create_veth(&v.host, &v.peer, v.mtu, Some(v.mac.0))
+            .await
+        {
+            return match links.link(&v.host).await {
+                Ok(Some(_)) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        if v.tx_off {
+            links.tx_checksum_off(&v.peer).await?;
+        }
+        Ok(true)
     }
 
     /// Waits until every pass that released the pass lock has finished programming.
@@ -453,19 +482,8 @@ impl Pass<'_> {
             .iter()
             .filter(|v| v.recreate && !existing.contains(&v.host))
         {
-            match a
-                .links
-                .create_veth(&v.host, &v.peer, v.mtu, Some(v.mac.0))
-                .await
-            {
-                Ok(()) => {
-                    report.veths_created += 1;
-                    if v.tx_off {
-                        if let Err(e) = a.links.tx_checksum_off(&v.peer).await {
-                            errs.push(e.to_string());
-                        }
-                    }
-                }
+            match r.create_veth(v).await {
+                Ok(created) => report.veths_created += usize::from(created),
                 Err(e) => errs.push(e.to_string()),
             }
         }

@@ -1,8 +1,10 @@
 //! Every mutating driver call is validate → persist → apply → undo: when the store, OVSDB,
 //! the flows or netfilter refuse (once), the call fails and leaves the records and the whole
-//! fake dataplane exactly as they were; the same call then succeeds. DeleteEndpoint is the
-//! exception on the dataplane's side: it answers once its record is deleted, and a
-//! refused pass leaves the endpoint's dataplane to the next pass.
+//! fake dataplane exactly as they were; the same call then succeeds. A new endpoint's pass
+//! runs between its CreateEndpoint and its Join, so the two are one call here: the Join
+//! fails with the pass and undoes the endpoint. DeleteEndpoint is the exception on the
+//! dataplane's side: it answers once its record is deleted, and a refused pass leaves the
+//! endpoint's dataplane to the next pass.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -281,7 +283,14 @@ async fn run(h: &Host, call: Call, p: &Prepared) -> Result<(), String> {
         (Call::CreateNetwork, Prepared::Network(req)) => d.networks.create(req.clone()).await,
         (Call::DeleteNetwork, _) => d.networks.delete(NET).await,
         (Call::CreateEndpoint, Prepared::Endpoint(req)) => {
-            d.endpoints.create(req.clone()).await.map(|_| ())
+            match d.endpoints.create(req.clone()).await {
+                Ok(_) => d
+                    .endpoints
+                    .join(NET, EP2, "/var/run/docker/netns/y", &[])
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            }
         }
         (Call::DeleteEndpoint, _) => d.endpoints.delete(NET, EP).await,
         (Call::Program, _) => d.publishing.program(NET, EP, &web()).await,

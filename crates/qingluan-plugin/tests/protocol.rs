@@ -17,7 +17,7 @@ use qingluan_core::settings::Settings;
 use qingluan_dataplane::netfilter::FakeFirewall;
 use qingluan_dataplane::netlink::{FakeLinks, Links};
 use qingluan_dataplane::openflow::FakeFlows;
-use qingluan_dataplane::ovsdb::FakeOvs;
+use qingluan_dataplane::ovsdb::{FakeOvs, Ovs};
 use qingluan_plugin::{router, CallStats, Interface, Plugin};
 use qingluan_store::memory::MemoryStore;
 use serde_json::{json, Value};
@@ -27,6 +27,7 @@ struct Harness {
     plugin: Plugin,
     links: Arc<FakeLinks>,
     flows: Arc<FakeFlows>,
+    ovs: Arc<FakeOvs>,
     store: Arc<MemoryStore>,
 }
 
@@ -43,8 +44,9 @@ async fn harness() -> Harness {
     );
     let links = Arc::new(FakeLinks::default());
     let flows = Arc::new(FakeFlows::default());
+    let ovs = Arc::new(FakeOvs::default());
     let adapters = Adapters {
-        ovs: Arc::new(FakeOvs::default()),
+        ovs: ovs.clone(),
         flows: flows.clone(),
         links: links.clone(),
         firewall: Arc::new(FakeFirewall::default()),
@@ -65,6 +67,7 @@ async fn harness() -> Harness {
         },
         links,
         flows,
+        ovs,
         store,
     }
 }
@@ -259,6 +262,14 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
         json!({"SrcName": "qlcb2b2b2b2b2b", "DstPrefix": "eth"})
     );
     assert_eq!(r["Gateway"], "10.240.0.1");
+    let bridges = h.ovs.snapshot().await.unwrap();
+    assert!(
+        bridges
+            .iter()
+            .flat_map(|b| &b.ports)
+            .any(|p| p.spec.name == "qlvb2b2b2b2b2b"),
+        "Join answers once the endpoint's pass added its port"
+    );
     let ids = json!({"NetworkID": NET, "EndpointID": EP}).to_string();
     let (s, r) = post(
         &h,

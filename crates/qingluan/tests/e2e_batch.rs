@@ -1,7 +1,8 @@
 //! The original qingluan lost addresses on batch stops: 30 containers started in parallel,
 //! stopped in one batch, removed, and 30 new ones must get unique addresses with none lost.
-//! Removed all at once, they leave a network dockerd can delete: its endpoint count lost no
-//! decrement to dockerd's race between one network's deletions (moby/moby#42119).
+//! Every container's interface has its carrier (the host end is up). Removed all at once,
+//! they leave a network dockerd can delete: its endpoint count lost no decrement to
+//! dockerd's race between one network's deletions (moby/moby#42119).
 
 mod common;
 
@@ -15,6 +16,16 @@ fn start_batch(round: u32) -> Vec<String> {
     let o = sh(&script);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     (1..=30).map(|i| format!("qlt-b{round}-{i}")).collect()
+}
+
+/// Containers whose interface has no carrier: the host end of its veth is down (a pair a
+/// pass added to OVS before it was up: ovs-vswitchd writes the flags back as it read them).
+fn without_carrier(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| exec(n, "cat /sys/class/net/eth0/carrier").1.trim() != "1")
+        .cloned()
+        .collect()
 }
 
 fn addresses(names: &[String]) -> BTreeSet<String> {
@@ -46,6 +57,7 @@ fn thirty_in_parallel_then_batch_stop() {
     assert_eq!(base, 1, "only the gateway is allocated");
 
     let first = start_batch(1);
+    assert_eq!(without_carrier(&first), Vec::<String>::new());
     let a = addresses(&first);
     assert_eq!(a.len(), 30, "30 distinct addresses: {a:?}");
     assert!(!a.contains(""), "a container got no address");
@@ -62,6 +74,7 @@ fn thirty_in_parallel_then_batch_stop() {
     assert!(o.status.success());
 
     let second = start_batch(2);
+    assert_eq!(without_carrier(&second), Vec::<String>::new());
     let b = addresses(&second);
     assert_eq!(b.len(), 30, "30 distinct addresses again: {b:?}");
     assert_eq!(used_addresses(&env), base + 30);

@@ -265,14 +265,7 @@ pub(crate) fn attach(
             qos: shaping.and_then(|s| s.port.clone()),
             options: Default::default(),
         });
-        out.veths.push(Veth {
-            host: ep.host_veth(),
-            peer: ep.peer_veth(),
-            mtu: net.mtu,
-            mac: ep.mac,
-            tx_off,
-            recreate: !ep.joined,
-        });
+        out.veths.push(veth(net, ep, tx_off));
         if ctx.facts.needs_guards() {
             out.firewall.guards.push(ep.host_veth());
         }
@@ -285,6 +278,30 @@ pub(crate) fn attach(
         .entry(bridge.to_string())
         .or_default()
         .extend(pipeline::collect(&[&qos]));
+}
+
+/// An endpoint's veth pair as [`build`] wants it, for CreateEndpoint to create before
+/// its pass.
+pub fn endpoint_veth(
+    settings: &Settings,
+    facts: &HostFacts,
+    networks: &[Network],
+    net: &Network,
+    ep: &Endpoint,
+) -> Veth {
+    let kernel_overlay = vxlan::kernel_overlay(settings, facts, networks);
+    veth(net, ep, tx_off(facts, net, kernel_overlay))
+}
+
+fn veth(net: &Network, ep: &Endpoint, tx_off: bool) -> Veth {
+    Veth {
+        host: ep.host_veth(),
+        peer: ep.peer_veth(),
+        mtu: net.mtu,
+        mac: ep.mac,
+        tx_off,
+        recreate: !ep.joined,
+    }
 }
 
 /// Whether `net`'s containers get checksum offload off (so no TSO either): where OVS

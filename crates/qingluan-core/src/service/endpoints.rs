@@ -12,6 +12,7 @@ use crate::ipam::IpamError;
 use crate::model::{self, Endpoint, Mac, Network};
 use crate::modes::{self, JoinInfo};
 use crate::options::{self, OptionError, RawPort};
+use crate::reconcile::ReconcileError;
 use crate::records;
 
 /// How long a network's next deletion waits at most for dockerd to unmount the sandbox the
@@ -26,7 +27,12 @@ handle! {
 }
 
 impl Endpoints {
-    /// CreateEndpoint; returns the MAC to report when Docker sent none.
+    /// CreateEndpoint; returns the MAC to report when Docker sent none. Answers once the
+    /// address binding and the record are durable and the veth pair exists (Docker moves
+    /// its peer into the container); the endpoint's pass starts here and its Join waits
+    /// for it. dockerd creates one network's endpoints one at a time, holding that
+    /// network's lock, and Joins under the container's own: so one network's containers
+    /// wait for ovs-vswitchd together rather than in a row.
     pub async fn create(&self, req: CreateEndpoint) -> Result<Option<Mac>, ServiceError> {
         let net = self.network(&req.network_id).await?;
         if let Some(k) = req.driver_opts.keys().find(|k| !k.starts_with("qos.")) {
@@ -95,39 +101,87 @@ impl Endpoints {
         self.ipam.bind(&pool, ip, &ep.id).await?;
         lap.mark("bind");
         crash_point!("create-endpoint-bound");
-        let ckey = match self.record_endpoint(&net, &ep).await {
-            Ok(ckey) => ckey,
-            Err(e) => {
-                self.ipam.unbind(&pool, ip, &ep.id).await?;
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.record_endpoint(&net, &ep).await {
+            self.ipam.unbind(&pool, ip, &ep.id).await?;
+            return Err(e);
+        }
         drop(guard);
         lap.mark("record");
-        let applied = self
-            .apply_or_undo(vec![records::delete::<Endpoint>(&ep.id)])
-            .await;
-        lap.mark("pass");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.settling
+            .lock()
+            .expect("settling lock")
+            .insert(ep.id.clone(), rx);
+        let state = self.s.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(state.sync_after_write().await);
+        });
+        let veth = self.create_veth(&net, &ep).await;
+        lap.mark("veth");
         tracing::debug!(endpoint = %short(&ep.id), steps = %lap, "create endpoint");
-        if let Err(e) = applied {
-            let _g = self.lock.lock().await;
-            if let Some(ckey) = ckey {
-                self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
-            }
-            self.ipam.unbind(&pool, ip, &ep.id).await?;
+        if let Err(e) = veth {
+            self.undo_create(&net, &ep).await?;
             return Err(e);
         }
         crash_point!("create-endpoint-committed");
         Ok(report.then_some(mac))
     }
 
-    /// Records a new endpoint and its cluster entry (returns the entry's key); the entry
-    /// is removed again when the record cannot be written.
-    async fn record_endpoint(
-        &self,
-        net: &Network,
-        ep: &Endpoint,
-    ) -> Result<Option<String>, ServiceError> {
+    /// Creates a new endpoint's veth pair, as its pass would.
+    async fn create_veth(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
+        let facts = self.facts().await?;
+        let nets = self.networks().await?;
+        let v = modes::endpoint_veth(&self.settings, &facts, &nets, net, ep);
+        self.reconciler
+            .create_veth(&v)
+            .await
+            .map_err(|e| ReconcileError(vec![e.to_string()]))?;
+        Ok(())
+    }
+
+    /// Takes back a CreateEndpoint whose veth or pass failed: its record, cluster entry and
+    /// address binding go (the address stays allocated: Docker releases it next), then a
+    /// pass removes what the failed one left.
+    async fn undo_create(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
+        self.settling.lock().expect("settling lock").remove(&ep.id);
+        let guard = self.lock.lock().await;
+        if net.cluster.is_some() {
+            let ckey = cluster::endpoint_key(&self.host, &ep.id);
+            self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
+        }
+        self.store
+            .txn(vec![], vec![records::delete::<Endpoint>(&ep.id)])
+            .await?;
+        let ip = IpAddr::V4(ep.address.addr());
+        self.ipam.unbind(&address_pool(net), ip, &ep.id).await?;
+        drop(guard);
+        if let Err(e) = self.sync_after_write().await {
+            tracing::warn!(error = %e, endpoint = %short(&ep.id), "reconcile after undo failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the pass CreateEndpoint started for `ep` (an endpoint created before this
+    /// process started gets a pass of its own); undoes the endpoint when it failed.
+    async fn settle(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
+        let pending = self.settling.lock().expect("settling lock").remove(&ep.id);
+        let outcome = match pending {
+            Some(rx) => match rx.await {
+                Ok(outcome) => outcome,
+                Err(_) => self.sync_after_write().await,
+            },
+            None => self.sync_after_write().await,
+        };
+        if let Err(e) = outcome {
+            self.undo_create(net, ep).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Records a new endpoint and its cluster entry; the entry is removed again when the
+    /// record cannot be written.
+    async fn record_endpoint(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
         let ckey = net
             .cluster
             .as_ref()
@@ -144,10 +198,13 @@ impl Endpoints {
             }
             return Err(e.into());
         }
-        Ok(ckey)
+        Ok(())
     }
 
-    /// Join: what Docker needs to plug the interface in.
+    /// Join: what Docker needs to plug the interface in. Answers once the endpoint's pass
+    /// (started by its CreateEndpoint) is done, so the container's first packet finds its
+    /// port, flows and guard; when that pass failed, the endpoint is undone and Join fails
+    /// with the error (Docker then deletes the endpoint and releases the address).
     pub async fn join(
         &self,
         network_id: &str,
@@ -157,14 +214,20 @@ impl Endpoints {
     ) -> Result<JoinInfo, ServiceError> {
         let net = self.network(network_id).await?;
         options::sandbox_key(sandbox)?;
-        let _g = self.lock.lock().await;
-        let mut ep = self.endpoint(endpoint_id).await?;
+        let ep = self.endpoint(endpoint_id).await?;
         on_network(&ep, &net)?;
         may_publish(&net, &options::port_mappings(ports)?)?;
+        let mut lap = crate::reconcile::Lap::start();
+        self.settle(&net, &ep).await?;
+        lap.mark("settle");
+        let _g = self.lock.lock().await;
+        let mut ep = self.endpoint(endpoint_id).await?;
         ep.joined = true;
         ep.sandbox = Some(sandbox.to_string());
         self.store.txn(vec![], vec![records::put(&ep)]).await?;
         self.joined.notify_one();
+        lap.mark("record");
+        tracing::debug!(endpoint = %short(&ep.id), steps = %lap, "join");
         let mut info = modes::driver(net.mode).join(&net, &ep);
         if net.mode == crate::model::Mode::Nonat {
             let connections = self.made_connections().await?;
@@ -201,6 +264,10 @@ impl Endpoints {
     /// waits for that, at most `SANDBOX_WAIT` (a `docker network disconnect` keeps the
     /// sandbox).
     pub async fn delete(&self, network_id: &str, endpoint_id: &str) -> Result<(), ServiceError> {
+        self.settling
+            .lock()
+            .expect("settling lock")
+            .remove(endpoint_id);
         let turn = self.deletions.on(network_id).lock_owned().await;
         let guard = self.lock.lock().await;
         let ckey = cluster::endpoint_key(&self.host, endpoint_id);

@@ -3,12 +3,13 @@
 //! A call is validated completely first (options, addresses, ports), then its record is
 //! written to the store (durable before we answer), then the dataplane is reconciled. When
 //! applying fails, the record is restored and the dataplane reconciled back, so a refused
-//! call changes nothing. DeleteEndpoint answers once its record is deleted and its pass
-//! follows (see `endpoints.rs`). Calls that read and write records are serialised by one
-//! lock. CreateEndpoint and DeleteEndpoint hold it only while they write, so a Join never
-//! waits for another endpoint's pass; the passes that follow writes are shared: callers
-//! whose write came before a pass began take its outcome instead of running one each. One
-//! network's deletions answer one at a time (see `endpoints.rs`).
+//! call changes nothing. A new endpoint's pass runs between its CreateEndpoint and its
+//! Join, which waits for it and undoes the endpoint when it failed; DeleteEndpoint answers
+//! once its record is deleted and its pass follows (see `endpoints.rs`). Calls that read
+//! and write records are serialised by one lock, held only while they write by
+//! CreateEndpoint, Join and DeleteEndpoint; the passes that follow writes are shared:
+//! callers whose write came before a pass began take its outcome instead of running one
+//! each. One network's deletions answer one at a time (see `endpoints.rs`).
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
@@ -300,11 +301,17 @@ pub struct State {
     covered: std::sync::atomic::AtomicU64,
     /// The last ticket a shared pass read, successful or not (it may still be programming).
     read: std::sync::atomic::AtomicU64,
+    /// The outcome of each pass a CreateEndpoint started, by endpoint ID, until its Join
+    /// takes it (`endpoints.rs`).
+    pub(crate) settling: std::sync::Mutex<BTreeMap<String, Settling>>,
     /// Woken after each Join: the daemon then learns the endpoint's container.
     pub joined: tokio::sync::Notify,
 }
 
 pub use crate::modes::VXLAN_OVERHEAD;
+
+/// The outcome of a new endpoint's pass, once it ran.
+pub(crate) type Settling = tokio::sync::oneshot::Receiver<Result<(), ServiceError>>;
 
 /// Locks by network ID, each kept only while someone holds or waits for it.
 #[derive(Default)]
@@ -377,6 +384,7 @@ impl State {
             written: Default::default(),
             covered: Default::default(),
             read: Default::default(),
+            settling: Default::default(),
             joined: tokio::sync::Notify::new(),
         }
     }
