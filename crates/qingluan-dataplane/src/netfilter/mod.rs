@@ -4,12 +4,14 @@
 //! [`Rule`]s per chain, decided by qingluan-core's `policy`; this adapter does not know what
 //! a network is) rendered into two nftables tables the instance owns — `inet <name>` (NAT,
 //! forward and input, for IPv4 and IPv6) and `netdev <name>_guard` (one ingress chain with policy drop per OVS-side veth,
-//! closing the userspace datapath's "veth bypass"). Each apply is ONE `nft -f` transaction,
-//! so there is never a moment without rules. The `inet` table is replaced whole when its
-//! rendered text's hash (kept as the table comment) differs from what is installed. The
-//! guard table changes by the chains that differ (one endpoint's veth is one chain added or
-//! deleted: replacing the table would re-register every endpoint's hook); the chains
-//! installed are read back on full passes. A restart touches nothing that matches.
+//! closing the userspace datapath's "veth bypass"). Each apply is ONE transaction, so there
+//! is never a moment without rules. The `inet` table is replaced whole when its rendered
+//! text's hash (kept as the table comment) differs from what is installed. The guard table
+//! changes by the chains that differ (one endpoint's veth is one chain added or deleted:
+//! replacing the table would re-register every endpoint's hook); the chains installed are
+//! read back on full passes. A restart touches nothing that matches. A change of guard
+//! chains only, what an endpoint's pass makes, goes to the kernel as one netlink batch
+//! (`guards.rs`); everything else is an `nft -f` script.
 //!
 //! dockerd's FORWARD policy is DROP (iptables-nft, table `ip filter`), and an accept in our own
 //! table cannot override a drop in another. So traffic of our bridges is also accepted in
@@ -19,6 +21,7 @@
 mod eval;
 mod fake;
 mod generation;
+mod guards;
 mod nft;
 
 pub use eval::Packet;

@@ -354,6 +354,49 @@ impl NftFirewall {
     }
 }
 
+impl NftFirewall {
+    /// Adds and deletes guard chains to turn `have` into `rules`, which differ in nothing
+    /// else, in one netlink batch (`guards.rs`); when the kernel refuses it, runs `script`,
+    /// the same delta, with `nft`.
+    async fn change_guards(
+        &self,
+        rules: &Ruleset,
+        have: &Installed,
+        script: &str,
+    ) -> Result<(), FirewallError> {
+        let table = format!("{}_guard", rules.name);
+        let gone: Vec<String> = have
+            .guards
+            .iter()
+            .filter(|g| !rules.guards.contains(g))
+            .cloned()
+            .collect();
+        let new: Vec<String> = rules
+            .guards
+            .iter()
+            .filter(|g| !have.guards.contains(*g))
+            .cloned()
+            .collect();
+        let sent = tokio::task::spawn_blocking(move || {
+            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+            let new: Vec<&str> = new.iter().map(String::as_str).collect();
+            super::guards::change(&table, &gone, &new)
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "guard chains refused over netlink, trying nft");
+                self.install(rules, script).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "guard chains not sent over netlink, trying nft");
+                self.install(rules, script).await
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Firewall for NftFirewall {
     async fn apply(&self, rules: &Ruleset, force: bool) -> Result<bool, FirewallError> {
@@ -386,7 +429,12 @@ impl Firewall for NftFirewall {
         if changed {
             *self.verified.lock().unwrap() = None;
             let script = render_delta(rules, &ip, &hash, &have);
-            if let Err(e) = self.install(rules, &script).await {
+            let installed = if have.hash == want.hash && !rules.is_empty() {
+                self.change_guards(rules, &have, &script).await
+            } else {
+                self.install(rules, &script).await
+            };
+            if let Err(e) = installed {
                 *self.last.lock().unwrap() = None;
                 return Err(e);
             }
