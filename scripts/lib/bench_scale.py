@@ -11,6 +11,9 @@ call timings are this level's only) and:
   `status --json` (the plugin's own handling time);
 - stops the 100 qingluan containers in one `docker stop -t 0`, then the 100 bridge ones;
   wall time of each and DeleteEndpoint p50 / p99;
+- starts 30 containers, 10 at a time, on one new qingluan network, and the same on one
+  Docker bridge network (dockerd creates one network's endpoints one at a time); wall time
+  of each;
 - at the top level also: the daemon's idle CPU over 30 s, its RSS, flows per bridge, and a
   kill -9 with a ping (every 10 ms) between two containers running throughout: packets
   lost, the time until the restarted daemon answers `status` and until its first full
@@ -36,7 +39,7 @@ BIN = sys.argv[1]
 NAME, PREFIX = "qlscale", "qs"
 IMAGE = "qlbusybox:latest"
 LEVELS = [int(n) for n in os.environ.get("QL_BENCH_SCALE_LEVELS", "0,300").split(",")]
-BATCH, PARALLEL, PER_NETWORK = 100, 10, 10
+BATCH, PARALLEL, PER_NETWORK, ONE_NETWORK = 100, 10, 10, 30
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -202,6 +205,11 @@ def level(daemon, up):
     print(f"    DeleteEndpoint {pct(deletes, 'NetworkDriver.DeleteEndpoint')}")
     remove("qlt-scq")
     remove("qlt-scb")
+    q_one, _ = run_containers(networks("qlt-sc1q", 1, NAME), "qlt-sc1q", ONE_NETWORK)
+    b_one, _ = run_containers(networks("qlt-sc1b", 1, "bridge"), "qlt-sc1b", ONE_NETWORK)
+    print(f"  start {ONE_NETWORK} on one network, {PARALLEL} at a time: qingluan {q_one:6.1f} s"
+          f"  bridge {b_one:6.1f} s  ratio {q_one / b_one:5.2f}")
+    remove("qlt-sc1")
 
 
 def main():
