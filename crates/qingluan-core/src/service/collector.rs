@@ -46,6 +46,7 @@ impl Collector {
             self.store
                 .txn(vec![], vec![records::delete::<Endpoint>(&ep.id)])
                 .await?;
+            self.settling.lock().expect("settling lock").remove(&ep.id);
             let ckey = cluster::endpoint_key(&self.host, &ep.id);
             if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
                 tracing::warn!(error = %e, "cluster record stays until the store is back");
