@@ -312,6 +312,40 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
     );
 }
 
+/// CreateEndpoint answers while ovs-vswitchd has not taken the new port yet, and Join only
+/// once it has: dockerd holds the network's lock around CreateEndpoint, and the container
+/// runs only after its Joins.
+#[tokio::test]
+async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
+    let h = harness().await;
+    create_nat(&h, json!({}), false).await;
+    let busy = h.ovs.hold().await;
+    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.240.0.2/24", "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
+    let ep = ep.to_string();
+    let created = post(&h, Interface::Network, "/NetworkDriver.CreateEndpoint", &ep);
+    let (s, r) = tokio::time::timeout(std::time::Duration::from_secs(10), created)
+        .await
+        .expect("CreateEndpoint does not wait for ovs-vswitchd");
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(
+        h.links.link("qlcb2b2b2b2b2b").await.unwrap().is_some(),
+        "the peer Docker moves at Join exists"
+    );
+    let join = json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
+    let join = join.to_string();
+    let joined = post(&h, Interface::Network, "/NetworkDriver.Join", &join);
+    tokio::pin!(joined);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), &mut joined)
+            .await
+            .is_err(),
+        "Join answered while ovs-vswitchd had not taken the port"
+    );
+    drop(busy);
+    let (s, r) = joined.await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+}
+
 /// Creates endpoint `id` on `NET` at `addr` and joins it.
 async fn create_and_join(h: &Harness, id: &str, addr: &str) {
     let ep = json!({"NetworkID": NET, "EndpointID": id, "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
