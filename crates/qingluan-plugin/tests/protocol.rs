@@ -28,12 +28,31 @@ struct Harness {
     links: Arc<FakeLinks>,
     flows: Arc<FakeFlows>,
     ovs: Arc<FakeOvs>,
+    firewall: Arc<FakeFirewall>,
     store: Arc<MemoryStore>,
 }
 
 async fn harness() -> Harness {
-    let settings = Settings::default();
     let store = Arc::new(MemoryStore::new());
+    over(
+        store,
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+    )
+    .await
+}
+
+/// A daemon over `store` and the fake system.
+async fn over(
+    store: Arc<MemoryStore>,
+    links: Arc<FakeLinks>,
+    flows: Arc<FakeFlows>,
+    ovs: Arc<FakeOvs>,
+    firewall: Arc<FakeFirewall>,
+) -> Harness {
+    let settings = Settings::default();
     fn no_routes() -> Vec<ipnet::IpNet> {
         Vec::new()
     }
@@ -42,14 +61,11 @@ async fn harness() -> Harness {
             .await
             .unwrap(),
     );
-    let links = Arc::new(FakeLinks::default());
-    let flows = Arc::new(FakeFlows::default());
-    let ovs = Arc::new(FakeOvs::default());
     let adapters = Adapters {
         ovs: ovs.clone(),
         flows: flows.clone(),
         links: links.clone(),
-        firewall: Arc::new(FakeFirewall::default()),
+        firewall: firewall.clone(),
     };
     let reconciler = Reconciler::new(adapters, "qingluan", "ql");
     let stores = Stores {
@@ -68,7 +84,22 @@ async fn harness() -> Harness {
         links,
         flows,
         ovs,
+        firewall,
         store,
+    }
+}
+
+impl Harness {
+    /// A daemon over this one's store and system: a restart of it.
+    async fn restarted(&self) -> Harness {
+        over(
+            self.store.clone(),
+            self.links.clone(),
+            self.flows.clone(),
+            self.ovs.clone(),
+            self.firewall.clone(),
+        )
+        .await
     }
 }
 
@@ -248,26 +279,15 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
         .unwrap()
         .expect("peer veth created in the host namespace");
     assert_eq!(veth.mtu, 1400, "we set the MTU, Docker does not");
-    let join = json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/does-not-exist-yet", "Options": {}});
-    let (s, r) = post(
-        &h,
-        Interface::Network,
-        "/NetworkDriver.Join",
-        &join.to_string(),
-    )
-    .await;
+    let (s, r) = join(&h, EP, "/var/run/docker/netns/does-not-exist-yet").await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(
         r["InterfaceName"],
         json!({"SrcName": "qlcb2b2b2b2b2b", "DstPrefix": "eth"})
     );
     assert_eq!(r["Gateway"], "10.240.0.1");
-    let bridges = h.ovs.snapshot().await.unwrap();
     assert!(
-        bridges
-            .iter()
-            .flat_map(|b| &b.ports)
-            .any(|p| p.spec.name == "qlvb2b2b2b2b2b"),
+        has_port(&h, "qlvb2b2b2b2b2b").await,
         "Join answers once the endpoint's pass added its port"
     );
     let ids = json!({"NetworkID": NET, "EndpointID": EP}).to_string();
@@ -331,9 +351,7 @@ async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
         h.links.link("qlcb2b2b2b2b2b").await.unwrap().is_some(),
         "the peer Docker moves at Join exists"
     );
-    let join = json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
-    let join = join.to_string();
-    let joined = post(&h, Interface::Network, "/NetworkDriver.Join", &join);
+    let joined = join(&h, EP, "/var/run/docker/netns/x");
     tokio::pin!(joined);
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(200), &mut joined)
@@ -344,6 +362,68 @@ async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
     drop(busy);
     let (s, r) = joined.await;
     assert_eq!(s, StatusCode::OK, "{r}");
+}
+
+/// A Join whose endpoint an earlier run of the daemon created, whose pass failed there,
+/// gets a pass of its own before it answers.
+#[tokio::test]
+async fn a_join_after_a_restart_runs_the_pass_itself() {
+    let h = harness().await;
+    create_nat(&h, json!({}), false).await;
+    h.ovs.fail_next(1);
+    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.240.0.2/24", "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
+    let (s, r) = post(
+        &h,
+        Interface::Network,
+        "/NetworkDriver.CreateEndpoint",
+        &ep.to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while h.ovs.failures_left() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the endpoint's pass ran");
+    let reconciler = h.plugin.driver.state.reconciler();
+    drop(reconciler.begin().await.unwrap());
+    reconciler.settled().await;
+    assert!(
+        !has_port(&h, "qlvb2b2b2b2b2b").await,
+        "the first run's pass was refused"
+    );
+    let again = h.restarted().await;
+    let (s, r) = join(&again, EP, "/var/run/docker/netns/x").await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(
+        has_port(&again, "qlvb2b2b2b2b2b").await,
+        "Join answered before the endpoint's port was added"
+    );
+}
+
+/// Joins endpoint `id` of `NET` to `sandbox`, as dockerd does.
+async fn join(h: &Harness, id: &str, sandbox: &str) -> (StatusCode, Value) {
+    let body = json!({"NetworkID": NET, "EndpointID": id, "SandboxKey": sandbox, "Options": {}});
+    post(
+        h,
+        Interface::Network,
+        "/NetworkDriver.Join",
+        &body.to_string(),
+    )
+    .await
+}
+
+/// Whether OVS has a port named `name`.
+async fn has_port(h: &Harness, name: &str) -> bool {
+    h.ovs
+        .snapshot()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|b| &b.ports)
+        .any(|p| p.spec.name == name)
 }
 
 /// Creates endpoint `id` on `NET` at `addr` and joins it.
@@ -357,14 +437,7 @@ async fn create_and_join(h: &Harness, id: &str, addr: &str) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    let join = json!({"NetworkID": NET, "EndpointID": id, "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
-    let (s, r) = post(
-        h,
-        Interface::Network,
-        "/NetworkDriver.Join",
-        &join.to_string(),
-    )
-    .await;
+    let (s, r) = join(h, id, "/var/run/docker/netns/x").await;
     assert_eq!(s, StatusCode::OK, "{r}");
 }
 

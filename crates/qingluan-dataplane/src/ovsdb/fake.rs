@@ -63,6 +63,11 @@ impl FakeOvs {
         *self.failures.lock().unwrap() = n;
     }
 
+    /// How many of the refusals [`FakeOvs::fail_next`] asked for are still to come.
+    pub fn failures_left(&self) -> usize {
+        *self.failures.lock().unwrap()
+    }
+
     /// Keeps `applied` waiting, as a busy ovs-vswitchd would, until the guard is dropped.
     pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
         self.vswitchd.clone().lock_owned().await
