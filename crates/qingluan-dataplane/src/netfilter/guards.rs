@@ -75,7 +75,8 @@ pub fn change(table: &str, gone: &[&str], new: &[&str]) -> std::io::Result<()> {
     send(&batch)
 }
 
-/// Messages, each with its sequence number; `acks` counts those that ask for one.
+/// Messages, each with its sequence number; `acks` holds the numbers of those that ask
+/// for an acknowledgement.
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,

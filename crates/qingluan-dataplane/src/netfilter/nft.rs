@@ -382,18 +382,14 @@ impl NftFirewall {
             let new: Vec<&str> = new.iter().map(String::as_str).collect();
             super::guards::change(&table, &gone, &new)
         })
-        .await;
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "guard chains refused over netlink, trying nft");
-                self.install(rules, script).await
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "guard chains not sent over netlink, trying nft");
-                self.install(rules, script).await
-            }
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "guard chains not taken over netlink, trying nft");
+            return self.install(rules, script).await;
         }
+        Ok(())
     }
 }
 
