@@ -273,7 +273,7 @@ impl Reconciler {
 
     /// Creates an endpoint's veth pair, its peer's checksum offload off when `v` asks;
     /// whether it did. A pair that appeared meanwhile was made whole by whoever made it:
-    /// CreateEndpoint makes its endpoint's pair before the pass, which may have listed the
+    /// a new endpoint's pair is made before its pass, and another pass may have listed the
     /// links before that and then read the endpoint's record.
     pub async fn create_veth(&self, v: &Veth) -> Result<bool, LinkError> {
         let _creating = self.creating.lock().await;

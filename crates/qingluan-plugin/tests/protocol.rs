@@ -272,15 +272,15 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
         json!({"Interface": {"MacAddress": "02:42:0a:f0:00:02"}}),
         "only the MAC Docker left empty"
     );
+    let (s, r) = join(&h, EP, "/var/run/docker/netns/does-not-exist-yet").await;
+    assert_eq!(s, StatusCode::OK, "{r}");
     let veth = h
         .links
         .link("qlcb2b2b2b2b2b")
         .await
         .unwrap()
-        .expect("peer veth created in the host namespace");
+        .expect("peer veth created in the host namespace by Join's answer");
     assert_eq!(veth.mtu, 1400, "we set the MTU, Docker does not");
-    let (s, r) = join(&h, EP, "/var/run/docker/netns/does-not-exist-yet").await;
-    assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(
         r["InterfaceName"],
         json!({"SrcName": "qlcb2b2b2b2b2b", "DstPrefix": "eth"})
@@ -333,7 +333,7 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
 }
 
 /// CreateEndpoint answers while ovs-vswitchd has not taken the new port yet, and Join only
-/// once it has: dockerd holds the network's lock around CreateEndpoint, and the container
+/// once it has and the veth pair exists: dockerd holds the network's lock around CreateEndpoint, and the container
 /// runs only after its Joins.
 #[tokio::test]
 async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
@@ -347,10 +347,6 @@ async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
         .await
         .expect("CreateEndpoint does not wait for ovs-vswitchd");
     assert_eq!(s, StatusCode::OK, "{r}");
-    assert!(
-        h.links.link("qlcb2b2b2b2b2b").await.unwrap().is_some(),
-        "the peer Docker moves at Join exists"
-    );
     let joined = join(&h, EP, "/var/run/docker/netns/x");
     tokio::pin!(joined);
     assert!(
@@ -362,6 +358,10 @@ async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
     drop(busy);
     let (s, r) = joined.await;
     assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(
+        h.links.link("qlcb2b2b2b2b2b").await.unwrap().is_some(),
+        "the peer Docker moves after Join exists"
+    );
 }
 
 /// A Join whose endpoint an earlier run of the daemon created, whose pass failed there,

@@ -28,11 +28,12 @@ handle! {
 
 impl Endpoints {
     /// CreateEndpoint; returns the MAC to report when Docker sent none. Answers once the
-    /// address binding and the record are durable and the veth pair exists (Docker moves
-    /// its peer into the container); the endpoint's pass starts here and its Join waits
-    /// for it. dockerd creates one network's endpoints one at a time, holding that
-    /// network's lock, and Joins under the container's own: so one network's containers
-    /// wait for ovs-vswitchd together rather than in a row.
+    /// address binding and the record are durable; making the veth pair and the
+    /// endpoint's pass start here, side by side, and its Join waits for both (Docker moves the pair's
+    /// peer into the container after Join). dockerd creates one network's endpoints one at
+    /// a time, holding that network's lock, and Joins under the container's own: so one
+    /// network's containers wait for the kernel and ovs-vswitchd together rather than in a
+    /// row.
     pub async fn create(&self, req: CreateEndpoint) -> Result<Option<Mac>, ServiceError> {
         let net = self.network(&req.network_id).await?;
         if let Some(k) = req.driver_opts.keys().find(|k| !k.starts_with("qos.")) {
@@ -112,22 +113,21 @@ impl Endpoints {
             .lock()
             .expect("settling lock")
             .insert(ep.id.clone(), rx);
-        let state = self.s.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(state.sync_after_write().await);
-        });
-        let veth = self.create_veth(&net, &ep).await;
-        lap.mark("veth");
         tracing::debug!(endpoint = %short(&ep.id), steps = %lap, "create endpoint");
-        if let Err(e) = veth {
-            self.undo_create(&net, &ep).await?;
-            return Err(e);
-        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut lap = crate::reconcile::Lap::start();
+            let (veth, pass) = tokio::join!(me.create_veth(&net, &ep), me.sync_after_write());
+            lap.mark("veth and pass");
+            tracing::debug!(endpoint = %short(&ep.id), steps = %lap, "endpoint settled");
+            let _ = tx.send(veth.and(pass));
+        });
         crash_point!("create-endpoint-committed");
         Ok(report.then_some(mac))
     }
 
-    /// Creates a new endpoint's veth pair, as its pass would.
+    /// Creates a new endpoint's veth pair beside its pass, outside the pass lock (a pass
+    /// that listed the links first makes it too, while it holds that lock).
     async fn create_veth(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
         let facts = self.facts().await?;
         let nets = self.networks().await?;

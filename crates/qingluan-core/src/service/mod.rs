@@ -3,8 +3,9 @@
 //! A call is validated completely first (options, addresses, ports), then its record is
 //! written to the store (durable before we answer), then the dataplane is reconciled. When
 //! applying fails, the record is restored and the dataplane reconciled back, so a refused
-//! call changes nothing. A new endpoint's pass runs between its CreateEndpoint and its
-//! Join, which waits for it and undoes the endpoint when it failed; DeleteEndpoint answers
+//! call changes nothing. A new endpoint's veth pair and pass are made between its
+//! CreateEndpoint and its Join, which waits for them and undoes the endpoint when they
+//! failed; DeleteEndpoint answers
 //! once its record is deleted and its pass follows (see `endpoints.rs`). Calls that read
 //! and write records are serialised by one lock, held only while they write by
 //! CreateEndpoint, Join and DeleteEndpoint; the passes that follow writes are shared:
@@ -301,8 +302,8 @@ pub struct State {
     covered: std::sync::atomic::AtomicU64,
     /// The last ticket a shared pass read, successful or not (it may still be programming).
     read: std::sync::atomic::AtomicU64,
-    /// The outcome of each pass a CreateEndpoint started, by endpoint ID, until its Join
-    /// takes it (`endpoints.rs`).
+    /// The outcome of the pair and pass each CreateEndpoint started, by endpoint ID, until
+    /// its Join takes it (`endpoints.rs`).
     pub(crate) settling: std::sync::Mutex<BTreeMap<String, Settling>>,
     /// Woken after each Join: the daemon then learns the endpoint's container.
     pub joined: tokio::sync::Notify,
