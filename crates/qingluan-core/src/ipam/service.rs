@@ -658,7 +658,16 @@ impl Ipam {
     /// Binds `ip` to `endpoint` (at CreateEndpoint): the address must be free, unbound, or
     /// bound to that endpoint already; a free one is taken (an address Docker allocated and
     /// a crash released). Compare-and-swap, so a concurrent release cannot slip in between.
-    pub async fn bind(&self, pool_id: &str, ip: IpAddr, endpoint: &str) -> Result<(), IpamError> {
+    /// `with` (the endpoint's record) is written in the same transaction when the address
+    /// lives in this host's store, and the answer is `true`; a cluster address is bound in
+    /// the cluster store, and `with` is left to the caller (`false`).
+    pub async fn bind(
+        &self,
+        pool_id: &str,
+        ip: IpAddr,
+        endpoint: &str,
+        with: Vec<Op>,
+    ) -> Result<bool, IpamError> {
         let (domain, cidr) = parse_pool_id(pool_id)?;
         let store = self.domain_store(&domain);
         let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
@@ -666,13 +675,13 @@ impl Ipam {
         let _g = self.lock.lock().await;
         let (rec, compare) = match self.held(store, &key).await? {
             None => (
-                Addr {
+                Some(Addr {
                     ip,
                     kind: AddrKind::Dynamic,
                     host: shared.then(|| self.host.clone()),
                     since: crate::model::now(),
                     endpoint: Some(endpoint.to_string()),
-                },
+                }),
                 Compare::Absent(key.clone()),
             ),
             Some((held, value)) => {
@@ -684,22 +693,24 @@ impl Ipam {
                         subnet: cidr,
                     });
                 }
-                if held.endpoint.is_some() {
-                    return Ok(());
-                }
-                let rec = Addr {
+                let rec = held.endpoint.is_none().then(|| Addr {
                     endpoint: Some(endpoint.to_string()),
                     ..held
-                };
+                });
                 (rec, Compare::Value(key.clone(), value))
             }
         };
-        let done = store
-            .txn(vec![compare], vec![Op::Put(key, to_json(&rec))])
-            .await?;
+        let mut ops: Vec<Op> = rec.map(|r| Op::Put(key, to_json(&r))).into_iter().collect();
+        if !shared {
+            ops.extend(with);
+        }
+        if ops.is_empty() {
+            return Ok(!shared);
+        }
+        let done = store.txn(vec![compare], ops).await?;
         if done.succeeded {
             self.note(pool_id, ip, true);
-            Ok(())
+            Ok(!shared)
         } else {
             Err(IpamError::AddressInUse {
                 addr: ip,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use qingluan_store::memory::MemoryStore;
+use qingluan_store::{Op, Store};
 
 use super::*;
 use crate::settings::IpamSettings;
@@ -612,5 +613,39 @@ fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
         let range: IpNet = "10.54.0.192/26".parse().unwrap();
         let got = [allocate(&a, &s.id, 3).await, allocate(&b, &s.id, 3).await].concat();
         assert!(got.iter().all(|ip| range.contains(ip)), "{got:?}");
+    });
+}
+
+#[test]
+fn a_binding_carries_the_record_in_the_host_store_only() {
+    rt().block_on(async {
+        let store = Arc::new(MemoryStore::new());
+        let ipam = Ipam::with_routes(store.clone(), &IpamSettings::default(), no_routes)
+            .await
+            .unwrap();
+        let s = ipam
+            .request_pool("192.168.6.0/24", "", &opts(&[]), false)
+            .await
+            .unwrap();
+        let ip = ipam.request_address(&s.id, "", false).await.unwrap().addr();
+        let put = |k: &str| vec![Op::Put(k.to_string(), b"{}".to_vec())];
+        assert!(ipam.bind(&s.id, ip, "ep1", put("r1")).await.unwrap());
+        assert!(store.get("r1").await.unwrap().is_some(), "one transaction");
+        assert!(ipam.bind(&s.id, ip, "ep1", put("r2")).await.unwrap());
+        assert!(store.get("r2").await.unwrap().is_some(), "bound already");
+        let e = ipam.bind(&s.id, ip, "ep2", put("r3")).await.unwrap_err();
+        assert!(matches!(e, IpamError::AddressInUse { .. }), "{e}");
+        assert!(
+            store.get("r3").await.unwrap().is_none(),
+            "refused: nothing written"
+        );
+
+        let (cluster, a, _b, s) = shared(16, "10.55.0.0/24", "").await;
+        let ip = a.request_address(&s.id, "", false).await.unwrap().addr();
+        assert!(!a.bind(&s.id, ip, "ep1", put("r4")).await.unwrap());
+        assert!(
+            cluster.get("r4").await.unwrap().is_none(),
+            "left to the caller"
+        );
     });
 }

@@ -99,15 +99,18 @@ impl Endpoints {
         let guard = self.lock.lock().await;
         lap.mark("lock");
         let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
-        self.ipam.bind(&pool, ip, &ep.id).await?;
+        let with = vec![records::put(&ep)];
+        let recorded = self.ipam.bind(&pool, ip, &ep.id, with).await?;
         lap.mark("bind");
-        crash_point!("create-endpoint-bound");
-        if let Err(e) = self.record_endpoint(&net, &ep).await {
-            self.ipam.unbind(&pool, ip, &ep.id).await?;
-            return Err(e);
+        if !recorded {
+            if let Err(e) = self.record_endpoint(&net, &ep).await {
+                self.ipam.unbind(&pool, ip, &ep.id).await?;
+                return Err(e);
+            }
+            lap.mark("record");
         }
         drop(guard);
-        lap.mark("record");
+        crash_point!("create-endpoint-bound");
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.settling
             .lock()
