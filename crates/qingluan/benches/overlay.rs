@@ -16,7 +16,7 @@ mod bed;
 
 use std::time::{Duration, Instant};
 
-use bed::{enabled, strs, text, Bed};
+use bed::{enabled, iperf_server, strs, text, Bed};
 
 /// Where a command runs: a host's namespace, or a container's (with host programs).
 #[derive(Clone, Copy)]
@@ -50,8 +50,7 @@ fn reach(bed: &Bed, h: usize, from: &str, ip: &str, since: Instant) {
 /// Gbit/s and TCP retransmits of a 5 s iperf3 run from `client` to `ip`, served at
 /// `server`.
 fn iperf(bed: &Bed, server: At, client: At, ip: &str) -> (f64, u64) {
-    sh(bed, server, "iperf3 -s -D -1 >/dev/null 2>&1");
-    std::thread::sleep(Duration::from_millis(500));
+    sh(bed, server, &iperf_server(5201));
     let out = sh(bed, client, &format!("iperf3 -c {ip} -t 5 -J"));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let gbps = v["end"]["sum_received"]["bits_per_second"]

@@ -6,7 +6,7 @@
 
 mod bed;
 
-use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
+use bed::{enabled, iperf_server, strs, text, wait_until, Bed, IMAGE};
 
 /// Arguments of the flat network on the underlay's subnet, containers from .128/25, with
 /// `extra` options.
@@ -374,8 +374,8 @@ fn qos_limits_and_marks_hold_on_flat_and_vlan() {
     });
     // iperf3 against the physical machine (`ot`), 5 s after 2 s of warm-up.
     let mbits = |container: &str, reverse: &str| {
-        bed.exec_in("ot", "iperf3 -s -D -1 >/dev/null 2>&1");
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let o = bed.exec_in("ot", &iperf_server(5201));
+        assert!(o.status.success(), "iperf3 server: {}", text(&o));
         let out = text(&bed.in_container(
             1,
             container,
@@ -429,9 +429,9 @@ fn qos_limits_and_marks_hold_on_flat_and_vlan() {
 fn concurrent_to_outside(bed: &Bed, clients: &[(&str, u16)]) -> Vec<f64> {
     let outside = bed.outside_ip();
     for (_, port) in clients {
-        bed.exec_in("ot", &format!("iperf3 -s -D -1 -p {port} >/dev/null 2>&1"));
+        let o = bed.exec_in("ot", &iperf_server(*port));
+        assert!(o.status.success(), "iperf3 server: {}", text(&o));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
     // Every container's PID first: a slow `docker inspect` between two starts would let the
     // later client run alone for a while and take more than its share.
     let pids: Vec<String> = clients
@@ -562,8 +562,8 @@ fn classes_share_an_aggregate_on_the_uplink() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    bed.exec_in("rt", "iperf3 -s -D -1 -p 5404 >/dev/null 2>&1");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let o = bed.exec_in("rt", &iperf_server(5404));
+    assert!(o.status.success(), "iperf3 server: {}", text(&o));
     let out = text(&bed.in_container(
         1,
         "qlt-v10g",

@@ -104,6 +104,16 @@ pub fn text(o: &Output) -> String {
 }
 
 /// Polls `f` every 200 ms until it holds; panics with `what` after `secs`.
+/// A script that starts a one-shot iperf3 server on `port` and returns once it listens
+/// (`iperf3 -D` returns before the server binds; under load that took more than 500 ms),
+/// failing after 10 s.
+pub fn iperf_server(port: u16) -> String {
+    format!(
+        "iperf3 -s -D -1 -p {port} >/dev/null 2>&1; for _ in $(seq 200); do \
+         ss -Hltn 'sport = :{port}' | grep -q . && exit 0; sleep 0.05; done; exit 1"
+    )
+}
+
 pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !f() {

@@ -3,7 +3,7 @@
 //! bed where `ov1` (VNI 5001) and `ov2` (VNI 5002) share the subnet 10.60.0.0/24 and
 //! [`start_vni_pairs`] started their containers.
 
-use super::{text, wait_until, Bed, IMAGE};
+use super::{iperf_server, text, wait_until, Bed, IMAGE};
 
 /// Starts container `name` (sleeping) on network `net` of host `h` with address `ip`.
 pub fn start_at(bed: &Bed, h: usize, name: &str, net: &str, ip: &str) {
@@ -124,8 +124,8 @@ pub fn trace_crosses_to_h2(bed: &Bed, from: &str, to: &str, vni: u32) {
 pub fn mbits(bed: &Bed, client: (usize, &str), server: (usize, &str), ip: &str) -> f64 {
     let mut runs: Vec<f64> = (0..3)
         .map(|_| {
-            bed.in_container(server.0, server.1, "iperf3 -s -D -1 >/dev/null 2>&1");
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            let o = bed.in_container(server.0, server.1, &iperf_server(5201));
+            assert!(o.status.success(), "iperf3 server: {}", text(&o));
             let out = text(&bed.in_container(
                 client.0,
                 client.1,
