@@ -273,8 +273,8 @@ impl Reconciler {
 
     /// Creates an endpoint's veth pair, its peer's checksum offload off when `v` asks;
     /// whether it did. A pair that appeared meanwhile was made whole by whoever made it:
-    /// a new endpoint's pair is made before its pass, and another pass may have listed the
-    /// links before that and then read the endpoint's record.
+    /// CreateEndpoint's task makes a new endpoint's pair beside its pass, and a pass may have
+    /// listed the links before that and then read the endpoint's record.
     pub async fn create_veth(&self, v: &Veth) -> Result<bool, LinkError> {
         let _creating = self.creating.lock().await;
         let links = &self.adapters.links;

@@ -164,8 +164,9 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Waits for the pass CreateEndpoint started for `ep` (an endpoint created before this
-    /// process started gets a pass of its own); undoes the endpoint when it failed.
+    /// Waits for the pair and the pass CreateEndpoint started for `ep` (an endpoint created
+    /// before this process started gets a pass of its own); undoes the endpoint when either
+    /// failed.
     async fn settle(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
         let pending = self.settling.lock().expect("settling lock").remove(&ep.id);
         let outcome = match pending {
@@ -204,10 +205,11 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Join: what Docker needs to plug the interface in. Answers once the endpoint's pass
-    /// (started by its CreateEndpoint) is done, so the container's first packet finds its
-    /// port, flows and guard; when that pass failed, the endpoint is undone and Join fails
-    /// with the error (Docker then deletes the endpoint and releases the address).
+    /// Join: what Docker needs to plug the interface in. Answers once the endpoint's veth
+    /// pair and pass (started by its CreateEndpoint) are done, so the peer exists and the
+    /// container's first packet finds its port, flows and guard; when either failed, the
+    /// endpoint is undone and Join fails with the error (Docker then deletes the endpoint
+    /// and releases the address).
     pub async fn join(
         &self,
         network_id: &str,
@@ -256,7 +258,9 @@ impl Endpoints {
     /// DeleteEndpoint; unknown endpoints are fine. Answers once the deletion is durable:
     /// the endpoint's port, flows, veth and netfilter chain go in a shared pass after the
     /// answer (a pass that fails leaves them to the next one: nothing of a deleted endpoint
-    /// is wanted any more). The endpoint's cluster entry goes first.
+    /// is wanted any more). The endpoint's cluster entry goes first. Deleted before its Join,
+    /// the endpoint's pass waits for the pair and pass its CreateEndpoint started, so the
+    /// pair goes with it even when that task made it late.
     ///
     /// One network's deletions answer one at a time, each once dockerd is done with the
     /// previous one. After our answer dockerd releases the address and decrements the
@@ -267,7 +271,8 @@ impl Endpoints {
     /// waits for that, at most `SANDBOX_WAIT` (a `docker network disconnect` keeps the
     /// sandbox).
     pub async fn delete(&self, network_id: &str, endpoint_id: &str) -> Result<(), ServiceError> {
-        self.settling
+        let settling = self
+            .settling
             .lock()
             .expect("settling lock")
             .remove(endpoint_id);
@@ -300,6 +305,9 @@ impl Endpoints {
         let state = self.s.clone();
         let endpoint = short(endpoint_id);
         tokio::spawn(async move {
+            if let Some(rx) = settling {
+                let _ = rx.await;
+            }
             if let Err(e) = state.sync_after_write().await {
                 tracing::warn!(error = %e, %endpoint, "the deleted endpoint's dataplane goes with the next pass");
             }
