@@ -333,16 +333,14 @@ async fn endpoint_lifecycle_as_docker_drives_it() {
 }
 
 /// CreateEndpoint answers while ovs-vswitchd has not taken the new port yet, and Join only
-/// once it has and the veth pair exists: dockerd holds the network's lock around CreateEndpoint, and the container
-/// runs only after its Joins.
+/// once it has and the veth pair exists: dockerd holds the network's lock around
+/// CreateEndpoint, and the container runs only after its Joins.
 #[tokio::test]
 async fn create_endpoint_answers_before_ovs_vswitchd_and_join_after() {
     let h = harness().await;
     create_nat(&h, json!({}), false).await;
     let busy = h.ovs.hold().await;
-    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.240.0.2/24", "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
-    let ep = ep.to_string();
-    let created = post(&h, Interface::Network, "/NetworkDriver.CreateEndpoint", &ep);
+    let created = create_endpoint(&h, EP, "10.240.0.2/24");
     let (s, r) = tokio::time::timeout(std::time::Duration::from_secs(10), created)
         .await
         .expect("CreateEndpoint does not wait for ovs-vswitchd");
@@ -371,14 +369,7 @@ async fn a_join_after_a_restart_runs_the_pass_itself() {
     let h = harness().await;
     create_nat(&h, json!({}), false).await;
     h.ovs.fail_next(1);
-    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.240.0.2/24", "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
-    let (s, r) = post(
-        &h,
-        Interface::Network,
-        "/NetworkDriver.CreateEndpoint",
-        &ep.to_string(),
-    )
-    .await;
+    let (s, r) = create_endpoint(&h, EP, "10.240.0.2/24").await;
     assert_eq!(s, StatusCode::OK, "{r}");
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while h.ovs.failures_left() > 0 {
@@ -426,16 +417,21 @@ async fn has_port(h: &Harness, name: &str) -> bool {
         .any(|p| p.spec.name == name)
 }
 
-/// Creates endpoint `id` on `NET` at `addr` and joins it.
-async fn create_and_join(h: &Harness, id: &str, addr: &str) {
+/// Creates endpoint `id` on `NET` at `addr`, as dockerd does (no MAC).
+async fn create_endpoint(h: &Harness, id: &str, addr: &str) -> (StatusCode, Value) {
     let ep = json!({"NetworkID": NET, "EndpointID": id, "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
-    let (s, r) = post(
+    post(
         h,
         Interface::Network,
         "/NetworkDriver.CreateEndpoint",
         &ep.to_string(),
     )
-    .await;
+    .await
+}
+
+/// Creates endpoint `id` on `NET` at `addr` and joins it.
+async fn create_and_join(h: &Harness, id: &str, addr: &str) {
+    let (s, r) = create_endpoint(h, id, addr).await;
     assert_eq!(s, StatusCode::OK, "{r}");
     let (s, r) = join(h, id, "/var/run/docker/netns/x").await;
     assert_eq!(s, StatusCode::OK, "{r}");

@@ -29,8 +29,8 @@ handle! {
 impl Endpoints {
     /// CreateEndpoint; returns the MAC to report when Docker sent none. Answers once the
     /// address binding and the record are durable; making the veth pair and the
-    /// endpoint's pass start here, side by side, and its Join waits for both (Docker moves the pair's
-    /// peer into the container after Join). dockerd creates one network's endpoints one at
+    /// endpoint's pass start here, side by side, and its Join waits for both (Docker
+    /// moves the pair's peer into the container after Join). dockerd creates one network's endpoints one at
     /// a time, holding that network's lock, and Joins under the container's own: so one
     /// network's containers wait for the kernel and ovs-vswitchd together rather than in a
     /// row.

@@ -5,12 +5,11 @@
 //! applying fails, the record is restored and the dataplane reconciled back, so a refused
 //! call changes nothing. A new endpoint's veth pair and pass are made between its
 //! CreateEndpoint and its Join, which waits for them and undoes the endpoint when they
-//! failed; DeleteEndpoint answers
-//! once its record is deleted and its pass follows (see `endpoints.rs`). Calls that read
-//! and write records are serialised by one lock, held only while they write by
-//! CreateEndpoint, Join and DeleteEndpoint; the passes that follow writes are shared:
-//! callers whose write came before a pass began take its outcome instead of running one
-//! each. One network's deletions answer one at a time (see `endpoints.rs`).
+//! failed; DeleteEndpoint answers once its record is deleted and its pass follows (see
+//! `endpoints.rs`). Calls that read and write records are serialised by one lock, held
+//! only while they write by CreateEndpoint, Join and DeleteEndpoint; the passes that
+//! follow writes are shared: callers whose write came before a pass began take its outcome
+//! instead of running one each. One network's deletions answer one at a time (see `endpoints.rs`).
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
