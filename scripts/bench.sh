@@ -23,6 +23,8 @@
 # vxlan overlay against the plain underlay between two bed hosts (benches/overlay.rs);
 # QL_BENCH_CLUSTER=0 skips those three; with QL_BENCH_CLUSTER_SCALE=1 also one vxlan network
 # over three bed hosts with 300 endpoints each (benches/cluster_scale.rs, ~8 min).
+# The embedded store's write by how many keys it holds, against one page fdatasynced
+# (crates/qingluan-store/examples/store_bench.rs).
 # Scale (scripts/lib/bench_scale.py, a private daemon of its own driver name): 100 containers started 10 at a time and stopped in one batch on
 # qingluan against Docker bridge networks, with 0 and 300 endpoints already up
 # (QL_BENCH_SCALE_LEVELS), CreateEndpoint/Join/DeleteEndpoint p50/p99, idle CPU, RSS, flows
@@ -84,6 +86,9 @@ echo "plugin handling time per call (ms):"
 import json, sys
 for c in json.load(sys.stdin)["calls"]:
     print("  %-45s n=%-5d p50=%7.2f p99=%7.2f" % (c["method"], c["count"], c["p50_ms"], c["p99_ms"]))'
+
+echo
+cargo run -q --release -p qingluan-store --example store_bench
 
 if [ "${QL_BENCH_SCALE:-1}" != 0 ]; then
   echo

@@ -237,6 +237,42 @@ pub(crate) mod engine {
         events
     }
 
+    /// The changes `ops` would make at `revision`, without changing `map`: they are worked
+    /// out on a copy of only the keys the ops touch, so a write costs what it changes, not
+    /// the size of the store.
+    pub fn changes(map: &BTreeMap<String, KeyValue>, ops: &[Op], revision: u64) -> Vec<WatchEvent> {
+        let mut touched = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Put(key, _) | Op::PutLeased(key, _, _) | Op::Delete(key) => {
+                    if let Some(kv) = map.get(key) {
+                        touched.insert(key.clone(), kv.clone());
+                    }
+                }
+                Op::DeletePrefix(prefix) => touched.extend(
+                    map.range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                ),
+            }
+        }
+        apply(&mut touched, ops.to_vec(), revision)
+    }
+
+    /// Makes committed `events` in `map`, in order.
+    pub fn replay(map: &mut BTreeMap<String, KeyValue>, events: &[WatchEvent]) {
+        for e in events {
+            match e {
+                WatchEvent::Put(kv) => {
+                    map.insert(kv.key.clone(), kv.clone());
+                }
+                WatchEvent::Delete { key, .. } => {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
     /// Every record under a prefix, in key order.
     pub fn list(map: &BTreeMap<String, KeyValue>, prefix: &str) -> Vec<KeyValue> {
         map.range(prefix.to_string()..)
@@ -264,6 +300,56 @@ pub(crate) mod engine {
         match e {
             WatchEvent::Put(kv) => &kv.key,
             WatchEvent::Delete { key, .. } => key,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn kv(key: &str, value: &[u8], rev: u64) -> (String, KeyValue) {
+            let kv = KeyValue {
+                key: key.into(),
+                value: value.to_vec(),
+                mod_revision: rev,
+                create_revision: rev,
+            };
+            (key.into(), kv)
+        }
+
+        #[test]
+        fn changes_then_replay_is_apply_on_the_whole_map() {
+            let map: BTreeMap<String, KeyValue> = [
+                kv("p/1", b"a", 1),
+                kv("p/2", b"b", 2),
+                kv("q/1", b"c", 3),
+                kv("r", b"d", 4),
+            ]
+            .into_iter()
+            .collect();
+            let ops = vec![
+                Op::Put("r".into(), b"e".to_vec()),
+                Op::Put("p/3".into(), b"f".to_vec()),
+                Op::DeletePrefix("p/".into()),
+                Op::Put("p/2".into(), b"g".to_vec()),
+                Op::Delete("q/1".into()),
+                Op::Delete("absent".into()),
+            ];
+            let mut whole = map.clone();
+            let want = apply(&mut whole, ops.clone(), 5);
+            let events = changes(&map, &ops, 5);
+            assert_eq!(events, want, "the same events as on the whole map");
+            let mut replayed = map.clone();
+            replay(&mut replayed, &events);
+            assert_eq!(replayed, whole, "replaying them gives the same map");
+            assert_eq!(
+                replayed["r"].create_revision, 4,
+                "an overwrite keeps its creation"
+            );
+            assert_eq!(
+                replayed["p/2"].create_revision, 5,
+                "deleted then put is new"
+            );
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The whole key space is also kept in memory (qingluan's state is small: networks,
 //! endpoints, pools, addresses), so reads never touch the disk; a write transaction is
-//! checked against the cache, committed to redb with `Durability::Immediate`, and only then
-//! applied to the cache and published to watchers. Writers are serialised by their own lock,
+//! checked against the cache, its changes worked out from the keys it touches, committed to
+//! redb with `Durability::Immediate`, and only then made in the cache and published to
+//! watchers. Writers are serialised by their own lock,
 //! held through the fsync; the cache lock is only taken briefly, so reads never wait on a disk
 //! flush.
 //! Each value is stored as JSON `{value, mod_revision, create_revision}`; the current revision
@@ -123,14 +124,13 @@ impl RedbStore {
 
     fn txn_blocking(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         let _writer = self.inner.writer.lock().unwrap();
-        let (mut next, revision) = {
+        let (events, revision) = {
             let s = self.inner.state.lock().unwrap();
             if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
                 return Ok(r);
             }
-            (s.0.clone(), s.1 + 1)
+            (engine::changes(&s.0, &ops, s.1 + 1), s.1 + 1)
         };
-        let events = engine::apply(&mut next, ops, revision);
         let mut db = self.inner.db.lock().unwrap();
         if let Err(first) = Self::write(&mut db, &self.inner.path, &events, revision) {
             tracing::warn!(error = %first, "store write failed; reopening the database and retrying once");
@@ -139,7 +139,8 @@ impl RedbStore {
         }
         drop(db);
         let mut s = self.inner.state.lock().unwrap();
-        *s = (next, revision);
+        engine::replay(&mut s.0, &events);
+        s.1 = revision;
         self.inner.watchers.publish(&events);
         Ok(TxnResult {
             succeeded: true,
