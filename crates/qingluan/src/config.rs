@@ -198,6 +198,9 @@ pub struct DaemonConfig {
     /// Seconds between garbage collections against the Engine API, and the age an endpoint
     /// or subnet Docker does not know must reach before it is collected.
     pub gc_secs: u64,
+    /// The daemon's nice value (-20 to 19), set at start for all its threads and the
+    /// processes it runs; 0 leaves it as started.
+    pub nice: i32,
     /// Set when the daemon runs as a Docker managed plugin: the plugin's reference as Docker
     /// shows it (`qingluan:latest`), which users type for both `--driver` and
     /// `--ipam-driver`; the daemon then serves both drivers on `<plugin_dir>/qingluan.sock`.
@@ -216,6 +219,7 @@ impl Default for DaemonConfig {
             log: "info".into(),
             log_format: "text".into(),
             gc_secs: 60,
+            nice: -10,
             managed_plugin: None,
         }
     }
@@ -354,6 +358,12 @@ impl Config {
             anyhow::bail!("daemon.name {n:?} must be letters, digits or '_'");
         }
         check_log_format(&self.daemon.log_format)?;
+        if !(-20..=19).contains(&self.daemon.nice) {
+            anyhow::bail!(
+                "daemon.nice {} must be between -20 and 19",
+                self.daemon.nice
+            );
+        }
         if !["auto", "netdev", "system"].contains(&self.ovs.datapath.as_str()) {
             anyhow::bail!(
                 "ovs.datapath {:?} must be auto, netdev or system",
@@ -417,6 +427,14 @@ mod tests {
         let text = include_str!("../../../packaging/config.toml");
         let c: Config = toml::from_str(text).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn nice_is_a_nice_value() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap().validate();
+        assert!(parse("[daemon]\nnice = 0").is_ok());
+        let e = parse("[daemon]\nnice = -21").unwrap_err();
+        assert_eq!(e.to_string(), "daemon.nice -21 must be between -20 and 19");
     }
 
     #[test]

@@ -305,11 +305,20 @@ enum PoolCmd {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let config = match config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qingluan: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let reniced = (matches!(args.command, Command::Daemon { .. }) && config.daemon.nice != 0)
+        .then(|| daemon::renice(config.daemon.nice));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, config, reniced)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qingluan: {e:#}");
@@ -332,8 +341,12 @@ fn man_pages(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config::Config::load(&args.config)?;
+/// Runs a command; `reniced` is how setting the daemon's nice value went.
+async fn run(
+    args: Args,
+    config: config::Config,
+    reniced: Option<std::io::Result<()>>,
+) -> anyhow::Result<()> {
     let client = cli::Client {
         socket: config.daemon.api_socket.clone(),
         docker: config.daemon.docker_socket.clone(),
@@ -353,6 +366,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .init();
+            }
+            if let Some(Err(e)) = reniced {
+                tracing::warn!(error = %e, nice = config.daemon.nice, "cannot set the daemon's nice value; its calls may wait for a core while the host is busy");
             }
             let _crash_points = fail::FailScenario::setup();
             std::panic::set_hook(Box::new(|info| {

@@ -13,6 +13,11 @@ fn nat_and_nonat_tour() {
         return;
     }
     let mut env = Env::new();
+    let nice = env.daemon_nice();
+    assert!(
+        nice.len() > 1 && nice.iter().all(|n| *n == -10),
+        "every thread of the daemon runs at daemon.nice's default, -10: {nice:?}"
+    );
     let (out_ns, host_ip, out_ip) = env.outside();
     let pools_before = env.qingluan(&["pool", "ls", "--json"]);
 

@@ -233,6 +233,20 @@ impl Env {
         );
     }
 
+    /// The nice value of each of the daemon's threads.
+    pub fn daemon_nice(&self) -> Vec<i32> {
+        let pid = self.daemon.as_ref().expect("a daemon runs").id();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the daemon's threads")
+            .map(|t| {
+                let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+                // Fields after the command's closing parenthesis; nice is the 19th field.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                rest.split(' ').nth(16).unwrap().parse().unwrap()
+            })
+            .collect()
+    }
+
     /// The reports of the full reconciles the daemon logged, oldest first (across restarts:
     /// the log is appended to).
     pub fn reconcile_reports(&self) -> Vec<String> {
