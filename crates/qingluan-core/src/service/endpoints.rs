@@ -28,7 +28,11 @@ handle! {
 
 impl Endpoints {
     /// CreateEndpoint; returns the MAC to report when Docker sent none. Answers once the
-    /// address binding and the record are durable; making the veth pair and the
+    /// address binding and the record are durable. On a host network both are one
+    /// compare-and-swap in this host's store, taken without the call lock: no other call
+    /// writes an endpoint's record before its CreateEndpoint answered. A cluster network's
+    /// record and cluster entry follow the binding under the call lock, which the cluster
+    /// agent holds while it compares this host's entries with its records; making the veth pair and the
     /// endpoint's pass start here, side by side, and its Join waits for both (Docker
     /// moves the pair's peer into the container after Join). dockerd creates one network's endpoints one at
     /// a time, holding that network's lock, and Joins under the container's own: so one
@@ -96,20 +100,19 @@ impl Endpoints {
             container: None,
         };
         let mut lap = crate::reconcile::Lap::start();
-        let guard = self.lock.lock().await;
-        lap.mark("lock");
         let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
         let with = vec![records::put(&ep)];
         let recorded = self.ipam.bind(&pool, ip, &ep.id, with).await?;
         lap.mark("bind");
         if !recorded {
+            let _guard = self.lock.lock().await;
+            lap.mark("lock");
             if let Err(e) = self.record_endpoint(&net, &ep).await {
                 self.ipam.unbind(&pool, ip, &ep.id).await?;
                 return Err(e);
             }
             lap.mark("record");
         }
-        drop(guard);
         crash_point!("create-endpoint-bound");
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.settling

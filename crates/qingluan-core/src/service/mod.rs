@@ -7,7 +7,8 @@
 //! CreateEndpoint and its Join, which waits for them and undoes the endpoint when they
 //! failed; DeleteEndpoint answers once its record is deleted and its pass follows (see
 //! `endpoints.rs`). Calls that read and write records are serialised by one lock, held
-//! only while they write by CreateEndpoint, Join and DeleteEndpoint; the passes that
+//! only while they write by Join and DeleteEndpoint (CreateEndpoint on a host network
+//! writes its record in the address binding's compare-and-swap, without it); the passes that
 //! follow writes are shared: callers whose write came before a pass began take its outcome
 //! instead of running one each. One network's deletions answer one at a time (see `endpoints.rs`).
 //!
