@@ -126,9 +126,16 @@ async fn delete_prefix(s: Arc<dyn Store>) {
         1,
         "DeletePrefix keeps others"
     );
-    s.txn(vec![], vec![Op::Delete("nothing".into())])
+    let before = s.txn(vec![], vec![]).await.unwrap().revision;
+    let r = s
+        .txn(vec![], vec![Op::Delete("nothing".into())])
         .await
         .unwrap();
+    assert!(r.succeeded, "deleting an absent key succeeds");
+    assert_eq!(
+        r.revision, before,
+        "a write that changes nothing keeps the revision"
+    );
 }
 
 async fn watch_delivers_in_order(s: Arc<dyn Store>) {

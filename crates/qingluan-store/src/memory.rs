@@ -45,11 +45,13 @@ impl Store for MemoryStore {
         }
         let revision = s.1 + 1;
         let events = engine::apply(&mut s.0, ops, revision);
-        s.1 = revision;
+        if !events.is_empty() {
+            s.1 += 1;
+        }
         self.watchers.publish(&events);
         Ok(TxnResult {
             succeeded: true,
-            revision,
+            revision: s.1,
         })
     }
 
