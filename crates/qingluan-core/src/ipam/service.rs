@@ -661,6 +661,10 @@ impl Ipam {
     /// `with` (the endpoint's record) is written in the same transaction when the address
     /// lives in this host's store, and the answer is `true`; a cluster address is bound in
     /// the cluster store, and `with` is left to the caller (`false`).
+    ///
+    /// The first try takes no IPAM mutex: the compare-and-swap decides, so a CreateEndpoint
+    /// does not wait for other calls' allocations to become durable. When the address
+    /// changed between the read and the swap, it tries once more under the mutex.
     pub async fn bind(
         &self,
         pool_id: &str,
@@ -668,11 +672,31 @@ impl Ipam {
         endpoint: &str,
         with: Vec<Op>,
     ) -> Result<bool, IpamError> {
+        if let Some(recorded) = self.try_bind(pool_id, ip, endpoint, with.clone()).await? {
+            return Ok(recorded);
+        }
+        let _g = self.lock.lock().await;
+        match self.try_bind(pool_id, ip, endpoint, with).await? {
+            Some(recorded) => Ok(recorded),
+            None => Err(IpamError::AddressInUse {
+                addr: ip,
+                subnet: parse_pool_id(pool_id)?.1,
+            }),
+        }
+    }
+
+    /// One try of [`Ipam::bind`]; `None` when the address changed before the swap.
+    async fn try_bind(
+        &self,
+        pool_id: &str,
+        ip: IpAddr,
+        endpoint: &str,
+        with: Vec<Op>,
+    ) -> Result<Option<bool>, IpamError> {
         let (domain, cidr) = parse_pool_id(pool_id)?;
         let store = self.domain_store(&domain);
         let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
         let shared = is_cluster_domain(&domain);
-        let _g = self.lock.lock().await;
         let (rec, compare) = match self.held(store, &key).await? {
             None => (
                 Some(Addr {
@@ -705,18 +729,13 @@ impl Ipam {
             ops.extend(with);
         }
         if ops.is_empty() {
-            return Ok(!shared);
+            return Ok(Some(!shared));
         }
-        let done = store.txn(vec![compare], ops).await?;
-        if done.succeeded {
-            self.note(pool_id, ip, true);
-            Ok(!shared)
-        } else {
-            Err(IpamError::AddressInUse {
-                addr: ip,
-                subnet: cidr,
-            })
+        if !store.txn(vec![compare], ops).await?.succeeded {
+            return Ok(None);
         }
+        self.note(pool_id, ip, true);
+        Ok(Some(!shared))
     }
 
     /// Undoes [`Ipam::bind`] for a CreateEndpoint that failed: the address stays allocated

@@ -649,3 +649,49 @@ fn a_binding_carries_the_record_in_the_host_store_only() {
         );
     });
 }
+
+#[test]
+fn concurrent_bindings_of_one_address_leave_one_endpoint_bound() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Arc::new(MemoryStore::new());
+        let ipam = Arc::new(
+            Ipam::with_routes(store.clone(), &IpamSettings::default(), no_routes)
+                .await
+                .unwrap(),
+        );
+        let s = ipam
+            .request_pool("192.168.7.0/24", "", &opts(&[]), false)
+            .await
+            .unwrap();
+        let ip = ipam.request_address(&s.id, "", false).await.unwrap().addr();
+        let binds: Vec<_> = (0..16)
+            .map(|i| {
+                let (ipam, id) = (ipam.clone(), s.id.clone());
+                tokio::spawn(async move {
+                    let rec = vec![Op::Put(format!("rec{i}"), b"{}".to_vec())];
+                    ipam.bind(&id, ip, &format!("ep{i}"), rec).await
+                })
+            })
+            .collect();
+        let mut bound = Vec::new();
+        for (i, b) in binds.into_iter().enumerate() {
+            match b.await.unwrap() {
+                Ok(_) => bound.push(i),
+                Err(IpamError::AddressInUse { .. }) => {}
+                Err(e) => panic!("only AddressInUse may refuse: {e}"),
+            }
+        }
+        assert_eq!(bound.len(), 1, "exactly one binding wins: {bound:?}");
+        for i in 0..16 {
+            assert_eq!(
+                store.get(&format!("rec{i}")).await.unwrap().is_some(),
+                bound == [i],
+                "only the winner's record is written"
+            );
+        }
+    });
+}
