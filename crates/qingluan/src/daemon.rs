@@ -223,7 +223,7 @@ fn socket_buffers() {
 /// call it before the runtime starts its threads. dockerd waits on the daemon's calls, each
 /// a few short bursts of CPU, while a batch of starts keeps ovs-vswitchd, dockerd and
 /// containerd busy on every core; at the nice value of those, the bursts queued for a core
-/// (CreateEndpoint p50 2.0–10.8 ms at 0 against 1.1–3.3 ms at -10 with 10 containers
+/// (CreateEndpoint p50 2.0–10.8 ms at 0 against 1.8–2.8 ms at -10 with 10 containers
 /// starting at once, `docs/performance.md`).
 pub fn renice(nice: i32) -> std::io::Result<()> {
     // SAFETY: setpriority takes plain integers and changes only this thread's nice value.
