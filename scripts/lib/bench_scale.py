@@ -52,6 +52,8 @@ class Daemon:
                 f'[daemon]\nname = "{NAME}"\nprefix = "{PREFIX}"\n'
                 f'api_socket = "{tmp}/api.sock"\n[store]\npath = "{tmp}/state.redb"\n'
                 f'[ids]\neve_log = "{tmp}/eve.json"\n'
+                # Metrics off: the daemon scripts/bench.sh runs serves the default port.
+                '[monitoring]\nlisten = ""\n'
             )
         self.proc = None
 
