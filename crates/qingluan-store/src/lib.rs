@@ -240,9 +240,13 @@ pub(crate) mod engine {
     /// The changes `ops` would make at `revision`, without changing `map`: they are worked
     /// out on a copy of only the keys the ops touch, so a write costs what it changes, not
     /// the size of the store.
-    pub fn changes(map: &BTreeMap<String, KeyValue>, ops: &[Op], revision: u64) -> Vec<WatchEvent> {
+    pub fn changes(
+        map: &BTreeMap<String, KeyValue>,
+        ops: Vec<Op>,
+        revision: u64,
+    ) -> Vec<WatchEvent> {
         let mut touched = BTreeMap::new();
-        for op in ops {
+        for op in &ops {
             match op {
                 Op::Put(key, _) | Op::PutLeased(key, _, _) | Op::Delete(key) => {
                     if let Some(kv) = map.get(key) {
@@ -256,7 +260,7 @@ pub(crate) mod engine {
                 ),
             }
         }
-        apply(&mut touched, ops.to_vec(), revision)
+        apply(&mut touched, ops, revision)
     }
 
     /// Makes committed `events` in `map`, in order.
@@ -337,7 +341,7 @@ pub(crate) mod engine {
             ];
             let mut whole = map.clone();
             let want = apply(&mut whole, ops.clone(), 5);
-            let events = changes(&map, &ops, 5);
+            let events = changes(&map, ops, 5);
             assert_eq!(events, want, "the same events as on the whole map");
             let mut replayed = map.clone();
             replay(&mut replayed, &events);

@@ -5,9 +5,8 @@
 //! checked against the cache, its changes worked out from the keys it touches, committed to
 //! redb with `Durability::Immediate`, and only then made in the cache and published to
 //! watchers. A transaction that changes nothing (a deletion of an absent key) writes
-//! nothing, as in etcd. Writers are serialised by their own lock,
-//! held through the fsync; the cache lock is only taken briefly, so reads never wait on a disk
-//! flush.
+//! nothing, as in etcd. Writers are serialised by their own lock, held through the fsync;
+//! the cache lock is only taken briefly, so reads never wait on a disk flush.
 //! Each value is stored as JSON `{value, mod_revision, create_revision}`; the current revision
 //! lives in the `meta` table.
 //!
@@ -130,7 +129,7 @@ impl RedbStore {
             if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
                 return Ok(r);
             }
-            let events = engine::changes(&s.0, &ops, s.1 + 1);
+            let events = engine::changes(&s.0, ops, s.1 + 1);
             if events.is_empty() {
                 return Ok(TxnResult {
                     succeeded: true,

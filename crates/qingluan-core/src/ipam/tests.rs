@@ -23,13 +23,14 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn ipam() -> Ipam {
-    Ipam::with_routes(
-        Arc::new(MemoryStore::new()),
-        &IpamSettings::default(),
-        no_routes,
-    )
-    .await
-    .unwrap()
+    ipam_on(Arc::new(MemoryStore::new())).await
+}
+
+/// An IPAM over `store`, for tests that look into the store.
+async fn ipam_on(store: Arc<MemoryStore>) -> Ipam {
+    Ipam::with_routes(store, &IpamSettings::default(), no_routes)
+        .await
+        .unwrap()
 }
 
 fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -620,9 +621,7 @@ fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
 fn a_binding_carries_the_record_in_the_host_store_only() {
     rt().block_on(async {
         let store = Arc::new(MemoryStore::new());
-        let ipam = Ipam::with_routes(store.clone(), &IpamSettings::default(), no_routes)
-            .await
-            .unwrap();
+        let ipam = ipam_on(store.clone()).await;
         let s = ipam
             .request_pool("192.168.6.0/24", "", &opts(&[]), false)
             .await
@@ -658,11 +657,7 @@ fn concurrent_bindings_of_one_address_leave_one_endpoint_bound() {
         .unwrap();
     rt.block_on(async {
         let store = Arc::new(MemoryStore::new());
-        let ipam = Arc::new(
-            Ipam::with_routes(store.clone(), &IpamSettings::default(), no_routes)
-                .await
-                .unwrap(),
-        );
+        let ipam = Arc::new(ipam_on(store.clone()).await);
         let s = ipam
             .request_pool("192.168.7.0/24", "", &opts(&[]), false)
             .await

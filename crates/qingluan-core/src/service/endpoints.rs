@@ -32,12 +32,13 @@ impl Endpoints {
     /// compare-and-swap in this host's store, taken without the call lock: no other call
     /// writes an endpoint's record before its CreateEndpoint answered. A cluster network's
     /// record and cluster entry follow the binding under the call lock, which the cluster
-    /// agent holds while it compares this host's entries with its records; making the veth pair and the
-    /// endpoint's pass start here, side by side, and its Join waits for both (Docker
-    /// moves the pair's peer into the container after Join). dockerd creates one network's endpoints one at
-    /// a time, holding that network's lock, and Joins under the container's own: so one
-    /// network's containers wait for the kernel and ovs-vswitchd together rather than in a
-    /// row.
+    /// agent holds while it compares this host's entries with its records.
+    ///
+    /// Making the veth pair and the endpoint's pass start here, side by side, and its Join
+    /// waits for both (Docker moves the pair's peer into the container after Join). dockerd
+    /// creates one network's endpoints one at a time, holding that network's lock, and
+    /// Joins under the container's own: so one network's containers wait for the kernel and
+    /// ovs-vswitchd together rather than in a row.
     pub async fn create(&self, req: CreateEndpoint) -> Result<Option<Mac>, ServiceError> {
         let net = self.network(&req.network_id).await?;
         if let Some(k) = req.driver_opts.keys().find(|k| !k.starts_with("qos.")) {

@@ -8,9 +8,10 @@
 //! failed; DeleteEndpoint answers once its record is deleted and its pass follows (see
 //! `endpoints.rs`). Calls that read and write records are serialised by one lock, held
 //! only while they write by Join and DeleteEndpoint (CreateEndpoint on a host network
-//! writes its record in the address binding's compare-and-swap, without it); the passes that
-//! follow writes are shared: callers whose write came before a pass began take its outcome
-//! instead of running one each. One network's deletions answer one at a time (see `endpoints.rs`).
+//! writes its record in the address binding's compare-and-swap, without it); the passes
+//! that follow writes are shared: callers whose write came before a pass began take its
+//! outcome instead of running one each. One network's deletions answer one at a time (see
+//! `endpoints.rs`).
 //!
 //! One handle per concern, each in its own file, all over the shared [`State`]:
 //! [`Networks`] (`networks.rs`), [`Endpoints`] (`endpoints.rs`), [`Publishing`]
