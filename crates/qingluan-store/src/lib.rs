@@ -410,7 +410,8 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise to JSON")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+/// Decodes a stored JSON record.
+pub fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
     serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
         key: kv.key.clone(),
         reason: e.to_string(),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{cidr_key, lowest_free};
+use super::{cidr_key, lowest_free, Subnet};
 use crate::model::nth_host;
 
 /// Store key prefix of blocks (`ipam/blocks/<domain>/<cidr>/<block>`).
@@ -90,9 +90,11 @@ pub fn unclaimed(
 /// This host's blocks of one cluster subnet and the addresses taken in them.
 #[derive(Debug, Default)]
 pub struct Affinity {
-    /// When the subnet record it was loaded for was made, and its range: a subnet removed
-    /// and made again under the same PoolID gets a new entry.
-    pub subnet: (u64, Option<IpNet>),
+    /// The subnet record it was loaded for, with that record's revision in the store. An
+    /// allocation writes its address only while the record is still at that revision, so a
+    /// subnet removed (and maybe made again under the same PoolID) meanwhile fails the write
+    /// and the entry is loaded again.
+    pub subnet: Option<(Subnet, u64)>,
     /// When the last load found no block left to claim.
     pub exhausted: Option<Instant>,
     /// Blocks this host holds, in the order it allocates from them.

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use qingluan_store::{create, get_json, list_json, to_json, Compare, Op, Store};
+use qingluan_store::{create, decode, get_json, list_json, to_json, Compare, Op, Store};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -480,10 +480,18 @@ impl Ipam {
 
     /// The subnet behind a PoolID.
     pub async fn subnet(&self, id: &str) -> Result<Subnet, IpamError> {
+        Ok(self.subnet_at(id).await?.0)
+    }
+
+    /// The subnet behind a PoolID and its record's revision in the store.
+    async fn subnet_at(&self, id: &str) -> Result<(Subnet, u64), IpamError> {
         let (domain, cidr) = parse_pool_id(id)?;
-        get_json(self.domain_store(&domain), &subnet_key(&domain, cidr))
+        let kv = self
+            .domain_store(&domain)
+            .get(&subnet_key(&domain, cidr))
             .await?
-            .ok_or_else(|| IpamError::UnknownPoolId(id.to_string()))
+            .ok_or_else(|| IpamError::UnknownPoolId(id.to_string()))?;
+        Ok((decode(&kv)?, kv.mod_revision))
     }
 
     /// RequestAddress: the given address, or the lowest free one; returned with the
@@ -495,12 +503,17 @@ impl Ipam {
         address: &str,
         gateway: bool,
     ) -> Result<IpNet, IpamError> {
-        let subnet = self.subnet(pool_id).await?;
-        let cidr = subnet.cidr;
-        let shared = is_cluster_domain(&subnet.domain);
-        let store = self.domain_store(&subnet.domain);
-        let prefix = addrs_prefix(&subnet.domain, cidr);
+        let (domain, cidr) = parse_pool_id(pool_id)?;
+        let shared = is_cluster_domain(&domain);
         let with_prefix = |ip| IpNet::new(ip, cidr.prefix_len()).expect("prefix of a valid subnet");
+        if address.is_empty() && !gateway && shared {
+            if let Some(ip) = self.allocate_in_blocks(pool_id).await? {
+                return Ok(with_prefix(ip));
+            }
+        }
+        let subnet = self.subnet(pool_id).await?;
+        let store = self.domain_store(&domain);
+        let prefix = addrs_prefix(&domain, cidr);
         let record = |ip, kind| Addr {
             ip,
             kind,
@@ -509,11 +522,6 @@ impl Ipam {
             endpoint: None,
         };
         if address.is_empty() && !gateway {
-            if shared {
-                if let Some(ip) = self.allocate_in_blocks(&subnet).await? {
-                    return Ok(with_prefix(ip));
-                }
-            }
             let _g = self.lock.lock().await;
             let scope = subnet.range.unwrap_or(cidr);
             let scope_name = || match subnet.range {
@@ -876,16 +884,17 @@ impl Ipam {
 
     /// A dynamic address from this host's blocks of a cluster subnet, claiming a block when
     /// they are full; `None` when every block is another host's, or its blocks keep holding
-    /// addresses others took (the caller borrows).
-    async fn allocate_in_blocks(&self, subnet: &Subnet) -> Result<Option<IpAddr>, IpamError> {
-        let prefix = addrs_prefix(&subnet.domain, subnet.cidr);
+    /// addresses others took (the caller borrows). The subnet comes from the block cache: the
+    /// address's create also checks that the subnet record is still the one the cache was
+    /// loaded for, so an allocation costs one round trip to the cluster store.
+    async fn allocate_in_blocks(&self, pool_id: &str) -> Result<Option<IpAddr>, IpamError> {
         let mut missed = 0;
         for _ in 0..ALLOCATION_ATTEMPTS {
-            let ip = match self.reserve(subnet) {
-                Reserved::Address(ip) => ip,
+            let (subnet, revision, ip) = match self.reserve(pool_id) {
+                Reserved::Address(subnet, revision, ip) => (subnet, revision, ip),
                 Reserved::Exhausted => return Ok(None),
                 Reserved::Full => {
-                    if self.grow(subnet, false).await? {
+                    if self.grow(pool_id, false).await? {
                         continue;
                     }
                     return Ok(None);
@@ -893,12 +902,23 @@ impl Ipam {
             };
             let reservation = Reservation {
                 ipam: self,
-                pool_id: &subnet.id,
+                pool_id,
                 ip,
                 settled: false,
             };
-            let rec = self.dynamic_here(ip);
-            let made = create(&*self.cluster, &format!("{prefix}{ip}"), to_json(&rec)).await;
+            let (domain, cidr) = (&subnet.domain, subnet.cidr);
+            let key = format!("{}{ip}", addrs_prefix(domain, cidr));
+            let made = self
+                .cluster
+                .txn(
+                    vec![
+                        Compare::ModRevision(subnet_key(domain, cidr), revision),
+                        Compare::Absent(key.clone()),
+                    ],
+                    vec![Op::Put(key, to_json(&self.dynamic_here(ip)))],
+                )
+                .await
+                .map(|r| r.succeeded);
             // Created, or held by someone else (a static address in our block): taken either
             // way. A failed write leaves it free here; the create decides next time.
             reservation.settle(made.is_ok());
@@ -906,11 +926,17 @@ impl Ipam {
                 crash_point!("request-address-allocated");
                 return Ok(Some(ip));
             }
+            // The subnet record changed (removed, or made again): load it again, or fail
+            // with an unknown PoolID when it is gone.
+            if self.subnet_at(pool_id).await?.1 != revision {
+                self.cache().remove(pool_id);
+                continue;
+            }
             // Others took addresses in our blocks: read them before trying more.
             missed += 1;
             if missed == STALE_MISSES {
                 missed = 0;
-                if !self.grow(subnet, true).await? {
+                if !self.grow(pool_id, true).await? {
                     return Ok(None);
                 }
             }
@@ -918,38 +944,39 @@ impl Ipam {
         Ok(None)
     }
 
-    /// Reserves the lowest free address of this host's blocks of `subnet` in its cache.
-    fn reserve(&self, subnet: &Subnet) -> Reserved {
+    /// Reserves the lowest free address of this host's blocks of a subnet in its cache.
+    fn reserve(&self, pool_id: &str) -> Reserved {
         let mut cache = self.cache();
-        let Some(a) = cache.get_mut(&subnet.id) else {
+        let Some(a) = cache.get_mut(pool_id) else {
             return Reserved::Full;
         };
-        if a.subnet != (subnet.created, subnet.range) {
-            cache.remove(&subnet.id);
+        let Some((subnet, revision)) = a.subnet.clone() else {
             return Reserved::Full;
-        }
+        };
         match a.reserve(subnet.cidr) {
-            Some(ip) => Reserved::Address(ip),
+            Some(ip) => Reserved::Address(subnet, revision, ip),
             None if a.exhausted() => Reserved::Exhausted,
             None => Reserved::Full,
         }
     }
 
-    /// Loads this host's blocks of `subnet` with the addresses taken in them from the store,
-    /// and claims a free block when they are full. False when no block is left to claim.
-    /// Without `reload`, a cache with room is taken as it is.
-    async fn grow(&self, subnet: &Subnet, reload: bool) -> Result<bool, IpamError> {
+    /// Loads this host's blocks of a subnet, and the subnet, with the addresses taken in
+    /// them from the store, and claims a free block when they are full. False when no block
+    /// is left to claim. Without `reload`, a cache with room is taken as it is.
+    async fn grow(&self, pool_id: &str, reload: bool) -> Result<bool, IpamError> {
         let _g = self.claiming.lock().await;
-        let (domain, cidr) = (&subnet.domain, subnet.cidr);
-        let scope = subnet.range.unwrap_or(cidr);
         if !reload
-            && self
-                .cache()
-                .get(&subnet.id)
-                .is_some_and(|a| a.subnet == (subnet.created, subnet.range) && a.has_room(cidr))
+            && self.cache().get(pool_id).is_some_and(|a| {
+                a.subnet
+                    .as_ref()
+                    .is_some_and(|(subnet, _)| a.has_room(subnet.cidr))
+            })
         {
             return Ok(true);
         }
+        let (subnet, revision) = self.subnet_at(pool_id).await?;
+        let (domain, cidr) = (&subnet.domain, subnet.cidr);
+        let scope = subnet.range.unwrap_or(cidr);
         let held: Vec<Block> = list_json(&*self.cluster, &blocks_prefix(domain, cidr)).await?;
         let prefix = addrs_prefix(domain, cidr);
         let mut taken: BTreeSet<IpAddr> = self
@@ -968,7 +995,7 @@ impl Ipam {
         let room = |b: &IpNet, taken: &BTreeSet<IpAddr>| lowest_free(cidr, *b, taken).is_some();
         let pending = self
             .cache()
-            .get(&subnet.id)
+            .get(pool_id)
             .map(|a| a.pending.clone())
             .unwrap_or_default();
         taken.extend(pending);
@@ -990,9 +1017,9 @@ impl Ipam {
             seen.insert(b);
         }
         let mut cache = self.cache();
-        let a = cache.entry(subnet.id.clone()).or_default();
+        let a = cache.entry(pool_id.to_string()).or_default();
         taken.extend(a.pending.iter().copied());
-        a.subnet = (subnet.created, subnet.range);
+        a.subnet = Some((subnet, revision));
         a.exhausted = (!grown).then(std::time::Instant::now);
         a.blocks = mine;
         a.taken = taken;
@@ -1036,8 +1063,8 @@ const STALE_MISSES: usize = 8;
 
 /// What [`Ipam::reserve`] found in the block cache.
 enum Reserved {
-    /// A free address, now reserved.
-    Address(IpAddr),
+    /// A free address, now reserved, with the subnet and its record's revision.
+    Address(Subnet, u64, IpAddr),
     /// No room in this host's blocks (or none loaded yet).
     Full,
     /// No room, and no block was left to claim a moment ago.

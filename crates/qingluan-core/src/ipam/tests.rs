@@ -606,6 +606,13 @@ fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
         // once: h1's cache of the old subnet is no guide.
         allocate(&a, &s.id, 1).await;
         b.drop_domain("vxlan-15").await.unwrap();
+        // Meanwhile h1's cache still holds the subnet: its create checks the subnet's
+        // record, fails, and writes nothing.
+        assert!(matches!(
+            a.request_address(&s.id, "", false).await,
+            Err(IpamError::UnknownPoolId(_))
+        ));
+        assert!(cluster.list(ADDRS).await.unwrap().is_empty());
         let vx = opts(&[("pool", "vxlan"), ("vni", "15")]);
         let s = b
             .request_pool("10.54.0.0/24", "10.54.0.192/26", &vx, false)
