@@ -28,11 +28,11 @@ handle! {
 
 impl Endpoints {
     /// CreateEndpoint; returns the MAC to report when Docker sent none. Answers once the
-    /// address binding and the record are durable. On a host network both are one
-    /// compare-and-swap in this host's store, taken without the call lock: no other call
-    /// writes an endpoint's record before its CreateEndpoint answered. A cluster network's
-    /// record and cluster entry follow the binding under the call lock, which the cluster
-    /// agent holds while it compares this host's entries with its records.
+    /// address binding and the record are durable, without the call lock: no other call
+    /// writes an endpoint's record before its CreateEndpoint answered. On a host network
+    /// the binding and the record are one compare-and-swap in this host's store; a cluster
+    /// network's record and then its cluster entry follow the binding (see
+    /// [`Endpoints::record_endpoint`] for why in that order).
     ///
     /// Making the veth pair and the endpoint's pass start here, side by side, and its Join
     /// waits for both (Docker moves the pair's peer into the container after Join). dockerd
@@ -106,8 +106,6 @@ impl Endpoints {
         let recorded = self.ipam.bind(&pool, ip, &ep.id, with).await?;
         lap.mark("bind");
         if !recorded {
-            let _guard = self.lock.lock().await;
-            lap.mark("lock");
             if let Err(e) = self.record_endpoint(&net, &ep).await {
                 self.ipam.unbind(&pool, ip, &ep.id).await?;
                 return Err(e);
@@ -187,23 +185,23 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Records a new endpoint and its cluster entry; the entry is removed again when the
-    /// record cannot be written.
+    /// Records a new endpoint, then its cluster entry; the record is removed again when the
+    /// entry cannot be written. In that order the cluster agent, which lists this host's
+    /// entries before it reads the records and removes the entries without one, always
+    /// finds the record of an entry it listed. A crash between the two leaves a record
+    /// without an entry, which the agent's next pass publishes; an entry the agent
+    /// published from a record removed here again goes at its next pass.
     async fn record_endpoint(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
-        let ckey = net
-            .cluster
-            .as_ref()
-            .map(|_| cluster::endpoint_key(&self.host, &ep.id));
-        if let Some(ckey) = &ckey {
-            let rec = to_json(&self.cluster_endpoint(net, ep));
-            self.cluster
-                .txn(vec![], vec![Op::Put(ckey.clone(), rec)])
-                .await?;
+        self.store.txn(vec![], vec![records::put(ep)]).await?;
+        if net.cluster.is_none() {
+            return Ok(());
         }
-        if let Err(e) = self.store.txn(vec![], vec![records::put(ep)]).await {
-            if let Some(ckey) = ckey {
-                self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await?;
-            }
+        let ckey = cluster::endpoint_key(&self.host, &ep.id);
+        let rec = to_json(&self.cluster_endpoint(net, ep));
+        if let Err(e) = self.cluster.txn(vec![], vec![Op::Put(ckey, rec)]).await {
+            self.store
+                .txn(vec![], vec![records::delete::<Endpoint>(&ep.id)])
+                .await?;
             return Err(e.into());
         }
         Ok(())
