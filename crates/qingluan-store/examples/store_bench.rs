@@ -1,5 +1,7 @@
 //! The embedded store's write latency by how many keys it holds, against the anchor of one
-//! 4 KiB page overwritten and `fdatasync`ed in the same directory, measured in the same run.
+//! 4 KiB page overwritten and `fdatasync`ed in the same directory, measured in the same run;
+//! then writes from several tasks at once (as a storm of plugin calls makes them), against
+//! one writer in the same run.
 //! `cargo run --release -p qingluan-store --example store_bench [DIR]` (default `/var/tmp`,
 //! the file system of `/var/lib/qingluan`); `scripts/bench.sh` runs it.
 
@@ -73,6 +75,39 @@ async fn main() {
             "  {size:>5} keys held: write p50 {w50:5.2} p99 {w99:5.2} ms   one page fdatasync \
              p50 {a50:5.2} p99 {a99:5.2} ms   ratio of medians {:4.1}",
             w50 / a50
+        );
+    }
+    let mut alone = 0.0;
+    for writers in [1, 8, 32] {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let (store, value) = (store.clone(), value.clone());
+                tokio::spawn(async move {
+                    let mut ms = Vec::new();
+                    for i in 0..WRITES / writers {
+                        let op = Op::Put(format!("c/{w}/{}", i % 10), value.clone());
+                        let t = Instant::now();
+                        store.txn(vec![], vec![op]).await.expect("write");
+                        ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    ms
+                })
+            })
+            .collect();
+        let mut ms = Vec::new();
+        for t in tasks {
+            ms.extend(t.await.expect("writer"));
+        }
+        let rate = ms.len() as f64 / start.elapsed().as_secs_f64();
+        if writers == 1 {
+            alone = rate;
+        }
+        let (w50, w99) = percentiles(ms);
+        println!(
+            "  {writers:>2} writers at once, {held} keys held: {rate:6.0} writes/s, p50 {w50:5.2} \
+             p99 {w99:5.2} ms   rate / one writer {:4.1}",
+            rate / alone
         );
     }
 }

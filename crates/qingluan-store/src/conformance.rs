@@ -17,6 +17,7 @@ pub async fn run_all<F: Fn() -> Arc<dyn Store>>(make: F) {
     watch_delivers_in_order(make()).await;
     concurrent_cas_counter(make()).await;
     concurrent_create_once(make()).await;
+    concurrent_writes_are_ordered(make()).await;
     leases(make()).await;
 }
 
@@ -205,6 +206,49 @@ async fn concurrent_create_once(s: Arc<dyn Store>) {
         }
     }
     assert_eq!(created, 20, "each key is created exactly once");
+}
+
+async fn concurrent_writes_are_ordered(s: Arc<dyn Store>) {
+    let mut w = s.watch("ord/").await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let key = format!("ord/{i}");
+                let r = s
+                    .txn(vec![], vec![Op::Put(key.clone(), vec![])])
+                    .await
+                    .unwrap();
+                (key, r.revision)
+            })
+        })
+        .collect();
+    let mut answered = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (key, revision) = t.await.unwrap();
+        answered.insert(key, revision);
+    }
+    let mut revisions: Vec<u64> = answered.values().copied().collect();
+    revisions.sort();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 50, "each write has a revision of its own");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        match w.recv().await.unwrap() {
+            WatchEvent::Put(kv) => {
+                assert_eq!(
+                    answered[&kv.key], kv.mod_revision,
+                    "a write is stored at the revision it answered"
+                );
+                seen.push(kv.mod_revision);
+            }
+            e => panic!("expected puts only, got {e:?}"),
+        }
+    }
+    assert!(
+        seen.windows(2).all(|p| p[0] < p[1]),
+        "watchers see writes in revision order: {seen:?}"
+    );
 }
 
 async fn leases(s: Arc<dyn Store>) {

@@ -81,7 +81,7 @@ pub struct TxnResult {
 }
 
 /// Store errors.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened.
     #[error("cannot open store {path}: {reason}")]
@@ -237,30 +237,56 @@ pub(crate) mod engine {
         events
     }
 
-    /// The changes `ops` would make at `revision`, without changing `map`: they are worked
-    /// out on a copy of only the keys the ops touch, so a write costs what it changes, not
-    /// the size of the store.
-    pub fn changes(
+    /// Works out transactions committed together, in order, each seeing the changes of
+    /// those before it, without changing `map`: on a copy of only the keys they compare or
+    /// touch, so a group costs what it changes, not the size of the store. Returns each
+    /// one's answer, the changes of all, and the revision after the last.
+    pub fn group(
         map: &BTreeMap<String, KeyValue>,
-        ops: Vec<Op>,
+        txns: Vec<(Vec<Compare>, Vec<Op>)>,
         revision: u64,
-    ) -> Vec<WatchEvent> {
-        let mut touched = BTreeMap::new();
-        for op in &ops {
-            match op {
-                Op::Put(key, _) | Op::PutLeased(key, _, _) | Op::Delete(key) => {
-                    if let Some(kv) = map.get(key) {
-                        touched.insert(key.clone(), kv.clone());
-                    }
-                }
-                Op::DeletePrefix(prefix) => touched.extend(
-                    map.range(prefix.clone()..)
+    ) -> (Vec<super::TxnResult>, Vec<WatchEvent>, u64) {
+        let mut view = BTreeMap::new();
+        let mut copy = |key: &str| {
+            if let Some(kv) = map.get(key) {
+                view.insert(key.to_string(), kv.clone());
+            }
+        };
+        for (compares, ops) in &txns {
+            for c in compares {
+                let (Compare::Absent(key) | Compare::ModRevision(key, _) | Compare::Value(key, _)) =
+                    c;
+                copy(key);
+            }
+            for op in ops {
+                match op {
+                    Op::Put(key, _) | Op::PutLeased(key, _, _) | Op::Delete(key) => copy(key),
+                    Op::DeletePrefix(prefix) => map
+                        .range(prefix.clone()..)
                         .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-                        .map(|(k, v)| (k.clone(), v.clone())),
-                ),
+                        .for_each(|(k, _)| copy(k)),
+                }
             }
         }
-        apply(&mut touched, ops, revision)
+        let mut revision = revision;
+        let mut answers = Vec::with_capacity(txns.len());
+        let mut events = Vec::new();
+        for (compares, ops) in txns {
+            if let Some(r) = settled(&view, revision, &compares, ops.is_empty()) {
+                answers.push(r);
+                continue;
+            }
+            let made = apply(&mut view, ops, revision + 1);
+            if !made.is_empty() {
+                revision += 1;
+            }
+            events.extend(made);
+            answers.push(super::TxnResult {
+                succeeded: true,
+                revision,
+            });
+        }
+        (answers, events, revision)
     }
 
     /// Makes committed `events` in `map`, in order.
@@ -322,7 +348,7 @@ pub(crate) mod engine {
         }
 
         #[test]
-        fn changes_then_replay_is_apply_on_the_whole_map() {
+        fn a_group_then_replay_is_applying_each_on_the_whole_map() {
             let map: BTreeMap<String, KeyValue> = [
                 kv("p/1", b"a", 1),
                 kv("p/2", b"b", 2),
@@ -339,10 +365,32 @@ pub(crate) mod engine {
                 Op::Delete("q/1".into()),
                 Op::Delete("absent".into()),
             ];
+            let create = |key: &str| {
+                (
+                    vec![Compare::Absent(key.into())],
+                    vec![Op::Put(key.into(), b"h".to_vec())],
+                )
+            };
+            let txns = vec![
+                (vec![], ops.clone()),
+                create("p/2"),
+                create("p/4"),
+                (vec![], vec![Op::Delete("absent".into())]),
+                (vec![Compare::ModRevision("p/4".into(), 6)], vec![]),
+            ];
             let mut whole = map.clone();
-            let want = apply(&mut whole, ops.clone(), 5);
-            let events = changes(&map, ops, 5);
+            let mut want = apply(&mut whole, ops, 5);
+            want.extend(apply(&mut whole, create("p/4").1, 6));
+            let (answers, events, revision) = group(&map, txns, 4);
             assert_eq!(events, want, "the same events as on the whole map");
+            let answered: Vec<(bool, u64)> =
+                answers.iter().map(|a| (a.succeeded, a.revision)).collect();
+            assert_eq!(
+                answered,
+                [(true, 5), (false, 5), (true, 6), (true, 6), (true, 6)],
+                "each sees the ones before it; one that changes nothing keeps the revision"
+            );
+            assert_eq!(revision, 6);
             let mut replayed = map.clone();
             replay(&mut replayed, &events);
             assert_eq!(replayed, whole, "replaying them gives the same map");

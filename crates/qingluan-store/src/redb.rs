@@ -5,8 +5,11 @@
 //! checked against the cache, its changes worked out from the keys it touches, committed to
 //! redb with `Durability::Immediate`, and only then made in the cache and published to
 //! watchers. A transaction that changes nothing (a deletion of an absent key) writes
-//! nothing, as in etcd. Writers are serialised by their own lock, held through the fsync;
-//! the cache lock is only taken briefly, so reads never wait on a disk flush.
+//! nothing, as in etcd. Transactions queue for one writer, which takes every transaction
+//! waiting, works them out in order (each sees the ones before it) and commits them with
+//! one fsync: under a storm of calls each waits for at most the flush in progress and its
+//! own group's, not for one flush per call ahead of it. The cache lock is only taken
+//! briefly, so reads never wait on a disk flush.
 //! Each value is stored as JSON `{value, mod_revision, create_revision}`; the current revision
 //! lives in the `meta` table.
 //!
@@ -32,11 +35,18 @@ struct Inner {
     path: std::path::PathBuf,
     /// The open database; `None` after a failed reopen, opened again by the next writer.
     db: Mutex<Option<Database>>,
-    /// Serialises writers from the compare check to the publication of their events.
-    writer: Mutex<()>,
+    /// Transactions waiting for the writer, and whether a writer is at work.
+    queue: Mutex<(Vec<Queued>, bool)>,
     /// Keys and the current revision, mirroring the file.
     state: Mutex<(BTreeMap<String, KeyValue>, u64)>,
     watchers: Watchers,
+}
+
+/// A transaction waiting for the writer.
+struct Queued {
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+    answer: tokio::sync::oneshot::Sender<Result<TxnResult, StoreError>>,
 }
 
 /// The embedded store.
@@ -115,29 +125,54 @@ impl RedbStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 db: Mutex::new(Some(db)),
-                writer: Mutex::new(()),
+                queue: Mutex::new((Vec::new(), false)),
                 state: Mutex::new((map, revision)),
                 watchers: Watchers::default(),
             }),
         })
     }
 
-    fn txn_blocking(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
-        let _writer = self.inner.writer.lock().unwrap();
-        let (events, revision) = {
+    /// Commits what is queued, group by group, until the queue is empty. The last group is
+    /// answered once this writer let go of the store, so a caller that drops the store after
+    /// its write can open the file again at once.
+    fn write_queued(self) {
+        loop {
+            let group = std::mem::take(&mut self.inner.queue.lock().unwrap().0);
+            let (txns, waiting): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .map(|q| ((q.compares, q.ops), q.answer))
+                .unzip();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(txns)))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Io {
+                            op: "write",
+                            reason: "the store's writer panicked".into(),
+                        })
+                    });
+            let more = {
+                let mut q = self.inner.queue.lock().unwrap();
+                q.1 = !q.0.is_empty();
+                q.1
+            };
+            if !more {
+                drop(self);
+                answer(waiting, outcome);
+                return;
+            }
+            answer(waiting, outcome);
+        }
+    }
+
+    /// Commits a group of transactions with one fsync; each one's answer, in order.
+    fn commit(&self, txns: Vec<(Vec<Compare>, Vec<Op>)>) -> Result<Vec<TxnResult>, StoreError> {
+        let (answers, events, revision) = {
             let s = self.inner.state.lock().unwrap();
-            if let Some(r) = engine::settled(&s.0, s.1, &compares, ops.is_empty()) {
-                return Ok(r);
-            }
-            let events = engine::changes(&s.0, ops, s.1 + 1);
-            if events.is_empty() {
-                return Ok(TxnResult {
-                    succeeded: true,
-                    revision: s.1,
-                });
-            }
-            (events, s.1 + 1)
+            engine::group(&s.0, txns, s.1)
         };
+        if events.is_empty() {
+            return Ok(answers);
+        }
         let mut db = self.inner.db.lock().unwrap();
         if let Err(first) = Self::write(&mut db, &self.inner.path, &events, revision) {
             tracing::warn!(error = %first, "store write failed; reopening the database and retrying once");
@@ -149,10 +184,7 @@ impl RedbStore {
         engine::replay(&mut s.0, &events);
         s.1 = revision;
         self.inner.watchers.publish(&events);
-        Ok(TxnResult {
-            succeeded: true,
-            revision,
-        })
+        Ok(answers)
     }
 }
 
@@ -193,6 +225,25 @@ impl RedbStore {
     }
 }
 
+/// Answers the transactions of a group, in order.
+fn answer(
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<TxnResult, StoreError>>>,
+    outcome: Result<Vec<TxnResult>, StoreError>,
+) {
+    match outcome {
+        Ok(answers) => {
+            for (w, a) in waiting.into_iter().zip(answers) {
+                let _ = w.send(Ok(a));
+            }
+        }
+        Err(e) => {
+            for w in waiting {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Store for RedbStore {
     fn name(&self) -> &'static str {
@@ -208,13 +259,24 @@ impl Store for RedbStore {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.txn_blocking(compares, ops))
-            .await
-            .map_err(|e| StoreError::Io {
-                op: "write",
-                reason: e.to_string(),
-            })?
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut q = self.inner.queue.lock().unwrap();
+            q.0.push(Queued {
+                compares,
+                ops,
+                answer,
+            });
+            !std::mem::replace(&mut q.1, true)
+        };
+        if lead {
+            let writer = self.clone();
+            tokio::task::spawn_blocking(move || writer.write_queued());
+        }
+        answered.await.map_err(|_| StoreError::Io {
+            op: "write",
+            reason: "the store's writer stopped".into(),
+        })?
     }
 
     async fn watch(

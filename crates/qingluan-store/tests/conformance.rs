@@ -34,7 +34,7 @@ async fn futures_stores(
     n: &std::sync::atomic::AtomicU32,
 ) -> Vec<Arc<dyn Store>> {
     let mut v: Vec<Arc<dyn Store>> = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..9 {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         v.push(Arc::new(
             RedbStore::open(&dir.path().join(format!("s{i}.redb")))

@@ -157,7 +157,7 @@ impl Drop for Etcd {
 async fn etcd_backend_conforms() {
     let Some(etcd) = Etcd::start() else { return };
     let mut stores: Vec<Arc<dyn Store>> = Vec::new();
-    for i in 0..8 {
+    for i in 0..9 {
         let s = EtcdStore::connect(&etcd.endpoint(), None, &format!("/qlt/{i}/"))
             .await
             .unwrap();
