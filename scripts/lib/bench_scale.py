@@ -244,9 +244,11 @@ def main():
                   f"{answered * 1e3:.0f} ms after start, full reconcile done at "
                   f"{reconciled * 1e3:.0f} ms")
     finally:
-        remove("qlt-sc")
-        daemon.stop()
-        subprocess.run(["rm", "-rf", tmp])
+        try:
+            remove("qlt-sc")
+        finally:
+            daemon.stop()
+            subprocess.run(["rm", "-rf", tmp])
 
 
 if __name__ == "__main__":
