@@ -53,6 +53,24 @@ fn run(cmd: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
 }
 
+/// Waits up to `limit` for `child` to exit; whether it did.
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+}
+
 fn must(cmd: &str, args: &[&str]) -> String {
     let o = run(cmd, args);
     assert!(
@@ -840,21 +858,13 @@ impl Bed {
             .split_whitespace()
             .map(String::from)
             .collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.iter().map(String::as_str));
-            self.docker(h, &args);
+        if !ids.is_empty() && !self.remove_containers(h, &ids) {
+            self.keep_logs();
         }
         let host = &mut self.hosts[h - 1];
         if let Some(mut c) = host.dockerd.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let end = Instant::now() + Duration::from_secs(15);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            signal(&c, nix::sys::signal::Signal::SIGTERM);
+            exits_within(&mut c, Duration::from_secs(15));
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -863,6 +873,36 @@ impl Bed {
             let _ = c.wait();
         }
         stop_ovs(&host.dir.join("ovs"));
+    }
+
+    /// `docker rm -f` of `ids` on host `h`; false when it hung. dockerd 20.10.24 can
+    /// deadlock while it removes many containers (moby/libnetwork#2649): then its goroutine
+    /// dump is taken for the kept logs, and stopping dockerd ends the removal.
+    fn remove_containers(&self, h: usize, ids: &[String]) -> bool {
+        let host = &self.hosts[h - 1];
+        let sock = format!("unix://{}/docker.sock", host.dir.display());
+        let mut rm = Command::new("docker")
+            .args(["-H", &sock, "rm", "-f"])
+            .args(ids)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if exits_within(&mut rm, Duration::from_secs(120)) {
+            return true;
+        }
+        eprintln!(
+            "h{h}: docker rm -f hung for 2 minutes; logs and dockerd's goroutines go to /tmp/qlt-logs/bed-{}",
+            self.tag
+        );
+        if let Some(d) = &host.dockerd {
+            signal(d, nix::sys::signal::Signal::SIGUSR1);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _ = rm.kill();
+        let _ = rm.wait();
+        false
     }
 
     fn keep_logs(&self) {
@@ -877,6 +917,16 @@ impl Bed {
                 h.dir.join("ovs/ovs-vswitchd.log"),
                 dest.join(format!("h{}-ovs-vswitchd.log", i + 1)),
             );
+            for e in std::fs::read_dir(h.dir.join("x"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("goroutine-stacks") {
+                    let _ = std::fs::copy(e.path(), dest.join(format!("h{}-{name}", i + 1)));
+                }
+            }
         }
         eprintln!("{}\nbed logs kept in {}", self.logs(), dest.display());
     }
