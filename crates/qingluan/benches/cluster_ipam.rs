@@ -1,6 +1,8 @@
 //! Benchmark: address allocations on a cluster network through etcd, from one host and from
 //! three hosts at once, one call at a time and 8 at a time (as dockerd calls while containers
-//! start in parallel), against the embedded store on the same machine, measured in one run.
+//! start in parallel), against the embedded store on the same machine, measured in one run;
+//! then each allocation followed by its binding to an endpoint, as RequestAddress and
+//! CreateEndpoint do.
 //!
 //! Each "host" is its own IPAM with its own etcd client, as three daemons would be; each
 //! allocates from its own address blocks. A private etcd is started on loopback and stopped
@@ -76,8 +78,8 @@ fn vni(v: u32) -> BTreeMap<String, String> {
 }
 
 /// `hosts` IPAMs allocate `each` addresses at once in one /16, `inflight` calls at a time
-/// per host.
-async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32, inflight: usize) -> Run {
+/// per host; with `bind`, each address is then bound to an endpoint, timed together.
+async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32, inflight: usize, bind: bool) -> Run {
     let pool = hosts[0]
         .request_pool(&format!("10.{}.0.0/16", 100 + v), "", &vni(v), false)
         .await
@@ -93,9 +95,13 @@ async fn allocate(hosts: &[Arc<Ipam>], each: usize, v: u32, inflight: usize) -> 
             let calls = each / inflight + usize::from(lane < each % inflight);
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::new();
-                for _ in 0..calls {
+                for n in 0..calls {
                     let t = Instant::now();
                     let a = h.request_address(&id, "", false).await.unwrap();
+                    if bind {
+                        let endpoint = format!("ep-{lane}-{n}");
+                        h.bind(&id, a.addr(), &endpoint, Vec::new()).await.unwrap();
+                    }
                     out.push((a, t.elapsed()));
                 }
                 out
@@ -173,16 +179,18 @@ async fn main() {
         "{:<42} {:>6} {:>10} {:>10} {:>9} {:>9} {:>14}",
         "store", "allocs", "allocs/s", "per host", "p50 ms", "p99 ms", "rate/embedded"
     );
-    let base = allocate(&[embedded], n, 1, 1).await;
+    let base = allocate(&[embedded], n, 1, 1, false).await;
     base.print("embedded redb, one host, 1 at a time", None);
     let runs = [
-        ("etcd, one host, 1 at a time", 1, 1),
-        ("etcd, one host, 8 at a time", 1, 8),
-        ("etcd, three hosts at once, 1 at a time", 3, 1),
-        ("etcd, three hosts at once, 8 at a time", 3, 8),
+        ("etcd, one host, 1 at a time", 1, 1, false),
+        ("etcd, one host, 8 at a time", 1, 8, false),
+        ("etcd, three hosts at once, 1 at a time", 3, 1, false),
+        ("etcd, three hosts at once, 8 at a time", 3, 8, false),
+        ("etcd, one host, 1 at a time, and bound", 1, 1, true),
+        ("etcd, three hosts, 8 at a time, and bound", 3, 8, true),
     ];
-    for (v, (label, hosts, inflight)) in (2..).zip(runs) {
-        allocate(&etcd_hosts[..hosts], n, v, inflight)
+    for (v, (label, hosts, inflight, bind)) in (2..).zip(runs) {
+        allocate(&etcd_hosts[..hosts], n, v, inflight, bind)
             .await
             .print(label, Some(&base));
     }

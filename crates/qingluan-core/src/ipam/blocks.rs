@@ -11,7 +11,7 @@
 //! the scope, as before blocks existed. A dead host's blocks go with its addresses when they
 //! are reclaimed; a removed network's go with its subnet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,9 @@ pub struct Affinity {
     pub taken: BTreeSet<IpAddr>,
     /// Addresses reserved by calls whose store write has not answered yet.
     pub pending: BTreeSet<IpAddr>,
+    /// The records this host created for addresses not bound yet, as stored: the binding
+    /// compares against them instead of reading the record first.
+    pub written: BTreeMap<IpAddr, Vec<u8>>,
 }
 
 impl Affinity {
@@ -136,6 +139,7 @@ impl Affinity {
             self.taken.insert(ip);
         } else {
             self.taken.remove(&ip);
+            self.written.remove(&ip);
         }
     }
 }

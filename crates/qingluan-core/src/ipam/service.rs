@@ -655,12 +655,7 @@ impl Ipam {
         let Some(kv) = store.get(key).await? else {
             return Ok(None);
         };
-        let held =
-            serde_json::from_slice(&kv.value).map_err(|e| qingluan_store::StoreError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Some((held, kv.value)))
+        Ok(Some((stored_addr(key, &kv.value)?, kv.value)))
     }
 
     /// Binds `ip` to `endpoint` (at CreateEndpoint): the address must be free, unbound, or
@@ -705,7 +700,11 @@ impl Ipam {
         let store = self.domain_store(&domain);
         let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
         let shared = is_cluster_domain(&domain);
-        let (rec, compare) = match self.held(store, &key).await? {
+        let found = match self.written(pool_id, ip, &key)? {
+            Some(written) => Some(written),
+            None => self.held(store, &key).await?,
+        };
+        let (rec, compare) = match found {
             None => (
                 Some(Addr {
                     ip,
@@ -744,6 +743,25 @@ impl Ipam {
         }
         self.note(pool_id, ip, true);
         Ok(Some(!shared))
+    }
+
+    /// The record this host created for `ip` and has not bound yet, as stored, taken out
+    /// of the block cache: the binding compares against it without reading it first, and
+    /// reads it when that swap fails.
+    fn written(
+        &self,
+        pool_id: &str,
+        ip: IpAddr,
+        key: &str,
+    ) -> Result<Option<(Addr, Vec<u8>)>, IpamError> {
+        let Some(value) = self
+            .cache()
+            .get_mut(pool_id)
+            .and_then(|a| a.written.remove(&ip))
+        else {
+            return Ok(None);
+        };
+        Ok(Some((stored_addr(key, &value)?, value)))
     }
 
     /// Undoes [`Ipam::bind`] for a CreateEndpoint that failed: the address stays allocated
@@ -908,6 +926,7 @@ impl Ipam {
             };
             let (domain, cidr) = (&subnet.domain, subnet.cidr);
             let key = format!("{}{ip}", addrs_prefix(domain, cidr));
+            let value = to_json(&self.dynamic_here(ip));
             let made = self
                 .cluster
                 .txn(
@@ -915,7 +934,7 @@ impl Ipam {
                         Compare::ModRevision(subnet_key(domain, cidr), revision),
                         Compare::Absent(key.clone()),
                     ],
-                    vec![Op::Put(key, to_json(&self.dynamic_here(ip)))],
+                    vec![Op::Put(key, value.clone())],
                 )
                 .await
                 .map(|r| r.succeeded);
@@ -924,6 +943,9 @@ impl Ipam {
             reservation.settle(made.is_ok());
             if made? {
                 crash_point!("request-address-allocated");
+                if let Some(a) = self.cache().get_mut(pool_id) {
+                    a.written.insert(ip, value);
+                }
                 return Ok(Some(ip));
             }
             // The subnet record changed (removed, or made again): load it again, or fail
@@ -1025,6 +1047,17 @@ impl Ipam {
         a.taken = taken;
         Ok(grown)
     }
+}
+
+/// The address record stored at `key` as `value`.
+fn stored_addr(key: &str, value: &[u8]) -> Result<Addr, IpamError> {
+    serde_json::from_slice(value).map_err(|e| {
+        qingluan_store::StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 /// Deletes `key` from `store` if it still holds exactly `value` (compare-and-swap); returns

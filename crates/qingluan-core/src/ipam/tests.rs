@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use qingluan_store::memory::MemoryStore;
-use qingluan_store::{Op, Store};
+use qingluan_store::{Op, Store, StoreError};
 
 use super::*;
 use crate::settings::IpamSettings;
@@ -695,5 +695,97 @@ fn concurrent_bindings_of_one_address_leave_one_endpoint_bound() {
                 "only the winner's record is written"
             );
         }
+    });
+}
+
+/// A store that counts its reads.
+struct Counting {
+    inner: MemoryStore,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn gets(&self) -> usize {
+        self.gets.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    async fn get(&self, key: &str) -> Result<Option<qingluan_store::KeyValue>, StoreError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<qingluan_store::KeyValue>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn txn(
+        &self,
+        compares: Vec<qingluan_store::Compare>,
+        ops: Vec<Op>,
+    ) -> Result<qingluan_store::TxnResult, StoreError> {
+        self.inner.txn(compares, ops).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<qingluan_store::WatchEvent>, StoreError> {
+        self.inner.watch(prefix).await
+    }
+    async fn grant(&self, ttl_secs: i64) -> Result<i64, StoreError> {
+        self.inner.grant(ttl_secs).await
+    }
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+}
+
+#[test]
+fn a_cluster_binding_compares_with_what_the_allocation_wrote() {
+    rt().block_on(async {
+        let cluster = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            gets: Default::default(),
+        });
+        let (a, b) = two_hosts_on(cluster.clone()).await;
+        let vx = opts(&[("pool", "vxlan"), ("vni", "17")]);
+        let s = a
+            .request_pool("10.56.0.0/24", "", &vx, false)
+            .await
+            .unwrap();
+        b.request_pool("", "", &vx, false).await.unwrap();
+        let ip = a.request_address(&s.id, "", false).await.unwrap().addr();
+        let before = cluster.gets();
+        assert!(!a.bind(&s.id, ip, "ep1", vec![]).await.unwrap());
+        assert_eq!(cluster.gets(), before, "bound without reading the record");
+        let key = format!("{}{ip}", addrs_prefix("vxlan-17", s.cidr));
+        let bound: Addr = qingluan_store::get_json(&*cluster, &key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bound.endpoint.as_deref(), Some("ep1"));
+        // The record changed after the allocation wrote it (another host reclaimed the
+        // address and handed it back, say): the swap fails, and the binding reads it.
+        let ip = a.request_address(&s.id, "", false).await.unwrap().addr();
+        let key = format!("{}{ip}", addrs_prefix("vxlan-17", s.cidr));
+        let changed = Addr {
+            since: 1,
+            ..qingluan_store::get_json(&*cluster, &key)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        qingluan_store::put(&*cluster, &key, qingluan_store::to_json(&changed))
+            .await
+            .unwrap();
+        assert!(!a.bind(&s.id, ip, "ep2", vec![]).await.unwrap());
+        let bound: Addr = qingluan_store::get_json(&*cluster, &key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((bound.endpoint.as_deref(), bound.since), (Some("ep2"), 1));
     });
 }
