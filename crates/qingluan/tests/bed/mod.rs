@@ -67,6 +67,7 @@ fn exits_within(child: &mut std::process::Child, limit: Duration) -> bool {
     }
 }
 
+/// Sends `sig` to `child`.
 fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
 }
@@ -502,10 +503,7 @@ impl Bed {
     pub fn stop_daemon(&mut self, h: usize) {
         if let Some(mut c) = self.hosts[h - 1].daemon.take() {
             // `ip netns exec` execs the daemon, so the child is the daemon itself.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            signal(&c, nix::sys::signal::Signal::SIGTERM);
             let _ = c.wait();
         }
     }
@@ -645,10 +643,17 @@ impl Bed {
 
     /// The docker CLI against host `h`'s dockerd.
     pub fn docker(&self, h: usize, args: &[&str]) -> Output {
+        self.docker_command(h, args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run docker: {e}"))
+    }
+
+    /// The docker command against host `h`'s dockerd, not started yet.
+    fn docker_command<S: AsRef<std::ffi::OsStr>>(&self, h: usize, args: &[S]) -> Command {
         let sock = format!("unix://{}/docker.sock", self.hosts[h - 1].dir.display());
-        let mut all = vec!["-H", sock.as_str()];
-        all.extend_from_slice(args);
-        run("docker", &all)
+        let mut c = Command::new("docker");
+        c.args(["-H", &sock]).args(args).stdin(Stdio::null());
+        c
     }
 
     /// Like [`Bed::docker`]; panics unless it succeeds, returns stdout.
@@ -805,10 +810,7 @@ impl Bed {
         std::thread::sleep(Duration::from_millis(1500));
         f();
         std::thread::sleep(Duration::from_millis(500));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
+        signal(&child, nix::sys::signal::Signal::SIGINT);
         let _ = child.wait();
         std::fs::read_to_string(&out).unwrap_or_default()
     }
@@ -879,12 +881,9 @@ impl Bed {
     /// deadlock while it removes many containers (moby/libnetwork#2649): then its goroutine
     /// dump is taken for the kept logs, and stopping dockerd ends the removal.
     fn remove_containers(&self, h: usize, ids: &[String]) -> bool {
-        let host = &self.hosts[h - 1];
-        let sock = format!("unix://{}/docker.sock", host.dir.display());
-        let mut rm = Command::new("docker")
-            .args(["-H", &sock, "rm", "-f"])
+        let mut rm = self
+            .docker_command(h, &["rm", "-f"])
             .args(ids)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -896,7 +895,7 @@ impl Bed {
             "h{h}: docker rm -f hung for 2 minutes; logs and dockerd's goroutines go to /tmp/qlt-logs/bed-{}",
             self.tag
         );
-        if let Some(d) = &host.dockerd {
+        if let Some(d) = &self.hosts[h - 1].dockerd {
             signal(d, nix::sys::signal::Signal::SIGUSR1);
             std::thread::sleep(Duration::from_secs(1));
         }
