@@ -289,11 +289,16 @@ impl ClusterAgent {
         Ok(())
     }
 
-    /// What this host's Docker needs so it matches the cluster's networks.
+    /// What this host's Docker needs so it matches the cluster's networks. The memberships
+    /// are read before the definitions: the last host's detach deletes a definition and its
+    /// memberships in one transaction, so read the other way round a host that had left
+    /// could see the definition without its own membership, take itself for a new host and
+    /// create the removed network again.
     pub async fn replication(&self) -> Result<Vec<Replication>, ServiceError> {
+        let members = self.cluster.list(MEMBERS).await?;
         let defs = cluster::networks(&*self.cluster).await?;
         let mut mine: BTreeMap<String, Member> = BTreeMap::new();
-        for kv in self.cluster.list(MEMBERS).await? {
+        for kv in members {
             let rest = &kv.key[MEMBERS.len()..];
             if let Some((key, host)) = rest.rsplit_once('/') {
                 if host == self.host {
