@@ -4,8 +4,9 @@
 //! endpoints, pools, addresses), so reads never touch the disk; a write transaction is
 //! checked against the cache, its changes worked out from the keys it touches, committed to
 //! redb with `Durability::Immediate`, and only then made in the cache and published to
-//! watchers. A transaction that changes nothing (a deletion of an absent key) writes
-//! nothing, as in etcd. Transactions queue for one writer, which takes every transaction
+//! watchers. A transaction that changes nothing (a failed compare, a deletion of an absent
+//! key) writes nothing, as in etcd, and is answered from the cache at once, without waiting
+//! for a flush. Transactions queue for one writer, which takes every transaction
 //! waiting, works them out in order (each sees the ones before it) and commits them with
 //! one fsync: under a storm of calls each waits for at most the flush in progress and its
 //! own group's, not for one flush per call ahead of it. The cache lock is only taken
@@ -189,6 +190,31 @@ impl RedbStore {
 }
 
 impl RedbStore {
+    /// The answer of a transaction that changes nothing in what is committed (a compare
+    /// fails, or it only deletes absent keys), without waiting for the writer. Every
+    /// answered write is in the cache, so this answer is what the transaction would get
+    /// just before the writes still queued, which have not been answered either.
+    fn unchanging(&self, compares: &[Compare], ops: &[Op]) -> Option<TxnResult> {
+        let s = self.inner.state.lock().unwrap();
+        let (map, revision) = (&s.0, s.1);
+        if let Some(r) = engine::settled(map, revision, compares, ops.is_empty()) {
+            return Some(r);
+        }
+        ops.iter()
+            .all(|op| match op {
+                Op::Delete(key) => !map.contains_key(key),
+                Op::DeletePrefix(prefix) => !map
+                    .range(prefix.clone()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(prefix.as_str())),
+                Op::Put(..) | Op::PutLeased(..) => false,
+            })
+            .then_some(TxnResult {
+                succeeded: true,
+                revision,
+            })
+    }
+
     /// Commits `events` at `revision`, opening the database first when it is closed.
     fn write(
         db: &mut Option<Database>,
@@ -259,6 +285,9 @@ impl Store for RedbStore {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        if let Some(r) = self.unchanging(&compares, &ops) {
+            return Ok(r);
+        }
         let (answer, answered) = tokio::sync::oneshot::channel();
         let lead = {
             let mut q = self.inner.queue.lock().unwrap();
@@ -292,5 +321,69 @@ impl Store for RedbStore {
 
     async fn keep_alive(&self, _lease: i64) -> Result<bool, StoreError> {
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While the writer cannot get at the database (as in a long flush), transactions that
+    /// change nothing are answered, each as if just before the write still queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_changes_nothing_does_not_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb")).await.unwrap();
+        crate::put(&s, "a", b"1".to_vec()).await.unwrap();
+        let revision = s.get("a").await.unwrap().unwrap().mod_revision;
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let inner = s.inner.clone();
+        let holder = std::thread::spawn(move || {
+            let _db = inner.db.lock().unwrap();
+            locked.send(()).unwrap();
+            released.recv().ok();
+        });
+        is_locked.recv().unwrap();
+        let queued = tokio::spawn({
+            let s = s.clone();
+            async move { crate::put(&s, "b", b"2".to_vec()).await }
+        });
+        let unchanging = async {
+            let absent = s
+                .txn(
+                    vec![],
+                    vec![Op::Delete("b".into()), Op::DeletePrefix("c/".into())],
+                )
+                .await
+                .unwrap();
+            let failed = s
+                .txn(
+                    vec![Compare::Absent("a".into())],
+                    vec![Op::Put("a".into(), b"x".to_vec())],
+                )
+                .await
+                .unwrap();
+            (absent, failed)
+        };
+        // Only a guard against hanging: without the shortcut these wait for the writer.
+        let (absent, failed) = tokio::time::timeout(std::time::Duration::from_secs(60), unchanging)
+            .await
+            .expect("answered while the writer is held");
+        assert_eq!(
+            (
+                absent.succeeded,
+                absent.revision,
+                failed.succeeded,
+                failed.revision
+            ),
+            (true, revision, false, revision)
+        );
+        assert!(!queued.is_finished(), "the write waits for the writer");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        queued.await.unwrap().unwrap();
+        assert_eq!(s.get("b").await.unwrap().unwrap().value, b"2");
+        assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
     }
 }
