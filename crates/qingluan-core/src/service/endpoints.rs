@@ -278,8 +278,11 @@ impl Endpoints {
             .lock()
             .expect("settling lock")
             .remove(endpoint_id);
+        let mut lap = crate::reconcile::Lap::start();
         let turn = self.deletions.on(network_id).lock_owned().await;
+        lap.mark("turn");
         let guard = self.lock.lock().await;
+        lap.mark("lock");
         let ckey = cluster::endpoint_key(&self.host, endpoint_id);
         if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
             tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
@@ -292,6 +295,8 @@ impl Endpoints {
             .await?;
         crash_point!("delete-endpoint-recorded");
         drop(guard);
+        lap.mark("record");
+        tracing::debug!(endpoint = %short(endpoint_id), steps = %lap, "delete endpoint");
         if let Some(sandbox) = ep.left {
             let state = self.s.clone();
             tokio::spawn(async move {
