@@ -300,17 +300,10 @@ async fn run(h: &Host, call: Call, p: &Prepared) -> Result<(), String> {
     r.map_err(|e| e.to_string())
 }
 
-/// Makes `fault` refuse once what `call` asks of it. DeleteEndpoint first deletes the
-/// endpoint's cluster entry, whose failure it tolerates (the cluster agent retries): the
-/// store refuses its second write there, the record's deletion.
-fn inject(h: &Host, call: Call, fault: Fault) {
-    let store_writes = if matches!(call, Call::DeleteEndpoint) {
-        2
-    } else {
-        1
-    };
+/// Makes `fault` refuse once what `call` asks of it.
+fn inject(h: &Host, fault: Fault) {
     match fault {
-        Fault::Store => *h.store.failures.lock().unwrap() = store_writes,
+        Fault::Store => *h.store.failures.lock().unwrap() = 1,
         Fault::Ovs => h.ovs.fail_next(1),
         Fault::Flows => h.flows.fail_next(1),
         Fault::Netfilter => h.firewall.fail_next(1),
@@ -343,7 +336,7 @@ async fn every_refused_call_changes_nothing_and_then_succeeds() {
             let h = host().await;
             let p = prepare(&h, call).await;
             let before = state(&h).await;
-            inject(&h, call, fault);
+            inject(&h, fault);
             match run(&h, call, &p).await {
                 Err(e) => {
                     assert!(e.contains("refused by the test"), "{call:?}/{fault:?}: {e}");
@@ -377,7 +370,7 @@ async fn a_deleted_endpoint_goes_with_the_next_pass_when_its_own_fails() {
     let expected = state(&clean).await;
     for fault in [Fault::Ovs, Fault::Flows, Fault::Netfilter] {
         let h = host().await;
-        inject(&h, Call::DeleteEndpoint, fault);
+        inject(&h, fault);
         h.driver.endpoints.delete(NET, EP).await.unwrap();
         settle(&h).await;
         let after = state(&h).await;

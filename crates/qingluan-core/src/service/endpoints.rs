@@ -260,7 +260,10 @@ impl Endpoints {
     /// DeleteEndpoint; unknown endpoints are fine. Answers once the deletion is durable:
     /// the endpoint's port, flows, veth and netfilter chain go in a shared pass after the
     /// answer (a pass that fails leaves them to the next one: nothing of a deleted endpoint
-    /// is wanted any more). The endpoint's cluster entry goes first. Deleted before its Join,
+    /// is wanted any more). A cluster network's endpoint's cluster entry goes first (an
+    /// endpoint without a record has no entry: the entry is written after the record and
+    /// removed before it, and the cluster agent removes any it published from a record
+    /// that went meanwhile). Deleted before its Join,
     /// the endpoint's pass waits for the pair and pass its CreateEndpoint started, so the
     /// pair goes with it even when that task made it late.
     ///
@@ -283,13 +286,19 @@ impl Endpoints {
         lap.mark("turn");
         let guard = self.lock.lock().await;
         lap.mark("lock");
-        let ckey = cluster::endpoint_key(&self.host, endpoint_id);
-        if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
-            tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
-        }
         let Some(ep) = records::get::<Endpoint>(&*self.store, endpoint_id).await? else {
             return Ok(());
         };
+        let on_host = self
+            .network(&ep.network_id)
+            .await
+            .is_ok_and(|net| net.cluster.is_none());
+        if !on_host {
+            let ckey = cluster::endpoint_key(&self.host, endpoint_id);
+            if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
+                tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
+            }
+        }
         self.store
             .txn(vec![], vec![records::delete::<Endpoint>(endpoint_id)])
             .await?;
