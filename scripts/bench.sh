@@ -27,7 +27,8 @@
 # (crates/qingluan-store/examples/store_bench.rs).
 # Scale (scripts/lib/bench_scale.py, a private daemon of its own driver name): 100 containers started 10 at a time and stopped in one batch on
 # qingluan against Docker bridge networks, with 0 and 300 endpoints already up
-# (QL_BENCH_SCALE_LEVELS), CreateEndpoint/Join/DeleteEndpoint p50/p99, idle CPU, RSS, flows
+# (QL_BENCH_SCALE_LEVELS), CreateEndpoint/Join/DeleteEndpoint p50/p99 each beside its floor
+# measured meanwhile (a disk flush, an OVSDB change applied by ovs-vswitchd), idle CPU, RSS, flows
 # per bridge and a kill -9 under a ping; QL_BENCH_SCALE=0 skips it.
 #
 # Usage: scripts/bench.sh [RUNS]   (default 25; needs OVS + dockerd up: scripts/setup.sh)

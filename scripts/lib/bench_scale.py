@@ -18,6 +18,11 @@ call timings are this level's only) and:
   kill -9 with a ping (every 10 ms) between two containers running throughout: packets
   lost, the time until the restarted daemon answers `status` and until its first full
   reconcile is done.
+Beside the calls' percentiles it prints the floors measured while the same containers start
+and stop: a 4 KiB overwrite and `fdatasync` every 10 ms in the daemon's store directory
+(every CreateEndpoint and DeleteEndpoint waits for one fsync of its store), and an OVSDB
+change that `ovs-vsctl` waits for ovs-vswitchd to apply, every 200 ms (Join waits for
+ovs-vswitchd to apply the endpoint's port); the latter also idle, as the tool's own cost.
 Everything created is removed at the end.
 
 Usage: bench_scale.py QINGLUAN_BIN
@@ -31,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from benchlib import full_reconciles, pid, sh
@@ -56,6 +62,7 @@ class Daemon:
                 '[monitoring]\nlisten = ""\n'
             )
         self.proc = None
+        self.fsync = fsync_probe(tmp)
 
     def start(self):
         """Starts the daemon; returns (seconds until status answers, until the first full
@@ -100,6 +107,64 @@ class Daemon:
         with open(f"/proc/{self.proc.pid}/status") as f:
             kb = re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)
         return int(kb) / 1024
+
+
+class Floor(threading.Thread):
+    """Times one probe every `every` seconds until stopped; the samples in seconds."""
+
+    def __init__(self, probe, every):
+        super().__init__(daemon=True)
+        self.probe, self.every, self.samples = probe, every, []
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            t = time.perf_counter()
+            self.probe()
+            self.samples.append(time.perf_counter() - t)
+            self.halt.wait(self.every)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *_):
+        self.halt.set()
+        self.join()
+
+    def pct(self):
+        s = sorted(self.samples)
+        if not s:
+            return "(no samples)"
+        at = lambda q: s[min(len(s) - 1, int(len(s) * q))] * 1e3
+        return f"p50 {at(0.5):7.1f} ms  p99 {at(0.99):7.1f} ms  ({len(s)} samples)"
+
+
+def fsync_probe(directory):
+    """A probe that overwrites one of 256 preallocated 4 KiB pages and fdatasyncs it."""
+    fd = os.open(f"{directory}/fsync-probe", os.O_RDWR | os.O_CREAT, 0o600)
+    os.pwrite(fd, bytes(256 * 4096), 0)
+    os.fsync(fd)
+    page, n = b"q" * 4096, [0]
+
+    def probe():
+        os.pwrite(fd, page, (n[0] % 256) * 4096)
+        os.fdatasync(fd)
+        n[0] += 1
+
+    return probe
+
+
+def ovs_probe():
+    """A probe that changes one key in OVSDB and waits until ovs-vswitchd applied it."""
+    n = [0]
+
+    def probe():
+        n[0] += 1
+        sh("ovs-vsctl", "--timeout=10", "set", "Open_vSwitch", ".",
+           f"external_ids:qlt-scale-probe={n[0]}")
+
+    return probe
 
 
 def networks(prefix, count, driver):
@@ -192,19 +257,27 @@ def level(daemon, up):
     daemon.start()
     qnets = networks("qlt-scq", BATCH // PER_NETWORK, NAME)
     bnets = networks("qlt-scb", BATCH // PER_NETWORK, "bridge")
-    q_start, qnames = run_containers(qnets, "qlt-scq", PER_NETWORK)
+    with Floor(ovs_probe(), 0.2) as ovs_idle:
+        time.sleep(4)
+    with Floor(daemon.fsync, 0.01) as disk_start, Floor(ovs_probe(), 0.2) as ovs_start:
+        q_start, qnames = run_containers(qnets, "qlt-scq", PER_NETWORK)
     b_start, bnames = run_containers(bnets, "qlt-scb", PER_NETWORK)
     calls = daemon.calls()
-    q_stop = stop(qnames)
+    with Floor(daemon.fsync, 0.01) as disk_stop:
+        q_stop = stop(qnames)
     b_stop = stop(bnames)
     deletes = daemon.calls()
     print(f"  start {BATCH}, {PARALLEL} at a time: qingluan {q_start:6.1f} s  bridge "
           f"{b_start:6.1f} s  ratio {q_start / b_start:5.2f}")
     print(f"    CreateEndpoint {pct(calls, 'NetworkDriver.CreateEndpoint')}")
+    print(f"      floor, a 4 KiB fdatasync beside the store meanwhile: {disk_start.pct()}")
     print(f"    Join           {pct(calls, 'NetworkDriver.Join')}")
+    print(f"      floor, an OVSDB change applied by ovs-vswitchd meanwhile: {ovs_start.pct()}")
+    print(f"        the same idle (the tool's own cost): {ovs_idle.pct()}")
     print(f"  docker stop -t 0 of {BATCH}: qingluan {q_stop:6.1f} s  bridge {b_stop:6.1f} s  "
           f"ratio {q_stop / b_stop:5.2f}")
     print(f"    DeleteEndpoint {pct(deletes, 'NetworkDriver.DeleteEndpoint')}")
+    print(f"      floor, a 4 KiB fdatasync beside the store meanwhile: {disk_stop.pct()}")
     remove("qlt-scq")
     remove("qlt-scb")
     q_one, _ = run_containers(networks("qlt-sc1q", 1, NAME), "qlt-sc1q", ONE_NETWORK)
@@ -247,6 +320,8 @@ def main():
         try:
             remove("qlt-sc")
         finally:
+            subprocess.run(["ovs-vsctl", "--timeout=10", "remove", "Open_vSwitch", ".",
+                            "external_ids", "qlt-scale-probe"], capture_output=True)
             daemon.stop()
             subprocess.run(["rm", "-rf", tmp])
 

@@ -2,7 +2,9 @@
 //! on each (300 by default, `QL_BENCH_CLUSTER_ENDPOINTS`), in one run:
 //! - starting them, 10 `docker run -d` at a time on every host at once: wall time per host,
 //!   CreateEndpoint and Join p50/p99 from each daemon, every address checked unique, and how
-//!   long until the last container started is reached from another host;
+//!   long until the last container started is reached from another host; beside them the
+//!   floor under every durable write (an etcd commit, a redb commit) of those calls: a
+//!   4 KiB overwrite and `fdatasync` every 10 ms in /tmp, on the disk every store here uses;
 //! - each daemon's RSS, its idle CPU over 10 s, and the flows per bridge;
 //! - a kill -9 of host 1's daemon while a container there pings one on host 2 every 10 ms:
 //!   packets lost, and when the new daemon answers and has done its full reconcile;
@@ -18,7 +20,11 @@
 mod bed;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bed::{enabled, strs, text, wait_until, Bed, IMAGE};
@@ -46,6 +52,63 @@ fn start_many(bed: &Bed, h: usize, per: usize) -> f64 {
         }
     });
     t.elapsed().as_secs_f64()
+}
+
+/// A 4 KiB overwrite of one of 256 preallocated pages and its `fdatasync`, every 10 ms on a
+/// thread of its own until [`FsyncFloor::finish`]; the file goes when the floor is dropped.
+struct FsyncFloor {
+    halt: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<f64>>,
+}
+
+impl FsyncFloor {
+    fn start() -> FsyncFloor {
+        let file = tempfile::Builder::new()
+            .prefix("qlt-fsync-floor.")
+            .tempfile_in("/tmp")
+            .expect("probe file");
+        file.as_file()
+            .write_all_at(&vec![0; 256 * 4096], 0)
+            .expect("preallocate");
+        file.as_file().sync_all().expect("fsync");
+        let halt = Arc::new(AtomicBool::new(false));
+        let stop = halt.clone();
+        let thread = std::thread::spawn(move || {
+            let page = vec![b'q'; 4096];
+            let mut samples = Vec::new();
+            for n in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                file.as_file()
+                    .write_all_at(&page, (n % 256) * 4096)
+                    .expect("probe write");
+                file.as_file().sync_data().expect("fdatasync");
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        });
+        FsyncFloor { halt, thread }
+    }
+
+    /// p50 and p99 of the samples so far.
+    fn finish(self) -> String {
+        self.halt.store(true, Ordering::Relaxed);
+        let mut s = self.thread.join().expect("probe thread");
+        if s.is_empty() {
+            return "(no samples)".into();
+        }
+        s.sort_by(f64::total_cmp);
+        let at = |q: f64| s[((s.len() as f64 * q) as usize).min(s.len() - 1)];
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+            at(0.5),
+            at(0.99),
+            s.len()
+        )
+    }
 }
 
 /// Addresses of host `h`'s containers on the network.
@@ -160,6 +223,7 @@ fn main() {
     });
     println!("cluster at scale: one vxlan network, {HOSTS} hosts x {per} endpoints, in one run");
 
+    let floor = FsyncFloor::start();
     let took: Vec<f64> = std::thread::scope(|s| {
         let bed = &bed;
         let runs: Vec<_> = (1..=HOSTS)
@@ -168,6 +232,7 @@ fn main() {
         runs.into_iter().map(|r| r.join().unwrap()).collect()
     });
     let done = Instant::now();
+    let floor = floor.finish();
     let all: Vec<Vec<String>> = (1..=HOSTS).map(|h| addresses(&bed, h)).collect();
     let unique: BTreeSet<&String> = all.iter().flatten().collect();
     let count: usize = all.iter().map(Vec::len).sum();
@@ -190,6 +255,10 @@ fn main() {
             percentiles(&bed, h, "NetworkDriver.Join")
         );
     }
+    println!(
+        "  floor under each durable write meanwhile (a cluster CreateEndpoint makes three in a \
+         row), a 4 KiB fdatasync: {floor}"
+    );
 
     std::thread::sleep(Duration::from_secs(5));
     let pids: Vec<u32> = (1..=HOSTS)
