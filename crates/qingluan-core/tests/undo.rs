@@ -22,11 +22,12 @@ use qingluan_dataplane::ovsdb::{FakeOvs, Ovs};
 use qingluan_store::memory::MemoryStore;
 use qingluan_store::{Compare, KeyValue, Op, Store, StoreError, TxnResult, WatchEvent};
 
-/// A memory store whose next writes can be refused.
+/// A memory store whose next writes can be refused, after letting `spared` through.
 #[derive(Default)]
 struct FlakyStore {
     inner: MemoryStore,
     failures: Mutex<usize>,
+    spared: Mutex<usize>,
 }
 
 #[async_trait]
@@ -43,7 +44,10 @@ impl Store for FlakyStore {
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         {
             let mut f = self.failures.lock().unwrap();
-            if *f > 0 && !ops.is_empty() {
+            let mut spared = self.spared.lock().unwrap();
+            if *f > 0 && !ops.is_empty() && *spared > 0 {
+                *spared -= 1;
+            } else if *f > 0 && !ops.is_empty() {
                 *f -= 1;
                 return Err(StoreError::Io {
                     op: "commit",
@@ -387,4 +391,43 @@ async fn settle(h: &Host) {
     if h.driver.collector.sync(false).await.is_err() {
         h.driver.collector.sync(false).await.unwrap();
     }
+}
+
+/// A cluster network's CreateEndpoint writes the record first, then the binding and the
+/// cluster entry in one transaction; when that is refused, the record goes again and the
+/// call fails having changed nothing, and succeeds when tried again.
+#[tokio::test]
+async fn a_refused_cluster_binding_takes_the_record_back() {
+    let h = host().await;
+    const VX: &str = "d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4";
+    let vx = BTreeMap::from([("pool".into(), "vxlan".into()), ("vni".into(), "77".into())]);
+    let subnet = h.ipam.request_pool("", "", &vx, false).await.unwrap();
+    let gw = h.ipam.request_address(&subnet.id, "", true).await.unwrap();
+    let mut net = network(VX, &subnet.cidr.to_string(), &gw.to_string());
+    net.generic = BTreeMap::from([
+        ("model".into(), "vxlan".into()),
+        ("vni".into(), "77".into()),
+    ]);
+    h.driver.networks.create(net).await.unwrap();
+    let addr = h.ipam.request_address(&subnet.id, "", false).await.unwrap();
+    let req = CreateEndpoint {
+        network_id: VX.into(),
+        ..endpoint(EP2, &addr)
+    };
+    let before = state(&h).await;
+    *h.store.spared.lock().unwrap() = 1;
+    *h.store.failures.lock().unwrap() = 1;
+    let e = h.driver.endpoints.create(req.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("refused by the test"), "{e}");
+    let after = state(&h).await;
+    assert!(
+        before == after,
+        "a refused binding changed something:\n--- before\n{before}\n--- after\n{after}"
+    );
+    h.driver.endpoints.create(req).await.unwrap();
+    let entries = h.store.list("cluster/").await.unwrap();
+    assert!(
+        entries.iter().any(|kv| kv.key.contains(EP2)),
+        "the entry is written with the binding: {entries:?}"
+    );
 }

@@ -661,9 +661,9 @@ impl Ipam {
     /// Binds `ip` to `endpoint` (at CreateEndpoint): the address must be free, unbound, or
     /// bound to that endpoint already; a free one is taken (an address Docker allocated and
     /// a crash released). Compare-and-swap, so a concurrent release cannot slip in between.
-    /// `with` (the endpoint's record) is written in the same transaction when the address
-    /// lives in this host's store, and the answer is `true`; a cluster address is bound in
-    /// the cluster store, and `with` is left to the caller (`false`).
+    /// `with` is written in the same transaction, in the store the address lives in: the
+    /// endpoint's record for a host network's address, its cluster entry for a cluster
+    /// address.
     ///
     /// The first try takes no IPAM mutex: the compare-and-swap decides, so a CreateEndpoint
     /// does not wait for other calls' allocations to become durable. When the address
@@ -674,28 +674,28 @@ impl Ipam {
         ip: IpAddr,
         endpoint: &str,
         with: Vec<Op>,
-    ) -> Result<bool, IpamError> {
-        if let Some(recorded) = self.try_bind(pool_id, ip, endpoint, with.clone()).await? {
-            return Ok(recorded);
+    ) -> Result<(), IpamError> {
+        if self.try_bind(pool_id, ip, endpoint, with.clone()).await? {
+            return Ok(());
         }
         let _g = self.lock.lock().await;
         match self.try_bind(pool_id, ip, endpoint, with).await? {
-            Some(recorded) => Ok(recorded),
-            None => Err(IpamError::AddressInUse {
+            true => Ok(()),
+            false => Err(IpamError::AddressInUse {
                 addr: ip,
                 subnet: parse_pool_id(pool_id)?.1,
             }),
         }
     }
 
-    /// One try of [`Ipam::bind`]; `None` when the address changed before the swap.
+    /// One try of [`Ipam::bind`]; `false` when the address changed before the swap.
     async fn try_bind(
         &self,
         pool_id: &str,
         ip: IpAddr,
         endpoint: &str,
         with: Vec<Op>,
-    ) -> Result<Option<bool>, IpamError> {
+    ) -> Result<bool, IpamError> {
         let (domain, cidr) = parse_pool_id(pool_id)?;
         let store = self.domain_store(&domain);
         let key = format!("{}{ip}", addrs_prefix(&domain, cidr));
@@ -732,17 +732,15 @@ impl Ipam {
             }
         };
         let mut ops: Vec<Op> = rec.map(|r| Op::Put(key, to_json(&r))).into_iter().collect();
-        if !shared {
-            ops.extend(with);
-        }
+        ops.extend(with);
         if ops.is_empty() {
-            return Ok(Some(!shared));
+            return Ok(true);
         }
         if !store.txn(vec![compare], ops).await?.succeeded {
-            return Ok(None);
+            return Ok(false);
         }
         self.note(pool_id, ip, true);
-        Ok(Some(!shared))
+        Ok(true)
     }
 
     /// The record this host created for `ip` and has not bound yet, as stored, taken out

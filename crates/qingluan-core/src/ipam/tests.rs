@@ -625,7 +625,7 @@ fn a_host_leaving_a_network_others_keep_gives_its_blocks_back() {
 }
 
 #[test]
-fn a_binding_carries_the_record_in_the_host_store_only() {
+fn a_binding_writes_what_comes_with_it_in_the_same_transaction() {
     rt().block_on(async {
         let store = Arc::new(MemoryStore::new());
         let ipam = ipam_on(store.clone()).await;
@@ -635,9 +635,9 @@ fn a_binding_carries_the_record_in_the_host_store_only() {
             .unwrap();
         let ip = ipam.request_address(&s.id, "", false).await.unwrap().addr();
         let put = |k: &str| vec![Op::Put(k.to_string(), b"{}".to_vec())];
-        assert!(ipam.bind(&s.id, ip, "ep1", put("r1")).await.unwrap());
+        ipam.bind(&s.id, ip, "ep1", put("r1")).await.unwrap();
         assert!(store.get("r1").await.unwrap().is_some(), "one transaction");
-        assert!(ipam.bind(&s.id, ip, "ep1", put("r2")).await.unwrap());
+        ipam.bind(&s.id, ip, "ep1", put("r2")).await.unwrap();
         assert!(store.get("r2").await.unwrap().is_some(), "bound already");
         let e = ipam.bind(&s.id, ip, "ep2", put("r3")).await.unwrap_err();
         assert!(matches!(e, IpamError::AddressInUse { .. }), "{e}");
@@ -648,10 +648,16 @@ fn a_binding_carries_the_record_in_the_host_store_only() {
 
         let (cluster, a, _b, s) = shared(16, "10.55.0.0/24", "").await;
         let ip = a.request_address(&s.id, "", false).await.unwrap().addr();
-        assert!(!a.bind(&s.id, ip, "ep1", put("r4")).await.unwrap());
+        a.bind(&s.id, ip, "ep1", put("r4")).await.unwrap();
         assert!(
-            cluster.get("r4").await.unwrap().is_none(),
-            "left to the caller"
+            cluster.get("r4").await.unwrap().is_some(),
+            "in the cluster store, with the binding"
+        );
+        let e = a.bind(&s.id, ip, "ep2", put("r5")).await.unwrap_err();
+        assert!(matches!(e, IpamError::AddressInUse { .. }), "{e}");
+        assert!(
+            cluster.get("r5").await.unwrap().is_none(),
+            "refused: nothing written"
         );
     });
 }
@@ -759,7 +765,7 @@ fn a_cluster_binding_compares_with_what_the_allocation_wrote() {
         b.request_pool("", "", &vx, false).await.unwrap();
         let ip = a.request_address(&s.id, "", false).await.unwrap().addr();
         let before = cluster.gets();
-        assert!(!a.bind(&s.id, ip, "ep1", vec![]).await.unwrap());
+        a.bind(&s.id, ip, "ep1", vec![]).await.unwrap();
         assert_eq!(cluster.gets(), before, "bound without reading the record");
         let key = format!("{}{ip}", addrs_prefix("vxlan-17", s.cidr));
         let bound: Addr = qingluan_store::get_json(&*cluster, &key)
@@ -781,7 +787,7 @@ fn a_cluster_binding_compares_with_what_the_allocation_wrote() {
         qingluan_store::put(&*cluster, &key, qingluan_store::to_json(&changed))
             .await
             .unwrap();
-        assert!(!a.bind(&s.id, ip, "ep2", vec![]).await.unwrap());
+        a.bind(&s.id, ip, "ep2", vec![]).await.unwrap();
         let bound: Addr = qingluan_store::get_json(&*cluster, &key)
             .await
             .unwrap()

@@ -30,9 +30,15 @@ impl Endpoints {
     /// CreateEndpoint; returns the MAC to report when Docker sent none. Answers once the
     /// address binding and the record are durable, without the call lock: no other call
     /// writes an endpoint's record before its CreateEndpoint answered. On a host network
-    /// the binding and the record are one compare-and-swap in this host's store; a cluster
-    /// network's record and then its cluster entry follow the binding (see
-    /// [`Endpoints::record_endpoint`] for why in that order).
+    /// the binding and the record are one compare-and-swap in this host's store. A cluster
+    /// network's record comes first, then the binding and the cluster entry in one
+    /// compare-and-swap in the cluster store; the record goes again when that fails. In
+    /// that order the cluster agent, which lists this host's entries before it reads the
+    /// records and removes the entries without one, always finds the record of an entry it
+    /// listed. A crash between the two leaves a record without an entry or a binding, which
+    /// the agent's next pass publishes (claiming the address) and the collector removes
+    /// once Docker does not know the endpoint; an entry the agent published from a record
+    /// removed here again goes at its next pass.
     ///
     /// Making the veth pair and the endpoint's pass start here, side by side, and its Join
     /// waits for both (Docker moves the pair's peer into the container after Join). dockerd
@@ -102,16 +108,24 @@ impl Endpoints {
         };
         let mut lap = crate::reconcile::Lap::start();
         let (pool, ip) = (address_pool(&net), IpAddr::V4(address.addr()));
-        let with = vec![records::put(&ep)];
-        let recorded = self.ipam.bind(&pool, ip, &ep.id, with).await?;
-        lap.mark("bind");
-        if !recorded {
-            if let Err(e) = self.record_endpoint(&net, &ep).await {
-                self.ipam.unbind(&pool, ip, &ep.id).await?;
-                return Err(e);
+        let with = match net.cluster {
+            None => vec![records::put(&ep)],
+            Some(_) => {
+                self.store.txn(vec![], vec![records::put(&ep)]).await?;
+                lap.mark("record");
+                let ckey = cluster::endpoint_key(&self.host, &ep.id);
+                vec![Op::Put(ckey, to_json(&self.cluster_endpoint(&net, &ep)))]
             }
-            lap.mark("record");
+        };
+        if let Err(e) = self.ipam.bind(&pool, ip, &ep.id, with).await {
+            if net.cluster.is_some() {
+                self.store
+                    .txn(vec![], vec![records::delete::<Endpoint>(&ep.id)])
+                    .await?;
+            }
+            return Err(e.into());
         }
+        lap.mark("bind");
         crash_point!("create-endpoint-bound");
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.settling
@@ -181,28 +195,6 @@ impl Endpoints {
         if let Err(e) = outcome {
             self.undo_create(net, ep).await?;
             return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Records a new endpoint, then its cluster entry; the record is removed again when the
-    /// entry cannot be written. In that order the cluster agent, which lists this host's
-    /// entries before it reads the records and removes the entries without one, always
-    /// finds the record of an entry it listed. A crash between the two leaves a record
-    /// without an entry, which the agent's next pass publishes; an entry the agent
-    /// published from a record removed here again goes at its next pass.
-    async fn record_endpoint(&self, net: &Network, ep: &Endpoint) -> Result<(), ServiceError> {
-        self.store.txn(vec![], vec![records::put(ep)]).await?;
-        if net.cluster.is_none() {
-            return Ok(());
-        }
-        let ckey = cluster::endpoint_key(&self.host, &ep.id);
-        let rec = to_json(&self.cluster_endpoint(net, ep));
-        if let Err(e) = self.cluster.txn(vec![], vec![Op::Put(ckey, rec)]).await {
-            self.store
-                .txn(vec![], vec![records::delete::<Endpoint>(&ep.id)])
-                .await?;
-            return Err(e.into());
         }
         Ok(())
     }
