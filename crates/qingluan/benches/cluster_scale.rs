@@ -3,7 +3,7 @@
 //! - starting them, 10 `docker run -d` at a time on every host at once: wall time per host,
 //!   CreateEndpoint and Join p50/p99 from each daemon, every address checked unique, and how
 //!   long until the last container started is reached from another host; beside them the
-//!   floor under every durable write (an etcd commit, a redb commit) of those calls: a
+//!   floor under every durable write (a redb commit, an etcd commit) of those calls: a
 //!   4 KiB overwrite and `fdatasync` every 10 ms in /tmp, on the disk every store here uses;
 //! - each daemon's RSS, its idle CPU over 10 s, and the flows per bridge;
 //! - a kill -9 of host 1's daemon while a container there pings one on host 2 every 10 ms:
@@ -256,8 +256,8 @@ fn main() {
         );
     }
     println!(
-        "  floor under each durable write meanwhile (a cluster CreateEndpoint makes three in a \
-         row), a 4 KiB fdatasync: {floor}"
+        "  floor under each durable write meanwhile (a cluster CreateEndpoint makes two in a \
+         row: its record, then its binding and entry), a 4 KiB fdatasync: {floor}"
     );
 
     std::thread::sleep(Duration::from_secs(5));
