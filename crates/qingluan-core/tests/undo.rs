@@ -431,3 +431,24 @@ async fn a_refused_cluster_binding_takes_the_record_back() {
         "the entry is written with the binding: {entries:?}"
     );
 }
+
+/// A host network's endpoint's cluster entry (the cluster agent publishes one for
+/// `endpoint ls --all`) goes right after its DeleteEndpoint answered.
+#[tokio::test]
+async fn a_deleted_host_endpoint_takes_its_cluster_entry_along() {
+    let h = host().await;
+    let key = qingluan_core::cluster::endpoint_key("local", EP);
+    h.store
+        .txn(vec![], vec![Op::Put(key.clone(), b"{}".to_vec())])
+        .await
+        .unwrap();
+    h.driver.endpoints.delete(NET, EP).await.unwrap();
+    // Only a guard against hanging: the entry goes in a task started by the deletion.
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while h.store.get(&key).await.unwrap().is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the entry goes");
+}

@@ -255,7 +255,10 @@ impl Endpoints {
     /// is wanted any more). A cluster network's endpoint's cluster entry goes first (an
     /// endpoint without a record has no entry: the entry is written after the record and
     /// removed before it, and the cluster agent removes any it published from a record
-    /// that went meanwhile). Deleted before its Join,
+    /// that went meanwhile). A host network's endpoint's entry, which the cluster agent
+    /// publishes some time after its CreateEndpoint (for `endpoint ls --all` and the
+    /// hosts' endpoint counts), goes right after the answer, beside the pass: the answer
+    /// does not wait for a second durable write. Deleted before its Join,
     /// the endpoint's pass waits for the pair and pass its CreateEndpoint started, so the
     /// pair goes with it even when that task made it late.
     ///
@@ -285,9 +288,13 @@ impl Endpoints {
             .network(&ep.network_id)
             .await
             .is_ok_and(|net| net.cluster.is_none());
+        let ckey = cluster::endpoint_key(&self.host, endpoint_id);
         if !on_host {
-            let ckey = cluster::endpoint_key(&self.host, endpoint_id);
-            if let Err(e) = self.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
+            if let Err(e) = self
+                .cluster
+                .txn(vec![], vec![Op::Delete(ckey.clone())])
+                .await
+            {
                 tracing::warn!(error = %e, endpoint = %short(endpoint_id), "cluster record stays until the store is back");
             }
         }
@@ -313,6 +320,11 @@ impl Endpoints {
         let state = self.s.clone();
         let endpoint = short(endpoint_id);
         tokio::spawn(async move {
+            if on_host {
+                if let Err(e) = state.cluster.txn(vec![], vec![Op::Delete(ckey)]).await {
+                    tracing::warn!(error = %e, %endpoint, "cluster record stays until the cluster agent's next pass");
+                }
+            }
             if let Some(rx) = settling {
                 let _ = rx.await;
             }
