@@ -608,7 +608,12 @@ impl Ipam {
 
     /// ReleaseAddress; unknown pools and addresses are fine. In a cluster domain only this
     /// host's container addresses are released: the gateway belongs to the network, and
-    /// another host's address is not ours to free.
+    /// another host's address is not ours to free. An address bound to an endpoint that
+    /// still has its record stays, and so does an unbound cluster address an endpoint
+    /// record of this host uses (a cluster CreateEndpoint that stopped between its record
+    /// and its binding): freeing it would let another endpoint take it while that record
+    /// is still published. The collector releases it with the record, and the cluster
+    /// agent frees it once no endpoint uses it.
     pub async fn release_address(&self, pool_id: &str, address: &str) -> Result<(), IpamError> {
         let Ok((domain, cidr)) = parse_pool_id(pool_id) else {
             return Ok(());
@@ -632,11 +637,31 @@ impl Ipam {
                     "release of an address its endpoint still has: kept until the endpoint goes");
                 return Ok(());
             }
+        } else if is_cluster_domain(&domain) && self.recorded(&domain, ip).await? {
+            tracing::info!(address = %ip, %domain,
+                "release of an address an unbound endpoint record uses: kept until the record goes");
+            return Ok(());
         }
         if delete_if_unchanged(store, &key, value).await? {
             self.note(pool_id, ip, false);
         }
         Ok(())
+    }
+
+    /// Whether an endpoint record of this host has address `ip` on a network of cluster
+    /// domain `domain`.
+    async fn recorded(&self, domain: &str, ip: IpAddr) -> Result<bool, IpamError> {
+        use crate::model::{Endpoint, Network};
+        for ep in crate::records::list::<Endpoint>(&*self.store).await? {
+            if IpAddr::V4(ep.address.addr()) != ip {
+                continue;
+            }
+            let net = crate::records::get::<Network>(&*self.store, &ep.network_id).await?;
+            if net.is_none_or(|n| n.cluster.as_deref() == Some(domain)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The store and key of address `ip` of pool `pool_id`.

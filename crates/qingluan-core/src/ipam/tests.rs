@@ -795,3 +795,52 @@ fn a_cluster_binding_compares_with_what_the_allocation_wrote() {
         assert_eq!((bound.endpoint.as_deref(), bound.since), (Some("ep2"), 1));
     });
 }
+
+/// A cluster CreateEndpoint writes its record before it binds the address; when it stopped
+/// in between, Docker's ReleaseAddress must not free an address that record still uses.
+#[test]
+fn a_release_keeps_a_cluster_address_an_endpoint_record_uses() {
+    rt().block_on(async {
+        use crate::fixtures;
+        use crate::model::{Endpoint, Mode};
+        let (local, cluster) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+        let a = Ipam::lazy(
+            local.clone(),
+            cluster.clone(),
+            "h1",
+            &IpamSettings::default(),
+            no_routes,
+        )
+        .unwrap();
+        a.seed().await.unwrap();
+        let vx = opts(&[("pool", "vxlan"), ("vni", "19")]);
+        let s = a
+            .request_pool("10.57.0.0/24", "", &vx, false)
+            .await
+            .unwrap();
+        let ip = a.request_address(&s.id, "", false).await.unwrap();
+        let mut n = fixtures::net("n1", Mode::Vxlan, "10.57.0.0/24");
+        n.cluster = Some("vxlan-19".into());
+        let mut e = fixtures::ep("e1", &n, 1, "c1");
+        e.address = match ip {
+            IpNet::V4(v4) => v4,
+            IpNet::V6(_) => unreachable!("an IPv4 pool"),
+        };
+        local
+            .txn(
+                vec![],
+                vec![crate::records::put(&n), crate::records::put(&e)],
+            )
+            .await
+            .unwrap();
+        let key = format!("{}{}", addrs_prefix("vxlan-19", s.cidr), ip.addr());
+        a.release_address(&s.id, &ip.to_string()).await.unwrap();
+        assert!(cluster.get(&key).await.unwrap().is_some(), "kept");
+        local
+            .txn(vec![], vec![crate::records::delete::<Endpoint>("e1")])
+            .await
+            .unwrap();
+        a.release_address(&s.id, &ip.to_string()).await.unwrap();
+        assert!(cluster.get(&key).await.unwrap().is_none(), "freed");
+    });
+}
