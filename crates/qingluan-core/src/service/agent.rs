@@ -176,15 +176,29 @@ impl ClusterAgent {
                     }
                 };
                 if holder != ep.conflict {
+                    // A compare-and-swap on the record as stored now: a CreateEndpoint,
+                    // which takes no call lock, may have removed it again meanwhile.
+                    let key = records::key::<Endpoint>(&ep.id);
+                    let Some(kv) = self.local_store().get(&key).await? else {
+                        continue;
+                    };
+                    let mut marked: Endpoint = qingluan_store::decode(&kv)?;
+                    marked.conflict = holder.clone();
+                    let swap = Compare::ModRevision(key, kv.mod_revision);
+                    if !self
+                        .local_store()
+                        .txn(vec![swap], vec![records::put(&marked)])
+                        .await?
+                        .succeeded
+                    {
+                        continue;
+                    }
                     if let Some(h) = &holder {
                         tracing::error!(endpoint = %ep.short_id(), address = %ep.address, holder = %h,
                             "address was reclaimed and is held by another host: endpoint kept off the network");
                         report.conflicts.push(ep.id.clone());
                     }
-                    ep.conflict = holder;
-                    self.local_store()
-                        .txn(vec![], vec![records::put(&ep)])
-                        .await?;
+                    ep = marked;
                     changed = true;
                 }
                 if ep.conflict.is_some() {
