@@ -45,14 +45,16 @@ impl Store for FlakyStore {
         {
             let mut f = self.failures.lock().unwrap();
             let mut spared = self.spared.lock().unwrap();
-            if *f > 0 && !ops.is_empty() && *spared > 0 {
-                *spared -= 1;
-            } else if *f > 0 && !ops.is_empty() {
-                *f -= 1;
-                return Err(StoreError::Io {
-                    op: "commit",
-                    reason: "refused by the test".into(),
-                });
+            if *f > 0 && !ops.is_empty() {
+                if *spared > 0 {
+                    *spared -= 1;
+                } else {
+                    *f -= 1;
+                    return Err(StoreError::Io {
+                        op: "commit",
+                        reason: "refused by the test".into(),
+                    });
+                }
             }
         }
         self.inner.txn(compares, ops).await

@@ -300,20 +300,21 @@ async fn two_hosts() -> (Ipam, Ipam) {
 }
 
 async fn two_hosts_on(cluster: Arc<dyn qingluan_store::Store>) -> (Ipam, Ipam) {
-    let host = |id: &str| {
-        Ipam::lazy(
-            Arc::new(MemoryStore::new()),
-            cluster.clone(),
-            id,
-            &IpamSettings::default(),
-            no_routes,
-        )
-        .unwrap()
-    };
-    let (a, b) = (host("h1"), host("h2"));
-    a.seed().await.unwrap();
-    b.seed().await.unwrap();
-    (a, b)
+    (
+        host_on(Arc::new(MemoryStore::new()), cluster.clone(), "h1").await,
+        host_on(Arc::new(MemoryStore::new()), cluster, "h2").await,
+    )
+}
+
+/// Host `id`'s IPAM on its `local` store and the shared `cluster` store, seeded.
+async fn host_on(
+    local: Arc<dyn qingluan_store::Store>,
+    cluster: Arc<dyn qingluan_store::Store>,
+    id: &str,
+) -> Ipam {
+    let ipam = Ipam::lazy(local, cluster, id, &IpamSettings::default(), no_routes).unwrap();
+    ipam.seed().await.unwrap();
+    ipam
 }
 
 #[test]
@@ -406,15 +407,7 @@ fn cluster_addresses_are_unique_and_owned() {
 fn cluster_subnet_stays_while_its_network_exists() {
     rt().block_on(async {
         let cluster: Arc<dyn qingluan_store::Store> = Arc::new(MemoryStore::new());
-        let a = Ipam::lazy(
-            Arc::new(MemoryStore::new()),
-            cluster.clone(),
-            "h1",
-            &IpamSettings::default(),
-            no_routes,
-        )
-        .unwrap();
-        a.seed().await.unwrap();
+        let a = host_on(Arc::new(MemoryStore::new()), cluster.clone(), "h1").await;
         let s = a
             .request_pool("", "", &opts(&[("pool", "vxlan"), ("vni", "9")]), false)
             .await
@@ -804,15 +797,7 @@ fn a_release_keeps_a_cluster_address_an_endpoint_record_uses() {
         use crate::fixtures;
         use crate::model::{Endpoint, Mode};
         let (local, cluster) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
-        let a = Ipam::lazy(
-            local.clone(),
-            cluster.clone(),
-            "h1",
-            &IpamSettings::default(),
-            no_routes,
-        )
-        .unwrap();
-        a.seed().await.unwrap();
+        let a = host_on(local.clone(), cluster.clone(), "h1").await;
         let vx = opts(&[("pool", "vxlan"), ("vni", "19")]);
         let s = a
             .request_pool("10.57.0.0/24", "", &vx, false)
