@@ -35,8 +35,9 @@ impl Endpoints {
     /// compare-and-swap in the cluster store; the record goes again when that fails. In
     /// that order the cluster agent, which lists this host's entries before it reads the
     /// records and removes the entries without one, always finds the record of an entry it
-    /// listed. A crash between the two leaves a record without an entry or a binding, which
-    /// the agent's next pass publishes (claiming the address) and the collector removes
+    /// listed. A crash between the two leaves a record without an entry or a binding: the
+    /// agent's next pass publishes it (its address is this host's already, and
+    /// ReleaseAddress keeps it while the record uses it), and the collector removes it
     /// once Docker does not know the endpoint; an entry the agent published from a record
     /// removed here again goes at its next pass.
     ///
